@@ -8,6 +8,9 @@ mod error;
 pub mod plan;
 mod zone;
 
+#[cfg(test)]
+mod proptests;
+
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
