@@ -4,4 +4,6 @@
 //! dependency; see ARCHITECTURE in the README.
 
 pub mod api;
+pub mod graph;
+pub mod queue;
 pub mod schedule;
