@@ -36,7 +36,7 @@ fn every_cron_vector_matches() {
     {
         let v: Vector = serde_json::from_str(line).expect("vector line is JSON");
         count += 1;
-        let got = match next_ticks(&v.expr, &v.timezone, v.after, v.next.len()) {
+        let got = match next_ticks(&v.expr, &v.timezone, None, v.after, v.next.len()) {
             Ok(ticks) => ticks
                 .iter()
                 .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))

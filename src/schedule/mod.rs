@@ -25,14 +25,15 @@ pub use plan::{
 use zone::ZoneTable;
 
 /// What `dag-operator schedule next` prints: the first `count` ticks of `expr` strictly after
-/// `after`, with `timezone` as the default zone.
+/// `after`, with `timezone` as the default zone and `start_date` anchoring `@every`.
 pub fn next_ticks(
     expr: &str,
     timezone: &str,
+    start_date: Option<DateTime<Utc>>,
     after: DateTime<Utc>,
     count: usize,
 ) -> Result<Vec<DateTime<Utc>>, ScheduleError> {
-    let schedule = Schedule::parse(expr, parse_timezone(timezone)?, None)?;
+    let schedule = Schedule::parse(expr, parse_timezone(timezone)?, start_date)?;
     Ok(schedule.ticks_after(after).take(count).collect())
 }
 
@@ -301,8 +302,9 @@ impl Iterator for Ticks<'_> {
     }
 }
 
-/// Go-style durations as robfig/cron accepts them: `90s`, `15m`, `1h30m`, `2h`.
-fn parse_duration(text: &str) -> Option<i64> {
+/// Go-style durations as robfig/cron accepts them: `90s`, `15m`, `1h30m`, `2h`, `1d`, in whole
+/// seconds. Also used for the operator's duration flags.
+pub fn parse_duration(text: &str) -> Option<i64> {
     if text.is_empty() {
         return None;
     }

@@ -1,0 +1,359 @@
+//! `DAG` (SPEC §2.1): a schedule, its time zone and bounds, overlap policy, and the tasks.
+
+// clippy reads repeated `printcolumn(type_ = ...)` arguments as duplicated attributes
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use k8s_openapi::api::core::v1::{Affinity, Container, LocalObjectReference, Toleration, Volume};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::conditions::Condition;
+use super::schema;
+use crate::graph::{GraphError, TaskGraph, TriggerRule as GraphRule};
+use crate::schedule::{Schedule, ScheduleError, parse_timezone};
+
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "dagoperator.io",
+    version = "v1alpha1",
+    kind = "DAG",
+    plural = "dags",
+    singular = "dag",
+    shortname = "dag",
+    category = "dagoperator",
+    namespaced,
+    status = "DagStatus",
+    printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
+    printcolumn(name = "Suspend", type_ = "boolean", json_path = ".spec.suspend"),
+    printcolumn(name = "Active", type_ = "integer", json_path = ".status.activeRuns"),
+    printcolumn(name = "Queued", type_ = "integer", json_path = ".status.queuedRuns"),
+    printcolumn(name = "Last", type_ = "date", json_path = ".status.lastScheduleTime"),
+    printcolumn(name = "Next", type_ = "date", json_path = ".status.nextScheduleTime"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DagSpec {
+    /// Cron expression (5 or 6 fields), descriptor or `@every <duration>`. Absent: the DAG
+    /// runs only when triggered or backfilled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// IANA time zone the schedule is read in (default: the operator's `--timezone`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// No tick before this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_date: Option<DateTime<Utc>>,
+    /// No tick after this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_date: Option<DateTime<Utc>>,
+    /// No new scheduled runs while true; running ones finish.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Create runs for ticks missed while the operator was down (default: `--enable-catchup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catchup: Option<bool>,
+    /// At most this many missed ticks are caught up (default: `--max-catchup-runs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub max_catchup_runs: Option<u32>,
+    /// A scheduled run not admitted within this many seconds after its tick is skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub starting_deadline_seconds: Option<i64>,
+    /// Limit on running runs of this DAG.
+    #[serde(default = "default_max_active_runs")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_active_runs: i32,
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
+    /// Orders runs of the same priority class; higher first.
+    #[serde(default)]
+    pub priority: i32,
+    /// Default run configuration, passed to tasks as DAG_RUN_PARAMS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::free_object")]
+    pub params: Option<serde_json::Value>,
+    /// The tasks, 1 to 500, unique by name.
+    #[schemars(length(min = 1, max = 500))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub tasks: Vec<TaskSpec>,
+}
+
+fn default_max_active_runs() -> i32 {
+    16
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ConcurrencyPolicy {
+    /// queue runs beyond maxActiveRuns until a slot frees
+    #[default]
+    Allow,
+    /// skip a tick while any run is active
+    Forbid,
+    /// cancel active runs and start the new one
+    Replace,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TriggerRule {
+    #[default]
+    AllSuccess,
+    AllDone,
+}
+
+impl From<TriggerRule> for GraphRule {
+    fn from(rule: TriggerRule) -> Self {
+        match rule {
+            TriggerRule::AllSuccess => GraphRule::AllSuccess,
+            TriggerRule::AllDone => GraphRule::AllDone,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RetryBackoff {
+    #[default]
+    Fixed,
+    Exponential,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskSpec {
+    /// Unique within the DAG; a DNS-1123 label.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Names of upstream tasks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub trigger_rule: TriggerRule,
+    /// Pool in the same namespace this task takes slots of while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(default = "one")]
+    #[schemars(range(min = 1))]
+    pub pool_slots: i32,
+    /// Orders ready tasks within a run class; higher first.
+    #[serde(default = "one")]
+    pub priority_weight: i32,
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 100))]
+    pub retries: i32,
+    #[serde(default = "default_retry_delay")]
+    #[schemars(range(min = 0))]
+    pub retry_delay_seconds: i32,
+    #[serde(default)]
+    pub retry_backoff: RetryBackoff,
+    /// Cap on the delay between tries with Exponential backoff.
+    #[serde(default = "default_max_retry_delay")]
+    #[schemars(range(min = 0))]
+    pub max_retry_delay_seconds: i32,
+    /// A try running longer fails and its Pod is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub timeout_seconds: Option<i64>,
+    /// The container to run (core/v1 Container); `name` defaults to the task name.
+    #[serde(deserialize_with = "container_with_optional_name")]
+    #[schemars(schema_with = "schema::container_name_optional")]
+    pub container: Container,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<Vec<Volume>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+}
+
+fn one() -> i32 {
+    1
+}
+fn default_retry_delay() -> i32 {
+    30
+}
+fn default_max_retry_delay() -> i32 {
+    3600
+}
+
+fn container_with_optional_name<'de, D: Deserializer<'de>>(d: D) -> Result<Container, D::Error> {
+    let mut value = serde_json::Value::deserialize(d)?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.entry("name")
+            .or_insert_with(|| serde_json::Value::String(String::new()));
+    }
+    serde_json::from_value(value).map_err(serde::de::Error::custom)
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DagStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_time: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub active_runs: i32,
+    #[serde(default)]
+    pub queued_runs: i32,
+    /// Value of the trigger annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_trigger: Option<String>,
+    /// Newest first, at most 5.
+    #[serde(default)]
+    pub recent_runs: Vec<RunSummary>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSummary {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub logical_date: DateTime<Utc>,
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// Why a DAG spec cannot be scheduled (what the schema cannot check).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DagSpecError {
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+}
+
+impl DagSpecError {
+    /// The `Ready=False` reason (SPEC §2.1).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DagSpecError::Schedule(e) => e.reason(),
+            DagSpecError::Graph(_) => "InvalidGraph",
+        }
+    }
+}
+
+impl DagSpec {
+    /// The zone the schedule is read in, before any `CRON_TZ=` prefix.
+    pub fn zone(&self, default_tz: Tz) -> Result<Tz, ScheduleError> {
+        self.timezone
+            .as_deref()
+            .map_or(Ok(default_tz), parse_timezone)
+    }
+
+    /// The parsed schedule, if the DAG has one.
+    pub fn parse_schedule(&self, default_tz: Tz) -> Result<Option<Schedule>, ScheduleError> {
+        let zone = self.zone(default_tz)?;
+        self.schedule
+            .as_deref()
+            .map(|expr| Schedule::parse(expr, zone, self.start_date))
+            .transpose()
+    }
+
+    /// The validated task graph.
+    pub fn graph(&self) -> Result<TaskGraph, GraphError> {
+        TaskGraph::build(self.tasks.iter().map(|t| {
+            (
+                t.name.as_str(),
+                t.depends_on.iter().map(String::as_str),
+                GraphRule::from(t.trigger_rule),
+            )
+        }))
+    }
+
+    /// Everything the controller checks before scheduling: zone, schedule, graph.
+    pub fn validate(&self, default_tz: Tz) -> Result<(Option<Schedule>, TaskGraph), DagSpecError> {
+        let schedule = self.parse_schedule(default_tz)?;
+        let graph = self.graph()?;
+        Ok((schedule, graph))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> DagSpec {
+        serde_yaml::from_str(yaml).expect("valid DagSpec")
+    }
+
+    #[test]
+    fn defaults_and_optional_container_name() {
+        let s =
+            spec("schedule: '0 2 * * *'\ntasks:\n- name: extract\n  container: {image: busybox}\n");
+        assert_eq!(s.max_active_runs, 16);
+        assert_eq!(s.concurrency_policy, ConcurrencyPolicy::Allow);
+        let t = &s.tasks[0];
+        assert_eq!((t.pool_slots, t.priority_weight, t.retries), (1, 1, 0));
+        assert_eq!(t.retry_delay_seconds, 30);
+        assert_eq!(t.max_retry_delay_seconds, 3600);
+        assert_eq!(t.container.name, "");
+        assert_eq!(t.container.image.as_deref(), Some("busybox"));
+    }
+
+    #[test]
+    fn validation_reasons() {
+        let bad_cron = spec("schedule: '61 * * * *'\ntasks: [{name: a, container: {image: x}}]");
+        let err = bad_cron.validate(Tz::UTC).unwrap_err();
+        assert_eq!(err.reason(), "InvalidSchedule");
+        assert!(err.to_string().contains("\"61\""), "{err}");
+
+        let bad_zone = spec(
+            "schedule: '@daily'\ntimezone: Mars/Olympus\ntasks: [{name: a, container: {image: x}}]",
+        );
+        assert_eq!(
+            bad_zone.validate(Tz::UTC).unwrap_err().reason(),
+            "InvalidTimezone"
+        );
+
+        let cycle = spec(
+            "tasks:\n- {name: a, dependsOn: [b], container: {image: x}}\n- {name: b, dependsOn: [a], container: {image: x}}",
+        );
+        assert_eq!(
+            cycle.validate(Tz::UTC).unwrap_err().reason(),
+            "InvalidGraph"
+        );
+
+        let ok = spec(
+            "schedule: 'CRON_TZ=Europe/Berlin 0 2 * * *'\ntasks: [{name: a, container: {image: x}}]",
+        );
+        let (schedule, graph) = ok.validate(Tz::UTC).unwrap();
+        assert_eq!(
+            schedule.map(|s| s.timezone()),
+            Some(chrono_tz::Europe::Berlin)
+        );
+        assert_eq!(graph.len(), 1);
+    }
+}

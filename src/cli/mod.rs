@@ -1,0 +1,431 @@
+//! The command line (SPEC §8). One file per subcommand; this file holds the clap model and
+//! the dispatch. Exit codes: 0 success, 1 runtime failure, 2 usage error.
+
+mod crds;
+mod schedule;
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use dag_operator::schedule::parse_duration;
+
+/// A failure the CLI reports in one line on stderr, with its exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn usage(message: impl fmt::Display) -> Self {
+        CliError {
+            code: 2,
+            message: message.to_string(),
+        }
+    }
+
+    pub fn runtime(message: impl fmt::Display) -> Self {
+        CliError {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+
+    fn not_implemented(what: &str) -> Self {
+        CliError::runtime(format!("{what}: not implemented yet"))
+    }
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(e: anyhow::Error) -> Self {
+        // `{:#}` puts the whole cause chain on one line
+        CliError::runtime(format!("{e:#}"))
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dag-operator",
+    version,
+    about = "A Kubernetes operator that schedules workflow DAGs",
+    long_about = "A Kubernetes operator that schedules workflow DAGs: cron schedules in IANA time \
+                  zones with Vixie DST rules, a priority queue with aging, concurrency limits in \
+                  Redis, runs recorded in PostgreSQL and every task run as a Pod."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the operator (controllers, scheduler and executor).
+    Run(Box<RunArgs>),
+    /// Print the CustomResourceDefinitions as YAML (the source of crds/ and the chart's CRDs).
+    Crds(crds::CrdsArgs),
+    /// Apply the database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Evaluate schedules without a cluster.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
+    /// Trigger a manual run of a DAG by setting its trigger annotations.
+    Trigger(TriggerArgs),
+    /// Create a Backfill of a DAG over a past range, optionally following it to the end.
+    Backfill(BackfillArgs),
+    /// List runs from PostgreSQL.
+    Runs(RunsArgs),
+}
+
+/// Parses a duration flag such as `10s`, `5m` or `1h30m`.
+fn duration_secs(text: &str) -> Result<u64, String> {
+    parse_duration(text)
+        .map(|s| s.unsigned_abs())
+        .ok_or_else(|| format!("invalid duration {text:?}: expected e.g. 10s, 5m or 1h30m"))
+}
+
+fn rfc3339(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("invalid RFC3339 time {text:?}: {e}"))
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct KubeArgs {
+    /// Path to a kubeconfig (default: in-cluster config, then ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL, e.g. postgres://user:pass@host:5432/dagop. Overrides the --db-* flags.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// PostgreSQL host (used when --database-url is not given).
+    #[arg(long, env = "DB_HOST")]
+    pub db_host: Option<String>,
+    /// PostgreSQL port.
+    #[arg(long, env = "DB_PORT", default_value_t = 5432)]
+    pub db_port: u16,
+    /// PostgreSQL user.
+    #[arg(long, env = "DB_USER")]
+    pub db_user: Option<String>,
+    /// PostgreSQL password.
+    #[arg(long, env = "DB_PASSWORD", hide_env_values = true)]
+    pub db_password: Option<String>,
+    /// PostgreSQL database name.
+    #[arg(long, env = "DB_NAME", default_value = "dagop")]
+    pub db_name: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RedisArgs {
+    /// Redis URL, e.g. redis://host:6379/0. Without it (and without --redis-host) an
+    /// in-process gate serves a single active replica.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Redis host (used when --redis-url is not given).
+    #[arg(long, env = "REDIS_HOST")]
+    pub redis_host: Option<String>,
+    /// Redis port.
+    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
+    pub redis_port: u16,
+    /// Redis password.
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    /// Redis database number.
+    #[arg(long, env = "REDIS_DB", default_value_t = 0)]
+    pub redis_db: u32,
+    /// Prefix of every Redis key the operator writes.
+    #[arg(long, env = "DAGOP_REDIS_KEY_PREFIX", default_value = "dagop")]
+    pub redis_key_prefix: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, short = 'n', env = "DAGOP_NAMESPACE")]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Default IANA time zone of DAGs without spec.timezone.
+    #[arg(long, env = "DAGOP_TIMEZONE", default_value = "UTC")]
+    pub timezone: String,
+    /// Default of spec.catchup: create runs for ticks missed while down.
+    #[arg(long, env = "DAGOP_ENABLE_CATCHUP", default_value_t = true, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub enable_catchup: bool,
+    /// Default of spec.maxCatchupRuns.
+    #[arg(long, env = "DAGOP_MAX_CATCHUP_RUNS", default_value_t = 50)]
+    pub max_catchup_runs: u32,
+    /// Limit on running runs across all DAGs.
+    #[arg(long, env = "DAGOP_MAX_CONCURRENT_RUNS", default_value_t = 100)]
+    pub max_concurrent_runs: u32,
+    /// Limit on running task instances across all DAGs.
+    #[arg(long, env = "DAGOP_MAX_RUNNING_TASKS", default_value_t = 128)]
+    pub max_running_tasks: u32,
+    /// Longest gap between scheduler passes.
+    #[arg(long, env = "DAGOP_SCHEDULE_INTERVAL", default_value = "10s", value_parser = duration_secs)]
+    pub schedule_interval: u64,
+    /// A queued run moves up one priority class per period of waiting.
+    #[arg(long, env = "DAGOP_PRIORITY_AGING", default_value = "5m", value_parser = duration_secs)]
+    pub priority_aging: u64,
+    /// Lease TTL of gate slots; holders renew every third of it.
+    #[arg(long, env = "DAGOP_LEASE_TTL", default_value = "30s", value_parser = duration_secs)]
+    pub lease_ttl: u64,
+    /// Elect one active replica through a Lease.
+    #[arg(long, env = "DAGOP_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub leader_election: bool,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "DAGOP_METRICS_ADDR", default_value = ":8080")]
+    pub metrics_addr: String,
+    /// How long finished task Pods are kept.
+    #[arg(long, env = "DAGOP_POD_RETENTION", default_value = "1h", value_parser = duration_secs)]
+    pub pod_retention: u64,
+    /// A Backfill planning more runs than this is Invalid.
+    #[arg(long, env = "DAGOP_MAX_BACKFILL_RUNS", default_value_t = 1_000_000)]
+    pub max_backfill_runs: u64,
+    /// Log format.
+    #[arg(long, env = "DAGOP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct TriggerArgs {
+    /// The DAG to trigger.
+    pub name: String,
+    /// Namespace of the DAG (default: the kubeconfig's).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// JSON object merged over the DAG's spec.params for this run.
+    #[arg(long)]
+    pub params: Option<String>,
+    /// Logical date of the run (default: when the operator handles the trigger).
+    #[arg(long, value_parser = rfc3339)]
+    pub logical_date: Option<DateTime<Utc>>,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReprocessArg {
+    None,
+    Failed,
+    All,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OrderArg {
+    OldestFirst,
+    NewestFirst,
+}
+
+#[derive(Args, Debug)]
+pub struct BackfillArgs {
+    /// The DAG to backfill (or --backfill-dag-id).
+    #[arg(required_unless_present = "dag_id")]
+    pub name: Option<String>,
+    /// The DAG to backfill (the Go prototype's flag name).
+    #[arg(long = "backfill-dag-id", conflicts_with = "name")]
+    pub dag_id: Option<String>,
+    /// Namespace of the DAG (default: the kubeconfig's).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// First instant of the range, inclusive (RFC3339).
+    #[arg(long, alias = "backfill-start", value_parser = rfc3339)]
+    pub start: DateTime<Utc>,
+    /// End of the range, exclusive (RFC3339).
+    #[arg(long, alias = "backfill-end", value_parser = rfc3339)]
+    pub end: DateTime<Utc>,
+    /// Most runs of this backfill running at once.
+    #[arg(long, alias = "backfill-concurrency", default_value_t = 5)]
+    pub concurrency: u32,
+    /// Plan and report only; create nothing.
+    #[arg(long, alias = "backfill-dry-run")]
+    pub dry_run: bool,
+    /// What to do with dates that already have a run.
+    #[arg(long, value_enum, default_value_t = ReprocessArg::None)]
+    pub reprocess: ReprocessArg,
+    /// Order of admission.
+    #[arg(long, value_enum, default_value_t = OrderArg::OldestFirst)]
+    pub order: OrderArg,
+    /// Follow the backfill with a progress bar until it ends; exit 1 if it failed.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct RunsArgs {
+    /// Only runs of this DAG.
+    pub name: Option<String>,
+    /// Only runs in this namespace.
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Only runs in this state (running, success, failed, cancelled).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Most runs to show, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// Runs a parsed command.
+pub fn dispatch(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Crds(args) => crds::run(&args),
+        Command::Schedule(cmd) => schedule::run(&cmd),
+        Command::Run(_) => Err(CliError::not_implemented("run")),
+        Command::Migrate(_) => Err(CliError::not_implemented("migrate")),
+        Command::Trigger(_) => Err(CliError::not_implemented("trigger")),
+        Command::Backfill(_) => Err(CliError::not_implemented("backfill")),
+        Command::Runs(_) => Err(CliError::not_implemented("runs")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_model_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_and_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(arg.get_help().is_some(), "{path} --{id} has no help");
+            }
+            for sub in cmd.get_subcommands() {
+                assert!(
+                    sub.get_about().is_some(),
+                    "{path} {} has no help",
+                    sub.get_name()
+                );
+                walk(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        walk(&Cli::command(), "dag-operator");
+    }
+
+    #[test]
+    fn run_flags_have_spec_defaults_and_env_names() {
+        let cli = Cli::try_parse_from(["dag-operator", "run"]).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!()
+        };
+        assert!(run.enable_catchup && run.leader_election);
+        assert_eq!(
+            (
+                run.max_catchup_runs,
+                run.max_concurrent_runs,
+                run.max_running_tasks
+            ),
+            (50, 100, 128)
+        );
+        assert_eq!(
+            (run.schedule_interval, run.priority_aging, run.lease_ttl),
+            (10, 300, 30)
+        );
+        assert_eq!(run.pod_retention, 3600);
+        assert_eq!(run.metrics_addr, ":8080");
+        let cmd = Cli::command();
+        let run_cmd = cmd.find_subcommand("run").unwrap();
+        let env_of = |id: &str| {
+            run_cmd
+                .get_arguments()
+                .find(|a| a.get_id().as_str() == id)
+                .and_then(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+        };
+        assert_eq!(env_of("database_url").as_deref(), Some("DATABASE_URL"));
+        assert_eq!(env_of("db_host").as_deref(), Some("DB_HOST"));
+        assert_eq!(env_of("redis_password").as_deref(), Some("REDIS_PASSWORD"));
+        assert_eq!(env_of("kubeconfig").as_deref(), Some("KUBECONFIG"));
+        assert_eq!(
+            env_of("max_running_tasks").as_deref(),
+            Some("DAGOP_MAX_RUNNING_TASKS")
+        );
+        assert_eq!(env_of("lease_ttl").as_deref(), Some("DAGOP_LEASE_TTL"));
+    }
+
+    #[test]
+    fn backfill_accepts_the_prototype_flag_names() {
+        let cli = Cli::try_parse_from([
+            "dag-operator",
+            "backfill",
+            "--backfill-dag-id",
+            "etl",
+            "--backfill-start",
+            "2024-01-01T00:00:00Z",
+            "--backfill-end",
+            "2024-02-01T00:00:00Z",
+            "--backfill-concurrency",
+            "3",
+            "--backfill-dry-run",
+        ])
+        .unwrap();
+        let Command::Backfill(b) = cli.command else {
+            panic!()
+        };
+        assert_eq!(b.dag_id.as_deref(), Some("etl"));
+        assert_eq!(b.concurrency, 3);
+        assert!(b.dry_run);
+        let missing = Cli::try_parse_from([
+            "dag-operator",
+            "backfill",
+            "--start",
+            "2024-01-01T00:00:00Z",
+            "--end",
+            "2024-01-02T00:00:00Z",
+        ]);
+        assert!(missing.is_err());
+    }
+
+    #[test]
+    fn boolean_flags_take_false() {
+        let cli = Cli::try_parse_from([
+            "dag-operator",
+            "run",
+            "--enable-catchup=false",
+            "--leader-election",
+            "false",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!()
+        };
+        assert!(!run.enable_catchup && !run.leader_election);
+    }
+}

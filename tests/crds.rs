@@ -1,0 +1,177 @@
+//! The checked-in crds/ must equal what `dag-operator crds` generates, and the schemas must
+//! carry the validation SPEC §2 asks of them.
+
+use std::path::PathBuf;
+
+use dag_operator::api;
+use serde_json::Value;
+
+fn crd_json(plural: &str) -> Value {
+    let crd = api::crds()
+        .into_iter()
+        .find(|c| c.spec.names.plural == plural)
+        .expect("crd exists");
+    serde_json::to_value(crd).expect("crd serializes")
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+fn schema(plural: &str) -> Value {
+    crd_json(plural)["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+#[test]
+fn checked_in_crds_do_not_drift() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let mut expected_names = Vec::new();
+    for (name, yaml) in api::crd_files().expect("renders") {
+        let path = dir.join(&name);
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == yaml,
+            "{} is out of date: run `cargo run -- crds --out-dir crds`",
+            path.display()
+        );
+        expected_names.push(name);
+    }
+    let mut present: Vec<String> = std::fs::read_dir(&dir)
+        .expect("crds/ exists")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    present.sort();
+    expected_names.sort();
+    assert_eq!(
+        present, expected_names,
+        "crds/ holds exactly one file per CRD"
+    );
+}
+
+#[test]
+fn names_categories_and_subresources() {
+    for (plural, kind, short) in [
+        ("dags", "DAG", "dag"),
+        ("pools", "Pool", "dagpool"),
+        ("backfills", "Backfill", "bf"),
+    ] {
+        let crd = crd_json(plural);
+        let spec = &crd["spec"];
+        assert_eq!(spec["group"], "dagoperator.io");
+        assert_eq!(spec["scope"], "Namespaced");
+        assert_eq!(spec["names"]["kind"], kind);
+        assert_eq!(spec["names"]["shortNames"], serde_json::json!([short]));
+        assert_eq!(
+            spec["names"]["categories"],
+            serde_json::json!(["dagoperator"])
+        );
+        let version = &spec["versions"][0];
+        assert_eq!(version["name"], "v1alpha1");
+        assert!(
+            version["subresources"]["status"].is_object(),
+            "{plural} has a status subresource"
+        );
+    }
+}
+
+#[test]
+fn printer_columns() {
+    let names = |plural: &str| -> Vec<String> {
+        crd_json(plural)["spec"]["versions"][0]["additionalPrinterColumns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names("dags"),
+        [
+            "Schedule", "Suspend", "Active", "Queued", "Last", "Next", "Ready", "Age"
+        ]
+    );
+    assert_eq!(names("pools"), ["Slots", "Used", "Queued", "Age"]);
+    assert_eq!(names("backfills"), ["DAG", "Phase", "Progress", "Age"]);
+}
+
+#[test]
+fn dag_schema_validates_what_it_can() {
+    let spec = &schema("dags")["properties"]["spec"];
+    let tasks = &spec["properties"]["tasks"];
+    assert_eq!(tasks["x-kubernetes-list-type"], "map");
+    assert_eq!(
+        tasks["x-kubernetes-list-map-keys"],
+        serde_json::json!(["name"])
+    );
+    assert_eq!(num(&tasks["minItems"]), 1.0);
+    assert_eq!(num(&tasks["maxItems"]), 500.0);
+    let task = &tasks["items"];
+    assert_eq!(
+        task["properties"]["triggerRule"]["enum"],
+        serde_json::json!(["AllSuccess", "AllDone"])
+    );
+    assert_eq!(num(&task["properties"]["poolSlots"]["minimum"]), 1.0);
+    assert_eq!(num(&task["properties"]["retries"]["minimum"]), 0.0);
+    assert!(task["properties"]["name"]["pattern"].is_string());
+    let required: Vec<&str> = task["required"]
+        .as_array()
+        .expect("required")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(required, ["container", "name"]);
+    let container_required = &task["properties"]["container"]["required"];
+    assert!(
+        !container_required
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x == "name")),
+        "container.name may be omitted"
+    );
+    assert_eq!(
+        spec["properties"]["concurrencyPolicy"]["enum"],
+        serde_json::json!(["Allow", "Forbid", "Replace"])
+    );
+    assert_eq!(num(&spec["properties"]["maxActiveRuns"]["minimum"]), 1.0);
+    assert_eq!(
+        spec["properties"]["params"]["x-kubernetes-preserve-unknown-fields"],
+        true
+    );
+}
+
+#[test]
+fn pool_and_backfill_schemas() {
+    let pool = &schema("pools")["properties"]["spec"];
+    assert_eq!(num(&pool["properties"]["slots"]["minimum"]), 0.0);
+
+    let bf = &schema("backfills")["properties"]["spec"];
+    let rules: Vec<(String, String)> = bf["x-kubernetes-validations"]
+        .as_array()
+        .expect("spec rules")
+        .iter()
+        .map(|r| {
+            (
+                r["rule"].as_str().unwrap_or_default().into(),
+                r["message"].as_str().unwrap_or_default().into(),
+            )
+        })
+        .collect();
+    assert!(rules.contains(&(
+        "self.end > self.start".into(),
+        "end must be after start".into()
+    )));
+    for field in ["dagRef", "start", "end", "dryRun", "reprocess", "order"] {
+        let field_rules = &bf["properties"][field]["x-kubernetes-validations"];
+        assert_eq!(
+            field_rules[0]["rule"], "self == oldSelf",
+            "{field} is immutable"
+        );
+        assert_eq!(field_rules[0]["message"], format!("{field} is immutable"));
+    }
+    assert_eq!(num(&bf["properties"]["concurrency"]["minimum"]), 1.0);
+    assert_eq!(num(&bf["properties"]["concurrency"]["default"]), 5.0);
+    assert_eq!(
+        bf["properties"]["reprocess"]["enum"],
+        serde_json::json!(["None", "Failed", "All"])
+    );
+}
