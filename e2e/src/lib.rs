@@ -1,0 +1,185 @@
+//! Harness of the end-to-end tests: brings the local control plane up once per test run
+//! (`e2e/plane up`, idempotent), installs the CRDs once, and gives each test its own namespace.
+//! Everything is driven as a user would: kubectl, and the kube client where it reads better.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use std::io::Write;
+
+/// The running plane, as `e2e/plane env` describes it.
+#[derive(Debug)]
+pub struct Plane {
+    pub repo: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub database_url: String,
+    pub redis_url: String,
+    /// PATH with the plane's binaries (kubectl, helm) first
+    pub path: String,
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The plane, started on first use (builds the binaries if the cache is empty).
+pub fn plane() -> &'static Plane {
+    static PLANE: OnceLock<Plane> = OnceLock::new();
+    PLANE.get_or_init(|| {
+        let repo = repo_root();
+        let script = repo.join("e2e/plane");
+        let status = Command::new(&script)
+            .arg("up")
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .status()
+            .expect("e2e/plane runs");
+        assert!(status.success(), "e2e/plane up failed: see its logs above");
+        // evaluate the exports in a shell and print them one per line, whatever the quoting
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(r#"eval "$("$0" env)" && printf '%s\n' "$KUBECONFIG" "$DATABASE_URL" "$REDIS_URL" "$PATH""#)
+            .arg(&script)
+            .output()
+            .expect("e2e/plane env runs");
+        assert!(out.status.success(), "e2e/plane env failed: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines().map(str::to_string);
+        let mut next = |what: &str| lines.next().filter(|l| !l.is_empty()).unwrap_or_else(|| panic!("e2e/plane env gave no {what}"));
+        Plane {
+            kubeconfig: PathBuf::from(next("KUBECONFIG")),
+            database_url: next("DATABASE_URL"),
+            redis_url: next("REDIS_URL"),
+            path: next("PATH"),
+            repo,
+        }
+    })
+}
+
+impl Plane {
+    /// Runs kubectl against the plane, with optional standard input.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new("kubectl");
+        cmd.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("PATH", &self.path)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("kubectl starts");
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin is piped");
+            pipe.write_all(input.as_bytes())
+                .expect("kubectl reads stdin");
+        }
+        child.wait_with_output().expect("kubectl finishes")
+    }
+
+    /// kubectl that must succeed; returns its stdout.
+    pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A kube client for the plane's admin.
+    pub async fn client(&self) -> kube::Client {
+        let kubeconfig =
+            kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig readable");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("kubeconfig valid");
+        kube::Client::try_from(config).expect("client builds")
+    }
+
+    /// Installs crds/ (the output of `dag-operator crds`) with a plain client-side
+    /// `kubectl apply`, once per test run, and waits until each is Established.
+    pub fn install_crds(&self) {
+        static INSTALLED: OnceLock<()> = OnceLock::new();
+        INSTALLED.get_or_init(|| {
+            let dir = self.repo.join("crds");
+            let dir = dir.to_string_lossy();
+            self.kubectl_ok(&["apply", "-f", &dir], None);
+            self.kubectl_ok(
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    "-f",
+                    &dir,
+                ],
+                None,
+            );
+        });
+    }
+}
+
+/// A namespace of one test, deleted (without waiting) when dropped.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub fn new(prefix: &str) -> Self {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() % 1_000_000)
+            .unwrap_or_default();
+        let name = format!("e2e-{prefix}-{}-{stamp}-{n}", std::process::id());
+        plane().kubectl_ok(&["create", "namespace", &name], None);
+        TestNamespace { name }
+    }
+
+    /// kubectl in this namespace.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        plane().kubectl(&full, stdin)
+    }
+
+    pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        plane().kubectl_ok(&full, stdin)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = plane().kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
