@@ -4,6 +4,10 @@
 //! dependency; see ARCHITECTURE in the README.
 
 pub mod api;
+pub mod controller;
+pub mod engine;
 pub mod graph;
 pub mod queue;
 pub mod schedule;
+pub mod store;
+pub mod telemetry;

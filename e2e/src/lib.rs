@@ -2,6 +2,12 @@
 //! (`e2e/plane up`, idempotent), installs the CRDs once, and gives each test its own namespace.
 //! Everything is driven as a user would: kubectl, and the kube client where it reads better.
 
+pub mod operator;
+
+/// Fresh databases per test: the same helper the root package's store and engine tests use.
+#[path = "../../tests/common/mod.rs"]
+pub mod db;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;

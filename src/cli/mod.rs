@@ -2,7 +2,11 @@
 //! the dispatch. Exit codes: 0 success, 1 runtime failure, 2 usage error.
 
 mod crds;
+mod migrate;
+mod run;
+mod runs;
 mod schedule;
+mod trigger;
 
 use std::fmt;
 
@@ -117,6 +121,60 @@ pub struct DatabaseArgs {
     /// PostgreSQL database name.
     #[arg(long, env = "DB_NAME", default_value = "dagop")]
     pub db_name: String,
+}
+
+impl DatabaseArgs {
+    /// The PostgreSQL URL: --database-url (DATABASE_URL) as given, else one built from the
+    /// --db-* flags with every part percent-encoded. Neither given is a usage error.
+    pub fn url(&self) -> Result<String, CliError> {
+        if let Some(url) = self
+            .database_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+        {
+            return Ok(url.to_owned());
+        }
+        let Some(host) = self.db_host.as_deref().filter(|h| !h.trim().is_empty()) else {
+            return Err(CliError::usage(
+                "no database configured: set --database-url (DATABASE_URL) or --db-host (DB_HOST)",
+            ));
+        };
+        let mut url = String::from("postgres://");
+        if self.db_user.is_some() || self.db_password.is_some() {
+            url.push_str(&percent_encode(self.db_user.as_deref().unwrap_or("")));
+            if let Some(password) = &self.db_password {
+                url.push(':');
+                url.push_str(&percent_encode(password));
+            }
+            url.push('@');
+        }
+        if host.starts_with('/') {
+            url.push_str(&percent_encode(host)); // a Unix socket directory
+        } else if host.contains(':') && !host.starts_with('[') {
+            url.push_str(&format!("[{host}]")); // an IPv6 address
+        } else {
+            url.push_str(host);
+        }
+        url.push_str(&format!(
+            ":{}/{}",
+            self.db_port,
+            percent_encode(&self.db_name)
+        ));
+        Ok(url)
+    }
+}
+
+/// RFC 3986 percent-encoding of everything but unreserved characters.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[derive(Args, Debug, Clone)]
@@ -299,11 +357,11 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Crds(args) => crds::run(&args),
         Command::Schedule(cmd) => schedule::run(&cmd),
-        Command::Run(_) => Err(CliError::not_implemented("run")),
-        Command::Migrate(_) => Err(CliError::not_implemented("migrate")),
-        Command::Trigger(_) => Err(CliError::not_implemented("trigger")),
+        Command::Run(args) => run::run(*args),
+        Command::Migrate(args) => migrate::run(&args),
+        Command::Trigger(args) => trigger::run(args),
         Command::Backfill(_) => Err(CliError::not_implemented("backfill")),
-        Command::Runs(_) => Err(CliError::not_implemented("runs")),
+        Command::Runs(args) => runs::run(&args),
     }
 }
 

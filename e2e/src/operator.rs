@@ -1,0 +1,152 @@
+//! The operator binary under test: built once per run, started per test with its own
+//! namespace and database, killed with SIGKILL on demand, restarted with the same arguments.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::plane;
+
+/// target/debug/dag-operator, built (or brought up to date) on first use.
+pub fn operator_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let repo = &plane().repo;
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "dag-operator",
+                "--bin",
+                "dag-operator",
+            ])
+            .current_dir(repo)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the operator failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo.join("target"));
+        target.join("debug/dag-operator")
+    })
+}
+
+/// A free loopback port (bound and released; the operator takes it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub struct Operator {
+    child: Option<Child>,
+    args: Vec<String>,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Starts `dag-operator run` watching `namespace`, storing into `database_url`.
+    pub fn start(namespace: &str, database_url: &str, extra: &[&str]) -> Self {
+        let metrics_port = free_port();
+        let mut args: Vec<String> = [
+            "run",
+            "--namespace",
+            namespace,
+            "--database-url",
+            database_url,
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--schedule-interval",
+            "1s",
+            "--leader-election=false",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = std::env::temp_dir().join(format!("dagop-e2e-{namespace}.log"));
+        let mut op = Operator {
+            child: None,
+            args,
+            metrics_port,
+            log,
+        };
+        op.spawn();
+        op
+    }
+
+    fn spawn(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let err = log.try_clone().expect("log file");
+        let child = Command::new(operator_binary())
+            .args(&self.args)
+            .env("KUBECONFIG", &plane().kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("operator starts");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, as `kill -9` does, and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Whether the process still runs.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// GET a path of the metrics server: (status code, body), or None if it does not answer.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .await
+            .ok()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        let code = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())?;
+        Some((code, body))
+    }
+
+    /// The operator's log so far (for assertion messages).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,342 @@
+//! The scheduler end to end (issue 4): the operator binary on the local plane, a database of
+//! its own per test, DAGs applied with kubectl, runs read back from PostgreSQL.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dag_operator::store::{PgStore, RunFilter, RunRow, RunStore, RunType};
+use dag_operator_e2e::db::TestDb;
+use dag_operator_e2e::operator::Operator;
+use dag_operator_e2e::{TestNamespace, eventually, plane};
+use serde_json::Value;
+
+struct Setup {
+    ns: TestNamespace,
+    db: TestDb,
+    store: PgStore,
+}
+
+async fn setup(prefix: &str) -> Setup {
+    plane().install_crds();
+    let ns = TestNamespace::new(prefix);
+    let db = TestDb::create(&format!("e2e_{}", prefix.replace('-', "_"))).await;
+    let store = db.migrated().await;
+    Setup { ns, db, store }
+}
+
+impl Setup {
+    fn operator(&self, extra: &[&str]) -> Operator {
+        Operator::start(&self.ns.name, &self.db.url, extra)
+    }
+
+    fn apply(&self, yaml: &str) {
+        self.ns.kubectl_ok(&["apply", "-f", "-"], Some(yaml));
+    }
+
+    async fn runs(&self, dag: &str) -> Vec<RunRow> {
+        let mut runs = self
+            .store
+            .list_runs(&RunFilter {
+                namespace: Some(self.ns.name.clone()),
+                dag_name: Some(dag.to_string()),
+                state: None,
+                limit: 1_000_000,
+            })
+            .await
+            .unwrap_or_default();
+        runs.sort_by_key(|r| r.logical_date);
+        runs
+    }
+
+    fn status(&self, dag: &str) -> Value {
+        let out = self.ns.kubectl_ok(&["get", "dag", dag, "-o", "json"], None);
+        let obj: Value = serde_json::from_str(&out).expect("kubectl json");
+        obj["status"].clone()
+    }
+
+    /// Polls the DAG's status until `f` accepts it.
+    async fn status_until(&self, dag: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        eventually(Duration::from_secs(60), what, || {
+            let s = self.status(dag);
+            let ok = f(&s);
+            async move { ok.then_some(s) }
+        })
+        .await
+    }
+
+    async fn runs_until(
+        &self,
+        dag: &str,
+        what: &str,
+        f: impl Fn(&[RunRow]) -> bool,
+    ) -> Vec<RunRow> {
+        eventually(Duration::from_secs(90), what, || async {
+            let runs = self.runs(dag).await;
+            f(&runs).then_some(runs)
+        })
+        .await
+    }
+}
+
+fn dag_yaml(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: dagoperator.io/v1alpha1\nkind: DAG\nmetadata: {{name: {name}}}\nspec:\n{spec}\n  tasks:\n  - {{name: a, container: {{image: busybox}}}}\n"
+    )
+}
+
+/// Asserts the logical dates are consecutive seconds: every due tick exactly once.
+fn assert_every_second(runs: &[RunRow]) {
+    let dates: Vec<DateTime<Utc>> = runs.iter().map(|r| r.logical_date).collect();
+    let unique: BTreeSet<_> = dates.iter().collect();
+    assert_eq!(unique.len(), dates.len(), "duplicate runs: {dates:?}");
+    for pair in dates.windows(2) {
+        assert_eq!(
+            (pair[1] - pair[0]).num_seconds(),
+            1,
+            "a gap or a jump between {} and {}",
+            pair[0],
+            pair[1]
+        );
+    }
+}
+
+fn ready_condition(status: &Value) -> Option<(String, String, String)> {
+    status["conditions"].as_array()?.iter().find_map(|c| {
+        (c["type"] == "Ready").then(|| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+                c["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+    })
+}
+
+#[tokio::test]
+async fn a_once_a_second_dag_gets_one_run_per_second() {
+    let s = setup("every-second").await;
+    s.apply(&dag_yaml(
+        "tick",
+        "  schedule: '* * * * * *'\n  maxActiveRuns: 10000",
+    ));
+    let op = s.operator(&[]);
+    let runs = s.runs_until("tick", "6 runs", |r| r.len() >= 6).await;
+    assert_every_second(&runs);
+    assert!(runs.iter().all(|r| r.run_type == RunType::Scheduled));
+    // the status shows the last and next schedule times, one second apart
+    let status = s
+        .status_until("tick", "schedule times in status", |st| {
+            st["lastScheduleTime"].is_string() && st["nextScheduleTime"].is_string()
+        })
+        .await;
+    let last: DateTime<Utc> = status["lastScheduleTime"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .expect("time");
+    let next: DateTime<Utc> = status["nextScheduleTime"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .expect("time");
+    assert!(next > last, "{status}");
+    assert!((next - last).num_seconds() <= 2, "{status}");
+    let (ready, reason, _) = ready_condition(&status).expect("Ready condition");
+    assert_eq!((ready.as_str(), reason.as_str()), ("True", "Scheduling"));
+    let metrics = op.get("/metrics").await.map(|(_, b)| b).unwrap_or_default();
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("dagop_runs_created_total{type=\"scheduled\"}") && !l.ends_with(" 0")
+        ),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("runs_created"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[tokio::test]
+async fn kill_9_three_times_leaves_exactly_one_run_per_due_tick() {
+    let s = setup("kill9").await;
+    s.apply(&dag_yaml(
+        "crashy",
+        "  schedule: '* * * * * *'\n  maxActiveRuns: 10000\n  maxCatchupRuns: 1000",
+    ));
+    let mut op = s.operator(&[]);
+    for round in 1..=3 {
+        let before = s.runs("crashy").await.len();
+        s.runs_until("crashy", "the operator to schedule", |r| {
+            r.len() >= before + 2
+        })
+        .await;
+        op.kill9();
+        // down for a moment: the ticks of this gap must be caught up after the restart
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        op.restart();
+        assert!(op.alive(), "restart {round}");
+    }
+    let killed_at = Utc::now();
+    let runs = s
+        .runs_until("crashy", "runs past the last restart", |r| {
+            r.last()
+                .is_some_and(|last| last.logical_date > killed_at + chrono::Duration::seconds(1))
+        })
+        .await;
+    drop(op);
+    assert_every_second(&runs);
+}
+
+#[tokio::test]
+async fn max_active_runs_two_runs_two_and_queues_the_rest() {
+    let s = setup("max-active").await;
+    s.apply(&dag_yaml(
+        "busy",
+        "  schedule: '* * * * * *'\n  maxActiveRuns: 2",
+    ));
+    let _op = s.operator(&[]);
+    let status = s
+        .status_until("busy", "queued runs in status", |st| {
+            st["queuedRuns"].as_i64().unwrap_or(0) >= 3
+        })
+        .await;
+    assert_eq!(status["activeRuns"], 2, "{status}");
+    let runs = s.runs("busy").await;
+    assert_eq!(runs.len(), 2, "exactly two runs admitted");
+    assert_eq!(
+        (runs[1].logical_date - runs[0].logical_date).num_seconds(),
+        1,
+        "the two oldest ticks"
+    );
+}
+
+#[tokio::test]
+async fn a_trigger_annotation_creates_one_manual_run_ahead_of_queued_ones() {
+    let s = setup("trigger").await;
+    s.apply(&dag_yaml(
+        "manual",
+        "  schedule: '* * * * * *'\n  maxActiveRuns: 1\n  params: {a: 1}",
+    ));
+    let _op = s.operator(&[]);
+    s.status_until("manual", "scheduled runs queued", |st| {
+        st["queuedRuns"].as_i64().unwrap_or(0) >= 2
+    })
+    .await;
+    let out = std::process::Command::new(dag_operator_e2e::operator::operator_binary())
+        .args([
+            "trigger",
+            "manual",
+            "-n",
+            &s.ns.name,
+            "--params",
+            r#"{"b": 2}"#,
+        ])
+        .env("KUBECONFIG", &plane().kubeconfig)
+        .output()
+        .expect("trigger runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value = s.ns.kubectl_ok(
+        &[
+            "get",
+            "dag",
+            "manual",
+            "-o",
+            "jsonpath={.metadata.annotations.dagoperator\\.io/trigger}",
+        ],
+        None,
+    );
+    assert!(!value.is_empty());
+    s.status_until("manual", "the trigger handled", |st| {
+        st["lastHandledTrigger"] == value.as_str()
+    })
+    .await;
+    // free the slot: the manual run goes before the queued scheduled ones
+    end_running_runs(&s).await;
+    let runs = s
+        .runs_until("manual", "a second run", |r| r.len() >= 2)
+        .await;
+    let newest = runs.iter().max_by_key(|r| r.created_at).expect("runs");
+    assert_eq!(newest.run_type, RunType::Manual, "{runs:?}");
+    assert_eq!(newest.params, serde_json::json!({"a": 1, "b": 2}));
+    // the same value again creates nothing
+    s.ns.kubectl_ok(
+        &[
+            "annotate",
+            "--overwrite",
+            "dag",
+            "manual",
+            &format!("dagoperator.io/trigger={value}"),
+        ],
+        None,
+    );
+    end_running_runs(&s).await;
+    s.runs_until("manual", "a third run", |r| r.len() >= 3)
+        .await;
+    end_running_runs(&s).await;
+    let runs = s
+        .runs_until("manual", "a fourth run", |r| r.len() >= 4)
+        .await;
+    assert_eq!(
+        runs.iter()
+            .filter(|r| r.run_type == RunType::Manual)
+            .count(),
+        1
+    );
+}
+
+/// Marks every running run of the test's database `success`, as the executor will.
+async fn end_running_runs(s: &Setup) {
+    sqlx::query("UPDATE dag_runs SET state = 'success', ended_at = now() WHERE state = 'running'")
+        .execute(s.store.pool())
+        .await
+        .expect("update runs");
+}
+
+#[tokio::test]
+async fn invalid_dags_are_not_ready_and_a_valid_one_keeps_running() {
+    let s = setup("invalid").await;
+    s.apply(&dag_yaml("bad-cron", "  schedule: '61 * * * *'"));
+    s.apply(&dag_yaml(
+        "bad-zone",
+        "  schedule: '@hourly'\n  timezone: Mars/Olympus_Mons",
+    ));
+    s.apply(
+        "apiVersion: dagoperator.io/v1alpha1\nkind: DAG\nmetadata: {name: cycle}\nspec:\n  schedule: '* * * * * *'\n  tasks:\n  - {name: a, dependsOn: [b], container: {image: busybox}}\n  - {name: b, dependsOn: [a], container: {image: busybox}}\n",
+    );
+    s.apply(&dag_yaml(
+        "good",
+        "  schedule: '* * * * * *'\n  maxActiveRuns: 1000",
+    ));
+    let _op = s.operator(&[]);
+    for (dag, reason, token) in [
+        ("bad-cron", "InvalidSchedule", "\"61\""),
+        ("bad-zone", "InvalidTimezone", "Mars/Olympus_Mons"),
+        ("cycle", "InvalidGraph", "a -> b -> a"),
+    ] {
+        let status = s
+            .status_until(dag, &format!("{dag} Ready=False"), |st| {
+                ready_condition(st).is_some_and(|(ready, _, _)| ready == "False")
+            })
+            .await;
+        let (_, got_reason, message) = ready_condition(&status).expect("condition");
+        assert_eq!(got_reason, reason, "{dag}: {status}");
+        assert!(
+            message.contains(token) || (dag == "cycle" && message.contains("b -> a -> b")),
+            "{dag}: {message}"
+        );
+    }
+    s.runs_until("good", "the valid DAG to keep running", |r| r.len() >= 3)
+        .await;
+    for dag in ["bad-cron", "bad-zone", "cycle"] {
+        assert!(s.runs(dag).await.is_empty(), "{dag} has no runs");
+    }
+    // the invalid spec is reported as a Warning event with the reason
+    let events = s.ns.kubectl_ok(&["get", "events", "-o", "json"], None);
+    assert!(events.contains("InvalidSchedule"), "{events}");
+}

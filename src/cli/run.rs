@@ -1,0 +1,204 @@
+//! `dag-operator run`: the operator. Wires the store, the engine, the DAG controller, the
+//! status writer, events and the metrics/health server together.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dag_operator::api::DAG;
+use dag_operator::controller::status::{StatusUpdate, run_writer};
+use dag_operator::controller::{Events, dag as dag_controller, dag_reference};
+use dag_operator::engine::{Engine, EngineConfig, Output};
+use dag_operator::schedule::parse_timezone;
+use dag_operator::store::PgStore;
+use dag_operator::telemetry::{self, Health, Metrics, Role};
+use kube::Api;
+use tokio::sync::mpsc;
+
+use super::{CliError, LogFormat, RunArgs};
+
+pub fn run(args: RunArgs) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::runtime(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(operate(args))
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+pub(super) async fn kube_client(kubeconfig: Option<&str>) -> Result<kube::Client, CliError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| CliError::runtime(format!("cannot read kubeconfig {path}: {e}")))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| CliError::runtime(format!("invalid kubeconfig {path}: {e}")))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| CliError::runtime(format!("no Kubernetes configuration found: {e}")))?,
+    };
+    kube::Client::try_from(config)
+        .map_err(|e| CliError::runtime(format!("cannot build a Kubernetes client: {e}")))
+}
+
+async fn operate(args: RunArgs) -> Result<(), CliError> {
+    telemetry::init_tracing(args.log_format == LogFormat::Json);
+    let default_tz = parse_timezone(&args.timezone).map_err(CliError::usage)?;
+    let url = args.database.url()?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new());
+    // concurrency limits are held in process for now (one active replica)
+    health.set_gate_ok(true);
+    if args.leader_election {
+        tracing::warn!(
+            "leader election is not implemented yet: this replica schedules alone; run one replica"
+        );
+    }
+    health.set_role(Role::Leader);
+    metrics.set_leader(true);
+    let addr = telemetry::serve(
+        &args.metrics_addr,
+        metrics.clone(),
+        health.clone(),
+        shutdown_signal(),
+    )
+    .await
+    .map_err(CliError::runtime)?;
+    tracing::info!(%addr, "health and metrics endpoints up");
+
+    let client = kube_client(args.kube.kubeconfig.as_deref()).await?;
+    let store = PgStore::connect_lazy(&url).map_err(CliError::runtime)?;
+
+    // the schema first; the operator stays up (not ready) until PostgreSQL answers
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match store.migrate().await {
+            Ok(()) => {
+                health.set_store_ok(true);
+                break;
+            }
+            Err(e) => {
+                health.set_store_ok(false);
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot migrate the database yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown_signal() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+
+    let cfg = EngineConfig {
+        default_tz,
+        enable_catchup: args.enable_catchup,
+        max_catchup_runs: args.max_catchup_runs,
+        max_concurrent_runs: args.max_concurrent_runs,
+        schedule_interval: Duration::from_secs(args.schedule_interval.max(1)),
+        priority_aging: Duration::from_secs(args.priority_aging),
+    };
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let (status_tx, status_rx) = mpsc::unbounded_channel();
+    tokio::spawn(Engine::new(cfg, store, out_tx).run(cmd_rx));
+    tokio::spawn(run_writer(client.clone(), status_rx));
+
+    let events = Events::new(client.clone());
+    {
+        let events = events.clone();
+        let status_tx = status_tx.clone();
+        let metrics = metrics.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            while let Some(output) = out_rx.recv().await {
+                match output {
+                    Output::Status(key, s) => {
+                        let _ = status_tx.send(StatusUpdate::Scheduling(key, s));
+                    }
+                    Output::Event {
+                        dag,
+                        warning,
+                        reason,
+                        message,
+                    } => {
+                        tracing::info!(dag = %dag, reason, %message, "event");
+                        let events = events.clone();
+                        tokio::spawn(async move {
+                            events
+                                .publish(&dag_reference(&dag, None), warning, reason, message)
+                                .await;
+                        });
+                    }
+                    Output::StoreHealth(ok) => {
+                        health.set_store_ok(ok);
+                        let _ = status_tx.send(StatusUpdate::StoreHealth(ok));
+                    }
+                    Output::RunsCreated {
+                        run_type,
+                        count,
+                        delays_secs,
+                    } => {
+                        for _ in 0..count {
+                            metrics.run_created(run_type);
+                        }
+                        for d in delays_secs {
+                            metrics.observe_schedule_delay(d);
+                        }
+                    }
+                    Output::RunsCancelled(ids) => {
+                        tracing::info!(
+                            count = ids.len(),
+                            "runs cancelled by concurrencyPolicy Replace"
+                        );
+                    }
+                    Output::Load {
+                        queue_depth,
+                        active_runs,
+                    } => {
+                        metrics.set_queue_depth(queue_depth);
+                        metrics.set_active_runs(active_runs as i64);
+                    }
+                }
+            }
+        });
+    }
+
+    let api: Api<DAG> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let ctx = Arc::new(dag_controller::Context::new(
+        cmd_tx, status_tx, events, default_tz,
+    ));
+    tracing::info!(
+        namespace = args.namespace.as_deref().unwrap_or("(all)"),
+        "watching DAGs"
+    );
+    dag_controller::run(api, ctx).await;
+    tracing::info!("shut down");
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! `dag-operator runs`: runs from PostgreSQL, newest logical date first, as a table or as
+//! JSON with every column and the task instances.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use dag_operator::store::{RunFilter, RunRow, RunState, RunStore, TaskRow};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::migrate::{block_on, open, store_error};
+use super::{CliError, OutputFormat, RunsArgs};
+
+/// Task states in lifecycle order: the order of the TASKS column.
+const TASK_STATES: [&str; 9] = [
+    "pending",
+    "queued",
+    "running",
+    "up_for_retry",
+    "success",
+    "failed",
+    "upstream_failed",
+    "skipped",
+    "cancelled",
+];
+
+pub fn run(args: &RunsArgs) -> Result<(), CliError> {
+    let state = match args.state.as_deref() {
+        None => None,
+        Some(s) => Some(RunState::parse(s).ok_or_else(|| {
+            CliError::usage(format!(
+                "invalid --state {s:?}: expected one of running, success, failed, cancelled"
+            ))
+        })?),
+    };
+    let url = args.database.url()?;
+    let filter = RunFilter {
+        namespace: args.namespace.clone(),
+        dag_name: args.name.clone(),
+        state,
+        limit: i64::from(args.limit),
+    };
+    let (runs, tasks) = block_on(async {
+        let store = open(&url).await?;
+        let runs = store
+            .list_runs(&filter)
+            .await
+            .map_err(|e| store_error(&store, "cannot list runs", e))?;
+        let ids: Vec<Uuid> = runs.iter().map(|r| r.id).collect();
+        let tasks = store
+            .task_instances(&ids)
+            .await
+            .map_err(|e| store_error(&store, "cannot list task instances", e))?;
+        Ok((runs, tasks))
+    })?;
+    let mut by_run: HashMap<Uuid, Vec<TaskRow>> = HashMap::new();
+    for t in tasks {
+        by_run.entry(t.run_id).or_default().push(t);
+    }
+    let out = match args.output {
+        OutputFormat::Json => {
+            let docs: Vec<Value> = runs
+                .iter()
+                .map(|r| run_json(r, by_run.get(&r.id).map(Vec::as_slice).unwrap_or(&[])))
+                .collect();
+            let mut text = serde_json::to_string_pretty(&docs)
+                .map_err(|e| CliError::runtime(format!("cannot render JSON: {e}")))?;
+            text.push('\n');
+            text
+        }
+        OutputFormat::Table if runs.is_empty() => {
+            eprintln!("No runs found.");
+            String::new()
+        }
+        OutputFormat::Table => table(&runs, &by_run),
+    };
+    print!("{out}");
+    Ok(())
+}
+
+fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn opt_time(t: Option<DateTime<Utc>>) -> String {
+    t.map(time).unwrap_or_else(|| "-".into())
+}
+
+/// `success=3 running=1`: the latest try of each task, counted by state ("-" for none).
+fn task_summary(tasks: &[TaskRow]) -> String {
+    let mut latest: BTreeMap<&str, &TaskRow> = BTreeMap::new();
+    for t in tasks {
+        let slot = latest.entry(t.task_name.as_str()).or_insert(t);
+        if t.try_number > slot.try_number {
+            *slot = t;
+        }
+    }
+    let mut counts: BTreeMap<(usize, &str), usize> = BTreeMap::new();
+    for t in latest.values() {
+        let rank = TASK_STATES
+            .iter()
+            .position(|s| *s == t.state)
+            .unwrap_or(TASK_STATES.len());
+        *counts.entry((rank, t.state.as_str())).or_default() += 1;
+    }
+    if counts.is_empty() {
+        return "-".into();
+    }
+    counts
+        .into_iter()
+        .map(|((_, state), n)| format!("{state}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn table(runs: &[RunRow], tasks: &HashMap<Uuid, Vec<TaskRow>>) -> String {
+    let header = [
+        "NAMESPACE",
+        "DAG",
+        "RUN-ID",
+        "TYPE",
+        "LOGICAL-DATE",
+        "STATE",
+        "STARTED",
+        "ENDED",
+        "TASKS",
+    ];
+    let mut rows: Vec<[String; 9]> = vec![header.map(String::from)];
+    for r in runs {
+        rows.push([
+            r.dag.namespace.clone(),
+            r.dag.name.clone(),
+            r.id.to_string(),
+            r.run_type.as_str().to_string(),
+            time(r.logical_date),
+            r.state.as_str().to_string(),
+            opt_time(r.started_at),
+            opt_time(r.ended_at),
+            task_summary(tasks.get(&r.id).map(Vec::as_slice).unwrap_or(&[])),
+        ]);
+    }
+    let mut widths = [0usize; 9];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}   ", width = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn run_json(r: &RunRow, tasks: &[TaskRow]) -> Value {
+    let full = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    let opt = |t: Option<DateTime<Utc>>| t.map(full);
+    json!({
+        "id": r.id,
+        "namespace": r.dag.namespace,
+        "dag_name": r.dag.name,
+        "dag_uid": r.dag_uid,
+        "run_type": r.run_type.as_str(),
+        "backfill_name": r.backfill_name,
+        "logical_date": full(r.logical_date),
+        "data_interval_start": full(r.data_interval_start),
+        "data_interval_end": full(r.data_interval_end),
+        "priority": r.priority,
+        "state": r.state.as_str(),
+        "params": r.params,
+        "attempt": r.attempt,
+        "created_at": full(r.created_at),
+        "started_at": opt(r.started_at),
+        "ended_at": opt(r.ended_at),
+        "tasks_summary": task_summary(tasks),
+        "task_instances": tasks.iter().map(|t| json!({
+            "task_name": t.task_name,
+            "try_number": t.try_number,
+            "state": t.state,
+            "pool": t.pool,
+            "pool_slots": t.pool_slots,
+            "pod_name": t.pod_name,
+            "exit_code": t.exit_code,
+            "message": t.message,
+            "queued_at": opt(t.queued_at),
+            "started_at": opt(t.started_at),
+            "ended_at": opt(t.ended_at),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(name: &str, try_number: i32, state: &str) -> TaskRow {
+        TaskRow {
+            run_id: Uuid::nil(),
+            task_name: name.into(),
+            try_number,
+            state: state.into(),
+            pool: None,
+            pool_slots: 1,
+            pod_name: None,
+            exit_code: None,
+            message: None,
+            queued_at: None,
+            started_at: None,
+            ended_at: None,
+        }
+    }
+
+    #[test]
+    fn summary_counts_the_latest_try_of_each_task_in_lifecycle_order() {
+        let tasks = [
+            task("a", 1, "success"),
+            task("b", 1, "failed"),
+            task("b", 2, "running"),
+            task("c", 1, "success"),
+            task("d", 1, "success"),
+            task("e", 3, "up_for_retry"),
+            task("e", 2, "failed"),
+        ];
+        assert_eq!(task_summary(&tasks), "running=1 up_for_retry=1 success=3");
+        assert_eq!(task_summary(&[]), "-");
+    }
+}

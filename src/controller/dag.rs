@@ -1,0 +1,183 @@
+//! The DAG controller: validates each DAG (what the schema cannot check: cron syntax, zone,
+//! graph), tells the engine, and reports validity to the status writer. An invalid DAG gets
+//! `Ready=False` with the reason and the offending token and is taken off the schedule; the
+//! other DAGs are untouched.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use chrono_tz::Tz;
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller, Error as RuntimeError};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use tokio::sync::mpsc;
+
+use super::status::{StatusUpdate, Validity};
+use super::{ControllerError, Events, dag_reference, to_chrono};
+use crate::api::dag::DagSpecError;
+use crate::api::{DAG, TRIGGER_ANNOTATION, TRIGGER_PARAMS_ANNOTATION};
+use crate::engine::{Command, DagInfo, TriggerRequest};
+use crate::store::DagKey;
+
+/// What the reconciler needs.
+pub struct Context {
+    pub engine: mpsc::Sender<Command>,
+    pub status: mpsc::UnboundedSender<StatusUpdate>,
+    pub events: Events,
+    pub default_tz: Tz,
+    /// (generation, reason) of the last invalid-spec event per DAG, so each is told once
+    reported: Mutex<HashMap<DagKey, (Option<i64>, String)>>,
+}
+
+impl Context {
+    pub fn new(
+        engine: mpsc::Sender<Command>,
+        status: mpsc::UnboundedSender<StatusUpdate>,
+        events: Events,
+        default_tz: Tz,
+    ) -> Self {
+        Context {
+            engine,
+            status,
+            events,
+            default_tz,
+            reported: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn key_of(dag: &DAG) -> Result<DagKey, ControllerError> {
+    let namespace = dag
+        .namespace()
+        .ok_or(ControllerError::Missing("namespace"))?;
+    Ok(DagKey::new(namespace, dag.name_any()))
+}
+
+/// The condition message of an invalid spec: the error, which names the offending token.
+fn problem(e: &DagSpecError) -> (String, String) {
+    (e.reason().to_string(), e.to_string())
+}
+
+pub async fn reconcile(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    let key = key_of(&dag)?;
+    let generation = dag.meta().generation;
+    if dag.meta().deletion_timestamp.is_some() {
+        forget(&ctx, key).await?;
+        return Ok(Action::await_change());
+    }
+    match dag.spec.validate(ctx.default_tz) {
+        Err(e) => {
+            let (reason, message) = problem(&e);
+            ctx.engine
+                .send(Command::Remove(key.clone()))
+                .await
+                .map_err(|_| ControllerError::EngineGone)?;
+            let _ = ctx.status.send(StatusUpdate::Validity(
+                key.clone(),
+                Validity {
+                    generation,
+                    problem: Some((reason.clone(), message.clone())),
+                },
+            ));
+            let new = {
+                let mut reported = ctx.reported.lock().unwrap_or_else(|p| p.into_inner());
+                let entry = (generation, reason.clone());
+                reported.insert(key.clone(), entry.clone()) != Some(entry)
+            };
+            if new {
+                tracing::warn!(dag = %key, %reason, %message, "invalid DAG");
+                ctx.events
+                    .publish(
+                        &dag_reference(&key, dag.meta().uid.as_deref()),
+                        true,
+                        &reason,
+                        message,
+                    )
+                    .await;
+            }
+        }
+        Ok((schedule, _graph)) => {
+            ctx.reported
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            let annotations = dag.annotations();
+            let trigger = annotations
+                .get(TRIGGER_ANNOTATION)
+                .map(|value| TriggerRequest {
+                    value: value.clone(),
+                    params: annotations.get(TRIGGER_PARAMS_ANNOTATION).cloned(),
+                });
+            let created_at = dag
+                .meta()
+                .creation_timestamp
+                .as_ref()
+                .and_then(to_chrono)
+                .unwrap_or_else(Utc::now);
+            let info = DagInfo {
+                key: key.clone(),
+                uid: dag.meta().uid.clone().unwrap_or_default(),
+                created_at,
+                spec: Arc::new(dag.spec.clone()),
+                schedule,
+                trigger,
+                last_handled_trigger: dag
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.last_handled_trigger.clone()),
+            };
+            let _ = ctx.status.send(StatusUpdate::Validity(
+                key.clone(),
+                Validity {
+                    generation,
+                    problem: None,
+                },
+            ));
+            ctx.engine
+                .send(Command::Upsert(Box::new(info)))
+                .await
+                .map_err(|_| ControllerError::EngineGone)?;
+        }
+    }
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+async fn forget(ctx: &Context, key: DagKey) -> Result<(), ControllerError> {
+    ctx.reported
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&key);
+    let _ = ctx.status.send(StatusUpdate::Removed(key.clone()));
+    ctx.engine
+        .send(Command::Remove(key))
+        .await
+        .map_err(|_| ControllerError::EngineGone)
+}
+
+pub fn error_policy(_dag: Arc<DAG>, error: &ControllerError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, "DAG reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Runs the controller until shutdown. Deleted DAGs leave the engine too.
+pub async fn run(api: Api<DAG>, ctx: Arc<Context>) {
+    let forget_ctx = ctx.clone();
+    Controller::new(api, watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            let ctx = forget_ctx.clone();
+            async move {
+                if let Err(RuntimeError::ObjectNotFound(obj)) = result
+                    && let Some(ns) = obj.namespace.clone()
+                {
+                    let _ = forget(&ctx, DagKey::new(ns, obj.name.clone())).await;
+                }
+            }
+        })
+        .await;
+}

@@ -1,0 +1,93 @@
+//! kube-runtime controllers: they validate resources, hand changes to the engine, and write
+//! status (by server-side apply) and events. The engine never talks to the API server itself.
+
+pub mod dag;
+pub mod status;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+use crate::store::DagKey;
+
+/// Field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "dag-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the engine stopped")]
+    EngineGone,
+    #[error("object has no {0}")]
+    Missing(&'static str),
+}
+
+/// Converts a Kubernetes timestamp (jiff) into chrono.
+pub fn to_chrono(t: &Time) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)
+}
+
+/// A reference to a DAG object for events.
+pub fn dag_reference(key: &DagKey, uid: Option<&str>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(format!("{}/{}", crate::api::GROUP, crate::api::VERSION)),
+        kind: Some("DAG".to_string()),
+        name: Some(key.name.clone()),
+        namespace: Some(key.namespace.clone()),
+        uid: uid.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+/// Publishes events on the operator's behalf (failures are logged, never fatal).
+#[derive(Clone)]
+pub struct Events {
+    recorder: Recorder,
+}
+
+impl Events {
+    pub fn new(client: kube::Client) -> Self {
+        let reporter = Reporter {
+            controller: "dag-operator".to_string(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Events {
+            recorder: Recorder::new(client, reporter),
+        }
+    }
+
+    pub async fn publish(
+        &self,
+        reference: &ObjectReference,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_string(),
+            note: Some(truncate(note, 1000)),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, reference).await {
+            tracing::warn!(error = %e, reason, "could not publish event");
+        }
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}

@@ -1,0 +1,212 @@
+//! The DAG status writer. Two sources feed it — the DAG controller (is the spec valid?) and
+//! the engine (counts, schedule times, triggers, store health) — and it alone writes
+//! `status`, whole, by server-side apply with one field manager. Changes are coalesced: a DAG
+//! that changes ten times between two flushes is written once.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kube::api::{Api, Patch, PatchParams};
+use tokio::sync::mpsc;
+
+use super::FIELD_MANAGER;
+use crate::api::conditions::{Condition, READY, set_condition};
+use crate::api::{DAG, DagStatus};
+use crate::engine::SchedulingStatus;
+use crate::store::DagKey;
+
+/// Whether the controller found the spec schedulable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Validity {
+    pub generation: Option<i64>,
+    /// `None` when valid; otherwise (reason, message)
+    pub problem: Option<(String, String)>,
+}
+
+#[derive(Debug)]
+pub enum StatusUpdate {
+    Validity(DagKey, Validity),
+    Scheduling(DagKey, SchedulingStatus),
+    StoreHealth(bool),
+    Removed(DagKey),
+}
+
+#[derive(Default)]
+struct Model {
+    validity: Option<Validity>,
+    scheduling: SchedulingStatus,
+    conditions: Vec<Condition>,
+}
+
+/// Builds the full status of a DAG from what is known of it.
+fn render(model: &mut Model, store_ok: bool, now: DateTime<Utc>) -> DagStatus {
+    let generation = model.validity.as_ref().and_then(|v| v.generation);
+    let (ready, reason, message) = match model.validity.as_ref().and_then(|v| v.problem.clone()) {
+        Some((reason, message)) => (false, reason, message),
+        None if !store_ok => (
+            false,
+            "StoreUnavailable".to_string(),
+            "PostgreSQL is unreachable: admission is paused; due runs are created once it returns"
+                .to_string(),
+        ),
+        None if model.scheduling.suspended => (
+            true,
+            "Suspended".to_string(),
+            "suspended: no new scheduled runs".to_string(),
+        ),
+        None => (
+            true,
+            "Scheduling".to_string(),
+            match model.scheduling.next_schedule_time {
+                Some(t) => format!("next run at {}", t.to_rfc3339()),
+                None => "no upcoming tick (manual triggers and backfills only)".to_string(),
+            },
+        ),
+    };
+    set_condition(
+        &mut model.conditions,
+        Condition::new(READY, ready, &reason, message, generation, now),
+    );
+    let s = &model.scheduling;
+    DagStatus {
+        observed_generation: generation,
+        conditions: model.conditions.clone(),
+        next_schedule_time: s.next_schedule_time,
+        last_schedule_time: s.last_schedule_time,
+        last_successful_time: None,
+        active_runs: s.active_runs,
+        queued_runs: s.queued_runs,
+        last_handled_trigger: s.last_handled_trigger.clone(),
+        recent_runs: Vec::new(),
+    }
+}
+
+/// Runs the writer until the sender side closes.
+pub async fn run_writer(client: kube::Client, mut updates: mpsc::UnboundedReceiver<StatusUpdate>) {
+    let mut models: HashMap<DagKey, Model> = HashMap::new();
+    let mut store_ok = true;
+    let mut dirty: BTreeSet<DagKey> = BTreeSet::new();
+    let params = Arc::new(PatchParams::apply(FIELD_MANAGER).force());
+    loop {
+        // wait for the first change, then gather what else arrives in a short window
+        let Some(first) = updates.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        let window = tokio::time::sleep(Duration::from_millis(100));
+        tokio::pin!(window);
+        loop {
+            tokio::select! {
+                u = updates.recv() => match u {
+                    Some(u) => batch.push(u),
+                    None => break,
+                },
+                _ = &mut window => break,
+            }
+        }
+        for update in batch {
+            match update {
+                StatusUpdate::Validity(key, v) => {
+                    models.entry(key.clone()).or_default().validity = Some(v);
+                    dirty.insert(key);
+                }
+                StatusUpdate::Scheduling(key, s) => {
+                    models.entry(key.clone()).or_default().scheduling = s;
+                    dirty.insert(key);
+                }
+                StatusUpdate::StoreHealth(ok) => {
+                    if ok != store_ok {
+                        store_ok = ok;
+                        dirty.extend(models.keys().cloned());
+                    }
+                }
+                StatusUpdate::Removed(key) => {
+                    models.remove(&key);
+                    dirty.remove(&key);
+                }
+            }
+        }
+        let now = Utc::now();
+        let mut writes = Vec::new();
+        for key in std::mem::take(&mut dirty) {
+            if let Some(model) = models.get_mut(&key) {
+                // the controller reports validity first; until then there is nothing to say
+                if model.validity.is_none() {
+                    continue;
+                }
+                writes.push((key, render(model, store_ok, now)));
+            }
+        }
+        let client = &client;
+        let params = &params;
+        let mut failed = Vec::new();
+        for chunk in writes.chunks(16) {
+            let results = futures::future::join_all(chunk.iter().map(|(key, status)| async move {
+                let api: Api<DAG> = Api::namespaced(client.clone(), &key.namespace);
+                let patch = serde_json::json!({
+                    "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
+                    "kind": "DAG",
+                    "status": status,
+                });
+                (
+                    key.clone(),
+                    api.patch_status(&key.name, params, &Patch::Apply(&patch))
+                        .await,
+                )
+            }))
+            .await;
+            for (key, result) in results {
+                match result {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {
+                        models.remove(&key);
+                    }
+                    Err(e) => {
+                        tracing::warn!(dag = %key, error = %e, "status write failed; will retry");
+                        failed.push(key);
+                    }
+                }
+            }
+        }
+        if !failed.is_empty() {
+            dirty.extend(failed);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_reasons() {
+        let now = Utc::now();
+        let mut m = Model {
+            validity: Some(Validity {
+                generation: Some(3),
+                problem: Some(("InvalidSchedule".into(), "bad".into())),
+            }),
+            ..Default::default()
+        };
+        let s = render(&mut m, true, now);
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(s.conditions[0].reason, "InvalidSchedule");
+        assert!(!s.conditions[0].is_true());
+
+        m.validity = Some(Validity {
+            generation: Some(4),
+            problem: None,
+        });
+        assert_eq!(
+            render(&mut m, false, now).conditions[0].reason,
+            "StoreUnavailable"
+        );
+        m.scheduling.suspended = true;
+        let s = render(&mut m, true, now);
+        assert_eq!(s.conditions[0].reason, "Suspended");
+        assert!(s.conditions[0].is_true());
+    }
+}

@@ -1,0 +1,913 @@
+//! The scheduler (SPEC §3, §4): one timer per DAG, catch-up, the admission queue, the
+//! in-process limits (`--max-concurrent-runs`, `maxActiveRuns`), overlap policies, starting
+//! deadlines, suspend, manual triggers, and batched persistence of admitted runs.
+//!
+//! The engine owns time: callers pass `now` to [`Engine::apply`] and [`Engine::tick`], so the
+//! same code runs under the production loop ([`Engine::run`]) and under tests with a
+//! controllable clock. It talks to PostgreSQL through [`RunStore`] and reports what users
+//! should see (status fields, events) as [`Output`]s.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::api::dag::{ConcurrencyPolicy, DagSpec};
+use crate::queue::{AdmissionQueue, Entry, EntryId, RunClass};
+use crate::schedule::{CatchupPolicy, CatchupRequest, Schedule, catch_up, data_interval};
+use crate::store::{DagKey, NewRun, NewTask, RunStore, RunType, StoreError};
+
+/// Operator-wide settings the engine applies.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub default_tz: Tz,
+    pub enable_catchup: bool,
+    pub max_catchup_runs: u32,
+    pub max_concurrent_runs: u32,
+    /// longest gap between passes
+    pub schedule_interval: Duration,
+    pub priority_aging: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            default_tz: Tz::UTC,
+            enable_catchup: true,
+            max_catchup_runs: 50,
+            max_concurrent_runs: 100,
+            schedule_interval: Duration::from_secs(10),
+            priority_aging: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A manual trigger read from the DAG's annotations (SPEC §3.5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TriggerRequest {
+    /// the annotation's value
+    pub value: String,
+    /// the raw `trigger-params` annotation, if any
+    pub params: Option<String>,
+}
+
+/// What the controller knows of a valid DAG.
+#[derive(Clone, Debug)]
+pub struct DagInfo {
+    pub key: DagKey,
+    pub uid: String,
+    pub created_at: DateTime<Utc>,
+    pub spec: Arc<DagSpec>,
+    pub schedule: Option<Schedule>,
+    pub trigger: Option<TriggerRequest>,
+    /// `status.lastHandledTrigger` as last written
+    pub last_handled_trigger: Option<String>,
+}
+
+/// Changes the controller hands to the engine.
+#[derive(Debug)]
+pub enum Command {
+    Upsert(Box<DagInfo>),
+    /// the DAG was deleted or became invalid: no more runs
+    Remove(DagKey),
+}
+
+/// The scheduling part of a DAG's status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SchedulingStatus {
+    pub active_runs: i32,
+    pub queued_runs: i32,
+    pub last_schedule_time: Option<DateTime<Utc>>,
+    pub next_schedule_time: Option<DateTime<Utc>>,
+    pub last_handled_trigger: Option<String>,
+    pub suspended: bool,
+}
+
+/// What the engine reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    Status(DagKey, SchedulingStatus),
+    Event {
+        dag: DagKey,
+        warning: bool,
+        reason: &'static str,
+        message: String,
+    },
+    /// reachability of the store changed
+    StoreHealth(bool),
+    /// runs were admitted and persisted
+    RunsCreated {
+        run_type: RunType,
+        count: usize,
+        delays_secs: Vec<f64>,
+    },
+    /// runs were cancelled by concurrencyPolicy Replace (their Pods must go)
+    RunsCancelled(Vec<Uuid>),
+    /// after each pass: queue depth by class [backfill, scheduled, manual] and running runs
+    Load {
+        queue_depth: [usize; 3],
+        active_runs: usize,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum LimitKey {
+    Dag(DagKey),
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    dag: DagKey,
+    logical_date: DateTime<Utc>,
+    run_type: RunType,
+    params: serde_json::Value,
+    enqueued_ms: i64,
+}
+
+struct DagState {
+    info: DagInfo,
+    /// expression and zone the schedule was parsed from, to notice changes
+    fingerprint: Option<(String, Option<String>)>,
+    /// ticks before this are never caught up (creation, schedule change)
+    not_before: DateTime<Utc>,
+    /// latest scheduled tick enqueued or persisted
+    last_tick: Option<DateTime<Utc>>,
+    /// latest scheduled tick persisted
+    last_persisted: Option<DateTime<Utc>>,
+    next_tick: Option<DateTime<Utc>>,
+    active: Vec<(Uuid, DateTime<Utc>)>,
+    queued: usize,
+    handled_trigger: Option<String>,
+}
+
+impl DagState {
+    fn max_active(&self) -> usize {
+        self.info.spec.max_active_runs.max(1) as usize
+    }
+}
+
+/// The scheduler.
+pub struct Engine<S: RunStore> {
+    cfg: EngineConfig,
+    store: S,
+    out: mpsc::UnboundedSender<Output>,
+    dags: HashMap<DagKey, DagState>,
+    timers: BTreeSet<(DateTime<Utc>, DagKey)>,
+    queue: AdmissionQueue<LimitKey, Pending>,
+    /// running runs of DAGs the engine does not know (yet), by DAG
+    orphan_active: HashMap<DagKey, Vec<(Uuid, DateTime<Utc>)>>,
+    /// last persisted scheduled tick per DAG, from the store at start
+    known_last_ticks: HashMap<DagKey, DateTime<Utc>>,
+    active_total: usize,
+    store_ok: bool,
+    dirty: BTreeSet<DagKey>,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+impl<S: RunStore> Engine<S> {
+    pub fn new(cfg: EngineConfig, store: S, out: mpsc::UnboundedSender<Output>) -> Self {
+        let aging = i64::try_from(cfg.priority_aging.as_millis()).unwrap_or(i64::MAX);
+        Engine {
+            cfg,
+            store,
+            out,
+            dags: HashMap::new(),
+            timers: BTreeSet::new(),
+            queue: AdmissionQueue::new(aging),
+            orphan_active: HashMap::new(),
+            known_last_ticks: HashMap::new(),
+            active_total: 0,
+            store_ok: true,
+            dirty: BTreeSet::new(),
+        }
+    }
+
+    /// Reads what survived a restart: the last scheduled tick of each DAG and the running runs.
+    pub async fn load(&mut self) -> Result<(), StoreError> {
+        let last = self.store.last_scheduled_ticks().await?;
+        let running = self.store.running_runs().await?;
+        self.known_last_ticks = last.into_iter().collect();
+        self.orphan_active.clear();
+        for run in running {
+            self.orphan_active
+                .entry(run.dag.clone())
+                .or_default()
+                .push((run.id, run.logical_date));
+        }
+        for (key, state) in &mut self.dags {
+            state.active = self.orphan_active.remove(key).unwrap_or_default();
+            if let Some(t) = self.known_last_ticks.get(key) {
+                state.last_persisted = state.last_persisted.max(Some(*t));
+                state.last_tick = state.last_tick.max(Some(*t));
+            }
+        }
+        self.recount_active();
+        Ok(())
+    }
+
+    fn recount_active(&mut self) {
+        self.active_total = self.dags.values().map(|d| d.active.len()).sum::<usize>()
+            + self.orphan_active.values().map(Vec::len).sum::<usize>();
+    }
+
+    fn emit(&self, output: Output) {
+        // a closed receiver means the operator is shutting down
+        let _ = self.out.send(output);
+    }
+
+    fn event(&self, dag: &DagKey, warning: bool, reason: &'static str, message: String) {
+        self.emit(Output::Event {
+            dag: dag.clone(),
+            warning,
+            reason,
+            message,
+        });
+    }
+
+    /// The earliest instant a timer is due, if any.
+    pub fn next_wake(&self) -> Option<DateTime<Utc>> {
+        self.timers.first().map(|(t, _)| *t)
+    }
+
+    /// How many runs wait in the queue, by class [backfill, scheduled, manual].
+    pub fn queue_depth(&self) -> [usize; 3] {
+        self.queue.depth_by_class()
+    }
+
+    pub fn active_total(&self) -> usize {
+        self.active_total
+    }
+
+    /// Applies a change from the controller.
+    pub fn apply(&mut self, cmd: Command, now: DateTime<Utc>) {
+        match cmd {
+            Command::Upsert(info) => self.upsert(*info, now),
+            Command::Remove(key) => self.remove(&key),
+        }
+    }
+
+    fn remove(&mut self, key: &DagKey) {
+        if let Some(state) = self.dags.remove(key) {
+            if let Some(t) = state.next_tick {
+                self.timers.remove(&(t, key.clone()));
+            }
+            self.drop_queued(key, |_| true);
+            // its running runs still count against the global limit until they end
+            if !state.active.is_empty() {
+                self.orphan_active.insert(key.clone(), state.active);
+            }
+        }
+    }
+
+    /// Removes queued entries of a DAG matching `pred`; returns them.
+    fn drop_queued(&mut self, key: &DagKey, pred: impl Fn(&Pending) -> bool) -> Vec<Pending> {
+        let ids: Vec<EntryId> = self
+            .queue
+            .iter()
+            .filter(|(_, e)| e.payload.dag == *key && pred(&e.payload))
+            .map(|(id, _)| id)
+            .collect();
+        let mut dropped = Vec::new();
+        for id in ids {
+            if let Some(e) = self.queue.remove(id) {
+                dropped.push(e.payload);
+            }
+        }
+        if let Some(state) = self.dags.get_mut(key) {
+            state.queued = state.queued.saturating_sub(dropped.len());
+        }
+        self.dirty.insert(key.clone());
+        dropped
+    }
+
+    fn upsert(&mut self, info: DagInfo, now: DateTime<Utc>) {
+        let key = info.key.clone();
+        let fingerprint = info
+            .spec
+            .schedule
+            .clone()
+            .map(|s| (s, info.spec.timezone.clone()));
+        let was_suspended;
+        match self.dags.get_mut(&key) {
+            Some(state) => {
+                was_suspended = state.info.spec.suspend;
+                if state.fingerprint != fingerprint {
+                    // a new schedule never catches up ticks from before the change
+                    state.not_before = now;
+                    state.fingerprint = fingerprint;
+                }
+                state.info = info;
+            }
+            None => {
+                let active = self.orphan_active.remove(&key).unwrap_or_default();
+                let last = self.known_last_ticks.get(&key).copied();
+                let handled = info.last_handled_trigger.clone();
+                self.dags.insert(
+                    key.clone(),
+                    DagState {
+                        not_before: info.created_at,
+                        info,
+                        fingerprint,
+                        last_tick: last,
+                        last_persisted: last,
+                        next_tick: None,
+                        active,
+                        queued: 0,
+                        handled_trigger: handled,
+                    },
+                );
+                was_suspended = false;
+            }
+        }
+        self.dirty.insert(key.clone());
+        let Some(state) = self.dags.get(&key) else {
+            return;
+        };
+        let suspended = state.info.spec.suspend;
+        if suspended && !was_suspended {
+            self.drop_queued(&key, |p| p.run_type == RunType::Scheduled);
+        }
+        self.handle_trigger(&key, now);
+        self.plan_due(&key, now);
+    }
+
+    fn handle_trigger(&mut self, key: &DagKey, now: DateTime<Utc>) {
+        let Some(state) = self.dags.get_mut(key) else {
+            return;
+        };
+        let Some(trigger) = state.info.trigger.clone() else {
+            return;
+        };
+        if state.handled_trigger.as_deref() == Some(trigger.value.as_str())
+            || state.info.last_handled_trigger.as_deref() == Some(trigger.value.as_str())
+        {
+            return;
+        }
+        state.handled_trigger = Some(trigger.value.clone());
+        self.dirty.insert(key.clone());
+        let spec = state.info.spec.clone();
+        if spec.suspend {
+            self.event(
+                key,
+                true,
+                "TriggerRefused",
+                format!("trigger {:?} refused: the DAG is suspended", trigger.value),
+            );
+            return;
+        }
+        let params = match merge_params(spec.params.as_ref(), trigger.params.as_deref()) {
+            Ok(p) => p,
+            Err(e) => {
+                self.event(
+                    key,
+                    true,
+                    "TriggerRefused",
+                    format!("trigger {:?} refused: {e}", trigger.value),
+                );
+                return;
+            }
+        };
+        let logical_date = DateTime::parse_from_rfc3339(&trigger.value)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or(now);
+        self.enqueue(
+            Pending {
+                dag: key.clone(),
+                logical_date,
+                run_type: RunType::Manual,
+                params,
+                enqueued_ms: ms(now),
+            },
+            RunClass::Manual,
+            spec.priority,
+        );
+        self.event(
+            key,
+            false,
+            "TriggerHandled",
+            format!("manual run queued for {}", logical_date.to_rfc3339()),
+        );
+    }
+
+    fn enqueue(&mut self, pending: Pending, class: RunClass, priority: i32) {
+        let key = pending.dag.clone();
+        let enqueued = pending.enqueued_ms;
+        let date = pending.logical_date.timestamp();
+        self.queue.push(
+            Entry {
+                payload: pending,
+                class,
+                priority,
+                logical_date: date,
+                keys: vec![LimitKey::Dag(key.clone())],
+            },
+            enqueued,
+        );
+        if let Some(state) = self.dags.get_mut(&key) {
+            state.queued += 1;
+        }
+        self.dirty.insert(key);
+    }
+
+    /// Enqueues the DAG's due ticks (catch-up bounds applied) and sets its timer.
+    fn plan_due(&mut self, key: &DagKey, now: DateTime<Utc>) {
+        let cfg = self.cfg.clone();
+        let Some(state) = self.dags.get_mut(key) else {
+            return;
+        };
+        if let Some(t) = state.next_tick.take() {
+            self.timers.remove(&(t, key.clone()));
+        }
+        let spec = state.info.spec.clone();
+        let Some(schedule) = state.info.schedule.clone() else {
+            self.dirty.insert(key.clone());
+            return;
+        };
+        if spec.suspend {
+            self.dirty.insert(key.clone());
+            return;
+        }
+        let not_before = [Some(state.not_before), spec.start_date]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(state.not_before);
+        let policy = CatchupPolicy::from_spec(
+            spec.catchup.unwrap_or(cfg.enable_catchup),
+            spec.max_catchup_runs.unwrap_or(cfg.max_catchup_runs),
+        );
+        let plan = catch_up(
+            &schedule,
+            &CatchupRequest {
+                after: state.last_tick,
+                not_before,
+                not_after: spec.end_date,
+                now,
+                policy,
+            },
+        );
+        if let Some(last) = plan.due.last().copied().or(plan.missed_last) {
+            state.last_tick = Some(last);
+        }
+        let next = schedule
+            .next_after(now)
+            .filter(|t| spec.end_date.is_none_or(|end| *t <= end));
+        state.next_tick = next;
+        if let Some(t) = next {
+            self.timers.insert((t, key.clone()));
+        }
+        if plan.missed > 0 {
+            let (first, last) = (plan.missed_first, plan.missed_last);
+            self.event(
+                key,
+                true,
+                "MissedRuns",
+                format!(
+                    "{} missed tick(s) from {} to {} were not run (catch-up keeps {})",
+                    plan.missed,
+                    first.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                    last.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                    match policy {
+                        CatchupPolicy::LatestN(n) => format!("the latest {n}"),
+                        CatchupPolicy::LatestOnly => "only the latest".to_string(),
+                    }
+                ),
+            );
+        }
+        let params = spec.params.clone().unwrap_or(serde_json::json!({}));
+        for tick in plan.due {
+            self.enqueue(
+                Pending {
+                    dag: key.clone(),
+                    logical_date: tick,
+                    run_type: RunType::Scheduled,
+                    params: params.clone(),
+                    enqueued_ms: ms(tick).min(ms(now)),
+                },
+                RunClass::Scheduled,
+                spec.priority,
+            );
+        }
+        self.dirty.insert(key.clone());
+    }
+
+    /// One pass: fires due timers, admits what fits, persists it in one batch, and reports
+    /// status changes. On a store failure the admitted runs go back to the queue.
+    pub async fn tick(&mut self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        while let Some((t, key)) = self.timers.first().cloned() {
+            if t > now {
+                break;
+            }
+            self.timers.remove(&(t, key.clone()));
+            if let Some(state) = self.dags.get_mut(&key) {
+                state.next_tick = None;
+            }
+            self.plan_due(&key, now);
+        }
+        let result = self.admit(now).await;
+        self.flush_status();
+        result
+    }
+
+    /// Applies Forbid and Replace before a pass: Forbid drops scheduled ticks while a run is
+    /// active; Replace cancels the active runs when a newer scheduled tick waits.
+    async fn apply_overlap_policies(&mut self) -> Result<(), StoreError> {
+        let mut forbid = Vec::new();
+        let mut replace = Vec::new();
+        for (key, state) in &self.dags {
+            if state.queued == 0 {
+                continue;
+            }
+            match state.info.spec.concurrency_policy {
+                ConcurrencyPolicy::Forbid if !state.active.is_empty() => forbid.push(key.clone()),
+                ConcurrencyPolicy::Replace => replace.push(key.clone()),
+                _ => {}
+            }
+        }
+        for key in forbid {
+            for p in self.drop_queued(&key, |p| p.run_type == RunType::Scheduled) {
+                self.event(
+                    &key,
+                    false,
+                    "RunSkipped",
+                    format!(
+                        "tick {} skipped: concurrencyPolicy Forbid and a run is active",
+                        p.logical_date.to_rfc3339()
+                    ),
+                );
+            }
+        }
+        for key in replace {
+            let mut waiting = self.drop_queued(&key, |p| p.run_type == RunType::Scheduled);
+            waiting.sort_by_key(|p| p.logical_date);
+            let Some(newest) = waiting.pop() else {
+                continue;
+            };
+            for older in waiting {
+                self.event(
+                    &key,
+                    false,
+                    "RunSkipped",
+                    format!(
+                        "tick {} skipped: concurrencyPolicy Replace keeps only the newest tick",
+                        older.logical_date.to_rfc3339()
+                    ),
+                );
+            }
+            let active: Vec<(Uuid, DateTime<Utc>)> = self
+                .dags
+                .get(&key)
+                .map(|s| s.active.clone())
+                .unwrap_or_default();
+            if !active.is_empty() {
+                let ids: Vec<Uuid> = active.iter().map(|(id, _)| *id).collect();
+                self.store.cancel_runs(&ids).await?;
+                if let Some(state) = self.dags.get_mut(&key) {
+                    state.active.clear();
+                }
+                self.recount_active();
+                self.event(
+                    &key,
+                    false,
+                    "RunReplaced",
+                    format!(
+                        "cancelled {} active run(s) for tick {}",
+                        ids.len(),
+                        newest.logical_date.to_rfc3339()
+                    ),
+                );
+                self.emit(Output::RunsCancelled(ids));
+            }
+            let priority = self
+                .dags
+                .get(&key)
+                .map(|s| s.info.spec.priority)
+                .unwrap_or_default();
+            self.enqueue(newest, RunClass::Scheduled, priority);
+        }
+        Ok(())
+    }
+
+    async fn admit(&mut self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        if let Err(e) = self.apply_overlap_policies().await {
+            self.set_store_ok(false);
+            return Err(e);
+        }
+        self.queue.begin_pass();
+        let global = self.cfg.max_concurrent_runs as usize;
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut in_batch: HashMap<DagKey, usize> = HashMap::new();
+        while self.active_total + batch.len() < global {
+            let dags = &self.dags;
+            let popped = self.queue.pop(ms(now), |k| match k {
+                LimitKey::Dag(key) => dags.get(key).is_none_or(|s| {
+                    s.active.len() + in_batch.get(key).copied().unwrap_or(0) >= s.max_active()
+                }),
+            });
+            let Some((_, entry)) = popped else {
+                break;
+            };
+            let p = entry.payload;
+            let Some(state) = self.dags.get_mut(&p.dag) else {
+                continue;
+            };
+            state.queued = state.queued.saturating_sub(1);
+            self.dirty.insert(p.dag.clone());
+            if p.run_type == RunType::Scheduled {
+                if let Some(deadline) = state.info.spec.starting_deadline_seconds {
+                    let late = (now - p.logical_date).num_seconds();
+                    if late > deadline {
+                        let dag = p.dag.clone();
+                        self.event(
+                            &dag,
+                            true,
+                            "RunSkipped",
+                            format!(
+                                "tick {} skipped: not admitted within startingDeadlineSeconds ({deadline}s; {late}s late)",
+                                p.logical_date.to_rfc3339()
+                            ),
+                        );
+                        continue;
+                    }
+                }
+                if state.info.spec.concurrency_policy == ConcurrencyPolicy::Forbid
+                    && state.active.len() + in_batch.get(&p.dag).copied().unwrap_or(0) > 0
+                {
+                    let dag = p.dag.clone();
+                    self.event(
+                        &dag,
+                        false,
+                        "RunSkipped",
+                        format!(
+                            "tick {} skipped: concurrencyPolicy Forbid and a run is active",
+                            p.logical_date.to_rfc3339()
+                        ),
+                    );
+                    continue;
+                }
+            }
+            *in_batch.entry(p.dag.clone()).or_default() += 1;
+            batch.push(p);
+        }
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let runs: Vec<NewRun> = batch
+            .iter()
+            .filter_map(|p| self.dags.get(&p.dag).map(|s| new_run(s, p)))
+            .collect();
+        match self.store.insert_runs(&runs).await {
+            Ok(inserted) => {
+                self.set_store_ok(true);
+                let mut created: HashMap<RunType, (usize, Vec<f64>)> = HashMap::new();
+                for run in &inserted {
+                    let Some(state) = self.dags.get_mut(&run.dag) else {
+                        continue;
+                    };
+                    state.active.push((run.id, run.logical_date));
+                    if run.run_type == RunType::Scheduled {
+                        state.last_persisted = state.last_persisted.max(Some(run.logical_date));
+                    }
+                    let delay = (now - run.logical_date).num_milliseconds() as f64 / 1000.0;
+                    let slot = created.entry(run.run_type).or_default();
+                    slot.0 += 1;
+                    if run.run_type == RunType::Scheduled {
+                        slot.1.push(delay.max(0.0));
+                    }
+                }
+                self.recount_active();
+                for (run_type, (count, delays_secs)) in created {
+                    self.emit(Output::RunsCreated {
+                        run_type,
+                        count,
+                        delays_secs,
+                    });
+                }
+                Ok(inserted.len())
+            }
+            Err(e) => {
+                // nothing was admitted: put everything back, keeping its age
+                for p in batch {
+                    let (class, priority) = match self.dags.get(&p.dag) {
+                        Some(s) => (
+                            match p.run_type {
+                                RunType::Manual => RunClass::Manual,
+                                RunType::Scheduled => RunClass::Scheduled,
+                                RunType::Backfill => RunClass::Backfill,
+                            },
+                            s.info.spec.priority,
+                        ),
+                        None => continue,
+                    };
+                    self.enqueue(p, class, priority);
+                }
+                self.set_store_ok(false);
+                Err(e)
+            }
+        }
+    }
+
+    fn set_store_ok(&mut self, ok: bool) {
+        if self.store_ok != ok {
+            self.store_ok = ok;
+            self.emit(Output::StoreHealth(ok));
+        }
+    }
+
+    /// Marks runs as no longer active (they ended). Unknown ids are ignored.
+    pub fn runs_ended(&mut self, ids: &[Uuid]) {
+        for state in self.dags.values_mut() {
+            let before = state.active.len();
+            state.active.retain(|(id, _)| !ids.contains(id));
+            if state.active.len() != before {
+                self.dirty.insert(state.info.key.clone());
+            }
+        }
+        for runs in self.orphan_active.values_mut() {
+            runs.retain(|(id, _)| !ids.contains(id));
+        }
+        self.orphan_active.retain(|_, v| !v.is_empty());
+        self.recount_active();
+    }
+
+    /// Re-reads the running runs from the store (runs ended by the executor or by hand).
+    pub async fn resync_active(&mut self) -> Result<(), StoreError> {
+        let running = self.store.running_runs().await?;
+        let mut by_dag: HashMap<DagKey, Vec<(Uuid, DateTime<Utc>)>> = HashMap::new();
+        for run in running {
+            by_dag
+                .entry(run.dag.clone())
+                .or_default()
+                .push((run.id, run.logical_date));
+        }
+        for (key, state) in &mut self.dags {
+            let now_active = by_dag.remove(key).unwrap_or_default();
+            if now_active != state.active {
+                state.active = now_active;
+                self.dirty.insert(key.clone());
+            }
+        }
+        self.orphan_active = by_dag;
+        self.recount_active();
+        Ok(())
+    }
+
+    fn flush_status(&mut self) {
+        self.emit(Output::Load {
+            queue_depth: self.queue.depth_by_class(),
+            active_runs: self.active_total,
+        });
+        let dirty = std::mem::take(&mut self.dirty);
+        for key in dirty {
+            if let Some(state) = self.dags.get(&key) {
+                let status = SchedulingStatus {
+                    active_runs: state.active.len() as i32,
+                    queued_runs: state.queued as i32,
+                    last_schedule_time: state.last_persisted,
+                    next_schedule_time: state.next_tick,
+                    last_handled_trigger: state.handled_trigger.clone(),
+                    suspended: state.info.spec.suspend,
+                };
+                self.emit(Output::Status(key, status));
+            }
+        }
+    }
+
+    /// The production loop: applies commands as they come, and passes at each due timer, at
+    /// least every `schedule_interval`, and after each batch of commands. Store failures are
+    /// retried with backoff; the loop never exits on them.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut backoff = Duration::from_millis(200);
+        let mut loaded = false;
+        let mut last_resync = std::time::Instant::now();
+        loop {
+            if !loaded {
+                match self.load().await {
+                    Ok(()) => {
+                        loaded = true;
+                        self.set_store_ok(true);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "store unavailable; retrying");
+                        self.set_store_ok(false);
+                    }
+                }
+            }
+            let now = Utc::now();
+            let mut retry = false;
+            if loaded {
+                if last_resync.elapsed() >= self.cfg.schedule_interval {
+                    if let Err(e) = self.resync_active().await {
+                        tracing::warn!(error = %e, "resync of running runs failed");
+                    }
+                    last_resync = std::time::Instant::now();
+                }
+                match self.tick(now).await {
+                    Ok(_) => backoff = Duration::from_millis(200),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admission failed; will retry");
+                        retry = true;
+                    }
+                }
+            } else {
+                retry = true;
+            }
+            let mut wait = self.cfg.schedule_interval;
+            if let Some(t) = self.next_wake() {
+                let until = (t - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                wait = wait.min(until);
+            }
+            if retry {
+                wait = wait.min(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            if !loaded {
+                // commands wait until the store told us where each DAG stands
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            tokio::select! {
+                cmd = commands.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    let now = Utc::now();
+                    self.apply(cmd, now);
+                    // take everything already waiting before the next pass
+                    while let Ok(cmd) = commands.try_recv() {
+                        self.apply(cmd, now);
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+fn new_run(state: &DagState, p: &Pending) -> NewRun {
+    let spec = &state.info.spec;
+    let interval = data_interval(
+        state.info.schedule.as_ref(),
+        p.logical_date,
+        spec.start_date,
+    );
+    NewRun {
+        dag: p.dag.clone(),
+        dag_uid: state.info.uid.clone(),
+        run_type: p.run_type,
+        backfill_name: None,
+        logical_date: p.logical_date,
+        data_interval_start: interval.start,
+        data_interval_end: interval.end,
+        priority: spec.priority,
+        params: p.params.clone(),
+        tasks: spec
+            .tasks
+            .iter()
+            .map(|t| NewTask {
+                task_name: t.name.clone(),
+                pool: t.pool.clone(),
+                pool_slots: t.pool_slots,
+            })
+            .collect(),
+    }
+}
+
+/// `spec.params` with the trigger's JSON object merged over it (top-level keys).
+pub fn merge_params(
+    base: Option<&serde_json::Value>,
+    overlay: Option<&str>,
+) -> Result<serde_json::Value, String> {
+    let mut merged = match base {
+        Some(serde_json::Value::Object(m)) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    if let Some(text) = overlay {
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(extra)) => merged.extend(extra),
+            Ok(_) => return Err("trigger-params must be a JSON object".to_string()),
+            Err(e) => return Err(format!("trigger-params is not valid JSON: {e}")),
+        }
+    }
+    Ok(serde_json::Value::Object(merged))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_merge_over_spec() {
+        let base = serde_json::json!({"a": 1, "b": 2});
+        let merged = merge_params(Some(&base), Some(r#"{"b": 3, "c": 4}"#)).unwrap();
+        assert_eq!(merged, serde_json::json!({"a": 1, "b": 3, "c": 4}));
+        assert!(merge_params(None, Some("{not json")).is_err());
+        assert!(merge_params(None, Some("[1]")).is_err());
+        assert_eq!(merge_params(None, None).unwrap(), serde_json::json!({}));
+    }
+}

@@ -1,0 +1,487 @@
+//! The PostgreSQL implementation of [`RunStore`](super::RunStore).
+//!
+//! Every statement is a `&'static str` (or a [`QueryBuilder`] of static fragments) with bind
+//! parameters: nothing from outside the process is ever spliced into SQL.
+//!
+//! Batched writes: `insert_runs` sends whole batches as arrays and expands them with `UNNEST`,
+//! so one transaction costs BEGIN, one INSERT of runs, one INSERT of task instances and
+//! COMMIT, whatever the batch size (batches beyond [`PgStore::RUN_CHUNK`] runs or
+//! [`PgStore::TASK_CHUNK`] task instances take one more statement per chunk, still in the
+//! same transaction).
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::migrate::{Migrate, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, QueryBuilder, Row};
+use uuid::Uuid;
+
+use super::{
+    DagKey, NewRun, NewTask, RunFilter, RunRow, RunState, RunStore, RunType, StoreError, TaskRow,
+};
+
+/// The embedded migrations (`migrations/` at the repository root).
+///
+/// sqlx's `migrate!` embeds each file with `include_str!`, so editing a migration rebuilds the
+/// crate; a *new* file is only picked up when this crate is recompiled for another reason
+/// (there is no build script watching the directory).
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Connections in the operator's pool: the engine batches its writes, so a few suffice.
+const MAX_CONNECTIONS: u32 = 5;
+/// How long a query waits for a connection (and so for an unreachable server) before failing.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A migration this process applied (see [`PgStore::migrate_report`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedMigration {
+    pub version: i64,
+    pub description: String,
+}
+
+/// The store: a small connection pool to PostgreSQL. Cloning shares the pool.
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Most runs in one `INSERT … SELECT FROM UNNEST`: bounds the size of one bind message.
+    pub const RUN_CHUNK: usize = 10_000;
+    /// Most task instances in one `INSERT … SELECT FROM UNNEST`.
+    pub const TASK_CHUNK: usize = 50_000;
+
+    /// Builds the pool without connecting, so the operator starts (not ready) while
+    /// PostgreSQL is down. A malformed URL fails here; an unreachable server fails each
+    /// query after [`ACQUIRE_TIMEOUT`] with [`sqlx::Error::PoolTimedOut`].
+    pub fn connect_lazy(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?.application_name("dag-operator");
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .min_connections(0)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .idle_timeout(Duration::from_secs(300))
+            .connect_lazy_with(options);
+        Ok(PgStore { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Where the pool connects, for messages: `host:port/database` (never the password).
+    pub fn target(&self) -> String {
+        let options = self.pool.connect_options();
+        let place = match options.get_socket() {
+            Some(socket) => socket.display().to_string(),
+            None => format!("{}:{}", options.get_host(), options.get_port()),
+        };
+        format!("{place}/{}", options.get_database().unwrap_or("(default)"))
+    }
+
+    /// One direct connection attempt, bypassing the pool (whose acquire retries a refused
+    /// connection until its timeout and then reports only `PoolTimedOut`), so a caller can
+    /// say *why* PostgreSQL is unreachable: refused, unknown host, bad password, ….
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let options = self.pool.connect_options();
+        let conn = tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| {
+                sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {}s", ACQUIRE_TIMEOUT.as_secs()),
+                ))
+            })??;
+        conn.close().await?;
+        Ok(())
+    }
+
+    /// Applies the embedded migrations that are not applied yet.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.migrate_report().await.map(|_| ())
+    }
+
+    /// Applies the embedded migrations and returns the ones this call applied, oldest first
+    /// (empty: the schema was up to date).
+    ///
+    /// Locking. sqlx's PostgreSQL migrator already takes an advisory lock by itself:
+    /// `Migrator::run` calls `Migrate::lock` (sqlx-postgres 0.9 `src/migrate.rs`), a
+    /// session-level `pg_advisory_lock(id)` with `id` derived from a CRC32 of
+    /// `current_database()`, before it creates `_sqlx_migrations` or reads the applied
+    /// versions, and `pg_advisory_unlock` at the end. We take that same lock exactly once,
+    /// but around a slightly larger critical section: we call `Migrate::lock` ourselves and
+    /// run a copy of the migrator with its own locking switched off (no double lock), so the
+    /// "applied before" read, the migration and the "applied after" read are one critical
+    /// section and the report is exact even when replicas migrate at once. Because the lock
+    /// id is sqlx's, `sqlx migrate run` (sqlx-cli) and other sqlx migrators serialise with us.
+    ///
+    /// A session-level lock lives as long as its connection, and sqlx does not unlock when a
+    /// migration fails. The connection used is therefore closed rather than returned to the
+    /// pool, which releases the lock whatever happened.
+    pub async fn migrate_report(&self) -> Result<Vec<AppliedMigration>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        conn.close_on_drop();
+        conn.lock().await?;
+        let result = migrate_locked(&mut conn).await;
+        if result.is_ok() {
+            conn.unlock().await?;
+        }
+        result
+    }
+}
+
+/// Runs the migrations on a connection that holds sqlx's migration lock.
+async fn migrate_locked(conn: &mut PgConnection) -> Result<Vec<AppliedMigration>, StoreError> {
+    let mut migrator = Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
+    // Locked by the caller with the same `Migrate::lock`; locking twice would be redundant.
+    migrator.set_locking(false);
+    let before = applied_versions(conn).await?;
+    // `run_direct` is what `Migrator::run` calls after acquiring; sqlx keeps it public (though
+    // doc-hidden) because `run(&mut conn)` makes the caller's future fail `tokio::spawn`'s
+    // `Send` check ("implementation of `Acquire` is not general enough").
+    migrator.run_direct(None, conn, false).await?;
+    let after = applied_versions(conn).await?;
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .filter(|m| after.contains(&m.version) && !before.contains(&m.version))
+        .map(|m| AppliedMigration {
+            version: m.version,
+            description: m.description.to_string(),
+        })
+        .collect())
+}
+
+/// Versions recorded in `_sqlx_migrations` (none when the table does not exist yet).
+async fn applied_versions(conn: &mut PgConnection) -> Result<HashSet<i64>, StoreError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !exists {
+        return Ok(HashSet::new());
+    }
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(versions.into_iter().collect())
+}
+
+/// The columns [`run_from_row`] reads.
+macro_rules! run_columns {
+    () => {
+        "id, namespace, dag_name, dag_uid, run_type, backfill_name, logical_date, \
+         data_interval_start, data_interval_end, priority, state, params, attempt, \
+         created_at, started_at, ended_at"
+    };
+}
+
+fn run_from_row(row: &PgRow) -> Result<RunRow, StoreError> {
+    let run_type: String = row.try_get("run_type")?;
+    let state: String = row.try_get("state")?;
+    Ok(RunRow {
+        id: row.try_get("id")?,
+        dag: DagKey {
+            namespace: row.try_get("namespace")?,
+            name: row.try_get("dag_name")?,
+        },
+        dag_uid: row.try_get("dag_uid")?,
+        run_type: RunType::parse(&run_type).ok_or(StoreError::Corrupt {
+            column: "dag_runs.run_type",
+            value: run_type,
+        })?,
+        backfill_name: row.try_get("backfill_name")?,
+        logical_date: row.try_get("logical_date")?,
+        data_interval_start: row.try_get("data_interval_start")?,
+        data_interval_end: row.try_get("data_interval_end")?,
+        priority: row.try_get("priority")?,
+        state: RunState::parse(&state).ok_or(StoreError::Corrupt {
+            column: "dag_runs.state",
+            value: state,
+        })?,
+        params: row.try_get("params")?,
+        attempt: row.try_get("attempt")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        ended_at: row.try_get("ended_at")?,
+    })
+}
+
+fn task_from_row(row: &PgRow) -> Result<TaskRow, StoreError> {
+    Ok(TaskRow {
+        run_id: row.try_get("run_id")?,
+        task_name: row.try_get("task_name")?,
+        try_number: row.try_get("try_number")?,
+        state: row.try_get("state")?,
+        pool: row.try_get("pool")?,
+        pool_slots: row.try_get("pool_slots")?,
+        pod_name: row.try_get("pod_name")?,
+        exit_code: row.try_get("exit_code")?,
+        message: row.try_get("message")?,
+        queued_at: row.try_get("queued_at")?,
+        started_at: row.try_get("started_at")?,
+        ended_at: row.try_get("ended_at")?,
+    })
+}
+
+const INSERT_RUNS: &str = concat!(
+    "INSERT INTO dag_runs (id, namespace, dag_name, dag_uid, run_type, backfill_name, \
+         logical_date, data_interval_start, data_interval_end, priority, state, params, \
+         attempt, started_at) \
+     SELECT r.id, r.namespace, r.dag_name, r.dag_uid, r.run_type, r.backfill_name, \
+         r.logical_date, r.data_interval_start, r.data_interval_end, r.priority, 'running', \
+         r.params, 1, now() \
+     FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::int4[], $11::jsonb[]) \
+         WITH ORDINALITY AS r(id, namespace, dag_name, dag_uid, run_type, backfill_name, \
+             logical_date, data_interval_start, data_interval_end, priority, params, ord) \
+     ORDER BY r.ord \
+     ON CONFLICT (namespace, dag_name, logical_date) DO NOTHING \
+     RETURNING ",
+    run_columns!()
+);
+
+const INSERT_TASKS: &str = "INSERT INTO task_instances \
+         (run_id, task_name, try_number, state, pool, pool_slots) \
+     SELECT t.run_id, t.task_name, 1, 'pending', t.pool, t.pool_slots \
+     FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[]) \
+         AS t(run_id, task_name, pool, pool_slots)";
+
+/// Cancels running runs and their task instances that have not finished (pending, queued,
+/// running, up_for_retry); finished tries keep their outcome. One statement, so atomic.
+const CANCEL_RUNS: &str = "WITH cancelled AS ( \
+         UPDATE dag_runs SET state = 'cancelled', ended_at = now() \
+         WHERE id = ANY($1::uuid[]) AND state = 'running' \
+         RETURNING id), \
+     tasks AS ( \
+         UPDATE task_instances SET state = 'cancelled', ended_at = coalesce(ended_at, now()) \
+         WHERE run_id IN (SELECT id FROM cancelled) \
+           AND state IN ('pending', 'queued', 'running', 'up_for_retry') \
+         RETURNING 1) \
+     SELECT count(*) FROM cancelled";
+
+impl PgStore {
+    /// Inserts one chunk of runs (already in lock order) and returns the rows inserted.
+    async fn insert_run_chunk(
+        tx: &mut PgConnection,
+        chunk: &[(Uuid, &NewRun)],
+    ) -> Result<Vec<RunRow>, StoreError> {
+        let n = chunk.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut namespaces = Vec::with_capacity(n);
+        let mut dag_names = Vec::with_capacity(n);
+        let mut dag_uids = Vec::with_capacity(n);
+        let mut run_types = Vec::with_capacity(n);
+        let mut backfills = Vec::with_capacity(n);
+        let mut logical_dates = Vec::with_capacity(n);
+        let mut interval_starts = Vec::with_capacity(n);
+        let mut interval_ends = Vec::with_capacity(n);
+        let mut priorities = Vec::with_capacity(n);
+        let mut params = Vec::with_capacity(n);
+        for (id, run) in chunk {
+            ids.push(*id);
+            namespaces.push(run.dag.namespace.as_str());
+            dag_names.push(run.dag.name.as_str());
+            dag_uids.push(run.dag_uid.as_str());
+            run_types.push(run.run_type.as_str());
+            backfills.push(run.backfill_name.as_deref());
+            logical_dates.push(run.logical_date);
+            interval_starts.push(run.data_interval_start);
+            interval_ends.push(run.data_interval_end);
+            priorities.push(run.priority);
+            params.push(&run.params);
+        }
+        let rows = sqlx::query(INSERT_RUNS)
+            .bind(ids)
+            .bind(namespaces)
+            .bind(dag_names)
+            .bind(dag_uids)
+            .bind(run_types)
+            .bind(backfills)
+            .bind(logical_dates)
+            .bind(interval_starts)
+            .bind(interval_ends)
+            .bind(priorities)
+            .bind(params)
+            .fetch_all(&mut *tx)
+            .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn insert_task_chunk(
+        tx: &mut PgConnection,
+        chunk: &[(Uuid, &NewTask)],
+    ) -> Result<(), StoreError> {
+        let n = chunk.len();
+        let mut run_ids = Vec::with_capacity(n);
+        let mut names = Vec::with_capacity(n);
+        let mut pools = Vec::with_capacity(n);
+        let mut slots = Vec::with_capacity(n);
+        for (run_id, task) in chunk {
+            run_ids.push(*run_id);
+            names.push(task.task_name.as_str());
+            pools.push(task.pool.as_deref());
+            slots.push(task.pool_slots);
+        }
+        sqlx::query(INSERT_TASKS)
+            .bind(run_ids)
+            .bind(names)
+            .bind(pools)
+            .bind(slots)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+impl RunStore for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Returns the inserted runs in the order they were given. Within one batch, a second
+    /// run with the same (namespace, dag, logical date) is skipped like an existing one.
+    async fn insert_runs(&self, runs: &[NewRun]) -> Result<Vec<RunRow>, StoreError> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Rows are inserted in identity order, so two writers with overlapping batches (two
+        // replicas in split brain) wait on each other instead of deadlocking.
+        let mut order: Vec<(Uuid, &NewRun)> = runs.iter().map(|r| (Uuid::new_v4(), r)).collect();
+        let given: Vec<Uuid> = order.iter().map(|(id, _)| *id).collect();
+        order.sort_by(|(_, a), (_, b)| {
+            (&a.dag.namespace, &a.dag.name, a.logical_date).cmp(&(
+                &b.dag.namespace,
+                &b.dag.name,
+                b.logical_date,
+            ))
+        });
+
+        let mut tx = self.pool.begin().await?;
+        let mut inserted: HashMap<Uuid, RunRow> = HashMap::new();
+        for chunk in order.chunks(Self::RUN_CHUNK) {
+            for row in Self::insert_run_chunk(&mut tx, chunk).await? {
+                inserted.insert(row.id, row);
+            }
+        }
+
+        let mut tasks: Vec<(Uuid, &NewTask)> = Vec::new();
+        for (id, run) in &order {
+            if !inserted.contains_key(id) {
+                continue;
+            }
+            if run.tasks.len() <= 1 {
+                tasks.extend(run.tasks.iter().map(|t| (*id, t)));
+                continue;
+            }
+            // Task names are unique per DAG (the CRD's list-map key); should a duplicate slip
+            // through, the first one wins rather than failing the whole batch forever.
+            let mut seen = HashSet::with_capacity(run.tasks.len());
+            for task in &run.tasks {
+                if seen.insert(task.task_name.as_str()) {
+                    tasks.push((*id, task));
+                } else {
+                    tracing::warn!(
+                        dag = %run.dag,
+                        task = %task.task_name,
+                        "duplicate task name in a run; the first one is kept"
+                    );
+                }
+            }
+        }
+        for chunk in tasks.chunks(Self::TASK_CHUNK) {
+            Self::insert_task_chunk(&mut tx, chunk).await?;
+        }
+        tx.commit().await?;
+
+        Ok(given.iter().filter_map(|id| inserted.remove(id)).collect())
+    }
+
+    async fn last_scheduled_ticks(&self) -> Result<Vec<(DagKey, DateTime<Utc>)>, StoreError> {
+        // Served by the partial index dag_runs_last_scheduled_idx.
+        let rows = sqlx::query(
+            "SELECT namespace, dag_name, max(logical_date) AS logical_date \
+             FROM dag_runs WHERE run_type = 'scheduled' \
+             GROUP BY namespace, dag_name ORDER BY namespace, dag_name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    DagKey {
+                        namespace: row.try_get("namespace")?,
+                        name: row.try_get("dag_name")?,
+                    },
+                    row.try_get("logical_date")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn running_runs(&self) -> Result<Vec<RunRow>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM dag_runs WHERE state = 'running' ORDER BY namespace, dag_name, logical_date"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn cancel_runs(&self, ids: &[Uuid]) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let count: i64 = sqlx::query_scalar(CANCEL_RUNS)
+            .bind(ids)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count.unsigned_abs())
+    }
+
+    /// `filter.limit <= 0` means no limit.
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRow>, StoreError> {
+        let mut q = QueryBuilder::new(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM dag_runs WHERE true"
+        ));
+        if let Some(ns) = &filter.namespace {
+            q.push(" AND namespace = ").push_bind(ns.as_str());
+        }
+        if let Some(name) = &filter.dag_name {
+            q.push(" AND dag_name = ").push_bind(name.as_str());
+        }
+        if let Some(state) = filter.state {
+            q.push(" AND state = ").push_bind(state.as_str());
+        }
+        q.push(" ORDER BY logical_date DESC, namespace, dag_name");
+        if filter.limit > 0 {
+            q.push(" LIMIT ").push_bind(filter.limit);
+        }
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn task_instances(&self, run_ids: &[Uuid]) -> Result<Vec<TaskRow>, StoreError> {
+        if run_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT run_id, task_name, try_number, state, pool, pool_slots, pod_name, \
+                 exit_code, message, queued_at, started_at, ended_at \
+             FROM task_instances WHERE run_id = ANY($1::uuid[]) \
+             ORDER BY run_id, task_name, try_number",
+        )
+        .bind(run_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+}

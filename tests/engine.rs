@@ -1,0 +1,563 @@
+//! Engine tests: the real engine against a real PostgreSQL (a fresh database per test), with a
+//! controllable clock — each test passes the instants itself.
+
+mod common;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Tz;
+use dag_operator::api::DagSpec;
+use dag_operator::engine::{Command, DagInfo, Engine, EngineConfig, Output, TriggerRequest};
+use dag_operator::store::{DagKey, PgStore, RunFilter, RunRow, RunState, RunStore, RunType};
+use tokio::sync::mpsc;
+
+fn utc(s: &str) -> DateTime<Utc> {
+    s.parse().expect("RFC3339")
+}
+
+fn spec(yaml: &str) -> Arc<DagSpec> {
+    let full = format!("{yaml}\ntasks:\n- {{name: a, container: {{image: busybox}}}}\n");
+    Arc::new(serde_yaml::from_str(&full).expect("valid spec"))
+}
+
+fn info(name: &str, created: DateTime<Utc>, spec: Arc<DagSpec>) -> DagInfo {
+    let schedule = spec.parse_schedule(Tz::UTC).expect("valid schedule");
+    DagInfo {
+        key: DagKey::new("ns", name),
+        uid: format!("uid-{name}"),
+        created_at: created,
+        spec,
+        schedule,
+        trigger: None,
+        last_handled_trigger: None,
+    }
+}
+
+struct Harness {
+    engine: Engine<PgStore>,
+    store: PgStore,
+    out: mpsc::UnboundedReceiver<Output>,
+}
+
+impl Harness {
+    async fn new(store: PgStore, cfg: EngineConfig) -> Self {
+        let (tx, out) = mpsc::unbounded_channel();
+        let mut engine = Engine::new(cfg, store.clone(), tx);
+        engine.load().await.expect("load");
+        Harness { engine, store, out }
+    }
+
+    fn upsert(&mut self, info: DagInfo, now: DateTime<Utc>) {
+        self.engine.apply(Command::Upsert(Box::new(info)), now);
+    }
+
+    async fn tick(&mut self, now: DateTime<Utc>) -> usize {
+        self.engine.tick(now).await.expect("tick")
+    }
+
+    /// Ticks every `step` from `from` to `to` inclusive.
+    async fn run_clock(&mut self, from: DateTime<Utc>, to: DateTime<Utc>, step: Duration) {
+        let mut t = from;
+        while t <= to {
+            self.tick(t).await;
+            t += step;
+        }
+    }
+
+    fn outputs(&mut self) -> Vec<Output> {
+        std::iter::from_fn(|| self.out.try_recv().ok()).collect()
+    }
+
+    fn events(&mut self, reason: &str) -> Vec<String> {
+        self.outputs()
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Event {
+                    reason: r, message, ..
+                } if r == reason => Some(message),
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn runs(&self, dag: &str) -> Vec<RunRow> {
+        let mut runs = self
+            .store
+            .list_runs(&RunFilter {
+                namespace: Some("ns".into()),
+                dag_name: Some(dag.into()),
+                state: None,
+                limit: 100_000,
+            })
+            .await
+            .expect("list");
+        runs.sort_by_key(|r| r.logical_date);
+        runs
+    }
+
+    /// Tells the engine every running run ended.
+    async fn end_all(&mut self) {
+        let ids: Vec<_> = self
+            .store
+            .running_runs()
+            .await
+            .expect("running")
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        self.engine.runs_ended(&ids);
+    }
+
+    async fn dates(&self, dag: &str) -> Vec<DateTime<Utc>> {
+        self.runs(dag)
+            .await
+            .iter()
+            .map(|r| r.logical_date)
+            .collect()
+    }
+}
+
+fn every(start: DateTime<Utc>, step: Duration, n: i64) -> Vec<DateTime<Utc>> {
+    (0..n).map(|k| start + step * k as i32).collect()
+}
+
+#[tokio::test]
+async fn one_run_per_tick_consecutive_and_never_twice() {
+    let store = common::fresh_store("eng_steady").await;
+    let mut h = Harness::new(store, EngineConfig::default()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    h.upsert(
+        info(
+            "fast",
+            t0,
+            spec("schedule: '* * * * * *'\nmaxActiveRuns: 1000"),
+        ),
+        t0,
+    );
+    h.run_clock(t0, t0 + Duration::seconds(10), Duration::milliseconds(500))
+        .await;
+    // the same instant again creates nothing
+    h.tick(t0 + Duration::seconds(10)).await;
+    // a tick at the DAG's creation instant counts (it did exist then)
+    let dates = h.dates("fast").await;
+    assert_eq!(dates, every(t0, Duration::seconds(1), 11));
+    let run = &h.runs("fast").await[1];
+    assert_eq!(run.run_type, RunType::Scheduled);
+    assert_eq!(run.state, RunState::Running);
+    assert_eq!(
+        run.data_interval_start,
+        run.logical_date - Duration::seconds(1)
+    );
+    assert_eq!(run.data_interval_end, run.logical_date);
+    assert_eq!(h.engine.next_wake(), Some(t0 + Duration::seconds(11)));
+}
+
+#[tokio::test]
+async fn catch_up_after_long_downtime_keeps_the_latest_n_and_reports_the_rest() {
+    let db = common::fresh_store("eng_catchup").await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    let dag = spec("schedule: '*/5 * * * *'\nmaxCatchupRuns: 4\nmaxActiveRuns: 100");
+    {
+        let mut h = Harness::new(db.clone(), EngineConfig::default()).await;
+        h.upsert(info("etl", t0, dag.clone()), t0);
+        h.run_clock(t0, t0 + Duration::minutes(10), Duration::minutes(5))
+            .await;
+        assert_eq!(h.dates("etl").await.len(), 3);
+    }
+    // down for three hours: a new engine on the same database
+    let back = t0 + Duration::hours(3) + Duration::seconds(30);
+    let mut h = Harness::new(db, EngineConfig::default()).await;
+    h.upsert(info("etl", t0, dag), back);
+    h.tick(back).await;
+    let dates = h.dates("etl").await;
+    let kept: Vec<_> = dates[3..].to_vec();
+    assert_eq!(
+        kept,
+        every(t0 + Duration::minutes(165), Duration::minutes(5), 4)
+    );
+    let missed = h.events("MissedRuns");
+    assert_eq!(missed.len(), 1, "{missed:?}");
+    // ticks 00:15 .. 02:40 were dropped: 30 of them
+    assert!(
+        missed[0].starts_with(
+            "30 missed tick(s) from 2025-01-01T00:15:00+00:00 to 2025-01-01T02:40:00+00:00"
+        ),
+        "{}",
+        missed[0]
+    );
+}
+
+#[tokio::test]
+async fn catchup_false_keeps_only_the_latest_tick() {
+    let db = common::fresh_store("eng_nocatchup").await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    let mut h = Harness::new(db, EngineConfig::default()).await;
+    h.upsert(
+        info("etl", t0, spec("schedule: '0 * * * *'\ncatchup: false")),
+        t0 + Duration::hours(5) + Duration::minutes(1),
+    );
+    h.tick(t0 + Duration::hours(5) + Duration::minutes(1)).await;
+    assert_eq!(h.dates("etl").await, [t0 + Duration::hours(5)]);
+    assert_eq!(h.events("MissedRuns").len(), 1);
+}
+
+#[tokio::test]
+async fn ticks_before_the_dag_existed_are_never_caught_up() {
+    let db = common::fresh_store("eng_created").await;
+    let created = utc("2025-01-01T10:30:00Z");
+    let mut h = Harness::new(db, EngineConfig::default()).await;
+    h.upsert(info("new", created, spec("schedule: '0 * * * *'")), created);
+    h.run_clock(
+        created,
+        created + Duration::minutes(90),
+        Duration::minutes(15),
+    )
+    .await;
+    assert_eq!(
+        h.dates("new").await,
+        [utc("2025-01-01T11:00:00Z"), utc("2025-01-01T12:00:00Z")]
+    );
+    assert!(h.events("MissedRuns").is_empty());
+}
+
+#[tokio::test]
+async fn dst_days_in_several_zones() {
+    let db = common::fresh_store("eng_dst").await;
+    let mut h = Harness::new(db, EngineConfig::default()).await;
+    let t0 = utc("2024-03-09T00:00:00Z");
+    for (name, zone) in [
+        ("ny", "America/New_York"),
+        ("berlin", "Europe/Berlin"),
+        ("sydney", "Australia/Sydney"),
+    ] {
+        h.upsert(
+            info(
+                name,
+                t0,
+                spec(&format!(
+                    "schedule: '30 2 * * *'\ntimezone: {zone}\nmaxActiveRuns: 100"
+                )),
+            ),
+            t0,
+        );
+    }
+    h.run_clock(t0, utc("2024-04-09T00:00:00Z"), Duration::minutes(30))
+        .await;
+    let ny = h.dates("ny").await;
+    // 2024-03-10: 02:30 does not exist in New York; the run fires once at 03:00 EDT
+    assert!(ny.contains(&utc("2024-03-10T07:00:00Z")), "{ny:?}");
+    assert!(ny.contains(&utc("2024-03-09T07:30:00Z")) && ny.contains(&utc("2024-03-11T06:30:00Z")));
+    let berlin = h.dates("berlin").await;
+    // 2024-03-31: 02:30 does not exist in Berlin; the run fires at 03:00 CEST = 01:00Z
+    assert!(berlin.contains(&utc("2024-03-31T01:00:00Z")), "{berlin:?}");
+    let sydney = h.dates("sydney").await;
+    // 2024-04-07: 02:30 happens twice in Sydney (fall back); a fixed-time job runs once, at AEDT
+    assert!(sydney.contains(&utc("2024-04-06T15:30:00Z")), "{sydney:?}");
+    assert!(!sydney.contains(&utc("2024-04-06T16:30:00Z")), "{sydney:?}");
+    for (name, dates) in [("ny", &ny), ("berlin", &berlin), ("sydney", &sydney)] {
+        assert_eq!(
+            dates.len(),
+            31,
+            "{name}: one run per day for the 31 days: {dates:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn start_and_end_dates_bound_the_ticks() {
+    let db = common::fresh_store("eng_bounds").await;
+    let mut h = Harness::new(db, EngineConfig::default()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    h.upsert(
+        info(
+            "bounded",
+            t0,
+            spec("schedule: '0 * * * *'\nstartDate: 2025-01-01T03:00:00Z\nendDate: 2025-01-01T05:00:00Z"),
+        ),
+        t0,
+    );
+    h.run_clock(t0, t0 + Duration::hours(8), Duration::minutes(30))
+        .await;
+    assert_eq!(
+        h.dates("bounded").await,
+        every(utc("2025-01-01T03:00:00Z"), Duration::hours(1), 3)
+    );
+    assert_eq!(h.engine.next_wake(), None, "no timer after endDate");
+}
+
+#[tokio::test]
+async fn max_active_runs_queues_the_rest_and_admits_oldest_first() {
+    let db = common::fresh_store("eng_maxactive").await;
+    let mut h = Harness::new(db, EngineConfig::default()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    h.upsert(
+        info(
+            "busy",
+            t0,
+            spec("schedule: '* * * * * *'\nmaxActiveRuns: 2"),
+        ),
+        t0,
+    );
+    h.run_clock(t0, t0 + Duration::seconds(6), Duration::seconds(1))
+        .await;
+    let runs = h.runs("busy").await;
+    assert_eq!(runs.len(), 2);
+    let statuses: Vec<_> = h
+        .outputs()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Status(_, s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let last = statuses.last().expect("status reported");
+    assert_eq!((last.active_runs, last.queued_runs), (2, 5));
+    // the first run ends: the oldest queued tick (00:00:02) is admitted next, not the newest
+    h.engine.runs_ended(&[runs[0].id]);
+    h.tick(t0 + Duration::seconds(6)).await;
+    assert_eq!(h.dates("busy").await[2], t0 + Duration::seconds(2));
+}
+
+#[tokio::test]
+async fn forbid_skips_while_a_run_is_active() {
+    let db = common::fresh_store("eng_forbid").await;
+    let mut h = Harness::new(db, EngineConfig::default()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    h.upsert(
+        info(
+            "solo",
+            t0,
+            spec("schedule: '* * * * *'\nconcurrencyPolicy: Forbid"),
+        ),
+        t0,
+    );
+    h.run_clock(t0, t0 + Duration::minutes(3), Duration::minutes(1))
+        .await;
+    assert_eq!(h.dates("solo").await, [t0]);
+    assert_eq!(h.events("RunSkipped").len(), 3);
+}
+
+#[tokio::test]
+async fn replace_cancels_the_active_run_and_starts_the_new_one() {
+    let db = common::fresh_store("eng_replace").await;
+    let mut h = Harness::new(db, EngineConfig::default()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    h.upsert(
+        info(
+            "latest",
+            t0,
+            spec("schedule: '* * * * *'\nconcurrencyPolicy: Replace"),
+        ),
+        t0,
+    );
+    h.run_clock(t0, t0 + Duration::minutes(2), Duration::minutes(1))
+        .await;
+    let runs = h.runs("latest").await;
+    assert_eq!(runs.len(), 3);
+    assert_eq!(runs[0].state, RunState::Cancelled);
+    assert!(runs[0].ended_at.is_some());
+    assert_eq!(runs[1].state, RunState::Cancelled);
+    assert_eq!(runs[2].state, RunState::Running);
+    assert_eq!(h.events("RunReplaced").len(), 2);
+}
+
+#[tokio::test]
+async fn starting_deadline_skips_runs_admitted_too_late() {
+    let db = common::fresh_store("eng_deadline").await;
+    let mut h = Harness::new(db, EngineConfig::default()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    h.upsert(
+        info(
+            "strict",
+            t0,
+            spec("schedule: '* * * * *'\nmaxActiveRuns: 1\nstartingDeadlineSeconds: 90"),
+        ),
+        t0,
+    );
+    h.run_clock(t0, t0 + Duration::minutes(4), Duration::minutes(1))
+        .await;
+    // 00:00 runs; 00:01 .. 00:04 wait behind it; at 00:04 the slot frees
+    let first = h.runs("strict").await[0].id;
+    h.engine.runs_ended(&[first]);
+    h.tick(t0 + Duration::minutes(4)).await;
+    // 00:01 and 00:02 are 180 s and 120 s late (> 90): skipped; 00:03 is 60 s late: admitted
+    assert_eq!(h.dates("strict").await, [t0, t0 + Duration::minutes(3)]);
+    let skipped = h.events("RunSkipped");
+    assert!(
+        skipped
+            .iter()
+            .any(|m| m.contains("startingDeadlineSeconds")),
+        "{skipped:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_trigger_creates_one_manual_run_ahead_of_queued_scheduled_runs() {
+    let db = common::fresh_store("eng_trigger").await;
+    let mut h = Harness::new(db, EngineConfig::default()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    let dag = spec("schedule: '* * * * *'\nmaxActiveRuns: 1\nparams: {a: 1}");
+    h.upsert(info("t", t0, dag.clone()), t0);
+    h.run_clock(t0, t0 + Duration::minutes(3), Duration::minutes(1))
+        .await;
+    // 00:00 running, 00:01 .. 00:03 queued; now a trigger
+    let mut with_trigger = info("t", t0, dag.clone());
+    with_trigger.trigger = Some(TriggerRequest {
+        value: "run-1".into(),
+        params: Some(r#"{"b": 2}"#.into()),
+    });
+    let now = t0 + Duration::minutes(3) + Duration::seconds(10);
+    h.upsert(with_trigger.clone(), now);
+    let first = h.runs("t").await[0].id;
+    h.engine.runs_ended(&[first]);
+    h.tick(now).await;
+    let runs = h.runs("t").await;
+    assert_eq!(runs.len(), 2);
+    let manual = runs
+        .iter()
+        .find(|r| r.run_type == RunType::Manual)
+        .expect("manual run");
+    assert_eq!(manual.logical_date, now);
+    assert_eq!(manual.params, serde_json::json!({"a": 1, "b": 2}));
+    // re-applying the same value creates nothing
+    h.upsert(with_trigger.clone(), now + Duration::seconds(1));
+    h.engine.runs_ended(&[manual.id]);
+    h.tick(now + Duration::seconds(1)).await;
+    assert_eq!(
+        h.runs("t")
+            .await
+            .iter()
+            .filter(|r| r.run_type == RunType::Manual)
+            .count(),
+        1
+    );
+    // an RFC3339 value is the logical date; malformed params are refused with an event
+    h.end_all().await;
+    let mut dated = with_trigger.clone();
+    dated.trigger = Some(TriggerRequest {
+        value: "2024-06-01T00:00:00Z".into(),
+        params: None,
+    });
+    h.upsert(dated, now + Duration::seconds(2));
+    let mut bad = with_trigger;
+    bad.trigger = Some(TriggerRequest {
+        value: "run-2".into(),
+        params: Some("{oops".into()),
+    });
+    h.upsert(bad, now + Duration::seconds(3));
+    h.tick(now + Duration::seconds(3)).await;
+    let manual: Vec<_> = h
+        .runs("t")
+        .await
+        .into_iter()
+        .filter(|r| r.run_type == RunType::Manual)
+        .collect();
+    assert_eq!(manual.len(), 2);
+    assert!(
+        manual
+            .iter()
+            .any(|r| r.logical_date == utc("2024-06-01T00:00:00Z"))
+    );
+    let refused = h.events("TriggerRefused");
+    assert_eq!(refused.len(), 1);
+    assert!(refused[0].contains("not valid JSON"), "{refused:?}");
+}
+
+#[tokio::test]
+async fn suspend_stops_new_runs_and_resume_catches_up() {
+    let db = common::fresh_store("eng_suspend").await;
+    let mut h = Harness::new(db, EngineConfig::default()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    h.upsert(
+        info("s", t0, spec("schedule: '0 * * * *'\nmaxCatchupRuns: 2")),
+        t0,
+    );
+    h.run_clock(t0, t0 + Duration::hours(1), Duration::hours(1))
+        .await;
+    h.upsert(
+        info(
+            "s",
+            t0,
+            spec("schedule: '0 * * * *'\nmaxCatchupRuns: 2\nsuspend: true"),
+        ),
+        t0 + Duration::hours(1),
+    );
+    h.run_clock(
+        t0 + Duration::hours(1),
+        t0 + Duration::hours(6),
+        Duration::minutes(30),
+    )
+    .await;
+    assert_eq!(h.dates("s").await, [t0, t0 + Duration::hours(1)]);
+    // a trigger on a suspended DAG is refused
+    let mut trig = info(
+        "s",
+        t0,
+        spec("schedule: '0 * * * *'\nmaxCatchupRuns: 2\nsuspend: true"),
+    );
+    trig.trigger = Some(TriggerRequest {
+        value: "x".into(),
+        params: None,
+    });
+    h.upsert(trig, t0 + Duration::hours(6));
+    assert_eq!(h.events("TriggerRefused").len(), 1);
+    // resume at 06:10: the latest 2 missed ticks run
+    let resume = t0 + Duration::hours(6) + Duration::minutes(10);
+    h.upsert(
+        info("s", t0, spec("schedule: '0 * * * *'\nmaxCatchupRuns: 2")),
+        resume,
+    );
+    h.tick(resume).await;
+    assert_eq!(
+        h.dates("s").await,
+        [
+            t0,
+            t0 + Duration::hours(1),
+            t0 + Duration::hours(5),
+            t0 + Duration::hours(6)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn changing_the_schedule_never_creates_past_ticks_of_the_new_one() {
+    let db = common::fresh_store("eng_change").await;
+    let mut h = Harness::new(db, EngineConfig::default()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    h.upsert(info("c", t0, spec("schedule: '0 0 * * *'")), t0);
+    // changed at 10:00:30: hourly ticks from 01:00 to 10:00 are past ticks of the new schedule
+    let change = t0 + Duration::hours(10) + Duration::seconds(30);
+    h.upsert(info("c", t0, spec("schedule: '0 * * * *'")), change);
+    h.run_clock(change, change + Duration::hours(2), Duration::minutes(30))
+        .await;
+    assert_eq!(
+        h.dates("c").await,
+        [t0, t0 + Duration::hours(11), t0 + Duration::hours(12)]
+    );
+}
+
+#[tokio::test]
+async fn a_removed_dag_stops_and_two_engines_never_create_a_run_twice() {
+    let db = common::fresh_store("eng_twice").await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    let dag = spec("schedule: '* * * * *'\nmaxActiveRuns: 100");
+    let mut a = Harness::new(db.clone(), EngineConfig::default()).await;
+    let mut b = Harness::new(db, EngineConfig::default()).await;
+    a.upsert(info("shared", t0, dag.clone()), t0);
+    b.upsert(info("shared", t0, dag), t0);
+    let mut t = t0;
+    while t <= t0 + Duration::minutes(5) {
+        a.tick(t).await;
+        b.tick(t).await;
+        t += Duration::minutes(1);
+    }
+    assert_eq!(a.dates("shared").await, every(t0, Duration::minutes(1), 6));
+    a.engine
+        .apply(Command::Remove(DagKey::new("ns", "shared")), t);
+    b.engine
+        .apply(Command::Remove(DagKey::new("ns", "shared")), t);
+    a.run_clock(t, t + Duration::minutes(3), Duration::minutes(1))
+        .await;
+    assert_eq!(a.dates("shared").await.len(), 6);
+}
