@@ -33,7 +33,8 @@ use crate::schedule::{Schedule, ScheduleError, parse_timezone};
     printcolumn(name = "Active", type_ = "integer", json_path = ".status.activeRuns"),
     printcolumn(name = "Queued", type_ = "integer", json_path = ".status.queuedRuns"),
     printcolumn(name = "Last", type_ = "date", json_path = ".status.lastScheduleTime"),
-    printcolumn(name = "Next", type_ = "date", json_path = ".status.nextScheduleTime"),
+    // a string, not a date: kubectl prints future dates as "<invalid>"
+    printcolumn(name = "Next", type_ = "string", json_path = ".status.nextScheduleTime"),
     printcolumn(
         name = "Ready",
         type_ = "string",
