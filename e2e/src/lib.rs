@@ -3,6 +3,7 @@
 //! Everything is driven as a user would: kubectl, and the kube client where it reads better.
 
 pub mod operator;
+pub mod scenario;
 
 /// Fresh databases per test: the same helper the root package's store and engine tests use.
 #[path = "../../tests/common/mod.rs"]

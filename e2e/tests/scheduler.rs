@@ -5,85 +5,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dag_operator::store::{PgStore, RunFilter, RunRow, RunStore, RunType};
-use dag_operator_e2e::db::TestDb;
-use dag_operator_e2e::operator::Operator;
-use dag_operator_e2e::{TestNamespace, eventually, plane};
+use dag_operator::store::{RunRow, RunType};
+use dag_operator_e2e::plane;
+use dag_operator_e2e::scenario::{Setup, dag_yaml, dag_yaml_with_image, setup};
 use serde_json::Value;
-
-struct Setup {
-    ns: TestNamespace,
-    db: TestDb,
-    store: PgStore,
-}
-
-async fn setup(prefix: &str) -> Setup {
-    plane().install_crds();
-    let ns = TestNamespace::new(prefix);
-    let db = TestDb::create(&format!("e2e_{}", prefix.replace('-', "_"))).await;
-    let store = db.migrated().await;
-    Setup { ns, db, store }
-}
-
-impl Setup {
-    fn operator(&self, extra: &[&str]) -> Operator {
-        Operator::start(&self.ns.name, &self.db.url, extra)
-    }
-
-    fn apply(&self, yaml: &str) {
-        self.ns.kubectl_ok(&["apply", "-f", "-"], Some(yaml));
-    }
-
-    async fn runs(&self, dag: &str) -> Vec<RunRow> {
-        let mut runs = self
-            .store
-            .list_runs(&RunFilter {
-                namespace: Some(self.ns.name.clone()),
-                dag_name: Some(dag.to_string()),
-                state: None,
-                limit: 1_000_000,
-            })
-            .await
-            .unwrap_or_default();
-        runs.sort_by_key(|r| r.logical_date);
-        runs
-    }
-
-    fn status(&self, dag: &str) -> Value {
-        let out = self.ns.kubectl_ok(&["get", "dag", dag, "-o", "json"], None);
-        let obj: Value = serde_json::from_str(&out).expect("kubectl json");
-        obj["status"].clone()
-    }
-
-    /// Polls the DAG's status until `f` accepts it.
-    async fn status_until(&self, dag: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-        eventually(Duration::from_secs(60), what, || {
-            let s = self.status(dag);
-            let ok = f(&s);
-            async move { ok.then_some(s) }
-        })
-        .await
-    }
-
-    async fn runs_until(
-        &self,
-        dag: &str,
-        what: &str,
-        f: impl Fn(&[RunRow]) -> bool,
-    ) -> Vec<RunRow> {
-        eventually(Duration::from_secs(90), what, || async {
-            let runs = self.runs(dag).await;
-            f(&runs).then_some(runs)
-        })
-        .await
-    }
-}
-
-fn dag_yaml(name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: dagoperator.io/v1alpha1\nkind: DAG\nmetadata: {{name: {name}}}\nspec:\n{spec}\n  tasks:\n  - {{name: a, container: {{image: busybox}}}}\n"
-    )
-}
 
 /// Asserts the logical dates are consecutive seconds: every due tick exactly once.
 fn assert_every_second(runs: &[RunRow]) {
@@ -192,9 +117,10 @@ async fn kill_9_three_times_leaves_exactly_one_run_per_due_tick() {
 #[tokio::test]
 async fn max_active_runs_two_runs_two_and_queues_the_rest() {
     let s = setup("max-active").await;
-    s.apply(&dag_yaml(
+    s.apply(&dag_yaml_with_image(
         "busy",
         "  schedule: '* * * * * *'\n  maxActiveRuns: 2",
+        "e2e.local/hold",
     ));
     let _op = s.operator(&[]);
     let status = s
@@ -215,9 +141,10 @@ async fn max_active_runs_two_runs_two_and_queues_the_rest() {
 #[tokio::test]
 async fn a_trigger_annotation_creates_one_manual_run_ahead_of_queued_ones() {
     let s = setup("trigger").await;
-    s.apply(&dag_yaml(
+    s.apply(&dag_yaml_with_image(
         "manual",
         "  schedule: '* * * * * *'\n  maxActiveRuns: 1\n  params: {a: 1}",
+        "e2e.local/hold",
     ));
     let _op = s.operator(&[]);
     s.status_until("manual", "scheduled runs queued", |st| {

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dag_operator::api::DAG;
-use dag_operator::controller::status::{StatusUpdate, run_writer};
+use dag_operator::controller::status::{StatusUpdate, run_writer, summary};
 use dag_operator::controller::{Events, dag as dag_controller, dag_reference};
-use dag_operator::engine::{Engine, EngineConfig, Output};
+use dag_operator::engine::{Command, Engine, EngineConfig, Output};
+use dag_operator::executor::{ExecOutput, Executor, ExecutorConfig};
 use dag_operator::schedule::parse_timezone;
 use dag_operator::store::PgStore;
 use dag_operator::telemetry::{self, Health, Metrics, Role};
@@ -124,7 +125,38 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (status_tx, status_rx) = mpsc::unbounded_channel();
-    tokio::spawn(Engine::new(cfg, store, out_tx).run(cmd_rx));
+    tokio::spawn(Engine::new(cfg, store.clone(), out_tx).run(cmd_rx));
+    let (exec_tx, mut exec_rx) = mpsc::unbounded_channel();
+    let (cancel_tx, cancel_rx) = mpsc::unbounded_channel();
+    let executor = Executor::new(
+        ExecutorConfig {
+            max_running_tasks: args.max_running_tasks as usize,
+            pod_retention: Duration::from_secs(args.pod_retention),
+            ..ExecutorConfig::default()
+        },
+        store,
+        client.clone(),
+        args.namespace.clone(),
+        exec_tx,
+    );
+    tokio::spawn(executor.run(cancel_rx));
+    {
+        let cmd_tx = cmd_tx.clone();
+        let status_tx = status_tx.clone();
+        tokio::spawn(async move {
+            while let Some(output) = exec_rx.recv().await {
+                match output {
+                    ExecOutput::RunsEnded(ids) => {
+                        let _ = cmd_tx.send(Command::RunsEnded(ids)).await;
+                    }
+                    ExecOutput::RecentRuns(dag, runs, last_success) => {
+                        let runs = runs.iter().map(summary).collect();
+                        let _ = status_tx.send(StatusUpdate::Runs(dag, runs, last_success));
+                    }
+                }
+            }
+        });
+    }
     tokio::spawn(run_writer(client.clone(), status_rx));
 
     let events = Events::new(client.clone());
@@ -169,11 +201,12 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
                             metrics.observe_schedule_delay(d);
                         }
                     }
-                    Output::RunsCancelled(ids) => {
+                    Output::RunsCancelled(runs) => {
                         tracing::info!(
-                            count = ids.len(),
+                            count = runs.len(),
                             "runs cancelled by concurrencyPolicy Replace"
                         );
+                        let _ = cancel_tx.send(runs);
                     }
                     Output::Load {
                         queue_depth,

@@ -163,8 +163,10 @@ pub fn error_policy(_dag: Arc<DAG>, error: &ControllerError, _ctx: Arc<Context>)
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Runs the controller until shutdown. Deleted DAGs leave the engine too.
+/// Runs the controller until shutdown. Deleted DAGs leave the engine too: a watch of its own
+/// tells deletions, including those missed while the watch was down (found by relisting).
 pub async fn run(api: Api<DAG>, ctx: Arc<Context>) {
+    tokio::spawn(watch_deletions(api.clone(), ctx.clone()));
     let forget_ctx = ctx.clone();
     Controller::new(api, watcher::Config::default())
         .shutdown_on_signal()
@@ -180,4 +182,38 @@ pub async fn run(api: Api<DAG>, ctx: Arc<Context>) {
             }
         })
         .await;
+}
+
+async fn watch_deletions(api: Api<DAG>, ctx: Arc<Context>) {
+    use kube::runtime::WatchStreamExt;
+    use std::collections::HashSet;
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    let mut known: HashSet<DagKey> = HashSet::new();
+    let mut relisted: HashSet<DagKey> = HashSet::new();
+    while let Some(event) = stream.next().await {
+        let Ok(event) = event else { continue };
+        match event {
+            watcher::Event::Apply(dag) | watcher::Event::InitApply(dag) => {
+                if let Ok(key) = key_of(&dag) {
+                    relisted.insert(key.clone());
+                    known.insert(key);
+                }
+            }
+            watcher::Event::Delete(dag) => {
+                if let Ok(key) = key_of(&dag) {
+                    known.remove(&key);
+                    let _ = forget(&ctx, key).await;
+                }
+            }
+            watcher::Event::Init => relisted.clear(),
+            watcher::Event::InitDone => {
+                let gone: Vec<DagKey> = known.difference(&relisted).cloned().collect();
+                for key in gone {
+                    known.remove(&key);
+                    let _ = forget(&ctx, key).await;
+                }
+            }
+        }
+    }
 }

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use super::FIELD_MANAGER;
 use crate::api::conditions::{Condition, READY, set_condition};
+use crate::api::dag::RunSummary;
 use crate::api::{DAG, DagStatus};
 use crate::engine::SchedulingStatus;
 use crate::store::DagKey;
@@ -30,6 +31,8 @@ pub enum StatusUpdate {
     Validity(DagKey, Validity),
     Scheduling(DagKey, SchedulingStatus),
     StoreHealth(bool),
+    /// newest runs (newest first, at most 5) and the last successful logical date
+    Runs(DagKey, Vec<RunSummary>, Option<DateTime<Utc>>),
     Removed(DagKey),
 }
 
@@ -38,6 +41,20 @@ struct Model {
     validity: Option<Validity>,
     scheduling: SchedulingStatus,
     conditions: Vec<Condition>,
+    recent_runs: Vec<RunSummary>,
+    last_successful_time: Option<DateTime<Utc>>,
+}
+
+/// A stored run as `status.recentRuns` shows it.
+pub fn summary(run: &crate::store::RunRow) -> RunSummary {
+    RunSummary {
+        id: run.id.to_string(),
+        type_: run.run_type.as_str().to_string(),
+        logical_date: run.logical_date,
+        state: run.state.as_str().to_string(),
+        started_at: run.started_at,
+        ended_at: run.ended_at,
+    }
 }
 
 /// Builds the full status of a DAG from what is known of it.
@@ -75,11 +92,11 @@ fn render(model: &mut Model, store_ok: bool, now: DateTime<Utc>) -> DagStatus {
         conditions: model.conditions.clone(),
         next_schedule_time: s.next_schedule_time,
         last_schedule_time: s.last_schedule_time,
-        last_successful_time: None,
+        last_successful_time: model.last_successful_time,
         active_runs: s.active_runs,
         queued_runs: s.queued_runs,
         last_handled_trigger: s.last_handled_trigger.clone(),
-        recent_runs: Vec::new(),
+        recent_runs: model.recent_runs.clone(),
     }
 }
 
@@ -121,6 +138,12 @@ pub async fn run_writer(client: kube::Client, mut updates: mpsc::UnboundedReceiv
                         store_ok = ok;
                         dirty.extend(models.keys().cloned());
                     }
+                }
+                StatusUpdate::Runs(key, recent, last_success) => {
+                    let model = models.entry(key.clone()).or_default();
+                    model.recent_runs = recent;
+                    model.last_successful_time = last_success;
+                    dirty.insert(key);
                 }
                 StatusUpdate::Removed(key) => {
                     models.remove(&key);

@@ -74,6 +74,8 @@ pub enum Command {
     Upsert(Box<DagInfo>),
     /// the DAG was deleted or became invalid: no more runs
     Remove(DagKey),
+    /// runs ended (the executor finished them): their slots are free
+    RunsEnded(Vec<Uuid>),
 }
 
 /// The scheduling part of a DAG's status.
@@ -106,7 +108,7 @@ pub enum Output {
         delays_secs: Vec<f64>,
     },
     /// runs were cancelled by concurrencyPolicy Replace (their Pods must go)
-    RunsCancelled(Vec<Uuid>),
+    RunsCancelled(Vec<(DagKey, Uuid)>),
     /// after each pass: queue depth by class [backfill, scheduled, manual] and running runs
     Load {
         queue_depth: [usize; 3],
@@ -250,6 +252,7 @@ impl<S: RunStore> Engine<S> {
         match cmd {
             Command::Upsert(info) => self.upsert(*info, now),
             Command::Remove(key) => self.remove(&key),
+            Command::RunsEnded(ids) => self.runs_ended(&ids),
         }
     }
 
@@ -583,7 +586,9 @@ impl<S: RunStore> Engine<S> {
                         newest.logical_date.to_rfc3339()
                     ),
                 );
-                self.emit(Output::RunsCancelled(ids));
+                self.emit(Output::RunsCancelled(
+                    ids.into_iter().map(|id| (key.clone(), id)).collect(),
+                ));
             }
             let priority = self
                 .dags

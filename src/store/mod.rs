@@ -203,4 +203,62 @@ pub trait RunStore: Send + Sync + 'static {
         &self,
         run_ids: &[Uuid],
     ) -> impl Future<Output = Result<Vec<TaskRow>, StoreError>> + Send;
+
+    /// Moves one task try from `update.from` to `update.to` (and sets the given fields).
+    /// Returns false when the try is no longer in `from`: someone else moved it first.
+    fn update_task(
+        &self,
+        update: &TaskUpdate,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Adds try `try_number` of a task, `queued` now. False if that try exists already.
+    fn insert_task_try(
+        &self,
+        run_id: Uuid,
+        task_name: &str,
+        try_number: i32,
+        pool: Option<&str>,
+        pool_slots: i32,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Ends a running run in `state` (success or failed) now. False if it was not running.
+    fn finish_run(
+        &self,
+        id: Uuid,
+        state: RunState,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// A task-state transition, guarded by the state it leaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskUpdate {
+    pub run_id: Uuid,
+    pub task_name: String,
+    pub try_number: i32,
+    pub from: &'static str,
+    pub to: &'static str,
+    pub pod_name: Option<String>,
+    pub exit_code: Option<i32>,
+    pub message: Option<String>,
+    pub set_queued_at: bool,
+    pub set_started_at: bool,
+    pub set_ended_at: bool,
+}
+
+impl TaskUpdate {
+    pub fn new(row: &TaskRow, from: &'static str, to: &'static str) -> Self {
+        TaskUpdate {
+            run_id: row.run_id,
+            task_name: row.task_name.clone(),
+            try_number: row.try_number,
+            from,
+            to,
+            pod_name: None,
+            exit_code: None,
+            message: None,
+            set_queued_at: false,
+            set_started_at: false,
+            set_ended_at: false,
+        }
+    }
 }

@@ -21,13 +21,13 @@ use uuid::Uuid;
 
 use super::{
     DagKey, NewRun, NewTask, RunFilter, RunRow, RunState, RunStore, RunType, StoreError, TaskRow,
+    TaskUpdate,
 };
 
 /// The embedded migrations (`migrations/` at the repository root).
 ///
-/// sqlx's `migrate!` embeds each file with `include_str!`, so editing a migration rebuilds the
-/// crate; a *new* file is only picked up when this crate is recompiled for another reason
-/// (there is no build script watching the directory).
+/// sqlx's `migrate!` embeds each file with `include_str!`; build.rs tells cargo to rebuild
+/// when the directory changes, so a new file is picked up too.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// Connections in the operator's pool: the engine batches its writes, so a few suffice.
@@ -483,5 +483,65 @@ impl RunStore for PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(task_from_row).collect()
+    }
+
+    async fn update_task(&self, u: &TaskUpdate) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE task_instances SET state = $5, \
+                 pod_name = COALESCE($6, pod_name), \
+                 exit_code = COALESCE($7, exit_code), \
+                 message = COALESCE($8, message), \
+                 queued_at = CASE WHEN $9 THEN now() ELSE queued_at END, \
+                 started_at = CASE WHEN $10 THEN now() ELSE started_at END, \
+                 ended_at = CASE WHEN $11 THEN now() ELSE ended_at END \
+             WHERE run_id = $1 AND task_name = $2 AND try_number = $3 AND state = $4",
+        )
+        .bind(u.run_id)
+        .bind(&u.task_name)
+        .bind(u.try_number)
+        .bind(u.from)
+        .bind(u.to)
+        .bind(u.pod_name.as_deref())
+        .bind(u.exit_code)
+        .bind(u.message.as_deref())
+        .bind(u.set_queued_at)
+        .bind(u.set_started_at)
+        .bind(u.set_ended_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_task_try(
+        &self,
+        run_id: Uuid,
+        task_name: &str,
+        try_number: i32,
+        pool: Option<&str>,
+        pool_slots: i32,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO task_instances (run_id, task_name, try_number, state, pool, pool_slots, queued_at) \
+             VALUES ($1, $2, $3, 'queued', $4, $5, now()) ON CONFLICT DO NOTHING",
+        )
+        .bind(run_id)
+        .bind(task_name)
+        .bind(try_number)
+        .bind(pool)
+        .bind(pool_slots)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn finish_run(&self, id: Uuid, state: RunState) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE dag_runs SET state = $2, ended_at = now() WHERE id = $1 AND state = 'running'",
+        )
+        .bind(id)
+        .bind(state.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 }

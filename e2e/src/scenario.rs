@@ -1,0 +1,161 @@
+//! A test scenario: a namespace, a database of its own, the operator on them, and the ways
+//! to look at what happened (runs in PostgreSQL, status and Pods in the API server).
+
+use std::time::Duration;
+
+use dag_operator::store::{PgStore, RunFilter, RunRow, RunStore};
+use serde_json::Value;
+
+use crate::db::TestDb;
+use crate::operator::Operator;
+use crate::{TestNamespace, eventually, plane};
+
+pub struct Setup {
+    pub ns: TestNamespace,
+    pub db: TestDb,
+    pub store: PgStore,
+}
+
+pub async fn setup(prefix: &str) -> Setup {
+    plane().install_crds();
+    let ns = TestNamespace::new(prefix);
+    let db = TestDb::create(&format!("e2e_{}", prefix.replace('-', "_"))).await;
+    let store = db.migrated().await;
+    Setup { ns, db, store }
+}
+
+impl Setup {
+    pub fn operator(&self, extra: &[&str]) -> Operator {
+        Operator::start(&self.ns.name, &self.db.url, extra)
+    }
+
+    pub fn apply(&self, yaml: &str) {
+        self.ns.kubectl_ok(&["apply", "-f", "-"], Some(yaml));
+    }
+
+    pub async fn runs(&self, dag: &str) -> Vec<RunRow> {
+        let mut runs = self
+            .store
+            .list_runs(&RunFilter {
+                namespace: Some(self.ns.name.clone()),
+                dag_name: Some(dag.to_string()),
+                state: None,
+                limit: 1_000_000,
+            })
+            .await
+            .unwrap_or_default();
+        runs.sort_by_key(|r| r.logical_date);
+        runs
+    }
+
+    pub fn status(&self, dag: &str) -> Value {
+        let out = self.ns.kubectl_ok(&["get", "dag", dag, "-o", "json"], None);
+        let obj: Value = serde_json::from_str(&out).expect("kubectl json");
+        obj["status"].clone()
+    }
+
+    /// Polls the DAG's status until `f` accepts it.
+    pub async fn status_until(&self, dag: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        eventually(Duration::from_secs(60), what, || {
+            let s = self.status(dag);
+            let ok = f(&s);
+            async move { ok.then_some(s) }
+        })
+        .await
+    }
+
+    pub async fn runs_until(
+        &self,
+        dag: &str,
+        what: &str,
+        f: impl Fn(&[RunRow]) -> bool,
+    ) -> Vec<RunRow> {
+        eventually(Duration::from_secs(90), what, || async {
+            let runs = self.runs(dag).await;
+            f(&runs).then_some(runs)
+        })
+        .await
+    }
+}
+
+impl Setup {
+    /// The task Pods of a DAG, as JSON objects.
+    pub fn pods(&self, dag: &str) -> Vec<Value> {
+        let out = self.ns.kubectl_ok(
+            &[
+                "get",
+                "pods",
+                "-l",
+                &format!("dagoperator.io/dag={dag}"),
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        let list: Value = serde_json::from_str(&out).expect("kubectl json");
+        list["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Tells kwok what a held Pod does next: `succeed`, `fail` or `hold`.
+    pub fn pod_outcome(&self, pod: &str, outcome: &str) {
+        self.ns.kubectl_ok(
+            &[
+                "annotate",
+                "--overwrite",
+                "pod",
+                pod,
+                &format!("e2e.dagoperator.io/outcome={outcome}"),
+            ],
+            None,
+        );
+    }
+
+    /// Task instances of a run, by task then try.
+    pub async fn tasks(&self, run: &RunRow) -> Vec<dag_operator::store::TaskRow> {
+        self.store
+            .task_instances(&[run.id])
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Waits for the Pod of `task` try `try_number` of a DAG and returns its name.
+    pub async fn pod_of(&self, dag: &str, task: &str, try_number: i32) -> String {
+        eventually(
+            Duration::from_secs(90),
+            &format!("pod of {task} try {try_number}"),
+            || {
+                let found = self.pods(dag).into_iter().find_map(|p| {
+                    let labels = &p["metadata"]["labels"];
+                    (labels["dagoperator.io/task"] == task
+                        && labels["dagoperator.io/try"] == try_number.to_string().as_str())
+                    .then(|| {
+                        p["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string()
+                    })
+                });
+                async move { found }
+            },
+        )
+        .await
+    }
+}
+
+/// Applies a DAG given its whole spec body (indented two spaces).
+pub fn dag_with_spec(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: dagoperator.io/v1alpha1\nkind: DAG\nmetadata: {{name: {name}}}\nspec:\n{spec}"
+    )
+}
+
+pub fn dag_yaml(name: &str, spec: &str) -> String {
+    dag_yaml_with_image(name, spec, "busybox")
+}
+
+/// With image `e2e.local/hold` the task's Pod runs until told otherwise, so runs stay active.
+pub fn dag_yaml_with_image(name: &str, spec: &str, image: &str) -> String {
+    format!(
+        "apiVersion: dagoperator.io/v1alpha1\nkind: DAG\nmetadata: {{name: {name}}}\nspec:\n{spec}\n  tasks:\n  - {{name: a, container: {{image: {image}}}}}\n"
+    )
+}

@@ -1,0 +1,648 @@
+//! The executor (SPEC §5): runs every ready task try as a Pod and moves task instances through
+//! their states in PostgreSQL from what the Pods do. Level-triggered: each pass reads the
+//! running runs and their tries from the store and the Pods from a watch cache, so after a
+//! restart it re-attaches to running Pods by their deterministic names — none started twice,
+//! none forgotten.
+
+pub mod pod;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::{Notify, mpsc};
+use uuid::Uuid;
+
+use crate::api::DAG;
+use crate::api::dag::RetryBackoff;
+use crate::graph::{Decision, RunOutcome, TaskState};
+use crate::store::{
+    DagKey, RunFilter, RunRow, RunState, RunStore, StoreError, TaskRow, TaskUpdate,
+};
+
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    pub max_running_tasks: usize,
+    pub pod_retention: Duration,
+    /// how long a Pod may sit Pending with an image-pull or scheduling problem
+    pub pending_grace: Duration,
+    /// longest gap between passes
+    pub interval: Duration,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            max_running_tasks: 128,
+            pod_retention: Duration::from_secs(3600),
+            pending_grace: Duration::from_secs(300),
+            interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the executor reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExecOutput {
+    /// runs that ended (success, failed): their slots are free
+    RunsEnded(Vec<Uuid>),
+    /// the newest runs of a DAG changed: (newest first, at most 5; last successful logical date)
+    RecentRuns(DagKey, Vec<RunRow>, Option<DateTime<Utc>>),
+}
+
+/// What a Pod says about its try.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodVerdict {
+    Running,
+    Succeeded,
+    Failed {
+        exit_code: Option<i32>,
+        message: String,
+    },
+    /// Pending with an image-pull or scheduling problem
+    Stuck(String),
+}
+
+/// Reads a Pod's status.
+pub fn verdict(pod: &Pod) -> PodVerdict {
+    let Some(status) = pod.status.as_ref() else {
+        return PodVerdict::Running;
+    };
+    let terminated = status.container_statuses.as_ref().and_then(|cs| {
+        cs.iter()
+            .find_map(|c| c.state.as_ref()?.terminated.as_ref())
+    });
+    match status.phase.as_deref() {
+        Some("Succeeded") => PodVerdict::Succeeded,
+        Some("Failed") => PodVerdict::Failed {
+            exit_code: terminated.map(|t| t.exit_code),
+            message: terminated
+                .and_then(|t| t.reason.clone())
+                .or_else(|| status.reason.clone())
+                .or_else(|| status.message.clone())
+                .unwrap_or_else(|| "pod failed".to_string()),
+        },
+        Some("Pending") => {
+            let waiting = status.container_statuses.as_ref().and_then(|cs| {
+                cs.iter()
+                    .find_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+            });
+            if let Some(reason) = waiting.filter(|r| {
+                matches!(
+                    r.as_str(),
+                    "ErrImagePull"
+                        | "ImagePullBackOff"
+                        | "InvalidImageName"
+                        | "CreateContainerConfigError"
+                        | "CreateContainerError"
+                )
+            }) {
+                return PodVerdict::Stuck(reason);
+            }
+            let unschedulable = status.conditions.as_ref().is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c.type_ == "PodScheduled"
+                        && c.status == "False"
+                        && c.reason.as_deref() == Some("Unschedulable")
+                })
+            });
+            if unschedulable {
+                PodVerdict::Stuck("Unschedulable".to_string())
+            } else {
+                PodVerdict::Running
+            }
+        }
+        _ => PodVerdict::Running,
+    }
+}
+
+/// The delay before try `failed_try + 1`.
+pub fn retry_delay(backoff: RetryBackoff, base: i32, max: i32, failed_try: i32) -> Duration {
+    let base = base.max(0) as u64;
+    let secs = match backoff {
+        RetryBackoff::Fixed => base,
+        RetryBackoff::Exponential => {
+            let exp = (failed_try.max(1) - 1).min(32) as u32;
+            base.saturating_mul(1u64 << exp)
+        }
+    };
+    Duration::from_secs(secs.min(max.max(0) as u64))
+}
+
+/// When a Pod finished, if it did.
+fn finished_at(pod: &Pod) -> Option<DateTime<Utc>> {
+    let status = pod.status.as_ref()?;
+    if !matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    status
+        .container_statuses
+        .as_ref()
+        .and_then(|cs| {
+            cs.iter()
+                .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+                .filter_map(crate::controller::to_chrono)
+                .max()
+        })
+        .or_else(|| {
+            status
+                .conditions
+                .as_ref()?
+                .iter()
+                .filter_map(|c| c.last_transition_time.as_ref())
+                .filter_map(crate::controller::to_chrono)
+                .max()
+        })
+}
+
+fn class_rank(run: &RunRow) -> u8 {
+    match run.run_type {
+        crate::store::RunType::Manual => 2,
+        crate::store::RunType::Scheduled => 1,
+        crate::store::RunType::Backfill => 0,
+    }
+}
+
+pub struct Executor<S: RunStore> {
+    cfg: ExecutorConfig,
+    store: S,
+    client: kube::Client,
+    namespace: Option<String>,
+    out: mpsc::UnboundedSender<ExecOutput>,
+    /// run ids seen running in the last pass, by DAG (to notice new and ended runs)
+    seen: HashMap<DagKey, HashSet<Uuid>>,
+}
+
+impl<S: RunStore> Executor<S> {
+    pub fn new(
+        cfg: ExecutorConfig,
+        store: S,
+        client: kube::Client,
+        namespace: Option<String>,
+        out: mpsc::UnboundedSender<ExecOutput>,
+    ) -> Self {
+        Executor {
+            cfg,
+            store,
+            client,
+            namespace,
+            out,
+            seen: HashMap::new(),
+        }
+    }
+
+    fn api<K>(&self, ns: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        match ns.or(self.namespace.as_deref()) {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
+
+    /// Deletes the Pods of runs cancelled by concurrencyPolicy Replace.
+    pub async fn delete_run_pods(&self, runs: &[(DagKey, Uuid)]) {
+        for (dag, id) in runs {
+            let pods: Api<Pod> = self.api(Some(&dag.namespace));
+            let lp = ListParams::default().labels(&format!("{}={id}", pod::LABEL_RUN));
+            if let Err(e) = pods.delete_collection(&DeleteParams::default(), &lp).await {
+                tracing::warn!(run = %id, error = %e, "could not delete the pods of a cancelled run");
+            }
+        }
+    }
+
+    /// Runs passes until the process ends: at each Pod or DAG change and every `interval`.
+    pub async fn run(mut self, mut cancelled: mpsc::UnboundedReceiver<Vec<(DagKey, Uuid)>>) {
+        let wake = Arc::new(Notify::new());
+        let pods_api: Api<Pod> = self.api(None);
+        let (pods, pod_writer) = reflector::store();
+        let cfg = watcher::Config::default().labels(pod::LABEL_RUN);
+        let w = wake.clone();
+        tokio::spawn(async move {
+            let stream = watcher(pods_api, cfg)
+                .default_backoff()
+                .reflect(pod_writer)
+                .applied_objects();
+            futures::pin_mut!(stream);
+            while let Some(event) = stream.next().await {
+                if let Err(e) = event {
+                    tracing::debug!(error = %e, "pod watch error (retrying)");
+                }
+                w.notify_one();
+            }
+        });
+        let dags_api: Api<DAG> = self.api(None);
+        let (dags, dag_writer) = reflector::store();
+        let w = wake.clone();
+        tokio::spawn(async move {
+            let stream = watcher(dags_api, watcher::Config::default())
+                .default_backoff()
+                .reflect(dag_writer)
+                .applied_objects();
+            futures::pin_mut!(stream);
+            while stream.next().await.is_some() {
+                w.notify_one();
+            }
+        });
+        let _ = pods.wait_until_ready().await;
+        let _ = dags.wait_until_ready().await;
+        loop {
+            if let Err(e) = self.pass(&pods, &dags, Utc::now()).await {
+                tracing::warn!(error = %e, "executor pass failed; retrying");
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                ids = cancelled.recv() => match ids {
+                    Some(ids) => self.delete_run_pods(&ids).await,
+                    None => return,
+                },
+                _ = tokio::time::sleep(self.cfg.interval) => {}
+            }
+        }
+    }
+
+    /// One pass over every running run.
+    pub async fn pass(
+        &mut self,
+        pods: &Store<Pod>,
+        dags: &Store<DAG>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let runs = self.store.running_runs().await?;
+        let ids: Vec<Uuid> = runs.iter().map(|r| r.id).collect();
+        let rows = self.store.task_instances(&ids).await?;
+        // the latest try of each task of each run
+        let mut latest: HashMap<Uuid, BTreeMap<String, TaskRow>> = HashMap::new();
+        for row in rows {
+            let tasks = latest.entry(row.run_id).or_default();
+            match tasks.get(&row.task_name) {
+                Some(existing) if existing.try_number >= row.try_number => {}
+                _ => {
+                    tasks.insert(row.task_name.clone(), row);
+                }
+            }
+        }
+        let mut running_now = 0usize;
+        let mut queued: Vec<(u8, i32, DateTime<Utc>, RunRow, TaskRow)> = Vec::new();
+        let mut ended = Vec::new();
+        let mut changed: HashSet<DagKey> = HashSet::new();
+        let mut now_seen: HashMap<DagKey, HashSet<Uuid>> = HashMap::new();
+        for run in &runs {
+            now_seen.entry(run.dag.clone()).or_default().insert(run.id);
+            let dag_ref = ObjectRef::<DAG>::new(&run.dag.name).within(&run.dag.namespace);
+            let Some(dag) = dags.get(&dag_ref) else {
+                continue; // deleted DAG: its history stays, nothing more runs
+            };
+            let Ok(graph) = dag.spec.graph() else {
+                continue;
+            };
+            let Some(tasks) = latest.get_mut(&run.id) else {
+                continue;
+            };
+            // 1. running tries: what do their Pods say?
+            for spec in &dag.spec.tasks {
+                let Some(row) = tasks.get(&spec.name).cloned() else {
+                    continue;
+                };
+                match TaskState::parse(&row.state) {
+                    Some(TaskState::Running) => {
+                        if let Some(new) = self.check_running(pods, run, spec, &row, now).await? {
+                            tasks.insert(spec.name.clone(), new);
+                        }
+                    }
+                    Some(TaskState::UpForRetry) => {
+                        let delay = retry_delay(
+                            spec.retry_backoff,
+                            spec.retry_delay_seconds,
+                            spec.max_retry_delay_seconds,
+                            row.try_number,
+                        );
+                        let due = row.ended_at.is_none_or(|t| {
+                            t + chrono::Duration::from_std(delay).unwrap_or_default() <= now
+                        });
+                        if due {
+                            let next = row.try_number + 1;
+                            self.store
+                                .update_task(&TaskUpdate::new(&row, "up_for_retry", "failed"))
+                                .await?;
+                            self.store
+                                .insert_task_try(
+                                    run.id,
+                                    &spec.name,
+                                    next,
+                                    row.pool.as_deref(),
+                                    row.pool_slots,
+                                )
+                                .await?;
+                            let mut new = row.clone();
+                            new.try_number = next;
+                            new.state = "queued".into();
+                            new.queued_at = Some(now);
+                            tasks.insert(spec.name.clone(), new);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            // 2. the graph: pending tasks become queued, upstream_failed or skipped
+            let states: Vec<TaskState> = (0..graph.len())
+                .map(|i| {
+                    tasks
+                        .get(graph.name(i))
+                        .and_then(|r| TaskState::parse(&r.state))
+                        .unwrap_or(TaskState::Skipped)
+                })
+                .collect();
+            let mut states = states;
+            for (i, decision) in graph.evaluate(&states) {
+                let Some(row) = tasks.get(graph.name(i)).cloned() else {
+                    continue;
+                };
+                let (to, state) = match decision {
+                    Decision::Ready => ("queued", TaskState::Queued),
+                    Decision::UpstreamFailed => ("upstream_failed", TaskState::UpstreamFailed),
+                    Decision::Skipped => ("skipped", TaskState::Skipped),
+                };
+                let mut update = TaskUpdate::new(&row, "pending", to);
+                update.set_queued_at = decision == Decision::Ready;
+                update.set_ended_at = decision != Decision::Ready;
+                if self.store.update_task(&update).await? {
+                    states[i] = state;
+                    let mut new = row;
+                    new.state = to.to_string();
+                    new.queued_at = Some(now);
+                    tasks.insert(graph.name(i).to_string(), new);
+                }
+            }
+            // 3. the run's outcome
+            match graph.outcome(&states) {
+                RunOutcome::Running => {}
+                outcome => {
+                    let state = if outcome == RunOutcome::Success {
+                        RunState::Success
+                    } else {
+                        RunState::Failed
+                    };
+                    if self.store.finish_run(run.id, state).await? {
+                        ended.push(run.id);
+                        changed.insert(run.dag.clone());
+                    }
+                    continue;
+                }
+            }
+            for spec in &dag.spec.tasks {
+                if let Some(row) = tasks.get(&spec.name) {
+                    match row.state.as_str() {
+                        "running" => running_now += 1,
+                        "queued" => queued.push((
+                            class_rank(run),
+                            spec.priority_weight,
+                            row.queued_at.unwrap_or(now),
+                            run.clone(),
+                            row.clone(),
+                        )),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        // 4. admission of queued tries: run class, then priorityWeight, then age
+        queued.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+        for (_, _, _, run, row) in queued {
+            if running_now >= self.cfg.max_running_tasks {
+                break;
+            }
+            let dag_ref = ObjectRef::<DAG>::new(&run.dag.name).within(&run.dag.namespace);
+            let Some(dag) = dags.get(&dag_ref) else {
+                continue;
+            };
+            let Some(spec) = dag.spec.tasks.iter().find(|t| t.name == row.task_name) else {
+                continue;
+            };
+            let pod = pod::build_pod(&run, spec, row.try_number);
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let api: Api<Pod> = self.api(Some(&run.dag.namespace));
+            match api.create(&PostParams::default(), &pod).await {
+                Ok(_) => {}
+                // created before a crash: the same try, re-attached
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => {
+                    tracing::warn!(pod = %name, error = %e, "could not create pod; will retry");
+                    continue;
+                }
+            }
+            let mut update = TaskUpdate::new(&row, "queued", "running");
+            update.pod_name = Some(name);
+            update.set_started_at = true;
+            if self.store.update_task(&update).await? {
+                running_now += 1;
+            }
+        }
+        // 5. finished Pods past their retention
+        let retention = chrono::Duration::from_std(self.cfg.pod_retention).unwrap_or_default();
+        for p in pods.state() {
+            if finished_at(&p).is_some_and(|t| t + retention <= now) {
+                let ns = p.metadata.namespace.clone().unwrap_or_default();
+                let name = p.metadata.name.clone().unwrap_or_default();
+                let api: Api<Pod> = self.api(Some(&ns));
+                let _ = api.delete(&name, &DeleteParams::default()).await;
+            }
+        }
+        // 6. report
+        for (dag, ids) in &now_seen {
+            if self.seen.get(dag) != Some(ids) {
+                changed.insert(dag.clone());
+            }
+        }
+        for dag in self.seen.keys() {
+            if !now_seen.contains_key(dag) {
+                changed.insert(dag.clone());
+            }
+        }
+        self.seen = now_seen;
+        if !ended.is_empty() {
+            let _ = self.out.send(ExecOutput::RunsEnded(ended));
+        }
+        for dag in changed {
+            let filter = RunFilter {
+                namespace: Some(dag.namespace.clone()),
+                dag_name: Some(dag.name.clone()),
+                state: None,
+                limit: 5,
+            };
+            let recent = self.store.list_runs(&filter).await?;
+            let last_success = self
+                .store
+                .list_runs(&RunFilter {
+                    state: Some(RunState::Success),
+                    limit: 1,
+                    ..filter
+                })
+                .await?
+                .first()
+                .map(|r| r.logical_date);
+            let _ = self
+                .out
+                .send(ExecOutput::RecentRuns(dag, recent, last_success));
+        }
+        Ok(())
+    }
+
+    /// Decides a running try from its Pod; returns the row's new state if it changed.
+    async fn check_running(
+        &self,
+        pods: &Store<Pod>,
+        run: &RunRow,
+        spec: &crate::api::TaskSpec,
+        row: &TaskRow,
+        now: DateTime<Utc>,
+    ) -> Result<Option<TaskRow>, StoreError> {
+        let name = row
+            .pod_name
+            .clone()
+            .unwrap_or_else(|| pod::pod_name(&run.dag.name, &run.id, &spec.name, row.try_number));
+        let pod = pods.get(&ObjectRef::<Pod>::new(&name).within(&run.dag.namespace));
+        let started = row.started_at.unwrap_or(now);
+        let age = now - started;
+        let failure = |exit_code: Option<i32>, message: String| (exit_code, message);
+        let outcome: Option<Result<(), (Option<i32>, String)>> = match pod.as_deref().map(verdict) {
+            Some(PodVerdict::Succeeded) => Some(Ok(())),
+            Some(PodVerdict::Failed { exit_code, message }) => {
+                Some(Err(failure(exit_code, message)))
+            }
+            Some(PodVerdict::Stuck(reason))
+                if age
+                    >= chrono::Duration::from_std(self.cfg.pending_grace).unwrap_or_default() =>
+            {
+                Some(Err(failure(None, format!("pod stuck pending: {reason}"))))
+            }
+            Some(_) => match spec.timeout_seconds {
+                Some(limit) if age.num_seconds() >= limit => {
+                    Some(Err(failure(None, format!("timed out after {limit}s"))))
+                }
+                _ => None,
+            },
+            // not in the watch cache: give a fresh Pod a moment to show up, then it is gone
+            None if age.num_seconds() >= 10 => Some(Err(failure(
+                None,
+                "pod deleted before it finished".to_string(),
+            ))),
+            None => None,
+        };
+        let Some(outcome) = outcome else {
+            return Ok(None);
+        };
+        let (to, exit_code, message) = match outcome {
+            Ok(()) => ("success", Some(0), None),
+            Err((code, message)) => {
+                let to = if row.try_number <= spec.retries {
+                    "up_for_retry"
+                } else {
+                    "failed"
+                };
+                (to, code, Some(message))
+            }
+        };
+        if to != "success" && pod.is_some() {
+            // a timed-out or stuck Pod is stopped; a failed one is kept for its retention
+            let api: Api<Pod> = self.api(Some(&run.dag.namespace));
+            if !matches!(pod.as_deref().map(verdict), Some(PodVerdict::Failed { .. })) {
+                let _ = api.delete(&name, &DeleteParams::default()).await;
+            }
+        }
+        let mut update = TaskUpdate::new(row, "running", to);
+        update.exit_code = exit_code;
+        update.message = message.clone();
+        update.set_ended_at = true;
+        if !self.store.update_task(&update).await? {
+            return Ok(None);
+        }
+        let mut new = row.clone();
+        new.state = to.to_string();
+        new.exit_code = exit_code;
+        new.message = message;
+        new.ended_at = Some(now);
+        Ok(Some(new))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays() {
+        assert_eq!(
+            retry_delay(RetryBackoff::Fixed, 30, 3600, 3),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            retry_delay(RetryBackoff::Exponential, 30, 3600, 1),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            retry_delay(RetryBackoff::Exponential, 30, 3600, 3),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            retry_delay(RetryBackoff::Exponential, 30, 100, 5),
+            Duration::from_secs(100)
+        );
+        assert_eq!(retry_delay(RetryBackoff::Fixed, 0, 3600, 1), Duration::ZERO);
+    }
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(
+            verdict(&pod(serde_json::json!({"status": {"phase": "Succeeded"}}))),
+            PodVerdict::Succeeded
+        );
+        let failed = pod(
+            serde_json::json!({"status": {"phase": "Failed", "containerStatuses": [
+            {"name": "a", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+             "state": {"terminated": {"exitCode": 3, "reason": "Error"}}}]}}),
+        );
+        assert_eq!(
+            verdict(&failed),
+            PodVerdict::Failed {
+                exit_code: Some(3),
+                message: "Error".into()
+            }
+        );
+        let pulling = pod(
+            serde_json::json!({"status": {"phase": "Pending", "containerStatuses": [
+            {"name": "a", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+             "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}}),
+        );
+        assert_eq!(
+            verdict(&pulling),
+            PodVerdict::Stuck("ImagePullBackOff".into())
+        );
+        let evicted = pod(serde_json::json!({"status": {"phase": "Failed", "reason": "Evicted"}}));
+        assert_eq!(
+            verdict(&evicted),
+            PodVerdict::Failed {
+                exit_code: None,
+                message: "Evicted".into()
+            }
+        );
+        assert_eq!(
+            verdict(&pod(serde_json::json!({"status": {"phase": "Running"}}))),
+            PodVerdict::Running
+        );
+    }
+}
