@@ -10,20 +10,26 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::plane;
 
-/// target/debug/dag-operator, built (or brought up to date) on first use.
+/// target/debug/dag-operator (target/release/… with DAGOP_E2E_PROFILE=release, for scale
+/// runs), built (or brought up to date) on first use.
 pub fn operator_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let repo = &plane().repo;
+        let release = std::env::var("DAGOP_E2E_PROFILE").is_ok_and(|p| p == "release");
+        let mut args = vec![
+            "build",
+            "--quiet",
+            "-p",
+            "dag-operator",
+            "--bin",
+            "dag-operator",
+        ];
+        if release {
+            args.push("--release");
+        }
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "dag-operator",
-                "--bin",
-                "dag-operator",
-            ])
+            .args(&args)
             .current_dir(repo)
             .status()
             .expect("cargo runs");
@@ -31,7 +37,9 @@ pub fn operator_binary() -> &'static Path {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| repo.join("target"));
-        target.join("debug/dag-operator")
+        target
+            .join(if release { "release" } else { "debug" })
+            .join("dag-operator")
     })
 }
 

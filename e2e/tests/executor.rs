@@ -288,3 +288,89 @@ async fn deleting_the_dag_removes_its_pods_and_keeps_its_history() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(s.runs("doomed").await.len(), before);
 }
+
+#[tokio::test]
+async fn a_pod_deleted_behind_the_operators_back_fails_its_try() {
+    let s = setup("pod-gone").await;
+    s.apply(&dag_with_spec(
+        "fragile",
+        "  tasks:\n  - {name: work, container: {image: e2e.local/hold}}\n",
+    ));
+    let _op = s.operator(&[]);
+    let run = trigger(&s, "fragile", "2024-05-06T00:00:00Z").await;
+    let pod = s.pod_of("fragile", "work", 1).await;
+    s.ns.kubectl_ok(&["delete", "pod", &pod], None);
+    let run = run_ends(&s, "fragile", run.id).await;
+    assert_eq!(run.state, RunState::Failed);
+    let task = &s.tasks(&run).await[0];
+    assert_eq!(task.state, "failed");
+    assert!(
+        task.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("deleted"),
+        "{task:?}"
+    );
+}
+
+#[tokio::test]
+async fn max_running_tasks_limits_the_pods_and_queues_the_rest() {
+    let s = setup("max-tasks").await;
+    s.apply(&dag_with_spec(
+        "wide",
+        "  tasks:\n  - {name: low, priorityWeight: 1, container: {image: e2e.local/hold}}\n  - {name: high, priorityWeight: 10, container: {image: e2e.local/hold}}\n  - {name: mid, priorityWeight: 5, container: {image: e2e.local/hold}}\n",
+    ));
+    let _op = s.operator(&["--max-running-tasks", "1"]);
+    let run = trigger(&s, "wide", "2024-05-07T00:00:00Z").await;
+    // the highest priorityWeight goes first; the others wait queued
+    for task in ["high", "mid", "low"] {
+        let pod = s.pod_of("wide", task, 1).await;
+        let tasks = latest(&s.tasks(&run).await);
+        let running: Vec<_> = tasks.values().filter(|t| t.state == "running").collect();
+        assert_eq!(running.len(), 1, "{tasks:?}");
+        assert_eq!(running[0].task_name, task);
+        let unfinished = s
+            .pods("wide")
+            .iter()
+            .filter(|p| p["status"]["phase"] != "Succeeded")
+            .count();
+        assert_eq!(unfinished, 1, "one task Pod at a time");
+        s.pod_outcome(&pod, "succeed");
+    }
+    assert_eq!(run_ends(&s, "wide", run.id).await.state, RunState::Success);
+}
+
+#[tokio::test]
+async fn replace_cancels_the_active_run_and_deletes_its_pods() {
+    let s = setup("replace").await;
+    s.apply(&dag_with_spec(
+        "newest",
+        "  schedule: '*/3 * * * * *'\n  concurrencyPolicy: Replace\n  tasks:\n  - {name: work, container: {image: e2e.local/hold}}\n",
+    ));
+    let _op = s.operator(&[]);
+    let runs = s
+        .runs_until("newest", "a replaced run", |r| {
+            r.iter().any(|r| r.state == RunState::Cancelled)
+        })
+        .await;
+    let cancelled = runs
+        .iter()
+        .find(|r| r.state == RunState::Cancelled)
+        .expect("cancelled run");
+    let id = cancelled.id.to_string();
+    eventually(
+        Duration::from_secs(30),
+        "the cancelled run's pods to go",
+        || {
+            let left = s
+                .pods("newest")
+                .iter()
+                .filter(|p| p["metadata"]["labels"]["dagoperator.io/run-id"] == id.as_str())
+                .count();
+            async move { (left == 0).then_some(()) }
+        },
+    )
+    .await;
+    let tries = s.tasks(cancelled).await;
+    assert!(tries.iter().all(|t| t.state == "cancelled"), "{tries:?}");
+}
