@@ -55,13 +55,14 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    /// Every state, in lifecycle order.
     pub const ALL: [TaskState; 9] = [
         TaskState::Pending,
         TaskState::Queued,
         TaskState::Running,
+        TaskState::UpForRetry,
         TaskState::Success,
         TaskState::Failed,
-        TaskState::UpForRetry,
         TaskState::UpstreamFailed,
         TaskState::Skipped,
         TaskState::Cancelled,

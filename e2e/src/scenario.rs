@@ -79,6 +79,21 @@ impl Setup {
 }
 
 impl Setup {
+    /// Runs `dag-operator <args>` against the plane as a user would; panics on failure.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(crate::operator::operator_binary())
+            .args(args)
+            .env("KUBECONFIG", &plane().kubeconfig)
+            .output()
+            .expect("dag-operator runs");
+        assert!(
+            out.status.success(),
+            "dag-operator {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The task Pods of a DAG, as JSON objects.
     pub fn pods(&self, dag: &str) -> Vec<Value> {
         let out = self.ns.kubectl_ok(

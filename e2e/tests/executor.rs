@@ -3,28 +3,17 @@
 //! task instances and runs end in PostgreSQL.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dag_operator::store::{RunRow, RunState, TaskRow};
-use dag_operator_e2e::operator::operator_binary;
+use dag_operator_e2e::eventually;
 use dag_operator_e2e::scenario::{Setup, dag_with_spec, setup};
-use dag_operator_e2e::{eventually, plane};
 use serde_json::Value;
 
 /// Triggers one manual run at `date` and returns it.
 async fn trigger(s: &Setup, dag: &str, date: &str) -> RunRow {
-    let out = Command::new(operator_binary())
-        .args(["trigger", dag, "-n", &s.ns.name, "--logical-date", date])
-        .env("KUBECONFIG", &plane().kubeconfig)
-        .output()
-        .expect("trigger runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.cli(&["trigger", dag, "-n", &s.ns.name, "--logical-date", date]);
     let date: DateTime<Utc> = date.parse().expect("date");
     s.runs_until(dag, "the triggered run", |r| {
         r.iter().any(|r| r.logical_date == date)

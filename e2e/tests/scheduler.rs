@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dag_operator::store::{RunRow, RunType};
-use dag_operator_e2e::plane;
 use dag_operator_e2e::scenario::{Setup, dag_yaml, dag_yaml_with_image, setup};
 use serde_json::Value;
 
@@ -151,23 +150,14 @@ async fn a_trigger_annotation_creates_one_manual_run_ahead_of_queued_ones() {
         st["queuedRuns"].as_i64().unwrap_or(0) >= 2
     })
     .await;
-    let out = std::process::Command::new(dag_operator_e2e::operator::operator_binary())
-        .args([
-            "trigger",
-            "manual",
-            "-n",
-            &s.ns.name,
-            "--params",
-            r#"{"b": 2}"#,
-        ])
-        .env("KUBECONFIG", &plane().kubeconfig)
-        .output()
-        .expect("trigger runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.cli(&[
+        "trigger",
+        "manual",
+        "-n",
+        &s.ns.name,
+        "--params",
+        r#"{"b": 2}"#,
+    ]);
     let value = s.ns.kubectl_ok(
         &[
             "get",

@@ -4,25 +4,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use dag_operator::graph::TaskState;
 use dag_operator::store::{RunFilter, RunRow, RunState, RunStore, TaskRow};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::migrate::{block_on, open, store_error};
 use super::{CliError, OutputFormat, RunsArgs};
-
-/// Task states in lifecycle order: the order of the TASKS column.
-const TASK_STATES: [&str; 9] = [
-    "pending",
-    "queued",
-    "running",
-    "up_for_retry",
-    "success",
-    "failed",
-    "upstream_failed",
-    "skipped",
-    "cancelled",
-];
 
 pub fn run(args: &RunsArgs) -> Result<(), CliError> {
     let state = match args.state.as_deref() {
@@ -97,10 +85,11 @@ fn task_summary(tasks: &[TaskRow]) -> String {
     }
     let mut counts: BTreeMap<(usize, &str), usize> = BTreeMap::new();
     for t in latest.values() {
-        let rank = TASK_STATES
+        // lifecycle order (TaskState::ALL) is the order of the TASKS column
+        let rank = TaskState::ALL
             .iter()
-            .position(|s| *s == t.state)
-            .unwrap_or(TASK_STATES.len());
+            .position(|s| s.as_str() == t.state)
+            .unwrap_or(TaskState::ALL.len());
         *counts.entry((rank, t.state.as_str())).or_default() += 1;
     }
     if counts.is_empty() {
