@@ -7,6 +7,7 @@ pub mod api;
 pub mod controller;
 pub mod engine;
 pub mod executor;
+pub mod gate;
 pub mod graph;
 pub mod queue;
 pub mod schedule;

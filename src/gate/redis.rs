@@ -1,0 +1,262 @@
+//! The Redis gate (SPEC §7): one sorted set per semaphore, `<prefix>:sem:<key>`, whose members
+//! are the holders scored by lease expiry in milliseconds of Redis server time, and a hash
+//! `<prefix>:sem:<key>:w` of holder → weight for holders of weight > 1. Only the Lua scripts in
+//! `gate/lua/` change them; see docs/GATE.md.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+
+use super::{Gate, GateError, check_acquire, check_holder, check_key, check_ttl};
+
+/// The default `--redis-key-prefix`.
+pub const DEFAULT_PREFIX: &str = "dagop";
+
+/// How long one connection attempt may take before the call fails as unavailable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a command may wait for its answer before the call fails as unavailable.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Connection attempts per reconnect (then the waiting calls fail; the next call starts a new
+/// reconnect). Few, so that callers learn of an outage in about a second, not after a minute.
+const CONNECT_RETRIES: usize = 2;
+
+struct Scripts {
+    acquire: Script,
+    renew: Script,
+    release: Script,
+    usage: Script,
+}
+
+impl Scripts {
+    fn load() -> Self {
+        Scripts {
+            acquire: Script::new(include_str!("lua/acquire.lua")),
+            renew: Script::new(include_str!("lua/renew.lua")),
+            release: Script::new(include_str!("lua/release.lua")),
+            usage: Script::new(include_str!("lua/usage.lua")),
+        }
+    }
+}
+
+/// Semaphores in Redis, shared by every replica that uses the same server and prefix. Cheap to
+/// clone: clones share one multiplexed connection, re-established by itself after a failure.
+#[derive(Clone)]
+pub struct RedisGate {
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    lease_ttl: Duration,
+    lease_ttl_ms: u64,
+    scripts: Arc<Scripts>,
+}
+
+impl std::fmt::Debug for RedisGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisGate")
+            .field("prefix", &self.prefix)
+            .field("lease_ttl", &self.lease_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisGate {
+    /// Connects to `url` (`redis://[user:password@]host:port/db`) and checks the server
+    /// answers. Keys are `<prefix>:sem:<key>`; leases last `lease_ttl` (at least 1 ms).
+    /// An unreachable server is [`GateError::Unavailable`]; a malformed URL is
+    /// [`GateError::Invalid`].
+    pub async fn connect(url: &str, prefix: &str, lease_ttl: Duration) -> Result<Self, GateError> {
+        let gate = Self::connect_lazy(url, prefix, lease_ttl)?;
+        gate.ping().await?;
+        Ok(gate)
+    }
+
+    /// Like [`RedisGate::connect`] but without touching the network: the connection is made
+    /// by the first call, so an operator can start while Redis is down (its calls fail with
+    /// [`GateError::Unavailable`] until Redis is back). Must be called within a Tokio runtime.
+    pub fn connect_lazy(url: &str, prefix: &str, lease_ttl: Duration) -> Result<Self, GateError> {
+        check_ttl(lease_ttl)?;
+        let lease_ttl_ms = u64::try_from(lease_ttl.as_millis())
+            .map_err(|_| GateError::Invalid(format!("lease TTL {lease_ttl:?} is too long")))?;
+        let client =
+            redis::Client::open(url).map_err(|e| GateError::Invalid(format!("Redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(CONNECT_RETRIES)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(map_err)?;
+        Ok(RedisGate {
+            conn,
+            prefix: prefix.into(),
+            lease_ttl,
+            lease_ttl_ms,
+            scripts: Arc::new(Scripts::load()),
+        })
+    }
+
+    /// The key prefix (`--redis-key-prefix`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The Redis key of the sorted set behind logical `key`: `<prefix>:sem:<key>`.
+    pub fn redis_key(&self, key: &str) -> String {
+        format!("{}:sem:{key}", self.prefix)
+    }
+
+    /// The Redis key of the weights hash behind logical `key`: `<prefix>:sem:<key>:w`.
+    pub fn weights_key(&self, key: &str) -> String {
+        format!("{}:sem:{key}:w", self.prefix)
+    }
+
+    /// Runs `script` with the semaphore's two keys and `args`. (`invoke_async` sends EVALSHA
+    /// and loads the script on NOSCRIPT, e.g. after a Redis restart.)
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        key: &str,
+        args: &[&[u8]],
+    ) -> Result<T, GateError> {
+        let mut invocation = script.key(self.redis_key(key));
+        invocation.key(self.weights_key(key));
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let mut conn = self.conn.clone();
+        invocation.invoke_async(&mut conn).await.map_err(map_err)
+    }
+
+    fn renew_cmd(&self, key: &str, holder: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.scripts.renew.get_hash())
+            .arg(2)
+            .arg(self.redis_key(key))
+            .arg(self.weights_key(key))
+            .arg(holder)
+            .arg(self.lease_ttl_ms);
+        cmd
+    }
+}
+
+/// Unreachable, slow or not-serving-writes servers are [`GateError::Unavailable`]; other
+/// errors Redis answers with are [`GateError::Backend`].
+fn map_err(e: RedisError) -> GateError {
+    let unavailable = e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+            )
+        );
+    if unavailable {
+        GateError::Unavailable(e.to_string())
+    } else {
+        GateError::Backend(e.to_string())
+    }
+}
+
+impl Gate for RedisGate {
+    async fn acquire(
+        &self,
+        key: &str,
+        holder: &str,
+        weight: u32,
+        limit: u32,
+    ) -> Result<bool, GateError> {
+        check_acquire(key, holder, weight)?;
+        let (weight, limit, ttl) = (
+            weight.to_string(),
+            limit.to_string(),
+            self.lease_ttl_ms.to_string(),
+        );
+        let args: [&[u8]; 4] = [
+            holder.as_bytes(),
+            weight.as_bytes(),
+            limit.as_bytes(),
+            ttl.as_bytes(),
+        ];
+        let admitted: i64 = self.run(&self.scripts.acquire, key, &args).await?;
+        Ok(admitted == 1)
+    }
+
+    async fn renew(&self, key: &str, holder: &str) -> Result<bool, GateError> {
+        check_key(key)?;
+        check_holder(holder)?;
+        let ttl = self.lease_ttl_ms.to_string();
+        let args: [&[u8]; 2] = [holder.as_bytes(), ttl.as_bytes()];
+        let renewed: i64 = self.run(&self.scripts.renew, key, &args).await?;
+        Ok(renewed == 1)
+    }
+
+    async fn release(&self, key: &str, holder: &str) -> Result<(), GateError> {
+        check_key(key)?;
+        check_holder(holder)?;
+        let _removed: i64 = self
+            .run(&self.scripts.release, key, &[holder.as_bytes()])
+            .await?;
+        Ok(())
+    }
+
+    async fn usage(&self, key: &str) -> Result<u32, GateError> {
+        check_key(key)?;
+        let used: i64 = self.run(&self.scripts.usage, key, &[]).await?;
+        Ok(u32::try_from(used.max(0)).unwrap_or(u32::MAX))
+    }
+
+    /// One pipeline of EVALSHA renew calls. If Redis lost its script cache (a restart), the
+    /// script is loaded and the whole pipeline sent again: renewing twice is harmless.
+    async fn renew_all(&self, leases: &[(String, String)]) -> Result<Vec<bool>, GateError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (key, holder) in leases {
+            check_key(key)?;
+            check_holder(holder)?;
+            pipe.add_command(self.renew_cmd(key, holder));
+        }
+        let mut conn = self.conn.clone();
+        let renewed: Vec<i64> = match pipe.query_async(&mut conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.scripts
+                    .renew
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(map_err)?;
+                pipe.query_async(&mut conn).await.map_err(map_err)?
+            }
+            other => other.map_err(map_err)?,
+        };
+        if renewed.len() != leases.len() {
+            return Err(GateError::Backend(format!(
+                "renew pipeline: {} answers for {} leases",
+                renewed.len(),
+                leases.len()
+            )));
+        }
+        Ok(renewed.into_iter().map(|r| r == 1).collect())
+    }
+
+    async fn ping(&self) -> Result<(), GateError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+}
