@@ -73,6 +73,9 @@ impl Operator {
             "--schedule-interval",
             "1s",
             "--leader-election=false",
+            // the plane's REDIS_URL is inherited: keep each test's limits apart
+            "--redis-key-prefix",
+            &format!("dagop-{namespace}"),
         ]
         .iter()
         .map(|s| s.to_string())

@@ -165,6 +165,31 @@ impl DatabaseArgs {
 }
 
 /// RFC 3986 percent-encoding of everything but unreserved characters.
+impl RedisArgs {
+    /// The Redis URL: --redis-url, else one built from --redis-host and friends; None when
+    /// neither is given (the in-process gate then serves a single replica).
+    pub fn url(&self) -> Option<String> {
+        if let Some(url) = &self.redis_url {
+            return Some(url.clone());
+        }
+        let host = self.redis_host.as_ref()?;
+        let auth = self
+            .redis_password
+            .as_ref()
+            .map(|p| format!(":{}@", percent_encode(p)))
+            .unwrap_or_default();
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        Some(format!(
+            "redis://{auth}{host}:{}/{}",
+            self.redis_port, self.redis_db
+        ))
+    }
+}
+
 fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {

@@ -9,6 +9,7 @@ use dag_operator::controller::status::{StatusUpdate, run_writer, summary};
 use dag_operator::controller::{Events, dag as dag_controller, dag_reference};
 use dag_operator::engine::{Command, Engine, EngineConfig, Output};
 use dag_operator::executor::{ExecOutput, Executor, ExecutorConfig};
+use dag_operator::gate::{MemoryGate, RedisGate};
 use dag_operator::schedule::parse_timezone;
 use dag_operator::store::PgStore;
 use dag_operator::telemetry::{self, Health, Metrics, Role};
@@ -72,7 +73,7 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
     let url = args.database.url()?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new());
-    // concurrency limits are held in process for now (one active replica)
+    // until the engine reports otherwise
     health.set_gate_ok(true);
     if args.leader_election {
         tracing::warn!(
@@ -125,7 +126,20 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (status_tx, status_rx) = mpsc::unbounded_channel();
-    tokio::spawn(Engine::new(cfg, store.clone(), out_tx).run(cmd_rx));
+    let lease_ttl = Duration::from_secs(args.lease_ttl.max(1));
+    match args.redis.url() {
+        Some(url) => {
+            let gate = RedisGate::connect_lazy(&url, &args.redis.redis_key_prefix, lease_ttl)
+                .map_err(|e| CliError::usage(format!("invalid Redis settings: {e}")))?;
+            tracing::info!(prefix = %args.redis.redis_key_prefix, "limits held in Redis");
+            tokio::spawn(Engine::with_gate(cfg, store.clone(), gate, out_tx).run(cmd_rx));
+        }
+        None => {
+            tracing::info!("no Redis configured: limits held in process (run one replica)");
+            let gate = MemoryGate::new(lease_ttl);
+            tokio::spawn(Engine::with_gate(cfg, store.clone(), gate, out_tx).run(cmd_rx));
+        }
+    }
     let (exec_tx, mut exec_rx) = mpsc::unbounded_channel();
     let (cancel_tx, cancel_rx) = mpsc::unbounded_channel();
     let executor = Executor::new(
@@ -188,6 +202,10 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
                     Output::StoreHealth(ok) => {
                         health.set_store_ok(ok);
                         let _ = status_tx.send(StatusUpdate::StoreHealth(ok));
+                    }
+                    Output::GateHealth(ok) => {
+                        health.set_gate_ok(ok);
+                        let _ = status_tx.send(StatusUpdate::GateHealth(ok));
                     }
                     Output::RunsCreated {
                         run_type,

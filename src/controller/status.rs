@@ -31,6 +31,8 @@ pub enum StatusUpdate {
     Validity(DagKey, Validity),
     Scheduling(DagKey, SchedulingStatus),
     StoreHealth(bool),
+    /// reachability of the gate (Redis)
+    GateHealth(bool),
     /// newest runs (newest first, at most 5) and the last successful logical date
     Runs(DagKey, Vec<RunSummary>, Option<DateTime<Utc>>),
     Removed(DagKey),
@@ -58,7 +60,7 @@ pub fn summary(run: &crate::store::RunRow) -> RunSummary {
 }
 
 /// Builds the full status of a DAG from what is known of it.
-fn render(model: &mut Model, store_ok: bool, now: DateTime<Utc>) -> DagStatus {
+fn render(model: &mut Model, store_ok: bool, gate_ok: bool, now: DateTime<Utc>) -> DagStatus {
     let generation = model.validity.as_ref().and_then(|v| v.generation);
     let (ready, reason, message) = match model.validity.as_ref().and_then(|v| v.problem.clone()) {
         Some((reason, message)) => (false, reason, message),
@@ -66,6 +68,13 @@ fn render(model: &mut Model, store_ok: bool, now: DateTime<Utc>) -> DagStatus {
             false,
             "StoreUnavailable".to_string(),
             "PostgreSQL is unreachable: admission is paused; due runs are created once it returns"
+                .to_string(),
+        ),
+        None if !gate_ok => (
+            false,
+            "GateUnavailable".to_string(),
+            "the concurrency gate (Redis) is unreachable: admission is paused so no limit is \
+             exceeded; it resumes by itself"
                 .to_string(),
         ),
         None if model.scheduling.suspended => (
@@ -104,6 +113,7 @@ fn render(model: &mut Model, store_ok: bool, now: DateTime<Utc>) -> DagStatus {
 pub async fn run_writer(client: kube::Client, mut updates: mpsc::UnboundedReceiver<StatusUpdate>) {
     let mut models: HashMap<DagKey, Model> = HashMap::new();
     let mut store_ok = true;
+    let mut gate_ok = true;
     let mut dirty: BTreeSet<DagKey> = BTreeSet::new();
     let params = Arc::new(PatchParams::apply(FIELD_MANAGER).force());
     loop {
@@ -139,6 +149,12 @@ pub async fn run_writer(client: kube::Client, mut updates: mpsc::UnboundedReceiv
                         dirty.extend(models.keys().cloned());
                     }
                 }
+                StatusUpdate::GateHealth(ok) => {
+                    if ok != gate_ok {
+                        gate_ok = ok;
+                        dirty.extend(models.keys().cloned());
+                    }
+                }
                 StatusUpdate::Runs(key, recent, last_success) => {
                     let model = models.entry(key.clone()).or_default();
                     model.recent_runs = recent;
@@ -159,7 +175,7 @@ pub async fn run_writer(client: kube::Client, mut updates: mpsc::UnboundedReceiv
                 if model.validity.is_none() {
                     continue;
                 }
-                writes.push((key, render(model, store_ok, now)));
+                writes.push((key, render(model, store_ok, gate_ok, now)));
             }
         }
         let client = &client;
@@ -214,7 +230,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let s = render(&mut m, true, now);
+        let s = render(&mut m, true, true, now);
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(s.conditions[0].reason, "InvalidSchedule");
         assert!(!s.conditions[0].is_true());
@@ -224,11 +240,15 @@ mod tests {
             problem: None,
         });
         assert_eq!(
-            render(&mut m, false, now).conditions[0].reason,
+            render(&mut m, false, true, now).conditions[0].reason,
             "StoreUnavailable"
         );
         m.scheduling.suspended = true;
-        let s = render(&mut m, true, now);
+        assert_eq!(
+            render(&mut m, true, false, now).conditions[0].reason,
+            "GateUnavailable"
+        );
+        let s = render(&mut m, true, true, now);
         assert_eq!(s.conditions[0].reason, "Suspended");
         assert!(s.conditions[0].is_true());
     }

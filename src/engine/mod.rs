@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::api::dag::{ConcurrencyPolicy, DagSpec};
+use crate::gate::{Gate, GateError, MemoryGate, key as gate_key};
 use crate::queue::{AdmissionQueue, Entry, EntryId, RunClass};
 use crate::schedule::{CatchupPolicy, CatchupRequest, Schedule, catch_up, data_interval};
 use crate::store::{DagKey, NewRun, NewTask, RunStore, RunType, StoreError};
@@ -101,6 +102,8 @@ pub enum Output {
     },
     /// reachability of the store changed
     StoreHealth(bool),
+    /// reachability of the gate changed (false: admission paused, fail closed)
+    GateHealth(bool),
     /// runs were admitted and persisted
     RunsCreated {
         run_type: RunType,
@@ -153,9 +156,15 @@ impl DagState {
 }
 
 /// The scheduler.
-pub struct Engine<S: RunStore> {
+pub struct Engine<S: RunStore, G: Gate = MemoryGate> {
     cfg: EngineConfig,
     store: S,
+    /// the limits, shared with other replicas when it is Redis
+    gate: G,
+    gate_ok: bool,
+    /// (dag, logical date) of runs whose slots go back at the next pass
+    pending_release: Vec<(DagKey, DateTime<Utc>)>,
+    last_renew: Option<std::time::Instant>,
     out: mpsc::UnboundedSender<Output>,
     dags: HashMap<DagKey, DagState>,
     timers: BTreeSet<(DateTime<Utc>, DagKey)>,
@@ -173,12 +182,38 @@ fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-impl<S: RunStore> Engine<S> {
+/// The gate holder of a run: its identity, so replicas admitting the same run share a slot.
+fn holder(dag: &DagKey, logical_date: DateTime<Utc>) -> String {
+    format!(
+        "{}/{}@{}",
+        dag.namespace,
+        dag.name,
+        logical_date.to_rfc3339()
+    )
+}
+
+impl<S: RunStore> Engine<S, MemoryGate> {
+    /// An engine whose limits are held in process (a single active replica).
     pub fn new(cfg: EngineConfig, store: S, out: mpsc::UnboundedSender<Output>) -> Self {
+        Engine::with_gate(cfg, store, MemoryGate::new(Duration::from_secs(30)), out)
+    }
+}
+
+impl<S: RunStore, G: Gate> Engine<S, G> {
+    pub fn with_gate(
+        cfg: EngineConfig,
+        store: S,
+        gate: G,
+        out: mpsc::UnboundedSender<Output>,
+    ) -> Self {
         let aging = i64::try_from(cfg.priority_aging.as_millis()).unwrap_or(i64::MAX);
         Engine {
             cfg,
             store,
+            gate,
+            gate_ok: true,
+            pending_release: Vec::new(),
+            last_renew: None,
             out,
             dags: HashMap::new(),
             timers: BTreeSet::new(),
@@ -514,6 +549,7 @@ impl<S: RunStore> Engine<S> {
             }
             self.plan_due(&key, now);
         }
+        self.maintain_leases().await;
         let result = self.admit(now).await;
         self.flush_status();
         result
@@ -572,6 +608,9 @@ impl<S: RunStore> Engine<S> {
             if !active.is_empty() {
                 let ids: Vec<Uuid> = active.iter().map(|(id, _)| *id).collect();
                 self.store.cancel_runs(&ids).await?;
+                for (_, date) in &active {
+                    self.pending_release.push((key.clone(), *date));
+                }
                 if let Some(state) = self.dags.get_mut(&key) {
                     state.active.clear();
                 }
@@ -664,6 +703,21 @@ impl<S: RunStore> Engine<S> {
         if batch.is_empty() {
             return Ok(0);
         }
+        // the gate has the last word (other replicas share it): a run takes a slot of the
+        // global limit and one of its DAG's, or waits
+        let (batch, refused, gate_error) = self.acquire_slots(batch).await;
+        for p in refused {
+            self.requeue(p);
+        }
+        if let Some(e) = gate_error {
+            tracing::warn!(error = %e, "gate unavailable: admission paused");
+            self.set_gate_ok(false);
+        } else {
+            self.set_gate_ok(true);
+        }
+        if batch.is_empty() {
+            return Ok(0);
+        }
         let runs: Vec<NewRun> = batch
             .iter()
             .filter_map(|p| self.dags.get(&p.dag).map(|s| new_run(s, p)))
@@ -698,24 +752,139 @@ impl<S: RunStore> Engine<S> {
                 Ok(inserted.len())
             }
             Err(e) => {
-                // nothing was admitted: put everything back, keeping its age
+                // nothing was admitted: slots back, entries back, keeping their age
                 for p in batch {
-                    let (class, priority) = match self.dags.get(&p.dag) {
-                        Some(s) => (
-                            match p.run_type {
-                                RunType::Manual => RunClass::Manual,
-                                RunType::Scheduled => RunClass::Scheduled,
-                                RunType::Backfill => RunClass::Backfill,
-                            },
-                            s.info.spec.priority,
-                        ),
-                        None => continue,
-                    };
-                    self.enqueue(p, class, priority);
+                    self.pending_release.push((p.dag.clone(), p.logical_date));
+                    self.requeue(p);
                 }
                 self.set_store_ok(false);
                 Err(e)
             }
+        }
+    }
+
+    fn requeue(&mut self, p: Pending) {
+        let Some(priority) = self.dags.get(&p.dag).map(|s| s.info.spec.priority) else {
+            return;
+        };
+        let class = match p.run_type {
+            RunType::Manual => RunClass::Manual,
+            RunType::Scheduled => RunClass::Scheduled,
+            RunType::Backfill => RunClass::Backfill,
+        };
+        self.enqueue(p, class, priority);
+    }
+
+    /// Takes a global and a per-DAG slot for each run; returns (admitted, refused, error).
+    /// After a gate error nothing more is tried: fail closed.
+    async fn acquire_slots(
+        &mut self,
+        batch: Vec<Pending>,
+    ) -> (Vec<Pending>, Vec<Pending>, Option<GateError>) {
+        let global = self.cfg.max_concurrent_runs;
+        let mut admitted = Vec::new();
+        let mut refused = Vec::new();
+        let mut error = None;
+        let mut global_full = false;
+        for p in batch {
+            if error.is_some() || global_full {
+                refused.push(p);
+                continue;
+            }
+            let h = holder(&p.dag, p.logical_date);
+            let dag_key = gate_key::dag_runs(&p.dag.namespace, &p.dag.name);
+            let dag_limit = self.dags.get(&p.dag).map_or(1, |s| s.max_active() as u32);
+            match self
+                .gate
+                .acquire(gate_key::GLOBAL_RUNS, &h, 1, global)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    global_full = true;
+                    refused.push(p);
+                    continue;
+                }
+                Err(e) => {
+                    error = Some(e);
+                    refused.push(p);
+                    continue;
+                }
+            }
+            match self.gate.acquire(&dag_key, &h, 1, dag_limit).await {
+                Ok(true) => admitted.push(p),
+                other => {
+                    let _ = self.gate.release(gate_key::GLOBAL_RUNS, &h).await;
+                    if let Err(e) = other {
+                        error = Some(e);
+                    }
+                    refused.push(p);
+                }
+            }
+        }
+        (admitted, refused, error)
+    }
+
+    /// Gives back the slots of ended runs and renews the leases of running ones (every third
+    /// of the lease TTL); a lease the gate lost is registered again.
+    async fn maintain_leases(&mut self) {
+        for (dag, date) in std::mem::take(&mut self.pending_release) {
+            let h = holder(&dag, date);
+            let released = async {
+                self.gate.release(gate_key::GLOBAL_RUNS, &h).await?;
+                self.gate
+                    .release(&gate_key::dag_runs(&dag.namespace, &dag.name), &h)
+                    .await
+            };
+            if released.await.is_err() {
+                // the lease runs out by itself within one TTL
+                self.set_gate_ok(false);
+            }
+        }
+        if self
+            .last_renew
+            .is_some_and(|t| t.elapsed() < self.gate.renew_interval())
+        {
+            return;
+        }
+        let runs: Vec<(DagKey, DateTime<Utc>)> = self
+            .dags
+            .iter()
+            .flat_map(|(k, s)| s.active.iter().map(move |(_, d)| (k.clone(), *d)))
+            .chain(
+                self.orphan_active
+                    .iter()
+                    .flat_map(|(k, v)| v.iter().map(move |(_, d)| (k.clone(), *d))),
+            )
+            .collect();
+        let mut leases = Vec::with_capacity(runs.len() * 2);
+        for (dag, date) in &runs {
+            let h = holder(dag, *date);
+            leases.push((gate_key::GLOBAL_RUNS.to_string(), h.clone()));
+            leases.push((gate_key::dag_runs(&dag.namespace, &dag.name), h));
+        }
+        match self.gate.renew_all(&leases).await {
+            Ok(kept) => {
+                for ((key, h), ok) in leases.iter().zip(kept) {
+                    if !ok {
+                        // lost (e.g. Redis restarted): count it again, over the limit if need be
+                        let _ = self.gate.acquire(key, h, 1, u32::MAX).await;
+                    }
+                }
+                self.last_renew = Some(std::time::Instant::now());
+                self.set_gate_ok(true);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "lease renewal failed");
+                self.set_gate_ok(false);
+            }
+        }
+    }
+
+    fn set_gate_ok(&mut self, ok: bool) {
+        if self.gate_ok != ok {
+            self.gate_ok = ok;
+            self.emit(Output::GateHealth(ok));
         }
     }
 
@@ -728,6 +897,18 @@ impl<S: RunStore> Engine<S> {
 
     /// Marks runs as no longer active (they ended). Unknown ids are ignored.
     pub fn runs_ended(&mut self, ids: &[Uuid]) {
+        for (key, runs) in self
+            .dags
+            .iter()
+            .map(|(k, s)| (k, &s.active))
+            .chain(self.orphan_active.iter())
+        {
+            for (id, date) in runs {
+                if ids.contains(id) {
+                    self.pending_release.push((key.clone(), *date));
+                }
+            }
+        }
         for state in self.dags.values_mut() {
             let before = state.active.len();
             state.active.retain(|(id, _)| !ids.contains(id));
@@ -754,6 +935,11 @@ impl<S: RunStore> Engine<S> {
         }
         for (key, state) in &mut self.dags {
             let now_active = by_dag.remove(key).unwrap_or_default();
+            for (id, date) in &state.active {
+                if !now_active.iter().any(|(i, _)| i == id) {
+                    self.pending_release.push((key.clone(), *date));
+                }
+            }
             if now_active != state.active {
                 state.active = now_active;
                 self.dirty.insert(key.clone());
