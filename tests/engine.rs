@@ -561,3 +561,70 @@ async fn a_removed_dag_stops_and_two_engines_never_create_a_run_twice() {
         .await;
     assert_eq!(a.dates("shared").await.len(), 6);
 }
+
+#[tokio::test]
+async fn two_engines_sharing_a_gate_never_exceed_the_global_limit_together() {
+    let db = common::fresh_store("eng_shared_gate").await;
+    let gate = dag_operator::gate::MemoryGate::new(std::time::Duration::from_secs(30));
+    let cfg = EngineConfig {
+        max_concurrent_runs: 3,
+        ..EngineConfig::default()
+    };
+    let t0 = utc("2025-01-01T00:00:00Z");
+    let mut engines = Vec::new();
+    for _ in 0..2 {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut e = Engine::with_gate(cfg.clone(), db.clone(), gate.clone(), tx);
+        e.load().await.expect("load");
+        // each replica knows every DAG, as two operators watching one cluster would
+        for i in 0..4 {
+            let dag = spec("schedule: '* * * * *'\nmaxActiveRuns: 100");
+            e.apply(
+                Command::Upsert(Box::new(info(&format!("d{i}"), t0, dag))),
+                t0,
+            );
+        }
+        engines.push((e, _rx));
+    }
+    for minute in 0..3 {
+        for (e, _) in &mut engines {
+            e.tick(t0 + Duration::minutes(minute)).await.expect("tick");
+        }
+    }
+    let running = db.running_runs().await.expect("runs");
+    assert_eq!(
+        running.len(),
+        3,
+        "the shared global limit of 3 holds across both engines"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_gate_pauses_admission_and_loses_nothing() {
+    let db = common::fresh_store("eng_gate_down").await;
+    let gate = dag_operator::gate::RedisGate::connect_lazy(
+        "redis://127.0.0.1:1/0",
+        "dagop",
+        std::time::Duration::from_secs(30),
+    )
+    .expect("valid URL");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut e = Engine::with_gate(EngineConfig::default(), db.clone(), gate, tx);
+    e.load().await.expect("load");
+    let t0 = utc("2025-01-01T00:00:00Z");
+    e.apply(
+        Command::Upsert(Box::new(info("g", t0, spec("schedule: '* * * * *'")))),
+        t0,
+    );
+    e.tick(t0 + Duration::minutes(2))
+        .await
+        .expect("store is fine");
+    assert!(
+        db.running_runs().await.expect("runs").is_empty(),
+        "fail closed: nothing admitted"
+    );
+    let outputs: Vec<Output> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    assert!(outputs.contains(&Output::GateHealth(false)), "{outputs:?}");
+    // the due ticks still wait in the queue
+    assert_eq!(e.queue_depth(), [0, 3, 0]);
+}
