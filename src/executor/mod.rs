@@ -514,29 +514,28 @@ impl<S: RunStore> Executor<S> {
         let pod = pods.get(&ObjectRef::<Pod>::new(&name).within(&run.dag.namespace));
         let started = row.started_at.unwrap_or(now);
         let age = now - started;
-        let failure = |exit_code: Option<i32>, message: String| (exit_code, message);
-        let outcome: Option<Result<(), (Option<i32>, String)>> = match pod.as_deref().map(verdict) {
+        let seen = pod.as_deref().map(verdict);
+        // a timed-out or stuck Pod is stopped; a finished one stays for its retention
+        let stop_pod = matches!(seen, Some(PodVerdict::Running | PodVerdict::Stuck(_)));
+        let outcome: Option<Result<(), (Option<i32>, String)>> = match seen {
             Some(PodVerdict::Succeeded) => Some(Ok(())),
-            Some(PodVerdict::Failed { exit_code, message }) => {
-                Some(Err(failure(exit_code, message)))
-            }
+            Some(PodVerdict::Failed { exit_code, message }) => Some(Err((exit_code, message))),
             Some(PodVerdict::Stuck(reason))
                 if age
                     >= chrono::Duration::from_std(self.cfg.pending_grace).unwrap_or_default() =>
             {
-                Some(Err(failure(None, format!("pod stuck pending: {reason}"))))
+                Some(Err((None, format!("pod stuck pending: {reason}"))))
             }
             Some(_) => match spec.timeout_seconds {
                 Some(limit) if age.num_seconds() >= limit => {
-                    Some(Err(failure(None, format!("timed out after {limit}s"))))
+                    Some(Err((None, format!("timed out after {limit}s"))))
                 }
                 _ => None,
             },
             // not in the watch cache: give a fresh Pod a moment to show up, then it is gone
-            None if age.num_seconds() >= 10 => Some(Err(failure(
-                None,
-                "pod deleted before it finished".to_string(),
-            ))),
+            None if age.num_seconds() >= 10 => {
+                Some(Err((None, "pod deleted before it finished".to_string())))
+            }
             None => None,
         };
         let Some(outcome) = outcome else {
@@ -553,12 +552,9 @@ impl<S: RunStore> Executor<S> {
                 (to, code, Some(message))
             }
         };
-        if to != "success" && pod.is_some() {
-            // a timed-out or stuck Pod is stopped; a failed one is kept for its retention
+        if to != "success" && stop_pod {
             let api: Api<Pod> = self.api(Some(&run.dag.namespace));
-            if !matches!(pod.as_deref().map(verdict), Some(PodVerdict::Failed { .. })) {
-                let _ = api.delete(&name, &DeleteParams::default()).await;
-            }
+            let _ = api.delete(&name, &DeleteParams::default()).await;
         }
         let mut update = TaskUpdate::new(row, "running", to);
         update.exit_code = exit_code;
