@@ -9,7 +9,7 @@ use dag_operator::controller::status::{StatusUpdate, run_writer, summary};
 use dag_operator::controller::{Events, dag as dag_controller, dag_reference};
 use dag_operator::engine::{Command, Engine, EngineConfig, Output};
 use dag_operator::executor::{ExecOutput, Executor, ExecutorConfig};
-use dag_operator::gate::{MemoryGate, RedisGate};
+use dag_operator::gate::{Gate, MemoryGate, RedisGate};
 use dag_operator::schedule::parse_timezone;
 use dag_operator::store::PgStore;
 use dag_operator::telemetry::{self, Health, Metrics, Role};
@@ -65,6 +65,77 @@ pub(super) async fn kube_client(kubeconfig: Option<&str>) -> Result<kube::Client
     };
     kube::Client::try_from(config)
         .map_err(|e| CliError::runtime(format!("cannot build a Kubernetes client: {e}")))
+}
+
+/// The engine and the executor, sharing one gate.
+struct Workers {
+    engine: EngineConfig,
+    executor: ExecutorConfig,
+    store: PgStore,
+    client: kube::Client,
+    namespace: Option<String>,
+}
+
+impl Workers {
+    fn spawn<G: Gate + Clone>(
+        self,
+        gate: G,
+        commands: mpsc::Receiver<Command>,
+        out: mpsc::UnboundedSender<Output>,
+        exec_out: mpsc::UnboundedSender<ExecOutput>,
+        cancelled: mpsc::UnboundedReceiver<Vec<(dag_operator::store::DagKey, uuid::Uuid)>>,
+    ) {
+        let engine = Engine::with_gate(self.engine, self.store.clone(), gate.clone(), out);
+        tokio::spawn(engine.run(commands));
+        let executor = Executor::new(
+            self.executor,
+            self.store,
+            gate,
+            self.client,
+            self.namespace,
+            exec_out,
+        );
+        tokio::spawn(executor.run(cancelled));
+    }
+}
+
+/// The gate is reachable when both of its users (engine: runs, executor: tasks) say so.
+#[derive(Clone)]
+struct GateHealth {
+    state: Arc<std::sync::Mutex<(bool, bool)>>,
+    health: Arc<Health>,
+    status: mpsc::UnboundedSender<StatusUpdate>,
+}
+
+impl GateHealth {
+    fn new(health: Arc<Health>, status: mpsc::UnboundedSender<StatusUpdate>) -> Self {
+        GateHealth {
+            state: Arc::new(std::sync::Mutex::new((true, true))),
+            health,
+            status,
+        }
+    }
+
+    fn set_engine(&self, ok: bool) {
+        self.update(|s| s.0 = ok);
+    }
+
+    fn set_executor(&self, ok: bool) {
+        self.update(|s| s.1 = ok);
+    }
+
+    fn update(&self, change: impl FnOnce(&mut (bool, bool))) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let before = state.0 && state.1;
+        change(&mut state);
+        let after = state.0 && state.1;
+        if before != after {
+            self.health.set_gate_ok(after);
+            let _ = self.status.send(StatusUpdate::GateHealth(after));
+        }
+    }
 }
 
 async fn operate(args: RunArgs) -> Result<(), CliError> {
@@ -127,36 +198,39 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (status_tx, status_rx) = mpsc::unbounded_channel();
     let lease_ttl = Duration::from_secs(args.lease_ttl.max(1));
+    let (exec_tx, mut exec_rx) = mpsc::unbounded_channel();
+    let (cancel_tx, cancel_rx) = mpsc::unbounded_channel();
+    let exec_cfg = ExecutorConfig {
+        max_running_tasks: args.max_running_tasks as usize,
+        pod_retention: Duration::from_secs(args.pod_retention),
+        ..ExecutorConfig::default()
+    };
+    let workers = Workers {
+        engine: cfg,
+        executor: exec_cfg,
+        store,
+        client: client.clone(),
+        namespace: args.namespace.clone(),
+    };
     match args.redis.url() {
         Some(url) => {
             let gate = RedisGate::connect_lazy(&url, &args.redis.redis_key_prefix, lease_ttl)
                 .map_err(|e| CliError::usage(format!("invalid Redis settings: {e}")))?;
             tracing::info!(prefix = %args.redis.redis_key_prefix, "limits held in Redis");
-            tokio::spawn(Engine::with_gate(cfg, store.clone(), gate, out_tx).run(cmd_rx));
+            workers.spawn(gate, cmd_rx, out_tx, exec_tx, cancel_rx);
         }
         None => {
             tracing::info!("no Redis configured: limits held in process (run one replica)");
             let gate = MemoryGate::new(lease_ttl);
-            tokio::spawn(Engine::with_gate(cfg, store.clone(), gate, out_tx).run(cmd_rx));
+            workers.spawn(gate, cmd_rx, out_tx, exec_tx, cancel_rx);
         }
     }
-    let (exec_tx, mut exec_rx) = mpsc::unbounded_channel();
-    let (cancel_tx, cancel_rx) = mpsc::unbounded_channel();
-    let executor = Executor::new(
-        ExecutorConfig {
-            max_running_tasks: args.max_running_tasks as usize,
-            pod_retention: Duration::from_secs(args.pod_retention),
-            ..ExecutorConfig::default()
-        },
-        store,
-        client.clone(),
-        args.namespace.clone(),
-        exec_tx,
-    );
-    tokio::spawn(executor.run(cancel_rx));
+    let gate_health = GateHealth::new(health.clone(), status_tx.clone());
     {
         let cmd_tx = cmd_tx.clone();
         let status_tx = status_tx.clone();
+        let metrics = metrics.clone();
+        let gate_health = gate_health.clone();
         tokio::spawn(async move {
             while let Some(output) = exec_rx.recv().await {
                 match output {
@@ -167,6 +241,21 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
                         let runs = runs.iter().map(summary).collect();
                         let _ = status_tx.send(StatusUpdate::Runs(dag, runs, last_success));
                     }
+                    ExecOutput::MissingPools(dag, missing) => {
+                        let _ = status_tx.send(StatusUpdate::MissingPools(dag, missing));
+                    }
+                    ExecOutput::Pools(usages) => {
+                        for u in usages {
+                            metrics.set_pool_slots(
+                                &format!("{}/{}", u.namespace, u.name),
+                                u.used.into(),
+                                (u.slots - u.used).max(0).into(),
+                                u.queued.into(),
+                            );
+                            let _ = status_tx.send(StatusUpdate::Pool(u));
+                        }
+                    }
+                    ExecOutput::GateHealth(ok) => gate_health.set_executor(ok),
                 }
             }
         });
@@ -203,10 +292,7 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
                         health.set_store_ok(ok);
                         let _ = status_tx.send(StatusUpdate::StoreHealth(ok));
                     }
-                    Output::GateHealth(ok) => {
-                        health.set_gate_ok(ok);
-                        let _ = status_tx.send(StatusUpdate::GateHealth(ok));
-                    }
+                    Output::GateHealth(ok) => gate_health.set_engine(ok),
                     Output::RunsCreated {
                         run_type,
                         count,

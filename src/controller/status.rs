@@ -3,7 +3,7 @@
 //! `status`, whole, by server-side apply with one field manager. Changes are coalesced: a DAG
 //! that changes ten times between two flushes is written once.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,9 @@ use super::FIELD_MANAGER;
 use crate::api::conditions::{Condition, READY, set_condition};
 use crate::api::dag::RunSummary;
 use crate::api::{DAG, DagStatus};
+use crate::api::{Pool, PoolStatus};
 use crate::engine::SchedulingStatus;
+use crate::executor::PoolUsage;
 use crate::store::DagKey;
 
 /// Whether the controller found the spec schedulable.
@@ -35,6 +37,10 @@ pub enum StatusUpdate {
     GateHealth(bool),
     /// newest runs (newest first, at most 5) and the last successful logical date
     Runs(DagKey, Vec<RunSummary>, Option<DateTime<Utc>>),
+    /// Pools the DAG's tasks name that do not exist (empty: none missing)
+    MissingPools(DagKey, Vec<String>),
+    /// a Pool's usage (written to the Pool's status)
+    Pool(PoolUsage),
     Removed(DagKey),
 }
 
@@ -45,6 +51,7 @@ struct Model {
     conditions: Vec<Condition>,
     recent_runs: Vec<RunSummary>,
     last_successful_time: Option<DateTime<Utc>>,
+    missing_pools: Vec<String>,
 }
 
 /// A stored run as `status.recentRuns` shows it.
@@ -64,6 +71,19 @@ fn render(model: &mut Model, store_ok: bool, gate_ok: bool, now: DateTime<Utc>) 
     let generation = model.validity.as_ref().and_then(|v| v.generation);
     let (ready, reason, message) = match model.validity.as_ref().and_then(|v| v.problem.clone()) {
         Some((reason, message)) => (false, reason, message),
+        None if !model.missing_pools.is_empty() => (
+            false,
+            "PoolNotFound".to_string(),
+            format!(
+                "tasks naming {} wait: no such Pool in this namespace",
+                model
+                    .missing_pools
+                    .iter()
+                    .map(|p| format!("pool {p:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
         None if !store_ok => (
             false,
             "StoreUnavailable".to_string(),
@@ -115,6 +135,9 @@ pub async fn run_writer(client: kube::Client, mut updates: mpsc::UnboundedReceiv
     let mut store_ok = true;
     let mut gate_ok = true;
     let mut dirty: BTreeSet<DagKey> = BTreeSet::new();
+    // Pool statuses to write, and the conditions last written per Pool
+    let mut pools: BTreeMap<(String, String), PoolUsage> = BTreeMap::new();
+    let mut pool_conditions: HashMap<(String, String), Vec<Condition>> = HashMap::new();
     let params = Arc::new(PatchParams::apply(FIELD_MANAGER).force());
     loop {
         // wait for the first change, then gather what else arrives in a short window
@@ -160,6 +183,13 @@ pub async fn run_writer(client: kube::Client, mut updates: mpsc::UnboundedReceiv
                     model.recent_runs = recent;
                     model.last_successful_time = last_success;
                     dirty.insert(key);
+                }
+                StatusUpdate::MissingPools(key, missing) => {
+                    models.entry(key.clone()).or_default().missing_pools = missing;
+                    dirty.insert(key);
+                }
+                StatusUpdate::Pool(usage) => {
+                    pools.insert((usage.namespace.clone(), usage.name.clone()), usage);
                 }
                 StatusUpdate::Removed(key) => {
                     models.remove(&key);
@@ -209,10 +239,70 @@ pub async fn run_writer(client: kube::Client, mut updates: mpsc::UnboundedReceiv
                 }
             }
         }
-        if !failed.is_empty() {
+        let mut pools_failed = Vec::new();
+        for ((ns, name), usage) in std::mem::take(&mut pools) {
+            let conditions = pool_conditions
+                .entry((ns.clone(), name.clone()))
+                .or_default();
+            let status = render_pool(&usage, conditions, now);
+            let api: Api<Pool> = Api::namespaced(client.clone(), &ns);
+            let patch = serde_json::json!({
+                "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
+                "kind": "Pool",
+                "status": status,
+            });
+            match api.patch_status(&name, params, &Patch::Apply(&patch)).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    pool_conditions.remove(&(ns, name));
+                }
+                Err(e) => {
+                    tracing::warn!(pool = %format!("{ns}/{name}"), error = %e, "pool status write failed; will retry");
+                    pools_failed.push(((ns, name), usage));
+                }
+            }
+        }
+        if !failed.is_empty() || !pools_failed.is_empty() {
             dirty.extend(failed);
+            for (k, u) in pools_failed {
+                pools.entry(k).or_insert(u);
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+}
+
+/// A Pool's status from its usage.
+fn render_pool(
+    usage: &PoolUsage,
+    conditions: &mut Vec<Condition>,
+    now: DateTime<Utc>,
+) -> PoolStatus {
+    let open = (usage.slots - usage.used).max(0);
+    let (reason, message) = if open > 0 {
+        (
+            "SlotsOpen",
+            format!("{} of {} slots used, {open} open", usage.used, usage.slots),
+        )
+    } else {
+        (
+            "Full",
+            format!(
+                "{} of {} slots used; {} tasks wait for a slot",
+                usage.used, usage.slots, usage.queued
+            ),
+        )
+    };
+    set_condition(
+        conditions,
+        Condition::new(READY, true, reason, message, usage.generation, now),
+    );
+    PoolStatus {
+        observed_generation: usage.generation,
+        used_slots: usage.used,
+        queued_tasks: usage.queued,
+        open_slots: open,
+        conditions: conditions.clone(),
     }
 }
 
@@ -251,5 +341,35 @@ mod tests {
         let s = render(&mut m, true, true, now);
         assert_eq!(s.conditions[0].reason, "Suspended");
         assert!(s.conditions[0].is_true());
+        m.missing_pools = vec!["db".into()];
+        let s = render(&mut m, true, true, now);
+        assert_eq!(s.conditions[0].reason, "PoolNotFound");
+        assert!(s.conditions[0].message.contains("pool \"db\""));
+        assert!(!s.conditions[0].is_true());
+    }
+
+    #[test]
+    fn pool_status() {
+        let now = Utc::now();
+        let mut conditions = Vec::new();
+        let mut usage = PoolUsage {
+            namespace: "ns".into(),
+            name: "db".into(),
+            generation: Some(2),
+            slots: 2,
+            used: 1,
+            queued: 0,
+        };
+        let s = render_pool(&usage, &mut conditions, now);
+        assert_eq!((s.used_slots, s.open_slots, s.queued_tasks), (1, 1, 0));
+        assert_eq!(s.conditions[0].reason, "SlotsOpen");
+        // lowered below usage: nothing negative, running tasks keep their slots
+        usage.slots = 1;
+        usage.used = 2;
+        usage.queued = 3;
+        let s = render_pool(&usage, &mut conditions, now);
+        assert_eq!((s.used_slots, s.open_slots, s.queued_tasks), (2, 0, 3));
+        assert_eq!(s.conditions[0].reason, "Full");
+        assert_eq!(s.observed_generation, Some(2));
     }
 }

@@ -710,7 +710,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             self.requeue(p);
         }
         if let Some(e) = gate_error {
-            tracing::warn!(error = %e, "gate unavailable: admission paused");
+            if self.gate_ok {
+                tracing::warn!(error = %e, "gate unavailable: admission paused");
+            }
             self.set_gate_ok(false);
         } else {
             self.set_gate_ok(true);
@@ -884,6 +886,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     fn set_gate_ok(&mut self, ok: bool) {
         if self.gate_ok != ok {
             self.gate_ok = ok;
+            if ok {
+                tracing::info!("gate reachable again: admission of runs resumes");
+            }
             self.emit(Output::GateHealth(ok));
         }
     }

@@ -6,9 +6,9 @@
 
 pub mod pod;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -19,8 +19,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
-use crate::api::DAG;
 use crate::api::dag::RetryBackoff;
+use crate::api::{DAG, Pool};
+use crate::gate::{Gate, GateError, MemoryGate, key as gate_key};
 use crate::graph::{Decision, RunOutcome, TaskState};
 use crate::store::{
     DagKey, RunFilter, RunRow, RunState, RunStore, StoreError, TaskRow, TaskUpdate,
@@ -54,6 +55,43 @@ pub enum ExecOutput {
     RunsEnded(Vec<Uuid>),
     /// the newest runs of a DAG changed: (newest first, at most 5; last successful logical date)
     RecentRuns(DagKey, Vec<RunRow>, Option<DateTime<Utc>>),
+    /// the Pools a DAG's tasks name that do not exist (empty: all exist), when that changes
+    MissingPools(DagKey, Vec<String>),
+    /// the usage of Pools that changed
+    Pools(Vec<PoolUsage>),
+    /// reachability of the gate changed (false: no task is admitted, fail closed)
+    GateHealth(bool),
+}
+
+/// What a Pool's status shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub namespace: String,
+    pub name: String,
+    pub generation: Option<i64>,
+    pub slots: i32,
+    /// slots held by running tries
+    pub used: i32,
+    /// tries waiting for a slot of the pool
+    pub queued: i32,
+}
+
+/// The gate holder of a task try: unique across replicas and tries.
+fn task_holder(row: &TaskRow) -> String {
+    format!("{}/{}/{}", row.run_id, row.task_name, row.try_number)
+}
+
+/// The semaphores a try holds while it runs, with its weight in each: one slot of
+/// `--max-running-tasks`, and `poolSlots` of its Pool.
+fn task_keys(namespace: &str, row: &TaskRow) -> Vec<(String, u32)> {
+    let mut keys = vec![(gate_key::RUNNING_TASKS.to_string(), 1)];
+    if let Some(pool) = &row.pool {
+        keys.push((
+            gate_key::pool(namespace, pool),
+            u32::try_from(row.pool_slots).unwrap_or(1).max(1),
+        ));
+    }
+    keys
 }
 
 /// What a Pod says about its try.
@@ -169,9 +207,17 @@ fn class_rank(run: &RunRow) -> u8 {
     }
 }
 
-pub struct Executor<S: RunStore> {
+pub struct Executor<S: RunStore, G: Gate = MemoryGate> {
     cfg: ExecutorConfig,
     store: S,
+    gate: G,
+    /// tries this process holds gate slots for: holder -> (key, weight)
+    held: HashMap<String, Vec<(String, u32)>>,
+    last_renewal: Option<Instant>,
+    gate_ok: bool,
+    /// what was last reported, to report changes only
+    reported_pools: HashMap<(String, String), PoolUsage>,
+    reported_missing: HashMap<DagKey, Vec<String>>,
     client: kube::Client,
     namespace: Option<String>,
     out: mpsc::UnboundedSender<ExecOutput>,
@@ -179,10 +225,11 @@ pub struct Executor<S: RunStore> {
     seen: HashMap<DagKey, HashSet<Uuid>>,
 }
 
-impl<S: RunStore> Executor<S> {
+impl<S: RunStore, G: Gate> Executor<S, G> {
     pub fn new(
         cfg: ExecutorConfig,
         store: S,
+        gate: G,
         client: kube::Client,
         namespace: Option<String>,
         out: mpsc::UnboundedSender<ExecOutput>,
@@ -190,6 +237,12 @@ impl<S: RunStore> Executor<S> {
         Executor {
             cfg,
             store,
+            gate,
+            held: HashMap::new(),
+            last_renewal: None,
+            gate_ok: true,
+            reported_pools: HashMap::new(),
+            reported_missing: HashMap::new(),
             client,
             namespace,
             out,
@@ -254,10 +307,24 @@ impl<S: RunStore> Executor<S> {
                 w.notify_one();
             }
         });
+        let pools_api: Api<Pool> = self.api(None);
+        let (pools, pool_writer) = reflector::store();
+        let w = wake.clone();
+        tokio::spawn(async move {
+            let stream = watcher(pools_api, watcher::Config::default())
+                .default_backoff()
+                .reflect(pool_writer)
+                .applied_objects();
+            futures::pin_mut!(stream);
+            while stream.next().await.is_some() {
+                w.notify_one();
+            }
+        });
         let _ = pods.wait_until_ready().await;
         let _ = dags.wait_until_ready().await;
+        let _ = pools.wait_until_ready().await;
         loop {
-            if let Err(e) = self.pass(&pods, &dags, Utc::now()).await {
+            if let Err(e) = self.pass(&pods, &dags, &pools, Utc::now()).await {
                 tracing::warn!(error = %e, "executor pass failed; retrying");
             }
             tokio::select! {
@@ -276,6 +343,7 @@ impl<S: RunStore> Executor<S> {
         &mut self,
         pods: &Store<Pod>,
         dags: &Store<DAG>,
+        pools: &Store<Pool>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let runs = self.store.running_runs().await?;
@@ -292,7 +360,10 @@ impl<S: RunStore> Executor<S> {
                 }
             }
         }
-        let mut running_now = 0usize;
+        // running tries: holder -> the slots they hold; and pool usage from the record
+        let mut running: HashMap<String, Vec<(String, u32)>> = HashMap::new();
+        let mut pool_used: HashMap<(String, String), i32> = HashMap::new();
+        let mut pool_queued: HashMap<(String, String), i32> = HashMap::new();
         let mut queued: Vec<(u8, i32, DateTime<Utc>, RunRow, TaskRow)> = Vec::new();
         let mut ended = Vec::new();
         let mut changed: HashSet<DagKey> = HashSet::new();
@@ -403,7 +474,14 @@ impl<S: RunStore> Executor<S> {
             for spec in &dag.spec.tasks {
                 if let Some(row) = tasks.get(&spec.name) {
                     match row.state.as_str() {
-                        "running" => running_now += 1,
+                        "running" => {
+                            running.insert(task_holder(row), task_keys(&run.dag.namespace, row));
+                            if let Some(pool) = &row.pool {
+                                *pool_used
+                                    .entry((run.dag.namespace.clone(), pool.clone()))
+                                    .or_default() += row.pool_slots;
+                            }
+                        }
                         "queued" => queued.push((
                             class_rank(run),
                             spec.priority_weight,
@@ -416,39 +494,84 @@ impl<S: RunStore> Executor<S> {
                 }
             }
         }
-        // 4. admission of queued tries: run class, then priorityWeight, then age
+        // 4. slots: give back those of ended tries, hold those of running ones, renew
+        let mut gate_error = self.maintain_slots(&running).await.err();
+        // 5. admission of queued tries: run class, then priorityWeight, then age; each takes
+        // a slot of --max-running-tasks and poolSlots of its Pool, or waits
         queued.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+        let mut tasks_full = false;
         for (_, _, _, run, row) in queued {
-            if running_now >= self.cfg.max_running_tasks {
-                break;
+            let ns = &run.dag.namespace;
+            let pool_limit = match &row.pool {
+                None => None,
+                Some(name) => {
+                    *pool_queued.entry((ns.clone(), name.clone())).or_default() += 1;
+                    match pools.get(&ObjectRef::<Pool>::new(name).within(ns)) {
+                        // waits for the Pool to appear; the DAG reports PoolNotFound
+                        None => continue,
+                        Some(pool) => Some(u32::try_from(pool.spec.slots).unwrap_or(0)),
+                    }
+                }
+            };
+            if gate_error.is_some() || tasks_full {
+                continue;
             }
-            let dag_ref = ObjectRef::<DAG>::new(&run.dag.name).within(&run.dag.namespace);
+            let dag_ref = ObjectRef::<DAG>::new(&run.dag.name).within(ns);
             let Some(dag) = dags.get(&dag_ref) else {
                 continue;
             };
             let Some(spec) = dag.spec.tasks.iter().find(|t| t.name == row.task_name) else {
                 continue;
             };
+            let holder = task_holder(&row);
+            let keys = task_keys(ns, &row);
+            match self.take_slots(&holder, &keys, pool_limit).await {
+                Ok(Taken::Yes) => {}
+                Ok(Taken::NoTaskSlot) => {
+                    tasks_full = true;
+                    continue;
+                }
+                Ok(Taken::NoPoolSlot) => continue,
+                Err(e) => {
+                    gate_error = Some(e);
+                    continue;
+                }
+            }
             let pod = pod::build_pod(&run, spec, row.try_number);
             let name = pod.metadata.name.clone().unwrap_or_default();
-            let api: Api<Pod> = self.api(Some(&run.dag.namespace));
+            let api: Api<Pod> = self.api(Some(ns));
             match api.create(&PostParams::default(), &pod).await {
                 Ok(_) => {}
                 // created before a crash: the same try, re-attached
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
                 Err(e) => {
                     tracing::warn!(pod = %name, error = %e, "could not create pod; will retry");
+                    self.give_back(&holder).await;
                     continue;
                 }
             }
             let mut update = TaskUpdate::new(&row, "queued", "running");
             update.pod_name = Some(name);
             update.set_started_at = true;
-            if self.store.update_task(&update).await? {
-                running_now += 1;
+            self.store.update_task(&update).await?;
+            if let Some(pool) = &row.pool {
+                let key = (ns.clone(), pool.clone());
+                *pool_used.entry(key.clone()).or_default() += row.pool_slots;
+                *pool_queued.entry(key).or_default() -= 1;
             }
         }
-        // 5. finished Pods past their retention
+        match gate_error {
+            Some(e) => {
+                if self.gate_ok {
+                    tracing::warn!(error = %e, "gate unavailable: no task is admitted until it returns");
+                }
+                self.set_gate_ok(false);
+            }
+            None => self.set_gate_ok(true),
+        }
+        self.report_pools(pools, &pool_used, &pool_queued);
+        self.report_missing_pools(dags, pools);
+        // 6. finished Pods past their retention
         let retention = chrono::Duration::from_std(self.cfg.pod_retention).unwrap_or_default();
         for p in pods.state() {
             if finished_at(&p).is_some_and(|t| t + retention <= now) {
@@ -458,7 +581,7 @@ impl<S: RunStore> Executor<S> {
                 let _ = api.delete(&name, &DeleteParams::default()).await;
             }
         }
-        // 6. report
+        // 7. report
         for (dag, ids) in &now_seen {
             if self.seen.get(dag) != Some(ids) {
                 changed.insert(dag.clone());
@@ -496,6 +619,177 @@ impl<S: RunStore> Executor<S> {
                 .send(ExecOutput::RecentRuns(dag, recent, last_success));
         }
         Ok(())
+    }
+
+    /// Gives back the slots of tries that no longer run, takes (without a limit: they run
+    /// already) the slots of running tries this process does not hold — after a restart, or
+    /// when another replica admitted them — and renews every lease each renew interval.
+    async fn maintain_slots(
+        &mut self,
+        running: &HashMap<String, Vec<(String, u32)>>,
+    ) -> Result<(), GateError> {
+        let ended: Vec<String> = self
+            .held
+            .keys()
+            .filter(|h| !running.contains_key(*h))
+            .cloned()
+            .collect();
+        for holder in ended {
+            if let Some(keys) = self.held.get(&holder) {
+                for (key, _) in keys {
+                    self.gate.release(key, &holder).await?;
+                }
+            }
+            self.held.remove(&holder);
+        }
+        for (holder, keys) in running {
+            if !self.held.contains_key(holder) {
+                for (key, weight) in keys {
+                    self.gate.acquire(key, holder, *weight, u32::MAX).await?;
+                }
+                self.held.insert(holder.clone(), keys.clone());
+            }
+        }
+        if self
+            .last_renewal
+            .is_some_and(|t| t.elapsed() < self.gate.renew_interval())
+        {
+            return Ok(());
+        }
+        let leases: Vec<(String, String, u32)> = self
+            .held
+            .iter()
+            .flat_map(|(h, keys)| keys.iter().map(|(k, w)| (k.clone(), h.clone(), *w)))
+            .collect();
+        let pairs: Vec<(String, String)> = leases
+            .iter()
+            .map(|(k, h, _)| (k.clone(), h.clone()))
+            .collect();
+        let renewed = self.gate.renew_all(&pairs).await?;
+        for ((key, holder, weight), ok) in leases.iter().zip(renewed) {
+            if !ok {
+                // the lease lapsed (a long outage): the try still runs, so it holds again
+                self.gate.acquire(key, holder, *weight, u32::MAX).await?;
+            }
+        }
+        self.last_renewal = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Takes every slot a try needs, or none.
+    async fn take_slots(
+        &mut self,
+        holder: &str,
+        keys: &[(String, u32)],
+        pool_limit: Option<u32>,
+    ) -> Result<Taken, GateError> {
+        let tasks_limit = u32::try_from(self.cfg.max_running_tasks).unwrap_or(u32::MAX);
+        let mut taken: Vec<(String, u32)> = Vec::new();
+        for (key, weight) in keys {
+            let (limit, refused) = if key == gate_key::RUNNING_TASKS {
+                (tasks_limit, Taken::NoTaskSlot)
+            } else {
+                (pool_limit.unwrap_or(0), Taken::NoPoolSlot)
+            };
+            let ok = match self.gate.acquire(key, holder, *weight, limit).await {
+                Ok(ok) => ok,
+                Err(e) => {
+                    self.release_keys(holder, &taken).await;
+                    return Err(e);
+                }
+            };
+            if !ok {
+                self.release_keys(holder, &taken).await;
+                return Ok(refused);
+            }
+            taken.push((key.clone(), *weight));
+        }
+        self.held.insert(holder.to_string(), taken);
+        Ok(Taken::Yes)
+    }
+
+    async fn release_keys(&self, holder: &str, keys: &[(String, u32)]) {
+        for (key, _) in keys {
+            // a failed release is a lease that lapses within one TTL
+            let _ = self.gate.release(key, holder).await;
+        }
+    }
+
+    async fn give_back(&mut self, holder: &str) {
+        if let Some(keys) = self.held.remove(holder) {
+            self.release_keys(holder, &keys).await;
+        }
+    }
+
+    fn set_gate_ok(&mut self, ok: bool) {
+        if self.gate_ok != ok {
+            self.gate_ok = ok;
+            if ok {
+                tracing::info!("gate reachable again: admission of tasks resumes");
+            }
+            let _ = self.out.send(ExecOutput::GateHealth(ok));
+        }
+    }
+
+    /// Reports the usage of every Pool whose usage, slots or generation changed.
+    fn report_pools(
+        &mut self,
+        pools: &Store<Pool>,
+        used: &HashMap<(String, String), i32>,
+        queued: &HashMap<(String, String), i32>,
+    ) {
+        let mut changed = Vec::new();
+        let mut live = HashSet::new();
+        for pool in pools.state() {
+            let ns = pool.metadata.namespace.clone().unwrap_or_default();
+            let name = pool.metadata.name.clone().unwrap_or_default();
+            let key = (ns.clone(), name.clone());
+            let usage = PoolUsage {
+                namespace: ns,
+                name,
+                generation: pool.metadata.generation,
+                slots: pool.spec.slots,
+                used: used.get(&key).copied().unwrap_or(0),
+                queued: queued.get(&key).copied().unwrap_or(0).max(0),
+            };
+            if self.reported_pools.get(&key) != Some(&usage) {
+                self.reported_pools.insert(key.clone(), usage.clone());
+                changed.push(usage);
+            }
+            live.insert(key);
+        }
+        self.reported_pools.retain(|k, _| live.contains(k));
+        if !changed.is_empty() {
+            let _ = self.out.send(ExecOutput::Pools(changed));
+        }
+    }
+
+    /// Reports, per DAG, the Pools its tasks name that do not exist, when that changes.
+    fn report_missing_pools(&mut self, dags: &Store<DAG>, pools: &Store<Pool>) {
+        let mut live = HashSet::new();
+        for dag in dags.state() {
+            let ns = dag.metadata.namespace.clone().unwrap_or_default();
+            let key = DagKey::new(&ns, dag.metadata.name.as_deref().unwrap_or_default());
+            let missing: Vec<String> = dag
+                .spec
+                .tasks
+                .iter()
+                .filter_map(|t| t.pool.as_ref())
+                .filter(|p| pools.get(&ObjectRef::<Pool>::new(p).within(&ns)).is_none())
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let before = self.reported_missing.get(&key);
+            if before.map_or(!missing.is_empty(), |b| *b != missing) {
+                self.reported_missing.insert(key.clone(), missing.clone());
+                let _ = self
+                    .out
+                    .send(ExecOutput::MissingPools(key.clone(), missing));
+            }
+            live.insert(key);
+        }
+        self.reported_missing.retain(|k, _| live.contains(k));
     }
 
     /// Decides a running try from its Pod; returns the row's new state if it changed.
@@ -570,6 +864,15 @@ impl<S: RunStore> Executor<S> {
         new.ended_at = Some(now);
         Ok(Some(new))
     }
+}
+
+/// The answer of the gate to a try asking for its slots.
+enum Taken {
+    Yes,
+    /// `--max-running-tasks` is reached: no other try can start either
+    NoTaskSlot,
+    /// its Pool is full: tries of other Pools may still start
+    NoPoolSlot,
 }
 
 #[cfg(test)]
