@@ -80,8 +80,14 @@ impl Operator {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // a test that elects a leader says so itself
+        if extra.iter().any(|a| a.starts_with("--leader-election")) {
+            args.retain(|a| a != "--leader-election=false");
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let log = std::env::temp_dir().join(format!("dagop-e2e-{namespace}.log"));
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!("dagop-e2e-{namespace}-op{n}.log"));
         let mut op = Operator {
             child: None,
             args,

@@ -74,3 +74,109 @@ async fn two_operators_without_leader_election_share_the_global_limit_and_create
     );
     drop((first, second));
 }
+
+/// The value of an unlabelled metric (or the sum of a family's series) from `/metrics`.
+async fn metric(op: &dag_operator_e2e::operator::Operator, name: &str) -> Option<f64> {
+    let (_, body) = op.get("/metrics").await?;
+    let values: Vec<f64> = body
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+#[tokio::test]
+async fn with_leader_election_one_replica_admits_and_a_standby_takes_over_after_kill_9() {
+    let s = setup("leader").await;
+    s.apply(&dag_with_spec(
+        "tick",
+        "  schedule: '* * * * * *'\n  maxActiveRuns: 1000\n  maxCatchupRuns: 1000\n  tasks:\n  - {name: a, container: {image: busybox}}\n",
+    ));
+    let lease_secs = 6;
+    let duration = format!("{lease_secs}s");
+    let args = [
+        "--leader-election=true",
+        "--leader-election-namespace",
+        s.ns.name.as_str(),
+        "--leader-lease-duration",
+        duration.as_str(),
+    ];
+    let mut first = s.operator(&args);
+    eventually(
+        Duration::from_secs(60),
+        "the first replica leads",
+        || async { (metric(&first, "dagop_leader").await == Some(1.0)).then_some(()) },
+    )
+    .await;
+    let second = s.operator(&args);
+    eventually(
+        Duration::from_secs(60),
+        "the second replica ready as standby",
+        || async {
+            let ready = second.get("/readyz").await.is_some_and(|(c, _)| c == 200);
+            (ready && metric(&second, "dagop_leader").await == Some(0.0)).then_some(())
+        },
+    )
+    .await;
+    // exactly one admits: the standby creates nothing while the leader schedules
+    eventually(
+        Duration::from_secs(30),
+        "the leader creating runs",
+        || async { (metric(&first, "dagop_runs_created_total").await >= Some(3.0)).then_some(()) },
+    )
+    .await;
+    for _ in 0..8 {
+        assert_eq!(metric(&second, "dagop_runs_created_total").await, Some(0.0));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    first.kill9();
+    let killed = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(30),
+        "the standby to take over",
+        || async { (metric(&second, "dagop_leader").await == Some(1.0)).then_some(()) },
+    )
+    .await;
+    let handover = killed.elapsed();
+    // the Lease lapses at most one duration after the last renewal; the standby looks every
+    // duration/7
+    assert!(
+        handover <= Duration::from_secs(lease_secs) + Duration::from_millis(1500),
+        "handover took {handover:?} with a {lease_secs}s lease"
+    );
+    let taken_over = chrono::Utc::now();
+    let filter = RunFilter {
+        namespace: Some(s.ns.name.clone()),
+        dag_name: Some("tick".into()),
+        state: None,
+        limit: 1_000_000,
+    };
+    let runs = eventually(
+        Duration::from_secs(60),
+        "runs after the handover",
+        || async {
+            let runs = s.store.list_runs(&filter).await.ok()?;
+            runs.iter()
+                .any(|r| r.logical_date > taken_over + chrono::Duration::seconds(3))
+                .then_some(runs)
+        },
+    )
+    .await;
+    // every due tick across the handover has exactly one run
+    let mut dates: Vec<_> = runs.iter().map(|r| r.logical_date).collect();
+    dates.sort();
+    let unique: BTreeSet<_> = dates.iter().collect();
+    assert_eq!(unique.len(), dates.len(), "a tick has two runs");
+    for pair in dates.windows(2) {
+        assert_eq!(
+            (pair[1] - pair[0]).num_seconds(),
+            1,
+            "tick lost between {} and {}",
+            pair[0],
+            pair[1]
+        );
+    }
+    assert!(metric(&second, "dagop_runs_created_total").await >= Some(1.0));
+}

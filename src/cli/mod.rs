@@ -271,6 +271,22 @@ pub struct RunArgs {
     #[arg(long, env = "DAGOP_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true")]
     pub leader_election: bool,
+    /// Namespace of the leader-election Lease (default: $POD_NAMESPACE, else --namespace,
+    /// else "default").
+    #[arg(long, env = "DAGOP_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the leader-election Lease; replicas sharing it elect one leader.
+    #[arg(
+        long,
+        env = "DAGOP_LEADER_ELECTION_NAME",
+        default_value = "dag-operator"
+    )]
+    pub leader_election_name: String,
+    /// How long a leader's Lease lasts without renewal: a standby takes over within it after
+    /// the leader dies. The leader renews every duration/7 and steps down (exits) when it
+    /// could not renew for 2/3 of it.
+    #[arg(long, env = "DAGOP_LEADER_LEASE_DURATION", default_value = "15s", value_parser = duration_secs)]
+    pub leader_lease_duration: u64,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "DAGOP_METRICS_ADDR", default_value = ":8080")]
     pub metrics_addr: String,

@@ -10,6 +10,7 @@ use dag_operator::controller::{Events, dag as dag_controller, dag_reference};
 use dag_operator::engine::{Command, Engine, EngineConfig, Output};
 use dag_operator::executor::{ExecOutput, Executor, ExecutorConfig};
 use dag_operator::gate::{Gate, MemoryGate, RedisGate};
+use dag_operator::leader::{Elector, LeaseConfig};
 use dag_operator::schedule::parse_timezone;
 use dag_operator::store::PgStore;
 use dag_operator::telemetry::{self, Health, Metrics, Role};
@@ -138,6 +139,58 @@ impl GateHealth {
     }
 }
 
+/// Waits until this replica holds the leader Lease; `None` when shut down first.
+async fn lead(args: &RunArgs, client: &kube::Client) -> Result<Option<Elector>, CliError> {
+    let namespace = args
+        .leader_election_namespace
+        .clone()
+        .or_else(|| {
+            std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
+        .or_else(|| args.namespace.clone())
+        .unwrap_or_else(|| "default".to_string());
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "dag-operator".to_string());
+    let identity = format!("{host}_{}", uuid::Uuid::new_v4().simple());
+    let duration = Duration::from_secs(args.leader_lease_duration.max(3));
+    let mut cfg = LeaseConfig::new(&namespace, &args.leader_election_name, &identity);
+    cfg.lease_duration = duration;
+    cfg.renew_deadline = duration * 2 / 3;
+    cfg.retry_period = duration / 7;
+    cfg.validate()
+        .map_err(|e| CliError::usage(format!("leader election: {e}")))?;
+    let mut elector = Elector::new(client.clone(), cfg);
+    tracing::info!(lease = %format!("{namespace}/{}", args.leader_election_name), %identity,
+        "standby: waiting to become the leader");
+    tokio::select! {
+        r = elector.acquire() => r.map_err(|e| CliError::usage(format!("leader election: {e}")))?,
+        _ = shutdown_signal() => return Ok(None),
+    }
+    tracing::info!(%identity, "elected leader: scheduling");
+    Ok(Some(elector))
+}
+
+/// Holds the Lease; the moment leadership cannot be confirmed the process exits, so it admits
+/// nothing more (its slots lapse within one lease TTL; a restart comes back as a standby).
+/// On SIGTERM the Lease is given up so a standby takes over at once.
+async fn step_down_on_loss(mut elector: Elector) {
+    tokio::select! {
+        lost = elector.hold() => {
+            tracing::error!(reason = %lost, "lost the leader Lease: stopping at once");
+            std::process::exit(1);
+        }
+        _ = shutdown_signal() => {
+            elector.release().await;
+            tracing::info!("gave up the leader Lease");
+            std::process::exit(0);
+        }
+    }
+}
+
 async fn operate(args: RunArgs) -> Result<(), CliError> {
     telemetry::init_tracing(args.log_format == LogFormat::Json);
     let default_tz = parse_timezone(&args.timezone).map_err(CliError::usage)?;
@@ -146,13 +199,12 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
     let health = Arc::new(Health::new());
     // until the engine reports otherwise
     health.set_gate_ok(true);
-    if args.leader_election {
-        tracing::warn!(
-            "leader election is not implemented yet: this replica schedules alone; run one replica"
-        );
-    }
-    health.set_role(Role::Leader);
-    metrics.set_leader(true);
+    health.set_role(if args.leader_election {
+        Role::Standby
+    } else {
+        Role::Leader
+    });
+    metrics.set_leader(!args.leader_election);
     let addr = telemetry::serve(
         &args.metrics_addr,
         metrics.clone(),
@@ -184,6 +236,16 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
+    }
+
+    // a standby stays ready (store reachable) and takes over when the leader goes
+    if args.leader_election {
+        let Some(elector) = lead(&args, &client).await? else {
+            return Ok(()); // shut down while waiting
+        };
+        health.set_role(Role::Leader);
+        metrics.set_leader(true);
+        tokio::spawn(step_down_on_loss(elector));
     }
 
     let cfg = EngineConfig {
