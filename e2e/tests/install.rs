@@ -1,0 +1,764 @@
+//! Installing the operator (issue 8, SPEC §10): the Helm chart lints clean and its schema
+//! rejects typos; `helm install` works on the local plane; a token of the chart's
+//! ServiceAccount is enough to run the operator end to end (out of cluster, the runs of an
+//! example DAG scheduled and their task Pods run to success) and is refused Secrets; and
+//! `kubectl kustomize manifests/` holds the same objects as the chart's defaults.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use dag_operator::store::RunState;
+use dag_operator_e2e::scenario::setup;
+use dag_operator_e2e::{TestNamespace, eventually, plane};
+use serde::Deserialize;
+use serde_json::Value;
+
+const CHART: &str = "charts/dag-operator";
+
+fn chart() -> String {
+    plane().repo.join(CHART).to_string_lossy().into_owned()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// helm against the plane (the plane's helm binary, its admin kubeconfig), run in the repo.
+fn helm(args: &[&str]) -> Output {
+    Command::new("helm")
+        .args(args)
+        .env("KUBECONFIG", &plane().kubeconfig)
+        .env("PATH", &plane().path)
+        .current_dir(&plane().repo)
+        .output()
+        .expect("helm runs")
+}
+
+fn helm_ok(args: &[&str]) -> String {
+    let out = helm(args);
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Every document of a multi-document YAML stream, as JSON values (empty documents skipped).
+fn yaml_docs(stream: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(stream)
+        .filter_map(|doc| {
+            let v = serde_yaml::Value::deserialize(doc).expect("valid YAML");
+            (!v.is_null()).then(|| serde_json::to_value(v).expect("YAML maps to JSON"))
+        })
+        .collect()
+}
+
+/// `helm template` of the chart (release dag-operator, namespace dag-operator) with `sets`.
+fn render(sets: &[&str]) -> Vec<Value> {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        "dag-operator",
+        chart.as_str(),
+        "--namespace",
+        "dag-operator",
+    ];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    yaml_docs(&helm_ok(&args))
+}
+
+fn kinds(objects: &[Value]) -> Vec<String> {
+    let mut out: Vec<String> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap_or_default().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+/// (apiGroup, resource, verb) triples of a Role or ClusterRole.
+fn grants(role: &Value) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_array().cloned().unwrap_or_default() {
+        let list = |k: &str| -> Vec<String> {
+            rule[k]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|v| v.as_str().unwrap_or_default().to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for g in list("apiGroups") {
+            for r in list("resources") {
+                for v in list("verbs") {
+                    out.insert((g.clone(), r.clone(), v));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn triples(spec: &[(&str, &[&str], &[&str])]) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for (group, resources, verbs) in spec {
+        for r in *resources {
+            for v in *verbs {
+                out.insert((group.to_string(), r.to_string(), v.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// What the operator may do in the namespaces it watches: nothing more (SPEC §10).
+fn operator_grants() -> BTreeSet<(String, String, String)> {
+    triples(&[
+        (
+            "dagoperator.io",
+            &["dags", "pools", "backfills"],
+            &["get", "list", "watch"],
+        ),
+        (
+            "dagoperator.io",
+            &["dags/status", "pools/status", "backfills/status"],
+            &["get", "patch", "update"],
+        ),
+        (
+            "",
+            &["pods"],
+            &[
+                "get",
+                "list",
+                "watch",
+                "create",
+                "delete",
+                "deletecollection",
+            ],
+        ),
+        ("events.k8s.io", &["events"], &["create", "patch"]),
+        ("", &["events"], &["create", "patch"]),
+    ])
+}
+
+fn lease_grants() -> BTreeSet<(String, String, String)> {
+    triples(&[(
+        "coordination.k8s.io",
+        &["leases"],
+        &["get", "create", "update"],
+    )])
+}
+
+#[test]
+fn chart_lints_clean_and_its_values_are_checked() {
+    let chart = chart();
+    // a. helm lint, strict: no error, no warning, not even an [INFO] remark
+    let lint = |sets: &[&str]| {
+        let mut args = vec!["lint", "--strict", chart.as_str()];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = helm_ok(&args);
+        assert!(
+            out.contains("1 chart(s) linted, 0 chart(s) failed"),
+            "{out}"
+        );
+        for marker in ["[ERROR]", "[WARNING]", "[INFO]"] {
+            assert!(!out.contains(marker), "helm lint {sets:?}:\n{out}");
+        }
+    };
+    lint(&[]);
+    lint(&[
+        "watchNamespace=team-a",
+        "replicaCount=2",
+        "serviceMonitor.enabled=true",
+        "database.url=postgres://u:p@db:5432/dagop",
+        "redis.host=redis",
+        "redis.password=x",
+    ]);
+    lint(&[
+        "database.host=db",
+        "database.existingSecret=pg",
+        "database.existingSecretPasswordKey=password",
+        "redis.existingSecret=redis",
+        "image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    ]);
+
+    // the schema catches typos and wrong types; the templates catch a missing database
+    let chart_arg = chart.as_str();
+    for (set, expect) in [
+        ("replicaCont=2", "replicaCont"),
+        ("config.scheduleIntervall=5s", "scheduleIntervall"),
+        ("config.scheduleInterval=5 seconds", "scheduleInterval"),
+        ("config.logFormat=xml", "logFormat"),
+        ("watchNamespace=Team_A", "watchNamespace"),
+        ("database.existingSecret=", "no database configured"),
+    ] {
+        let out = helm(&["template", "x", chart_arg, "--set", set]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "--set {set} was accepted");
+        assert!(err.contains(expect), "--set {set}: {err}");
+    }
+
+    // defaults: cluster-wide RBAC, exactly the operator's rules, one replica, no PDB
+    let objects = render(&[]);
+    assert_eq!(
+        kinds(&objects),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+    assert_eq!(grants(find(&objects, "ClusterRole")), operator_grants());
+    assert_eq!(grants(find(&objects, "Role")), lease_grants());
+    let deployment = find(&objects, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["args"][0], "run");
+    assert!(
+        container["args"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "--leader-election=true"))
+    );
+    let sc = &container["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    let pod_sc = &deployment["spec"]["template"]["spec"]["securityContext"];
+    assert_eq!(pod_sc["runAsNonRoot"], true);
+    assert_eq!(pod_sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["ports"][0]["containerPort"], 8080);
+    assert_eq!(
+        container["env"]
+            .as_array()
+            .and_then(|env| env.iter().find(|e| e["name"] == "DATABASE_URL"))
+            .map(|e| e["valueFrom"]["secretKeyRef"].clone()),
+        Some(serde_json::json!({"name": "dag-operator-database", "key": "url"}))
+    );
+
+    // one watched namespace: Role + RoleBinding there, nothing cluster-wide
+    let objects = render(&["watchNamespace=team-a"]);
+    assert!(!kinds(&objects).iter().any(|k| k.starts_with("Cluster")));
+    let role = objects
+        .iter()
+        .find(|o| o["kind"] == "Role" && o["metadata"]["namespace"] == "team-a")
+        .expect("a Role in the watched namespace");
+    assert_eq!(grants(role), operator_grants());
+    let binding = objects
+        .iter()
+        .find(|o| o["kind"] == "RoleBinding" && o["metadata"]["namespace"] == "team-a")
+        .expect("a RoleBinding in the watched namespace");
+    assert_eq!(binding["subjects"][0]["namespace"], "dag-operator");
+
+    // two replicas get a PodDisruptionBudget; optional parts render when asked for
+    let objects = render(&[
+        "replicaCount=2",
+        "serviceMonitor.enabled=true",
+        "database.host=db",
+        "database.password=pw-never-inline",
+        "redis.url=redis://r:6379/0",
+    ]);
+    let k = kinds(&objects);
+    for kind in ["PodDisruptionBudget", "ServiceMonitor", "Secret"] {
+        assert!(k.iter().any(|x| x == kind), "{kind} missing from {k:?}");
+    }
+    let env: BTreeMap<String, Value> =
+        find(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e["name"].as_str().unwrap_or_default().to_string(), e))
+            .collect();
+    assert_eq!(env["DB_HOST"]["value"], "db");
+    assert_eq!(
+        env["DB_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"],
+        "db-password"
+    );
+    assert_eq!(
+        env["REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"],
+        "redis-url"
+    );
+    assert!(!env.contains_key("DATABASE_URL"));
+    // no password ever sits in the Deployment
+    let deployment = find(&objects, "Deployment").to_string();
+    assert!(!deployment.contains("pw-never-inline") && !deployment.contains("redis://"));
+}
+
+/// A Helm release, uninstalled when dropped (its ClusterRole and binding are cluster-wide).
+struct Release {
+    name: String,
+    namespace: String,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = helm(&[
+            "uninstall",
+            &self.name,
+            "--namespace",
+            &self.namespace,
+            "--wait=false",
+        ]);
+    }
+}
+
+/// kubectl as the holder of `kubeconfig` (the token's), never the admin.
+fn kubectl_as(kubeconfig: &std::path::Path, args: &[&str]) -> Output {
+    Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("PATH", &plane().path)
+        .output()
+        .expect("kubectl runs")
+}
+
+/// `kubectl auth can-i` as the token's holder.
+fn can_i(kubeconfig: &std::path::Path, args: &[&str]) -> bool {
+    let mut full = vec!["auth", "can-i", "--quiet"];
+    full.extend_from_slice(args);
+    kubectl_as(kubeconfig, &full).status.success()
+}
+
+/// Writes a kubeconfig for `token`: server and CA from the admin kubeconfig, nothing else.
+fn token_kubeconfig(token: &str, namespace: &str) -> PathBuf {
+    let p = plane();
+    let view = |path: &str| {
+        p.kubectl_ok(
+            &[
+                "config",
+                "view",
+                "--raw",
+                "--minify",
+                "-o",
+                &format!("jsonpath={{.clusters[0].cluster.{path}}}"),
+            ],
+            None,
+        )
+    };
+    let server = view("server");
+    let ca = view("certificate-authority-data");
+    assert!(
+        server.starts_with("https://") && !ca.is_empty(),
+        "admin kubeconfig: {server}"
+    );
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "plane", "cluster": {"server": server, "certificate-authority-data": ca}}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "plane", "user": "operator", "namespace": namespace}}],
+        "current-context": "operator",
+    });
+    let path = std::env::temp_dir().join(format!("dagop-e2e-token-{namespace}.kubeconfig"));
+    std::fs::write(&path, config.to_string()).expect("kubeconfig written");
+    path
+}
+
+#[tokio::test]
+async fn helm_install_then_the_charts_rbac_runs_a_dag_end_to_end() {
+    // the DAG's namespace and database, and a separate namespace for the release
+    let s = setup("install").await;
+    let release_ns = TestNamespace::new("install-rel");
+    let release = Release {
+        name: format!(
+            "dag-operator-{}",
+            release_ns.name.trim_start_matches("e2e-install-rel-")
+        ),
+        namespace: release_ns.name.clone(),
+    };
+    assert!(release.name.len() <= 53, "{}", release.name);
+    let chart = chart();
+    let db_setting = format!("database.url={}", s.db.url);
+
+    // b. helm install (the CRDs are already there: helm leaves existing CRDs alone)
+    helm_ok(&[
+        "install",
+        &release.name,
+        &chart,
+        "--namespace",
+        &release.namespace,
+        "--set",
+        &db_setting,
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
+    let status: Value = serde_json::from_str(&helm_ok(&[
+        "status",
+        &release.name,
+        "--namespace",
+        &release.namespace,
+        "-o",
+        "json",
+    ]))
+    .expect("helm status json");
+    assert_eq!(status["info"]["status"], "deployed", "{status}");
+    for (kind, name) in [
+        ("deployment", release.name.clone()),
+        ("serviceaccount", release.name.clone()),
+        ("service", format!("{}-metrics", release.name)),
+        ("secret", release.name.clone()),
+        ("role", format!("{}-leader-election", release.name)),
+        ("rolebinding", format!("{}-leader-election", release.name)),
+    ] {
+        release_ns.kubectl_ok(&["get", kind, &name], None);
+    }
+    for kind in ["clusterrole", "clusterrolebinding"] {
+        plane().kubectl_ok(&["get", kind, &release.name], None);
+    }
+    // the Deployment is available (kwok plays the kubelet) and the Secret holds the URL
+    let deployment: Value = serde_json::from_str(
+        &release_ns.kubectl_ok(&["get", "deployment", &release.name, "-o", "json"], None),
+    )
+    .expect("deployment json");
+    assert_eq!(deployment["status"]["availableReplicas"], 1, "{deployment}");
+    let url = release_ns.kubectl_ok(
+        &[
+            "get",
+            "secret",
+            &release.name,
+            "-o",
+            "go-template={{index .data \"database-url\" | base64decode}}",
+        ],
+        None,
+    );
+    assert_eq!(url, s.db.url);
+
+    // c. a token of the chart's ServiceAccount, in a kubeconfig of its own
+    let token = release_ns
+        .kubectl_ok(
+            &["create", "token", &release.name, "--duration", "1h"],
+            None,
+        )
+        .trim()
+        .to_string();
+    let kubeconfig = token_kubeconfig(&token, &s.ns.name);
+    let whoami = kubectl_as(
+        &kubeconfig,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert_eq!(
+        text(&whoami.stdout),
+        format!(
+            "system:serviceaccount:{}:{}",
+            release.namespace, release.name
+        ),
+        "{}",
+        text(&whoami.stderr)
+    );
+    let dag_ns = s.ns.name.as_str();
+    for args in [
+        &["list", "dags.dagoperator.io", "--all-namespaces"][..],
+        &["watch", "pools.dagoperator.io", "-n", dag_ns],
+        &["get", "backfills.dagoperator.io", "-n", dag_ns],
+        &[
+            "patch",
+            "dags.dagoperator.io",
+            "--subresource=status",
+            "-n",
+            dag_ns,
+        ],
+        &["create", "pods", "-n", dag_ns],
+        &["deletecollection", "pods", "-n", dag_ns],
+        &["create", "events.events.k8s.io", "-n", dag_ns],
+        &[
+            "update",
+            "leases.coordination.k8s.io",
+            "-n",
+            &release.namespace,
+        ],
+    ] {
+        assert!(
+            can_i(&kubeconfig, args),
+            "the chart's ServiceAccount may not {args:?}"
+        );
+    }
+    for args in [
+        &["get", "secrets", "-n", dag_ns][..],
+        &["list", "secrets", "--all-namespaces"],
+        &["get", "configmaps", "-n", dag_ns],
+        &["update", "dags.dagoperator.io", "-n", dag_ns],
+        &["delete", "dags.dagoperator.io", "-n", dag_ns],
+        &["create", "backfills.dagoperator.io", "-n", dag_ns],
+        &["create", "deployments.apps", "-n", dag_ns],
+        &["create", "leases.coordination.k8s.io", "-n", dag_ns],
+        &["create", "clusterroles.rbac.authorization.k8s.io"],
+        &["list", "nodes"],
+    ] {
+        assert!(
+            !can_i(&kubeconfig, args),
+            "the chart's ServiceAccount may {args:?}"
+        );
+    }
+    let secrets = kubectl_as(&kubeconfig, &["get", "secrets", "-n", dag_ns]);
+    assert!(!secrets.status.success());
+    assert!(
+        text(&secrets.stderr).contains("Forbidden"),
+        "{}",
+        text(&secrets.stderr)
+    );
+
+    // the operator out of cluster on that token (--kubeconfig wins over the harness's
+    // KUBECONFIG), with the chart's own flags: the binary accepts every one of them
+    let harness_sets = [
+        "--metrics-addr",
+        "--leader-election",
+        "--namespace",
+        "--schedule-interval",
+        "--redis-key-prefix",
+    ];
+    let chart_flags: Vec<String> =
+        find(&render(&[]), "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .filter(|a| a != "run" && !harness_sets.iter().any(|h| a.starts_with(h)))
+            .collect();
+    assert!(chart_flags.len() >= 8, "{chart_flags:?}");
+    let kubeconfig_arg = kubeconfig.to_string_lossy().into_owned();
+    let mut extra = vec!["--kubeconfig", kubeconfig_arg.as_str()];
+    extra.extend(chart_flags.iter().map(String::as_str));
+    let mut op = s.operator(&extra);
+
+    let example = std::fs::read_to_string(
+        plane()
+            .repo
+            .join("manifests/examples/dag-every-second.yaml"),
+    )
+    .expect("example DAG");
+    s.apply(&example);
+    let runs = eventually(
+        Duration::from_secs(90),
+        "two runs of every-second to succeed",
+        || async {
+            let runs = s.runs("every-second").await;
+            let done = runs.iter().filter(|r| r.state == RunState::Success).count();
+            (done >= 2).then_some(runs)
+        },
+    )
+    .await;
+    let succeeded = runs
+        .iter()
+        .find(|r| r.state == RunState::Success)
+        .expect("a successful run");
+    let tasks = s.tasks(succeeded).await;
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t.state == "success" && t.pod_name.is_some()),
+        "{tasks:?}"
+    );
+    // its task Pods ran (kwok) and are Succeeded
+    let pods = s.pods("every-second");
+    assert!(
+        pods.iter().any(|p| p["status"]["phase"] == "Succeeded"),
+        "no Succeeded task Pod: {pods:?}"
+    );
+    // the DAG's status, written through dags/status
+    s.status_until("every-second", "status written by the operator", |st| {
+        st["lastScheduleTime"].is_string()
+            && st["recentRuns"].as_array().is_some_and(|r| !r.is_empty())
+    })
+    .await;
+    // an Event, written through events.k8s.io
+    s.cli(&[
+        "trigger",
+        "every-second",
+        "-n",
+        dag_ns,
+        "--logical-date",
+        "2024-01-01T00:00:00Z",
+    ]);
+    eventually(Duration::from_secs(60), "the TriggerHandled event", || {
+        let out =
+            s.ns.kubectl_ok(&["get", "events.events.k8s.io", "-o", "json"], None);
+        let found = serde_json::from_str::<Value>(&out)
+            .ok()
+            .is_some_and(|list| {
+                list["items"].as_array().is_some_and(|items| {
+                    items.iter().any(|e| {
+                        e["reason"] == "TriggerHandled"
+                            && e["reportingController"] == "dag-operator"
+                    })
+                })
+            });
+        async move { found.then_some(()) }
+    })
+    .await;
+    assert!(op.alive(), "the operator exited:\n{}", op.log_tail());
+    let log = std::fs::read_to_string(&op.log).unwrap_or_default();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the operator was refused something:\n{}",
+        op.log_tail()
+    );
+    let _ = std::fs::remove_file(&kubeconfig);
+}
+
+/// Numbers as f64, so `10000` and `10000.0` (one renderer's YAML and the other's) compare
+/// equal.
+fn numbers_as_floats(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => n.as_f64().map(Value::from).unwrap_or_else(|| v.clone()),
+        Value::Array(items) => Value::Array(items.iter().map(numbers_as_floats).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), numbers_as_floats(v)))
+                .collect(),
+        ),
+        _ => v.clone(),
+    }
+}
+
+/// The first place where `a` and `b` differ, as a JSON pointer with both values.
+fn first_difference(a: &Value, b: &Value, at: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let null = Value::Null;
+                first_difference(
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                    &format!("{at}/{k}"),
+                )
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (p, q))| first_difference(p, q, &format!("{at}/{i}"))),
+        _ => (a != b).then(|| format!("{at}: {a} != {b}")),
+    }
+}
+
+#[test]
+fn kustomize_install_holds_the_charts_default_objects() {
+    // d. the plain install renders the same objects as `helm template` with default values
+    let p = plane();
+    let manifests = p.repo.join("manifests").to_string_lossy().into_owned();
+    let kustomized = yaml_docs(&p.kubectl_ok(&["kustomize", &manifests], None));
+    let chart = chart();
+    let templated = yaml_docs(&helm_ok(&[
+        "template",
+        "dag-operator",
+        &chart,
+        "--namespace",
+        "dag-operator",
+        "--include-crds",
+    ]));
+
+    let key = |o: &Value| {
+        (
+            o["kind"].as_str().unwrap_or_default().to_string(),
+            o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            o["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    // labels say who applied them; everything else must be equal
+    let normalise = |o: &Value| {
+        let mut o = numbers_as_floats(o);
+        for pointer in ["/metadata/labels", "/spec/template/metadata/labels"] {
+            if let Some(m) = o.pointer_mut(pointer).and_then(Value::as_object_mut) {
+                m.remove("app.kubernetes.io/managed-by");
+            }
+        }
+        o
+    };
+    let by_key = |objects: &[Value]| -> BTreeMap<(String, String, String), Value> {
+        objects.iter().map(|o| (key(o), normalise(o))).collect()
+    };
+    let mut k = by_key(&kustomized);
+    let h = by_key(&templated);
+    assert_eq!(
+        k.len(),
+        kustomized.len(),
+        "duplicate objects in the kustomize install"
+    );
+    let namespace = k
+        .remove(&("Namespace".into(), "dag-operator".into(), String::new()))
+        .expect("the kustomize install creates namespace dag-operator");
+    assert_eq!(namespace["apiVersion"], "v1");
+    assert_eq!(
+        k.keys().collect::<Vec<_>>(),
+        h.keys().collect::<Vec<_>>(),
+        "kind/name/namespace differ"
+    );
+    for (key, object) in &h {
+        let other = &k[key];
+        // the parts the brief names, then the whole object
+        for pointer in [
+            "/rules",
+            "/roleRef",
+            "/subjects",
+            "/spec/template/spec/containers/0/args",
+            "/spec/template/spec/containers/0/env",
+            "/spec/template/spec/containers/0/securityContext",
+            "/spec/template/spec/securityContext",
+            "/spec/template/spec/serviceAccountName",
+        ] {
+            assert_eq!(
+                object.pointer(pointer),
+                other.pointer(pointer),
+                "{key:?} {pointer}: run scripts/render-manifests"
+            );
+        }
+        if let Some(diff) = first_difference(object, other, "") {
+            panic!("{key:?} differs at {diff}: run scripts/render-manifests");
+        }
+    }
+
+    // and the checked-in files are exactly what the script renders now
+    let out = Command::new(p.repo.join("scripts/render-manifests"))
+        .arg("--check")
+        .env("PATH", &p.path)
+        .output()
+        .expect("scripts/render-manifests runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
