@@ -113,19 +113,50 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
-fn unfinished_subcommands_say_so_and_exit_1() {
-    // backfill arrives with issue 7
-    let args = [
-        "backfill",
-        "etl",
-        "--start",
-        "2024-01-01T00:00:00Z",
-        "--end",
-        "2024-02-01T00:00:00Z",
-    ];
-    let o = run(&args);
-    assert_eq!(o.status.code(), Some(1), "{args:?}");
-    assert!(stderr(&o).contains("not implemented yet"), "{}", stderr(&o));
+fn backfill_refuses_a_bad_range_or_concurrency_before_talking_to_the_cluster() {
+    // the Go prototype's flag names are accepted too
+    for (args, needle) in [
+        (
+            vec![
+                "backfill",
+                "etl",
+                "--start",
+                "2024-02-01T00:00:00Z",
+                "--end",
+                "2024-01-01T00:00:00Z",
+            ],
+            "must be after --start",
+        ),
+        (
+            vec![
+                "backfill",
+                "--backfill-dag-id",
+                "etl",
+                "--backfill-start",
+                "2024-01-01T00:00:00Z",
+                "--backfill-end",
+                "2024-01-01T00:00:00Z",
+            ],
+            "must be after --start",
+        ),
+        (
+            vec![
+                "backfill",
+                "etl",
+                "--start",
+                "2024-01-01T00:00:00Z",
+                "--end",
+                "2024-02-01T00:00:00Z",
+                "--backfill-concurrency",
+                "0",
+            ],
+            "--concurrency 0",
+        ),
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
 }
 
 /// Runs the binary with no database configured at all (none of the variables the

@@ -94,10 +94,16 @@ async fn migrate_creates_the_schema_and_a_second_migrate_is_a_no_op() {
     let first = store.migrate_report().await.expect("first migrate");
     assert_eq!(
         first,
-        [AppliedMigration {
-            version: 1,
-            description: "init".into()
-        }]
+        [
+            AppliedMigration {
+                version: 1,
+                description: "init".into()
+            },
+            AppliedMigration {
+                version: 2,
+                description: "reprocess".into()
+            }
+        ]
     );
     let second = store.migrate_report().await.expect("second migrate");
     assert!(second.is_empty(), "{second:?}");
@@ -114,7 +120,7 @@ async fn migrate_creates_the_schema_and_a_second_migrate_is_a_no_op() {
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!(recorded, 1);
+    assert_eq!(recorded, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,9 +137,9 @@ async fn concurrent_migrations_from_four_replicas_apply_once() {
     for h in handles {
         reports.push(h.await.expect("task").expect("every migrate succeeds"));
     }
-    // under the lock exactly one replica applied 0001; the others found it applied
+    // under the lock exactly one replica applied the migrations; the others found them applied
     let applied: Vec<i64> = reports.iter().flatten().map(|m| m.version).collect();
-    assert_eq!(applied, [1], "{reports:?}");
+    assert_eq!(applied, [1, 2], "{reports:?}");
     let store = db.store();
     assert!(store.migrate_report().await.unwrap().is_empty());
     assert_eq!(count(&store, "dag_runs").await, 0);
@@ -166,7 +172,7 @@ async fn migrate_waits_for_the_sqlx_migration_lock() {
         .expect("migrate proceeds once the lock is free")
         .expect("task")
         .expect("migrate");
-    assert_eq!(report.len(), 1);
+    assert_eq!(report.len(), 2);
     let _ = holder.close().await;
 }
 
@@ -281,6 +287,7 @@ async fn task_instances_are_created_pending_at_try_one() {
         queued_at: None,
         started_at: None,
         ended_at: None,
+        attempt: 1,
     };
     assert_eq!(
         tasks,
@@ -699,7 +706,7 @@ async fn cli_migrate_then_runs_prints_the_runs() {
 
     let o = cli(&db.url, &["migrate"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    assert_eq!(text(&o.stdout), "applied 1 init\n");
+    assert_eq!(text(&o.stdout), "applied 1 init\napplied 2 reprocess\n");
     let o = cli(&db.url, &["migrate"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout), "up to date\n");
@@ -823,4 +830,78 @@ async fn cli_migrate_then_runs_prints_the_runs() {
     assert!(o.status.success());
     assert!(o.stdout.is_empty());
     assert!(text(&o.stderr).contains("No runs found"));
+}
+
+// ---- backfill reprocess ----------------------------------------------------------------
+
+#[tokio::test]
+async fn a_rerun_restarts_a_finished_run_in_place_with_new_tries_of_the_next_attempt() {
+    let db = TestDb::create("rerun").await;
+    let store = db.migrated().await;
+    let dag = DagKey::new("ns", "etl");
+    let inserted = store
+        .insert_runs(&[
+            run("ns", "etl", day(1), RunType::Scheduled, &["a", "b"]),
+            run("ns", "etl", day(2), RunType::Scheduled, &["a", "b"]),
+            run("ns", "etl", day(3), RunType::Scheduled, &["a"]),
+        ])
+        .await
+        .expect("insert");
+    let (failed, running) = (inserted[0].id, inserted[2].id);
+    set_task_state(&store, failed, "a", "failed").await;
+    set_run_state(&store, failed, "failed").await;
+    // a retry of a task already took try 2 of "b"
+    assert!(store.insert_task_try(failed, "b", 2, None, 1).await.unwrap());
+
+    let between = store.runs_between(&dag, day(1), day(3)).await.unwrap();
+    assert_eq!(
+        between.iter().map(|r| r.logical_date).collect::<Vec<_>>(),
+        [day(1), day(2)],
+        "half-open range"
+    );
+    assert_eq!(between[0].state, RunState::Failed);
+
+    let rerun = |id| dag_operator::store::Rerun {
+        id,
+        backfill_name: "bf".into(),
+        params: json!({"x": 1}),
+        tasks: vec![task("a"), task("b")],
+    };
+    let restarted = store
+        .rerun_runs(&[rerun(failed), rerun(running)])
+        .await
+        .expect("rerun");
+    // the running run is left alone
+    assert_eq!(restarted.len(), 1);
+    let r = &restarted[0];
+    assert_eq!((r.id, r.state, r.attempt), (failed, RunState::Running, 2));
+    assert_eq!(r.backfill_name.as_deref(), Some("bf"));
+    assert_eq!(r.params, json!({"x": 1}));
+    assert!(r.ended_at.is_none());
+    let tries = store.task_instances(&[failed]).await.unwrap();
+    let summary: Vec<(String, i32, i32, String)> = tries
+        .iter()
+        .map(|t| (t.task_name.clone(), t.try_number, t.attempt, t.state.clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("a".to_string(), 1, 1, "failed".to_string()),
+            ("a".to_string(), 2, 2, "pending".to_string()),
+            ("b".to_string(), 1, 1, "pending".to_string()),
+            ("b".to_string(), 2, 1, "queued".to_string()),
+            ("b".to_string(), 3, 2, "pending".to_string()),
+        ]
+    );
+    // a retry within the new attempt belongs to it
+    assert!(store.insert_task_try(failed, "a", 3, None, 1).await.unwrap());
+    let a3 = store.task_instances(&[failed]).await.unwrap();
+    assert!(a3.iter().any(|t| t.task_name == "a" && t.try_number == 3 && t.attempt == 2));
+
+    let counts = store.backfill_counts(&dag, "bf").await.unwrap();
+    assert_eq!((counts.running, counts.total()), (1, 1));
+    assert!(store.finish_run(failed, RunState::Success).await.unwrap());
+    let counts = store.backfill_counts(&dag, "bf").await.unwrap();
+    assert_eq!((counts.success, counts.running), (1, 0));
+    assert_eq!(store.backfill_counts(&dag, "other").await.unwrap().total(), 0);
 }

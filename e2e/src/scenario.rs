@@ -133,6 +133,24 @@ impl Setup {
             .unwrap_or_default()
     }
 
+    /// Waits for the (first) Pod of a run and returns its name.
+    pub async fn pod_of_run(&self, run: &RunRow) -> String {
+        let dag = run.dag.name.clone();
+        let id = run.id.to_string();
+        eventually(Duration::from_secs(90), &format!("pod of run {id}"), || {
+            let found = self.pods(&dag).into_iter().find_map(|p| {
+                (p["metadata"]["labels"]["dagoperator.io/run-id"] == id.as_str()).then(|| {
+                    p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+            });
+            async move { found }
+        })
+        .await
+    }
+
     /// Waits for the Pod of `task` try `try_number` of a DAG and returns its name.
     pub async fn pod_of(&self, dag: &str, task: &str, try_number: i32) -> String {
         eventually(

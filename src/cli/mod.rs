@@ -1,6 +1,7 @@
 //! The command line (SPEC §8). One file per subcommand; this file holds the clap model and
 //! the dispatch. Exit codes: 0 success, 1 runtime failure, 2 usage error.
 
+mod backfill;
 mod crds;
 mod migrate;
 mod run;
@@ -34,10 +35,6 @@ impl CliError {
             code: 1,
             message: message.to_string(),
         }
-    }
-
-    fn not_implemented(what: &str) -> Self {
-        CliError::runtime(format!("{what}: not implemented yet"))
     }
 }
 
@@ -401,7 +398,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Run(args) => run::run(*args),
         Command::Migrate(args) => migrate::run(&args),
         Command::Trigger(args) => trigger::run(args),
-        Command::Backfill(_) => Err(CliError::not_implemented("backfill")),
+        Command::Backfill(args) => backfill::run(args),
         Command::Runs(args) => runs::run(&args),
     }
 }

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dag_operator::api::DAG;
+use dag_operator::api::{Backfill, DAG};
+use dag_operator::controller::backfill::{self as backfill_controller, backfill_reference};
 use dag_operator::controller::status::{StatusUpdate, run_writer, summary};
 use dag_operator::controller::{Events, dag as dag_controller, dag_reference};
 use dag_operator::engine::{Command, Engine, EngineConfig, Output};
@@ -255,6 +256,7 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
         max_concurrent_runs: args.max_concurrent_runs,
         schedule_interval: Duration::from_secs(args.schedule_interval.max(1)),
         priority_aging: Duration::from_secs(args.priority_aging),
+        max_backfill_runs: args.max_backfill_runs,
     };
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
@@ -367,6 +369,23 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
                             metrics.observe_schedule_delay(d);
                         }
                     }
+                    Output::Backfill(key, report) => {
+                        let _ = status_tx.send(StatusUpdate::Backfill(key, report));
+                    }
+                    Output::BackfillEvent {
+                        backfill,
+                        warning,
+                        reason,
+                        message,
+                    } => {
+                        tracing::info!(backfill = %backfill, reason, %message, "event");
+                        let events = events.clone();
+                        tokio::spawn(async move {
+                            events
+                                .publish(&backfill_reference(&backfill), warning, reason, message)
+                                .await;
+                        });
+                    }
                     Output::RunsCancelled(runs) => {
                         tracing::info!(
                             count = runs.len(),
@@ -390,6 +409,11 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    let backfills: Api<Backfill> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    tokio::spawn(backfill_controller::run(backfills, cmd_tx.clone()));
     let ctx = Arc::new(dag_controller::Context::new(
         cmd_tx, status_tx, events, default_tz,
     ));

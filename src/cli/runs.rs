@@ -205,6 +205,7 @@ mod tests {
             queued_at: None,
             started_at: None,
             ended_at: None,
+            attempt: 1,
         }
     }
 

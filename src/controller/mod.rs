@@ -1,6 +1,7 @@
 //! kube-runtime controllers: they validate resources, hand changes to the engine, and write
 //! status (by server-side apply) and events. The engine never talks to the API server itself.
 
+pub mod backfill;
 pub mod dag;
 pub mod status;
 

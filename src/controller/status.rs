@@ -1,4 +1,4 @@
-//! The DAG status writer. Two sources feed it — the DAG controller (is the spec valid?) and
+//! The status writer (DAGs, Pools, Backfills). Two sources feed it — the DAG controller (is the spec valid?) and
 //! the engine (counts, schedule times, triggers, store health) — and it alone writes
 //! `status`, whole, by server-side apply with one field manager. Changes are coalesced: a DAG
 //! that changes ten times between two flushes is written once.
@@ -12,11 +12,12 @@ use kube::api::{Api, Patch, PatchParams};
 use tokio::sync::mpsc;
 
 use super::FIELD_MANAGER;
+use crate::api::Backfill;
 use crate::api::conditions::{Condition, READY, set_condition};
 use crate::api::dag::RunSummary;
 use crate::api::{DAG, DagStatus};
 use crate::api::{Pool, PoolStatus};
-use crate::engine::SchedulingStatus;
+use crate::engine::{BackfillReport, SchedulingStatus};
 use crate::executor::PoolUsage;
 use crate::store::DagKey;
 
@@ -41,6 +42,8 @@ pub enum StatusUpdate {
     MissingPools(DagKey, Vec<String>),
     /// a Pool's usage (written to the Pool's status)
     Pool(PoolUsage),
+    /// a Backfill's status from the engine (key: namespace and Backfill name)
+    Backfill(DagKey, BackfillReport),
     Removed(DagKey),
 }
 
@@ -138,6 +141,8 @@ pub async fn run_writer(client: kube::Client, mut updates: mpsc::UnboundedReceiv
     // Pool statuses to write, and the conditions last written per Pool
     let mut pools: BTreeMap<(String, String), PoolUsage> = BTreeMap::new();
     let mut pool_conditions: HashMap<(String, String), Vec<Condition>> = HashMap::new();
+    let mut backfills: BTreeMap<DagKey, BackfillReport> = BTreeMap::new();
+    let mut backfill_conditions: HashMap<DagKey, Vec<Condition>> = HashMap::new();
     let params = Arc::new(PatchParams::apply(FIELD_MANAGER).force());
     loop {
         // wait for the first change, then gather what else arrives in a short window
@@ -190,6 +195,9 @@ pub async fn run_writer(client: kube::Client, mut updates: mpsc::UnboundedReceiv
                 }
                 StatusUpdate::Pool(usage) => {
                     pools.insert((usage.namespace.clone(), usage.name.clone()), usage);
+                }
+                StatusUpdate::Backfill(key, report) => {
+                    backfills.insert(key, report);
                 }
                 StatusUpdate::Removed(key) => {
                     models.remove(&key);
@@ -261,6 +269,46 @@ pub async fn run_writer(client: kube::Client, mut updates: mpsc::UnboundedReceiv
                     pools_failed.push(((ns, name), usage));
                 }
             }
+        }
+        let mut backfills_failed = Vec::new();
+        for (key, report) in std::mem::take(&mut backfills) {
+            let conditions = backfill_conditions.entry(key.clone()).or_default();
+            let (ready, reason, message) = &report.ready;
+            set_condition(
+                conditions,
+                Condition::new(
+                    READY,
+                    *ready,
+                    reason,
+                    message.clone(),
+                    report.status.observed_generation,
+                    now,
+                ),
+            );
+            let mut status = report.status.clone();
+            status.conditions = conditions.clone();
+            let api: Api<Backfill> = Api::namespaced(client.clone(), &key.namespace);
+            let patch = serde_json::json!({
+                "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
+                "kind": "Backfill",
+                "status": status,
+            });
+            match api
+                .patch_status(&key.name, params, &Patch::Apply(&patch))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    backfill_conditions.remove(&key);
+                }
+                Err(e) => {
+                    tracing::warn!(backfill = %key, error = %e, "backfill status write failed; will retry");
+                    backfills_failed.push((key, report));
+                }
+            }
+        }
+        for (k, r) in backfills_failed {
+            backfills.entry(k).or_insert(r);
         }
         if !failed.is_empty() || !pools_failed.is_empty() {
             dirty.extend(failed);

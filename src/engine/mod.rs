@@ -7,6 +7,8 @@
 //! controllable clock. It talks to PostgreSQL through [`RunStore`] and reports what users
 //! should see (status fields, events) as [`Output`]s.
 
+mod backfill;
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +22,9 @@ use crate::api::dag::{ConcurrencyPolicy, DagSpec};
 use crate::gate::{Gate, GateError, MemoryGate, key as gate_key};
 use crate::queue::{AdmissionQueue, Entry, EntryId, RunClass};
 use crate::schedule::{CatchupPolicy, CatchupRequest, Schedule, catch_up, data_interval};
-use crate::store::{DagKey, NewRun, NewTask, RunStore, RunType, StoreError};
+use crate::store::{DagKey, NewRun, NewTask, Rerun, RunStore, RunType, StoreError};
+
+pub use backfill::{BackfillInfo, BackfillReport, PLANNED_DATES_SHOWN};
 
 /// Operator-wide settings the engine applies.
 #[derive(Clone, Debug)]
@@ -32,6 +36,8 @@ pub struct EngineConfig {
     /// longest gap between passes
     pub schedule_interval: Duration,
     pub priority_aging: Duration,
+    /// a Backfill planning more runs is Invalid
+    pub max_backfill_runs: u64,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +49,7 @@ impl Default for EngineConfig {
             max_concurrent_runs: 100,
             schedule_interval: Duration::from_secs(10),
             priority_aging: Duration::from_secs(300),
+            max_backfill_runs: 1_000_000,
         }
     }
 }
@@ -77,6 +84,10 @@ pub enum Command {
     Remove(DagKey),
     /// runs ended (the executor finished them): their slots are free
     RunsEnded(Vec<Uuid>),
+    /// a Backfill was created or changed
+    UpsertBackfill(Box<BackfillInfo>),
+    /// a Backfill was deleted: no more admissions; its running runs finish
+    RemoveBackfill(DagKey),
 }
 
 /// The scheduling part of a DAG's status.
@@ -112,6 +123,15 @@ pub enum Output {
     },
     /// runs were cancelled by concurrencyPolicy Replace (their Pods must go)
     RunsCancelled(Vec<(DagKey, Uuid)>),
+    /// a Backfill's status changed (key: namespace and Backfill name)
+    Backfill(DagKey, BackfillReport),
+    /// an event on a Backfill (started, succeeded, failed, invalid)
+    BackfillEvent {
+        backfill: DagKey,
+        warning: bool,
+        reason: &'static str,
+        message: String,
+    },
     /// after each pass: queue depth by class [backfill, scheduled, manual] and running runs
     Load {
         queue_depth: [usize; 3],
@@ -122,6 +142,8 @@ pub enum Output {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum LimitKey {
     Dag(DagKey),
+    /// a Backfill's `concurrency` (namespace, Backfill name)
+    Backfill(DagKey),
 }
 
 #[derive(Clone, Debug)]
@@ -131,6 +153,10 @@ struct Pending {
     run_type: RunType,
     params: serde_json::Value,
     enqueued_ms: i64,
+    /// the Backfill that planned it
+    backfill: Option<String>,
+    /// an existing run to re-run in place (Backfill reprocess)
+    rerun: Option<Uuid>,
 }
 
 struct DagState {
@@ -176,6 +202,9 @@ pub struct Engine<S: RunStore, G: Gate = MemoryGate> {
     active_total: usize,
     store_ok: bool,
     dirty: BTreeSet<DagKey>,
+    backfills: HashMap<DagKey, backfill::BackfillState>,
+    /// (dag, logical date) of running Backfill runs -> the Backfill holding a slot for it
+    bf_slots: HashMap<(DagKey, DateTime<Utc>), String>,
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -223,6 +252,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             active_total: 0,
             store_ok: true,
             dirty: BTreeSet::new(),
+            backfills: HashMap::new(),
+            bf_slots: HashMap::new(),
         }
     }
 
@@ -232,7 +263,12 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         let running = self.store.running_runs().await?;
         self.known_last_ticks = last.into_iter().collect();
         self.orphan_active.clear();
+        self.bf_slots.clear();
         for run in running {
+            if let Some(bf) = &run.backfill_name {
+                self.bf_slots
+                    .insert((run.dag.clone(), run.logical_date), bf.clone());
+            }
             self.orphan_active
                 .entry(run.dag.clone())
                 .or_default()
@@ -288,6 +324,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             Command::Upsert(info) => self.upsert(*info, now),
             Command::Remove(key) => self.remove(&key),
             Command::RunsEnded(ids) => self.runs_ended(&ids),
+            Command::UpsertBackfill(info) => self.upsert_backfill(*info),
+            Command::RemoveBackfill(key) => self.remove_backfill(&key),
         }
     }
 
@@ -316,6 +354,11 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         for id in ids {
             if let Some(e) = self.queue.remove(id) {
                 dropped.push(e.payload);
+            }
+        }
+        for p in &dropped {
+            if let Some(bf) = &p.backfill {
+                self.backfill_dequeued(&p.dag, bf);
             }
         }
         if let Some(state) = self.dags.get_mut(key) {
@@ -422,6 +465,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 run_type: RunType::Manual,
                 params,
                 enqueued_ms: ms(now),
+                backfill: None,
+                rerun: None,
             },
             RunClass::Manual,
             spec.priority,
@@ -438,13 +483,20 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         let key = pending.dag.clone();
         let enqueued = pending.enqueued_ms;
         let date = pending.logical_date.timestamp();
+        let mut keys = vec![LimitKey::Dag(key.clone())];
+        if let Some(bf) = &pending.backfill {
+            keys.push(backfill::limit_key(&key, bf));
+            if let Some(state) = self.backfills.get_mut(&DagKey::new(&key.namespace, bf)) {
+                state.queued += 1;
+            }
+        }
         self.queue.push(
             Entry {
                 payload: pending,
                 class,
                 priority,
                 logical_date: date,
-                keys: vec![LimitKey::Dag(key.clone())],
+                keys,
             },
             enqueued,
         );
@@ -528,6 +580,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                     run_type: RunType::Scheduled,
                     params: params.clone(),
                     enqueued_ms: ms(tick).min(ms(now)),
+                    backfill: None,
+                    rerun: None,
                 },
                 RunClass::Scheduled,
                 spec.priority,
@@ -550,7 +604,17 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             self.plan_due(&key, now);
         }
         self.maintain_leases().await;
+        if let Err(e) = self.feed_backfills(now).await {
+            self.set_store_ok(false);
+            return Err(e);
+        }
         let result = self.admit(now).await;
+        if result.is_ok() {
+            if let Err(e) = self.report_backfills(now).await {
+                self.set_store_ok(false);
+                return Err(e);
+            }
+        }
         self.flush_status();
         result
     }
@@ -648,17 +712,28 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         let global = self.cfg.max_concurrent_runs as usize;
         let mut batch: Vec<Pending> = Vec::new();
         let mut in_batch: HashMap<DagKey, usize> = HashMap::new();
+        let mut bf_in_batch: HashMap<DagKey, usize> = HashMap::new();
         while self.active_total + batch.len() < global {
             let dags = &self.dags;
+            let backfills = &self.backfills;
             let popped = self.queue.pop(ms(now), |k| match k {
                 LimitKey::Dag(key) => dags.get(key).is_none_or(|s| {
                     s.active.len() + in_batch.get(key).copied().unwrap_or(0) >= s.max_active()
                 }),
+                LimitKey::Backfill(key) => backfills
+                    .get(key)
+                    .is_none_or(|b| b.is_full(bf_in_batch.get(key).copied().unwrap_or(0))),
             });
             let Some((_, entry)) = popped else {
                 break;
             };
             let p = entry.payload;
+            if let Some(bf) = &p.backfill {
+                self.backfill_dequeued(&p.dag, bf);
+                *bf_in_batch
+                    .entry(DagKey::new(&p.dag.namespace, bf))
+                    .or_default() += 1;
+            }
             let Some(state) = self.dags.get_mut(&p.dag) else {
                 continue;
             };
@@ -722,11 +797,61 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         }
         let runs: Vec<NewRun> = batch
             .iter()
+            .filter(|p| p.rerun.is_none())
             .filter_map(|p| self.dags.get(&p.dag).map(|s| new_run(s, p)))
             .collect();
-        match self.store.insert_runs(&runs).await {
+        let reruns: Vec<Rerun> = batch
+            .iter()
+            .filter_map(|p| {
+                let id = p.rerun?;
+                let state = self.dags.get(&p.dag)?;
+                let run = new_run(state, p);
+                Some(Rerun {
+                    id,
+                    backfill_name: p.backfill.clone()?,
+                    params: run.params,
+                    tasks: run.tasks,
+                })
+            })
+            .collect();
+        let stored = match self.store.insert_runs(&runs).await {
+            Ok(mut inserted) => match self.store.rerun_runs(&reruns).await {
+                Ok(rerun) => {
+                    inserted.extend(rerun);
+                    Ok(inserted)
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match stored {
             Ok(inserted) => {
                 self.set_store_ok(true);
+                // Backfill dates another run took first count as skipped; their Backfill
+                // slot goes back (the run's own slots belong to whoever runs it)
+                let created: std::collections::HashSet<(DagKey, DateTime<Utc>)> = inserted
+                    .iter()
+                    .map(|r| (r.dag.clone(), r.logical_date))
+                    .collect();
+                for p in &batch {
+                    if let Some(bf) = &p.backfill {
+                        if !created.contains(&(p.dag.clone(), p.logical_date)) {
+                            self.backfill_date_taken(&p.dag, bf);
+                            let key = gate_key::backfill_runs(&p.dag.namespace, bf);
+                            let _ = self
+                                .gate
+                                .release(&key, &holder(&p.dag, p.logical_date))
+                                .await;
+                        }
+                    }
+                }
+                for run in &inserted {
+                    if let Some(bf) = &run.backfill_name {
+                        self.bf_slots
+                            .insert((run.dag.clone(), run.logical_date), bf.clone());
+                        self.backfill_run_started(&run.dag, bf, run.id);
+                    }
+                }
                 let mut created: HashMap<RunType, (usize, Vec<f64>)> = HashMap::new();
                 for run in &inserted {
                     let Some(state) = self.dags.get_mut(&run.dag) else {
@@ -737,9 +862,16 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                         state.last_persisted = state.last_persisted.max(Some(run.logical_date));
                     }
                     let delay = (now - run.logical_date).num_milliseconds() as f64 / 1000.0;
-                    let slot = created.entry(run.run_type).or_default();
+                    // a re-run in place (Backfill reprocess) is backfill work whatever it was
+                    let rerun = run.attempt > 1;
+                    let run_type = if rerun {
+                        RunType::Backfill
+                    } else {
+                        run.run_type
+                    };
+                    let slot = created.entry(run_type).or_default();
                     slot.0 += 1;
-                    if run.run_type == RunType::Scheduled {
+                    if run_type == RunType::Scheduled {
                         slot.1.push(delay.max(0.0));
                     }
                 }
@@ -766,6 +898,14 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     }
 
     fn requeue(&mut self, p: Pending) {
+        if p.backfill.is_some()
+            && !self.backfills.contains_key(&DagKey::new(
+                &p.dag.namespace,
+                p.backfill.as_deref().unwrap_or_default(),
+            ))
+        {
+            return; // its Backfill is gone
+        }
         let Some(priority) = self.dags.get(&p.dag).map(|s| s.info.spec.priority) else {
             return;
         };
@@ -814,9 +954,27 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 }
             }
             match self.gate.acquire(&dag_key, &h, 1, dag_limit).await {
+                Ok(true) => {}
+                other => {
+                    let _ = self.gate.release(gate_key::GLOBAL_RUNS, &h).await;
+                    if let Err(e) = other {
+                        error = Some(e);
+                    }
+                    refused.push(p);
+                    continue;
+                }
+            }
+            let Some(bf) = p.backfill.clone() else {
+                admitted.push(p);
+                continue;
+            };
+            let bf_key = gate_key::backfill_runs(&p.dag.namespace, &bf);
+            let limit = self.backfill_limit(&p.dag, &bf);
+            match self.gate.acquire(&bf_key, &h, 1, limit).await {
                 Ok(true) => admitted.push(p),
                 other => {
                     let _ = self.gate.release(gate_key::GLOBAL_RUNS, &h).await;
+                    let _ = self.gate.release(&dag_key, &h).await;
                     if let Err(e) = other {
                         error = Some(e);
                     }
@@ -832,7 +990,13 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     async fn maintain_leases(&mut self) {
         for (dag, date) in std::mem::take(&mut self.pending_release) {
             let h = holder(&dag, date);
+            let bf = self.bf_slots.remove(&(dag.clone(), date));
             let released = async {
+                if let Some(bf) = &bf {
+                    self.gate
+                        .release(&gate_key::backfill_runs(&dag.namespace, bf), &h)
+                        .await?;
+                }
                 self.gate.release(gate_key::GLOBAL_RUNS, &h).await?;
                 self.gate
                     .release(&gate_key::dag_runs(&dag.namespace, &dag.name), &h)
@@ -862,6 +1026,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         let mut leases = Vec::with_capacity(runs.len() * 2);
         for (dag, date) in &runs {
             let h = holder(dag, *date);
+            if let Some(bf) = self.bf_slots.get(&(dag.clone(), *date)) {
+                leases.push((gate_key::backfill_runs(&dag.namespace, bf), h.clone()));
+            }
             leases.push((gate_key::GLOBAL_RUNS.to_string(), h.clone()));
             leases.push((gate_key::dag_runs(&dag.namespace, &dag.name), h));
         }
@@ -926,12 +1093,30 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         }
         self.orphan_active.retain(|_, v| !v.is_empty());
         self.recount_active();
+        self.backfill_runs_ended(ids);
     }
 
     /// Re-reads the running runs from the store (runs ended by the executor or by hand).
     pub async fn resync_active(&mut self) -> Result<(), StoreError> {
         let running = self.store.running_runs().await?;
         let mut by_dag: HashMap<DagKey, Vec<(Uuid, DateTime<Utc>)>> = HashMap::new();
+        let running_ids: std::collections::HashSet<Uuid> = running.iter().map(|r| r.id).collect();
+        for run in &running {
+            if let Some(bf) = &run.backfill_name {
+                self.bf_slots
+                    .entry((run.dag.clone(), run.logical_date))
+                    .or_insert_with(|| bf.clone());
+            }
+        }
+        let ended: Vec<Uuid> = self
+            .backfills
+            .values()
+            .flat_map(|b| b.active_ids())
+            .filter(|id| !running_ids.contains(id))
+            .collect();
+        if !ended.is_empty() {
+            self.backfill_runs_ended(&ended);
+        }
         for run in running {
             by_dag
                 .entry(run.dag.clone())
@@ -1056,7 +1241,7 @@ fn new_run(state: &DagState, p: &Pending) -> NewRun {
         dag: p.dag.clone(),
         dag_uid: state.info.uid.clone(),
         run_type: p.run_type,
-        backfill_name: None,
+        backfill_name: p.backfill.clone(),
         logical_date: p.logical_date,
         data_interval_start: interval.start,
         data_interval_end: interval.end,

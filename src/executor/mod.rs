@@ -351,7 +351,15 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
         let rows = self.store.task_instances(&ids).await?;
         // the latest try of each task of each run
         let mut latest: HashMap<Uuid, BTreeMap<String, TaskRow>> = HashMap::new();
+        // the first try of each task's latest attempt: retries count from it
+        let mut first_try: HashMap<(Uuid, String), (i32, i32)> = HashMap::new();
         for row in rows {
+            let first = first_try
+                .entry((row.run_id, row.task_name.clone()))
+                .or_insert((row.attempt, row.try_number));
+            if row.attempt > first.0 || (row.attempt == first.0 && row.try_number < first.1) {
+                *first = (row.attempt, row.try_number);
+            }
             let tasks = latest.entry(row.run_id).or_default();
             match tasks.get(&row.task_name) {
                 Some(existing) if existing.try_number >= row.try_number => {}
@@ -385,9 +393,16 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
                 let Some(row) = tasks.get(&spec.name).cloned() else {
                     continue;
                 };
+                // tries of this task in the run's current attempt, this one included
+                let tries_used = first_try
+                    .get(&(run.id, spec.name.clone()))
+                    .map_or(row.try_number, |(_, first)| row.try_number - first + 1);
                 match TaskState::parse(&row.state) {
                     Some(TaskState::Running) => {
-                        if let Some(new) = self.check_running(pods, run, spec, &row, now).await? {
+                        if let Some(new) = self
+                            .check_running(pods, run, spec, &row, tries_used, now)
+                            .await?
+                        {
                             tasks.insert(spec.name.clone(), new);
                         }
                     }
@@ -396,7 +411,7 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
                             spec.retry_backoff,
                             spec.retry_delay_seconds,
                             spec.max_retry_delay_seconds,
-                            row.try_number,
+                            tries_used,
                         );
                         let due = row.ended_at.is_none_or(|t| {
                             t + chrono::Duration::from_std(delay).unwrap_or_default() <= now
@@ -799,6 +814,7 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
         run: &RunRow,
         spec: &crate::api::TaskSpec,
         row: &TaskRow,
+        tries_used: i32,
         now: DateTime<Utc>,
     ) -> Result<Option<TaskRow>, StoreError> {
         let name = row
@@ -838,7 +854,7 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
         let (to, exit_code, message) = match outcome {
             Ok(()) => ("success", Some(0), None),
             Err((code, message)) => {
-                let to = if row.try_number <= spec.retries {
+                let to = if tries_used <= spec.retries {
                     "up_for_retry"
                 } else {
                     "failed"

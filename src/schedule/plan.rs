@@ -185,10 +185,14 @@ impl<'a> BackfillPlan<'a> {
         self.count_up_to(u64::MAX - 1)
     }
 
-    /// The ticks in the plan's order.
-    pub fn iter(&self) -> BackfillTicks<'a> {
+    /// The ticks in the plan's order. The iterator owns (a cheap clone of) the schedule, so
+    /// it can be kept and resumed later.
+    pub fn iter(&self) -> BackfillTicks {
         BackfillTicks {
-            plan: *self,
+            schedule: self.schedule.clone(),
+            start: self.start,
+            end: self.end,
+            order: self.order,
             forward_cursor: self.start - 1,
             reverse_hi: self.end,
             window: 3600,
@@ -199,8 +203,11 @@ impl<'a> BackfillPlan<'a> {
 
 /// Iterator over a backfill plan. Newest-first walks backwards one window at a time, so it
 /// never holds more than a few thousand ticks.
-pub struct BackfillTicks<'a> {
-    plan: BackfillPlan<'a>,
+pub struct BackfillTicks {
+    schedule: Schedule,
+    start: i64,
+    end: i64,
+    order: BackfillOrder,
     forward_cursor: i64,
     reverse_hi: i64,
     window: i64,
@@ -209,10 +216,10 @@ pub struct BackfillTicks<'a> {
 
 const REVERSE_CHUNK: usize = 4096;
 
-impl BackfillTicks<'_> {
+impl BackfillTicks {
     fn next_forward(&mut self) -> Option<i64> {
-        let tick = self.plan.schedule.next_after_secs(self.forward_cursor)?;
-        if tick >= self.plan.end {
+        let tick = self.schedule.next_after_secs(self.forward_cursor)?;
+        if tick >= self.end {
             return None;
         }
         self.forward_cursor = tick;
@@ -221,12 +228,12 @@ impl BackfillTicks<'_> {
 
     fn next_reverse(&mut self) -> Option<i64> {
         while self.buffer.is_empty() {
-            if self.reverse_hi <= self.plan.start {
+            if self.reverse_hi <= self.start {
                 return None;
             }
-            let lo = self.plan.start.max(self.reverse_hi - self.window);
+            let lo = self.start.max(self.reverse_hi - self.window);
             let mut cursor = lo - 1;
-            while let Some(tick) = self.plan.schedule.next_after_secs(cursor) {
+            while let Some(tick) = self.schedule.next_after_secs(cursor) {
                 if tick >= self.reverse_hi {
                     break;
                 }
@@ -244,11 +251,11 @@ impl BackfillTicks<'_> {
     }
 }
 
-impl Iterator for BackfillTicks<'_> {
+impl Iterator for BackfillTicks {
     type Item = DateTime<Utc>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let tick = match self.plan.order {
+        let tick = match self.order {
             BackfillOrder::OldestFirst => self.next_forward(),
             BackfillOrder::NewestFirst => self.next_reverse(),
         }?;

@@ -155,6 +155,42 @@ pub struct TaskRow {
     pub queued_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// the run attempt this try belongs to (a Backfill's reprocess starts a new one)
+    pub attempt: i32,
+}
+
+/// What a Backfill needs to know of an existing run in its range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DateRun {
+    pub id: Uuid,
+    pub logical_date: DateTime<Utc>,
+    pub state: RunState,
+    pub backfill_name: Option<String>,
+}
+
+/// A finished run to run again in place (Backfill `reprocess`): `attempt` + 1, `running`
+/// now, new `pending` tries for `tasks`; earlier tries stay.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rerun {
+    pub id: Uuid,
+    pub backfill_name: String,
+    pub params: serde_json::Value,
+    pub tasks: Vec<NewTask>,
+}
+
+/// The runs a Backfill created or re-ran, by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackfillCounts {
+    pub running: i64,
+    pub success: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+}
+
+impl BackfillCounts {
+    pub fn total(&self) -> i64 {
+        self.running + self.success + self.failed + self.cancelled
+    }
 }
 
 /// Which runs `list_runs` returns (newest logical date first).
@@ -220,6 +256,28 @@ pub trait RunStore: Send + Sync + 'static {
         pool: Option<&str>,
         pool_slots: i32,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The runs of a DAG with a logical date in `[start, end)`, oldest first.
+    fn runs_between(
+        &self,
+        dag: &DagKey,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<DateRun>, StoreError>> + Send;
+
+    /// Re-runs finished runs in place, in one transaction. A run that is running is left
+    /// alone. Returns the runs re-started.
+    fn rerun_runs(
+        &self,
+        reruns: &[Rerun],
+    ) -> impl Future<Output = Result<Vec<RunRow>, StoreError>> + Send;
+
+    /// The runs of `dag` that Backfill `backfill` created or re-ran, by state.
+    fn backfill_counts(
+        &self,
+        dag: &DagKey,
+        backfill: &str,
+    ) -> impl Future<Output = Result<BackfillCounts, StoreError>> + Send;
 
     /// Ends a running run in `state` (success or failed) now. False if it was not running.
     fn finish_run(

@@ -20,8 +20,8 @@ use sqlx::{Connection, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    DagKey, NewRun, NewTask, RunFilter, RunRow, RunState, RunStore, RunType, StoreError, TaskRow,
-    TaskUpdate,
+    BackfillCounts, DagKey, DateRun, NewRun, NewTask, Rerun, RunFilter, RunRow, RunState, RunStore,
+    RunType, StoreError, TaskRow, TaskUpdate,
 };
 
 /// The embedded migrations (`migrations/` at the repository root).
@@ -224,6 +224,7 @@ fn task_from_row(row: &PgRow) -> Result<TaskRow, StoreError> {
         queued_at: row.try_get("queued_at")?,
         started_at: row.try_get("started_at")?,
         ended_at: row.try_get("ended_at")?,
+        attempt: row.try_get("attempt")?,
     })
 }
 
@@ -475,7 +476,7 @@ impl RunStore for PgStore {
         }
         let rows = sqlx::query(
             "SELECT run_id, task_name, try_number, state, pool, pool_slots, pod_name, \
-                 exit_code, message, queued_at, started_at, ended_at \
+                 exit_code, message, queued_at, started_at, ended_at, attempt \
              FROM task_instances WHERE run_id = ANY($1::uuid[]) \
              ORDER BY run_id, task_name, try_number",
         )
@@ -521,8 +522,10 @@ impl RunStore for PgStore {
         pool_slots: i32,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "INSERT INTO task_instances (run_id, task_name, try_number, state, pool, pool_slots, queued_at) \
-             VALUES ($1, $2, $3, 'queued', $4, $5, now()) ON CONFLICT DO NOTHING",
+            "INSERT INTO task_instances \
+                 (run_id, task_name, try_number, state, pool, pool_slots, queued_at, attempt) \
+             SELECT $1, $2, $3, 'queued', $4, $5, now(), r.attempt FROM dag_runs r WHERE r.id = $1 \
+             ON CONFLICT DO NOTHING",
         )
         .bind(run_id)
         .bind(task_name)
@@ -532,6 +535,130 @@ impl RunStore for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn runs_between(
+        &self,
+        dag: &DagKey,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<Vec<DateRun>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, logical_date, state, backfill_name FROM dag_runs \
+             WHERE namespace = $1 AND dag_name = $2 AND logical_date >= $3 AND logical_date < $4 \
+             ORDER BY logical_date",
+        )
+        .bind(&dag.namespace)
+        .bind(&dag.name)
+        .bind(start)
+        .bind(end)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                Ok(DateRun {
+                    id: row.try_get("id")?,
+                    logical_date: row.try_get("logical_date")?,
+                    state: RunState::parse(&state).ok_or(StoreError::Corrupt {
+                        column: "dag_runs.state",
+                        value: state,
+                    })?,
+                    backfill_name: row.try_get("backfill_name")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn rerun_runs(&self, reruns: &[Rerun]) -> Result<Vec<RunRow>, StoreError> {
+        if reruns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<Uuid> = reruns.iter().map(|r| r.id).collect();
+        let backfills: Vec<&str> = reruns.iter().map(|r| r.backfill_name.as_str()).collect();
+        let params: Vec<&serde_json::Value> = reruns.iter().map(|r| &r.params).collect();
+        let rows = sqlx::query(concat!(
+            "UPDATE dag_runs SET state = 'running', attempt = dag_runs.attempt + 1, \
+                 backfill_name = r.r_backfill, params = r.r_params, started_at = now(), \
+                 ended_at = NULL \
+             FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[]) AS r(r_id, r_backfill, r_params) \
+             WHERE dag_runs.id = r.r_id AND dag_runs.state <> 'running' \
+             RETURNING ",
+            run_columns!()
+        ))
+        .bind(&ids)
+        .bind(&backfills)
+        .bind(&params)
+        .fetch_all(&mut *tx)
+        .await?;
+        let restarted: Vec<RunRow> = rows.iter().map(run_from_row).collect::<Result<_, _>>()?;
+        let (mut run_ids, mut names, mut pools, mut slots) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for run in &restarted {
+            let Some(rerun) = reruns.iter().find(|r| r.id == run.id) else {
+                continue;
+            };
+            for task in &rerun.tasks {
+                run_ids.push(run.id);
+                names.push(task.task_name.as_str());
+                pools.push(task.pool.as_deref());
+                slots.push(task.pool_slots);
+            }
+        }
+        // each task's new try follows its latest one; the new attempt's tries start pending
+        sqlx::query(
+            "INSERT INTO task_instances (run_id, task_name, try_number, state, pool, pool_slots, attempt) \
+             SELECT t.run_id, t.task_name, \
+                 COALESCE((SELECT max(i.try_number) FROM task_instances i \
+                     WHERE i.run_id = t.run_id AND i.task_name = t.task_name), 0) + 1, \
+                 'pending', t.pool, t.pool_slots, d.attempt \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[]) \
+                 AS t(run_id, task_name, pool, pool_slots) \
+             JOIN dag_runs d ON d.id = t.run_id",
+        )
+        .bind(&run_ids)
+        .bind(&names)
+        .bind(&pools)
+        .bind(&slots)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(restarted)
+    }
+
+    async fn backfill_counts(
+        &self,
+        dag: &DagKey,
+        backfill: &str,
+    ) -> Result<BackfillCounts, StoreError> {
+        let rows = sqlx::query(
+            "SELECT state, count(*) AS n FROM dag_runs \
+             WHERE namespace = $1 AND dag_name = $2 AND backfill_name = $3 GROUP BY state",
+        )
+        .bind(&dag.namespace)
+        .bind(&dag.name)
+        .bind(backfill)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = BackfillCounts::default();
+        for row in rows {
+            let state: String = row.try_get("state")?;
+            let n: i64 = row.try_get("n")?;
+            match RunState::parse(&state) {
+                Some(RunState::Running) => counts.running = n,
+                Some(RunState::Success) => counts.success = n,
+                Some(RunState::Failed) => counts.failed = n,
+                Some(RunState::Cancelled) => counts.cancelled = n,
+                None => {
+                    return Err(StoreError::Corrupt {
+                        column: "dag_runs.state",
+                        value: state,
+                    });
+                }
+            }
+        }
+        Ok(counts)
     }
 
     async fn finish_run(&self, id: Uuid, state: RunState) -> Result<bool, StoreError> {

@@ -1,0 +1,83 @@
+//! The Backfill controller (SPEC §2.3): hands every Backfill to the engine as it is created or
+//! changed, and tells it when one is deleted (also deletions missed while the watch was down,
+//! found by relisting). Planning, admission and status live in the engine
+//! (`engine/backfill.rs`); the status writer writes what the engine reports.
+
+use std::collections::HashSet;
+
+use futures::StreamExt;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::mpsc;
+
+use crate::api::Backfill;
+use crate::engine::{BackfillInfo, Command};
+use crate::store::DagKey;
+
+fn key_of(bf: &Backfill) -> Option<DagKey> {
+    Some(DagKey::new(
+        bf.metadata.namespace.clone()?,
+        bf.metadata.name.clone()?,
+    ))
+}
+
+/// A reference to a Backfill object for events.
+pub fn backfill_reference(key: &DagKey) -> k8s_openapi::api::core::v1::ObjectReference {
+    k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(format!("{}/{}", crate::api::GROUP, crate::api::VERSION)),
+        kind: Some("Backfill".to_string()),
+        name: Some(key.name.clone()),
+        namespace: Some(key.namespace.clone()),
+        ..Default::default()
+    }
+}
+
+/// Watches Backfills until the engine goes away.
+pub async fn run(api: Api<Backfill>, commands: mpsc::Sender<Command>) {
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    let mut known: HashSet<DagKey> = HashSet::new();
+    let mut relisted: HashSet<DagKey> = HashSet::new();
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!(error = %e, "backfill watch error (retrying)");
+                continue;
+            }
+        };
+        let mut send = Vec::new();
+        match event {
+            watcher::Event::Apply(bf) | watcher::Event::InitApply(bf) => {
+                if let Some(key) = key_of(&bf) {
+                    relisted.insert(key.clone());
+                    known.insert(key.clone());
+                    send.push(Command::UpsertBackfill(Box::new(BackfillInfo {
+                        key,
+                        generation: bf.metadata.generation,
+                        spec: bf.spec.clone(),
+                    })));
+                }
+            }
+            watcher::Event::Delete(bf) => {
+                if let Some(key) = key_of(&bf) {
+                    known.remove(&key);
+                    send.push(Command::RemoveBackfill(key));
+                }
+            }
+            watcher::Event::Init => relisted.clear(),
+            watcher::Event::InitDone => {
+                let gone: Vec<DagKey> = known.difference(&relisted).cloned().collect();
+                for key in gone {
+                    known.remove(&key);
+                    send.push(Command::RemoveBackfill(key));
+                }
+            }
+        }
+        for cmd in send {
+            if commands.send(cmd).await.is_err() {
+                return;
+            }
+        }
+    }
+}
