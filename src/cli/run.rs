@@ -14,7 +14,7 @@ use dag_operator::gate::{Gate, MemoryGate, RedisGate};
 use dag_operator::leader::{Elector, LeaseConfig};
 use dag_operator::schedule::parse_timezone;
 use dag_operator::store::PgStore;
-use dag_operator::telemetry::{self, Health, Metrics, Role};
+use dag_operator::telemetry::{self, ControllerKind, Health, Metrics, Role};
 use kube::Api;
 use tokio::sync::mpsc;
 
@@ -309,6 +309,8 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
                         let _ = status_tx.send(StatusUpdate::MissingPools(dag, missing));
                     }
                     ExecOutput::Pools(usages) => {
+                        let started = std::time::Instant::now();
+                        let n = usages.len();
                         for u in usages {
                             metrics.set_pool_slots(
                                 &format!("{}/{}", u.namespace, u.name),
@@ -318,8 +320,33 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
                             );
                             let _ = status_tx.send(StatusUpdate::Pool(u));
                         }
+                        // a Pool's status is derived in the executor's pass: each change
+                        // handed to the status writer counts as one reconcile
+                        let secs = started.elapsed().as_secs_f64() / n.max(1) as f64;
+                        for _ in 0..n {
+                            metrics.reconcile_observed(ControllerKind::Pool, secs, true);
+                        }
                     }
                     ExecOutput::GateHealth(ok) => gate_health.set_executor(ok),
+                    ExecOutput::Tasks {
+                        by_state,
+                        transitions,
+                        gate_refused,
+                        gate_errors,
+                    } => {
+                        for (state, n) in by_state {
+                            metrics.set_task_instances(state, n);
+                        }
+                        for to in transitions {
+                            metrics.task_transition(to);
+                        }
+                        for scope in gate_refused {
+                            metrics.gate_rejected(scope);
+                        }
+                        for scope in gate_errors {
+                            metrics.gate_error(scope);
+                        }
+                    }
                 }
             }
         });
@@ -369,6 +396,13 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
                             metrics.observe_schedule_delay(d);
                         }
                     }
+                    Output::Gate { scope, rejected } => {
+                        if rejected {
+                            metrics.gate_rejected(scope);
+                        } else {
+                            metrics.gate_error(scope);
+                        }
+                    }
                     Output::Backfill(key, report) => {
                         let _ = status_tx.send(StatusUpdate::Backfill(key, report));
                     }
@@ -413,10 +447,15 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    tokio::spawn(backfill_controller::run(backfills, cmd_tx.clone()));
-    let ctx = Arc::new(dag_controller::Context::new(
-        cmd_tx, status_tx, events, default_tz,
+    tokio::spawn(backfill_controller::run(
+        backfills,
+        cmd_tx.clone(),
+        metrics.clone(),
     ));
+    let ctx = Arc::new(
+        dag_controller::Context::new(cmd_tx, status_tx, events, default_tz)
+            .with_metrics(metrics.clone()),
+    );
     tracing::info!(
         namespace = args.namespace.as_deref().unwrap_or("(all)"),
         "watching DAGs"

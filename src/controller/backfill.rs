@@ -4,6 +4,7 @@
 //! (`engine/backfill.rs`); the status writer writes what the engine reports.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use kube::Api;
@@ -13,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::api::Backfill;
 use crate::engine::{BackfillInfo, Command};
 use crate::store::DagKey;
+use crate::telemetry::{ControllerKind, Metrics};
 
 fn key_of(bf: &Backfill) -> Option<DagKey> {
     Some(DagKey::new(
@@ -32,8 +34,9 @@ pub fn backfill_reference(key: &DagKey) -> k8s_openapi::api::core::v1::ObjectRef
     }
 }
 
-/// Watches Backfills until the engine goes away.
-pub async fn run(api: Api<Backfill>, commands: mpsc::Sender<Command>) {
+/// Watches Backfills until the engine goes away. Each event handled is observed as a
+/// reconcile of controller `backfill`.
+pub async fn run(api: Api<Backfill>, commands: mpsc::Sender<Command>, metrics: Arc<Metrics>) {
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
     let mut known: HashSet<DagKey> = HashSet::new();
@@ -46,6 +49,7 @@ pub async fn run(api: Api<Backfill>, commands: mpsc::Sender<Command>) {
                 continue;
             }
         };
+        let started = std::time::Instant::now();
         let mut send = Vec::new();
         match event {
             watcher::Event::Apply(bf) | watcher::Event::InitApply(bf) => {
@@ -79,5 +83,10 @@ pub async fn run(api: Api<Backfill>, commands: mpsc::Sender<Command>) {
                 return;
             }
         }
+        metrics.reconcile_observed(
+            ControllerKind::Backfill,
+            started.elapsed().as_secs_f64(),
+            true,
+        );
     }
 }

@@ -22,6 +22,7 @@ use crate::api::dag::DagSpecError;
 use crate::api::{DAG, TRIGGER_ANNOTATION, TRIGGER_PARAMS_ANNOTATION};
 use crate::engine::{Command, DagInfo, TriggerRequest};
 use crate::store::DagKey;
+use crate::telemetry::{ControllerKind, Metrics};
 
 /// What the reconciler needs.
 pub struct Context {
@@ -31,6 +32,8 @@ pub struct Context {
     pub default_tz: Tz,
     /// (generation, reason) of the last invalid-spec event per DAG, so each is told once
     reported: Mutex<HashMap<DagKey, (Option<i64>, String)>>,
+    /// reconcile durations and errors
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Context {
@@ -46,8 +49,28 @@ impl Context {
             events,
             default_tz,
             reported: Mutex::new(HashMap::new()),
+            metrics: None,
         }
     }
+
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+}
+
+/// [`reconcile`], timed into `dagop_reconcile_duration_seconds` / `dagop_reconcile_errors`.
+async fn reconcile_timed(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    let started = std::time::Instant::now();
+    let result = reconcile(dag, ctx.clone()).await;
+    if let Some(m) = &ctx.metrics {
+        m.reconcile_observed(
+            ControllerKind::Dag,
+            started.elapsed().as_secs_f64(),
+            result.is_ok(),
+        );
+    }
+    result
 }
 
 fn key_of(dag: &DAG) -> Result<DagKey, ControllerError> {
@@ -170,7 +193,7 @@ pub async fn run(api: Api<DAG>, ctx: Arc<Context>) {
     let forget_ctx = ctx.clone();
     Controller::new(api, watcher::Config::default())
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_timed, error_policy, ctx)
         .for_each(|result| {
             let ctx = forget_ctx.clone();
             async move {

@@ -23,6 +23,7 @@ use crate::gate::{Gate, GateError, MemoryGate, key as gate_key};
 use crate::queue::{AdmissionQueue, Entry, EntryId, RunClass};
 use crate::schedule::{CatchupPolicy, CatchupRequest, Schedule, catch_up, data_interval};
 use crate::store::{DagKey, NewRun, NewTask, Rerun, RunStore, RunType, StoreError};
+use crate::telemetry::GateScope;
 
 pub use backfill::{BackfillInfo, BackfillReport, PLANNED_DATES_SHOWN};
 
@@ -131,6 +132,11 @@ pub enum Output {
         warning: bool,
         reason: &'static str,
         message: String,
+    },
+    /// the gate refused a run (`rejected`) or failed to answer, for one limit
+    Gate {
+        scope: GateScope,
+        rejected: bool,
     },
     /// after each pass: queue depth by class [backfill, scheduled, manual] and running runs
     Load {
@@ -943,11 +949,13 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             {
                 Ok(true) => {}
                 Ok(false) => {
+                    self.gate_outcome(GateScope::GlobalRuns, true);
                     global_full = true;
                     refused.push(p);
                     continue;
                 }
                 Err(e) => {
+                    self.gate_outcome(GateScope::GlobalRuns, false);
                     error = Some(e);
                     refused.push(p);
                     continue;
@@ -957,6 +965,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 Ok(true) => {}
                 other => {
                     let _ = self.gate.release(gate_key::GLOBAL_RUNS, &h).await;
+                    self.gate_outcome(GateScope::DagRuns, other.is_ok());
                     if let Err(e) = other {
                         error = Some(e);
                     }
@@ -975,6 +984,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 other => {
                     let _ = self.gate.release(gate_key::GLOBAL_RUNS, &h).await;
                     let _ = self.gate.release(&dag_key, &h).await;
+                    self.gate_outcome(GateScope::BackfillRuns, other.is_ok());
                     if let Err(e) = other {
                         error = Some(e);
                     }
@@ -1048,6 +1058,10 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 self.set_gate_ok(false);
             }
         }
+    }
+
+    fn gate_outcome(&self, scope: GateScope, rejected: bool) {
+        self.emit(Output::Gate { scope, rejected });
     }
 
     fn set_gate_ok(&mut self, ok: bool) {

@@ -26,6 +26,7 @@ use crate::graph::{Decision, RunOutcome, TaskState};
 use crate::store::{
     DagKey, RunFilter, RunRow, RunState, RunStore, StoreError, TaskRow, TaskUpdate,
 };
+use crate::telemetry::GateScope;
 
 #[derive(Clone, Debug)]
 pub struct ExecutorConfig {
@@ -61,6 +62,14 @@ pub enum ExecOutput {
     Pools(Vec<PoolUsage>),
     /// reachability of the gate changed (false: no task is admitted, fail closed)
     GateHealth(bool),
+    /// after each pass: the latest tries of running runs by state, the transitions made
+    /// during the pass, and the gate's refusals and errors by scope
+    Tasks {
+        by_state: Vec<(TaskState, i64)>,
+        transitions: Vec<TaskState>,
+        gate_refused: Vec<GateScope>,
+        gate_errors: Vec<GateScope>,
+    },
 }
 
 /// What a Pool's status shows.
@@ -218,6 +227,10 @@ pub struct Executor<S: RunStore, G: Gate = MemoryGate> {
     /// what was last reported, to report changes only
     reported_pools: HashMap<(String, String), PoolUsage>,
     reported_missing: HashMap<DagKey, Vec<String>>,
+    /// what this pass did, for the metrics
+    transitions: Vec<TaskState>,
+    gate_refused: Vec<GateScope>,
+    gate_errors: Vec<GateScope>,
     client: kube::Client,
     namespace: Option<String>,
     out: mpsc::UnboundedSender<ExecOutput>,
@@ -243,6 +256,9 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
             gate_ok: true,
             reported_pools: HashMap::new(),
             reported_missing: HashMap::new(),
+            transitions: Vec::new(),
+            gate_refused: Vec::new(),
+            gate_errors: Vec::new(),
             client,
             namespace,
             out,
@@ -403,6 +419,7 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
                             .check_running(pods, run, spec, &row, tries_used, now)
                             .await?
                         {
+                            self.transitions.extend(TaskState::parse(&new.state));
                             tasks.insert(spec.name.clone(), new);
                         }
                     }
@@ -430,6 +447,7 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
                                     row.pool_slots,
                                 )
                                 .await?;
+                            self.transitions.push(TaskState::Queued);
                             let mut new = row.clone();
                             new.try_number = next;
                             new.state = "queued".into();
@@ -463,6 +481,7 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
                 update.set_queued_at = decision == Decision::Ready;
                 update.set_ended_at = decision != Decision::Ready;
                 if self.store.update_task(&update).await? {
+                    self.transitions.push(state);
                     states[i] = state;
                     let mut new = row;
                     new.state = to.to_string();
@@ -568,7 +587,9 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
             let mut update = TaskUpdate::new(&row, "queued", "running");
             update.pod_name = Some(name);
             update.set_started_at = true;
-            self.store.update_task(&update).await?;
+            if self.store.update_task(&update).await? {
+                self.transitions.push(TaskState::Running);
+            }
             if let Some(pool) = &row.pool {
                 let key = (ns.clone(), pool.clone());
                 *pool_used.entry(key.clone()).or_default() += row.pool_slots;
@@ -586,6 +607,24 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
         }
         self.report_pools(pools, &pool_used, &pool_queued);
         self.report_missing_pools(dags, pools);
+        let mut by_state: HashMap<TaskState, i64> =
+            TaskState::ALL.iter().map(|s| (*s, 0)).collect();
+        for tasks in latest.values() {
+            for row in tasks.values() {
+                if let Some(state) = TaskState::parse(&row.state) {
+                    *by_state.entry(state).or_default() += 1;
+                }
+            }
+        }
+        let _ = self.out.send(ExecOutput::Tasks {
+            by_state: TaskState::ALL
+                .iter()
+                .map(|s| (*s, by_state.get(s).copied().unwrap_or(0)))
+                .collect(),
+            transitions: std::mem::take(&mut self.transitions),
+            gate_refused: std::mem::take(&mut self.gate_refused),
+            gate_errors: std::mem::take(&mut self.gate_errors),
+        });
         // 6. finished Pods past their retention
         let retention = chrono::Duration::from_std(self.cfg.pod_retention).unwrap_or_default();
         for p in pods.state() {
@@ -701,19 +740,21 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
         let tasks_limit = u32::try_from(self.cfg.max_running_tasks).unwrap_or(u32::MAX);
         let mut taken: Vec<(String, u32)> = Vec::new();
         for (key, weight) in keys {
-            let (limit, refused) = if key == gate_key::RUNNING_TASKS {
-                (tasks_limit, Taken::NoTaskSlot)
+            let (limit, refused, scope) = if key == gate_key::RUNNING_TASKS {
+                (tasks_limit, Taken::NoTaskSlot, GateScope::RunningTasks)
             } else {
-                (pool_limit.unwrap_or(0), Taken::NoPoolSlot)
+                (pool_limit.unwrap_or(0), Taken::NoPoolSlot, GateScope::Pool)
             };
             let ok = match self.gate.acquire(key, holder, *weight, limit).await {
                 Ok(ok) => ok,
                 Err(e) => {
+                    self.gate_errors.push(scope);
                     self.release_keys(holder, &taken).await;
                     return Err(e);
                 }
             };
             if !ok {
+                self.gate_refused.push(scope);
                 self.release_keys(holder, &taken).await;
                 return Ok(refused);
             }
