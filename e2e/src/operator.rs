@@ -125,6 +125,15 @@ impl Operator {
         }
     }
 
+    /// Sends SIGTERM, as Kubernetes does to stop a Pod (the process is reaped by [`Self::alive`]).
+    pub fn terminate(&mut self) {
+        if let Some(child) = self.child.as_ref() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+    }
+
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();

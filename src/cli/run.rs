@@ -28,6 +28,9 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
     runtime.block_on(operate(args))
 }
 
+/// How long a graceful shutdown may take before the process just ends.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Completes on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -178,16 +181,15 @@ async fn lead(args: &RunArgs, client: &kube::Client) -> Result<Option<Elector>, 
 /// Holds the Lease; the moment leadership cannot be confirmed the process exits, so it admits
 /// nothing more (its slots lapse within one lease TTL; a restart comes back as a standby).
 /// On SIGTERM the Lease is given up so a standby takes over at once.
-async fn step_down_on_loss(mut elector: Elector) {
+async fn step_down_on_loss(mut elector: Elector, done: tokio::sync::oneshot::Receiver<()>) {
     tokio::select! {
         lost = elector.hold() => {
             tracing::error!(reason = %lost, "lost the leader Lease: stopping at once");
             std::process::exit(1);
         }
-        _ = shutdown_signal() => {
+        _ = done => {
             elector.release().await;
             tracing::info!("gave up the leader Lease");
-            std::process::exit(0);
         }
     }
 }
@@ -240,13 +242,15 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
     }
 
     // a standby stays ready (store reachable) and takes over when the leader goes
+    let mut step_down = None;
     if args.leader_election {
         let Some(elector) = lead(&args, &client).await? else {
             return Ok(()); // shut down while waiting
         };
         health.set_role(Role::Leader);
         metrics.set_leader(true);
-        tokio::spawn(step_down_on_loss(elector));
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        step_down = Some((done_tx, tokio::spawn(step_down_on_loss(elector, done_rx))));
     }
 
     let cfg = EngineConfig {
@@ -460,7 +464,20 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
         namespace = args.namespace.as_deref().unwrap_or("(all)"),
         "watching DAGs"
     );
-    dag_controller::run(api, ctx).await;
+    tokio::select! {
+        _ = dag_controller::run(api, ctx) => {}
+        // the controller drains in-flight reconciles on SIGTERM; one whose watch cannot even
+        // list (e.g. 401/403) never finishes draining, so the process ends after a grace period
+        _ = async {
+            shutdown_signal().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!(grace = ?SHUTDOWN_GRACE, "graceful shutdown took too long; exiting"),
+    }
+    // shutting down: give the Lease up so a standby takes over at once
+    if let Some((done, handle)) = step_down {
+        let _ = done.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(3), handle).await;
+    }
     tracing::info!("shut down");
     Ok(())
 }
