@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use dag_operator::gate::{Gate, MemoryGate, RedisGate};
+use dag_operator::gate::{Claim, Gate, Grant, MemoryGate, RedisGate};
 
 const TASKS: u64 = 8;
 const TTL: Duration = Duration::from_secs(30);
@@ -40,6 +40,38 @@ async fn pairs<G: Gate>(gate: &G, key: &str, n: u64) {
         assert!(admitted, "{key}: every acquire is admitted");
         gate.release(key, "holder").await.expect("release");
     }
+}
+
+const BATCH: usize = 1000;
+
+/// 1,000 runs of 100 DAGs claim a global and a DAG slot in one pipeline; returns how long
+/// that took (the releases afterwards, as runs end, are not timed).
+async fn claim_batch<G: Gate>(gate: &G) -> Duration {
+    let claims: Vec<Claim> = (0..BATCH)
+        .map(|i| Claim {
+            holder: format!("run-{i}"),
+            slots: vec![
+                ("bench:global".to_string(), 1, u32::MAX),
+                (format!("bench:dag:{}", i % 100), 1, 1_000),
+            ],
+        })
+        .collect();
+    let start = Instant::now();
+    let grants = gate.acquire_all(&claims).await.expect("acquire_all");
+    let took = start.elapsed();
+    assert!(grants.iter().all(|g| *g == Grant::Granted));
+    let leases: Vec<(String, String)> = claims
+        .iter()
+        .flat_map(|c| {
+            c.slots
+                .iter()
+                .map(|(k, _, _)| (k.clone(), c.holder.clone()))
+        })
+        .collect();
+    for (key, holder) in &leases {
+        gate.release(key, holder).await.expect("release");
+    }
+    took
 }
 
 /// `iters` pairs on each of 8 spawned tasks; task `i` uses `gates[i]`.
@@ -108,6 +140,20 @@ fn gate(c: &mut Criterion) {
     });
     group.bench_function("8-tasks-8-connections", |b| {
         b.iter_custom(|iters| rt.block_on(concurrent_pairs(&own, iters)))
+    });
+    // how the engine admits: one pipeline of atomic claims (global + DAG slot per run), then
+    // the releases; one element = one run's claim plus its two releases
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("batch-1000-claims", |b| {
+        b.iter_custom(|iters| {
+            rt1.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += claim_batch(&single).await;
+                }
+                total
+            })
+        })
     });
     group.finish();
 

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ::redis::AsyncCommands;
-use dag_operator::gate::{Gate, GateError, MemoryGate, RedisGate, key};
+use dag_operator::gate::{Claim, Gate, GateError, Grant, MemoryGate, RedisGate, key};
 use uuid::Uuid;
 
 /// The TTL of the tests that wait for leases to expire.
@@ -405,6 +405,69 @@ async fn malformed_requests_refused<G: TestGate>() {
     assert_eq!(g.ping().await, Ok(()));
 }
 
+async fn acquire_all_is_all_or_nothing_per_claim<G: TestGate>() {
+    let g = G::make(LONG_TTL).await;
+    let (global, dag, pool) = (
+        key::GLOBAL_RUNS.to_string(),
+        key::dag_runs("ns", "etl"),
+        key::pool("ns", "p"),
+    );
+    let claim = |holder: &str, slots: &[(&String, u32, u32)]| Claim {
+        holder: holder.to_string(),
+        slots: slots
+            .iter()
+            .map(|(k, w, l)| ((*k).clone(), *w, *l))
+            .collect(),
+    };
+    assert_eq!(g.acquire_all(&[]).await, Ok(vec![]));
+    let grants = g
+        .acquire_all(&[
+            claim("r1", &[(&global, 1, 2), (&dag, 1, 1)]),
+            // the DAG's one slot is r1's: r2 is refused by slot 1 and takes nothing
+            claim("r2", &[(&global, 1, 2), (&dag, 1, 1)]),
+            // in order: r3 sees r1's global slot but not r2's
+            claim("r3", &[(&global, 1, 2), (&pool, 3, 3)]),
+            claim("r4", &[(&global, 1, 2)]),
+        ])
+        .await
+        .expect("acquire_all");
+    assert_eq!(
+        grants,
+        vec![
+            Grant::Granted,
+            Grant::Refused(1),
+            Grant::Granted,
+            Grant::Refused(0)
+        ]
+    );
+    assert_eq!(usage(&g, &global).await, 2, "r2 and r4 left nothing behind");
+    assert_eq!(usage(&g, &dag).await, 1);
+    assert_eq!(usage(&g, &pool).await, 3, "weights count");
+    // an existing holder is admitted again, even at the limit
+    assert_eq!(
+        g.acquire_all(&[claim("r1", &[(&global, 1, 2), (&dag, 1, 1)])])
+            .await,
+        Ok(vec![Grant::Granted])
+    );
+    assert_eq!(usage(&g, &global).await, 2);
+    // and it is one lease like any other: released slot by slot
+    release(&g, &dag, "r1").await;
+    release(&g, &global, "r1").await;
+    assert_eq!(
+        g.acquire_all(&[claim("r2", &[(&global, 1, 2), (&dag, 1, 1)])])
+            .await,
+        Ok(vec![Grant::Granted])
+    );
+    assert!(matches!(
+        g.acquire_all(&[claim("r5", &[])]).await,
+        Err(GateError::Invalid(_))
+    ));
+    assert!(matches!(
+        g.acquire_all(&[claim("r5", &[(&global, 0, 2)])]).await,
+        Err(GateError::Invalid(_))
+    ));
+}
+
 /// Runs every conformance case against one gate type, as `<module>::<case>`.
 macro_rules! conformance {
     ($module:ident, $gate:ty) => {
@@ -422,7 +485,8 @@ macro_rules! conformance {
                 usage_counts_unexpired_weights,
                 renew_all_in_one_call,
                 replicas_share_limits,
-                malformed_requests_refused
+                malformed_requests_refused,
+                acquire_all_is_all_or_nothing_per_claim
             );
         }
     };

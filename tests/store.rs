@@ -851,7 +851,12 @@ async fn a_rerun_restarts_a_finished_run_in_place_with_new_tries_of_the_next_att
     set_task_state(&store, failed, "a", "failed").await;
     set_run_state(&store, failed, "failed").await;
     // a retry of a task already took try 2 of "b"
-    assert!(store.insert_task_try(failed, "b", 2, None, 1).await.unwrap());
+    assert!(
+        store
+            .insert_task_try(failed, "b", 2, None, 1)
+            .await
+            .unwrap()
+    );
 
     let between = store.runs_between(&dag, day(1), day(3)).await.unwrap();
     assert_eq!(
@@ -881,7 +886,14 @@ async fn a_rerun_restarts_a_finished_run_in_place_with_new_tries_of_the_next_att
     let tries = store.task_instances(&[failed]).await.unwrap();
     let summary: Vec<(String, i32, i32, String)> = tries
         .iter()
-        .map(|t| (t.task_name.clone(), t.try_number, t.attempt, t.state.clone()))
+        .map(|t| {
+            (
+                t.task_name.clone(),
+                t.try_number,
+                t.attempt,
+                t.state.clone(),
+            )
+        })
         .collect();
     assert_eq!(
         summary,
@@ -894,14 +906,25 @@ async fn a_rerun_restarts_a_finished_run_in_place_with_new_tries_of_the_next_att
         ]
     );
     // a retry within the new attempt belongs to it
-    assert!(store.insert_task_try(failed, "a", 3, None, 1).await.unwrap());
+    assert!(
+        store
+            .insert_task_try(failed, "a", 3, None, 1)
+            .await
+            .unwrap()
+    );
     let a3 = store.task_instances(&[failed]).await.unwrap();
-    assert!(a3.iter().any(|t| t.task_name == "a" && t.try_number == 3 && t.attempt == 2));
+    assert!(
+        a3.iter()
+            .any(|t| t.task_name == "a" && t.try_number == 3 && t.attempt == 2)
+    );
 
     let counts = store.backfill_counts(&dag, "bf").await.unwrap();
     assert_eq!((counts.running, counts.total()), (1, 1));
     assert!(store.finish_run(failed, RunState::Success).await.unwrap());
     let counts = store.backfill_counts(&dag, "bf").await.unwrap();
     assert_eq!((counts.success, counts.running), (1, 0));
-    assert_eq!(store.backfill_counts(&dag, "other").await.unwrap().total(), 0);
+    assert_eq!(
+        store.backfill_counts(&dag, "other").await.unwrap().total(),
+        0
+    );
 }

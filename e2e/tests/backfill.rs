@@ -427,3 +427,95 @@ async fn invalid_backfills_say_why_and_create_nothing() {
         Utc.with_ymd_and_hms(2024, 1, 1, 12, 0, 0).unwrap()
     );
 }
+
+#[tokio::test]
+async fn suspend_pauses_a_backfill_and_deleting_it_stops_admissions_while_running_runs_finish() {
+    let s = setup("bf-stop").await;
+    s.apply(&dag_with_spec(
+        "held",
+        "  schedule: '0 0 * * *'\n  maxActiveRuns: 10\n  tasks:\n  - {name: a, container: {image: e2e.local/hold}}\n",
+    ));
+    let _op = s.operator(&[]);
+    let ten_days = ("2024-01-01T00:00:00Z", "2024-01-11T00:00:00Z");
+    s.apply(&backfill_yaml(
+        "pausable",
+        "held",
+        ten_days.0,
+        ten_days.1,
+        "  concurrency: 2\n",
+    ));
+    s.runs_until("held", "two runs", |r| r.len() == 2).await;
+
+    // suspend: the two running runs go on, nothing new is admitted when they finish
+    s.apply(&backfill_yaml(
+        "pausable",
+        "held",
+        ten_days.0,
+        ten_days.1,
+        "  concurrency: 2\n  suspend: true\n",
+    ));
+    backfill_until(&s, "pausable", "Suspended", |st| st["phase"] == "Suspended").await;
+    s.ns.kubectl_ok(
+        &[
+            "annotate",
+            "--overwrite",
+            "pods",
+            "--all",
+            "e2e.dagoperator.io/outcome=succeed",
+        ],
+        None,
+    );
+    s.runs_until("held", "both finished", |r| {
+        r.iter().all(|r| r.state == RunState::Success)
+    })
+    .await;
+    for _ in 0..8 {
+        assert_eq!(
+            s.runs("held").await.len(),
+            2,
+            "a suspended Backfill admitted a run"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // resume, then delete while two runs hold: they finish, nothing more is created
+    s.apply(&backfill_yaml(
+        "pausable",
+        "held",
+        ten_days.0,
+        ten_days.1,
+        "  concurrency: 2\n",
+    ));
+    s.runs_until("held", "two more runs", |r| r.len() == 4)
+        .await;
+    s.ns.kubectl_ok(&["delete", "backfill", "pausable"], None);
+    eventually(
+        Duration::from_secs(60),
+        "the running runs to finish",
+        || async {
+            s.ns.kubectl(
+                &[
+                    "annotate",
+                    "--overwrite",
+                    "pods",
+                    "--all",
+                    "e2e.dagoperator.io/outcome=succeed",
+                ],
+                None,
+            );
+            let runs = s.runs("held").await;
+            runs.iter()
+                .all(|r| r.state == RunState::Success)
+                .then_some(())
+        },
+    )
+    .await;
+    for _ in 0..8 {
+        assert_eq!(
+            s.runs("held").await.len(),
+            4,
+            "a deleted Backfill admitted a run"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -331,6 +331,11 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
                             metrics.reconcile_observed(ControllerKind::Pool, secs, true);
                         }
                     }
+                    ExecOutput::PoolsGone(pools) => {
+                        for (ns, name) in pools {
+                            metrics.remove_pool(&format!("{ns}/{name}"));
+                        }
+                    }
                     ExecOutput::GateHealth(ok) => gate_health.set_executor(ok),
                     ExecOutput::Tasks {
                         by_state,

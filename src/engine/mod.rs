@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::api::dag::{ConcurrencyPolicy, DagSpec};
-use crate::gate::{Gate, GateError, MemoryGate, key as gate_key};
+use crate::gate::{self, Claim, Gate, GateError, Grant, MemoryGate, key as gate_key};
 use crate::queue::{AdmissionQueue, Entry, EntryId, RunClass};
 use crate::schedule::{CatchupPolicy, CatchupRequest, Schedule, catch_up, data_interval};
 use crate::store::{DagKey, NewRun, NewTask, Rerun, RunStore, RunType, StoreError};
@@ -923,76 +923,63 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         self.enqueue(p, class, priority);
     }
 
-    /// Takes a global and a per-DAG slot for each run; returns (admitted, refused, error).
-    /// After a gate error nothing more is tried: fail closed.
+    /// Takes a global, a per-DAG and (for a Backfill's run) a per-Backfill slot for each run,
+    /// all or none per run, in one round trip; returns (admitted, refused, error). After a
+    /// gate error nothing is admitted: fail closed.
     async fn acquire_slots(
         &mut self,
         batch: Vec<Pending>,
     ) -> (Vec<Pending>, Vec<Pending>, Option<GateError>) {
         let global = self.cfg.max_concurrent_runs;
+        let claims: Vec<Claim> = batch
+            .iter()
+            .map(|p| {
+                let dag_limit = self.dags.get(&p.dag).map_or(1, |s| s.max_active() as u32);
+                let mut slots = vec![
+                    (gate_key::GLOBAL_RUNS.to_string(), 1, global),
+                    (
+                        gate_key::dag_runs(&p.dag.namespace, &p.dag.name),
+                        1,
+                        dag_limit,
+                    ),
+                ];
+                if let Some(bf) = &p.backfill {
+                    slots.push((
+                        gate_key::backfill_runs(&p.dag.namespace, bf),
+                        1,
+                        self.backfill_limit(&p.dag, bf),
+                    ));
+                }
+                Claim {
+                    holder: holder(&p.dag, p.logical_date),
+                    slots,
+                }
+            })
+            .collect();
+        let grants = match self.gate.acquire_all(&claims).await {
+            Ok(grants) => grants,
+            Err(e) => {
+                self.gate_outcome(GateScope::GlobalRuns, false);
+                return (Vec::new(), batch, Some(e));
+            }
+        };
         let mut admitted = Vec::new();
         let mut refused = Vec::new();
-        let mut error = None;
-        let mut global_full = false;
-        for p in batch {
-            if error.is_some() || global_full {
-                refused.push(p);
-                continue;
-            }
-            let h = holder(&p.dag, p.logical_date);
-            let dag_key = gate_key::dag_runs(&p.dag.namespace, &p.dag.name);
-            let dag_limit = self.dags.get(&p.dag).map_or(1, |s| s.max_active() as u32);
-            match self
-                .gate
-                .acquire(gate_key::GLOBAL_RUNS, &h, 1, global)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.gate_outcome(GateScope::GlobalRuns, true);
-                    global_full = true;
-                    refused.push(p);
-                    continue;
-                }
-                Err(e) => {
-                    self.gate_outcome(GateScope::GlobalRuns, false);
-                    error = Some(e);
-                    refused.push(p);
-                    continue;
-                }
-            }
-            match self.gate.acquire(&dag_key, &h, 1, dag_limit).await {
-                Ok(true) => {}
-                other => {
-                    let _ = self.gate.release(gate_key::GLOBAL_RUNS, &h).await;
-                    self.gate_outcome(GateScope::DagRuns, other.is_ok());
-                    if let Err(e) = other {
-                        error = Some(e);
-                    }
-                    refused.push(p);
-                    continue;
-                }
-            }
-            let Some(bf) = p.backfill.clone() else {
-                admitted.push(p);
-                continue;
-            };
-            let bf_key = gate_key::backfill_runs(&p.dag.namespace, &bf);
-            let limit = self.backfill_limit(&p.dag, &bf);
-            match self.gate.acquire(&bf_key, &h, 1, limit).await {
-                Ok(true) => admitted.push(p),
-                other => {
-                    let _ = self.gate.release(gate_key::GLOBAL_RUNS, &h).await;
-                    let _ = self.gate.release(&dag_key, &h).await;
-                    self.gate_outcome(GateScope::BackfillRuns, other.is_ok());
-                    if let Err(e) = other {
-                        error = Some(e);
-                    }
+        for (p, grant) in batch.into_iter().zip(grants) {
+            match grant {
+                Grant::Granted => admitted.push(p),
+                Grant::Refused(i) => {
+                    let scope = match i {
+                        0 => GateScope::GlobalRuns,
+                        1 => GateScope::DagRuns,
+                        _ => GateScope::BackfillRuns,
+                    };
+                    self.gate_outcome(scope, true);
                     refused.push(p);
                 }
             }
         }
-        (admitted, refused, error)
+        (admitted, refused, None)
     }
 
     /// Gives back the slots of ended runs and renews the leases of running ones (every third
@@ -1044,11 +1031,16 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         }
         match self.gate.renew_all(&leases).await {
             Ok(kept) => {
-                for ((key, h), ok) in leases.iter().zip(kept) {
-                    if !ok {
-                        // lost (e.g. Redis restarted): count it again, over the limit if need be
-                        let _ = self.gate.acquire(key, h, 1, u32::MAX).await;
-                    }
+                // lost (e.g. Redis restarted, or this process restarted): count them again,
+                // over the limit if need be
+                let lost: Vec<(String, String, u32)> = leases
+                    .iter()
+                    .zip(kept)
+                    .filter(|(_, ok)| !ok)
+                    .map(|((key, h), _)| (key.clone(), h.clone(), 1))
+                    .collect();
+                if let Err(e) = gate::reinstate(&self.gate, &lost).await {
+                    tracing::warn!(error = %e, "could not re-register lost leases");
                 }
                 self.last_renew = Some(std::time::Instant::now());
                 self.set_gate_ok(true);

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::api::dag::RetryBackoff;
 use crate::api::{DAG, Pool};
-use crate::gate::{Gate, GateError, MemoryGate, key as gate_key};
+use crate::gate::{self, Claim, Gate, GateError, Grant, MemoryGate, key as gate_key};
 use crate::graph::{Decision, RunOutcome, TaskState};
 use crate::store::{
     DagKey, RunFilter, RunRow, RunState, RunStore, StoreError, TaskRow, TaskUpdate,
@@ -60,6 +60,8 @@ pub enum ExecOutput {
     MissingPools(DagKey, Vec<String>),
     /// the usage of Pools that changed
     Pools(Vec<PoolUsage>),
+    /// Pools that were deleted: (namespace, name)
+    PoolsGone(Vec<(String, String)>),
     /// reachability of the gate changed (false: no task is admitted, fail closed)
     GateHealth(bool),
     /// after each pass: the latest tries of running runs by state, the transitions made
@@ -696,13 +698,16 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
             }
             self.held.remove(&holder);
         }
+        let adopted: Vec<(String, String, u32)> = running
+            .iter()
+            .filter(|(holder, _)| !self.held.contains_key(*holder))
+            .flat_map(|(h, keys)| keys.iter().map(move |(k, w)| (k.clone(), h.clone(), *w)))
+            .collect();
+        gate::reinstate(&self.gate, &adopted).await?;
         for (holder, keys) in running {
-            if !self.held.contains_key(holder) {
-                for (key, weight) in keys {
-                    self.gate.acquire(key, holder, *weight, u32::MAX).await?;
-                }
-                self.held.insert(holder.clone(), keys.clone());
-            }
+            self.held
+                .entry(holder.clone())
+                .or_insert_with(|| keys.clone());
         }
         if self
             .last_renewal
@@ -720,17 +725,19 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
             .map(|(k, h, _)| (k.clone(), h.clone()))
             .collect();
         let renewed = self.gate.renew_all(&pairs).await?;
-        for ((key, holder, weight), ok) in leases.iter().zip(renewed) {
-            if !ok {
-                // the lease lapsed (a long outage): the try still runs, so it holds again
-                self.gate.acquire(key, holder, *weight, u32::MAX).await?;
-            }
-        }
+        // a lease that lapsed (a long outage): the try still runs, so it holds again
+        let lost: Vec<(String, String, u32)> = leases
+            .into_iter()
+            .zip(renewed)
+            .filter(|(_, ok)| !ok)
+            .map(|(lease, _)| lease)
+            .collect();
+        gate::reinstate(&self.gate, &lost).await?;
         self.last_renewal = Some(Instant::now());
         Ok(())
     }
 
-    /// Takes every slot a try needs, or none.
+    /// Takes every slot a try needs, or none (one atomic claim).
     async fn take_slots(
         &mut self,
         holder: &str,
@@ -738,30 +745,39 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
         pool_limit: Option<u32>,
     ) -> Result<Taken, GateError> {
         let tasks_limit = u32::try_from(self.cfg.max_running_tasks).unwrap_or(u32::MAX);
-        let mut taken: Vec<(String, u32)> = Vec::new();
-        for (key, weight) in keys {
-            let (limit, refused, scope) = if key == gate_key::RUNNING_TASKS {
+        let limit_of = |key: &str| {
+            if key == gate_key::RUNNING_TASKS {
                 (tasks_limit, Taken::NoTaskSlot, GateScope::RunningTasks)
             } else {
                 (pool_limit.unwrap_or(0), Taken::NoPoolSlot, GateScope::Pool)
-            };
-            let ok = match self.gate.acquire(key, holder, *weight, limit).await {
-                Ok(ok) => ok,
-                Err(e) => {
-                    self.gate_errors.push(scope);
-                    self.release_keys(holder, &taken).await;
-                    return Err(e);
-                }
-            };
-            if !ok {
-                self.gate_refused.push(scope);
-                self.release_keys(holder, &taken).await;
-                return Ok(refused);
             }
-            taken.push((key.clone(), *weight));
+        };
+        let claim = Claim {
+            holder: holder.to_string(),
+            slots: keys
+                .iter()
+                .map(|(k, w)| (k.clone(), *w, limit_of(k).0))
+                .collect(),
+        };
+        let grant = match self.gate.acquire_all(std::slice::from_ref(&claim)).await {
+            Ok(grants) => grants.first().copied(),
+            Err(e) => {
+                self.gate_errors.push(GateScope::RunningTasks);
+                return Err(e);
+            }
+        };
+        match grant {
+            Some(Grant::Granted) => {
+                self.held.insert(holder.to_string(), keys.to_vec());
+                Ok(Taken::Yes)
+            }
+            Some(Grant::Refused(i)) => {
+                let (_, taken, scope) = limit_of(keys.get(i).map_or("", |(k, _)| k.as_str()));
+                self.gate_refused.push(scope);
+                Ok(taken)
+            }
+            None => Err(GateError::Backend("no answer to a claim".into())),
         }
-        self.held.insert(holder.to_string(), taken);
-        Ok(Taken::Yes)
     }
 
     async fn release_keys(&self, holder: &str, keys: &[(String, u32)]) {
@@ -814,9 +830,18 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
             }
             live.insert(key);
         }
+        let gone: Vec<(String, String)> = self
+            .reported_pools
+            .keys()
+            .filter(|k| !live.contains(*k))
+            .cloned()
+            .collect();
         self.reported_pools.retain(|k, _| live.contains(k));
         if !changed.is_empty() {
             let _ = self.out.send(ExecOutput::Pools(changed));
+        }
+        if !gone.is_empty() {
+            let _ = self.out.send(ExecOutput::PoolsGone(gone));
         }
     }
 

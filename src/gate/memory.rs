@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{Gate, GateError, check_acquire, check_holder, check_key, check_ttl};
+use super::{
+    Claim, Gate, GateError, Grant, check_acquire, check_claim, check_holder, check_key, check_ttl,
+};
 
 /// One holder's slots: its weight and when its lease ends.
 #[derive(Clone, Copy, Debug)]
@@ -68,6 +70,59 @@ impl MemoryGate {
             semaphores.remove(key);
         }
         Ok(admitted)
+    }
+
+    fn acquire_all_now(&self, claims: &[Claim]) -> Result<Vec<Grant>, GateError> {
+        for claim in claims {
+            check_claim(claim)?;
+        }
+        let now = Instant::now();
+        let expires = now + self.lease_ttl;
+        let mut semaphores = self.lock();
+        // each semaphore's weighted count, computed once per call (after dropping expired
+        // leases) and kept up to date as claims are granted
+        let mut used: HashMap<String, u64> = HashMap::new();
+        let mut grants = Vec::with_capacity(claims.len());
+        for claim in claims {
+            let mut refused = None;
+            for (i, (key, weight, limit)) in claim.slots.iter().enumerate() {
+                let holders = semaphores.entry(key.clone()).or_default();
+                let count = used.entry(key.clone()).or_insert_with(|| {
+                    holders.retain(|_, lease| lease.expires > now);
+                    holders.values().map(|l| u64::from(l.weight)).sum()
+                });
+                if holders.contains_key(&claim.holder) {
+                    continue;
+                }
+                if *count + u64::from(*weight) > u64::from(*limit) {
+                    refused = Some(i);
+                    break;
+                }
+            }
+            if let Some(i) = refused {
+                grants.push(Grant::Refused(i));
+                continue;
+            }
+            for (key, weight, _) in &claim.slots {
+                let holders = semaphores.entry(key.clone()).or_default();
+                match holders.get_mut(&claim.holder) {
+                    Some(lease) => lease.expires = expires,
+                    None => {
+                        holders.insert(
+                            claim.holder.clone(),
+                            Lease {
+                                weight: *weight,
+                                expires,
+                            },
+                        );
+                        *used.entry(key.clone()).or_default() += u64::from(*weight);
+                    }
+                }
+            }
+            grants.push(Grant::Granted);
+        }
+        semaphores.retain(|_, holders| !holders.is_empty());
+        Ok(grants)
     }
 
     fn renew_locked(&self, semaphores: &mut Semaphores, key: &str, holder: &str) -> bool {
@@ -150,6 +205,10 @@ impl Gate for MemoryGate {
         limit: u32,
     ) -> Result<bool, GateError> {
         self.acquire_now(key, holder, weight, limit)
+    }
+
+    async fn acquire_all(&self, claims: &[Claim]) -> Result<Vec<Grant>, GateError> {
+        self.acquire_all_now(claims)
     }
 
     async fn renew(&self, key: &str, holder: &str) -> Result<bool, GateError> {

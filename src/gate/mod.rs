@@ -47,6 +47,23 @@ pub enum GateError {
     Invalid(String),
 }
 
+/// One holder asking for several semaphores at once: all of them or none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub holder: String,
+    /// (key, weight, limit) of each semaphore
+    pub slots: Vec<(String, u32, u32)>,
+}
+
+/// The answer to a [`Claim`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grant {
+    /// the holder holds every semaphore of the claim
+    Granted,
+    /// the semaphore at this index of the claim's slots refused it; nothing was taken
+    Refused(usize),
+}
+
 /// Weighted semaphores with leases (SPEC §7). Keys are logical names ([`key`]); holders are
 /// names unique among everything that can hold the same key at once, across replicas (e.g. a
 /// run id, or `<run id>/<task>/<try>`).
@@ -61,6 +78,13 @@ pub trait Gate: Send + Sync + 'static {
         weight: u32,
         limit: u32,
     ) -> impl Future<Output = Result<bool, GateError>> + Send;
+
+    /// Each claim in order, each atomically (all its semaphores or none), in one round trip for
+    /// Redis. An existing holder of a semaphore is admitted to it again, as by `acquire`.
+    fn acquire_all(
+        &self,
+        claims: &[Claim],
+    ) -> impl Future<Output = Result<Vec<Grant>, GateError>> + Send;
 
     /// Extends `holder`'s lease on `key` to one TTL from now. `false` when the holder is gone
     /// (released, expired, or never there); it must then acquire again.
@@ -97,6 +121,26 @@ pub trait Gate: Send + Sync + 'static {
     fn renew_interval(&self) -> Duration {
         self.lease_ttl() / 3
     }
+}
+
+/// Registers leases of holders that already run — after a restart, or when the gate lost them
+/// (Redis restarted empty) — without a limit, so the count tells the truth again and
+/// newcomers wait; `(key, holder, weight)` each, all in one [`Gate::acquire_all`] call.
+pub async fn reinstate<G: Gate>(
+    gate: &G,
+    leases: &[(String, String, u32)],
+) -> Result<(), GateError> {
+    if leases.is_empty() {
+        return Ok(());
+    }
+    let claims: Vec<Claim> = leases
+        .iter()
+        .map(|(key, holder, weight)| Claim {
+            holder: holder.clone(),
+            slots: vec![(key.clone(), *weight, u32::MAX)],
+        })
+        .collect();
+    gate.acquire_all(&claims).await.map(|_| ())
 }
 
 /// The logical keys of the limits of SPEC §4 (the Redis gate prefixes them,
@@ -150,6 +194,19 @@ fn check_acquire(key: &str, holder: &str, weight: u32) -> Result<(), GateError> 
         return Err(GateError::Invalid(format!(
             "weight 0 for holder {holder:?} of {key:?}"
         )));
+    }
+    Ok(())
+}
+
+fn check_claim(claim: &Claim) -> Result<(), GateError> {
+    if claim.slots.is_empty() {
+        return Err(GateError::Invalid(format!(
+            "claim of {:?} names no semaphore",
+            claim.holder
+        )));
+    }
+    for (key, weight, _) in &claim.slots {
+        check_acquire(key, &claim.holder, *weight)?;
     }
     Ok(())
 }

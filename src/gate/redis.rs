@@ -9,7 +9,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
 
-use super::{Gate, GateError, check_acquire, check_holder, check_key, check_ttl};
+use super::{
+    Claim, Gate, GateError, Grant, check_acquire, check_claim, check_holder, check_key, check_ttl,
+};
 
 /// The default `--redis-key-prefix`.
 pub const DEFAULT_PREFIX: &str = "dagop";
@@ -24,6 +26,7 @@ const CONNECT_RETRIES: usize = 2;
 
 struct Scripts {
     acquire: Script,
+    acquire_all: Script,
     renew: Script,
     release: Script,
     usage: Script,
@@ -33,6 +36,7 @@ impl Scripts {
     fn load() -> Self {
         Scripts {
             acquire: Script::new(include_str!("lua/acquire.lua")),
+            acquire_all: Script::new(include_str!("lua/acquire_all.lua")),
             renew: Script::new(include_str!("lua/renew.lua")),
             release: Script::new(include_str!("lua/release.lua")),
             usage: Script::new(include_str!("lua/usage.lua")),
@@ -127,6 +131,42 @@ impl RedisGate {
         invocation.invoke_async(&mut conn).await.map_err(map_err)
     }
 
+    fn acquire_all_cmd(&self, claim: &Claim) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.scripts.acquire_all.get_hash())
+            .arg(claim.slots.len() * 2);
+        for (key, _, _) in &claim.slots {
+            cmd.arg(self.redis_key(key)).arg(self.weights_key(key));
+        }
+        cmd.arg(&claim.holder).arg(self.lease_ttl_ms);
+        for (_, weight, limit) in &claim.slots {
+            cmd.arg(*weight).arg(*limit);
+        }
+        cmd
+    }
+
+    /// Sends a pipeline of EVALSHA calls of `script`; if Redis lost its script cache (a
+    /// restart), loads the script and sends the pipeline again (every script here may run
+    /// twice: acquiring or renewing again is idempotent).
+    async fn pipeline(
+        &self,
+        script: &Script,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<i64>, GateError> {
+        let mut conn = self.conn.clone();
+        match pipe.query_async(&mut conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                script
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(map_err)?;
+                pipe.query_async(&mut conn).await.map_err(map_err)
+            }
+            other => other.map_err(map_err),
+        }
+    }
+
     fn renew_cmd(&self, key: &str, holder: &str) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.scripts.renew.get_hash())
@@ -188,6 +228,34 @@ impl Gate for RedisGate {
         Ok(admitted == 1)
     }
 
+    /// One pipeline of EVALSHA acquire_all calls, one per claim.
+    async fn acquire_all(&self, claims: &[Claim]) -> Result<Vec<Grant>, GateError> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for claim in claims {
+            check_claim(claim)?;
+            pipe.add_command(self.acquire_all_cmd(claim));
+        }
+        let answers = self.pipeline(&self.scripts.acquire_all, &pipe).await?;
+        if answers.len() != claims.len() {
+            return Err(GateError::Backend(format!(
+                "acquire pipeline: {} answers for {} claims",
+                answers.len(),
+                claims.len()
+            )));
+        }
+        answers
+            .into_iter()
+            .map(|a| match usize::try_from(a) {
+                Ok(0) => Ok(Grant::Granted),
+                Ok(i) => Ok(Grant::Refused(i - 1)),
+                Err(_) => Err(GateError::Backend(format!("acquire_all answered {a}"))),
+            })
+            .collect()
+    }
+
     async fn renew(&self, key: &str, holder: &str) -> Result<bool, GateError> {
         check_key(key)?;
         check_holder(holder)?;
@@ -224,19 +292,7 @@ impl Gate for RedisGate {
             check_holder(holder)?;
             pipe.add_command(self.renew_cmd(key, holder));
         }
-        let mut conn = self.conn.clone();
-        let renewed: Vec<i64> = match pipe.query_async(&mut conn).await {
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                self.scripts
-                    .renew
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await
-                    .map_err(map_err)?;
-                pipe.query_async(&mut conn).await.map_err(map_err)?
-            }
-            other => other.map_err(map_err)?,
-        };
+        let renewed = self.pipeline(&self.scripts.renew, &pipe).await?;
         if renewed.len() != leases.len() {
             return Err(GateError::Backend(format!(
                 "renew pipeline: {} answers for {} leases",
