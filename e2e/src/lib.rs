@@ -190,3 +190,35 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Asserts `runs` hold exactly one run per tick of a schedule firing every `step_secs`
+/// seconds, with no tick missing between the first and the last; returns the logical dates,
+/// sorted.
+pub fn assert_one_run_per_tick(
+    runs: &[dag_operator::store::RunRow],
+    step_secs: i64,
+) -> Vec<chrono::DateTime<chrono::Utc>> {
+    let mut dates: Vec<_> = runs.iter().map(|r| r.logical_date).collect();
+    dates.sort();
+    let unique: std::collections::BTreeSet<_> = dates.iter().collect();
+    assert_eq!(unique.len(), dates.len(), "a tick has two runs: {dates:?}");
+    for pair in dates.windows(2) {
+        assert_eq!(
+            (pair[1] - pair[0]).num_seconds(),
+            step_secs,
+            "a tick missing (or an extra one) between {} and {}",
+            pair[0],
+            pair[1]
+        );
+    }
+    dates
+}
+
+/// Runs `e2e/plane <args>` (e.g. `stop redis`, `up`); panics if it fails.
+pub fn plane_cmd(args: &[&str]) {
+    let status = std::process::Command::new(plane().repo.join("e2e/plane"))
+        .args(args)
+        .status()
+        .expect("e2e/plane runs");
+    assert!(status.success(), "e2e/plane {args:?} failed");
+}

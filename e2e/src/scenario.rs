@@ -111,6 +111,21 @@ impl Setup {
         list["items"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Tells kwok what every Pod of the namespace does next (`succeed`, `fail`, `hold`).
+    /// Best effort: a Pod deleted meanwhile is no error (callers poll for the outcome).
+    pub fn all_pods_outcome(&self, outcome: &str) {
+        self.ns.kubectl(
+            &[
+                "annotate",
+                "--overwrite",
+                "pods",
+                "--all",
+                &format!("e2e.dagoperator.io/outcome={outcome}"),
+            ],
+            None,
+        );
+    }
+
     /// Tells kwok what a held Pod does next: `succeed`, `fail` or `hold`.
     pub fn pod_outcome(&self, pod: &str, outcome: &str) {
         self.ns.kubectl_ok(
@@ -133,13 +148,11 @@ impl Setup {
             .unwrap_or_default()
     }
 
-    /// Waits for the (first) Pod of a run and returns its name.
-    pub async fn pod_of_run(&self, run: &RunRow) -> String {
-        let dag = run.dag.name.clone();
-        let id = run.id.to_string();
-        eventually(Duration::from_secs(90), &format!("pod of run {id}"), || {
-            let found = self.pods(&dag).into_iter().find_map(|p| {
-                (p["metadata"]["labels"]["dagoperator.io/run-id"] == id.as_str()).then(|| {
+    /// Waits for a Pod of `dag` that `pred` accepts and returns its name.
+    async fn pod_where(&self, dag: &str, what: &str, pred: impl Fn(&Value) -> bool) -> String {
+        eventually(Duration::from_secs(90), what, || {
+            let found = self.pods(dag).into_iter().find_map(|p| {
+                pred(&p["metadata"]["labels"]).then(|| {
                     p["metadata"]["name"]
                         .as_str()
                         .unwrap_or_default()
@@ -151,26 +164,35 @@ impl Setup {
         .await
     }
 
+    /// Waits for the (first) Pod of a run and returns its name.
+    pub async fn pod_of_run(&self, run: &RunRow) -> String {
+        let id = run.id.to_string();
+        self.pod_where(&run.dag.name, &format!("pod of run {id}"), |labels| {
+            labels["dagoperator.io/run-id"] == id.as_str()
+        })
+        .await
+    }
+
     /// Waits for the Pod of `task` try `try_number` of a DAG and returns its name.
     pub async fn pod_of(&self, dag: &str, task: &str, try_number: i32) -> String {
-        eventually(
-            Duration::from_secs(90),
-            &format!("pod of {task} try {try_number}"),
-            || {
-                let found = self.pods(dag).into_iter().find_map(|p| {
-                    let labels = &p["metadata"]["labels"];
-                    (labels["dagoperator.io/task"] == task
-                        && labels["dagoperator.io/try"] == try_number.to_string().as_str())
-                    .then(|| {
-                        p["metadata"]["name"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string()
-                    })
-                });
-                async move { found }
-            },
-        )
+        let try_label = try_number.to_string();
+        self.pod_where(dag, &format!("pod of {task} try {try_number}"), |labels| {
+            labels["dagoperator.io/task"] == task
+                && labels["dagoperator.io/try"] == try_label.as_str()
+        })
+        .await
+    }
+
+    /// Lets every Pod of the namespace succeed until no run of `dag` is running; returns the
+    /// runs.
+    pub async fn succeed_all(&self, dag: &str) -> Vec<RunRow> {
+        eventually(Duration::from_secs(90), "every run to end", || async {
+            self.all_pods_outcome("succeed");
+            let runs = self.runs(dag).await;
+            runs.iter()
+                .all(|r| r.state != dag_operator::store::RunState::Running)
+                .then_some(runs)
+        })
         .await
     }
 }

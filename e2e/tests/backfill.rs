@@ -284,28 +284,12 @@ async fn reprocess_failed_reruns_exactly_the_failed_dates_and_none_skips_them_al
         assert_eq!(tries[0].state, "failed");
         assert_eq!((tries[1].try_number, tries[1].attempt), (2, 2));
     }
-    eventually(
-        Duration::from_secs(60),
-        "the re-runs to succeed",
-        || async {
-            s.ns.kubectl(
-                &[
-                    "annotate",
-                    "--overwrite",
-                    "pods",
-                    "-l",
-                    "dagoperator.io/try=2",
-                    "e2e.dagoperator.io/outcome=succeed",
-                ],
-                None,
-            );
-            let runs = s.runs("flaky").await;
-            runs.iter()
-                .all(|r| r.state == RunState::Success)
-                .then_some(())
-        },
-    )
-    .await;
+    // the re-runs' Pods (try 2) succeed; the failed tries' Pods have ended already
+    let runs = s.succeed_all("flaky").await;
+    assert!(
+        runs.iter().all(|r| r.state == RunState::Success),
+        "{runs:?}"
+    );
     let st = backfill_until(&s, "again", "Succeeded", |st| st["phase"] == "Succeeded").await;
     assert_eq!(st["skippedRuns"], 2);
     assert_eq!(st["createdRuns"], 2);
@@ -455,16 +439,7 @@ async fn suspend_pauses_a_backfill_and_deleting_it_stops_admissions_while_runnin
         "  concurrency: 2\n  suspend: true\n",
     ));
     backfill_until(&s, "pausable", "Suspended", |st| st["phase"] == "Suspended").await;
-    s.ns.kubectl_ok(
-        &[
-            "annotate",
-            "--overwrite",
-            "pods",
-            "--all",
-            "e2e.dagoperator.io/outcome=succeed",
-        ],
-        None,
-    );
+    s.all_pods_outcome("succeed");
     s.runs_until("held", "both finished", |r| {
         r.iter().all(|r| r.state == RunState::Success)
     })
@@ -489,27 +464,11 @@ async fn suspend_pauses_a_backfill_and_deleting_it_stops_admissions_while_runnin
     s.runs_until("held", "two more runs", |r| r.len() == 4)
         .await;
     s.ns.kubectl_ok(&["delete", "backfill", "pausable"], None);
-    eventually(
-        Duration::from_secs(60),
-        "the running runs to finish",
-        || async {
-            s.ns.kubectl(
-                &[
-                    "annotate",
-                    "--overwrite",
-                    "pods",
-                    "--all",
-                    "e2e.dagoperator.io/outcome=succeed",
-                ],
-                None,
-            );
-            let runs = s.runs("held").await;
-            runs.iter()
-                .all(|r| r.state == RunState::Success)
-                .then_some(())
-        },
-    )
-    .await;
+    let runs = s.succeed_all("held").await;
+    assert!(
+        runs.iter().all(|r| r.state == RunState::Success),
+        "{runs:?}"
+    );
     for _ in 0..8 {
         assert_eq!(
             s.runs("held").await.len(),

@@ -121,16 +121,7 @@ async fn a_pool_of_two_shared_by_two_dags_never_runs_more_than_two() {
 
     // let everything finish: every try gets to run, the slots all come back
     let ended = eventually(Duration::from_secs(90), "both runs to succeed", || async {
-        s.ns.kubectl(
-            &[
-                "annotate",
-                "--overwrite",
-                "pods",
-                "--all",
-                "e2e.dagoperator.io/outcome=succeed",
-            ],
-            None,
-        );
+        s.all_pods_outcome("succeed");
         let mut states = Vec::new();
         for dag in dags {
             states.extend(s.runs(dag).await.into_iter().map(|r| r.state));

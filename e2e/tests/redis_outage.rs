@@ -3,22 +3,12 @@
 //! resumes by itself with exactly one run per due tick. A test binary of its own, because it
 //! stops the plane's shared Redis (cargo runs test binaries one at a time).
 
-use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use dag_operator::store::{RunFilter, RunState, RunStore};
 use dag_operator_e2e::db::TestDb;
 use dag_operator_e2e::operator::Operator;
-use dag_operator_e2e::{TestNamespace, eventually, plane};
-
-fn plane_cmd(args: &[&str]) {
-    let status = Command::new(plane().repo.join("e2e/plane"))
-        .args(args)
-        .status()
-        .expect("e2e/plane runs");
-    assert!(status.success(), "e2e/plane {args:?} failed");
-}
+use dag_operator_e2e::{TestNamespace, assert_one_run_per_tick, eventually, plane, plane_cmd};
 
 const LIMIT: usize = 4;
 
@@ -130,18 +120,6 @@ async fn redis_down_for_30s_pauses_admission_within_limits_and_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let mut dates: Vec<_> = runs.iter().map(|r| r.logical_date).collect();
-    dates.sort();
-    let unique: BTreeSet<_> = dates.iter().collect();
-    assert_eq!(unique.len(), dates.len(), "no tick twice");
-    for pair in dates.windows(2) {
-        assert_eq!(
-            (pair[1] - pair[0]).num_seconds(),
-            1,
-            "a tick was lost between {} and {}",
-            pair[0],
-            pair[1]
-        );
-    }
+    let dates = assert_one_run_per_tick(&runs, 1);
     assert!(dates.first().is_some_and(|d| *d < down_at));
 }

@@ -2,12 +2,11 @@
 //! replicas"): even with leader election off — split brain — they never exceed a limit
 //! together and never create a run twice.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use dag_operator::store::{RunFilter, RunState, RunStore};
-use dag_operator_e2e::eventually;
 use dag_operator_e2e::scenario::{dag_with_spec, setup};
+use dag_operator_e2e::{assert_one_run_per_tick, eventually};
 
 const LIMIT: usize = 3;
 
@@ -43,28 +42,13 @@ async fn two_operators_without_leader_election_share_the_global_limit_and_create
             "{active} runs running with --max-concurrent-runs {LIMIT} on both replicas"
         );
         finished = runs.iter().filter(|r| r.state == RunState::Success).count();
-        s.ns.kubectl(
-            &[
-                "annotate",
-                "--overwrite",
-                "pods",
-                "--all",
-                "e2e.dagoperator.io/outcome=succeed",
-            ],
-            None,
-        );
+        s.all_pods_outcome("succeed");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(finished >= 5, "only {finished} runs finished: no progress");
     let runs = s.store.list_runs(&filter).await.unwrap_or_default();
-    let dates: Vec<_> = runs.iter().map(|r| r.logical_date).collect();
-    let unique: BTreeSet<_> = dates.iter().collect();
-    assert_eq!(unique.len(), dates.len(), "a tick has two runs");
     // both admit the oldest queued tick first: what exists is every tick from the first on
-    let sorted: Vec<_> = unique.into_iter().collect();
-    for pair in sorted.windows(2) {
-        assert_eq!((*pair[1] - *pair[0]).num_seconds(), 1, "a tick was skipped");
-    }
+    assert_one_run_per_tick(&runs, 1);
     // each try ran as one Pod: the replicas did not start a try twice
     let ids: Vec<_> = runs.iter().map(|r| r.id).collect();
     let tries = s.store.task_instances(&ids).await.unwrap_or_default();
@@ -165,18 +149,6 @@ async fn with_leader_election_one_replica_admits_and_a_standby_takes_over_after_
     )
     .await;
     // every due tick across the handover has exactly one run
-    let mut dates: Vec<_> = runs.iter().map(|r| r.logical_date).collect();
-    dates.sort();
-    let unique: BTreeSet<_> = dates.iter().collect();
-    assert_eq!(unique.len(), dates.len(), "a tick has two runs");
-    for pair in dates.windows(2) {
-        assert_eq!(
-            (pair[1] - pair[0]).num_seconds(),
-            1,
-            "tick lost between {} and {}",
-            pair[0],
-            pair[1]
-        );
-    }
+    assert_one_run_per_tick(&runs, 1);
     assert!(metric(&second, "dagop_runs_created_total").await >= Some(1.0));
 }

@@ -1,28 +1,17 @@
 //! The scheduler end to end (issue 4): the operator binary on the local plane, a database of
 //! its own per test, DAGs applied with kubectl, runs read back from PostgreSQL.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dag_operator::store::{RunRow, RunType};
+use dag_operator_e2e::assert_one_run_per_tick;
 use dag_operator_e2e::scenario::{Setup, dag_yaml, dag_yaml_with_image, setup};
 use serde_json::Value;
 
 /// Asserts the logical dates are consecutive seconds: every due tick exactly once.
 fn assert_every_second(runs: &[RunRow]) {
-    let dates: Vec<DateTime<Utc>> = runs.iter().map(|r| r.logical_date).collect();
-    let unique: BTreeSet<_> = dates.iter().collect();
-    assert_eq!(unique.len(), dates.len(), "duplicate runs: {dates:?}");
-    for pair in dates.windows(2) {
-        assert_eq!(
-            (pair[1] - pair[0]).num_seconds(),
-            1,
-            "a gap or a jump between {} and {}",
-            pair[0],
-            pair[1]
-        );
-    }
+    assert_one_run_per_tick(runs, 1);
 }
 
 fn ready_condition(status: &Value) -> Option<(String, String, String)> {

@@ -10,7 +10,7 @@ use dag_operator::api::{Backfill, BackfillSpec, BackfillStatus};
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 
-use super::run::kube_client;
+use super::run::with_kube;
 use super::{BackfillArgs, CliError, OrderArg, ReprocessArg};
 
 fn spec_of(args: &BackfillArgs, dag: &str) -> BackfillSpec {
@@ -53,34 +53,30 @@ pub fn run(args: BackfillArgs) -> Result<(), CliError> {
             args.concurrency
         )));
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::runtime(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async {
-        let client = kube_client(args.kube.kubeconfig.as_deref()).await?;
-        let namespace = args
-            .namespace
-            .clone()
-            .unwrap_or_else(|| client.default_namespace().to_string());
-        let api: Api<Backfill> = Api::namespaced(client, &namespace);
-        let mut bf = Backfill::new("", spec_of(&args, &dag));
-        bf.metadata = ObjectMeta {
-            generate_name: Some(format!("{}-", truncate(&dag, 200))),
-            namespace: Some(namespace.clone()),
-            ..Default::default()
-        };
-        let created = api
-            .create(&PostParams::default(), &bf)
-            .await
-            .map_err(|e| CliError::runtime(format!("cannot create the Backfill: {e}")))?;
-        let name = created.metadata.name.clone().unwrap_or_default();
-        println!("backfill.dagoperator.io/{name} created in namespace {namespace}");
-        if !args.wait {
-            return Ok(());
-        }
-        follow(&api, &name).await
-    })
+    let (kubeconfig, namespace) = (args.kube.kubeconfig.clone(), args.namespace.clone());
+    with_kube(
+        kubeconfig.as_deref(),
+        namespace.as_deref(),
+        |client, namespace| async move {
+            let api: Api<Backfill> = Api::namespaced(client, &namespace);
+            let mut bf = Backfill::new("", spec_of(&args, &dag));
+            bf.metadata = ObjectMeta {
+                generate_name: Some(format!("{}-", truncate(&dag, 200))),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            };
+            let created = api
+                .create(&PostParams::default(), &bf)
+                .await
+                .map_err(|e| CliError::runtime(format!("cannot create the Backfill: {e}")))?;
+            let name = created.metadata.name.clone().unwrap_or_default();
+            println!("backfill.dagoperator.io/{name} created in namespace {namespace}");
+            if !args.wait {
+                return Ok(());
+            }
+            follow(&api, &name).await
+        },
+    )
 }
 
 fn truncate(s: &str, n: usize) -> &str {

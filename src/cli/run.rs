@@ -55,6 +55,30 @@ async fn shutdown_signal() {
     }
 }
 
+/// Runs a short command against the API server: a current-thread runtime, the client from
+/// `kubeconfig` (or the usual inference), and the namespace (`-n`, else the kubeconfig's).
+pub(super) fn with_kube<T, F, Fut>(
+    kubeconfig: Option<&str>,
+    namespace: Option<&str>,
+    f: F,
+) -> Result<T, CliError>
+where
+    F: FnOnce(kube::Client, String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, CliError>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::runtime(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async {
+        let client = kube_client(kubeconfig).await?;
+        let namespace = namespace
+            .map(str::to_string)
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        f(client, namespace).await
+    })
+}
+
 pub(super) async fn kube_client(kubeconfig: Option<&str>) -> Result<kube::Client, CliError> {
     let config = match kubeconfig {
         Some(path) => {
@@ -379,15 +403,7 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
                         warning,
                         reason,
                         message,
-                    } => {
-                        tracing::info!(dag = %dag, reason, %message, "event");
-                        let events = events.clone();
-                        tokio::spawn(async move {
-                            events
-                                .publish(&dag_reference(&dag, None), warning, reason, message)
-                                .await;
-                        });
-                    }
+                    } => events.spawn_publish(dag_reference(&dag, None), warning, reason, message),
                     Output::StoreHealth(ok) => {
                         health.set_store_ok(ok);
                         let _ = status_tx.send(StatusUpdate::StoreHealth(ok));
@@ -420,15 +436,12 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
                         warning,
                         reason,
                         message,
-                    } => {
-                        tracing::info!(backfill = %backfill, reason, %message, "event");
-                        let events = events.clone();
-                        tokio::spawn(async move {
-                            events
-                                .publish(&backfill_reference(&backfill), warning, reason, message)
-                                .await;
-                        });
-                    }
+                    } => events.spawn_publish(
+                        backfill_reference(&backfill),
+                        warning,
+                        reason,
+                        message,
+                    ),
                     Output::RunsCancelled(runs) => {
                         tracing::info!(
                             count = runs.len(),

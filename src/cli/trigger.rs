@@ -6,7 +6,7 @@ use dag_operator::api::{DAG, TRIGGER_ANNOTATION, TRIGGER_PARAMS_ANNOTATION};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 
-use super::run::kube_client;
+use super::run::with_kube;
 use super::{CliError, TriggerArgs};
 
 /// The annotation value: the logical date when one is given (the operator reads an RFC3339
@@ -27,37 +27,35 @@ pub fn run(args: TriggerArgs) -> Result<(), CliError> {
             Err(e) => return Err(CliError::usage(format!("--params is not valid JSON: {e}"))),
         }
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::runtime(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async {
-        let client = kube_client(args.kube.kubeconfig.as_deref()).await?;
-        let namespace = args
-            .namespace
-            .clone()
-            .unwrap_or_else(|| client.default_namespace().to_string());
-        let api: Api<DAG> = Api::namespaced(client, &namespace);
-        let value = trigger_value(&args);
-        let patch = serde_json::json!({
-            "metadata": {"annotations": {
-                TRIGGER_ANNOTATION: value,
-                // a trigger without params must not inherit the previous trigger's
-                TRIGGER_PARAMS_ANNOTATION: args.params,
-            }}
-        });
-        api.patch(&args.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|e| match e {
-                kube::Error::Api(s) if s.code == 404 => {
-                    CliError::runtime(format!("DAG {namespace}/{} not found", args.name))
-                }
-                e => CliError::runtime(format!("cannot trigger {namespace}/{}: {e}", args.name)),
-            })?;
-        println!(
-            "triggered DAG {namespace}/{} ({TRIGGER_ANNOTATION}={value})",
-            args.name
-        );
-        Ok(())
-    })
+    let (kubeconfig, namespace) = (args.kube.kubeconfig.clone(), args.namespace.clone());
+    with_kube(
+        kubeconfig.as_deref(),
+        namespace.as_deref(),
+        |client, namespace| async move {
+            let api: Api<DAG> = Api::namespaced(client, &namespace);
+            let value = trigger_value(&args);
+            let patch = serde_json::json!({
+                "metadata": {"annotations": {
+                    TRIGGER_ANNOTATION: value,
+                    // a trigger without params must not inherit the previous trigger's
+                    TRIGGER_PARAMS_ANNOTATION: args.params,
+                }}
+            });
+            api.patch(&args.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| match e {
+                    kube::Error::Api(s) if s.code == 404 => {
+                        CliError::runtime(format!("DAG {namespace}/{} not found", args.name))
+                    }
+                    e => {
+                        CliError::runtime(format!("cannot trigger {namespace}/{}: {e}", args.name))
+                    }
+                })?;
+            println!(
+                "triggered DAG {namespace}/{} ({TRIGGER_ANNOTATION}={value})",
+                args.name
+            );
+            Ok(())
+        },
+    )
 }

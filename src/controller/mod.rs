@@ -58,6 +58,29 @@ impl Events {
         }
     }
 
+    /// Logs the event and publishes it in the background (the caller does not wait).
+    pub fn spawn_publish(
+        &self,
+        reference: ObjectReference,
+        warning: bool,
+        reason: &'static str,
+        note: String,
+    ) {
+        tracing::info!(
+            object = %format!(
+                "{}/{}",
+                reference.namespace.as_deref().unwrap_or_default(),
+                reference.name.as_deref().unwrap_or_default()
+            ),
+            kind = reference.kind.as_deref().unwrap_or_default(),
+            reason,
+            %note,
+            "event"
+        );
+        let events = self.clone();
+        tokio::spawn(async move { events.publish(&reference, warning, reason, note).await });
+    }
+
     pub async fn publish(
         &self,
         reference: &ObjectReference,

@@ -296,48 +296,21 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
     pub async fn run(mut self, mut cancelled: mpsc::UnboundedReceiver<Vec<(DagKey, Uuid)>>) {
         let wake = Arc::new(Notify::new());
         let pods_api: Api<Pod> = self.api(None);
-        let (pods, pod_writer) = reflector::store();
-        let cfg = watcher::Config::default().labels(pod::LABEL_RUN);
-        let w = wake.clone();
-        tokio::spawn(async move {
-            let stream = watcher(pods_api, cfg)
-                .default_backoff()
-                .reflect(pod_writer)
-                .applied_objects();
-            futures::pin_mut!(stream);
-            while let Some(event) = stream.next().await {
-                if let Err(e) = event {
-                    tracing::debug!(error = %e, "pod watch error (retrying)");
-                }
-                w.notify_one();
-            }
-        });
-        let dags_api: Api<DAG> = self.api(None);
-        let (dags, dag_writer) = reflector::store();
-        let w = wake.clone();
-        tokio::spawn(async move {
-            let stream = watcher(dags_api, watcher::Config::default())
-                .default_backoff()
-                .reflect(dag_writer)
-                .applied_objects();
-            futures::pin_mut!(stream);
-            while stream.next().await.is_some() {
-                w.notify_one();
-            }
-        });
-        let pools_api: Api<Pool> = self.api(None);
-        let (pools, pool_writer) = reflector::store();
-        let w = wake.clone();
-        tokio::spawn(async move {
-            let stream = watcher(pools_api, watcher::Config::default())
-                .default_backoff()
-                .reflect(pool_writer)
-                .applied_objects();
-            futures::pin_mut!(stream);
-            while stream.next().await.is_some() {
-                w.notify_one();
-            }
-        });
+        let pods = mirror(
+            pods_api,
+            watcher::Config::default().labels(pod::LABEL_RUN),
+            wake.clone(),
+        );
+        let dags = mirror(
+            self.api::<DAG>(None),
+            watcher::Config::default(),
+            wake.clone(),
+        );
+        let pools = mirror(
+            self.api::<Pool>(None),
+            watcher::Config::default(),
+            wake.clone(),
+        );
         let _ = pods.wait_until_ready().await;
         let _ = dags.wait_until_ready().await;
         let _ = pools.wait_until_ready().await;
@@ -946,6 +919,35 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
         new.ended_at = Some(now);
         Ok(Some(new))
     }
+}
+
+/// A watch cache of `api`'s objects kept by a background task, which wakes `wake` at every
+/// change (and every watch error, after which it retries with backoff).
+fn mirror<K>(api: Api<K>, cfg: watcher::Config, wake: Arc<Notify>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    tokio::spawn(async move {
+        let stream = watcher(api, cfg)
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects();
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(e) = event {
+                tracing::debug!(error = %e, "watch error (retrying)");
+            }
+            wake.notify_one();
+        }
+    });
+    store
 }
 
 /// The answer of the gate to a try asking for its slots.

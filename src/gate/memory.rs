@@ -5,9 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{
-    Claim, Gate, GateError, Grant, check_acquire, check_claim, check_holder, check_key, check_ttl,
-};
+use super::{Claim, Gate, GateError, Grant, check_claim, check_holder, check_key, check_ttl};
 
 /// One holder's slots: its weight and when its lease ends.
 #[derive(Clone, Copy, Debug)]
@@ -52,24 +50,12 @@ impl MemoryGate {
         weight: u32,
         limit: u32,
     ) -> Result<bool, GateError> {
-        check_acquire(key, holder, weight)?;
-        let now = Instant::now();
-        let expires = now + self.lease_ttl;
-        let mut semaphores = self.lock();
-        let holders = semaphores.entry(key.to_string()).or_default();
-        holders.retain(|_, lease| lease.expires > now);
-        if let Some(lease) = holders.get_mut(holder) {
-            lease.expires = expires;
-            return Ok(true);
-        }
-        let used: u64 = holders.values().map(|l| u64::from(l.weight)).sum();
-        let admitted = used + u64::from(weight) <= u64::from(limit);
-        if admitted {
-            holders.insert(holder.to_string(), Lease { weight, expires });
-        } else if holders.is_empty() {
-            semaphores.remove(key);
-        }
-        Ok(admitted)
+        let claim = Claim {
+            holder: holder.to_string(),
+            slots: vec![(key.to_string(), weight, limit)],
+        };
+        let grants = self.acquire_all_now(std::slice::from_ref(&claim))?;
+        Ok(grants.first() == Some(&Grant::Granted))
     }
 
     fn acquire_all_now(&self, claims: &[Claim]) -> Result<Vec<Grant>, GateError> {

@@ -25,7 +25,6 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 const CONNECT_RETRIES: usize = 2;
 
 struct Scripts {
-    acquire: Script,
     acquire_all: Script,
     renew: Script,
     release: Script,
@@ -35,7 +34,6 @@ struct Scripts {
 impl Scripts {
     fn load() -> Self {
         Scripts {
-            acquire: Script::new(include_str!("lua/acquire.lua")),
             acquire_all: Script::new(include_str!("lua/acquire_all.lua")),
             renew: Script::new(include_str!("lua/renew.lua")),
             release: Script::new(include_str!("lua/release.lua")),
@@ -205,6 +203,7 @@ fn map_err(e: RedisError) -> GateError {
 }
 
 impl Gate for RedisGate {
+    /// A claim of one semaphore (`acquire_all.lua`, the only admission script).
     async fn acquire(
         &self,
         key: &str,
@@ -213,19 +212,19 @@ impl Gate for RedisGate {
         limit: u32,
     ) -> Result<bool, GateError> {
         check_acquire(key, holder, weight)?;
-        let (weight, limit, ttl) = (
+        let (ttl, weight, limit) = (
+            self.lease_ttl_ms.to_string(),
             weight.to_string(),
             limit.to_string(),
-            self.lease_ttl_ms.to_string(),
         );
         let args: [&[u8]; 4] = [
             holder.as_bytes(),
+            ttl.as_bytes(),
             weight.as_bytes(),
             limit.as_bytes(),
-            ttl.as_bytes(),
         ];
-        let admitted: i64 = self.run(&self.scripts.acquire, key, &args).await?;
-        Ok(admitted == 1)
+        let refused_at: i64 = self.run(&self.scripts.acquire_all, key, &args).await?;
+        Ok(refused_at == 0)
     }
 
     /// One pipeline of EVALSHA acquire_all calls, one per claim.

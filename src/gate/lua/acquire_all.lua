@@ -1,5 +1,6 @@
--- Acquire several semaphores for one holder, all or none (SPEC §7): a run takes a slot of
--- the global limit, its DAG's and its Backfill's in one atomic step.
+-- Acquire one or several semaphores for one holder, all or none (SPEC §7): a run takes a slot
+-- of the global limit, its DAG's and its Backfill's in one atomic step; a single `acquire` is
+-- a claim of one semaphore. The only script that admits.
 --
 -- KEYS[2i-1]  semaphore i: sorted set, member = holder, score = lease expiry (ms, Redis time)
 -- KEYS[2i]    its weights: hash, holder -> weight, only for holders of weight > 1
@@ -10,7 +11,8 @@
 --
 -- Returns 0 when `holder` holds every semaphore after the call, or i (1-based) of the first
 -- semaphore that refused it (then nothing was taken). A semaphore the holder already holds
--- admits it again with a fresh lease and its old weight, like acquire.lua.
+-- admits it again with a fresh lease and its old weight (so a retried call never takes slots
+-- twice). A lease whose expiry is <= now is over: its holder and weight are dropped first.
 local holder = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local n = #KEYS / 2
