@@ -8,7 +8,7 @@ ARG TARGET=x86_64-unknown-linux-musl
 
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
 ARG TARGET
-# musl-gcc compiles ring's C and assembly for the musl target
+# musl-gcc compiles ring's C and assembly and jemalloc (the global allocator) for the musl target
 RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools \
  && rm -rf /var/lib/apt/lists/* \

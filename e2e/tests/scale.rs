@@ -118,3 +118,45 @@ async fn scheduling_delay_p99_at_1000_dags_in_steady_state() {
         "steady state kept scheduling"
     );
 }
+
+#[tokio::test]
+#[ignore = "scale run: see the module docs"]
+async fn rss_while_watching_10000_dags() {
+    const DAGS: usize = 10_000;
+    plane().install_crds();
+    let ns = TestNamespace::new("scale-rss");
+    let db = TestDb::create("e2e_scale_rss").await;
+    let _store = db.migrated().await;
+    // hourly DAGs of three tasks created now: watched and scheduled, no run due for a while
+    for chunk in 0..DAGS / 1000 {
+        let mut yaml = String::new();
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            yaml.push_str(&format!(
+                "---\napiVersion: dagoperator.io/v1alpha1\nkind: DAG\nmetadata: {{name: d{i:05}}}\nspec:\n  schedule: '{} {} * * *'\n  timezone: Europe/Berlin\n  tasks:\n  - {{name: extract, container: {{image: busybox, command: [sh, -c, 'echo extract']}}}}\n  - {{name: transform, dependsOn: [extract], container: {{image: busybox}}}}\n  - {{name: load, dependsOn: [transform], container: {{image: busybox}}}}\n",
+                i % 60,
+                (i / 60) % 24
+            ));
+        }
+        ns.kubectl_ok(&["apply", "--server-side", "-f", "-"], Some(&yaml));
+    }
+    let op = Operator::start(&ns.name, &db.url, &[]);
+    // every DAG reconciled and its status written (Ready), then let it settle
+    eventually(Duration::from_secs(600), "every DAG Ready", || async {
+        let out = ns.kubectl_ok(
+            &[
+                "get",
+                "dags",
+                "-o",
+                "jsonpath={range .items[*]}{.status.conditions[0].status}{\"\\n\"}{end}",
+            ],
+            None,
+        );
+        (out.lines().filter(|l| *l == "True").count() == DAGS).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    println!(
+        "scale: operator watching {DAGS} DAGs (all Ready): RSS {:.1} MiB",
+        rss_mib(op.metrics_port).unwrap_or(f64::NAN)
+    );
+}

@@ -172,9 +172,8 @@ pub struct TaskSpec {
     #[schemars(range(min = 1))]
     pub timeout_seconds: Option<i64>,
     /// The container to run (core/v1 Container); `name` defaults to the task name.
-    #[serde(deserialize_with = "container_with_optional_name")]
     #[schemars(schema_with = "schema::container_name_optional")]
-    pub container: Container,
+    pub container: TaskContainer,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -199,13 +198,37 @@ fn default_max_retry_delay() -> i32 {
     3600
 }
 
-fn container_with_optional_name<'de, D: Deserializer<'de>>(d: D) -> Result<Container, D::Error> {
-    let mut value = serde_json::Value::deserialize(d)?;
-    if let Some(obj) = value.as_object_mut() {
-        obj.entry("name")
-            .or_insert_with(|| serde_json::Value::String(String::new()));
+/// A task's core/v1 Container, kept as the JSON it was given. A `Container` is 2.3 KB before
+/// any of its contents (every optional probe, lifecycle and security context is inline), and
+/// each DAG is held by two watch caches and the engine: as JSON a typical container is a few
+/// hundred bytes. It is checked to be a valid Container when read, and becomes one only to
+/// build a Pod. A missing `name` is allowed (the task's name is used).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct TaskContainer(serde_json::Value);
+
+impl TaskContainer {
+    /// The Container; `name` empty when the spec left it out.
+    pub fn to_container(&self) -> Container {
+        // checked when it was read, so this cannot fail; an empty container if it ever did
+        Self::parse(self.0.clone()).unwrap_or_default()
     }
-    serde_json::from_value(value).map_err(serde::de::Error::custom)
+
+    fn parse(mut value: serde_json::Value) -> Result<Container, serde_json::Error> {
+        if let Some(obj) = value.as_object_mut() {
+            obj.entry("name")
+                .or_insert_with(|| serde_json::Value::String(String::new()));
+        }
+        serde_json::from_value(value)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskContainer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        Self::parse(value.clone()).map_err(serde::de::Error::custom)?;
+        Ok(TaskContainer(value))
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -320,8 +343,17 @@ mod tests {
         assert_eq!((t.pool_slots, t.priority_weight, t.retries), (1, 1, 0));
         assert_eq!(t.retry_delay_seconds, 30);
         assert_eq!(t.max_retry_delay_seconds, 3600);
-        assert_eq!(t.container.name, "");
-        assert_eq!(t.container.image.as_deref(), Some("busybox"));
+        let c = t.container.to_container();
+        assert_eq!(c.name, "");
+        assert_eq!(c.image.as_deref(), Some("busybox"));
+        // kept compact: the JSON it came in, not a 2.3 KB Container
+        assert!(std::mem::size_of_val(&t.container) <= 32);
+        assert!(
+            serde_json::from_value::<TaskSpec>(
+                serde_json::json!({"name": "x", "container": {"image": 3}})
+            )
+            .is_err()
+        );
     }
 
     #[test]

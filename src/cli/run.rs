@@ -113,6 +113,7 @@ impl Workers {
         out: mpsc::UnboundedSender<Output>,
         exec_out: mpsc::UnboundedSender<ExecOutput>,
         cancelled: mpsc::UnboundedReceiver<Vec<(dag_operator::store::DagKey, uuid::Uuid)>>,
+        dags: kube::runtime::reflector::Store<DAG>,
     ) {
         let engine = Engine::with_gate(self.engine, self.store.clone(), gate.clone(), out);
         tokio::spawn(engine.run(commands));
@@ -124,7 +125,7 @@ impl Workers {
             self.namespace,
             exec_out,
         );
-        tokio::spawn(executor.run(cancelled));
+        tokio::spawn(executor.run(dags, cancelled));
     }
 }
 
@@ -304,17 +305,33 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
         client: client.clone(),
         namespace: args.namespace.clone(),
     };
+    // one cache of the watched DAGs, filled by the DAG controller and read by the executor
+    let dag_cache = kube::runtime::reflector::store::Writer::<DAG>::default();
     match args.redis.url() {
         Some(url) => {
             let gate = RedisGate::connect_lazy(&url, &args.redis.redis_key_prefix, lease_ttl)
                 .map_err(|e| CliError::usage(format!("invalid Redis settings: {e}")))?;
             tracing::info!(prefix = %args.redis.redis_key_prefix, "limits held in Redis");
-            workers.spawn(gate, cmd_rx, out_tx, exec_tx, cancel_rx);
+            workers.spawn(
+                gate,
+                cmd_rx,
+                out_tx,
+                exec_tx,
+                cancel_rx,
+                dag_cache.as_reader(),
+            );
         }
         None => {
             tracing::info!("no Redis configured: limits held in process (run one replica)");
             let gate = MemoryGate::new(lease_ttl);
-            workers.spawn(gate, cmd_rx, out_tx, exec_tx, cancel_rx);
+            workers.spawn(
+                gate,
+                cmd_rx,
+                out_tx,
+                exec_tx,
+                cancel_rx,
+                dag_cache.as_reader(),
+            );
         }
     }
     let gate_health = GateHealth::new(health.clone(), status_tx.clone());
@@ -483,7 +500,7 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
         "watching DAGs"
     );
     tokio::select! {
-        _ = dag_controller::run(api, ctx) => {}
+        _ = dag_controller::run(api, ctx, dag_cache) => {}
         // the controller drains in-flight reconciles on SIGTERM; one whose watch cannot even
         // list (e.g. 401/403) never finishes draining, so the process ends after a grace period
         _ = async {

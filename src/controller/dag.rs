@@ -12,12 +12,12 @@ use chrono_tz::Tz;
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller, Error as RuntimeError};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc;
 
 use super::status::{StatusUpdate, Validity};
-use super::{ControllerError, Events, dag_reference, to_chrono};
+use super::{ControllerError, Events, dag_reference, to_chrono, trim_metadata};
 use crate::api::dag::DagSpecError;
 use crate::api::{DAG, TRIGGER_ANNOTATION, TRIGGER_PARAMS_ANNOTATION};
 use crate::engine::{Command, DagInfo, TriggerRequest};
@@ -188,10 +188,29 @@ pub fn error_policy(_dag: Arc<DAG>, error: &ControllerError, _ctx: Arc<Context>)
 
 /// Runs the controller until shutdown. Deleted DAGs leave the engine too: a watch of its own
 /// tells deletions, including those missed while the watch was down (found by relisting).
-pub async fn run(api: Api<DAG>, ctx: Arc<Context>) {
+/// `cache` is where the controller keeps the DAGs it watches (trimmed of managedFields); its
+/// reader may be shared (the executor reads the same cache).
+pub async fn run(api: Api<DAG>, ctx: Arc<Context>, cache: reflector::store::Writer<DAG>) {
     tokio::spawn(watch_deletions(api.clone(), ctx.clone()));
     let forget_ctx = ctx.clone();
-    Controller::new(api, watcher::Config::default())
+    // the controller's cache, trimmed before it is stored (10,000 DAGs' managedFields are
+    // hundreds of MiB)
+    let reader = cache.as_reader();
+    let trigger = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|dag: &mut DAG| {
+            trim_metadata(dag);
+            // of its own status the operator reads back only the last handled trigger
+            if let Some(status) = dag.status.as_mut() {
+                *status = crate::api::DagStatus {
+                    last_handled_trigger: status.last_handled_trigger.take(),
+                    ..Default::default()
+                };
+            }
+        })
+        .reflect(cache)
+        .touched_objects();
+    Controller::for_stream(trigger, reader)
         .shutdown_on_signal()
         .run(reconcile_timed, error_policy, ctx)
         .for_each(|result| {

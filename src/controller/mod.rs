@@ -24,6 +24,17 @@ pub enum ControllerError {
     Missing(&'static str),
 }
 
+/// Drops what no reconciler here reads and what is often most of a cached object's size:
+/// `metadata.managedFields` and kubectl's last-applied annotation. Applied to objects before
+/// they enter a watch cache.
+pub fn trim_metadata<K: kube::Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
 /// Converts a Kubernetes timestamp (jiff) into chrono.
 pub fn to_chrono(t: &Time) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)

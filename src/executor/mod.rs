@@ -292,24 +292,28 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
         }
     }
 
-    /// Runs passes until the process ends: at each Pod or DAG change and every `interval`.
-    pub async fn run(mut self, mut cancelled: mpsc::UnboundedReceiver<Vec<(DagKey, Uuid)>>) {
+    /// Runs passes until the process ends: at each Pod or Pool change and every `interval`.
+    /// `dags` is the DAG controller's cache (one copy of every DAG in the process).
+    pub async fn run(
+        mut self,
+        dags: Store<DAG>,
+        mut cancelled: mpsc::UnboundedReceiver<Vec<(DagKey, Uuid)>>,
+    ) {
         let wake = Arc::new(Notify::new());
         let pods_api: Api<Pod> = self.api(None);
+        // a task Pod is judged by its status and found by its name and labels: its spec
+        // (with the task's environment) is not kept
         let pods = mirror(
             pods_api,
             watcher::Config::default().labels(pod::LABEL_RUN),
             wake.clone(),
-        );
-        let dags = mirror(
-            self.api::<DAG>(None),
-            watcher::Config::default(),
-            wake.clone(),
+            |pod: &mut Pod| pod.spec = None,
         );
         let pools = mirror(
             self.api::<Pool>(None),
             watcher::Config::default(),
             wake.clone(),
+            |_: &mut Pool| {},
         );
         let _ = pods.wait_until_ready().await;
         let _ = dags.wait_until_ready().await;
@@ -922,8 +926,16 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
 }
 
 /// A watch cache of `api`'s objects kept by a background task, which wakes `wake` at every
-/// change (and every watch error, after which it retries with backoff).
-fn mirror<K>(api: Api<K>, cfg: watcher::Config, wake: Arc<Notify>) -> Store<K>
+/// change (and every watch error, after which it retries with backoff). Each object is passed
+/// through `trim` before it is cached, and loses its `managedFields` and kubectl's
+/// last-applied annotation: the executor never reads them, and they are often most of an
+/// object's size.
+fn mirror<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    wake: Arc<Notify>,
+    trim: impl FnMut(&mut K) + Send + 'static,
+) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -934,9 +946,14 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
+    let mut trim = trim;
     tokio::spawn(async move {
         let stream = watcher(api, cfg)
             .default_backoff()
+            .modify(move |obj: &mut K| {
+                crate::controller::trim_metadata(obj);
+                trim(obj);
+            })
             .reflect(writer)
             .applied_objects();
         futures::pin_mut!(stream);

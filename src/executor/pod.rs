@@ -49,7 +49,7 @@ fn env(name: &str, value: String) -> EnvVar {
 pub fn build_pod(run: &RunRow, task: &TaskSpec, try_number: i32) -> Pod {
     let name = pod_name(&run.dag.name, &run.id, &task.name, try_number);
     let rfc = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
-    let mut container: Container = task.container.clone();
+    let mut container: Container = task.container.to_container();
     if container.name.is_empty() {
         container.name = task.name.clone();
     }
