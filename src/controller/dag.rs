@@ -209,7 +209,7 @@ pub async fn run(api: Api<DAG>, ctx: Arc<Context>, cache: reflector::store::Writ
             }
         })
         .reflect(cache)
-        .touched_objects();
+        .applied_objects();
     Controller::for_stream(trigger, reader)
         .shutdown_on_signal()
         .run(reconcile_timed, error_policy, ctx)

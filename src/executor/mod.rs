@@ -316,7 +316,7 @@ impl<S: RunStore, G: Gate> Executor<S, G> {
             |_: &mut Pool| {},
         );
         let _ = pods.wait_until_ready().await;
-        let _ = dags.wait_until_ready().await;
+        until_ready(&dags).await;
         let _ = pools.wait_until_ready().await;
         loop {
             if let Err(e) = self.pass(&pods, &dags, &pools, Utc::now()).await {
@@ -965,6 +965,20 @@ where
         }
     });
     store
+}
+
+/// Waits until `store` has had its first full list. The DAG cache is shared with the DAG
+/// controller, which waits on it too, and kube-runtime wakes only one of several tasks waiting
+/// on the same store: so this looks again every 200 ms rather than waiting to be woken.
+async fn until_ready<K>(store: &Store<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    while tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready())
+        .await
+        .is_err()
+    {}
 }
 
 /// The answer of the gate to a try asking for its slots.
