@@ -31,8 +31,33 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
 /// How long a graceful shutdown may take before the process just ends.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Completes on SIGINT or SIGTERM.
+/// Set once SIGINT or SIGTERM arrived. Listening starts when the process starts, so a signal
+/// sent while the operator is still starting up is not missed.
+static SHUTDOWN: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> =
+    std::sync::OnceLock::new();
+
+/// Starts listening for SIGINT and SIGTERM (once, at the start of `run`).
+fn listen_for_shutdown() {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    if SHUTDOWN.set(rx).is_ok() {
+        tokio::spawn(async move {
+            os_signal().await;
+            let _ = tx.send(true);
+        });
+    }
+}
+
+/// Completes once SIGINT or SIGTERM has arrived (also if it arrived before this was called).
 async fn shutdown_signal() {
+    let Some(rx) = SHUTDOWN.get() else {
+        return os_signal().await;
+    };
+    let mut rx = rx.clone();
+    let _ = rx.wait_for(|down| *down).await;
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn os_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -220,6 +245,7 @@ async fn step_down_on_loss(mut elector: Elector, done: tokio::sync::oneshot::Rec
 }
 
 async fn operate(args: RunArgs) -> Result<(), CliError> {
+    listen_for_shutdown();
     telemetry::init_tracing(args.log_format == LogFormat::Json);
     let default_tz = parse_timezone(&args.timezone).map_err(CliError::usage)?;
     let url = args.database.url()?;
@@ -500,7 +526,7 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
         "watching DAGs"
     );
     tokio::select! {
-        _ = dag_controller::run(api, ctx, dag_cache) => {}
+        _ = dag_controller::run(api, ctx, dag_cache, shutdown_signal()) => {}
         // the controller drains in-flight reconciles on SIGTERM; one whose watch cannot even
         // list (e.g. 401/403) never finishes draining, so the process ends after a grace period
         _ = async {

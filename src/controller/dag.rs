@@ -190,7 +190,13 @@ pub fn error_policy(_dag: Arc<DAG>, error: &ControllerError, _ctx: Arc<Context>)
 /// tells deletions, including those missed while the watch was down (found by relisting).
 /// `cache` is where the controller keeps the DAGs it watches (trimmed of managedFields); its
 /// reader may be shared (the executor reads the same cache).
-pub async fn run(api: Api<DAG>, ctx: Arc<Context>, cache: reflector::store::Writer<DAG>) {
+/// It shuts down gracefully when `shutdown` completes.
+pub async fn run(
+    api: Api<DAG>,
+    ctx: Arc<Context>,
+    cache: reflector::store::Writer<DAG>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     tokio::spawn(watch_deletions(api.clone(), ctx.clone()));
     let forget_ctx = ctx.clone();
     // the controller's cache, trimmed before it is stored (10,000 DAGs' managedFields are
@@ -211,7 +217,7 @@ pub async fn run(api: Api<DAG>, ctx: Arc<Context>, cache: reflector::store::Writ
         .reflect(cache)
         .applied_objects();
     Controller::for_stream(trigger, reader)
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown)
         .run(reconcile_timed, error_policy, ctx)
         .for_each(|result| {
             let ctx = forget_ctx.clone();
