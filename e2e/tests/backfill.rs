@@ -412,6 +412,20 @@ async fn invalid_backfills_say_why_and_create_nothing() {
     );
 }
 
+/// Lets every run of `dag` succeed, then checks for two seconds that no run is added: there
+/// are `n`, and `why` says what a new one would mean.
+async fn finish_and_stay(s: &Setup, dag: &str, n: usize, why: &str) {
+    let runs = s.succeed_all(dag).await;
+    assert!(
+        runs.iter().all(|r| r.state == RunState::Success),
+        "{runs:?}"
+    );
+    for _ in 0..8 {
+        assert_eq!(s.runs(dag).await.len(), n, "{why}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[tokio::test]
 async fn suspend_pauses_a_backfill_and_deleting_it_stops_admissions_while_running_runs_finish() {
     let s = setup("bf-stop").await;
@@ -440,19 +454,7 @@ async fn suspend_pauses_a_backfill_and_deleting_it_stops_admissions_while_runnin
     ));
     backfill_until(&s, "pausable", "Suspended", |st| st["phase"] == "Suspended").await;
     // (the Pods may not exist yet: keep telling kwok until both runs have ended)
-    let runs = s.succeed_all("held").await;
-    assert!(
-        runs.iter().all(|r| r.state == RunState::Success),
-        "{runs:?}"
-    );
-    for _ in 0..8 {
-        assert_eq!(
-            s.runs("held").await.len(),
-            2,
-            "a suspended Backfill admitted a run"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    finish_and_stay(&s, "held", 2, "a suspended Backfill admitted a run").await;
 
     // resume, then delete while two runs hold: they finish, nothing more is created
     s.apply(&backfill_yaml(
@@ -465,17 +467,5 @@ async fn suspend_pauses_a_backfill_and_deleting_it_stops_admissions_while_runnin
     s.runs_until("held", "two more runs", |r| r.len() == 4)
         .await;
     s.ns.kubectl_ok(&["delete", "backfill", "pausable"], None);
-    let runs = s.succeed_all("held").await;
-    assert!(
-        runs.iter().all(|r| r.state == RunState::Success),
-        "{runs:?}"
-    );
-    for _ in 0..8 {
-        assert_eq!(
-            s.runs("held").await.len(),
-            4,
-            "a deleted Backfill admitted a run"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    finish_and_stay(&s, "held", 4, "a deleted Backfill admitted a run").await;
 }

@@ -121,36 +121,34 @@ pub(super) async fn kube_client(kubeconfig: Option<&str>) -> Result<kube::Client
         .map_err(|e| CliError::runtime(format!("cannot build a Kubernetes client: {e}")))
 }
 
-/// The engine and the executor, sharing one gate.
+/// The engine and the executor, with their channels, before they get their (shared) gate.
 struct Workers {
     engine: EngineConfig,
     executor: ExecutorConfig,
     store: PgStore,
     client: kube::Client,
     namespace: Option<String>,
+    commands: mpsc::Receiver<Command>,
+    out: mpsc::UnboundedSender<Output>,
+    exec_out: mpsc::UnboundedSender<ExecOutput>,
+    cancelled: mpsc::UnboundedReceiver<Vec<(dag_operator::store::DagKey, uuid::Uuid)>>,
+    /// the DAG controller's cache, read by the executor
+    dags: kube::runtime::reflector::Store<DAG>,
 }
 
 impl Workers {
-    fn spawn<G: Gate + Clone>(
-        self,
-        gate: G,
-        commands: mpsc::Receiver<Command>,
-        out: mpsc::UnboundedSender<Output>,
-        exec_out: mpsc::UnboundedSender<ExecOutput>,
-        cancelled: mpsc::UnboundedReceiver<Vec<(dag_operator::store::DagKey, uuid::Uuid)>>,
-        dags: kube::runtime::reflector::Store<DAG>,
-    ) {
-        let engine = Engine::with_gate(self.engine, self.store.clone(), gate.clone(), out);
-        tokio::spawn(engine.run(commands));
+    fn spawn<G: Gate + Clone>(self, gate: G) {
+        let engine = Engine::with_gate(self.engine, self.store.clone(), gate.clone(), self.out);
+        tokio::spawn(engine.run(self.commands));
         let executor = Executor::new(
             self.executor,
             self.store,
             gate,
             self.client,
             self.namespace,
-            exec_out,
+            self.exec_out,
         );
-        tokio::spawn(executor.run(dags, cancelled));
+        tokio::spawn(executor.run(self.dags, self.cancelled));
     }
 }
 
@@ -324,40 +322,31 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
         pod_retention: Duration::from_secs(args.pod_retention),
         ..ExecutorConfig::default()
     };
+    // one cache of the watched DAGs, filled by the DAG controller and read by the executor
+    let dag_cache = kube::runtime::reflector::store::Writer::<DAG>::default();
     let workers = Workers {
         engine: cfg,
         executor: exec_cfg,
         store,
         client: client.clone(),
         namespace: args.namespace.clone(),
+        commands: cmd_rx,
+        out: out_tx,
+        exec_out: exec_tx,
+        cancelled: cancel_rx,
+        dags: dag_cache.as_reader(),
     };
-    // one cache of the watched DAGs, filled by the DAG controller and read by the executor
-    let dag_cache = kube::runtime::reflector::store::Writer::<DAG>::default();
     match args.redis.url() {
         Some(url) => {
             let gate = RedisGate::connect_lazy(&url, &args.redis.redis_key_prefix, lease_ttl)
                 .map_err(|e| CliError::usage(format!("invalid Redis settings: {e}")))?;
             tracing::info!(prefix = %args.redis.redis_key_prefix, "limits held in Redis");
-            workers.spawn(
-                gate,
-                cmd_rx,
-                out_tx,
-                exec_tx,
-                cancel_rx,
-                dag_cache.as_reader(),
-            );
+            workers.spawn(gate);
         }
         None => {
             tracing::info!("no Redis configured: limits held in process (run one replica)");
             let gate = MemoryGate::new(lease_ttl);
-            workers.spawn(
-                gate,
-                cmd_rx,
-                out_tx,
-                exec_tx,
-                cancel_rx,
-                dag_cache.as_reader(),
-            );
+            workers.spawn(gate);
         }
     }
     let gate_health = GateHealth::new(health.clone(), status_tx.clone());
