@@ -54,15 +54,13 @@ async fn one_tick<G: Gate>(store: PgStore, gate: G, hour: i64) -> Duration {
     let spec = spec();
     let schedule = spec.parse_schedule(Tz::UTC).expect("schedule");
     for i in 0..DAGS {
-        let info = DagInfo {
-            key: DagKey::new("bench", format!("dag-{i:05}-{hour}")),
-            uid: format!("uid-{i}"),
-            created_at: created,
-            spec: spec.clone(),
-            schedule: schedule.clone(),
-            trigger: None,
-            last_handled_trigger: None,
-        };
+        let info = DagInfo::from_spec(
+            DagKey::new("bench", format!("dag-{i:05}-{hour}")),
+            &format!("uid-{i}"),
+            created,
+            (*spec).clone(),
+            schedule.clone(),
+        );
         engine.apply(Command::Upsert(Box::new(info)), created);
     }
     let started = Instant::now();

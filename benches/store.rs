@@ -25,6 +25,7 @@ fn new_run(dag: String, logical_date: DateTime<Utc>, run_type: RunType) -> NewRu
         data_interval_end: logical_date,
         priority: 0,
         params: serde_json::json!({"source": "bench"}),
+        spec_hash: None,
         tasks: vec![NewTask {
             task_name: "main".into(),
             pool: None,

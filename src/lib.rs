@@ -9,6 +9,7 @@ pub mod engine;
 pub mod executor;
 pub mod gate;
 pub mod graph;
+pub mod k8s;
 pub mod leader;
 pub mod queue;
 pub mod schedule;

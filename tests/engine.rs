@@ -23,15 +23,13 @@ fn spec(yaml: &str) -> Arc<DagSpec> {
 
 fn info(name: &str, created: DateTime<Utc>, spec: Arc<DagSpec>) -> DagInfo {
     let schedule = spec.parse_schedule(Tz::UTC).expect("valid schedule");
-    DagInfo {
-        key: DagKey::new("ns", name),
-        uid: format!("uid-{name}"),
-        created_at: created,
-        spec,
+    DagInfo::from_spec(
+        DagKey::new("ns", name),
+        &format!("uid-{name}"),
+        created,
+        (*spec).clone(),
         schedule,
-        trigger: None,
-        last_handled_trigger: None,
-    }
+    )
 }
 
 struct Harness {
@@ -100,7 +98,7 @@ impl Harness {
     async fn end_all(&mut self) {
         let ids: Vec<_> = self
             .store
-            .running_runs()
+            .running_runs(None)
             .await
             .expect("running")
             .iter()
@@ -554,9 +552,9 @@ async fn a_removed_dag_stops_and_two_engines_never_create_a_run_twice() {
     }
     assert_eq!(a.dates("shared").await, every(t0, Duration::minutes(1), 6));
     a.engine
-        .apply(Command::Remove(DagKey::new("ns", "shared")), t);
+        .apply(Command::Invalid(DagKey::new("ns", "shared")), t);
     b.engine
-        .apply(Command::Remove(DagKey::new("ns", "shared")), t);
+        .apply(Command::Invalid(DagKey::new("ns", "shared")), t);
     a.run_clock(t, t + Duration::minutes(3), Duration::minutes(1))
         .await;
     assert_eq!(a.dates("shared").await.len(), 6);
@@ -591,7 +589,7 @@ async fn two_engines_sharing_a_gate_never_exceed_the_global_limit_together() {
             e.tick(t0 + Duration::minutes(minute)).await.expect("tick");
         }
     }
-    let running = db.running_runs().await.expect("runs");
+    let running = db.running_runs(None).await.expect("runs");
     assert_eq!(
         running.len(),
         3,
@@ -620,11 +618,215 @@ async fn an_unreachable_gate_pauses_admission_and_loses_nothing() {
         .await
         .expect("store is fine");
     assert!(
-        db.running_runs().await.expect("runs").is_empty(),
+        db.running_runs(None).await.expect("runs").is_empty(),
         "fail closed: nothing admitted"
     );
     let outputs: Vec<Output> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
     assert!(outputs.contains(&Output::GateHealth(false)), "{outputs:?}");
     // the due ticks still wait in the queue
     assert_eq!(e.queue_depth(), [0, 3, 0]);
+}
+
+/// The ids of the runs an output says were cancelled.
+fn cancelled(outputs: &[Output]) -> Vec<uuid::Uuid> {
+    outputs
+        .iter()
+        .flat_map(|o| match o {
+            Output::RunsCancelled(runs) => runs.iter().map(|(_, id)| *id).collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+fn one_slot() -> EngineConfig {
+    EngineConfig {
+        max_concurrent_runs: 1,
+        ..EngineConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_dags_running_run_is_cancelled_and_its_global_slot_freed() {
+    let db = common::fresh_store("eng_deleted").await;
+    let mut h = Harness::new(db, one_slot()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    h.upsert(info("doomed", t0, spec("schedule: '0 * * * *'")), t0);
+    h.tick(t0).await;
+    let run = h.runs("doomed").await.remove(0);
+    h.upsert(info("other", t0, spec("schedule: '*/5 * * * *'")), t0);
+    h.tick(t0 + Duration::minutes(5)).await;
+    assert!(
+        h.runs("other").await.is_empty(),
+        "the one global slot is taken"
+    );
+    h.engine.apply(
+        Command::Deleted {
+            key: DagKey::new("ns", "doomed"),
+            uid: "uid-doomed".into(),
+        },
+        t0 + Duration::minutes(6),
+    );
+    h.tick(t0 + Duration::minutes(6)).await;
+    assert_eq!(h.runs("doomed").await[0].state, RunState::Cancelled);
+    let outputs = h.outputs();
+    assert_eq!(cancelled(&outputs), [run.id]);
+    assert!(outputs.iter().any(|o| matches!(
+        o,
+        Output::Event {
+            reason: "RunCancelled",
+            ..
+        }
+    )));
+    h.tick(t0 + Duration::minutes(7)).await;
+    assert_eq!(h.runs("other").await.len(), 1, "the slot is free again");
+}
+
+#[tokio::test]
+async fn runs_of_a_dag_deleted_while_the_operator_was_down_are_cancelled_once_listed() {
+    let db = common::fresh_store("eng_deleted_down").await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    let run = {
+        let mut h = Harness::new(db.clone(), one_slot()).await;
+        h.upsert(info("doomed", t0, spec("schedule: '0 * * * *'")), t0);
+        h.tick(t0).await;
+        h.runs("doomed").await.remove(0)
+    };
+    // a new process: the DAG is gone, another one exists
+    let mut h = Harness::new(db, one_slot()).await;
+    h.upsert(info("other", t0, spec("schedule: '*/5 * * * *'")), t0);
+    h.engine.apply(
+        Command::Listed(std::collections::HashMap::from([(
+            DagKey::new("ns", "other"),
+            "uid-other".to_string(),
+        )])),
+        t0 + Duration::minutes(5),
+    );
+    h.tick(t0 + Duration::minutes(5)).await;
+    assert_eq!(h.runs("doomed").await[0].state, RunState::Cancelled);
+    assert_eq!(cancelled(&h.outputs()), [run.id]);
+    h.tick(t0 + Duration::minutes(6)).await;
+    assert_eq!(h.runs("other").await.len(), 1, "the slot is free again");
+}
+
+#[tokio::test]
+async fn a_dag_created_again_under_the_same_name_starts_clean() {
+    let db = common::fresh_store("eng_recreated").await;
+    let mut h = Harness::new(db, one_slot()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    h.upsert(
+        info(
+            "same",
+            t0,
+            spec("schedule: '0 * * * *'\nconcurrencyPolicy: Forbid"),
+        ),
+        t0,
+    );
+    h.tick(t0).await;
+    let old = h.runs("same").await.remove(0);
+    // deleted and created again while the deletion went unseen: a new uid
+    let mut again = info(
+        "same",
+        t0 + Duration::minutes(30),
+        spec("schedule: '0 * * * *'\nconcurrencyPolicy: Forbid"),
+    );
+    again = DagInfo::from_spec(
+        again.key.clone(),
+        "uid-same-2",
+        t0 + Duration::minutes(30),
+        again.spec().clone(),
+        again.schedule.clone(),
+    );
+    h.upsert(again, t0 + Duration::minutes(30));
+    h.tick(t0 + Duration::minutes(30)).await;
+    assert_eq!(cancelled(&h.outputs()), [old.id]);
+    // with Forbid, the next tick is not skipped for the old object's run
+    h.tick(t0 + Duration::hours(1)).await;
+    let runs = h.runs("same").await;
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[1].dag_uid, "uid-same-2");
+    assert_eq!(runs[1].state, RunState::Running);
+}
+
+#[tokio::test]
+async fn an_invalid_dags_running_run_goes_on() {
+    let db = common::fresh_store("eng_invalid_keeps").await;
+    let mut h = Harness::new(db, EngineConfig::default()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    h.upsert(info("typo", t0, spec("schedule: '0 * * * *'")), t0);
+    h.tick(t0).await;
+    h.engine.apply(
+        Command::Invalid(DagKey::new("ns", "typo")),
+        t0 + Duration::minutes(1),
+    );
+    h.tick(t0 + Duration::minutes(1)).await;
+    assert_eq!(h.runs("typo").await[0].state, RunState::Running);
+    assert!(cancelled(&h.outputs()).is_empty());
+    assert_eq!(
+        h.engine.active_total(),
+        1,
+        "it still counts against the limits"
+    );
+}
+
+#[tokio::test]
+async fn an_engine_watching_one_namespace_adopts_only_its_runs() {
+    let db = common::fresh_store("eng_scope").await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    // runs left running in another namespace (deleted, or watched by another operator)
+    let stranded: Vec<dag_operator::store::NewRun> = (0..3)
+        .map(|i| dag_operator::store::NewRun {
+            dag: DagKey::new("elsewhere", "x"),
+            dag_uid: "uid-x".into(),
+            run_type: RunType::Scheduled,
+            backfill_name: None,
+            logical_date: t0 - Duration::hours(i + 1),
+            data_interval_start: t0,
+            data_interval_end: t0,
+            priority: 0,
+            params: serde_json::json!({}),
+            spec_hash: None,
+            tasks: Vec::new(),
+        })
+        .collect();
+    db.insert_runs(&stranded).await.expect("insert");
+    let cfg = EngineConfig {
+        max_concurrent_runs: 1,
+        namespace: Some("ns".into()),
+        ..EngineConfig::default()
+    };
+    let mut h = Harness::new(db, cfg).await;
+    h.upsert(info("mine", t0, spec("schedule: '0 * * * *'")), t0);
+    h.tick(t0).await;
+    assert_eq!(
+        h.runs("mine").await.len(),
+        1,
+        "the other namespace's runs hold no slot here"
+    );
+}
+
+#[tokio::test]
+async fn admitted_runs_go_to_the_executor_with_their_spec_version() {
+    let db = common::fresh_store("eng_versions").await;
+    let mut h = Harness::new(db.clone(), EngineConfig::default()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    h.upsert(info("v", t0, spec("schedule: '0 * * * *'")), t0);
+    h.tick(t0).await;
+    let outputs = h.outputs();
+    let admitted: Vec<_> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::RunsAdmitted(runs) => Some(runs.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(admitted.len(), 1);
+    let run = &admitted[0];
+    let hash = run.run.spec_hash.clone().expect("a spec version");
+    assert_eq!(run.spec.content_hash().expect("hash").0, hash);
+    let stored = db.specs(std::slice::from_ref(&hash)).await.expect("specs");
+    assert_eq!(stored.len(), 1, "the version is stored");
+    let back: dag_operator::api::DagSpec =
+        serde_json::from_value(stored[0].spec.clone()).expect("a DagSpec");
+    assert_eq!(&back, &*run.spec);
 }

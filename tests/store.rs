@@ -12,7 +12,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use common::TestDb;
 use dag_operator::store::{
     AppliedMigration, DagKey, NewRun, NewTask, PgStore, RunFilter, RunRow, RunState, RunStore,
-    RunType, TaskRow,
+    RunType, TaskRow, TaskState,
 };
 use serde_json::json;
 use sqlx::migrate::Migrate;
@@ -42,6 +42,7 @@ fn run(ns: &str, dag: &str, date: DateTime<Utc>, run_type: RunType, tasks: &[&st
         data_interval_end: date,
         priority: 3,
         params: json!({"dag": dag, "n": 1}),
+        spec_hash: None,
         tasks: tasks.iter().map(|t| task(t)).collect(),
     }
 }
@@ -72,6 +73,23 @@ async fn set_task_state(store: &PgStore, run_id: Uuid, task: &str, state: &str) 
         .expect("set task state");
 }
 
+/// Retries try `try_number` of a task (up_for_retry → failed, the next try queued); whether
+/// it took effect.
+async fn retry(store: &PgStore, run_id: Uuid, task: &str, try_number: i32) -> Vec<bool> {
+    let changes = dag_operator::store::Changes {
+        retries: vec![dag_operator::store::NextTry {
+            key: dag_operator::store::TryKey {
+                run_id,
+                task_name: task.into(),
+                try_number,
+            },
+            at: Utc::now(),
+        }],
+        ..Default::default()
+    };
+    store.write_changes(&changes).await.expect("retry").retries
+}
+
 async fn set_run_state(store: &PgStore, id: Uuid, state: &str) {
     sqlx::query("UPDATE dag_runs SET state = $2, ended_at = now() WHERE id = $1")
         .bind(id)
@@ -85,6 +103,26 @@ fn all() -> RunFilter {
     RunFilter::default()
 }
 
+/// The migrations of `migrations/`, read from their file names (`0003_spec_versions.sql` →
+/// version 3, "spec versions"), in order.
+fn migration_files() -> Vec<AppliedMigration> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut found: Vec<AppliedMigration> = std::fs::read_dir(dir)
+        .expect("migrations/")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".sql")?;
+            let (version, description) = stem.split_once('_')?;
+            Some(AppliedMigration {
+                version: version.parse().ok()?,
+                description: description.replace('_', " "),
+            })
+        })
+        .collect();
+    found.sort_by_key(|m| m.version);
+    found
+}
+
 // ---- migrations -------------------------------------------------------------------------
 
 #[tokio::test]
@@ -92,8 +130,9 @@ async fn migrate_creates_the_schema_and_a_second_migrate_is_a_no_op() {
     let db = TestDb::create("migrate_twice").await;
     let store = db.store();
     let first = store.migrate_report().await.expect("first migrate");
+    assert_eq!(first, migration_files());
     assert_eq!(
-        first,
+        first[..2],
         [
             AppliedMigration {
                 version: 1,
@@ -115,12 +154,20 @@ async fn migrate_creates_the_schema_and_a_second_migrate_is_a_no_op() {
     .fetch_all(store.pool())
     .await
     .unwrap();
-    assert_eq!(tables, ["_sqlx_migrations", "dag_runs", "task_instances"]);
+    assert_eq!(
+        tables,
+        [
+            "_sqlx_migrations",
+            "dag_runs",
+            "dag_specs",
+            "task_instances"
+        ]
+    );
     let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!(recorded, 2);
+    assert_eq!(recorded, migration_files().len() as i64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +186,8 @@ async fn concurrent_migrations_from_four_replicas_apply_once() {
     }
     // under the lock exactly one replica applied the migrations; the others found them applied
     let applied: Vec<i64> = reports.iter().flatten().map(|m| m.version).collect();
-    assert_eq!(applied, [1, 2], "{reports:?}");
+    let versions: Vec<i64> = migration_files().iter().map(|m| m.version).collect();
+    assert_eq!(applied, versions, "{reports:?}");
     let store = db.store();
     assert!(store.migrate_report().await.unwrap().is_empty());
     assert_eq!(count(&store, "dag_runs").await, 0);
@@ -172,7 +220,7 @@ async fn migrate_waits_for_the_sqlx_migration_lock() {
         .expect("migrate proceeds once the lock is free")
         .expect("task")
         .expect("migrate");
-    assert_eq!(report.len(), 2);
+    assert_eq!(report, migration_files());
     let _ = holder.close().await;
 }
 
@@ -278,7 +326,7 @@ async fn task_instances_are_created_pending_at_try_one() {
         run_id: rows[0].id,
         task_name: name.into(),
         try_number: 1,
-        state: "pending".into(),
+        state: TaskState::Pending,
         pool: pool.map(String::from),
         pool_slots: slots,
         pod_name: None,
@@ -423,7 +471,7 @@ async fn running_runs_lists_only_running_runs() {
     set_run_state(&store, rows[0].id, "success").await;
     set_run_state(&store, rows[2].id, "failed").await;
     store.cancel_runs(&[rows[3].id]).await.unwrap();
-    let running = store.running_runs().await.unwrap();
+    let running = store.running_runs(None).await.unwrap();
     assert_eq!(running, [rows[1].clone()]);
 }
 
@@ -706,7 +754,12 @@ async fn cli_migrate_then_runs_prints_the_runs() {
 
     let o = cli(&db.url, &["migrate"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    assert_eq!(text(&o.stdout), "applied 1 init\napplied 2 reprocess\n");
+    let applied: String = migration_files()
+        .iter()
+        .map(|m| format!("applied {} {}\n", m.version, m.description))
+        .collect();
+    assert!(applied.starts_with("applied 1 init\napplied 2 reprocess\n"));
+    assert_eq!(text(&o.stdout), applied);
     let o = cli(&db.url, &["migrate"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout), "up to date\n");
@@ -849,14 +902,10 @@ async fn a_rerun_restarts_a_finished_run_in_place_with_new_tries_of_the_next_att
         .expect("insert");
     let (failed, running) = (inserted[0].id, inserted[2].id);
     set_task_state(&store, failed, "a", "failed").await;
+    set_task_state(&store, failed, "b", "up_for_retry").await;
     set_run_state(&store, failed, "failed").await;
     // a retry of a task already took try 2 of "b"
-    assert!(
-        store
-            .insert_task_try(failed, "b", 2, None, 1)
-            .await
-            .unwrap()
-    );
+    assert_eq!(retry(&store, failed, "b", 1).await, vec![true]);
 
     let between = store.runs_between(&dag, day(1), day(3)).await.unwrap();
     assert_eq!(
@@ -870,6 +919,7 @@ async fn a_rerun_restarts_a_finished_run_in_place_with_new_tries_of_the_next_att
         id,
         backfill_name: "bf".into(),
         params: json!({"x": 1}),
+        spec_hash: None,
         tasks: vec![task("a"), task("b")],
     };
     let restarted = store
@@ -891,7 +941,7 @@ async fn a_rerun_restarts_a_finished_run_in_place_with_new_tries_of_the_next_att
                 t.task_name.clone(),
                 t.try_number,
                 t.attempt,
-                t.state.clone(),
+                t.state.to_string(),
             )
         })
         .collect();
@@ -900,18 +950,18 @@ async fn a_rerun_restarts_a_finished_run_in_place_with_new_tries_of_the_next_att
         [
             ("a".to_string(), 1, 1, "failed".to_string()),
             ("a".to_string(), 2, 2, "pending".to_string()),
-            ("b".to_string(), 1, 1, "pending".to_string()),
+            ("b".to_string(), 1, 1, "failed".to_string()),
             ("b".to_string(), 2, 1, "queued".to_string()),
             ("b".to_string(), 3, 2, "pending".to_string()),
         ]
     );
     // a retry within the new attempt belongs to it
-    assert!(
-        store
-            .insert_task_try(failed, "a", 3, None, 1)
-            .await
-            .unwrap()
-    );
+    sqlx::query("UPDATE task_instances SET state = 'up_for_retry' WHERE run_id = $1 AND task_name = 'a' AND try_number = 2")
+        .bind(failed)
+        .execute(store.pool())
+        .await
+        .expect("set state");
+    assert_eq!(retry(&store, failed, "a", 2).await, vec![true]);
     let a3 = store.task_instances(&[failed]).await.unwrap();
     assert!(
         a3.iter()
@@ -920,7 +970,18 @@ async fn a_rerun_restarts_a_finished_run_in_place_with_new_tries_of_the_next_att
 
     let counts = store.backfill_counts(&dag, "bf").await.unwrap();
     assert_eq!((counts.running, counts.total()), (1, 1));
-    assert!(store.finish_run(failed, RunState::Success).await.unwrap());
+    let end = dag_operator::store::Changes {
+        run_ends: vec![dag_operator::store::RunEnd {
+            id: failed,
+            state: RunState::Success,
+            at: Utc::now(),
+        }],
+        ..Default::default()
+    };
+    assert_eq!(
+        store.write_changes(&end).await.unwrap().run_ends,
+        vec![true]
+    );
     let counts = store.backfill_counts(&dag, "bf").await.unwrap();
     assert_eq!((counts.success, counts.running), (1, 0));
     assert_eq!(

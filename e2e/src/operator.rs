@@ -11,10 +11,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::plane;
 
 /// target/debug/dag-operator (target/release/… with DAGOP_E2E_PROFILE=release, for scale
-/// runs), built (or brought up to date) on first use.
+/// runs), built (or brought up to date) on first use. `DAGOP_E2E_OPERATOR_BIN` names another
+/// binary instead (a scale run of an earlier build, for a before/after figure).
 pub fn operator_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("DAGOP_E2E_OPERATOR_BIN") {
+            return PathBuf::from(bin);
+        }
         let repo = &plane().repo;
         let release = std::env::var("DAGOP_E2E_PROFILE").is_ok_and(|p| p == "release");
         let mut args = vec![
@@ -161,6 +165,35 @@ impl Operator {
             .split_once("\r\n\r\n")
             .map(|(_, b)| b.to_string())?;
         Some((code, body))
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// CPU time (user + system) the process used so far, in seconds.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;
+        // fields after the command name (which may hold spaces) start after the last ')'
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        // clock ticks: 100 per second on Linux
+        Some((utime + stime) / 100.0)
+    }
+
+    /// Resident memory of the process in MiB.
+    pub fn rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
     }
 
     /// The operator's log so far (for assertion messages).

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use chrono::TimeZone;
+
 use dag_operator::store::{RunFilter, RunStore};
 use dag_operator_e2e::db::TestDb;
 use dag_operator_e2e::operator::Operator;
@@ -158,5 +160,285 @@ async fn rss_while_watching_10000_dags() {
     println!(
         "scale: operator watching {DAGS} DAGs (all Ready): RSS {:.1} MiB",
         rss_mib(op.metrics_port).unwrap_or(f64::NAN)
+    );
+}
+
+/// Quantile `q` of `values` (sorted in place), nearest rank.
+fn quantile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
+}
+
+/// Seconds between two instants.
+fn secs(from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>) -> f64 {
+    (to - from).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
+}
+
+/// `n` Pods created by a client with `in_flight` requests at once; returns Pods per second.
+async fn api_server_pod_rate(ns: &str, n: usize, in_flight: usize) -> f64 {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: kube::Api<Pod> = kube::Api::namespaced(plane().client().await, ns);
+    let started = std::time::Instant::now();
+    let created: usize = futures::stream::iter(0..n)
+        .map(|i| {
+            let pods = pods.clone();
+            async move {
+                let pod: Pod = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("raw-{i}"), "labels": {"raw": "1"}},
+                    "spec": {"restartPolicy": "Never",
+                             "containers": [{"name": "c", "image": "busybox"}]}
+                }))
+                .expect("a pod");
+                pods.create(&Default::default(), &pod).await.is_ok() as usize
+            }
+        })
+        .buffer_unordered(in_flight)
+        .fold(0, |a, b| async move { a + b })
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(created, n, "every raw Pod created");
+    n as f64 / elapsed
+}
+
+fn held_dag(name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: dagoperator.io/v1alpha1\nkind: DAG\nmetadata: {{name: {name}}}\nspec:\n  schedule: '0 0 * * *'\n  maxActiveRuns: 100000\n  tasks:\n  - {{name: work, container: {{image: {image}}}}}\n"
+    )
+}
+
+/// A Backfill of `n` daily dates from 1990-01-01, all admitted at once.
+fn burst_backfill(dag: &str, n: i64) -> String {
+    let start = chrono::Utc
+        .with_ymd_and_hms(1990, 1, 1, 0, 0, 0)
+        .single()
+        .expect("date");
+    let end = start + chrono::Duration::days(n);
+    format!(
+        "apiVersion: dagoperator.io/v1alpha1\nkind: Backfill\nmetadata: {{name: burst}}\nspec:\n  dagRef: {{name: {dag}}}\n  start: {}\n  end: {}\n  concurrency: {n}\n",
+        start.to_rfc3339(),
+        end.to_rfc3339()
+    )
+}
+
+/// Task tries of the namespace's runs: (run started, try started) for each started try.
+async fn starts(
+    store: &dag_operator::store::PgStore,
+    ns: &str,
+) -> Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
+    sqlx::query_as(
+        "SELECT r.started_at, t.started_at FROM task_instances t JOIN dag_runs r ON r.id = t.run_id \
+         WHERE r.namespace = $1 AND t.started_at IS NOT NULL",
+    )
+    .bind(ns)
+    .fetch_all(store.pool())
+    .await
+    .unwrap_or_default()
+}
+
+const UNLIMITED: [&str; 4] = [
+    "--max-concurrent-runs",
+    "1000000",
+    "--max-running-tasks",
+    "1000000",
+];
+
+#[tokio::test]
+#[ignore = "scale run: see the module docs"]
+async fn task_pod_creation_rate_beside_the_api_servers_own() {
+    const PODS: usize = 2000;
+    plane().install_crds();
+    // the API server's own rate from a concurrent client, in the same run
+    let raw = TestNamespace::new("scale-raw");
+    let raw_rate = api_server_pod_rate(&raw.name, PODS, 32).await;
+    let serial_rate = api_server_pod_rate(&TestNamespace::new("scale-raw1").name, 200, 1).await;
+    let ns = TestNamespace::new("scale-burst");
+    let db = TestDb::create("e2e_scale_burst").await;
+    let store = db.migrated().await;
+    ns.kubectl_ok(&["apply", "-f", "-"], Some(&held_dag("burst", "busybox")));
+    let op = Operator::start(&ns.name, &db.url, &UNLIMITED);
+    eventually(Duration::from_secs(60), "the operator ready", || async {
+        op.get("/readyz").await.filter(|(c, _)| *c == 200)
+    })
+    .await;
+    ns.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&burst_backfill("burst", PODS as i64)),
+    );
+    let tries = eventually(
+        Duration::from_secs(600),
+        "every task Pod created",
+        || async {
+            let s = starts(&store, &ns.name).await;
+            (s.len() >= PODS).then_some(s)
+        },
+    )
+    .await;
+    let admitted = tries.iter().map(|(r, _)| *r).min().expect("runs");
+    let first = tries.iter().map(|(_, t)| *t).min().expect("tries");
+    let last = tries.iter().map(|(_, t)| *t).max().expect("tries");
+    let rate = PODS as f64 / secs(admitted, last);
+    println!(
+        "scale: {PODS} one-task runs admitted at once: Pods created in {:.2} s from admission ({:.2} s from the first Pod) = {rate:.0} Pods/s; \
+         the API server from a client with 32 requests in flight: {raw_rate:.0} Pods/s (sequential client: {serial_rate:.0} Pods/s); ratio {:.2}; operator RSS {:.1} MiB",
+        secs(admitted, last),
+        secs(first, last),
+        rate / raw_rate,
+        op.rss_mib().unwrap_or(f64::NAN)
+    );
+}
+
+#[tokio::test]
+#[ignore = "scale run: see the module docs"]
+async fn tick_to_pod_for_500_dags_due_on_the_same_minute_beside_500_cronjobs() {
+    const DAGS: usize = 500;
+    const MINUTES: i64 = 3;
+    plane().install_crds();
+    let ns = TestNamespace::new("scale-minute");
+    let cron = TestNamespace::new("scale-cron");
+    let db = TestDb::create("e2e_scale_minute").await;
+    let store = db.migrated().await;
+    let mut dags = String::new();
+    let mut jobs = String::new();
+    for i in 0..DAGS {
+        dags.push_str(&format!(
+            "---\napiVersion: dagoperator.io/v1alpha1\nkind: DAG\nmetadata: {{name: d{i:03}}}\nspec:\n  schedule: '* * * * *'\n  tasks:\n  - {{name: work, container: {{image: busybox}}}}\n"
+        ));
+        jobs.push_str(&format!(
+            "---\napiVersion: batch/v1\nkind: CronJob\nmetadata: {{name: c{i:03}}}\nspec:\n  schedule: '* * * * *'\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers: [{{name: work, image: busybox}}]\n"
+        ));
+    }
+    ns.kubectl_ok(&["apply", "--server-side", "-f", "-"], Some(&dags));
+    cron.kubectl_ok(&["apply", "--server-side", "-f", "-"], Some(&jobs));
+    let op = Operator::start(&ns.name, &db.url, &UNLIMITED);
+    // measure the minutes that begin after everything is in place
+    let now = chrono::Utc::now();
+    let first =
+        now - chrono::Duration::seconds(now.timestamp() % 60) + chrono::Duration::minutes(1);
+    let minutes: Vec<_> = (0..MINUTES)
+        .map(|k| first + chrono::Duration::minutes(k))
+        .collect();
+    let until = *minutes.last().expect("minutes") + chrono::Duration::seconds(40);
+    eventually(
+        Duration::from_secs(300),
+        "the measured minutes to pass",
+        || async { (chrono::Utc::now() >= until).then_some(()) },
+    )
+    .await;
+    // ours: the executor's own record of when each task Pod was created (µs), and the Pods'
+    // creationTimestamp (whole seconds, as for the CronJobs' Pods)
+    let rows: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT r.logical_date, t.started_at FROM task_instances t JOIN dag_runs r ON r.id = t.run_id \
+         WHERE r.namespace = $1 AND t.started_at IS NOT NULL AND r.logical_date = ANY($2)",
+    )
+    .bind(&ns.name)
+    .bind(&minutes)
+    .fetch_all(store.pool())
+    .await
+    .expect("tries");
+    let mut ours: Vec<f64> = rows.iter().map(|(tick, pod)| secs(*tick, *pod)).collect();
+    let created = |n: &TestNamespace| -> Vec<(String, chrono::DateTime<chrono::Utc>)> {
+        let out = n.kubectl_ok(
+            &[
+                "get",
+                "pods",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.creationTimestamp}{\"\\n\"}{end}",
+            ],
+            None,
+        );
+        out.lines()
+            .filter_map(|l| l.parse::<chrono::DateTime<chrono::Utc>>().ok())
+            .map(|t| (String::new(), t))
+            .collect()
+    };
+    let by_minute = |pods: Vec<(String, chrono::DateTime<chrono::Utc>)>| -> Vec<f64> {
+        pods.into_iter()
+            .filter_map(|(_, t)| {
+                let m = t - chrono::Duration::seconds(t.timestamp() % 60);
+                minutes.contains(&m).then(|| secs(m, t))
+            })
+            .collect()
+    };
+    let mut ours_s = by_minute(created(&ns));
+    let mut cron_s = by_minute(created(&cron));
+    println!(
+        "scale: {DAGS} DAGs every minute, {MINUTES} minutes: tick → task Pod created (operator's record, {} Pods): p50 {:.2} s, p99 {:.2} s, max {:.2} s; \
+         by creationTimestamp (1 s resolution, {} Pods): p50 {:.0} s, p99 {:.0} s; {DAGS} CronJobs on the same minutes ({} Pods): p50 {:.0} s, p99 {:.0} s; operator RSS {:.1} MiB",
+        ours.len(),
+        quantile(&mut ours, 0.5),
+        quantile(&mut ours, 0.99),
+        quantile(&mut ours, 1.0),
+        ours_s.len(),
+        quantile(&mut ours_s, 0.5),
+        quantile(&mut ours_s, 0.99),
+        cron_s.len(),
+        quantile(&mut cron_s, 0.5),
+        quantile(&mut cron_s, 0.99),
+        op.rss_mib().unwrap_or(f64::NAN)
+    );
+    assert_eq!(
+        ours.len(),
+        DAGS * MINUTES as usize,
+        "every tick's Pod created"
+    );
+    // the CronJobs go before the namespace does
+    cron.kubectl(&["delete", "cronjobs", "--all", "--wait=false"], None);
+}
+
+#[tokio::test]
+#[ignore = "scale run: see the module docs"]
+async fn idle_cost_with_10000_runs_running() {
+    const RUNS: usize = 10_000;
+    const WINDOW: u64 = 60;
+    plane().install_crds();
+    let ns = TestNamespace::new("scale-idle");
+    let db = TestDb::create("e2e_scale_idle").await;
+    let store = db.migrated().await;
+    ns.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&held_dag("held", "e2e.local/hold")),
+    );
+    let op = Operator::start(&ns.name, &db.url, &UNLIMITED);
+    ns.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&burst_backfill("held", RUNS as i64)),
+    );
+    let started = std::time::Instant::now();
+    eventually(Duration::from_secs(1800), "every task running", || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM task_instances WHERE state = 'running'")
+                .fetch_one(store.pool())
+                .await
+                .unwrap_or(0);
+        (n as usize >= RUNS).then_some(())
+    })
+    .await;
+    let ramp = started.elapsed().as_secs_f64();
+    // let the last events settle, then measure an idle window
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let stats = || async {
+        let row: (i64, i64) = sqlx::query_as(
+            "SELECT (xact_commit + xact_rollback)::int8, tup_returned::int8 FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(store.pool())
+        .await
+        .expect("pg_stat_database");
+        row
+    };
+    let (cpu0, (x0, t0)) = (op.cpu_seconds().unwrap_or(f64::NAN), stats().await);
+    tokio::time::sleep(Duration::from_secs(WINDOW)).await;
+    let (cpu1, (x1, t1)) = (op.cpu_seconds().unwrap_or(f64::NAN), stats().await);
+    let w = WINDOW as f64;
+    println!(
+        "scale: {RUNS} runs running (held Pods; all running after {ramp:.0} s), {WINDOW} s idle: operator CPU {:.1} ms per second, PostgreSQL {:.1} transactions/s and {:.0} rows read/s (this database); RSS {:.1} MiB",
+        (cpu1 - cpu0) * 1000.0 / w,
+        (x1 - x0) as f64 / w,
+        (t1 - t0) as f64 / w,
+        op.rss_mib().unwrap_or(f64::NAN)
     );
 }

@@ -44,6 +44,10 @@ use crate::schedule::{Schedule, ScheduleError, parse_timezone};
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    // the name is the value of the label `dagoperator.io/dag` on every task Pod
+    validation = Rule::new("self.metadata.name.size() <= 63").message(
+        "a DAG name is at most 63 characters: it is a label value on its task Pods"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -315,6 +319,17 @@ impl DagSpec {
                 GraphRule::from(t.trigger_rule),
             )
         }))
+    }
+
+    /// The content hash of this spec: SHA-256 (hex) of its JSON. Runs name the spec version
+    /// they execute by it (`dag_runs.spec_hash`, `dag_specs`).
+    pub fn content_hash(&self) -> Result<(String, serde_json::Value), serde_json::Error> {
+        use sha2::Digest;
+        let json = serde_json::to_value(self)?;
+        let bytes = serde_json::to_vec(&json)?;
+        let digest = sha2::Sha256::digest(&bytes);
+        let hash = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Ok((hash, json))
     }
 
     /// Everything the controller checks before scheduling: zone, schedule, graph.

@@ -290,6 +290,13 @@ pub struct RunArgs {
     /// How long finished task Pods are kept.
     #[arg(long, env = "DAGOP_POD_RETENTION", default_value = "1h", value_parser = duration_secs)]
     pub pod_retention: u64,
+    /// Task Pods created (or deleted) at once: requests in flight to the API server.
+    #[arg(long, env = "DAGOP_POD_CREATE_CONCURRENCY", default_value_t = 64)]
+    pub pod_create_concurrency: usize,
+    /// How often the scheduler and the executor read every running run again from
+    /// PostgreSQL (they are told of each change; this catches anything missed).
+    #[arg(long, env = "DAGOP_RESYNC_INTERVAL", default_value = "5m", value_parser = duration_secs)]
+    pub resync_interval: u64,
     /// A Backfill planning more runs than this is Invalid.
     #[arg(long, env = "DAGOP_MAX_BACKFILL_RUNS", default_value_t = 1_000_000)]
     pub max_backfill_runs: u64,

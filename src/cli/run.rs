@@ -9,7 +9,8 @@ use dag_operator::controller::backfill::{self as backfill_controller, backfill_r
 use dag_operator::controller::status::{StatusUpdate, run_writer, summary};
 use dag_operator::controller::{Events, dag as dag_controller, dag_reference};
 use dag_operator::engine::{Command, Engine, EngineConfig, Output};
-use dag_operator::executor::{ExecOutput, Executor, ExecutorConfig};
+use dag_operator::executor::watch::{spawn_pod_watch, spawn_pool_watch, until_ready};
+use dag_operator::executor::{ExecInput, ExecOutput, Executor, ExecutorConfig, KubeLauncher};
 use dag_operator::gate::{Gate, MemoryGate, RedisGate};
 use dag_operator::leader::{Elector, LeaseConfig};
 use dag_operator::schedule::parse_timezone;
@@ -127,12 +128,13 @@ struct Workers {
     executor: ExecutorConfig,
     store: PgStore,
     client: kube::Client,
-    namespace: Option<String>,
     commands: mpsc::Receiver<Command>,
     out: mpsc::UnboundedSender<Output>,
     exec_out: mpsc::UnboundedSender<ExecOutput>,
-    cancelled: mpsc::UnboundedReceiver<Vec<(dag_operator::store::DagKey, uuid::Uuid)>>,
-    /// the DAG controller's cache, read by the executor
+    exec_in: mpsc::UnboundedReceiver<ExecInput>,
+    /// the Pools the executor admits into
+    pools: kube::runtime::reflector::Store<dag_operator::api::Pool>,
+    /// the DAG controller's cache: the current spec of runs from before spec versions
     dags: kube::runtime::reflector::Store<DAG>,
 }
 
@@ -144,11 +146,18 @@ impl Workers {
             self.executor,
             self.store,
             gate,
-            self.client,
-            self.namespace,
+            KubeLauncher::new(self.client),
+            Arc::new(self.pools.clone()),
             self.exec_out,
-        );
-        tokio::spawn(executor.run(self.dags, self.cancelled));
+        )
+        .with_current_specs(Arc::new(self.dags.clone()));
+        let (pools, dags, inputs) = (self.pools, self.dags, self.exec_in);
+        tokio::spawn(async move {
+            // a run's Pods are judged once the watches have listed what exists
+            until_ready(&pools).await;
+            until_ready(&dags).await;
+            executor.run(inputs).await;
+        });
     }
 }
 
@@ -310,30 +319,43 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
         schedule_interval: Duration::from_secs(args.schedule_interval.max(1)),
         priority_aging: Duration::from_secs(args.priority_aging),
         max_backfill_runs: args.max_backfill_runs,
+        namespace: args.namespace.clone(),
+        resync_interval: Duration::from_secs(args.resync_interval.max(1)),
     };
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (status_tx, status_rx) = mpsc::unbounded_channel();
     let lease_ttl = Duration::from_secs(args.lease_ttl.max(1));
     let (exec_tx, mut exec_rx) = mpsc::unbounded_channel();
-    let (cancel_tx, cancel_rx) = mpsc::unbounded_channel();
+    let (exec_in_tx, exec_in_rx) = mpsc::unbounded_channel();
     let exec_cfg = ExecutorConfig {
         max_running_tasks: args.max_running_tasks as usize,
         pod_retention: Duration::from_secs(args.pod_retention),
+        create_concurrency: args.pod_create_concurrency.max(1),
+        resync_interval: Duration::from_secs(args.resync_interval.max(1)),
+        namespace: args.namespace.clone(),
         ..ExecutorConfig::default()
     };
     // one cache of the watched DAGs, filled by the DAG controller and read by the executor
     let dag_cache = kube::runtime::reflector::store::Writer::<DAG>::default();
+    spawn_pod_watch(
+        dag_operator::k8s::api(client.clone(), args.namespace.as_deref()),
+        exec_in_tx.clone(),
+    );
+    let pools = spawn_pool_watch(
+        dag_operator::k8s::api(client.clone(), args.namespace.as_deref()),
+        exec_in_tx.clone(),
+    );
     let workers = Workers {
         engine: cfg,
         executor: exec_cfg,
         store,
         client: client.clone(),
-        namespace: args.namespace.clone(),
         commands: cmd_rx,
         out: out_tx,
         exec_out: exec_tx,
-        cancelled: cancel_rx,
+        exec_in: exec_in_rx,
+        pools: pools.clone(),
         dags: dag_cache.as_reader(),
     };
     match args.redis.url() {
@@ -350,7 +372,9 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
         }
     }
     let gate_health = GateHealth::new(health.clone(), status_tx.clone());
+    let events = Events::new(client.clone());
     {
+        let exec_events = events.clone();
         let cmd_tx = cmd_tx.clone();
         let status_tx = status_tx.clone();
         let metrics = metrics.clone();
@@ -361,13 +385,28 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
                     ExecOutput::RunsEnded(ids) => {
                         let _ = cmd_tx.send(Command::RunsEnded(ids)).await;
                     }
-                    ExecOutput::RecentRuns(dag, runs, last_success) => {
-                        let runs = runs.iter().map(summary).collect();
-                        let _ = status_tx.send(StatusUpdate::Runs(dag, runs, last_success));
+                    ExecOutput::RecentRuns(recent) => {
+                        let runs = recent.runs.iter().map(summary).collect();
+                        let _ = status_tx.send(StatusUpdate::Runs(
+                            recent.dag,
+                            runs,
+                            recent.last_success,
+                        ));
                     }
-                    ExecOutput::MissingPools(dag, missing) => {
-                        let _ = status_tx.send(StatusUpdate::MissingPools(dag, missing));
+                    ExecOutput::LaunchHealth(dag, refused) => {
+                        let _ = status_tx.send(StatusUpdate::Launch(dag, refused));
                     }
+                    ExecOutput::Event {
+                        dag,
+                        warning,
+                        reason,
+                        message,
+                    } => exec_events.spawn_publish(
+                        dag_reference(&dag, None),
+                        warning,
+                        reason,
+                        message,
+                    ),
                     ExecOutput::Pools(usages) => {
                         let started = std::time::Instant::now();
                         let n = usages.len();
@@ -418,12 +457,12 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
     }
     tokio::spawn(run_writer(client.clone(), status_rx));
 
-    let events = Events::new(client.clone());
     {
         let events = events.clone();
         let status_tx = status_tx.clone();
         let metrics = metrics.clone();
         let health = health.clone();
+        let exec_in = exec_in_tx.clone();
         tokio::spawn(async move {
             while let Some(output) = out_rx.recv().await {
                 match output {
@@ -474,12 +513,12 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
                         reason,
                         message,
                     ),
+                    Output::RunsAdmitted(runs) => {
+                        let _ = exec_in.send(ExecInput::Admitted(runs));
+                    }
                     Output::RunsCancelled(runs) => {
-                        tracing::info!(
-                            count = runs.len(),
-                            "runs cancelled by concurrencyPolicy Replace"
-                        );
-                        let _ = cancel_tx.send(runs);
+                        tracing::info!(count = runs.len(), "runs cancelled");
+                        let _ = exec_in.send(ExecInput::Cancelled(runs));
                     }
                     Output::Load {
                         queue_depth,
@@ -508,14 +547,21 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
     ));
     let ctx = Arc::new(
         dag_controller::Context::new(cmd_tx, status_tx, events, default_tz)
-            .with_metrics(metrics.clone()),
+            .with_metrics(metrics.clone())
+            .with_pools(pools),
     );
     tracing::info!(
         namespace = args.namespace.as_deref().unwrap_or("(all)"),
         "watching DAGs"
     );
     tokio::select! {
-        _ = dag_controller::run(api, ctx, dag_cache, shutdown_signal()) => {}
+        _ = dag_controller::run(
+            api,
+            Some(dag_operator::k8s::api(client.clone(), args.namespace.as_deref())),
+            ctx,
+            dag_cache,
+            shutdown_signal(),
+        ) => {}
         // the controller drains in-flight reconciles on SIGTERM; one whose watch cannot even
         // list (e.g. 401/403) never finishes draining, so the process ends after a grace period
         _ = async {

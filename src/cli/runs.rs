@@ -88,7 +88,7 @@ fn task_summary(tasks: &[TaskRow]) -> String {
         // lifecycle order (TaskState::ALL) is the order of the TASKS column
         let rank = TaskState::ALL
             .iter()
-            .position(|s| s.as_str() == t.state)
+            .position(|s| *s == t.state)
             .unwrap_or(TaskState::ALL.len());
         *counts.entry((rank, t.state.as_str())).or_default() += 1;
     }
@@ -174,7 +174,7 @@ fn run_json(r: &RunRow, tasks: &[TaskRow]) -> Value {
         "task_instances": tasks.iter().map(|t| json!({
             "task_name": t.task_name,
             "try_number": t.try_number,
-            "state": t.state,
+            "state": t.state.as_str(),
             "pool": t.pool,
             "pool_slots": t.pool_slots,
             "pod_name": t.pod_name,
@@ -196,7 +196,7 @@ mod tests {
             run_id: Uuid::nil(),
             task_name: name.into(),
             try_number,
-            state: state.into(),
+            state: TaskState::parse(state).expect("a task state"),
             pool: None,
             pool_slots: 1,
             pod_name: None,

@@ -25,13 +25,7 @@ fn key_of(bf: &Backfill) -> Option<DagKey> {
 
 /// A reference to a Backfill object for events.
 pub fn backfill_reference(key: &DagKey) -> k8s_openapi::api::core::v1::ObjectReference {
-    k8s_openapi::api::core::v1::ObjectReference {
-        api_version: Some(format!("{}/{}", crate::api::GROUP, crate::api::VERSION)),
-        kind: Some("Backfill".to_string()),
-        name: Some(key.name.clone()),
-        namespace: Some(key.namespace.clone()),
-        ..Default::default()
-    }
+    crate::k8s::reference("Backfill", key, None)
 }
 
 /// Watches Backfills until the engine goes away. Each event handled is observed as a

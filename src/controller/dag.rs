@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
 use chrono_tz::Tz;
 use futures::StreamExt;
 use kube::api::Api;
@@ -17,10 +16,11 @@ use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc;
 
 use super::status::{StatusUpdate, Validity};
-use super::{ControllerError, Events, dag_reference, to_chrono, trim_metadata};
+use super::{ControllerError, Events, dag_reference};
 use crate::api::dag::DagSpecError;
-use crate::api::{DAG, TRIGGER_ANNOTATION, TRIGGER_PARAMS_ANNOTATION};
+use crate::api::{DAG, Pool, TRIGGER_ANNOTATION, TRIGGER_PARAMS_ANNOTATION};
 use crate::engine::{Command, DagInfo, TriggerRequest};
+use crate::k8s::trim_metadata;
 use crate::store::DagKey;
 use crate::telemetry::{ControllerKind, Metrics};
 
@@ -34,6 +34,8 @@ pub struct Context {
     reported: Mutex<HashMap<DagKey, (Option<i64>, String)>>,
     /// reconcile durations and errors
     pub metrics: Option<Arc<Metrics>>,
+    /// the Pools that exist (a DAG naming another one reports PoolNotFound)
+    pub pools: Option<reflector::Store<Pool>>,
 }
 
 impl Context {
@@ -50,7 +52,13 @@ impl Context {
             default_tz,
             reported: Mutex::new(HashMap::new()),
             metrics: None,
+            pools: None,
         }
+    }
+
+    pub fn with_pools(mut self, pools: reflector::Store<Pool>) -> Self {
+        self.pools = Some(pools);
+        self
     }
 
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
@@ -89,14 +97,21 @@ pub async fn reconcile(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, Contr
     let key = key_of(&dag)?;
     let generation = dag.meta().generation;
     if dag.meta().deletion_timestamp.is_some() {
-        forget(&ctx, key).await?;
+        let uid = dag.meta().uid.clone().unwrap_or_default();
+        forget(&ctx, key, uid).await?;
         return Ok(Action::await_change());
+    }
+    if let Some(pools) = &ctx.pools {
+        let _ = ctx.status.send(StatusUpdate::MissingPools(
+            key.clone(),
+            missing_pools(&dag, pools),
+        ));
     }
     match dag.spec.validate(ctx.default_tz) {
         Err(e) => {
             let (reason, message) = problem(&e);
             ctx.engine
-                .send(Command::Remove(key.clone()))
+                .send(Command::Invalid(key.clone()))
                 .await
                 .map_err(|_| ControllerError::EngineGone)?;
             let _ = ctx.status.send(StatusUpdate::Validity(
@@ -135,24 +150,12 @@ pub async fn reconcile(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, Contr
                     value: value.clone(),
                     params: annotations.get(TRIGGER_PARAMS_ANNOTATION).cloned(),
                 });
-            let created_at = dag
-                .meta()
-                .creation_timestamp
+            let mut info = DagInfo::new(key.clone(), dag.clone(), schedule);
+            info.trigger = trigger;
+            info.last_handled_trigger = dag
+                .status
                 .as_ref()
-                .and_then(to_chrono)
-                .unwrap_or_else(Utc::now);
-            let info = DagInfo {
-                key: key.clone(),
-                uid: dag.meta().uid.clone().unwrap_or_default(),
-                created_at,
-                spec: Arc::new(dag.spec.clone()),
-                schedule,
-                trigger,
-                last_handled_trigger: dag
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.last_handled_trigger.clone()),
-            };
+                .and_then(|s| s.last_handled_trigger.clone());
             let _ = ctx.status.send(StatusUpdate::Validity(
                 key.clone(),
                 Validity {
@@ -169,14 +172,33 @@ pub async fn reconcile(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, Contr
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
-async fn forget(ctx: &Context, key: DagKey) -> Result<(), ControllerError> {
+/// The Pools a DAG's tasks name that do not exist in its namespace, sorted.
+fn missing_pools(dag: &DAG, pools: &reflector::Store<Pool>) -> Vec<String> {
+    let ns = dag.namespace().unwrap_or_default();
+    dag.spec
+        .tasks
+        .iter()
+        .filter_map(|t| t.pool.as_ref())
+        .filter(|p| {
+            pools
+                .get(&reflector::ObjectRef::<Pool>::new(p).within(&ns))
+                .is_none()
+        })
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// The DAG object `uid` was deleted: its status model goes, and the engine cancels its runs.
+async fn forget(ctx: &Context, key: DagKey, uid: String) -> Result<(), ControllerError> {
     ctx.reported
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&key);
     let _ = ctx.status.send(StatusUpdate::Removed(key.clone()));
     ctx.engine
-        .send(Command::Remove(key))
+        .send(Command::Deleted { key, uid })
         .await
         .map_err(|_| ControllerError::EngineGone)
 }
@@ -193,6 +215,7 @@ pub fn error_policy(_dag: Arc<DAG>, error: &ControllerError, _ctx: Arc<Context>)
 /// It shuts down gracefully when `shutdown` completes.
 pub async fn run(
     api: Api<DAG>,
+    pools: Option<Api<Pool>>,
     ctx: Arc<Context>,
     cache: reflector::store::Writer<DAG>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -216,50 +239,91 @@ pub async fn run(
         })
         .reflect(cache)
         .applied_objects();
-    Controller::for_stream(trigger, reader)
+    let mut controller = Controller::for_stream(trigger, reader.clone());
+    if let Some(pools) = pools {
+        // a Pool created or deleted: the DAGs of its namespace naming it look again
+        controller = controller.watches(pools, watcher::Config::default(), move |pool: Pool| {
+            let ns = pool.metadata.namespace.clone().unwrap_or_default();
+            let name = pool.metadata.name.clone().unwrap_or_default();
+            reader
+                .state()
+                .into_iter()
+                .filter(|d| d.metadata.namespace.as_deref() == Some(ns.as_str()))
+                .filter(|d| {
+                    d.spec
+                        .tasks
+                        .iter()
+                        .any(|t| t.pool.as_deref() == Some(&name))
+                })
+                .map(|d| reflector::ObjectRef::from_obj(&*d))
+                .collect::<Vec<_>>()
+        });
+    }
+    controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile_timed, error_policy, ctx)
         .for_each(|result| {
             let ctx = forget_ctx.clone();
             async move {
+                // deleted before its reconcile ran: the deletion watch tells the engine
                 if let Err(RuntimeError::ObjectNotFound(obj)) = result
                     && let Some(ns) = obj.namespace.clone()
                 {
-                    let _ = forget(&ctx, DagKey::new(ns, obj.name.clone())).await;
+                    let _ = ctx
+                        .status
+                        .send(StatusUpdate::Removed(DagKey::new(ns, obj.name.clone())));
                 }
             }
         })
         .await;
 }
 
+/// Tells the engine of every deleted DAG object (with its uid), and after each (re)list of
+/// every DAG that exists — so deletions missed while the watch was down, or while the
+/// operator was not running, are noticed too.
 async fn watch_deletions(api: Api<DAG>, ctx: Arc<Context>) {
-    use kube::runtime::WatchStreamExt;
-    use std::collections::HashSet;
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
-    let mut known: HashSet<DagKey> = HashSet::new();
-    let mut relisted: HashSet<DagKey> = HashSet::new();
+    let mut known: HashMap<DagKey, String> = HashMap::new();
+    let mut relisted: HashMap<DagKey, String> = HashMap::new();
+    let uid_of = |dag: &DAG| dag.metadata.uid.clone().unwrap_or_default();
     while let Some(event) = stream.next().await {
         let Ok(event) = event else { continue };
         match event {
-            watcher::Event::Apply(dag) | watcher::Event::InitApply(dag) => {
+            watcher::Event::Apply(dag) => {
                 if let Ok(key) = key_of(&dag) {
-                    relisted.insert(key.clone());
-                    known.insert(key);
+                    known.insert(key, uid_of(&dag));
+                }
+            }
+            watcher::Event::InitApply(dag) => {
+                if let Ok(key) = key_of(&dag) {
+                    relisted.insert(key, uid_of(&dag));
                 }
             }
             watcher::Event::Delete(dag) => {
                 if let Ok(key) = key_of(&dag) {
                     known.remove(&key);
-                    let _ = forget(&ctx, key).await;
+                    let _ = forget(&ctx, key, uid_of(&dag)).await;
                 }
             }
             watcher::Event::Init => relisted.clear(),
             watcher::Event::InitDone => {
-                let gone: Vec<DagKey> = known.difference(&relisted).cloned().collect();
-                for key in gone {
-                    known.remove(&key);
-                    let _ = forget(&ctx, key).await;
+                let gone: Vec<(DagKey, String)> = known
+                    .iter()
+                    .filter(|(k, uid)| relisted.get(*k) != Some(*uid))
+                    .map(|(k, uid)| (k.clone(), uid.clone()))
+                    .collect();
+                for (key, uid) in gone {
+                    let _ = forget(&ctx, key, uid).await;
+                }
+                known = std::mem::take(&mut relisted);
+                if ctx
+                    .engine
+                    .send(Command::Listed(known.clone()))
+                    .await
+                    .is_err()
+                {
+                    return;
                 }
             }
         }

@@ -6,7 +6,6 @@ pub mod dag;
 pub mod status;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use crate::store::DagKey;
@@ -24,32 +23,9 @@ pub enum ControllerError {
     Missing(&'static str),
 }
 
-/// Drops what no reconciler here reads and what is often most of a cached object's size:
-/// `metadata.managedFields` and kubectl's last-applied annotation. Applied to objects before
-/// they enter a watch cache.
-pub fn trim_metadata<K: kube::Resource>(obj: &mut K) {
-    let meta = obj.meta_mut();
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-}
-
-/// Converts a Kubernetes timestamp (jiff) into chrono.
-pub fn to_chrono(t: &Time) -> Option<chrono::DateTime<chrono::Utc>> {
-    chrono::DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)
-}
-
 /// A reference to a DAG object for events.
 pub fn dag_reference(key: &DagKey, uid: Option<&str>) -> ObjectReference {
-    ObjectReference {
-        api_version: Some(format!("{}/{}", crate::api::GROUP, crate::api::VERSION)),
-        kind: Some("DAG".to_string()),
-        name: Some(key.name.clone()),
-        namespace: Some(key.namespace.clone()),
-        uid: uid.map(str::to_string),
-        ..Default::default()
-    }
+    crate::k8s::reference("DAG", key, uid)
 }
 
 /// Publishes events on the operator's behalf (failures are logged, never fatal).

@@ -40,6 +40,8 @@ pub enum StatusUpdate {
     Runs(DagKey, Vec<RunSummary>, Option<DateTime<Utc>>),
     /// Pools the DAG's tasks name that do not exist (empty: none missing)
     MissingPools(DagKey, Vec<String>),
+    /// the API server refuses the DAG's task Pods (the last message), or creates them again
+    Launch(DagKey, Option<String>),
     /// a Pool's usage (written to the Pool's status)
     Pool(PoolUsage),
     /// a Backfill's status from the engine (key: namespace and Backfill name)
@@ -55,6 +57,7 @@ struct Model {
     recent_runs: Vec<RunSummary>,
     last_successful_time: Option<DateTime<Utc>>,
     missing_pools: Vec<String>,
+    launch_refused: Option<String>,
 }
 
 /// A stored run as `status.recentRuns` shows it.
@@ -85,6 +88,14 @@ fn render(model: &mut Model, store_ok: bool, gate_ok: bool, now: DateTime<Utc>) 
                     .map(|p| format!("pool {p:?}"))
                     .collect::<Vec<_>>()
                     .join(", ")
+            ),
+        ),
+        None if model.launch_refused.is_some() => (
+            false,
+            "FailedCreate".to_string(),
+            format!(
+                "the API server refuses the task Pods: {}",
+                model.launch_refused.clone().unwrap_or_default()
             ),
         ),
         None if !store_ok => (
@@ -190,7 +201,14 @@ pub async fn run_writer(client: kube::Client, mut updates: mpsc::UnboundedReceiv
                     dirty.insert(key);
                 }
                 StatusUpdate::MissingPools(key, missing) => {
-                    models.entry(key.clone()).or_default().missing_pools = missing;
+                    let model = models.entry(key.clone()).or_default();
+                    if model.missing_pools != missing {
+                        model.missing_pools = missing;
+                        dirty.insert(key);
+                    }
+                }
+                StatusUpdate::Launch(key, refused) => {
+                    models.entry(key.clone()).or_default().launch_refused = refused;
                     dirty.insert(key);
                 }
                 StatusUpdate::Pool(usage) => {
@@ -393,6 +411,16 @@ mod tests {
         let s = render(&mut m, true, true, now);
         assert_eq!(s.conditions[0].reason, "PoolNotFound");
         assert!(s.conditions[0].message.contains("pool \"db\""));
+        m.missing_pools.clear();
+        m.launch_refused = Some("spec.containers[0].image: Required value".into());
+        let s = render(&mut m, true, true, now);
+        assert_eq!(s.conditions[0].reason, "FailedCreate");
+        assert!(!s.conditions[0].is_true());
+        assert!(
+            s.conditions[0].message.contains("image: Required"),
+            "{}",
+            s.conditions[0].message
+        );
         assert!(!s.conditions[0].is_true());
     }
 

@@ -298,7 +298,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         let Some(dag_state) = self.dags.get(&dag) else {
             return;
         };
-        let dag_spec = dag_state.info.spec.clone();
+        let dag_object = dag_state.info.object.clone();
+        let dag_spec = &dag_object.spec;
         let room = state
             .concurrency()
             .saturating_sub(state.active.len() + state.queued);

@@ -18,11 +18,13 @@ use chrono_tz::Tz;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::api::DAG;
 use crate::api::dag::{ConcurrencyPolicy, DagSpec};
+use crate::executor::AdmittedRun;
 use crate::gate::{self, Claim, Gate, GateError, Grant, MemoryGate, key as gate_key};
 use crate::queue::{AdmissionQueue, Entry, EntryId, RunClass};
 use crate::schedule::{CatchupPolicy, CatchupRequest, Schedule, catch_up, data_interval};
-use crate::store::{DagKey, NewRun, NewTask, Rerun, RunStore, RunType, StoreError};
+use crate::store::{DagKey, NewRun, NewTask, Rerun, RunStore, RunType, SpecRow, StoreError};
 use crate::telemetry::GateScope;
 
 pub use backfill::{BackfillInfo, BackfillReport, PLANNED_DATES_SHOWN};
@@ -39,6 +41,11 @@ pub struct EngineConfig {
     pub priority_aging: Duration,
     /// a Backfill planning more runs is Invalid
     pub max_backfill_runs: u64,
+    /// the namespace watched (none: all): only its running runs are adopted
+    pub namespace: Option<String>,
+    /// how often the running runs are read again from PostgreSQL (the executor reports each
+    /// run's end; this catches anything missed)
+    pub resync_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +58,8 @@ impl Default for EngineConfig {
             schedule_interval: Duration::from_secs(10),
             priority_aging: Duration::from_secs(300),
             max_backfill_runs: 1_000_000,
+            namespace: None,
+            resync_interval: Duration::from_secs(300),
         }
     }
 }
@@ -68,9 +77,8 @@ pub struct TriggerRequest {
 #[derive(Clone, Debug)]
 pub struct DagInfo {
     pub key: DagKey,
-    pub uid: String,
-    pub created_at: DateTime<Utc>,
-    pub spec: Arc<DagSpec>,
+    /// the object as the watch cache holds it (shared, not copied)
+    pub object: Arc<DAG>,
     pub schedule: Option<Schedule>,
     pub trigger: Option<TriggerRequest>,
     /// `status.lastHandledTrigger` as last written
@@ -81,8 +89,17 @@ pub struct DagInfo {
 #[derive(Debug)]
 pub enum Command {
     Upsert(Box<DagInfo>),
-    /// the DAG was deleted or became invalid: no more runs
-    Remove(DagKey),
+    /// the DAG became invalid: no new runs; its running runs go on with the spec they were
+    /// admitted with
+    Invalid(DagKey),
+    /// the DAG object `uid` was deleted: its running runs are cancelled
+    Deleted {
+        key: DagKey,
+        uid: String,
+    },
+    /// every DAG that exists (in the watched namespaces), after a (re)list: running runs of
+    /// any other DAG object are cancelled
+    Listed(HashMap<DagKey, String>),
     /// runs ended (the executor finished them): their slots are free
     RunsEnded(Vec<Uuid>),
     /// a Backfill was created or changed
@@ -122,7 +139,9 @@ pub enum Output {
         count: usize,
         delays_secs: Vec<f64>,
     },
-    /// runs were cancelled by concurrencyPolicy Replace (their Pods must go)
+    /// runs were admitted and persisted: the executor runs them
+    RunsAdmitted(Vec<AdmittedRun>),
+    /// runs were cancelled (concurrencyPolicy Replace, DAG deleted): their Pods must go
     RunsCancelled(Vec<(DagKey, Uuid)>),
     /// a Backfill's status changed (key: namespace and Backfill name)
     Backfill(DagKey, BackfillReport),
@@ -176,14 +195,80 @@ struct DagState {
     /// latest scheduled tick persisted
     last_persisted: Option<DateTime<Utc>>,
     next_tick: Option<DateTime<Utc>>,
-    active: Vec<(Uuid, DateTime<Utc>)>,
+    active: Vec<ActiveRun>,
     queued: usize,
     handled_trigger: Option<String>,
+    /// the spec version new runs are admitted with (made at the first admission)
+    version: Option<Arc<SpecVersion>>,
+}
+
+impl DagInfo {
+    pub fn new(key: DagKey, object: Arc<DAG>, schedule: Option<Schedule>) -> Self {
+        DagInfo {
+            key,
+            object,
+            schedule,
+            trigger: None,
+            last_handled_trigger: None,
+        }
+    }
+
+    /// A DAG built from its parts rather than read from the API server (tests, benchmarks).
+    pub fn from_spec(
+        key: DagKey,
+        uid: &str,
+        created_at: DateTime<Utc>,
+        spec: DagSpec,
+        schedule: Option<Schedule>,
+    ) -> Self {
+        let mut object = DAG::new(&key.name, spec);
+        object.metadata.namespace = Some(key.namespace.clone());
+        object.metadata.uid = Some(uid.to_string());
+        object.metadata.generation = Some(1);
+        object.metadata.creation_timestamp = Some(crate::k8s::to_time(created_at));
+        DagInfo::new(key, Arc::new(object), schedule)
+    }
+
+    pub fn spec(&self) -> &DagSpec {
+        &self.object.spec
+    }
+
+    pub fn uid(&self) -> &str {
+        self.object.metadata.uid.as_deref().unwrap_or_default()
+    }
+
+    /// When the DAG was created (ticks before it are never caught up).
+    pub fn created_at(&self) -> Option<DateTime<Utc>> {
+        self.object
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(crate::k8s::to_chrono)
+    }
+}
+
+/// A running run, as the engine counts it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ActiveRun {
+    id: Uuid,
+    logical_date: DateTime<Utc>,
+    /// the DAG object it belongs to (empty: unknown)
+    dag_uid: String,
+}
+
+/// A spec version runs are admitted with: the DAG's spec as of a generation, its hash, and
+/// whether it is stored.
+#[derive(Debug)]
+struct SpecVersion {
+    generation: Option<i64>,
+    hash: String,
+    spec: Arc<DagSpec>,
+    json: Option<serde_json::Value>,
 }
 
 impl DagState {
     fn max_active(&self) -> usize {
-        self.info.spec.max_active_runs.max(1) as usize
+        self.info.spec().max_active_runs.max(1) as usize
     }
 }
 
@@ -202,7 +287,12 @@ pub struct Engine<S: RunStore, G: Gate = MemoryGate> {
     timers: BTreeSet<(DateTime<Utc>, DagKey)>,
     queue: AdmissionQueue<LimitKey, Pending>,
     /// running runs of DAGs the engine does not know (yet), by DAG
-    orphan_active: HashMap<DagKey, Vec<(Uuid, DateTime<Utc>)>>,
+    orphan_active: HashMap<DagKey, Vec<ActiveRun>>,
+    /// running runs to cancel (their DAG object is gone), with why
+    doomed: HashMap<Uuid, &'static str>,
+    /// the DAG objects that exist, as last listed
+    listed: Option<HashMap<DagKey, String>>,
+    last_resync: Option<std::time::Instant>,
     /// last persisted scheduled tick per DAG, from the store at start
     known_last_ticks: HashMap<DagKey, DateTime<Utc>>,
     active_total: usize,
@@ -254,6 +344,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             timers: BTreeSet::new(),
             queue: AdmissionQueue::new(aging),
             orphan_active: HashMap::new(),
+            doomed: HashMap::new(),
+            listed: None,
+            last_resync: None,
             known_last_ticks: HashMap::new(),
             active_total: 0,
             store_ok: true,
@@ -266,7 +359,10 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     /// Reads what survived a restart: the last scheduled tick of each DAG and the running runs.
     pub async fn load(&mut self) -> Result<(), StoreError> {
         let last = self.store.last_scheduled_ticks().await?;
-        let running = self.store.running_runs().await?;
+        let running = self
+            .store
+            .running_runs(self.cfg.namespace.as_deref())
+            .await?;
         self.known_last_ticks = last.into_iter().collect();
         self.orphan_active.clear();
         self.bf_slots.clear();
@@ -278,7 +374,11 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             self.orphan_active
                 .entry(run.dag.clone())
                 .or_default()
-                .push((run.id, run.logical_date));
+                .push(ActiveRun {
+                    id: run.id,
+                    logical_date: run.logical_date,
+                    dag_uid: run.dag_uid,
+                });
         }
         for (key, state) in &mut self.dags {
             state.active = self.orphan_active.remove(key).unwrap_or_default();
@@ -288,6 +388,95 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             }
         }
         self.recount_active();
+        self.last_resync = Some(std::time::Instant::now());
+        self.doom_unlisted();
+        Ok(())
+    }
+
+    /// Marks for cancellation the running runs of `key` that `doomed` selects.
+    fn doom(&mut self, key: &DagKey, why: &'static str, doomed: impl Fn(&ActiveRun) -> bool) {
+        let runs = self
+            .dags
+            .get(key)
+            .map(|s| s.active.as_slice())
+            .into_iter()
+            .chain(self.orphan_active.get(key).map(Vec::as_slice))
+            .flatten();
+        for run in runs {
+            if doomed(run) {
+                self.doomed.insert(run.id, why);
+            }
+        }
+    }
+
+    /// Cancels running runs whose DAG object does not exist in the last listing (deleted
+    /// while the operator was down, or its namespace deleted), unless the DAG the engine
+    /// knows is that object.
+    fn doom_unlisted(&mut self) {
+        let Some(listed) = self.listed.clone() else {
+            return;
+        };
+        let keys: Vec<DagKey> = self
+            .dags
+            .keys()
+            .chain(self.orphan_active.keys())
+            .cloned()
+            .collect();
+        for key in keys {
+            let known = self.dags.get(&key).map(|s| s.info.uid().to_string());
+            let exists = listed.get(&key).cloned();
+            self.doom(&key, "the DAG was deleted", |run| {
+                !run.dag_uid.is_empty()
+                    && exists.as_deref() != Some(run.dag_uid.as_str())
+                    && known.as_deref() != Some(run.dag_uid.as_str())
+            });
+        }
+    }
+
+    /// Cancels the doomed runs in the store, gives their slots back and tells the executor
+    /// (their Pods go). On a store error they stay doomed and are tried again next pass.
+    async fn cancel_doomed(&mut self) -> Result<(), StoreError> {
+        if self.doomed.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = self.doomed.keys().copied().collect();
+        self.store.cancel_runs(&ids).await?;
+        let doomed = std::mem::take(&mut self.doomed);
+        let mut cancelled: Vec<(DagKey, Uuid)> = Vec::new();
+        let mut by_dag: HashMap<DagKey, (usize, &'static str)> = HashMap::new();
+        let lists = self
+            .dags
+            .iter_mut()
+            .map(|(k, s)| (k, &mut s.active))
+            .chain(self.orphan_active.iter_mut());
+        for (key, runs) in lists {
+            runs.retain(|run| {
+                let Some(why) = doomed.get(&run.id) else {
+                    return true;
+                };
+                self.pending_release.push((key.clone(), run.logical_date));
+                cancelled.push((key.clone(), run.id));
+                let entry = by_dag.entry(key.clone()).or_insert((0, why));
+                entry.0 += 1;
+                false
+            });
+        }
+        self.orphan_active.retain(|_, v| !v.is_empty());
+        self.recount_active();
+        let ids: Vec<Uuid> = cancelled.iter().map(|(_, id)| *id).collect();
+        self.backfill_runs_ended(&ids);
+        for (key, (count, why)) in by_dag {
+            self.dirty.insert(key.clone());
+            self.event(
+                &key,
+                true,
+                "RunCancelled",
+                format!("{count} running run(s) cancelled: {why}"),
+            );
+        }
+        if !cancelled.is_empty() {
+            self.emit(Output::RunsCancelled(cancelled));
+        }
         Ok(())
     }
 
@@ -328,7 +517,19 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     pub fn apply(&mut self, cmd: Command, now: DateTime<Utc>) {
         match cmd {
             Command::Upsert(info) => self.upsert(*info, now),
-            Command::Remove(key) => self.remove(&key),
+            Command::Invalid(key) => self.remove(&key),
+            Command::Deleted { key, uid } => {
+                if self.dags.get(&key).is_some_and(|s| s.info.uid() == uid) {
+                    self.remove(&key);
+                }
+                self.doom(&key, "the DAG was deleted", |run| {
+                    run.dag_uid == uid || run.dag_uid.is_empty()
+                });
+            }
+            Command::Listed(listed) => {
+                self.listed = Some(listed);
+                self.doom_unlisted();
+            }
             Command::RunsEnded(ids) => self.runs_ended(&ids),
             Command::UpsertBackfill(info) => self.upsert_backfill(*info),
             Command::RemoveBackfill(key) => self.remove_backfill(&key),
@@ -377,18 +578,30 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     fn upsert(&mut self, info: DagInfo, now: DateTime<Utc>) {
         let key = info.key.clone();
         let fingerprint = info
-            .spec
+            .spec()
             .schedule
             .clone()
-            .map(|s| (s, info.spec.timezone.clone()));
+            .map(|s| (s, info.spec().timezone.clone()));
+        // a DAG re-created under the same name is a new object: runs of the old one end
+        let uid = info.uid().to_string();
+        self.doom(&key, "the DAG was deleted and created again", |run| {
+            !run.dag_uid.is_empty() && run.dag_uid != uid
+        });
         let was_suspended;
         match self.dags.get_mut(&key) {
             Some(state) => {
-                was_suspended = state.info.spec.suspend;
+                was_suspended = state.info.spec().suspend;
                 if state.fingerprint != fingerprint {
                     // a new schedule never catches up ticks from before the change
                     state.not_before = now;
                     state.fingerprint = fingerprint;
+                }
+                if state
+                    .version
+                    .as_ref()
+                    .is_some_and(|v| v.generation != info.object.metadata.generation)
+                {
+                    state.version = None;
                 }
                 state.info = info;
             }
@@ -399,7 +612,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 self.dags.insert(
                     key.clone(),
                     DagState {
-                        not_before: info.created_at,
+                        not_before: info.created_at().unwrap_or(now),
                         info,
                         fingerprint,
                         last_tick: last,
@@ -408,6 +621,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                         active,
                         queued: 0,
                         handled_trigger: handled,
+                        version: None,
                     },
                 );
                 was_suspended = false;
@@ -417,7 +631,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         let Some(state) = self.dags.get(&key) else {
             return;
         };
-        let suspended = state.info.spec.suspend;
+        let suspended = state.info.spec().suspend;
         if suspended && !was_suspended {
             self.drop_queued(&key, |p| p.run_type == RunType::Scheduled);
         }
@@ -439,7 +653,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         }
         state.handled_trigger = Some(trigger.value.clone());
         self.dirty.insert(key.clone());
-        let spec = state.info.spec.clone();
+        let object = state.info.object.clone();
+        let spec = &object.spec;
         if spec.suspend {
             self.event(
                 key,
@@ -521,7 +736,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         if let Some(t) = state.next_tick.take() {
             self.timers.remove(&(t, key.clone()));
         }
-        let spec = state.info.spec.clone();
+        let object = state.info.object.clone();
+        let spec = &object.spec;
         let Some(schedule) = state.info.schedule.clone() else {
             self.dirty.insert(key.clone());
             return;
@@ -609,6 +825,10 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             }
             self.plan_due(&key, now);
         }
+        if let Err(e) = self.cancel_doomed().await {
+            self.set_store_ok(false);
+            return Err(e);
+        }
         self.maintain_leases().await;
         if let Err(e) = self.feed_backfills(now).await {
             self.set_store_ok(false);
@@ -634,7 +854,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             if state.queued == 0 {
                 continue;
             }
-            match state.info.spec.concurrency_policy {
+            match state.info.spec().concurrency_policy {
                 ConcurrencyPolicy::Forbid if !state.active.is_empty() => forbid.push(key.clone()),
                 ConcurrencyPolicy::Replace => replace.push(key.clone()),
                 _ => {}
@@ -670,16 +890,16 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                     ),
                 );
             }
-            let active: Vec<(Uuid, DateTime<Utc>)> = self
+            let active: Vec<ActiveRun> = self
                 .dags
                 .get(&key)
                 .map(|s| s.active.clone())
                 .unwrap_or_default();
             if !active.is_empty() {
-                let ids: Vec<Uuid> = active.iter().map(|(id, _)| *id).collect();
+                let ids: Vec<Uuid> = active.iter().map(|run| run.id).collect();
                 self.store.cancel_runs(&ids).await?;
-                for (_, date) in &active {
-                    self.pending_release.push((key.clone(), *date));
+                for run in &active {
+                    self.pending_release.push((key.clone(), run.logical_date));
                 }
                 if let Some(state) = self.dags.get_mut(&key) {
                     state.active.clear();
@@ -702,7 +922,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             let priority = self
                 .dags
                 .get(&key)
-                .map(|s| s.info.spec.priority)
+                .map(|s| s.info.spec().priority)
                 .unwrap_or_default();
             self.enqueue(newest, RunClass::Scheduled, priority);
         }
@@ -746,7 +966,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             state.queued = state.queued.saturating_sub(1);
             self.dirty.insert(p.dag.clone());
             if p.run_type == RunType::Scheduled {
-                if let Some(deadline) = state.info.spec.starting_deadline_seconds {
+                if let Some(deadline) = state.info.spec().starting_deadline_seconds {
                     let late = (now - p.logical_date).num_seconds();
                     if late > deadline {
                         let dag = p.dag.clone();
@@ -762,7 +982,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                         continue;
                     }
                 }
-                if state.info.spec.concurrency_policy == ConcurrencyPolicy::Forbid
+                if state.info.spec().concurrency_policy == ConcurrencyPolicy::Forbid
                     && state.active.len() + in_batch.get(&p.dag).copied().unwrap_or(0) > 0
                 {
                     let dag = p.dag.clone();
@@ -801,6 +1021,87 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         if batch.is_empty() {
             return Ok(0);
         }
+        // the spec version each run executes, stored before the runs that name it
+        let specs = self.spec_versions(&batch);
+        let stored = match self.store.save_specs(&specs).await {
+            Ok(()) => self.persist(&batch).await,
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(inserted) => {
+                self.mark_specs_saved(&specs);
+                self.admitted(now, batch, inserted).await
+            }
+            Err(e) => {
+                // nothing was admitted: slots back, entries back, keeping their age
+                for p in batch {
+                    self.pending_release.push((p.dag.clone(), p.logical_date));
+                    self.requeue(p);
+                }
+                self.set_store_ok(false);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes sure every DAG of the batch has its current spec version; returns the versions
+    /// not stored yet.
+    fn spec_versions(&mut self, batch: &[Pending]) -> Vec<SpecRow> {
+        let mut unsaved = Vec::new();
+        for p in batch {
+            let Some(state) = self.dags.get_mut(&p.dag) else {
+                continue;
+            };
+            if state.version.is_none() {
+                let spec = Arc::new(state.info.spec().clone());
+                match spec.content_hash() {
+                    Ok((hash, json)) => {
+                        state.version = Some(Arc::new(SpecVersion {
+                            generation: state.info.object.metadata.generation,
+                            hash,
+                            spec,
+                            json: Some(json),
+                        }));
+                    }
+                    Err(e) => tracing::error!(dag = %p.dag, error = %e, "cannot hash the spec"),
+                }
+            }
+            if let Some(v) = &state.version {
+                if let Some(json) = &v.json {
+                    if !unsaved.iter().any(|s: &SpecRow| s.hash == v.hash) {
+                        unsaved.push(SpecRow {
+                            hash: v.hash.clone(),
+                            spec: json.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        unsaved
+    }
+
+    /// Forgets the JSON of versions now stored (they are never sent again).
+    fn mark_specs_saved(&mut self, saved: &[SpecRow]) {
+        if saved.is_empty() {
+            return;
+        }
+        for state in self.dags.values_mut() {
+            if let Some(v) = &state.version {
+                if v.json.is_some() && saved.iter().any(|s| s.hash == v.hash) {
+                    state.version = Some(Arc::new(SpecVersion {
+                        generation: v.generation,
+                        hash: v.hash.clone(),
+                        spec: v.spec.clone(),
+                        json: None,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Inserts the batch's new runs and re-runs its reprocessed ones; returns what was
+    /// created or re-started.
+    async fn persist(&self, batch: &[Pending]) -> Result<Vec<crate::store::RunRow>, StoreError> {
         let runs: Vec<NewRun> = batch
             .iter()
             .filter(|p| p.rerun.is_none())
@@ -816,22 +1117,26 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                     id,
                     backfill_name: p.backfill.clone()?,
                     params: run.params,
+                    spec_hash: run.spec_hash,
                     tasks: run.tasks,
                 })
             })
             .collect();
-        let stored = match self.store.insert_runs(&runs).await {
-            Ok(mut inserted) => match self.store.rerun_runs(&reruns).await {
-                Ok(rerun) => {
-                    inserted.extend(rerun);
-                    Ok(inserted)
-                }
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        match stored {
-            Ok(inserted) => {
+        let mut inserted = self.store.insert_runs(&runs).await?;
+        inserted.extend(self.store.rerun_runs(&reruns).await?);
+        Ok(inserted)
+    }
+
+    /// Books what the store created: active runs, Backfill slots and progress, metrics, and
+    /// the runs handed to the executor.
+    async fn admitted(
+        &mut self,
+        now: DateTime<Utc>,
+        batch: Vec<Pending>,
+        inserted: Vec<crate::store::RunRow>,
+    ) -> Result<usize, StoreError> {
+        {
+            {
                 self.set_store_ok(true);
                 // Backfill dates another run took first count as skipped; their Backfill
                 // slot goes back (the run's own slots belong to whoever runs it)
@@ -863,7 +1168,11 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                     let Some(state) = self.dags.get_mut(&run.dag) else {
                         continue;
                     };
-                    state.active.push((run.id, run.logical_date));
+                    state.active.push(ActiveRun {
+                        id: run.id,
+                        logical_date: run.logical_date,
+                        dag_uid: run.dag_uid.clone(),
+                    });
                     if run.run_type == RunType::Scheduled {
                         state.last_persisted = state.last_persisted.max(Some(run.logical_date));
                     }
@@ -889,16 +1198,18 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                         delays_secs,
                     });
                 }
-                Ok(inserted.len())
-            }
-            Err(e) => {
-                // nothing was admitted: slots back, entries back, keeping their age
-                for p in batch {
-                    self.pending_release.push((p.dag.clone(), p.logical_date));
-                    self.requeue(p);
+                let count = inserted.len();
+                let admitted: Vec<AdmittedRun> = inserted
+                    .into_iter()
+                    .filter_map(|run| {
+                        let spec = self.dags.get(&run.dag)?.version.as_ref()?.spec.clone();
+                        Some(AdmittedRun { run, spec })
+                    })
+                    .collect();
+                if !admitted.is_empty() {
+                    self.emit(Output::RunsAdmitted(admitted));
                 }
-                self.set_store_ok(false);
-                Err(e)
+                Ok(count)
             }
         }
     }
@@ -912,7 +1223,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         {
             return; // its Backfill is gone
         }
-        let Some(priority) = self.dags.get(&p.dag).map(|s| s.info.spec.priority) else {
+        let Some(priority) = self.dags.get(&p.dag).map(|s| s.info.spec().priority) else {
             return;
         };
         let class = match p.run_type {
@@ -1013,11 +1324,11 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         let runs: Vec<(DagKey, DateTime<Utc>)> = self
             .dags
             .iter()
-            .flat_map(|(k, s)| s.active.iter().map(move |(_, d)| (k.clone(), *d)))
+            .flat_map(|(k, s)| s.active.iter().map(move |r| (k.clone(), r.logical_date)))
             .chain(
                 self.orphan_active
                     .iter()
-                    .flat_map(|(k, v)| v.iter().map(move |(_, d)| (k.clone(), *d))),
+                    .flat_map(|(k, v)| v.iter().map(move |r| (k.clone(), r.logical_date))),
             )
             .collect();
         let mut leases = Vec::with_capacity(runs.len() * 2);
@@ -1081,21 +1392,21 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             .map(|(k, s)| (k, &s.active))
             .chain(self.orphan_active.iter())
         {
-            for (id, date) in runs {
-                if ids.contains(id) {
-                    self.pending_release.push((key.clone(), *date));
+            for run in runs {
+                if ids.contains(&run.id) {
+                    self.pending_release.push((key.clone(), run.logical_date));
                 }
             }
         }
         for state in self.dags.values_mut() {
             let before = state.active.len();
-            state.active.retain(|(id, _)| !ids.contains(id));
+            state.active.retain(|run| !ids.contains(&run.id));
             if state.active.len() != before {
                 self.dirty.insert(state.info.key.clone());
             }
         }
         for runs in self.orphan_active.values_mut() {
-            runs.retain(|(id, _)| !ids.contains(id));
+            runs.retain(|run| !ids.contains(&run.id));
         }
         self.orphan_active.retain(|_, v| !v.is_empty());
         self.recount_active();
@@ -1104,8 +1415,11 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
 
     /// Re-reads the running runs from the store (runs ended by the executor or by hand).
     pub async fn resync_active(&mut self) -> Result<(), StoreError> {
-        let running = self.store.running_runs().await?;
-        let mut by_dag: HashMap<DagKey, Vec<(Uuid, DateTime<Utc>)>> = HashMap::new();
+        let running = self
+            .store
+            .running_runs(self.cfg.namespace.as_deref())
+            .await?;
+        let mut by_dag: HashMap<DagKey, Vec<ActiveRun>> = HashMap::new();
         let running_ids: std::collections::HashSet<Uuid> = running.iter().map(|r| r.id).collect();
         for run in &running {
             if let Some(bf) = &run.backfill_name {
@@ -1124,16 +1438,17 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             self.backfill_runs_ended(&ended);
         }
         for run in running {
-            by_dag
-                .entry(run.dag.clone())
-                .or_default()
-                .push((run.id, run.logical_date));
+            by_dag.entry(run.dag.clone()).or_default().push(ActiveRun {
+                id: run.id,
+                logical_date: run.logical_date,
+                dag_uid: run.dag_uid,
+            });
         }
         for (key, state) in &mut self.dags {
             let now_active = by_dag.remove(key).unwrap_or_default();
-            for (id, date) in &state.active {
-                if !now_active.iter().any(|(i, _)| i == id) {
-                    self.pending_release.push((key.clone(), *date));
+            for run in &state.active {
+                if !now_active.iter().any(|r| r.id == run.id) {
+                    self.pending_release.push((key.clone(), run.logical_date));
                 }
             }
             if now_active != state.active {
@@ -1143,6 +1458,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         }
         self.orphan_active = by_dag;
         self.recount_active();
+        self.last_resync = Some(std::time::Instant::now());
+        self.doom_unlisted();
         Ok(())
     }
 
@@ -1160,7 +1477,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                     last_schedule_time: state.last_persisted,
                     next_schedule_time: state.next_tick,
                     last_handled_trigger: state.handled_trigger.clone(),
-                    suspended: state.info.spec.suspend,
+                    suspended: state.info.spec().suspend,
                 };
                 self.emit(Output::Status(key, status));
             }
@@ -1173,7 +1490,6 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut backoff = Duration::from_millis(200);
         let mut loaded = false;
-        let mut last_resync = std::time::Instant::now();
         loop {
             if !loaded {
                 match self.load().await {
@@ -1190,11 +1506,13 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             let now = Utc::now();
             let mut retry = false;
             if loaded {
-                if last_resync.elapsed() >= self.cfg.schedule_interval {
+                if self
+                    .last_resync
+                    .is_none_or(|t| t.elapsed() >= self.cfg.resync_interval)
+                {
                     if let Err(e) = self.resync_active().await {
                         tracing::warn!(error = %e, "resync of running runs failed");
                     }
-                    last_resync = std::time::Instant::now();
                 }
                 match self.tick(now).await {
                     Ok(_) => backoff = Duration::from_millis(200),
@@ -1237,7 +1555,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
 }
 
 fn new_run(state: &DagState, p: &Pending) -> NewRun {
-    let spec = &state.info.spec;
+    let spec = state.info.spec();
     let interval = data_interval(
         state.info.schedule.as_ref(),
         p.logical_date,
@@ -1245,7 +1563,7 @@ fn new_run(state: &DagState, p: &Pending) -> NewRun {
     );
     NewRun {
         dag: p.dag.clone(),
-        dag_uid: state.info.uid.clone(),
+        dag_uid: state.info.uid().to_string(),
         run_type: p.run_type,
         backfill_name: p.backfill.clone(),
         logical_date: p.logical_date,
@@ -1253,6 +1571,7 @@ fn new_run(state: &DagState, p: &Pending) -> NewRun {
         data_interval_end: interval.end,
         priority: spec.priority,
         params: p.params.clone(),
+        spec_hash: state.version.as_ref().map(|v| v.hash.clone()),
         tasks: spec
             .tasks
             .iter()

@@ -1,40 +1,129 @@
-//! Task try → Pod (SPEC §5): deterministic name, owner reference to the DAG, labels,
-//! `restartPolicy: Never`, the run's environment, the task's container and pod-level fields.
+//! Task try ↔ Pod (SPEC §5): the Pod of a try (deterministic name, owner reference to the DAG,
+//! labels, `restartPolicy: Never`, the run's environment, the task's container and pod-level
+//! fields), and what a Pod says back (its try, its verdict, when it finished).
 
 use std::collections::BTreeMap;
 
-use chrono::SecondsFormat;
+use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
+use super::plan::PodVerdict;
 use crate::api::TaskSpec;
-use crate::store::RunRow;
+use crate::k8s::to_chrono;
+use crate::store::{RunRow, TryKey};
 
 pub const LABEL_DAG: &str = "dagoperator.io/dag";
 pub const LABEL_RUN: &str = "dagoperator.io/run-id";
 pub const LABEL_TASK: &str = "dagoperator.io/task";
 pub const LABEL_TRY: &str = "dagoperator.io/try";
 
-/// FNV-1a, for a short stable suffix (the std hasher is not stable across releases).
-fn fnv(text: &str) -> u32 {
-    text.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+/// FNV-1a (64 bits), for a stable suffix (the std hasher is not stable across releases).
+fn fnv64(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
 
-/// `<dag>-<run8>-<task>-<try>`, cut to 63 characters with a hash when too long, so the same
-/// try always gets the same name (creating it twice is a no-op).
+/// `<dag>-<task>-<try>-<hash>`: `hash` is 16 hex digits of a hash of the whole run id, the
+/// task and the try, so every try of every run gets its own name (creating it twice is a
+/// no-op, and two runs never share one); the readable head is cut so that the name stays
+/// within 63 characters.
 pub fn pod_name(dag: &str, run: &uuid::Uuid, task: &str, try_number: i32) -> String {
-    let run8 = &run.simple().to_string()[..8];
-    let full = format!("{dag}-{run8}-{task}-{try_number}");
-    if full.len() <= 63 {
-        return full;
-    }
-    let hash = format!("{:08x}", fnv(&full));
-    let tail = format!("-{run8}-{try_number}-{hash}");
+    let hash = format!("{:016x}", fnv64(&format!("{run}/{task}/{try_number}")));
+    let tail = format!("-{try_number}-{hash}");
     let keep = 63 - tail.len();
     let head: String = format!("{dag}-{task}").chars().take(keep).collect();
-    format!("{}{tail}", head.trim_end_matches('-'))
+    format!("{}{tail}", head.trim_end_matches(['-', '.']))
+}
+
+/// The try a task Pod belongs to, read from its labels.
+pub fn owner(labels: Option<&BTreeMap<String, String>>) -> Option<TryKey> {
+    let labels = labels?;
+    Some(TryKey {
+        run_id: labels.get(LABEL_RUN)?.parse().ok()?,
+        task_name: labels.get(LABEL_TASK)?.clone(),
+        try_number: labels.get(LABEL_TRY)?.parse().ok()?,
+    })
+}
+
+/// Reads a Pod's status.
+pub fn verdict(pod: &Pod) -> PodVerdict {
+    let Some(status) = pod.status.as_ref() else {
+        return PodVerdict::Running;
+    };
+    let terminated = status.container_statuses.as_ref().and_then(|cs| {
+        cs.iter()
+            .find_map(|c| c.state.as_ref()?.terminated.as_ref())
+    });
+    match status.phase.as_deref() {
+        Some("Succeeded") => PodVerdict::Succeeded,
+        Some("Failed") => PodVerdict::Failed {
+            exit_code: terminated.map(|t| t.exit_code),
+            message: terminated
+                .and_then(|t| t.reason.clone())
+                .or_else(|| status.reason.clone())
+                .or_else(|| status.message.clone())
+                .unwrap_or_else(|| "pod failed".to_string()),
+        },
+        Some("Pending") => {
+            let waiting = status.container_statuses.as_ref().and_then(|cs| {
+                cs.iter()
+                    .find_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+            });
+            if let Some(reason) = waiting.filter(|r| {
+                matches!(
+                    r.as_str(),
+                    "ErrImagePull"
+                        | "ImagePullBackOff"
+                        | "InvalidImageName"
+                        | "CreateContainerConfigError"
+                        | "CreateContainerError"
+                )
+            }) {
+                return PodVerdict::Stuck(reason);
+            }
+            let unschedulable = status.conditions.as_ref().is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c.type_ == "PodScheduled"
+                        && c.status == "False"
+                        && c.reason.as_deref() == Some("Unschedulable")
+                })
+            });
+            if unschedulable {
+                PodVerdict::Stuck("Unschedulable".to_string())
+            } else {
+                PodVerdict::Running
+            }
+        }
+        _ => PodVerdict::Running,
+    }
+}
+
+/// When a Pod finished, if it did.
+pub fn finished_at(pod: &Pod) -> Option<DateTime<Utc>> {
+    let status = pod.status.as_ref()?;
+    if !matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    status
+        .container_statuses
+        .as_ref()
+        .and_then(|cs| {
+            cs.iter()
+                .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+                .filter_map(to_chrono)
+                .max()
+        })
+        .or_else(|| {
+            status
+                .conditions
+                .as_ref()?
+                .iter()
+                .filter_map(|c| c.last_transition_time.as_ref())
+                .filter_map(to_chrono)
+                .max()
+        })
 }
 
 fn env(name: &str, value: String) -> EnvVar {
@@ -131,17 +220,45 @@ mod tests {
             created_at: t,
             started_at: Some(t),
             ended_at: None,
+            spec_hash: None,
         }
     }
 
     #[test]
-    fn names_are_deterministic_and_fit_a_label() {
+    fn names_are_deterministic_unique_per_try_and_fit_a_label() {
         let r = run();
-        assert_eq!(pod_name("etl", &r.id, "load", 2), "etl-01234567-load-2");
-        let long = pod_name(&"d".repeat(60), &r.id, &"t".repeat(60), 3);
+        let name = pod_name("etl", &r.id, "load", 2);
+        assert!(name.starts_with("etl-load-2-"), "{name}");
+        assert_eq!(name.len(), "etl-load-2-".len() + 16);
+        assert_eq!(name, pod_name("etl", &r.id, "load", 2));
+        let long = pod_name(&"d".repeat(63), &r.id, &"t".repeat(63), 3);
         assert!(long.len() <= 63, "{long}");
-        assert_eq!(long, pod_name(&"d".repeat(60), &r.id, &"t".repeat(60), 3));
-        assert_ne!(long, pod_name(&"d".repeat(60), &r.id, &"t".repeat(60), 4));
+        assert_eq!(long, pod_name(&"d".repeat(63), &r.id, &"t".repeat(63), 3));
+        assert_ne!(long, pod_name(&"d".repeat(63), &r.id, &"t".repeat(63), 4));
+        // two runs whose ids share the first 32 bits get different Pods
+        let twin = uuid::Uuid::parse_str("01234567ffffffffffffffffffffffff").unwrap();
+        assert_ne!(
+            pod_name("etl", &r.id, "load", 2),
+            pod_name("etl", &twin, "load", 2)
+        );
+        // a valid DNS-1123 subdomain: no '-' or '.' where a cut ends the head
+        let cut = pod_name(&format!("{}-x", "a".repeat(44)), &r.id, "load", 1);
+        assert!(!cut.contains("--"), "{cut}");
+    }
+
+    #[test]
+    fn a_pods_labels_name_its_try() {
+        let pod = build_pod(
+            &run(),
+            &serde_yaml::from_str("name: load\ncontainer: {image: busybox}").unwrap(),
+            2,
+        );
+        let key = owner(pod.metadata.labels.as_ref()).expect("labels");
+        assert_eq!(
+            (key.run_id, key.task_name.as_str(), key.try_number),
+            (run().id, "load", 2)
+        );
+        assert_eq!(owner(None), None);
     }
 
     #[test]

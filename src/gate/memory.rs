@@ -38,6 +38,12 @@ impl MemoryGate {
         }
     }
 
+    /// Forgets every lease at once: what a Redis restarted without its data looks like to
+    /// the holders (tests of the executor's and the engine's in-process floors).
+    pub fn forget_everything(&self) {
+        self.lock().clear();
+    }
+
     fn lock(&self) -> MutexGuard<'_, Semaphores> {
         // Every critical section leaves the map consistent, so a poisoned lock is still good.
         self.semaphores.lock().unwrap_or_else(|e| e.into_inner())

@@ -22,12 +22,14 @@
 //!   good: renewing it returns `false`.
 //! - Any error means "no decision": callers fail closed (admit nothing) and retry.
 
+mod ledger;
 mod memory;
 mod redis;
 
 use std::future::Future;
 use std::time::Duration;
 
+pub use self::ledger::{Hold, LeaseLedger, Upkeep};
 pub use self::memory::MemoryGate;
 pub use self::redis::{DEFAULT_PREFIX, RedisGate};
 

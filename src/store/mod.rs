@@ -8,6 +8,7 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+pub use crate::graph::TaskState;
 pub use pg::{AppliedMigration, PgStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,17 @@ impl RunType {
         [RunType::Scheduled, RunType::Manual, RunType::Backfill]
             .into_iter()
             .find(|t| t.as_str() == s)
+    }
+}
+
+/// A run's priority class (SPEC §4): manual > scheduled > backfill.
+impl From<RunType> for crate::queue::RunClass {
+    fn from(t: RunType) -> Self {
+        match t {
+            RunType::Manual => crate::queue::RunClass::Manual,
+            RunType::Scheduled => crate::queue::RunClass::Scheduled,
+            RunType::Backfill => crate::queue::RunClass::Backfill,
+        }
     }
 }
 
@@ -117,7 +129,16 @@ pub struct NewRun {
     pub data_interval_end: DateTime<Utc>,
     pub priority: i32,
     pub params: serde_json::Value,
+    /// the DAG spec version the run executes (stored by [`RunStore::save_specs`] first)
+    pub spec_hash: Option<String>,
     pub tasks: Vec<NewTask>,
+}
+
+/// A version of a DAG's spec: its JSON and the SHA-256 of that JSON (hex).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpecRow {
+    pub hash: String,
+    pub spec: serde_json::Value,
 }
 
 /// A run as stored.
@@ -138,6 +159,8 @@ pub struct RunRow {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// the DAG spec version the run executes (none for runs admitted before versions)
+    pub spec_hash: Option<String>,
 }
 
 /// A task instance as stored.
@@ -146,7 +169,7 @@ pub struct TaskRow {
     pub run_id: Uuid,
     pub task_name: String,
     pub try_number: i32,
-    pub state: String,
+    pub state: TaskState,
     pub pool: Option<String>,
     pub pool_slots: i32,
     pub pod_name: Option<String>,
@@ -175,6 +198,8 @@ pub struct Rerun {
     pub id: Uuid,
     pub backfill_name: String,
     pub params: serde_json::Value,
+    /// the DAG spec version the run executes (stored by [`RunStore::save_specs`] first)
+    pub spec_hash: Option<String>,
     pub tasks: Vec<NewTask>,
 }
 
@@ -221,8 +246,27 @@ pub trait RunStore: Send + Sync + 'static {
         &self,
     ) -> impl Future<Output = Result<Vec<(DagKey, DateTime<Utc>)>, StoreError>> + Send;
 
-    /// Every run in state `running`.
-    fn running_runs(&self) -> impl Future<Output = Result<Vec<RunRow>, StoreError>> + Send;
+    /// Every run in state `running`, of one namespace or of all.
+    fn running_runs(
+        &self,
+        namespace: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<RunRow>, StoreError>> + Send;
+
+    /// Stores spec versions (idempotent: a known hash is left as it is).
+    fn save_specs(&self, specs: &[SpecRow]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The stored spec versions of the given hashes (unknown hashes are left out).
+    fn specs(
+        &self,
+        hashes: &[String],
+    ) -> impl Future<Output = Result<Vec<SpecRow>, StoreError>> + Send;
+
+    /// Pins a spec version to runs admitted before versions existed (only where none is set).
+    fn pin_spec(
+        &self,
+        run_ids: &[Uuid],
+        hash: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Marks runs `cancelled` (ended now) and their unfinished task instances `cancelled`.
     /// Returns how many runs changed.
@@ -240,22 +284,19 @@ pub trait RunStore: Send + Sync + 'static {
         run_ids: &[Uuid],
     ) -> impl Future<Output = Result<Vec<TaskRow>, StoreError>> + Send;
 
-    /// Moves one task try from `update.from` to `update.to` (and sets the given fields).
-    /// Returns false when the try is no longer in `from`: someone else moved it first.
-    fn update_task(
+    /// Applies one batch of task and run changes in one transaction; each change is guarded by
+    /// the state it leaves, so a change someone else made first is skipped (reported `false`).
+    fn write_changes(
         &self,
-        update: &TaskUpdate,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+        changes: &Changes,
+    ) -> impl Future<Output = Result<Applied, StoreError>> + Send;
 
-    /// Adds try `try_number` of a task, `queued` now. False if that try exists already.
-    fn insert_task_try(
+    /// The newest `limit` runs of each DAG, and its latest successful logical date.
+    fn recent_runs(
         &self,
-        run_id: Uuid,
-        task_name: &str,
-        try_number: i32,
-        pool: Option<&str>,
-        pool_slots: i32,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+        dags: &[DagKey],
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<RecentRuns>, StoreError>> + Send;
 
     /// The runs of a DAG with a logical date in `[start, end)`, oldest first.
     fn runs_between(
@@ -278,45 +319,123 @@ pub trait RunStore: Send + Sync + 'static {
         dag: &DagKey,
         backfill: &str,
     ) -> impl Future<Output = Result<BackfillCounts, StoreError>> + Send;
-
-    /// Ends a running run in `state` (success or failed) now. False if it was not running.
-    fn finish_run(
-        &self,
-        id: Uuid,
-        state: RunState,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
-/// A task-state transition, guarded by the state it leaves.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TaskUpdate {
+/// One try of one task of one run.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TryKey {
     pub run_id: Uuid,
     pub task_name: String,
     pub try_number: i32,
-    pub from: &'static str,
-    pub to: &'static str,
-    pub pod_name: Option<String>,
-    pub exit_code: Option<i32>,
-    pub message: Option<String>,
-    pub set_queued_at: bool,
-    pub set_started_at: bool,
-    pub set_ended_at: bool,
 }
 
-impl TaskUpdate {
-    pub fn new(row: &TaskRow, from: &'static str, to: &'static str) -> Self {
-        TaskUpdate {
+impl TryKey {
+    pub fn of(row: &TaskRow) -> Self {
+        TryKey {
             run_id: row.run_id,
             task_name: row.task_name.clone(),
             try_number: row.try_number,
+        }
+    }
+}
+
+impl std::fmt::Display for TryKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.run_id, self.task_name, self.try_number)
+    }
+}
+
+/// Which timestamp of a try a move sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stamp {
+    None,
+    Queued,
+    Started,
+    Ended,
+}
+
+impl Stamp {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stamp::None => "none",
+            Stamp::Queued => "queued",
+            Stamp::Started => "started",
+            Stamp::Ended => "ended",
+        }
+    }
+}
+
+/// A task try moving from one state to another, guarded by the state it leaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskMove {
+    pub key: TryKey,
+    pub from: TaskState,
+    pub to: TaskState,
+    /// when it happened; written to the column `stamp` names
+    pub at: DateTime<Utc>,
+    pub stamp: Stamp,
+    pub pod_name: Option<String>,
+    pub exit_code: Option<i32>,
+    pub message: Option<String>,
+}
+
+impl TaskMove {
+    pub fn new(key: TryKey, from: TaskState, to: TaskState, at: DateTime<Utc>) -> Self {
+        TaskMove {
+            key,
             from,
             to,
+            at,
+            stamp: Stamp::None,
             pod_name: None,
             exit_code: None,
             message: None,
-            set_queued_at: false,
-            set_started_at: false,
-            set_ended_at: false,
         }
     }
+}
+
+/// A retry: try `key` leaves `up_for_retry` for `failed` and the next try is added `queued`
+/// (same pool, same attempt), both or neither.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NextTry {
+    pub key: TryKey,
+    pub at: DateTime<Utc>,
+}
+
+/// A running run ending.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunEnd {
+    pub id: Uuid,
+    pub state: RunState,
+    pub at: DateTime<Utc>,
+}
+
+/// What one executor step writes, in one transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub moves: Vec<TaskMove>,
+    pub retries: Vec<NextTry>,
+    pub run_ends: Vec<RunEnd>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.moves.is_empty() && self.retries.is_empty() && self.run_ends.is_empty()
+    }
+}
+
+/// Which changes of a [`Changes`] took effect, index for index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub moves: Vec<bool>,
+    pub retries: Vec<bool>,
+    pub run_ends: Vec<bool>,
+}
+
+/// The newest runs of a DAG (newest first) and its latest successful logical date.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecentRuns {
+    pub dag: DagKey,
+    pub runs: Vec<RunRow>,
+    pub last_success: Option<DateTime<Utc>>,
 }

@@ -20,8 +20,8 @@ use sqlx::{Connection, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    BackfillCounts, DagKey, DateRun, NewRun, NewTask, Rerun, RunFilter, RunRow, RunState, RunStore,
-    RunType, StoreError, TaskRow, TaskUpdate,
+    Applied, BackfillCounts, Changes, DagKey, DateRun, NewRun, NewTask, RecentRuns, Rerun,
+    RunFilter, RunRow, RunState, RunStore, RunType, SpecRow, StoreError, TaskRow, TaskState,
 };
 
 /// The embedded migrations (`migrations/` at the repository root).
@@ -175,7 +175,7 @@ macro_rules! run_columns {
     () => {
         "id, namespace, dag_name, dag_uid, run_type, backfill_name, logical_date, \
          data_interval_start, data_interval_end, priority, state, params, attempt, \
-         created_at, started_at, ended_at"
+         created_at, started_at, ended_at, spec_hash"
     };
 }
 
@@ -207,15 +207,20 @@ fn run_from_row(row: &PgRow) -> Result<RunRow, StoreError> {
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         ended_at: row.try_get("ended_at")?,
+        spec_hash: row.try_get("spec_hash")?,
     })
 }
 
 fn task_from_row(row: &PgRow) -> Result<TaskRow, StoreError> {
+    let state: String = row.try_get("state")?;
     Ok(TaskRow {
         run_id: row.try_get("run_id")?,
         task_name: row.try_get("task_name")?,
         try_number: row.try_get("try_number")?,
-        state: row.try_get("state")?,
+        state: TaskState::parse(&state).ok_or(StoreError::Corrupt {
+            column: "task_instances.state",
+            value: state,
+        })?,
         pool: row.try_get("pool")?,
         pool_slots: row.try_get("pool_slots")?,
         pod_name: row.try_get("pod_name")?,
@@ -231,14 +236,16 @@ fn task_from_row(row: &PgRow) -> Result<TaskRow, StoreError> {
 const INSERT_RUNS: &str = concat!(
     "INSERT INTO dag_runs (id, namespace, dag_name, dag_uid, run_type, backfill_name, \
          logical_date, data_interval_start, data_interval_end, priority, state, params, \
-         attempt, started_at) \
+         attempt, started_at, spec_hash) \
      SELECT r.id, r.namespace, r.dag_name, r.dag_uid, r.run_type, r.backfill_name, \
          r.logical_date, r.data_interval_start, r.data_interval_end, r.priority, 'running', \
-         r.params, 1, now() \
+         r.params, 1, now(), r.spec_hash \
      FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::int4[], $11::jsonb[]) \
+         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::int4[], $11::jsonb[], \
+         $12::text[]) \
          WITH ORDINALITY AS r(id, namespace, dag_name, dag_uid, run_type, backfill_name, \
-             logical_date, data_interval_start, data_interval_end, priority, params, ord) \
+             logical_date, data_interval_start, data_interval_end, priority, params, \
+             spec_hash, ord) \
      ORDER BY r.ord \
      ON CONFLICT (namespace, dag_name, logical_date) DO NOTHING \
      RETURNING ",
@@ -282,6 +289,7 @@ impl PgStore {
         let mut interval_ends = Vec::with_capacity(n);
         let mut priorities = Vec::with_capacity(n);
         let mut params = Vec::with_capacity(n);
+        let mut spec_hashes = Vec::with_capacity(n);
         for (id, run) in chunk {
             ids.push(*id);
             namespaces.push(run.dag.namespace.as_str());
@@ -294,6 +302,7 @@ impl PgStore {
             interval_ends.push(run.data_interval_end);
             priorities.push(run.priority);
             params.push(&run.params);
+            spec_hashes.push(run.spec_hash.as_deref());
         }
         let rows = sqlx::query(INSERT_RUNS)
             .bind(ids)
@@ -307,6 +316,7 @@ impl PgStore {
             .bind(interval_ends)
             .bind(priorities)
             .bind(params)
+            .bind(spec_hashes)
             .fetch_all(&mut *tx)
             .await?;
         rows.iter().map(run_from_row).collect()
@@ -335,6 +345,119 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         Ok(())
+    }
+}
+
+/// Moves task tries from one state to another, each guarded by the state it leaves; returns
+/// the position (1-based) of each move that took effect.
+const MOVE_TASKS: &str = "UPDATE task_instances t SET state = m.to_state, \
+         pod_name = COALESCE(m.pod_name, t.pod_name), \
+         exit_code = COALESCE(m.exit_code, t.exit_code), \
+         message = COALESCE(m.message, t.message), \
+         queued_at = CASE WHEN m.stamp = 'queued' THEN m.at ELSE t.queued_at END, \
+         started_at = CASE WHEN m.stamp = 'started' THEN m.at ELSE t.started_at END, \
+         ended_at = CASE WHEN m.stamp = 'ended' THEN m.at ELSE t.ended_at END \
+     FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[], \
+         $7::int4[], $8::text[], $9::text[], $10::timestamptz[]) WITH ORDINALITY \
+         AS m(run_id, task_name, try_number, from_state, to_state, pod_name, exit_code, \
+             message, stamp, at, ord) \
+     WHERE t.run_id = m.run_id AND t.task_name = m.task_name \
+       AND t.try_number = m.try_number AND t.state = m.from_state \
+     RETURNING m.ord";
+
+/// A retry in one statement: the try leaves `up_for_retry` for `failed` and the next try is
+/// added `queued` (its pool, slots and attempt), both or neither. Returns the positions of
+/// the retries that took effect.
+const RETRY_TASKS: &str = "WITH failed AS ( \
+         UPDATE task_instances t SET state = 'failed' \
+         FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::timestamptz[]) WITH ORDINALITY \
+             AS r(run_id, task_name, try_number, at, ord) \
+         WHERE t.run_id = r.run_id AND t.task_name = r.task_name \
+           AND t.try_number = r.try_number AND t.state = 'up_for_retry' \
+         RETURNING t.run_id, t.task_name, t.try_number, t.pool, t.pool_slots, t.attempt, \
+             r.at, r.ord), \
+     added AS ( \
+         INSERT INTO task_instances \
+             (run_id, task_name, try_number, state, pool, pool_slots, queued_at, attempt) \
+         SELECT run_id, task_name, try_number + 1, 'queued', pool, pool_slots, at, attempt \
+         FROM failed ON CONFLICT DO NOTHING RETURNING 1) \
+     SELECT ord FROM failed";
+
+/// Ends running runs; returns the positions of the runs that were still running.
+const END_RUNS: &str = "UPDATE dag_runs d SET state = r.state, ended_at = r.at \
+     FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) WITH ORDINALITY \
+         AS r(id, state, at, ord) \
+     WHERE d.id = r.id AND d.state = 'running' \
+     RETURNING r.ord";
+
+/// `len` flags, true at the 1-based positions a statement returned.
+fn positions(len: usize, returned: Vec<i64>) -> Vec<bool> {
+    let mut flags = vec![false; len];
+    for ord in returned {
+        if let Some(flag) = usize::try_from(ord - 1).ok().and_then(|i| flags.get_mut(i)) {
+            *flag = true;
+        }
+    }
+    flags
+}
+
+impl PgStore {
+    async fn write_moves(tx: &mut PgConnection, c: &Changes) -> Result<Vec<bool>, StoreError> {
+        if c.moves.is_empty() {
+            return Ok(Vec::new());
+        }
+        let m = &c.moves;
+        let returned: Vec<i64> = sqlx::query_scalar(MOVE_TASKS)
+            .bind(m.iter().map(|x| x.key.run_id).collect::<Vec<_>>())
+            .bind(
+                m.iter()
+                    .map(|x| x.key.task_name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(m.iter().map(|x| x.key.try_number).collect::<Vec<_>>())
+            .bind(m.iter().map(|x| x.from.as_str()).collect::<Vec<_>>())
+            .bind(m.iter().map(|x| x.to.as_str()).collect::<Vec<_>>())
+            .bind(m.iter().map(|x| x.pod_name.as_deref()).collect::<Vec<_>>())
+            .bind(m.iter().map(|x| x.exit_code).collect::<Vec<_>>())
+            .bind(m.iter().map(|x| x.message.as_deref()).collect::<Vec<_>>())
+            .bind(m.iter().map(|x| x.stamp.as_str()).collect::<Vec<_>>())
+            .bind(m.iter().map(|x| x.at).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+        Ok(positions(m.len(), returned))
+    }
+
+    async fn write_retries(tx: &mut PgConnection, c: &Changes) -> Result<Vec<bool>, StoreError> {
+        if c.retries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let r = &c.retries;
+        let returned: Vec<i64> = sqlx::query_scalar(RETRY_TASKS)
+            .bind(r.iter().map(|x| x.key.run_id).collect::<Vec<_>>())
+            .bind(
+                r.iter()
+                    .map(|x| x.key.task_name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(r.iter().map(|x| x.key.try_number).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.at).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+        Ok(positions(r.len(), returned))
+    }
+
+    async fn write_run_ends(tx: &mut PgConnection, c: &Changes) -> Result<Vec<bool>, StoreError> {
+        if c.run_ends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let e = &c.run_ends;
+        let returned: Vec<i64> = sqlx::query_scalar(END_RUNS)
+            .bind(e.iter().map(|x| x.id).collect::<Vec<_>>())
+            .bind(e.iter().map(|x| x.state.as_str()).collect::<Vec<_>>())
+            .bind(e.iter().map(|x| x.at).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+        Ok(positions(e.len(), returned))
     }
 }
 
@@ -424,15 +547,67 @@ impl RunStore for PgStore {
             .collect()
     }
 
-    async fn running_runs(&self) -> Result<Vec<RunRow>, StoreError> {
+    async fn running_runs(&self, namespace: Option<&str>) -> Result<Vec<RunRow>, StoreError> {
+        // served by the partial index dag_runs_running_idx (namespace leads it)
         let rows = sqlx::query(concat!(
             "SELECT ",
             run_columns!(),
-            " FROM dag_runs WHERE state = 'running' ORDER BY namespace, dag_name, logical_date"
+            " FROM dag_runs WHERE state = 'running' AND ($1::text IS NULL OR namespace = $1) \
+             ORDER BY namespace, dag_name, logical_date"
         ))
+        .bind(namespace)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(run_from_row).collect()
+    }
+
+    async fn save_specs(&self, specs: &[SpecRow]) -> Result<(), StoreError> {
+        if specs.is_empty() {
+            return Ok(());
+        }
+        let hashes: Vec<&str> = specs.iter().map(|s| s.hash.as_str()).collect();
+        let bodies: Vec<&serde_json::Value> = specs.iter().map(|s| &s.spec).collect();
+        sqlx::query(
+            "INSERT INTO dag_specs (hash, spec) SELECT * FROM UNNEST($1::text[], $2::jsonb[]) \
+             ORDER BY 1 ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(hashes)
+        .bind(bodies)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn specs(&self, hashes: &[String]) -> Result<Vec<SpecRow>, StoreError> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query("SELECT hash, spec FROM dag_specs WHERE hash = ANY($1::text[])")
+            .bind(hashes)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SpecRow {
+                    hash: row.try_get("hash")?,
+                    spec: row.try_get("spec")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn pin_spec(&self, run_ids: &[Uuid], hash: &str) -> Result<(), StoreError> {
+        if run_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE dag_runs SET spec_hash = $2 WHERE id = ANY($1::uuid[]) AND spec_hash IS NULL",
+        )
+        .bind(run_ids)
+        .bind(hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn cancel_runs(&self, ids: &[Uuid]) -> Result<u64, StoreError> {
@@ -486,55 +661,84 @@ impl RunStore for PgStore {
         rows.iter().map(task_from_row).collect()
     }
 
-    async fn update_task(&self, u: &TaskUpdate) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE task_instances SET state = $5, \
-                 pod_name = COALESCE($6, pod_name), \
-                 exit_code = COALESCE($7, exit_code), \
-                 message = COALESCE($8, message), \
-                 queued_at = CASE WHEN $9 THEN now() ELSE queued_at END, \
-                 started_at = CASE WHEN $10 THEN now() ELSE started_at END, \
-                 ended_at = CASE WHEN $11 THEN now() ELSE ended_at END \
-             WHERE run_id = $1 AND task_name = $2 AND try_number = $3 AND state = $4",
-        )
-        .bind(u.run_id)
-        .bind(&u.task_name)
-        .bind(u.try_number)
-        .bind(u.from)
-        .bind(u.to)
-        .bind(u.pod_name.as_deref())
-        .bind(u.exit_code)
-        .bind(u.message.as_deref())
-        .bind(u.set_queued_at)
-        .bind(u.set_started_at)
-        .bind(u.set_ended_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+    async fn write_changes(&self, changes: &Changes) -> Result<Applied, StoreError> {
+        if changes.is_empty() {
+            return Ok(Applied::default());
+        }
+        let mut tx = self.pool.begin().await?;
+        let moves = Self::write_moves(&mut tx, changes).await?;
+        let retries = Self::write_retries(&mut tx, changes).await?;
+        let run_ends = Self::write_run_ends(&mut tx, changes).await?;
+        tx.commit().await?;
+        Ok(Applied {
+            moves,
+            retries,
+            run_ends,
+        })
     }
 
-    async fn insert_task_try(
+    async fn recent_runs(
         &self,
-        run_id: Uuid,
-        task_name: &str,
-        try_number: i32,
-        pool: Option<&str>,
-        pool_slots: i32,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO task_instances \
-                 (run_id, task_name, try_number, state, pool, pool_slots, queued_at, attempt) \
-             SELECT $1, $2, $3, 'queued', $4, $5, now(), r.attempt FROM dag_runs r WHERE r.id = $1 \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(run_id)
-        .bind(task_name)
-        .bind(try_number)
-        .bind(pool)
-        .bind(pool_slots)
-        .execute(&self.pool)
+        dags: &[DagKey],
+        limit: i64,
+    ) -> Result<Vec<RecentRuns>, StoreError> {
+        if dags.is_empty() {
+            return Ok(Vec::new());
+        }
+        let namespaces: Vec<&str> = dags.iter().map(|d| d.namespace.as_str()).collect();
+        let names: Vec<&str> = dags.iter().map(|d| d.name.as_str()).collect();
+        // both served by the identity index (namespace, dag_name, logical_date), backwards
+        let rows = sqlx::query(concat!(
+            "SELECT r.* FROM UNNEST($1::text[], $2::text[]) AS k(ns, name) \
+             CROSS JOIN LATERAL (SELECT ",
+            run_columns!(),
+            " FROM dag_runs d WHERE d.namespace = k.ns AND d.dag_name = k.name \
+               ORDER BY d.logical_date DESC LIMIT $3) r"
+        ))
+        .bind(&namespaces)
+        .bind(&names)
+        .bind(limit)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let successes = sqlx::query(
+            "SELECT k.ns, k.name, (SELECT d.logical_date FROM dag_runs d \
+                 WHERE d.namespace = k.ns AND d.dag_name = k.name AND d.state = 'success' \
+                 ORDER BY d.logical_date DESC LIMIT 1) AS last_success \
+             FROM UNNEST($1::text[], $2::text[]) AS k(ns, name)",
+        )
+        .bind(&namespaces)
+        .bind(&names)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<RecentRuns> = dags
+            .iter()
+            .map(|d| RecentRuns {
+                dag: d.clone(),
+                runs: Vec::new(),
+                last_success: None,
+            })
+            .collect();
+        let index: HashMap<DagKey, usize> = dags
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.clone(), i))
+            .collect();
+        for row in &rows {
+            let run = run_from_row(row)?;
+            if let Some(&i) = index.get(&run.dag) {
+                out[i].runs.push(run);
+            }
+        }
+        for row in &successes {
+            let key = DagKey {
+                namespace: row.try_get("ns")?,
+                name: row.try_get("name")?,
+            };
+            if let Some(&i) = index.get(&key) {
+                out[i].last_success = row.try_get("last_success")?;
+            }
+        }
+        Ok(out)
     }
 
     async fn runs_between(
@@ -578,11 +782,13 @@ impl RunStore for PgStore {
         let ids: Vec<Uuid> = reruns.iter().map(|r| r.id).collect();
         let backfills: Vec<&str> = reruns.iter().map(|r| r.backfill_name.as_str()).collect();
         let params: Vec<&serde_json::Value> = reruns.iter().map(|r| &r.params).collect();
+        let hashes: Vec<Option<&str>> = reruns.iter().map(|r| r.spec_hash.as_deref()).collect();
         let rows = sqlx::query(concat!(
             "UPDATE dag_runs SET state = 'running', attempt = dag_runs.attempt + 1, \
                  backfill_name = r.r_backfill, params = r.r_params, started_at = now(), \
-                 ended_at = NULL \
-             FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[]) AS r(r_id, r_backfill, r_params) \
+                 ended_at = NULL, spec_hash = COALESCE(r.r_spec, dag_runs.spec_hash) \
+             FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::text[]) \
+                 AS r(r_id, r_backfill, r_params, r_spec) \
              WHERE dag_runs.id = r.r_id AND dag_runs.state <> 'running' \
              RETURNING ",
             run_columns!()
@@ -590,6 +796,7 @@ impl RunStore for PgStore {
         .bind(&ids)
         .bind(&backfills)
         .bind(&params)
+        .bind(&hashes)
         .fetch_all(&mut *tx)
         .await?;
         let restarted: Vec<RunRow> = rows.iter().map(run_from_row).collect::<Result<_, _>>()?;
@@ -659,16 +866,5 @@ impl RunStore for PgStore {
             }
         }
         Ok(counts)
-    }
-
-    async fn finish_run(&self, id: Uuid, state: RunState) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE dag_runs SET state = $2, ended_at = now() WHERE id = $1 AND state = 'running'",
-        )
-        .bind(id)
-        .bind(state.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
     }
 }

@@ -1,0 +1,442 @@
+//! Admission of queued tries (SPEC §4): in line order (run class, `priorityWeight`, age),
+//! under the in-process floor — the executor's own count of running tries and Pool slots,
+//! which holds even when the gate forgot everything (Redis restarted empty) — then the gate,
+//! which the replicas share: one claim per try, a batch in one pipeline. Admitted tries get
+//! their Pods, many created at once; what the API server said is written in one transaction.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+
+use super::launcher::LaunchError;
+use super::plan::{PodSight, PodVerdict};
+use super::state::{self, PoolKey};
+use super::{ExecOutput, Executor, PodKey, PodLauncher, pod, pod_key};
+use crate::gate::{Claim, Gate, GateError, Grant, key as gate_key};
+use crate::graph::TaskState;
+use crate::store::{Changes, DagKey, RunStore, Stamp, TaskMove, TaskRow};
+use crate::telemetry::GateScope;
+
+/// Why a queued try cannot start now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// `--max-running-tasks` is reached: no other try can start either
+    Tasks,
+    /// its Pool is full (or does not exist): tries of other Pools may still start
+    Pool,
+}
+
+/// The in-process floor: what may start, counted from what runs in this process's memory.
+pub struct Floor {
+    pub tasks_free: usize,
+    /// free slots of each Pool seen so far
+    pub pool_free: HashMap<PoolKey, i64>,
+}
+
+impl Floor {
+    /// Takes room for one try of `weight` in `pool` (whose free slots `free` tells), or says
+    /// why it must wait.
+    pub fn take(
+        &mut self,
+        pool: Option<&PoolKey>,
+        weight: u32,
+        free: impl FnOnce() -> Option<i64>,
+    ) -> Result<(), Wait> {
+        if self.tasks_free == 0 {
+            return Err(Wait::Tasks);
+        }
+        if let Some(pool) = pool {
+            let room = match self.pool_free.get(pool) {
+                Some(r) => *r,
+                None => {
+                    let r = free().unwrap_or(0);
+                    self.pool_free.insert(pool.clone(), r);
+                    r
+                }
+            };
+            if room < i64::from(weight) {
+                return Err(Wait::Pool);
+            }
+            self.pool_free
+                .insert(pool.clone(), room - i64::from(weight));
+        }
+        self.tasks_free -= 1;
+        Ok(())
+    }
+}
+
+/// One try chosen to start.
+struct Chosen {
+    run: uuid::Uuid,
+    task: usize,
+    row: TaskRow,
+    dag: DagKey,
+    pod: PodKey,
+    pool_limit: Option<u32>,
+}
+
+/// What creating a try's Pod came to.
+enum Launched {
+    Created,
+    Refused(String),
+    Later(String),
+}
+
+impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
+    /// Admits what fits; true when the batch was full (more may start at once).
+    pub(super) async fn admit(&mut self, now: DateTime<Utc>) -> Result<bool, super::ExecError> {
+        if !self.admit_dirty || self.admit_after.is_some_and(|t| t > now) {
+            return Ok(false);
+        }
+        self.admit_after = None;
+        self.admit_dirty = false;
+        let chosen = self.choose();
+        if chosen.is_empty() {
+            return Ok(false);
+        }
+        let full = chosen.len() >= self.cfg.admit_batch;
+        let granted = match self.claim(&chosen).await {
+            Ok(granted) => granted,
+            Err(e) => {
+                self.gate_down(&e);
+                self.admit_dirty = true;
+                self.admit_after = Some(now + chrono::Duration::seconds(1));
+                return Ok(false);
+            }
+        };
+        self.set_gate_ok(true);
+        let starting: Vec<Chosen> = chosen
+            .into_iter()
+            .zip(granted)
+            .filter_map(|(c, ok)| ok.then_some(c))
+            .collect();
+        let launched = self.launch(&starting).await;
+        self.record_launches(starting, launched, now).await?;
+        if full {
+            self.admit_dirty = true;
+        }
+        Ok(full)
+    }
+
+    /// Queued tries in line order that the floor lets start, at most one batch.
+    fn choose(&mut self) -> Vec<Chosen> {
+        let mut floor = Floor {
+            tasks_free: self
+                .cfg
+                .max_running_tasks
+                .saturating_sub(self.live.running_tasks()),
+            pool_free: HashMap::new(),
+        };
+        let mut chosen = Vec::new();
+        for place in self.live.line() {
+            if chosen.len() >= self.cfg.admit_batch {
+                break;
+            }
+            let Some(run) = self.live.get(&place.run) else {
+                continue;
+            };
+            let Some(task) = run.tasks.get(place.task) else {
+                continue;
+            };
+            let ns = &run.run.dag.namespace;
+            let pool = task.row.pool.as_ref().map(|p| (ns.clone(), p.clone()));
+            let limit = task.row.pool.as_ref().and_then(|p| self.pools.slots(ns, p));
+            let used = pool.as_ref().map_or(0, |p| self.live.pool_used(p));
+            match floor.take(pool.as_ref(), state::weight(&task.row), || {
+                limit.map(|l| i64::from(l) - used)
+            }) {
+                Ok(()) => {}
+                Err(Wait::Tasks) => break,
+                Err(Wait::Pool) => continue,
+            }
+            chosen.push(Chosen {
+                run: place.run,
+                task: place.task,
+                row: task.row.clone(),
+                dag: run.run.dag.clone(),
+                pod: PodKey::new(
+                    ns.clone(),
+                    pod::pod_name(
+                        &run.run.dag.name,
+                        &run.run.id,
+                        &task.row.task_name,
+                        task.row.try_number,
+                    ),
+                ),
+                pool_limit: limit.map(|l| u32::try_from(l).unwrap_or(0)),
+            });
+        }
+        chosen
+    }
+
+    /// Asks the gate for every chosen try's slots in one pipeline; true where granted.
+    async fn claim(&mut self, chosen: &[Chosen]) -> Result<Vec<bool>, GateError> {
+        let tasks_limit = u32::try_from(self.cfg.max_running_tasks).unwrap_or(u32::MAX);
+        let claims: Vec<Claim> = chosen
+            .iter()
+            .map(|c| Claim {
+                holder: state::holder(&crate::store::TryKey::of(&c.row)),
+                slots: state::holds(&c.dag.namespace, &c.row)
+                    .into_iter()
+                    .map(|h| {
+                        let limit = if h.key == gate_key::RUNNING_TASKS {
+                            tasks_limit
+                        } else {
+                            c.pool_limit.unwrap_or(0)
+                        };
+                        (h.key, h.weight, limit)
+                    })
+                    .collect(),
+            })
+            .collect();
+        let grants = match self.gate.acquire_all(&claims).await {
+            Ok(g) => g,
+            Err(e) => {
+                self.gate_errors.push(GateScope::RunningTasks);
+                return Err(e);
+            }
+        };
+        let mut out = Vec::with_capacity(chosen.len());
+        for ((c, claim), grant) in chosen.iter().zip(&claims).zip(grants) {
+            match grant {
+                Grant::Granted => {
+                    self.ledger
+                        .granted(&claim.holder, state::holds(&c.dag.namespace, &c.row));
+                    out.push(true);
+                }
+                Grant::Refused(i) => {
+                    let scope = if i == 0 {
+                        GateScope::RunningTasks
+                    } else {
+                        GateScope::Pool
+                    };
+                    self.gate_refused.push(scope);
+                    // another replica holds the slots: its tries' ends are not seen here,
+                    // so look again in a moment
+                    self.admit_dirty = true;
+                    self.admit_after = Some(chrono::Utc::now() + chrono::Duration::seconds(1));
+                    out.push(false);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates the Pods of the admitted tries, many at once; one outcome per try, in order.
+    async fn launch(&self, starting: &[Chosen]) -> Vec<Launched> {
+        let creates: Vec<_> = starting
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let pod = self.live.get(&c.run).and_then(|run| {
+                    let spec = run.spec.task(c.task)?;
+                    Some(pod::build_pod(&run.run, spec, c.row.try_number))
+                });
+                let launcher = self.launcher.clone();
+                let (key, owner) = (c.pod.clone(), crate::store::TryKey::of(&c.row));
+                async move {
+                    let Some(pod) = pod else {
+                        return (i, Launched::Later("no spec for the task".into()));
+                    };
+                    let outcome = match launcher.create(pod).await {
+                        Ok(()) => Launched::Created,
+                        Err(LaunchError::Exists) => adopt(&launcher, &key, &owner).await,
+                        Err(LaunchError::Refused { code, message }) => Launched::Refused(format!(
+                            "pod refused by the API server ({code}): {message}"
+                        )),
+                        Err(LaunchError::Transient(e)) => Launched::Later(e),
+                    };
+                    (i, outcome)
+                }
+            })
+            .collect();
+        let mut done: Vec<(usize, Launched)> = futures::stream::iter(creates)
+            .buffer_unordered(self.cfg.create_concurrency.max(1))
+            .collect()
+            .await;
+        done.sort_by_key(|(i, _)| *i);
+        done.into_iter().map(|(_, outcome)| outcome).collect()
+    }
+
+    /// Writes what the launches came to: running (with the Pod's name), failed at once
+    /// (refused: retries apply), or still queued (try again soon).
+    async fn record_launches(
+        &mut self,
+        starting: Vec<Chosen>,
+        launched: Vec<Launched>,
+        now: DateTime<Utc>,
+    ) -> Result<(), super::ExecError> {
+        let mut changes = Changes::default();
+        let mut effects = Vec::new();
+        for (c, outcome) in starting.into_iter().zip(launched) {
+            let key = crate::store::TryKey::of(&c.row);
+            let used = self
+                .live
+                .get(&c.run)
+                .and_then(|r| r.tasks.get(c.task))
+                .map_or(1, |t| t.used);
+            match outcome {
+                Launched::Created => {
+                    let mut m = TaskMove::new(key, TaskState::Queued, TaskState::Running, now);
+                    m.stamp = Stamp::Started;
+                    m.pod_name = Some(c.pod.name.clone());
+                    let mut row = c.row.clone();
+                    row.state = TaskState::Running;
+                    row.started_at = Some(now);
+                    row.pod_name = Some(c.pod.name.clone());
+                    changes.moves.push(m);
+                    if self.refused.remove(&c.dag).is_some() {
+                        self.emit(ExecOutput::LaunchHealth(c.dag.clone(), None));
+                    }
+                    effects.push((c, row, used, PodSight::Seen(PodVerdict::Running)));
+                }
+                Launched::Refused(message) => {
+                    let rules = self.live.get(&c.run).map(|r| r.spec.rules[c.task].clone());
+                    let to = rules.map_or(TaskState::Failed, |r| r.after_failure(used));
+                    let mut m = TaskMove::new(key.clone(), TaskState::Queued, to, now);
+                    m.stamp = Stamp::Ended;
+                    m.message = Some(message.clone());
+                    let mut row = c.row.clone();
+                    row.state = to;
+                    row.ended_at = Some(now);
+                    row.message = Some(message.clone());
+                    changes.moves.push(m);
+                    self.ledger.end(&state::holder(&key));
+                    self.emit(ExecOutput::Event {
+                        dag: c.dag.clone(),
+                        warning: true,
+                        reason: "FailedCreate",
+                        message: format!(
+                            "task {:?} try {}: {message}",
+                            c.row.task_name, c.row.try_number
+                        ),
+                    });
+                    if self.refused.get(&c.dag) != Some(&message) {
+                        self.refused.insert(c.dag.clone(), message.clone());
+                        self.emit(ExecOutput::LaunchHealth(c.dag.clone(), Some(message)));
+                    }
+                    effects.push((c, row, used, PodSight::Gone { since: now }));
+                }
+                Launched::Later(e) => {
+                    tracing::warn!(pod = %c.pod, error = %e, "could not create pod; will retry");
+                    self.ledger.end(&state::holder(&key));
+                    self.admit_dirty = true;
+                    self.admit_after = Some(now + chrono::Duration::seconds(1));
+                }
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let applied = match self.store.write_changes(&changes).await {
+            Ok(a) => a,
+            Err(e) => {
+                // the Pods exist: the next admission finds them (409) and adopts them
+                self.admit_dirty = true;
+                return Err(e.into());
+            }
+        };
+        for ((c, row, used, sight), took) in effects.into_iter().zip(applied.moves) {
+            if !took {
+                // the try left `queued` meanwhile (its run was cancelled): nothing runs
+                self.ledger
+                    .end(&state::holder(&crate::store::TryKey::of(&c.row)));
+                continue;
+            }
+            let running = row.state == TaskState::Running;
+            self.transitions.push(row.state);
+            self.live.set_try(&c.run, c.task, row, used, sight);
+            if !running {
+                self.dirty.insert(c.run);
+            } else if let Some(run) = self.live.get(&c.run) {
+                // a Pod seen before its try was written running (the watch is fast)
+                let key = pod_key(&run.run, &run.tasks[c.task]);
+                if let Some(record) = self.pods.get(&key) {
+                    let verdict = record.verdict.clone();
+                    if verdict != PodVerdict::Running {
+                        self.live.set_pod(&c.run, c.task, PodSight::Seen(verdict));
+                        self.dirty.insert(c.run);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The gate could not be asked: nothing is admitted until it answers again.
+    pub(super) fn gate_down(&mut self, e: &GateError) {
+        if self.gate_ok {
+            tracing::warn!(error = %e, "gate unavailable: no task is admitted until it returns");
+        }
+        self.set_gate_ok(false);
+    }
+
+    pub(super) fn set_gate_ok(&mut self, ok: bool) {
+        if self.gate_ok != ok {
+            self.gate_ok = ok;
+            if ok {
+                tracing::info!("gate reachable again: admission of tasks resumes");
+                self.ledger.renew_soon();
+            }
+            self.emit(ExecOutput::GateHealth(ok));
+        }
+    }
+}
+
+/// A Pod of the try's name exists: it is ours only if its labels name the same try (created
+/// before a crash); a Pod of another try keeps the name, and this try cannot run.
+async fn adopt<L: PodLauncher>(
+    launcher: &L,
+    key: &PodKey,
+    owner: &crate::store::TryKey,
+) -> Launched {
+    match launcher.labels(key).await {
+        Ok(Some(labels)) => {
+            if pod::owner(Some(&labels)).as_ref() == Some(owner) {
+                Launched::Created
+            } else {
+                Launched::Refused(format!(
+                    "pod name {:?} is taken by a pod of another try",
+                    key.name
+                ))
+            }
+        }
+        // deleted in between: create it again next time
+        Ok(None) => Launched::Later("the pod of that name went away".into()),
+        Err(e) => Launched::Later(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(name: &str) -> PoolKey {
+        ("ns".to_string(), name.to_string())
+    }
+
+    #[test]
+    fn the_floor_counts_tasks_and_pool_slots() {
+        let mut floor = Floor {
+            tasks_free: 3,
+            pool_free: HashMap::new(),
+        };
+        // a pool of 2 slots, one held
+        assert_eq!(floor.take(Some(&pool("db")), 1, || Some(1)), Ok(()));
+        assert_eq!(
+            floor.take(Some(&pool("db")), 1, || Some(1)),
+            Err(Wait::Pool)
+        );
+        // a missing pool waits
+        assert_eq!(floor.take(Some(&pool("gone")), 1, || None), Err(Wait::Pool));
+        // a heavier try than the room waits, a lighter one of another pool starts
+        assert_eq!(
+            floor.take(Some(&pool("big")), 3, || Some(2)),
+            Err(Wait::Pool)
+        );
+        assert_eq!(floor.take(Some(&pool("big")), 2, || Some(2)), Ok(()));
+        assert_eq!(floor.take(None, 1, || None), Ok(()));
+        assert_eq!(floor.take(None, 1, || None), Err(Wait::Tasks));
+    }
+}

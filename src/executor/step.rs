@@ -1,0 +1,544 @@
+//! One executor step: load what is new, decide the runs that changed and write the decisions
+//! in one transaction, keep the leases, admit, delete, report.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use uuid::Uuid;
+
+use super::plan::{self, Patience, PodSight, Step};
+use super::state::{self, LiveRun, RunSpec};
+use super::{ExecError, ExecOutput, Executor, PodKey, PodLauncher, PoolUsage, pod_key};
+use crate::gate::Gate;
+use crate::graph::{RunOutcome, TaskState};
+use crate::store::{
+    Changes, NextTry, RunEnd, RunRow, RunState, RunStore, SpecRow, Stamp, TaskMove, TaskRow,
+};
+
+/// What a written decision changes in memory once it took effect: task `task` of run `run`
+/// is now `row` (with `used` tries), its Pod as given.
+enum Effect {
+    Try {
+        run: Uuid,
+        task: usize,
+        row: TaskRow,
+        used: i32,
+        pod: PodSight,
+        /// the Pod to delete once this is written
+        stop: Option<PodKey>,
+    },
+}
+
+impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
+    /// One step at `now`. Returns true when work is left that needs no new input (a full
+    /// admission batch, runs to decide again): the caller steps again at once.
+    pub async fn step(&mut self, now: DateTime<Utc>) -> Result<bool, ExecError> {
+        if !self.pods_listed {
+            // a try's Pod is judged only once the watch has listed what exists
+            return Ok(false);
+        }
+        let resync_due = self.last_load.is_none_or(|t| {
+            t + chrono::Duration::from_std(self.cfg.resync_interval).unwrap_or_default() <= now
+        });
+        if !self.loaded || resync_due {
+            self.load(now).await?;
+        }
+        self.load_admitted(now).await?;
+        self.decide(now).await?;
+        let gate_result = self.ledger.upkeep(&self.gate).await;
+        if let Err(e) = &gate_result {
+            self.gate_down(e);
+        }
+        let more = if gate_result.is_ok() {
+            self.admit(now).await?
+        } else {
+            false
+        };
+        self.delete_doomed(now).await;
+        self.report().await?;
+        // decisions that follow from the ones just written (a task became ready) come next
+        Ok(more || !self.dirty.is_empty())
+    }
+
+    /// Reads every running run of the watched namespace from PostgreSQL and makes memory
+    /// agree: runs that ended elsewhere leave, runs not known join, known ones take the
+    /// stored tries. Running tries' slots are adopted (registered over any limit: they run).
+    pub(super) async fn load(&mut self, now: DateTime<Utc>) -> Result<(), ExecError> {
+        let rows = self
+            .store
+            .running_runs(self.cfg.namespace.as_deref())
+            .await?;
+        let running: HashSet<Uuid> = rows.iter().map(|r| r.id).collect();
+        for id in self.live.ids() {
+            if !running.contains(&id) {
+                if let Some(run) = self.live.remove(&id) {
+                    for task in &run.tasks {
+                        self.ledger.end(&state::holder(&task.key()));
+                    }
+                    self.dags_changed.insert(run.run.dag.clone());
+                }
+            }
+        }
+        self.add_runs(rows, HashMap::new(), now).await?;
+        self.loaded = true;
+        self.last_load = Some(now);
+        Ok(())
+    }
+
+    /// Runs the engine admitted since the last step.
+    async fn load_admitted(&mut self, now: DateTime<Utc>) -> Result<(), ExecError> {
+        if self.admitted.is_empty() {
+            return Ok(());
+        }
+        let admitted = std::mem::take(&mut self.admitted);
+        let mut given: HashMap<String, Arc<crate::api::DagSpec>> = HashMap::new();
+        let mut rows = Vec::with_capacity(admitted.len());
+        for a in &admitted {
+            if let Some(hash) = &a.run.spec_hash {
+                given.entry(hash.clone()).or_insert_with(|| a.spec.clone());
+            }
+            rows.push(a.run.clone());
+        }
+        if let Err(e) = self.add_runs(rows, given, now).await {
+            self.admitted = admitted;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Puts runs (with their stored tries) into memory, replacing what is known of them.
+    async fn add_runs(
+        &mut self,
+        runs: Vec<RunRow>,
+        given: HashMap<String, Arc<crate::api::DagSpec>>,
+        now: DateTime<Utc>,
+    ) -> Result<(), ExecError> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = runs.iter().map(|r| r.id).collect();
+        let mut tries: HashMap<Uuid, Vec<TaskRow>> = HashMap::new();
+        for row in self.store.task_instances(&ids).await? {
+            tries.entry(row.run_id).or_default().push(row);
+        }
+        self.resolve_specs(&runs, given).await?;
+        for run in runs {
+            let Some(spec) = run
+                .spec_hash
+                .as_ref()
+                .and_then(|h| self.specs.get(h))
+                .cloned()
+            else {
+                // no spec version and no DAG to read one from: the engine cancels such runs
+                continue;
+            };
+            let rows = tries.remove(&run.id).unwrap_or_default();
+            let id = run.id;
+            self.dags_changed.insert(run.dag.clone());
+            let mut live = LiveRun::new(run, spec, rows, now);
+            for task in &mut live.tasks {
+                if task.row.state == TaskState::Running {
+                    let key = pod_key(&live.run, task);
+                    task.pod = self.sight_of(&key, now);
+                    self.ledger.adopt(
+                        &state::holder(&task.key()),
+                        state::holds(&live.run.dag.namespace, &task.row),
+                    );
+                }
+            }
+            self.live.insert(live);
+            self.dirty.insert(id);
+        }
+        self.admit_dirty = true;
+        Ok(())
+    }
+
+    /// Makes sure every run names a spec version held in memory: given by the engine, read
+    /// from PostgreSQL, or — for runs admitted before versions existed — the DAG's current
+    /// spec, pinned to the run.
+    async fn resolve_specs(
+        &mut self,
+        runs: &[RunRow],
+        given: HashMap<String, Arc<crate::api::DagSpec>>,
+    ) -> Result<(), ExecError> {
+        for (hash, spec) in given {
+            if !self.specs.contains_key(&hash) {
+                self.add_spec(hash, spec);
+            }
+        }
+        let wanted: Vec<String> = runs
+            .iter()
+            .filter_map(|r| r.spec_hash.clone())
+            .filter(|h| !self.specs.contains_key(h))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for row in self.store.specs(&wanted).await? {
+            match serde_json::from_value::<crate::api::DagSpec>(row.spec) {
+                Ok(spec) => self.add_spec(row.hash, Arc::new(spec)),
+                Err(e) => tracing::error!(hash = %row.hash, error = %e, "stored spec unreadable"),
+            }
+        }
+        // runs from before spec versions: pin the DAG's current spec
+        let mut legacy: HashMap<crate::store::DagKey, Vec<Uuid>> = HashMap::new();
+        for run in runs.iter().filter(|r| r.spec_hash.is_none()) {
+            legacy.entry(run.dag.clone()).or_default().push(run.id);
+        }
+        if legacy.is_empty() {
+            return Ok(());
+        }
+        let Some(current) = self.current_specs.clone() else {
+            return Ok(());
+        };
+        for (dag, ids) in legacy {
+            let Some(spec) = current.current(&dag) else {
+                continue;
+            };
+            let Ok((hash, json)) = spec.content_hash() else {
+                continue;
+            };
+            self.store
+                .save_specs(&[SpecRow {
+                    hash: hash.clone(),
+                    spec: json,
+                }])
+                .await?;
+            self.store.pin_spec(&ids, &hash).await?;
+            self.add_spec(hash, spec);
+        }
+        Ok(())
+    }
+
+    fn add_spec(&mut self, hash: String, spec: Arc<crate::api::DagSpec>) {
+        match RunSpec::new(spec) {
+            Ok(s) => {
+                self.specs.insert(hash, Arc::new(s));
+            }
+            Err(e) => tracing::error!(%hash, error = %e, "spec version with an invalid graph"),
+        }
+    }
+
+    /// Decides the runs that changed or fell due, writes every decision in one transaction,
+    /// then changes memory to match.
+    async fn decide(&mut self, now: DateTime<Utc>) -> Result<(), ExecError> {
+        while let Some((t, id)) = self.timers.first().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.remove(&(t, id));
+            self.dirty.insert(id);
+        }
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let patience = Patience {
+            stuck: self.cfg.pending_grace,
+            unseen: self.cfg.unseen_grace,
+        };
+        // each effect stands beside its change, index for index
+        let mut changes = Changes::default();
+        let mut move_effects = Vec::new();
+        let mut retry_effects = Vec::new();
+        let mut wakes = Vec::new();
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(run) = self.live.get(&id) else {
+                continue;
+            };
+            let decided = plan::plan_run(
+                &run.spec.graph,
+                &run.spec.rules,
+                &run.views(),
+                patience,
+                now,
+            );
+            if let Some(t) = decided.wake_at {
+                wakes.push((t, id));
+            }
+            for step in decided.steps {
+                match step {
+                    Step::Ended {
+                        task,
+                        to,
+                        exit_code,
+                        message,
+                        stop_pod,
+                    } => {
+                        let live = &run.tasks[task];
+                        let mut m = TaskMove::new(live.key(), TaskState::Running, to, now);
+                        m.stamp = Stamp::Ended;
+                        m.exit_code = exit_code;
+                        m.message = message.clone();
+                        let mut row = live.row.clone();
+                        row.state = to;
+                        row.ended_at = Some(now);
+                        row.exit_code = exit_code.or(row.exit_code);
+                        row.message = message.or(row.message);
+                        move_effects.push(Effect::Try {
+                            run: id,
+                            task,
+                            row,
+                            used: live.used,
+                            pod: live.pod.clone(),
+                            stop: stop_pod.then(|| pod_key(&run.run, live)),
+                        });
+                        changes.moves.push(m);
+                    }
+                    Step::Retry { task } => {
+                        let live = &run.tasks[task];
+                        let mut row = live.row.clone();
+                        row.try_number += 1;
+                        row.state = TaskState::Queued;
+                        row.queued_at = Some(now);
+                        row.started_at = None;
+                        row.ended_at = None;
+                        row.pod_name = None;
+                        row.exit_code = None;
+                        row.message = None;
+                        retry_effects.push(Effect::Try {
+                            run: id,
+                            task,
+                            row,
+                            used: live.used + 1,
+                            pod: PodSight::Gone { since: now },
+                            stop: None,
+                        });
+                        changes.retries.push(NextTry {
+                            key: live.key(),
+                            at: now,
+                        });
+                    }
+                    Step::Decided { task, to } => {
+                        let live = &run.tasks[task];
+                        let mut m = TaskMove::new(live.key(), TaskState::Pending, to, now);
+                        let mut row = live.row.clone();
+                        row.state = to;
+                        if to == TaskState::Queued {
+                            m.stamp = Stamp::Queued;
+                            row.queued_at = Some(now);
+                        } else {
+                            m.stamp = Stamp::Ended;
+                            row.ended_at = Some(now);
+                        }
+                        move_effects.push(Effect::Try {
+                            run: id,
+                            task,
+                            row,
+                            used: live.used,
+                            pod: PodSight::Gone { since: now },
+                            stop: None,
+                        });
+                        changes.moves.push(m);
+                    }
+                }
+            }
+            let state = match decided.outcome {
+                RunOutcome::Running => None,
+                RunOutcome::Success => Some(RunState::Success),
+                RunOutcome::Failed => Some(RunState::Failed),
+            };
+            if let Some(state) = state {
+                changes.run_ends.push(RunEnd { id, state, at: now });
+            }
+        }
+        let applied = match self.store.write_changes(&changes).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                // nothing changed: decide the same runs again next time
+                self.dirty
+                    .extend(changes.moves.iter().map(|m| m.key.run_id));
+                self.dirty
+                    .extend(changes.retries.iter().map(|r| r.key.run_id));
+                self.dirty.extend(changes.run_ends.iter().map(|r| r.id));
+                return Err(e.into());
+            }
+        };
+        for (t, id) in wakes {
+            self.timers.insert((t, id));
+        }
+        let tries = move_effects
+            .into_iter()
+            .zip(applied.moves)
+            .chain(retry_effects.into_iter().zip(applied.retries));
+        for (effect, took) in tries {
+            if took {
+                self.take_effect(effect);
+            }
+        }
+        let mut ended = Vec::new();
+        for (end, took) in changes.run_ends.iter().zip(applied.run_ends) {
+            if !took {
+                continue;
+            }
+            if let Some(run) = self.live.remove(&end.id) {
+                for task in &run.tasks {
+                    self.ledger.end(&state::holder(&task.key()));
+                }
+                self.dags_changed.insert(run.run.dag.clone());
+            }
+            self.dirty.remove(&end.id);
+            ended.push(end.id);
+        }
+        if !ended.is_empty() {
+            self.emit(ExecOutput::RunsEnded(ended));
+        }
+        Ok(())
+    }
+
+    /// Changes memory as a written decision says.
+    fn take_effect(&mut self, effect: Effect) {
+        match effect {
+            Effect::Try {
+                run,
+                task,
+                row,
+                used,
+                pod,
+                stop,
+            } => {
+                let before = self
+                    .live
+                    .get(&run)
+                    .and_then(|r| r.tasks.get(task))
+                    .map(|t| (t.key(), t.row.state));
+                if let Some((key, TaskState::Running)) = &before {
+                    if row.state != TaskState::Running {
+                        // the try ended: its slots go back, something else may start
+                        self.ledger.end(&state::holder(key));
+                        self.admit_dirty = true;
+                    }
+                }
+                if row.state == TaskState::Queued {
+                    self.admit_dirty = true;
+                }
+                self.transitions.push(row.state);
+                self.live.set_try(&run, task, row, used, pod);
+                self.doomed_pods.extend(stop);
+                // the next decision of the run may follow at once (e.g. a task became ready)
+                self.dirty.insert(run);
+            }
+        }
+    }
+
+    /// Deletes stopped Pods, the Pods of cancelled runs, and finished Pods past their
+    /// retention, many at a time; a failed delete is tried again later.
+    async fn delete_doomed(&mut self, now: DateTime<Utc>) {
+        while let Some((t, key)) = self.retention.first().cloned() {
+            if t > now {
+                break;
+            }
+            self.retention.remove(&(t, key.clone()));
+            self.doomed_pods.push(key);
+        }
+        let pods = std::mem::take(&mut self.doomed_pods);
+        let runs = std::mem::take(&mut self.doomed_runs);
+        if pods.is_empty() && runs.is_empty() {
+            return;
+        }
+        let limit = self.cfg.create_concurrency.max(1);
+        let deletes = pods.into_iter().map(|key| {
+            let launcher = self.launcher.clone();
+            async move {
+                let result = launcher.delete(&key).await;
+                result.err().map(|e| {
+                    tracing::warn!(pod = %key, error = %e, "could not delete a pod; will retry");
+                    key
+                })
+            }
+        });
+        let failed_pods: Vec<PodKey> = futures::stream::iter(deletes)
+            .buffer_unordered(limit)
+            .filter_map(futures::future::ready)
+            .collect()
+            .await;
+        let deletes = runs.into_iter().map(|(ns, id)| {
+            let launcher = self.launcher.clone();
+            async move {
+                let result = launcher.delete_run(&ns, id).await;
+                result.err().map(|e| {
+                    tracing::warn!(run = %id, error = %e, "could not delete a run's pods; will retry");
+                    (ns, id)
+                })
+            }
+        });
+        let failed_runs: Vec<(String, Uuid)> = futures::stream::iter(deletes)
+            .buffer_unordered(limit)
+            .filter_map(futures::future::ready)
+            .collect()
+            .await;
+        if !failed_pods.is_empty() || !failed_runs.is_empty() {
+            self.doomed_pods.extend(failed_pods);
+            self.doomed_runs.extend(failed_runs);
+            self.admit_after =
+                Some(self.admit_after.map_or(now, |t| t.min(now)) + chrono::Duration::seconds(1));
+        }
+    }
+
+    /// Reports what changed: the newest runs of DAGs whose runs changed, Pools, task counts.
+    async fn report(&mut self) -> Result<(), ExecError> {
+        if !self.dags_changed.is_empty() {
+            let dags: Vec<_> = std::mem::take(&mut self.dags_changed).into_iter().collect();
+            match self.store.recent_runs(&dags, 5).await {
+                Ok(recent) => {
+                    for r in recent {
+                        self.emit(ExecOutput::RecentRuns(r));
+                    }
+                }
+                Err(e) => {
+                    self.dags_changed.extend(dags);
+                    return Err(e.into());
+                }
+            }
+        }
+        if self.live.take_pools_touched() || std::mem::take(&mut self.pools_dirty) {
+            self.report_pools();
+        }
+        let tasks = ExecOutput::Tasks {
+            by_state: TaskState::ALL
+                .iter()
+                .map(|s| (*s, self.live.by_state(*s)))
+                .collect(),
+            transitions: std::mem::take(&mut self.transitions),
+            gate_refused: std::mem::take(&mut self.gate_refused),
+            gate_errors: std::mem::take(&mut self.gate_errors),
+        };
+        self.emit(tasks);
+        Ok(())
+    }
+
+    /// Reports the usage of every Pool whose usage, slots or generation changed.
+    fn report_pools(&mut self) {
+        let mut changed = Vec::new();
+        let mut live = HashSet::new();
+        for pool in self.pools.pools() {
+            let key = (pool.namespace.clone(), pool.name.clone());
+            let usage = PoolUsage {
+                used: self.live.pool_used(&key) as i32,
+                queued: self.live.pool_queued(&key).max(0) as i32,
+                namespace: pool.namespace,
+                name: pool.name,
+                generation: pool.generation,
+                slots: pool.slots,
+            };
+            if self.reported_pools.get(&key) != Some(&usage) {
+                self.reported_pools.insert(key.clone(), usage.clone());
+                changed.push(usage);
+            }
+            live.insert(key);
+        }
+        let gone: Vec<(String, String)> = self
+            .reported_pools
+            .keys()
+            .filter(|k| !live.contains(*k))
+            .cloned()
+            .collect();
+        self.reported_pools.retain(|k, _| live.contains(k));
+        if !changed.is_empty() {
+            self.emit(ExecOutput::Pools(changed));
+        }
+        if !gone.is_empty() {
+            self.emit(ExecOutput::PoolsGone(gone));
+        }
+    }
+}

@@ -1,0 +1,784 @@
+//! Executor tests: the real executor against a real PostgreSQL (a fresh database per test),
+//! the in-process gate and a fake cluster (`FakeLauncher`) that the test drives; time is
+//! passed in by each test. The e2e tests run the same executor against the API server.
+
+mod common;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use dag_operator::api::DagSpec;
+use dag_operator::executor::{
+    AdmittedRun, ExecInput, ExecOutput, Executor, ExecutorConfig, FakeLauncher, FixedPools,
+    LaunchError, PodKey, PodVerdict, pod,
+};
+use dag_operator::gate::{Gate, MemoryGate, key as gate_key};
+use dag_operator::store::{
+    Changes, DagKey, NewRun, NewTask, PgStore, RunRow, RunState, RunStore, RunType, SpecRow,
+    StoreError, TaskRow, TaskState,
+};
+use tokio::sync::mpsc;
+
+fn utc(s: &str) -> DateTime<Utc> {
+    s.parse().expect("RFC3339")
+}
+
+fn t0() -> DateTime<Utc> {
+    utc("2025-03-01T00:00:00Z")
+}
+
+fn spec(tasks: &str) -> Arc<DagSpec> {
+    Arc::new(serde_yaml::from_str(&format!("tasks:\n{tasks}")).expect("valid spec"))
+}
+
+/// The executor, its inputs (what the fake cluster says) and outputs.
+struct Harness<S: RunStore = PgStore> {
+    exec: Executor<S, MemoryGate, FakeLauncher>,
+    inputs: mpsc::UnboundedReceiver<ExecInput>,
+    out: mpsc::UnboundedReceiver<ExecOutput>,
+    cluster: FakeLauncher,
+    gate: MemoryGate,
+    pools: FixedPools,
+    store: S,
+}
+
+impl<S: RunStore + Clone> Harness<S> {
+    fn with(store: S, cfg: ExecutorConfig, gate: MemoryGate) -> Self {
+        let (tx, _) = mpsc::unbounded_channel();
+        let cluster = FakeLauncher::new(tx);
+        Self::on(store, cfg, gate, cluster, FixedPools::default())
+    }
+
+    /// An executor on `cluster`, whose watch starts with a list of its Pods.
+    fn on(
+        store: S,
+        cfg: ExecutorConfig,
+        gate: MemoryGate,
+        cluster: FakeLauncher,
+        pools: FixedPools,
+    ) -> Self {
+        let (tx, inputs) = mpsc::unbounded_channel();
+        let (out_tx, out) = mpsc::unbounded_channel();
+        let exec = Executor::new(
+            cfg,
+            store.clone(),
+            gate.clone(),
+            cluster.clone(),
+            Arc::new(pools.clone()),
+            out_tx,
+        );
+        cluster.watch(tx);
+        Harness {
+            exec,
+            inputs,
+            out,
+            cluster,
+            gate,
+            pools,
+            store,
+        }
+    }
+
+    /// Takes everything the fake cluster said, steps, and again until nothing new arrives.
+    async fn settle(&mut self, now: DateTime<Utc>) -> Result<(), String> {
+        for _ in 0..20 {
+            let mut any = false;
+            while let Ok(input) = self.inputs.try_recv() {
+                self.exec.apply(input, now);
+                any = true;
+            }
+            let more = self.exec.step(now).await.map_err(|e| e.to_string())?;
+            if !more && !any && self.inputs.is_empty() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn step(&mut self, now: DateTime<Utc>) {
+        self.settle(now).await.expect("step");
+    }
+
+    /// The process restarts: a new executor on the same database and cluster, with `gate`.
+    fn restart(self, cfg: ExecutorConfig, gate: MemoryGate) -> Self {
+        Self::on(self.store, cfg, gate, self.cluster, self.pools)
+    }
+
+    fn outputs(&mut self) -> Vec<ExecOutput> {
+        std::iter::from_fn(|| self.out.try_recv().ok()).collect()
+    }
+
+    /// What happens to the Pod of `task` try `n` of `run`; false if it does not exist.
+    fn pod_does(&self, run: &RunRow, task: &str, n: i32, verdict: PodVerdict) -> bool {
+        self.cluster.set(&pod_key(run, task, n), verdict)
+    }
+
+    async fn tries(&self, run: &RunRow) -> Vec<TaskRow> {
+        self.store.task_instances(&[run.id]).await.expect("tries")
+    }
+
+    async fn run_state(&self, run: &RunRow) -> RunState {
+        self.store
+            .list_runs(&dag_operator::store::RunFilter {
+                namespace: Some(run.dag.namespace.clone()),
+                dag_name: Some(run.dag.name.clone()),
+                state: None,
+                limit: 0,
+            })
+            .await
+            .expect("runs")
+            .into_iter()
+            .find(|r| r.id == run.id)
+            .map(|r| r.state)
+            .expect("the run")
+    }
+}
+
+impl Harness<PgStore> {
+    fn new(store: PgStore, cfg: ExecutorConfig) -> Self {
+        Harness::with(
+            store,
+            cfg,
+            MemoryGate::new(std::time::Duration::from_secs(30)),
+        )
+    }
+}
+
+fn pod_key(run: &RunRow, task: &str, n: i32) -> PodKey {
+    PodKey::new(
+        run.dag.namespace.clone(),
+        pod::pod_name(&run.dag.name, &run.id, task, n),
+    )
+}
+
+/// Stores a run of `dag` at `date` with its spec version, as the engine does, and hands it
+/// to the executor.
+async fn admit<S: RunStore + Clone>(
+    h: &mut Harness<S>,
+    dag: &str,
+    date: DateTime<Utc>,
+    spec: Arc<DagSpec>,
+) -> RunRow {
+    let (hash, json) = spec.content_hash().expect("hash");
+    h.store
+        .save_specs(&[SpecRow {
+            hash: hash.clone(),
+            spec: json,
+        }])
+        .await
+        .expect("save spec");
+    let run = NewRun {
+        dag: DagKey::new("ns", dag),
+        dag_uid: format!("uid-{dag}"),
+        run_type: RunType::Manual,
+        backfill_name: None,
+        logical_date: date,
+        data_interval_start: date,
+        data_interval_end: date,
+        priority: 0,
+        params: serde_json::json!({}),
+        spec_hash: Some(hash),
+        tasks: spec
+            .tasks
+            .iter()
+            .map(|t| NewTask {
+                task_name: t.name.clone(),
+                pool: t.pool.clone(),
+                pool_slots: t.pool_slots,
+            })
+            .collect(),
+    };
+    let row = h.store.insert_runs(&[run]).await.expect("insert").remove(0);
+    h.exec.apply(
+        ExecInput::Admitted(vec![AdmittedRun {
+            run: row.clone(),
+            spec,
+        }]),
+        date,
+    );
+    row
+}
+
+fn state_of(tries: &[TaskRow], task: &str, n: i32) -> TaskState {
+    tries
+        .iter()
+        .find(|t| t.task_name == task && t.try_number == n)
+        .map(|t| t.state)
+        .unwrap_or_else(|| panic!("no try {n} of {task}: {tries:?}"))
+}
+
+#[tokio::test]
+async fn a_chain_runs_in_order_and_the_run_succeeds() {
+    let store = common::fresh_store("exec_chain").await;
+    let mut h = Harness::new(store, ExecutorConfig::default());
+    let run = admit(
+        &mut h,
+        "chain",
+        t0(),
+        spec("- {name: a, container: {image: x}}\n- {name: b, dependsOn: [a], container: {image: x}}"),
+    )
+    .await;
+    h.step(t0()).await;
+    assert_eq!(h.cluster.created(), 1, "only a starts");
+    let tries = h.tries(&run).await;
+    assert_eq!(state_of(&tries, "a", 1), TaskState::Running);
+    assert_eq!(state_of(&tries, "b", 1), TaskState::Pending);
+    assert!(h.pod_does(&run, "a", 1, PodVerdict::Succeeded));
+    h.step(t0() + Duration::seconds(1)).await;
+    assert!(h.pod_does(&run, "b", 1, PodVerdict::Succeeded));
+    h.step(t0() + Duration::seconds(2)).await;
+    assert_eq!(h.run_state(&run).await, RunState::Success);
+    let outputs = h.outputs();
+    assert!(
+        outputs.contains(&ExecOutput::RunsEnded(vec![run.id])),
+        "{outputs:?}"
+    );
+    assert_eq!(h.exec.running_runs(), 0);
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_try_is_retried_after_its_delay_and_the_retry_is_one_write() {
+    let store = common::fresh_store("exec_retry").await;
+    let mut h = Harness::new(store, ExecutorConfig::default());
+    let run = admit(
+        &mut h,
+        "flaky",
+        t0(),
+        spec("- {name: a, retries: 1, retryDelaySeconds: 30, container: {image: x}}"),
+    )
+    .await;
+    h.step(t0()).await;
+    h.pod_does(
+        &run,
+        "a",
+        1,
+        PodVerdict::Failed {
+            exit_code: Some(2),
+            message: "Error".into(),
+        },
+    );
+    h.step(t0() + Duration::seconds(1)).await;
+    let tries = h.tries(&run).await;
+    assert_eq!(state_of(&tries, "a", 1), TaskState::UpForRetry);
+    assert_eq!(tries.len(), 1, "no retry before the delay");
+    // the executor asks to be woken when the retry is due
+    assert_eq!(h.exec.next_wake(), Some(t0() + Duration::seconds(31)));
+    h.step(t0() + Duration::seconds(31)).await;
+    let tries = h.tries(&run).await;
+    assert_eq!(state_of(&tries, "a", 1), TaskState::Failed);
+    assert_eq!(state_of(&tries, "a", 2), TaskState::Running);
+    assert!(h.pod_does(&run, "a", 2, PodVerdict::Succeeded));
+    h.step(t0() + Duration::seconds(32)).await;
+    assert_eq!(h.run_state(&run).await, RunState::Success);
+}
+
+/// A store whose writes of decisions fail while told to (a database that goes away between
+/// two statements, or in the middle of a step).
+#[derive(Clone)]
+struct Flaky {
+    inner: PgStore,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RunStore for Flaky {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn insert_runs(&self, runs: &[NewRun]) -> Result<Vec<RunRow>, StoreError> {
+        self.inner.insert_runs(runs).await
+    }
+    async fn last_scheduled_ticks(&self) -> Result<Vec<(DagKey, DateTime<Utc>)>, StoreError> {
+        self.inner.last_scheduled_ticks().await
+    }
+    async fn running_runs(&self, ns: Option<&str>) -> Result<Vec<RunRow>, StoreError> {
+        self.inner.running_runs(ns).await
+    }
+    async fn save_specs(&self, specs: &[SpecRow]) -> Result<(), StoreError> {
+        self.inner.save_specs(specs).await
+    }
+    async fn specs(&self, hashes: &[String]) -> Result<Vec<SpecRow>, StoreError> {
+        self.inner.specs(hashes).await
+    }
+    async fn pin_spec(&self, ids: &[uuid::Uuid], hash: &str) -> Result<(), StoreError> {
+        self.inner.pin_spec(ids, hash).await
+    }
+    async fn cancel_runs(&self, ids: &[uuid::Uuid]) -> Result<u64, StoreError> {
+        self.inner.cancel_runs(ids).await
+    }
+    async fn list_runs(
+        &self,
+        f: &dag_operator::store::RunFilter,
+    ) -> Result<Vec<RunRow>, StoreError> {
+        self.inner.list_runs(f).await
+    }
+    async fn task_instances(&self, ids: &[uuid::Uuid]) -> Result<Vec<TaskRow>, StoreError> {
+        self.inner.task_instances(ids).await
+    }
+    async fn write_changes(
+        &self,
+        changes: &Changes,
+    ) -> Result<dag_operator::store::Applied, StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Database(sqlx::Error::PoolTimedOut));
+        }
+        self.inner.write_changes(changes).await
+    }
+    async fn recent_runs(
+        &self,
+        dags: &[DagKey],
+        limit: i64,
+    ) -> Result<Vec<dag_operator::store::RecentRuns>, StoreError> {
+        self.inner.recent_runs(dags, limit).await
+    }
+    async fn runs_between(
+        &self,
+        dag: &DagKey,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<Vec<dag_operator::store::DateRun>, StoreError> {
+        self.inner.runs_between(dag, start, end).await
+    }
+    async fn rerun_runs(
+        &self,
+        reruns: &[dag_operator::store::Rerun],
+    ) -> Result<Vec<RunRow>, StoreError> {
+        self.inner.rerun_runs(reruns).await
+    }
+    async fn backfill_counts(
+        &self,
+        dag: &DagKey,
+        backfill: &str,
+    ) -> Result<dag_operator::store::BackfillCounts, StoreError> {
+        self.inner.backfill_counts(dag, backfill).await
+    }
+}
+
+#[tokio::test]
+async fn a_retry_interrupted_by_a_database_failure_loses_no_try() {
+    let pg = common::fresh_store("exec_retry_fault").await;
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = Flaky {
+        inner: pg.clone(),
+        fail: fail.clone(),
+    };
+    let mut h = Harness::with(
+        store,
+        ExecutorConfig::default(),
+        MemoryGate::new(std::time::Duration::from_secs(30)),
+    );
+    let run = admit(
+        &mut h,
+        "fragile",
+        t0(),
+        spec("- {name: a, retries: 2, retryDelaySeconds: 10, container: {image: x}}"),
+    )
+    .await;
+    h.step(t0()).await;
+    h.pod_does(
+        &run,
+        "a",
+        1,
+        PodVerdict::Failed {
+            exit_code: Some(1),
+            message: "Error".into(),
+        },
+    );
+    // the failure is written, then the database goes away while the retry is written
+    h.step(t0() + Duration::seconds(1)).await;
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = h.settle(t0() + Duration::seconds(11)).await;
+    assert!(err.is_err(), "the write failed");
+    let tries = pg.task_instances(&[run.id]).await.unwrap();
+    assert_eq!(
+        tries
+            .iter()
+            .map(|t| (t.try_number, t.state))
+            .collect::<Vec<_>>(),
+        [(1, TaskState::UpForRetry)],
+        "neither half of the retry was written"
+    );
+    // the database returns: the retry happens once, with every try of the budget left
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    h.step(t0() + Duration::seconds(12)).await;
+    let tries = pg.task_instances(&[run.id]).await.unwrap();
+    assert_eq!(state_of(&tries, "a", 1), TaskState::Failed);
+    assert_eq!(state_of(&tries, "a", 2), TaskState::Running);
+    assert_eq!(h.run_state(&run).await, RunState::Running);
+}
+
+#[tokio::test]
+async fn a_run_finishes_with_the_spec_it_was_admitted_with_even_after_a_restart() {
+    let store = common::fresh_store("exec_spec_pinned").await;
+    let mut h = Harness::new(store, ExecutorConfig::default());
+    let v1 = spec(
+        "- {name: a, container: {image: x}}\n- {name: b, dependsOn: [a], container: {image: x}}",
+    );
+    let run = admit(&mut h, "pinned", t0(), v1).await;
+    h.step(t0()).await;
+    // a new executor (a restart) loads the run from PostgreSQL: the DAG may have changed
+    // meanwhile (b removed), the run still has b, read from its stored spec version
+    h.cluster.set(&pod_key(&run, "a", 1), PodVerdict::Succeeded);
+    let gate = h.gate.clone();
+    let mut h = h.restart(ExecutorConfig::default(), gate);
+    h.step(t0() + Duration::seconds(5)).await;
+    let tries = h.tries(&run).await;
+    assert_eq!(state_of(&tries, "a", 1), TaskState::Success);
+    assert_eq!(
+        state_of(&tries, "b", 1),
+        TaskState::Running,
+        "b runs after a restart: the run's spec came from its stored version"
+    );
+}
+
+#[tokio::test]
+async fn after_the_gate_forgets_everything_a_one_slot_pool_still_runs_one_task() {
+    let store = common::fresh_store("exec_floor").await;
+    let mut h = Harness::new(store, ExecutorConfig::default());
+    h.pools.set("ns", "one", 1);
+    let run = admit(
+        &mut h,
+        "narrow",
+        t0(),
+        spec(
+            "- {name: a, pool: one, container: {image: x}}\n- {name: b, pool: one, container: {image: x}}\n- {name: c, pool: one, container: {image: x}}",
+        ),
+    )
+    .await;
+    h.step(t0()).await;
+    assert_eq!(h.cluster.live().len(), 1);
+    // Redis restarted without its data
+    h.gate.forget_everything();
+    assert_eq!(h.gate.usage(&gate_key::pool("ns", "one")).await.unwrap(), 0);
+    for s in 1..5 {
+        h.exec
+            .apply(ExecInput::PoolsChanged, t0() + Duration::seconds(s));
+        h.step(t0() + Duration::seconds(s)).await;
+        assert_eq!(
+            h.cluster.live().len(),
+            1,
+            "two tasks of a one-slot Pool run"
+        );
+    }
+    let tries = h.tries(&run).await;
+    let running = tries
+        .iter()
+        .filter(|t| t.state == TaskState::Running)
+        .count();
+    assert_eq!(running, 1);
+}
+
+#[tokio::test]
+async fn max_running_tasks_holds_after_the_gate_forgets_everything() {
+    let store = common::fresh_store("exec_floor_tasks").await;
+    let cfg = ExecutorConfig {
+        max_running_tasks: 2,
+        ..ExecutorConfig::default()
+    };
+    let mut h = Harness::new(store, cfg);
+    admit(
+        &mut h,
+        "wide",
+        t0(),
+        spec("- {name: a, container: {image: x}}\n- {name: b, container: {image: x}}\n- {name: c, container: {image: x}}\n- {name: d, container: {image: x}}"),
+    )
+    .await;
+    h.step(t0()).await;
+    assert_eq!(h.cluster.live().len(), 2);
+    h.gate.forget_everything();
+    h.exec.apply(ExecInput::PoolsChanged, t0());
+    h.step(t0() + Duration::seconds(1)).await;
+    assert_eq!(h.cluster.live().len(), 2, "--max-running-tasks 2 exceeded");
+}
+
+#[tokio::test]
+async fn a_pod_of_the_same_name_but_another_try_is_never_adopted() {
+    let store = common::fresh_store("exec_conflict").await;
+    let mut h = Harness::new(store, ExecutorConfig::default());
+    let v = spec("- {name: a, container: {image: x}}");
+    let date = t0();
+    // the run's id is only known once stored: store it, then put a foreign Pod at its name
+    let (hash, json) = v.content_hash().unwrap();
+    h.store
+        .save_specs(&[SpecRow {
+            hash: hash.clone(),
+            spec: json,
+        }])
+        .await
+        .unwrap();
+    let row = h
+        .store
+        .insert_runs(&[NewRun {
+            dag: DagKey::new("ns", "twin"),
+            dag_uid: "uid".into(),
+            run_type: RunType::Manual,
+            backfill_name: None,
+            logical_date: date,
+            data_interval_start: date,
+            data_interval_end: date,
+            priority: 0,
+            params: serde_json::json!({}),
+            spec_hash: Some(hash),
+            tasks: vec![NewTask {
+                task_name: "a".into(),
+                pool: None,
+                pool_slots: 1,
+            }],
+        }])
+        .await
+        .unwrap()
+        .remove(0);
+    let mut foreign = RunRow {
+        id: uuid::Uuid::new_v4(),
+        ..row.clone()
+    };
+    foreign.logical_date = date - Duration::days(1);
+    let mut squatter = pod::build_pod(&foreign, &v.tasks[0], 1);
+    squatter.metadata.name = Some(pod_key(&row, "a", 1).name);
+    h.cluster.insert(squatter);
+    h.exec.apply(
+        ExecInput::Admitted(vec![AdmittedRun {
+            run: row.clone(),
+            spec: v,
+        }]),
+        date,
+    );
+    h.step(date).await;
+    // the squatter finishes: that outcome is not this try's
+    h.cluster.set(&pod_key(&row, "a", 1), PodVerdict::Succeeded);
+    h.step(date + Duration::seconds(1)).await;
+    let tries = h.tries(&row).await;
+    let a = &tries[0];
+    assert_eq!(a.state, TaskState::Failed, "{tries:?}");
+    assert!(
+        a.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("another try"),
+        "{a:?}"
+    );
+    assert_eq!(h.run_state(&row).await, RunState::Failed);
+}
+
+#[tokio::test]
+async fn a_pod_the_api_server_refuses_fails_its_try_at_once_and_says_why() {
+    let store = common::fresh_store("exec_refused").await;
+    let mut h = Harness::new(store, ExecutorConfig::default());
+    h.cluster.refuse(LaunchError::Refused {
+        code: 422,
+        message: "Pod \"x\" is invalid: spec.containers[0].image: Required value".into(),
+    });
+    let run = admit(
+        &mut h,
+        "noimage",
+        t0(),
+        spec("- {name: a, retries: 1, retryDelaySeconds: 0, container: {command: [sh]}}"),
+    )
+    .await;
+    h.step(t0()).await;
+    h.step(t0() + Duration::seconds(1)).await;
+    let tries = h.tries(&run).await;
+    assert_eq!(
+        tries
+            .iter()
+            .map(|t| (t.try_number, t.state))
+            .collect::<Vec<_>>(),
+        [(1, TaskState::Failed), (2, TaskState::Failed)],
+        "retries apply, then the try fails for good"
+    );
+    assert!(
+        tries[0]
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("image: Required value")
+    );
+    assert_eq!(h.run_state(&run).await, RunState::Failed);
+    let outputs = h.outputs();
+    let events: Vec<_> = outputs
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                ExecOutput::Event {
+                    reason: "FailedCreate",
+                    warning: true,
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert_eq!(events.len(), 2, "{outputs:?}");
+    assert!(outputs.iter().any(|o| matches!(
+        o,
+        ExecOutput::LaunchHealth(dag, Some(m)) if dag.name == "noimage" && m.contains("422")
+    )));
+    assert_eq!(
+        h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(),
+        0,
+        "slots back"
+    );
+    // accepted again: the DAG's condition clears at the next Pod created
+    h.cluster.accept();
+    admit(
+        &mut h,
+        "noimage",
+        t0() + Duration::days(1),
+        spec("- {name: a, container: {image: x}}"),
+    )
+    .await;
+    h.step(t0() + Duration::days(1)).await;
+    assert!(
+        h.outputs()
+            .iter()
+            .any(|o| matches!(o, ExecOutput::LaunchHealth(_, None)))
+    );
+}
+
+#[tokio::test]
+async fn a_transient_create_error_keeps_the_try_queued_and_frees_its_slot() {
+    let store = common::fresh_store("exec_transient").await;
+    let mut h = Harness::new(store, ExecutorConfig::default());
+    h.cluster
+        .refuse(LaunchError::Transient("connection reset".into()));
+    let run = admit(
+        &mut h,
+        "later",
+        t0(),
+        spec("- {name: a, container: {image: x}}"),
+    )
+    .await;
+    h.step(t0()).await;
+    assert_eq!(state_of(&h.tries(&run).await, "a", 1), TaskState::Queued);
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 0);
+    h.cluster.accept();
+    h.step(t0() + Duration::seconds(2)).await;
+    assert_eq!(state_of(&h.tries(&run).await, "a", 1), TaskState::Running);
+}
+
+#[tokio::test]
+async fn cancelled_runs_lose_their_pods_and_slots() {
+    let store = common::fresh_store("exec_cancel").await;
+    let mut h = Harness::new(store.clone(), ExecutorConfig::default());
+    let run = admit(
+        &mut h,
+        "doomed",
+        t0(),
+        spec("- {name: a, container: {image: x}}\n- {name: b, container: {image: x}}"),
+    )
+    .await;
+    h.step(t0()).await;
+    assert_eq!(h.cluster.live().len(), 2);
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 2);
+    // the engine cancels the run (its DAG was deleted) and tells the executor
+    store.cancel_runs(&[run.id]).await.unwrap();
+    h.exec.apply(
+        ExecInput::Cancelled(vec![(run.dag.clone(), run.id)]),
+        t0() + Duration::seconds(1),
+    );
+    h.step(t0() + Duration::seconds(1)).await;
+    assert!(h.cluster.pods().is_empty(), "the run's Pods are deleted");
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 0);
+    assert_eq!(h.exec.running_runs(), 0);
+    assert!(
+        h.tries(&run)
+            .await
+            .iter()
+            .all(|t| t.state == TaskState::Cancelled)
+    );
+}
+
+#[tokio::test]
+async fn a_pod_deleted_behind_the_executors_back_fails_its_try_and_timeouts_stop_pods() {
+    let store = common::fresh_store("exec_gone").await;
+    let mut h = Harness::new(store, ExecutorConfig::default());
+    let run = admit(
+        &mut h,
+        "fragile",
+        t0(),
+        spec("- {name: a, container: {image: x}}\n- {name: b, timeoutSeconds: 60, container: {image: x}}"),
+    )
+    .await;
+    h.step(t0()).await;
+    h.cluster.remove(&pod_key(&run, "a", 1));
+    h.step(t0() + Duration::seconds(1)).await;
+    // a cancellation has a grace to arrive first (a DAG or namespace being deleted)
+    assert_eq!(state_of(&h.tries(&run).await, "a", 1), TaskState::Running);
+    h.step(t0() + Duration::seconds(11)).await;
+    let tries = h.tries(&run).await;
+    assert_eq!(state_of(&tries, "a", 1), TaskState::Failed);
+    assert!(
+        tries[0]
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("deleted")
+    );
+    // b times out: failed, its Pod deleted
+    assert_eq!(h.exec.next_wake(), Some(t0() + Duration::seconds(60)));
+    h.step(t0() + Duration::seconds(60)).await;
+    assert_eq!(state_of(&h.tries(&run).await, "b", 1), TaskState::Failed);
+    assert!(h.cluster.pods().is_empty());
+    assert_eq!(h.run_state(&run).await, RunState::Failed);
+}
+
+#[tokio::test]
+async fn finished_pods_go_after_their_retention() {
+    let store = common::fresh_store("exec_retention").await;
+    let cfg = ExecutorConfig {
+        pod_retention: std::time::Duration::from_secs(600),
+        resync_interval: std::time::Duration::from_secs(86_400),
+        ..ExecutorConfig::default()
+    };
+    let mut h = Harness::new(store, cfg);
+    let run = admit(
+        &mut h,
+        "tidy",
+        t0(),
+        spec("- {name: a, container: {image: x}}"),
+    )
+    .await;
+    h.step(t0()).await;
+    let key = pod_key(&run, "a", 1);
+    // the watch reports when it finished
+    h.cluster
+        .finish(&key, PodVerdict::Succeeded, t0() + Duration::seconds(5));
+    h.step(t0() + Duration::seconds(6)).await;
+    assert_eq!(h.cluster.pods().len(), 1, "kept for its retention");
+    assert_eq!(h.exec.next_wake(), Some(t0() + Duration::seconds(605)));
+    h.step(t0() + Duration::seconds(605)).await;
+    assert!(h.cluster.pods().is_empty());
+}
+
+#[tokio::test]
+async fn after_a_restart_running_tries_are_adopted_never_started_twice() {
+    let store = common::fresh_store("exec_adopt").await;
+    let gate = MemoryGate::new(std::time::Duration::from_secs(30));
+    let mut h = Harness::with(store, ExecutorConfig::default(), gate);
+    let run = admit(
+        &mut h,
+        "held",
+        t0(),
+        spec("- {name: a, pool: p, container: {image: x}}"),
+    )
+    .await;
+    h.pools.set("ns", "p", 1);
+    h.exec.apply(ExecInput::PoolsChanged, t0());
+    h.step(t0()).await;
+    assert_eq!(h.cluster.created(), 1);
+    // a new process: a fresh gate (nothing held), the same database and cluster
+    let fresh = MemoryGate::new(std::time::Duration::from_secs(30));
+    let mut h = h.restart(ExecutorConfig::default(), fresh.clone());
+    h.step(t0() + Duration::seconds(1)).await;
+    assert_eq!(h.cluster.created(), 1, "no Pod created twice");
+    assert_eq!(h.exec.running_tasks(), 1);
+    assert_eq!(
+        fresh.usage(&gate_key::pool("ns", "p")).await.unwrap(),
+        1,
+        "slot adopted"
+    );
+    assert!(h.pod_does(&run, "a", 1, PodVerdict::Succeeded));
+    h.step(t0() + Duration::seconds(2)).await;
+    assert_eq!(h.run_state(&run).await, RunState::Success);
+    assert_eq!(fresh.usage(&gate_key::pool("ns", "p")).await.unwrap(), 0);
+}
