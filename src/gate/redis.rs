@@ -3,6 +3,7 @@
 //! `<prefix>:sem:<key>:w` of holder → weight for holders of weight > 1. Only the Lua scripts in
 //! `gate/lua/` change them; see docs/GATE.md.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,9 @@ use super::{
 
 /// The default `--redis-key-prefix`.
 pub const DEFAULT_PREFIX: &str = "dagop";
+
+/// Most holders renewed by one script call (bounds how long one call holds Redis).
+const RENEW_CHUNK: usize = 1000;
 
 /// How long one connection attempt may take before the call fails as unavailable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -146,11 +150,11 @@ impl RedisGate {
     /// Sends a pipeline of EVALSHA calls of `script`; if Redis lost its script cache (a
     /// restart), loads the script and sends the pipeline again (every script here may run
     /// twice: acquiring or renewing again is idempotent).
-    async fn pipeline(
+    async fn pipeline<T: redis::FromRedisValue>(
         &self,
         script: &Script,
         pipe: &redis::Pipeline,
-    ) -> Result<Vec<i64>, GateError> {
+    ) -> Result<Vec<T>, GateError> {
         let mut conn = self.conn.clone();
         match pipe.query_async(&mut conn).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
@@ -165,14 +169,17 @@ impl RedisGate {
         }
     }
 
-    fn renew_cmd(&self, key: &str, holder: &str) -> redis::Cmd {
+    /// One renew call for many holders of one semaphore.
+    fn renew_cmd(&self, key: &str, holders: &[&str]) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.scripts.renew.get_hash())
             .arg(2)
             .arg(self.redis_key(key))
             .arg(self.weights_key(key))
-            .arg(holder)
             .arg(self.lease_ttl_ms);
+        for holder in holders {
+            cmd.arg(*holder);
+        }
         cmd
     }
 }
@@ -237,7 +244,7 @@ impl Gate for RedisGate {
             check_claim(claim)?;
             pipe.add_command(self.acquire_all_cmd(claim));
         }
-        let answers = self.pipeline(&self.scripts.acquire_all, &pipe).await?;
+        let answers: Vec<i64> = self.pipeline(&self.scripts.acquire_all, &pipe).await?;
         if answers.len() != claims.len() {
             return Err(GateError::Backend(format!(
                 "acquire pipeline: {} answers for {} claims",
@@ -259,9 +266,9 @@ impl Gate for RedisGate {
         check_key(key)?;
         check_holder(holder)?;
         let ttl = self.lease_ttl_ms.to_string();
-        let args: [&[u8]; 2] = [holder.as_bytes(), ttl.as_bytes()];
-        let renewed: i64 = self.run(&self.scripts.renew, key, &args).await?;
-        Ok(renewed == 1)
+        let args: [&[u8]; 2] = [ttl.as_bytes(), holder.as_bytes()];
+        let renewed: Vec<i64> = self.run(&self.scripts.renew, key, &args).await?;
+        Ok(renewed.first() == Some(&1))
     }
 
     async fn release(&self, key: &str, holder: &str) -> Result<(), GateError> {
@@ -279,27 +286,46 @@ impl Gate for RedisGate {
         Ok(u32::try_from(used.max(0)).unwrap_or(u32::MAX))
     }
 
-    /// One pipeline of EVALSHA renew calls. If Redis lost its script cache (a restart), the
-    /// script is loaded and the whole pipeline sent again: renewing twice is harmless.
+    /// One pipeline of EVALSHA renew calls, one per semaphore (in chunks of
+    /// [`RENEW_CHUNK`] holders), so renewing 10,000 leases of one limit is a handful of calls.
+    /// If Redis lost its script cache (a restart), the script is loaded and the whole pipeline
+    /// sent again: renewing twice is harmless.
     async fn renew_all(&self, leases: &[(String, String)]) -> Result<Vec<bool>, GateError> {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for (key, holder) in leases {
+        // the leases of each semaphore, by their index in `leases`
+        let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, (key, holder)) in leases.iter().enumerate() {
             check_key(key)?;
             check_holder(holder)?;
-            pipe.add_command(self.renew_cmd(key, holder));
+            by_key.entry(key.as_str()).or_default().push(i);
         }
-        let renewed = self.pipeline(&self.scripts.renew, &pipe).await?;
-        if renewed.len() != leases.len() {
+        let mut pipe = redis::pipe();
+        let mut calls: Vec<&[usize]> = Vec::new();
+        for (key, indices) in &by_key {
+            for chunk in indices.chunks(RENEW_CHUNK) {
+                let holders: Vec<&str> = chunk.iter().map(|&i| leases[i].1.as_str()).collect();
+                pipe.add_command(self.renew_cmd(key, &holders));
+                calls.push(chunk);
+            }
+        }
+        let answers: Vec<Vec<i64>> = self.pipeline(&self.scripts.renew, &pipe).await?;
+        let mut renewed = vec![false; leases.len()];
+        let mut answered = 0;
+        for (chunk, answer) in calls.iter().zip(&answers) {
+            for (&i, r) in chunk.iter().zip(answer) {
+                renewed[i] = *r == 1;
+                answered += 1;
+            }
+        }
+        if answered != leases.len() {
             return Err(GateError::Backend(format!(
-                "renew pipeline: {} answers for {} leases",
-                renewed.len(),
+                "renew pipeline: {answered} answers for {} leases",
                 leases.len()
             )));
         }
-        Ok(renewed.into_iter().map(|r| r == 1).collect())
+        Ok(renewed)
     }
 
     async fn ping(&self) -> Result<(), GateError> {
