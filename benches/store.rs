@@ -20,6 +20,8 @@ fn new_run(dag: String, logical_date: DateTime<Utc>, run_type: RunType) -> NewRu
         dag_uid: "00000000-0000-0000-0000-000000000000".into(),
         run_type,
         backfill_name: (run_type == RunType::Backfill).then(|| "bench-backfill".into()),
+        backfill_uid: None,
+        trigger: None,
         logical_date,
         data_interval_start: logical_date - chrono::Duration::minutes(1),
         data_interval_end: logical_date,

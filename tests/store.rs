@@ -37,6 +37,8 @@ fn run(ns: &str, dag: &str, date: DateTime<Utc>, run_type: RunType, tasks: &[&st
         dag_uid: format!("uid-{dag}"),
         run_type,
         backfill_name: (run_type == RunType::Backfill).then(|| format!("{dag}-bf")),
+        backfill_uid: None,
+        trigger: None,
         logical_date: date,
         data_interval_start: date - chrono::Duration::days(1),
         data_interval_end: date,
@@ -158,8 +160,12 @@ async fn migrate_creates_the_schema_and_a_second_migrate_is_a_no_op() {
         tables,
         [
             "_sqlx_migrations",
+            "backfill_dates",
+            "backfills",
+            "dag_positions",
             "dag_runs",
             "dag_specs",
+            "dag_triggers",
             "task_instances"
         ]
     );
@@ -421,10 +427,29 @@ async fn overlapping_batches_from_two_replicas_create_each_run_once() {
 // ---- queries ----------------------------------------------------------------------------
 
 #[tokio::test]
-async fn last_scheduled_ticks_ignores_manual_and_backfill_runs() {
+async fn dag_records_give_the_last_scheduled_tick_ignoring_manual_and_backfill_runs() {
     let db = TestDb::create("last_ticks").await;
     let store = db.migrated().await;
-    assert!(store.last_scheduled_ticks().await.unwrap().is_empty());
+    let keys = [
+        DagKey::new("ns", "etl"),
+        DagKey::new("team-b", "etl"),
+        DagKey::new("ns", "manual-only"),
+        DagKey::new("ns", "never"),
+    ];
+    let last = |records: Vec<dag_operator::store::DagRecord>| -> Vec<Option<DateTime<Utc>>> {
+        keys.iter()
+            .map(|k| {
+                records
+                    .iter()
+                    .find(|r| &r.dag == k)
+                    .and_then(|r| r.last_scheduled)
+            })
+            .collect()
+    };
+    assert_eq!(
+        last(store.dag_records(&keys).await.unwrap()),
+        [None, None, None, None]
+    );
     store
         .insert_runs(&[
             scheduled("etl", day(1)),
@@ -445,14 +470,9 @@ async fn last_scheduled_ticks_ignores_manual_and_backfill_runs() {
         .find(|r| r.dag.namespace == "team-b")
         .unwrap();
     store.cancel_runs(&[team_b.id]).await.unwrap();
-    let ticks = store.last_scheduled_ticks().await.unwrap();
-    assert_eq!(
-        ticks,
-        [
-            (DagKey::new("ns", "etl"), day(3)),
-            (DagKey::new("team-b", "etl"), day(7)),
-        ]
-    );
+    let records = store.dag_records(&keys).await.unwrap();
+    assert_eq!(records.len(), 4, "one record per DAG asked for");
+    assert_eq!(last(records), [Some(day(3)), Some(day(7)), None, None]);
 }
 
 #[tokio::test]
@@ -918,14 +938,19 @@ async fn a_rerun_restarts_a_finished_run_in_place_with_new_tries_of_the_next_att
     let rerun = |id| dag_operator::store::Rerun {
         id,
         backfill_name: "bf".into(),
+        backfill_uid: "bf-uid".into(),
         params: json!({"x": 1}),
         spec_hash: None,
         tasks: vec![task("a"), task("b")],
     };
     let restarted = store
-        .rerun_runs(&[rerun(failed), rerun(running)])
+        .admit(&dag_operator::store::Admission {
+            reruns: vec![rerun(failed), rerun(running)],
+            ..Default::default()
+        })
         .await
-        .expect("rerun");
+        .expect("rerun")
+        .runs;
     // the running run is left alone
     assert_eq!(restarted.len(), 1);
     let r = &restarted[0];
@@ -968,7 +993,12 @@ async fn a_rerun_restarts_a_finished_run_in_place_with_new_tries_of_the_next_att
             .any(|t| t.task_name == "a" && t.try_number == 3 && t.attempt == 2)
     );
 
-    let counts = store.backfill_counts(&dag, "bf").await.unwrap();
+    let bf = dag_operator::store::BackfillRef {
+        namespace: "ns".into(),
+        name: "bf".into(),
+        uid: "bf-uid".into(),
+    };
+    let counts = store.backfill_counts(&bf).await.unwrap();
     assert_eq!((counts.running, counts.total()), (1, 1));
     let end = dag_operator::store::Changes {
         run_ends: vec![dag_operator::store::RunEnd {
@@ -982,10 +1012,23 @@ async fn a_rerun_restarts_a_finished_run_in_place_with_new_tries_of_the_next_att
         store.write_changes(&end).await.unwrap().run_ends,
         vec![true]
     );
-    let counts = store.backfill_counts(&dag, "bf").await.unwrap();
+    let counts = store.backfill_counts(&bf).await.unwrap();
     assert_eq!((counts.success, counts.running), (1, 0));
+    let other = dag_operator::store::BackfillRef {
+        name: "other".into(),
+        ..bf.clone()
+    };
+    assert_eq!(store.backfill_counts(&other).await.unwrap().total(), 0);
+    // the re-run date is done for the Backfill that re-ran it, and only for it
     assert_eq!(
-        store.backfill_counts(&dag, "other").await.unwrap().total(),
-        0
+        store.backfill_done(&bf, day(1), day(3)).await.unwrap(),
+        [day(1)]
+    );
+    assert!(
+        store
+            .backfill_done(&other, day(1), day(3))
+            .await
+            .unwrap()
+            .is_empty()
     );
 }

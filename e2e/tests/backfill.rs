@@ -469,3 +469,60 @@ async fn suspend_pauses_a_backfill_and_deleting_it_stops_admissions_while_runnin
     s.ns.kubectl_ok(&["delete", "backfill", "pausable"], None);
     finish_and_stay(&s, "held", 4, "a deleted Backfill admitted a run").await;
 }
+
+#[tokio::test]
+async fn a_backfill_suspended_with_dates_queued_and_resumed_runs_every_date() {
+    let s = setup("bf-resume").await;
+    // the DAG runs 2 at a time, the Backfill asks for 5: 3 dates wait in the queue
+    s.apply(&dag_with_spec(
+        "narrow",
+        "  schedule: '0 0 * * *'\n  startDate: 2024-01-01T00:00:00Z\n  endDate: 2024-01-20T00:00:00Z\n  maxActiveRuns: 2\n  tasks:\n  - {name: a, container: {image: e2e.local/hold}}\n",
+    ));
+    let _op = s.operator(&[]);
+    let range = ("2024-01-01T00:00:00Z", "2024-01-11T00:00:00Z");
+    s.apply(&backfill_yaml(
+        "ten",
+        "narrow",
+        range.0,
+        range.1,
+        "  concurrency: 5\n",
+    ));
+    s.runs_until("narrow", "two runs", |r| r.len() == 2).await;
+    s.apply(&backfill_yaml(
+        "ten",
+        "narrow",
+        range.0,
+        range.1,
+        "  concurrency: 5\n  suspend: true\n",
+    ));
+    backfill_until(&s, "ten", "Suspended", |st| st["phase"] == "Suspended").await;
+    finish_and_stay(&s, "narrow", 2, "a suspended Backfill admitted a run").await;
+    s.apply(&backfill_yaml(
+        "ten",
+        "narrow",
+        range.0,
+        range.1,
+        "  concurrency: 5\n",
+    ));
+    let st = eventually(Duration::from_secs(120), "the Backfill to end", || {
+        s.all_pods_outcome("succeed");
+        let st = backfill_status(&s, "ten");
+        let ended = st["phase"] == "Succeeded" || st["phase"] == "Failed";
+        async move { ended.then_some(st) }
+    })
+    .await;
+    assert_eq!(st["phase"], "Succeeded", "{st}");
+    assert_eq!(st["progress"], "10/10", "{st}");
+    assert_eq!(st["succeededRuns"], 10);
+    let dates: Vec<_> = s
+        .runs("narrow")
+        .await
+        .iter()
+        .map(|r| r.logical_date)
+        .collect();
+    assert_eq!(
+        dates,
+        (1..=10).map(day).collect::<Vec<_>>(),
+        "every date, once"
+    );
+}

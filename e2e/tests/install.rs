@@ -139,6 +139,8 @@ fn operator_grants() -> BTreeSet<(String, String, String)> {
             &["dags/status", "pools/status", "backfills/status"],
             &["get", "patch", "update"],
         ),
+        // handled trigger annotations are removed from the DAG (metadata only)
+        ("dagoperator.io", &["dags"], &["patch"]),
         (
             "",
             &["pods"],

@@ -154,6 +154,8 @@ async fn runs_of_namespaces_not_watched_are_not_adopted() {
                 dag_uid: "uid-gone".into(),
                 run_type: RunType::Scheduled,
                 backfill_name: None,
+                backfill_uid: None,
+                trigger: None,
                 logical_date: t,
                 data_interval_start: t,
                 data_interval_end: t,

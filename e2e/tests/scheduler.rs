@@ -141,7 +141,7 @@ async fn a_trigger_annotation_creates_one_manual_run_ahead_of_queued_ones() {
         st["queuedRuns"].as_i64().unwrap_or(0) >= 2
     })
     .await;
-    s.cli(&[
+    let printed = s.cli(&[
         "trigger",
         "manual",
         "-n",
@@ -149,26 +149,28 @@ async fn a_trigger_annotation_creates_one_manual_run_ahead_of_queued_ones() {
         "--params",
         r#"{"b": 2}"#,
     ]);
-    let value = s.ns.kubectl_ok(
-        &[
-            "get",
-            "dag",
-            "manual",
-            "-o",
-            "jsonpath={.metadata.annotations.dagoperator\\.io/trigger}",
-        ],
-        None,
-    );
+    // the CLI adds one trigger.dagoperator.io/<id> annotation and says which
+    let key = printed
+        .split('(')
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .expect("the annotation in the CLI's output")
+        .to_string();
+    let value = key
+        .strip_prefix("trigger.dagoperator.io/")
+        .expect("a trigger annotation")
+        .to_string();
     assert!(!value.is_empty());
-    s.status_until("manual", "the trigger handled", |st| {
-        st["lastHandledTrigger"] == value.as_str()
-    })
-    .await;
-    // free the slot: the manual run goes before the queued scheduled ones
+    // free the slot: the manual run goes before the queued scheduled ones; the trigger is
+    // handled when its run is recorded (not before: a crash in between would lose it)
     end_running_runs(&s).await;
     let runs = s
         .runs_until("manual", "a second run", |r| r.len() >= 2)
         .await;
+    s.status_until("manual", "the trigger handled", |st| {
+        st["lastHandledTrigger"] == value.as_str()
+    })
+    .await;
     let newest = runs.iter().max_by_key(|r| r.created_at).expect("runs");
     assert_eq!(newest.run_type, RunType::Manual, "{runs:?}");
     assert_eq!(newest.params, serde_json::json!({"a": 1, "b": 2}));
@@ -179,7 +181,7 @@ async fn a_trigger_annotation_creates_one_manual_run_ahead_of_queued_ones() {
             "--overwrite",
             "dag",
             "manual",
-            &format!("dagoperator.io/trigger={value}"),
+            &format!("{key}="),
         ],
         None,
     );

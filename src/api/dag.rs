@@ -252,7 +252,9 @@ pub struct DagStatus {
     pub active_runs: i32,
     #[serde(default)]
     pub queued_runs: i32,
-    /// Value of the trigger annotation last acted on.
+    /// The trigger value last handled (run created or refused), from the operator's record:
+    /// the `dagoperator.io/trigger` value or the `<id>` of a `trigger.dagoperator.io/<id>`
+    /// annotation. Each value yields at most one run, ever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_trigger: Option<String>,
     /// Newest first, at most 5.

@@ -6,6 +6,7 @@ pub mod conditions;
 pub mod dag;
 pub mod pool;
 mod schema;
+pub mod trigger;
 
 pub use backfill::{Backfill, BackfillSpec, BackfillStatus};
 pub use conditions::Condition;
@@ -19,10 +20,7 @@ pub const GROUP: &str = "dagoperator.io";
 pub const VERSION: &str = "v1alpha1";
 pub const CATEGORY: &str = "dagoperator";
 
-/// Annotation whose new value triggers a manual run (SPEC §3.5).
-pub const TRIGGER_ANNOTATION: &str = "dagoperator.io/trigger";
-/// Annotation with a JSON object merged over `spec.params` for that run.
-pub const TRIGGER_PARAMS_ANNOTATION: &str = "dagoperator.io/trigger-params";
+pub use trigger::{TRIGGER_ANNOTATION, TRIGGER_PARAMS_ANNOTATION, TRIGGER_PREFIX, TriggerRequest};
 
 /// All CRDs of the API, in the order `dag-operator crds` prints them.
 pub fn crds()

@@ -251,10 +251,23 @@ async fn step_down_on_loss(mut elector: Elector, done: tokio::sync::oneshot::Rec
     }
 }
 
+/// Holders renew every third of the TTL, on a timer of their own (not once per scheduler
+/// pass), so any `--schedule-interval` is safe; below 3 s the renewals would come faster than
+/// a Redis round trip under load can be relied on.
+fn check_lease_ttl(secs: u64) -> Result<(), CliError> {
+    if secs < 3 {
+        return Err(CliError::usage(format!(
+            "--lease-ttl {secs}s is too short: slots are renewed every third of it; use at least 3s"
+        )));
+    }
+    Ok(())
+}
+
 async fn operate(args: RunArgs) -> Result<(), CliError> {
     listen_for_shutdown();
     telemetry::init_tracing(args.log_format == LogFormat::Json);
     let default_tz = parse_timezone(&args.timezone).map_err(CliError::usage)?;
+    check_lease_ttl(args.lease_ttl)?;
     let url = args.database.url()?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new());
@@ -463,6 +476,7 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
         let metrics = metrics.clone();
         let health = health.clone();
         let exec_in = exec_in_tx.clone();
+        let prune_client = client.clone();
         tokio::spawn(async move {
             while let Some(output) = out_rx.recv().await {
                 match output {
@@ -513,6 +527,13 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
                         reason,
                         message,
                     ),
+                    Output::TriggersHandled(dag, values) => {
+                        tokio::spawn(dag_controller::prune_triggers(
+                            prune_client.clone(),
+                            dag,
+                            values,
+                        ));
+                    }
                     Output::RunsAdmitted(runs) => {
                         let _ = exec_in.send(ExecInput::Admitted(runs));
                     }
@@ -576,4 +597,16 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
     }
     tracing::info!("shut down");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_lease_ttl;
+
+    #[test]
+    fn a_lease_ttl_below_three_seconds_is_refused() {
+        assert!(check_lease_ttl(2).is_err());
+        assert!(check_lease_ttl(3).is_ok());
+        assert!(check_lease_ttl(30).is_ok());
+    }
 }

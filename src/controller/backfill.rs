@@ -52,6 +52,7 @@ pub async fn run(api: Api<Backfill>, commands: mpsc::Sender<Command>, metrics: A
                     known.insert(key.clone());
                     send.push(Command::UpsertBackfill(Box::new(BackfillInfo {
                         key,
+                        uid: bf.metadata.uid.clone().unwrap_or_default(),
                         generation: bf.metadata.generation,
                         spec: bf.spec.clone(),
                     })));

@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use super::status::{StatusUpdate, Validity};
 use super::{ControllerError, Events, dag_reference};
 use crate::api::dag::DagSpecError;
-use crate::api::{DAG, Pool, TRIGGER_ANNOTATION, TRIGGER_PARAMS_ANNOTATION};
-use crate::engine::{Command, DagInfo, TriggerRequest};
+use crate::api::{DAG, Pool};
+use crate::engine::{Command, DagInfo};
 use crate::k8s::trim_metadata;
 use crate::store::DagKey;
 use crate::telemetry::{ControllerKind, Metrics};
@@ -119,6 +119,7 @@ pub async fn reconcile(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, Contr
                 Validity {
                     generation,
                     problem: Some((reason.clone(), message.clone())),
+                    observed_trigger: observed_trigger(&dag),
                 },
             ));
             let new = {
@@ -143,24 +144,13 @@ pub async fn reconcile(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, Contr
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&key);
-            let annotations = dag.annotations();
-            let trigger = annotations
-                .get(TRIGGER_ANNOTATION)
-                .map(|value| TriggerRequest {
-                    value: value.clone(),
-                    params: annotations.get(TRIGGER_PARAMS_ANNOTATION).cloned(),
-                });
-            let mut info = DagInfo::new(key.clone(), dag.clone(), schedule);
-            info.trigger = trigger;
-            info.last_handled_trigger = dag
-                .status
-                .as_ref()
-                .and_then(|s| s.last_handled_trigger.clone());
+            let info = DagInfo::new(key.clone(), dag.clone(), schedule);
             let _ = ctx.status.send(StatusUpdate::Validity(
                 key.clone(),
                 Validity {
                     generation,
                     problem: None,
+                    observed_trigger: observed_trigger(&dag),
                 },
             ));
             ctx.engine
@@ -170,6 +160,41 @@ pub async fn reconcile(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, Contr
         }
     }
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Removes handled `trigger.dagoperator.io/<value>` annotations from a DAG (the values are
+/// recorded: applying one again would do nothing). Best effort: a failure only leaves the
+/// annotations in place.
+pub async fn prune_triggers(client: kube::Client, key: DagKey, values: Vec<String>) {
+    let annotations: serde_json::Map<String, serde_json::Value> = values
+        .iter()
+        .map(|v| {
+            (
+                format!("{}{v}", crate::api::TRIGGER_PREFIX),
+                serde_json::Value::Null,
+            )
+        })
+        .collect();
+    let patch = serde_json::json!({"metadata": {"annotations": annotations}});
+    let api: Api<DAG> = Api::namespaced(client, &key.namespace);
+    if let Err(e) = api
+        .patch(
+            &key.name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        tracing::debug!(dag = %key, error = %e, "could not remove handled trigger annotations");
+    }
+}
+
+/// `status.lastHandledTrigger` as the object carries it: kept until the engine, which reads
+/// the record, says otherwise (a writer that does not know the value never clears it).
+fn observed_trigger(dag: &DAG) -> Option<String> {
+    dag.status
+        .as_ref()
+        .and_then(|s| s.last_handled_trigger.clone())
 }
 
 /// The Pools a DAG's tasks name that do not exist in its namespace, sorted.

@@ -13,11 +13,13 @@ use tokio::sync::mpsc;
 
 use super::FIELD_MANAGER;
 use crate::api::Backfill;
+use crate::api::BackfillStatus;
+use crate::api::backfill::BackfillPhase as ApiPhase;
 use crate::api::conditions::{Condition, READY, set_condition};
 use crate::api::dag::RunSummary;
 use crate::api::{DAG, DagStatus};
 use crate::api::{Pool, PoolStatus};
-use crate::engine::{BackfillReport, SchedulingStatus};
+use crate::engine::{BackfillPhase, BackfillProgress, SchedulingStatus};
 use crate::executor::PoolUsage;
 use crate::store::DagKey;
 
@@ -27,6 +29,8 @@ pub struct Validity {
     pub generation: Option<i64>,
     /// `None` when valid; otherwise (reason, message)
     pub problem: Option<(String, String)>,
+    /// `status.lastHandledTrigger` as the object carries it (until the engine reports)
+    pub observed_trigger: Option<String>,
 }
 
 #[derive(Debug)]
@@ -45,14 +49,15 @@ pub enum StatusUpdate {
     /// a Pool's usage (written to the Pool's status)
     Pool(PoolUsage),
     /// a Backfill's status from the engine (key: namespace and Backfill name)
-    Backfill(DagKey, BackfillReport),
+    Backfill(DagKey, BackfillProgress),
     Removed(DagKey),
 }
 
 #[derive(Default)]
 struct Model {
     validity: Option<Validity>,
-    scheduling: SchedulingStatus,
+    /// what the engine says, once it has taken the DAG up
+    scheduling: Option<SchedulingStatus>,
     conditions: Vec<Condition>,
     recent_runs: Vec<RunSummary>,
     last_successful_time: Option<DateTime<Utc>>,
@@ -111,7 +116,7 @@ fn render(model: &mut Model, store_ok: bool, gate_ok: bool, now: DateTime<Utc>) 
              exceeded; it resumes by itself"
                 .to_string(),
         ),
-        None if model.scheduling.suspended => (
+        None if model.scheduling.as_ref().is_some_and(|s| s.suspended) => (
             true,
             "Suspended".to_string(),
             "suspended: no new scheduled runs".to_string(),
@@ -119,7 +124,7 @@ fn render(model: &mut Model, store_ok: bool, gate_ok: bool, now: DateTime<Utc>) 
         None => (
             true,
             "Scheduling".to_string(),
-            match model.scheduling.next_schedule_time {
+            match model.scheduling.as_ref().and_then(|s| s.next_schedule_time) {
                 Some(t) => format!("next run at {}", t.to_rfc3339()),
                 None => "no upcoming tick (manual triggers and backfills only)".to_string(),
             },
@@ -129,7 +134,12 @@ fn render(model: &mut Model, store_ok: bool, gate_ok: bool, now: DateTime<Utc>) 
         &mut model.conditions,
         Condition::new(READY, ready, &reason, message, generation, now),
     );
-    let s = &model.scheduling;
+    let observed = model
+        .validity
+        .as_ref()
+        .and_then(|v| v.observed_trigger.clone());
+    let default = SchedulingStatus::default();
+    let s = model.scheduling.as_ref().unwrap_or(&default);
     DagStatus {
         observed_generation: generation,
         conditions: model.conditions.clone(),
@@ -138,7 +148,8 @@ fn render(model: &mut Model, store_ok: bool, gate_ok: bool, now: DateTime<Utc>) 
         last_successful_time: model.last_successful_time,
         active_runs: s.active_runs,
         queued_runs: s.queued_runs,
-        last_handled_trigger: s.last_handled_trigger.clone(),
+        // the engine's value (from the record) once it has one, else what the object says
+        last_handled_trigger: s.last_handled_trigger.clone().or(observed),
         recent_runs: model.recent_runs.clone(),
     }
 }
@@ -152,7 +163,7 @@ pub async fn run_writer(client: kube::Client, mut updates: mpsc::UnboundedReceiv
     // Pool statuses to write, and the conditions last written per Pool
     let mut pools: BTreeMap<(String, String), PoolUsage> = BTreeMap::new();
     let mut pool_conditions: HashMap<(String, String), Vec<Condition>> = HashMap::new();
-    let mut backfills: BTreeMap<DagKey, BackfillReport> = BTreeMap::new();
+    let mut backfills: BTreeMap<DagKey, BackfillProgress> = BTreeMap::new();
     let mut backfill_conditions: HashMap<DagKey, Vec<Condition>> = HashMap::new();
     let params = Arc::new(PatchParams::apply(FIELD_MANAGER).force());
     loop {
@@ -179,7 +190,7 @@ pub async fn run_writer(client: kube::Client, mut updates: mpsc::UnboundedReceiv
                     dirty.insert(key);
                 }
                 StatusUpdate::Scheduling(key, s) => {
-                    models.entry(key.clone()).or_default().scheduling = s;
+                    models.entry(key.clone()).or_default().scheduling = Some(s);
                     dirty.insert(key);
                 }
                 StatusUpdate::StoreHealth(ok) => {
@@ -291,20 +302,7 @@ pub async fn run_writer(client: kube::Client, mut updates: mpsc::UnboundedReceiv
         let mut backfills_failed = Vec::new();
         for (key, report) in std::mem::take(&mut backfills) {
             let conditions = backfill_conditions.entry(key.clone()).or_default();
-            let (ready, reason, message) = &report.ready;
-            set_condition(
-                conditions,
-                Condition::new(
-                    READY,
-                    *ready,
-                    reason,
-                    message.clone(),
-                    report.status.observed_generation,
-                    now,
-                ),
-            );
-            let mut status = report.status.clone();
-            status.conditions = conditions.clone();
+            let status = render_backfill(&report, conditions, now);
             let api: Api<Backfill> = Api::namespaced(client.clone(), &key.namespace);
             let patch = serde_json::json!({
                 "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
@@ -335,6 +333,47 @@ pub async fn run_writer(client: kube::Client, mut updates: mpsc::UnboundedReceiv
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+}
+
+/// A Backfill's status from its progress.
+fn render_backfill(
+    p: &BackfillProgress,
+    conditions: &mut Vec<Condition>,
+    now: DateTime<Utc>,
+) -> BackfillStatus {
+    set_condition(
+        conditions,
+        Condition::new(
+            READY,
+            p.ready,
+            &p.reason,
+            p.message.clone(),
+            p.generation,
+            now,
+        ),
+    );
+    BackfillStatus {
+        observed_generation: p.generation,
+        phase: Some(match p.phase {
+            BackfillPhase::Pending => ApiPhase::Pending,
+            BackfillPhase::Running => ApiPhase::Running,
+            BackfillPhase::Suspended => ApiPhase::Suspended,
+            BackfillPhase::Succeeded => ApiPhase::Succeeded,
+            BackfillPhase::Failed => ApiPhase::Failed,
+            BackfillPhase::Invalid => ApiPhase::Invalid,
+        }),
+        total_runs: p.total,
+        skipped_runs: p.skipped,
+        created_runs: p.created,
+        active_runs: p.active,
+        succeeded_runs: p.succeeded,
+        failed_runs: p.failed,
+        progress: (p.phase != BackfillPhase::Invalid).then(|| p.progress()),
+        planned_dates: p.planned_dates.clone(),
+        started_at: p.started_at,
+        completed_at: p.completed_at,
+        conditions: conditions.clone(),
     }
 }
 
@@ -383,6 +422,7 @@ mod tests {
             validity: Some(Validity {
                 generation: Some(3),
                 problem: Some(("InvalidSchedule".into(), "bad".into())),
+                observed_trigger: Some("t-1".into()),
             }),
             ..Default::default()
         };
@@ -391,21 +431,33 @@ mod tests {
         assert_eq!(s.conditions[0].reason, "InvalidSchedule");
         assert!(!s.conditions[0].is_true());
 
+        // until the engine reports, the trigger the object carries is kept
+        assert_eq!(s.last_handled_trigger.as_deref(), Some("t-1"));
         m.validity = Some(Validity {
             generation: Some(4),
             problem: None,
+            observed_trigger: Some("t-1".into()),
         });
         assert_eq!(
             render(&mut m, false, true, now).conditions[0].reason,
             "StoreUnavailable"
         );
-        m.scheduling.suspended = true;
+        m.scheduling = Some(SchedulingStatus {
+            suspended: true,
+            last_handled_trigger: Some("t-2".into()),
+            ..Default::default()
+        });
         assert_eq!(
             render(&mut m, true, false, now).conditions[0].reason,
             "GateUnavailable"
         );
         let s = render(&mut m, true, true, now);
         assert_eq!(s.conditions[0].reason, "Suspended");
+        assert_eq!(
+            s.last_handled_trigger.as_deref(),
+            Some("t-2"),
+            "the engine's value wins"
+        );
         assert!(s.conditions[0].is_true());
         m.missing_pools = vec!["db".into()];
         let s = render(&mut m, true, true, now);

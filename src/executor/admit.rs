@@ -320,7 +320,8 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                 }
                 Launched::Later(e) => {
                     tracing::warn!(pod = %c.pod, error = %e, "could not create pod; will retry");
-                    self.ledger.end(&state::holder(&key));
+                    // not given back: a replica may run this try under the same name
+                    self.ledger.forget(&state::holder(&key));
                     self.admit_dirty = true;
                     self.admit_after = Some(now + chrono::Duration::seconds(1));
                 }

@@ -366,11 +366,10 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                 self.take_effect(effect);
             }
         }
+        // a run end not applied: the run was not running any more (another replica ended
+        // it, or it was cancelled); either way it is over here too
         let mut ended = Vec::new();
-        for (end, took) in changes.run_ends.iter().zip(applied.run_ends) {
-            if !took {
-                continue;
-            }
+        for (end, _) in changes.run_ends.iter().zip(applied.run_ends) {
             if let Some(run) = self.live.remove(&end.id) {
                 for task in &run.tasks {
                     self.ledger.end(&state::holder(&task.key()));

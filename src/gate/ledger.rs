@@ -47,9 +47,14 @@ impl LeaseLedger {
         Self::default()
     }
 
-    /// Records holds the gate just granted.
+    /// Records holds the gate just granted (added to what the holder holds already).
     pub fn granted(&mut self, holder: &str, holds: Vec<Hold>) {
-        self.held.insert(holder.to_string(), holds);
+        let held = self.held.entry(holder.to_string()).or_default();
+        for hold in holds {
+            if !held.iter().any(|h| h.key == hold.key) {
+                held.push(hold);
+            }
+        }
     }
 
     /// Records holds of work that runs already but that the gate may not know (a restart):
@@ -67,6 +72,14 @@ impl LeaseLedger {
         if let Some(holds) = self.held.remove(holder) {
             self.release.push((holder.to_string(), holds));
         }
+        self.adopt.retain(|(h, _)| h != holder);
+    }
+
+    /// Stops renewing a holder's holds without giving them back: they may be another
+    /// process's too (replicas claim a run under one name), so they lapse within one TTL
+    /// unless that process renews them.
+    pub fn forget(&mut self, holder: &str) {
+        self.held.remove(holder);
         self.adopt.retain(|(h, _)| h != holder);
     }
 
@@ -175,6 +188,21 @@ mod tests {
         ledger.upkeep(&gate).await.unwrap();
         assert_eq!(gate.usage("k").await.unwrap(), 1);
         assert!(!ledger.holds("run-1") && ledger.holds("run-2"));
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_holder_keeps_its_slot_for_whoever_else_holds_it() {
+        let gate = MemoryGate::new(Duration::from_secs(30));
+        let (mut one, mut two) = (LeaseLedger::new(), LeaseLedger::new());
+        assert!(gate.acquire("k", "run", 1, 5).await.unwrap());
+        one.granted("run", vec![Hold::new("k", 1)]);
+        assert!(gate.acquire("k", "run", 1, 5).await.unwrap());
+        two.granted("run", vec![Hold::new("k", 1)]);
+        // the second process finds the run is not its own: it forgets, the first keeps it
+        two.forget("run");
+        two.upkeep(&gate).await.unwrap();
+        assert_eq!(gate.usage("k").await.unwrap(), 1);
+        assert!(one.holds("run") && !two.holds("run"));
     }
 
     #[tokio::test]

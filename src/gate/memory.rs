@@ -44,6 +44,23 @@ impl MemoryGate {
         self.lock().clear();
     }
 
+    /// The holders of a semaphore with an unexpired lease, sorted (for tests and diagnostics).
+    pub fn holders(&self, key: &str) -> Vec<String> {
+        let now = Instant::now();
+        let mut holders: Vec<String> = self
+            .lock()
+            .get(key)
+            .map(|h| {
+                h.iter()
+                    .filter(|(_, lease)| lease.expires > now)
+                    .map(|(holder, _)| holder.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        holders.sort();
+        holders
+    }
+
     fn lock(&self) -> MutexGuard<'_, Semaphores> {
         // Every critical section leaves the map consistent, so a poisoned lock is still good.
         self.semaphores.lock().unwrap_or_else(|e| e.into_inner())

@@ -147,6 +147,12 @@ impl Schedule {
             .and_then(|s| DateTime::from_timestamp(s, 0))
     }
 
+    /// Whether `t` is a tick (ticks fall on whole seconds).
+    pub fn is_tick(&self, t: DateTime<Utc>) -> bool {
+        t.timestamp_subsec_nanos() == 0
+            && self.next_after_secs(t.timestamp() - 1) == Some(t.timestamp())
+    }
+
     /// Ticks strictly after `t`, in order.
     pub fn ticks_after(&self, t: DateTime<Utc>) -> Ticks<'_> {
         Ticks {

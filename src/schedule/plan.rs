@@ -335,6 +335,14 @@ mod tests {
     }
 
     #[test]
+    fn ticks_are_recognised() {
+        let s = sched("0 */6 * * *");
+        assert!(s.is_tick(utc("2024-01-01T06:00:00Z")));
+        assert!(!s.is_tick(utc("2024-01-01T07:00:00Z")));
+        assert!(!s.is_tick(utc("2024-01-01T06:00:00.5Z")));
+    }
+
+    #[test]
     fn backfill_counts_and_orders() {
         let s = sched("0 0 * * *");
         let plan = BackfillPlan::new(

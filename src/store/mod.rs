@@ -2,6 +2,7 @@
 //! The engine talks to the store through [`RunStore`], implemented by [`PgStore`].
 
 mod pg;
+mod record;
 
 use std::future::Future;
 
@@ -10,6 +11,10 @@ use uuid::Uuid;
 
 pub use crate::graph::TaskState;
 pub use pg::{AppliedMigration, PgStore};
+pub use record::{
+    Admission, Admitted, BackfillRecord, BackfillRef, BackfillSkip, DagRecord, Position,
+    RefusedTrigger, TakenDate, TriggerOutcome,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -124,12 +129,16 @@ pub struct NewRun {
     pub dag_uid: String,
     pub run_type: RunType,
     pub backfill_name: Option<String>,
+    /// the uid of the Backfill object that plans it (its done date is recorded with it)
+    pub backfill_uid: Option<String>,
+    /// the trigger value that asks for it (a manual run): claimed in the same transaction
+    pub trigger: Option<String>,
     pub logical_date: DateTime<Utc>,
     pub data_interval_start: DateTime<Utc>,
     pub data_interval_end: DateTime<Utc>,
     pub priority: i32,
     pub params: serde_json::Value,
-    /// the DAG spec version the run executes (stored by [`RunStore::save_specs`] first)
+    /// the DAG spec version the run executes (stored with it, or by [`RunStore::save_specs`])
     pub spec_hash: Option<String>,
     pub tasks: Vec<NewTask>,
 }
@@ -197,22 +206,27 @@ pub struct DateRun {
 pub struct Rerun {
     pub id: Uuid,
     pub backfill_name: String,
+    /// the uid of the Backfill object (its done date is recorded with the re-run)
+    pub backfill_uid: String,
     pub params: serde_json::Value,
     /// the DAG spec version the run executes (stored by [`RunStore::save_specs`] first)
     pub spec_hash: Option<String>,
     pub tasks: Vec<NewTask>,
 }
 
-/// The runs a Backfill created or re-ran, by state.
+/// The dates a Backfill is done with: the runs it created or re-ran, by state, and the
+/// dates it skipped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackfillCounts {
     pub running: i64,
     pub success: i64,
     pub failed: i64,
     pub cancelled: i64,
+    pub skipped: i64,
 }
 
 impl BackfillCounts {
+    /// Runs created or re-run.
     pub fn total(&self) -> i64 {
         self.running + self.success + self.failed + self.cancelled
     }
@@ -233,18 +247,60 @@ pub trait RunStore: Send + Sync + 'static {
     /// Cheap round trip: is the database reachable?
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Inserts the runs as `running` (started now) with their task instances `pending`, in
-    /// one transaction and a constant number of round trips. A run whose
-    /// (namespace, dag, logical date) already exists is skipped. Returns the runs inserted.
+    /// Writes what one admission pass decided, in one transaction (see [`Admission`]).
+    /// New runs are inserted `running` (started now) with their task instances `pending`, in
+    /// a constant number of round trips; a run whose (namespace, dag, logical date) exists
+    /// already is skipped, and so is a trigger run whose value is recorded already. Returns
+    /// the runs created or re-run.
+    fn admit(
+        &self,
+        admission: &Admission,
+    ) -> impl Future<Output = Result<Admitted, StoreError>> + Send;
+
+    /// [`RunStore::admit`] of new runs only. Returns the runs inserted.
     fn insert_runs(
         &self,
         runs: &[NewRun],
-    ) -> impl Future<Output = Result<Vec<RunRow>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<RunRow>, StoreError>> + Send {
+        let admission = Admission {
+            runs: runs.to_vec(),
+            ..Admission::default()
+        };
+        async move { self.admit(&admission).await.map(|a| a.runs) }
+    }
 
-    /// The latest logical date of a scheduled run of each DAG that has one.
-    fn last_scheduled_ticks(
+    /// What the store knows of these DAGs (position, last scheduled run, last trigger).
+    fn dag_records(
         &self,
-    ) -> impl Future<Output = Result<Vec<(DagKey, DateTime<Utc>)>, StoreError>> + Send;
+        dags: &[DagKey],
+    ) -> impl Future<Output = Result<Vec<DagRecord>, StoreError>> + Send;
+
+    /// Which of these (DAG, trigger value) pairs are recorded (handled before).
+    fn recorded_triggers(
+        &self,
+        values: &[(DagKey, String)],
+    ) -> impl Future<Output = Result<Vec<(DagKey, String)>, StoreError>> + Send;
+
+    /// A Backfill's recorded lifetime.
+    fn backfill_record(
+        &self,
+        backfill: &BackfillRef,
+    ) -> impl Future<Output = Result<Option<BackfillRecord>, StoreError>> + Send;
+
+    /// Records a Backfill's lifetime (an existing record is replaced).
+    fn save_backfill(
+        &self,
+        backfill: &BackfillRef,
+        record: &BackfillRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The dates in `[from, to]` a Backfill is done with (created, re-ran or skipped).
+    fn backfill_done(
+        &self,
+        backfill: &BackfillRef,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<DateTime<Utc>>, StoreError>> + Send;
 
     /// Every run in state `running`, of one namespace or of all.
     fn running_runs(
@@ -298,6 +354,16 @@ pub trait RunStore: Send + Sync + 'static {
         limit: i64,
     ) -> impl Future<Output = Result<Vec<RecentRuns>, StoreError>> + Send;
 
+    /// At most `limit` runs of a DAG with a logical date in `[from, end)`, oldest first (a
+    /// page of a long range).
+    fn runs_page(
+        &self,
+        dag: &DagKey,
+        from: DateTime<Utc>,
+        end: DateTime<Utc>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<DateRun>, StoreError>> + Send;
+
     /// The runs of a DAG with a logical date in `[start, end)`, oldest first.
     fn runs_between(
         &self,
@@ -306,18 +372,11 @@ pub trait RunStore: Send + Sync + 'static {
         end: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<DateRun>, StoreError>> + Send;
 
-    /// Re-runs finished runs in place, in one transaction. A run that is running is left
-    /// alone. Returns the runs re-started.
-    fn rerun_runs(
-        &self,
-        reruns: &[Rerun],
-    ) -> impl Future<Output = Result<Vec<RunRow>, StoreError>> + Send;
-
-    /// The runs of `dag` that Backfill `backfill` created or re-ran, by state.
+    /// The dates a Backfill is done with: skipped ones, and the runs it created or re-ran by
+    /// their state now.
     fn backfill_counts(
         &self,
-        dag: &DagKey,
-        backfill: &str,
+        backfill: &BackfillRef,
     ) -> impl Future<Output = Result<BackfillCounts, StoreError>> + Send;
 }
 

@@ -20,8 +20,9 @@ use sqlx::{Connection, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    Applied, BackfillCounts, Changes, DagKey, DateRun, NewRun, NewTask, RecentRuns, Rerun,
-    RunFilter, RunRow, RunState, RunStore, RunType, SpecRow, StoreError, TaskRow, TaskState,
+    Admission, Admitted, Applied, BackfillCounts, BackfillRecord, BackfillRef, Changes, DagKey,
+    DagRecord, DateRun, RecentRuns, RunFilter, RunRow, RunState, RunStore, RunType, SpecRow,
+    StoreError, TaskRow, TaskState,
 };
 
 /// The embedded migrations (`migrations/` at the repository root).
@@ -179,6 +180,10 @@ macro_rules! run_columns {
     };
 }
 
+mod admit;
+mod record;
+mod tasks;
+
 fn run_from_row(row: &PgRow) -> Result<RunRow, StoreError> {
     let run_type: String = row.try_get("run_type")?;
     let state: String = row.try_get("state")?;
@@ -233,31 +238,6 @@ fn task_from_row(row: &PgRow) -> Result<TaskRow, StoreError> {
     })
 }
 
-const INSERT_RUNS: &str = concat!(
-    "INSERT INTO dag_runs (id, namespace, dag_name, dag_uid, run_type, backfill_name, \
-         logical_date, data_interval_start, data_interval_end, priority, state, params, \
-         attempt, started_at, spec_hash) \
-     SELECT r.id, r.namespace, r.dag_name, r.dag_uid, r.run_type, r.backfill_name, \
-         r.logical_date, r.data_interval_start, r.data_interval_end, r.priority, 'running', \
-         r.params, 1, now(), r.spec_hash \
-     FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::int4[], $11::jsonb[], \
-         $12::text[]) \
-         WITH ORDINALITY AS r(id, namespace, dag_name, dag_uid, run_type, backfill_name, \
-             logical_date, data_interval_start, data_interval_end, priority, params, \
-             spec_hash, ord) \
-     ORDER BY r.ord \
-     ON CONFLICT (namespace, dag_name, logical_date) DO NOTHING \
-     RETURNING ",
-    run_columns!()
-);
-
-const INSERT_TASKS: &str = "INSERT INTO task_instances \
-         (run_id, task_name, try_number, state, pool, pool_slots) \
-     SELECT t.run_id, t.task_name, 1, 'pending', t.pool, t.pool_slots \
-     FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[]) \
-         AS t(run_id, task_name, pool, pool_slots)";
-
 /// Cancels running runs and their task instances that have not finished (pending, queued,
 /// running, up_for_retry); finished tries keep their outcome. One statement, so atomic.
 const CANCEL_RUNS: &str = "WITH cancelled AS ( \
@@ -271,280 +251,53 @@ const CANCEL_RUNS: &str = "WITH cancelled AS ( \
          RETURNING 1) \
      SELECT count(*) FROM cancelled";
 
-impl PgStore {
-    /// Inserts one chunk of runs (already in lock order) and returns the rows inserted.
-    async fn insert_run_chunk(
-        tx: &mut PgConnection,
-        chunk: &[(Uuid, &NewRun)],
-    ) -> Result<Vec<RunRow>, StoreError> {
-        let n = chunk.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut namespaces = Vec::with_capacity(n);
-        let mut dag_names = Vec::with_capacity(n);
-        let mut dag_uids = Vec::with_capacity(n);
-        let mut run_types = Vec::with_capacity(n);
-        let mut backfills = Vec::with_capacity(n);
-        let mut logical_dates = Vec::with_capacity(n);
-        let mut interval_starts = Vec::with_capacity(n);
-        let mut interval_ends = Vec::with_capacity(n);
-        let mut priorities = Vec::with_capacity(n);
-        let mut params = Vec::with_capacity(n);
-        let mut spec_hashes = Vec::with_capacity(n);
-        for (id, run) in chunk {
-            ids.push(*id);
-            namespaces.push(run.dag.namespace.as_str());
-            dag_names.push(run.dag.name.as_str());
-            dag_uids.push(run.dag_uid.as_str());
-            run_types.push(run.run_type.as_str());
-            backfills.push(run.backfill_name.as_deref());
-            logical_dates.push(run.logical_date);
-            interval_starts.push(run.data_interval_start);
-            interval_ends.push(run.data_interval_end);
-            priorities.push(run.priority);
-            params.push(&run.params);
-            spec_hashes.push(run.spec_hash.as_deref());
-        }
-        let rows = sqlx::query(INSERT_RUNS)
-            .bind(ids)
-            .bind(namespaces)
-            .bind(dag_names)
-            .bind(dag_uids)
-            .bind(run_types)
-            .bind(backfills)
-            .bind(logical_dates)
-            .bind(interval_starts)
-            .bind(interval_ends)
-            .bind(priorities)
-            .bind(params)
-            .bind(spec_hashes)
-            .fetch_all(&mut *tx)
-            .await?;
-        rows.iter().map(run_from_row).collect()
-    }
-
-    async fn insert_task_chunk(
-        tx: &mut PgConnection,
-        chunk: &[(Uuid, &NewTask)],
-    ) -> Result<(), StoreError> {
-        let n = chunk.len();
-        let mut run_ids = Vec::with_capacity(n);
-        let mut names = Vec::with_capacity(n);
-        let mut pools = Vec::with_capacity(n);
-        let mut slots = Vec::with_capacity(n);
-        for (run_id, task) in chunk {
-            run_ids.push(*run_id);
-            names.push(task.task_name.as_str());
-            pools.push(task.pool.as_deref());
-            slots.push(task.pool_slots);
-        }
-        sqlx::query(INSERT_TASKS)
-            .bind(run_ids)
-            .bind(names)
-            .bind(pools)
-            .bind(slots)
-            .execute(&mut *tx)
-            .await?;
-        Ok(())
-    }
-}
-
-/// Moves task tries from one state to another, each guarded by the state it leaves; returns
-/// the position (1-based) of each move that took effect.
-const MOVE_TASKS: &str = "UPDATE task_instances t SET state = m.to_state, \
-         pod_name = COALESCE(m.pod_name, t.pod_name), \
-         exit_code = COALESCE(m.exit_code, t.exit_code), \
-         message = COALESCE(m.message, t.message), \
-         queued_at = CASE WHEN m.stamp = 'queued' THEN m.at ELSE t.queued_at END, \
-         started_at = CASE WHEN m.stamp = 'started' THEN m.at ELSE t.started_at END, \
-         ended_at = CASE WHEN m.stamp = 'ended' THEN m.at ELSE t.ended_at END \
-     FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[], \
-         $7::int4[], $8::text[], $9::text[], $10::timestamptz[]) WITH ORDINALITY \
-         AS m(run_id, task_name, try_number, from_state, to_state, pod_name, exit_code, \
-             message, stamp, at, ord) \
-     WHERE t.run_id = m.run_id AND t.task_name = m.task_name \
-       AND t.try_number = m.try_number AND t.state = m.from_state \
-     RETURNING m.ord";
-
-/// A retry in one statement: the try leaves `up_for_retry` for `failed` and the next try is
-/// added `queued` (its pool, slots and attempt), both or neither. Returns the positions of
-/// the retries that took effect.
-const RETRY_TASKS: &str = "WITH failed AS ( \
-         UPDATE task_instances t SET state = 'failed' \
-         FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::timestamptz[]) WITH ORDINALITY \
-             AS r(run_id, task_name, try_number, at, ord) \
-         WHERE t.run_id = r.run_id AND t.task_name = r.task_name \
-           AND t.try_number = r.try_number AND t.state = 'up_for_retry' \
-         RETURNING t.run_id, t.task_name, t.try_number, t.pool, t.pool_slots, t.attempt, \
-             r.at, r.ord), \
-     added AS ( \
-         INSERT INTO task_instances \
-             (run_id, task_name, try_number, state, pool, pool_slots, queued_at, attempt) \
-         SELECT run_id, task_name, try_number + 1, 'queued', pool, pool_slots, at, attempt \
-         FROM failed ON CONFLICT DO NOTHING RETURNING 1) \
-     SELECT ord FROM failed";
-
-/// Ends running runs; returns the positions of the runs that were still running.
-const END_RUNS: &str = "UPDATE dag_runs d SET state = r.state, ended_at = r.at \
-     FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) WITH ORDINALITY \
-         AS r(id, state, at, ord) \
-     WHERE d.id = r.id AND d.state = 'running' \
-     RETURNING r.ord";
-
-/// `len` flags, true at the 1-based positions a statement returned.
-fn positions(len: usize, returned: Vec<i64>) -> Vec<bool> {
-    let mut flags = vec![false; len];
-    for ord in returned {
-        if let Some(flag) = usize::try_from(ord - 1).ok().and_then(|i| flags.get_mut(i)) {
-            *flag = true;
-        }
-    }
-    flags
-}
-
-impl PgStore {
-    async fn write_moves(tx: &mut PgConnection, c: &Changes) -> Result<Vec<bool>, StoreError> {
-        if c.moves.is_empty() {
-            return Ok(Vec::new());
-        }
-        let m = &c.moves;
-        let returned: Vec<i64> = sqlx::query_scalar(MOVE_TASKS)
-            .bind(m.iter().map(|x| x.key.run_id).collect::<Vec<_>>())
-            .bind(
-                m.iter()
-                    .map(|x| x.key.task_name.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(m.iter().map(|x| x.key.try_number).collect::<Vec<_>>())
-            .bind(m.iter().map(|x| x.from.as_str()).collect::<Vec<_>>())
-            .bind(m.iter().map(|x| x.to.as_str()).collect::<Vec<_>>())
-            .bind(m.iter().map(|x| x.pod_name.as_deref()).collect::<Vec<_>>())
-            .bind(m.iter().map(|x| x.exit_code).collect::<Vec<_>>())
-            .bind(m.iter().map(|x| x.message.as_deref()).collect::<Vec<_>>())
-            .bind(m.iter().map(|x| x.stamp.as_str()).collect::<Vec<_>>())
-            .bind(m.iter().map(|x| x.at).collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
-            .await?;
-        Ok(positions(m.len(), returned))
-    }
-
-    async fn write_retries(tx: &mut PgConnection, c: &Changes) -> Result<Vec<bool>, StoreError> {
-        if c.retries.is_empty() {
-            return Ok(Vec::new());
-        }
-        let r = &c.retries;
-        let returned: Vec<i64> = sqlx::query_scalar(RETRY_TASKS)
-            .bind(r.iter().map(|x| x.key.run_id).collect::<Vec<_>>())
-            .bind(
-                r.iter()
-                    .map(|x| x.key.task_name.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(r.iter().map(|x| x.key.try_number).collect::<Vec<_>>())
-            .bind(r.iter().map(|x| x.at).collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
-            .await?;
-        Ok(positions(r.len(), returned))
-    }
-
-    async fn write_run_ends(tx: &mut PgConnection, c: &Changes) -> Result<Vec<bool>, StoreError> {
-        if c.run_ends.is_empty() {
-            return Ok(Vec::new());
-        }
-        let e = &c.run_ends;
-        let returned: Vec<i64> = sqlx::query_scalar(END_RUNS)
-            .bind(e.iter().map(|x| x.id).collect::<Vec<_>>())
-            .bind(e.iter().map(|x| x.state.as_str()).collect::<Vec<_>>())
-            .bind(e.iter().map(|x| x.at).collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
-            .await?;
-        Ok(positions(e.len(), returned))
-    }
-}
-
 impl RunStore for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
-    /// Returns the inserted runs in the order they were given. Within one batch, a second
-    /// run with the same (namespace, dag, logical date) is skipped like an existing one.
-    async fn insert_runs(&self, runs: &[NewRun]) -> Result<Vec<RunRow>, StoreError> {
-        if runs.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Rows are inserted in identity order, so two writers with overlapping batches (two
-        // replicas in split brain) wait on each other instead of deadlocking.
-        let mut order: Vec<(Uuid, &NewRun)> = runs.iter().map(|r| (Uuid::new_v4(), r)).collect();
-        let given: Vec<Uuid> = order.iter().map(|(id, _)| *id).collect();
-        order.sort_by(|(_, a), (_, b)| {
-            (&a.dag.namespace, &a.dag.name, a.logical_date).cmp(&(
-                &b.dag.namespace,
-                &b.dag.name,
-                b.logical_date,
-            ))
-        });
-
-        let mut tx = self.pool.begin().await?;
-        let mut inserted: HashMap<Uuid, RunRow> = HashMap::new();
-        for chunk in order.chunks(Self::RUN_CHUNK) {
-            for row in Self::insert_run_chunk(&mut tx, chunk).await? {
-                inserted.insert(row.id, row);
-            }
-        }
-
-        let mut tasks: Vec<(Uuid, &NewTask)> = Vec::new();
-        for (id, run) in &order {
-            if !inserted.contains_key(id) {
-                continue;
-            }
-            if run.tasks.len() <= 1 {
-                tasks.extend(run.tasks.iter().map(|t| (*id, t)));
-                continue;
-            }
-            // Task names are unique per DAG (the CRD's list-map key); should a duplicate slip
-            // through, the first one wins rather than failing the whole batch forever.
-            let mut seen = HashSet::with_capacity(run.tasks.len());
-            for task in &run.tasks {
-                if seen.insert(task.task_name.as_str()) {
-                    tasks.push((*id, task));
-                } else {
-                    tracing::warn!(
-                        dag = %run.dag,
-                        task = %task.task_name,
-                        "duplicate task name in a run; the first one is kept"
-                    );
-                }
-            }
-        }
-        for chunk in tasks.chunks(Self::TASK_CHUNK) {
-            Self::insert_task_chunk(&mut tx, chunk).await?;
-        }
-        tx.commit().await?;
-
-        Ok(given.iter().filter_map(|id| inserted.remove(id)).collect())
+    async fn admit(&self, admission: &Admission) -> Result<Admitted, StoreError> {
+        self.admit_tx(admission).await
     }
 
-    async fn last_scheduled_ticks(&self) -> Result<Vec<(DagKey, DateTime<Utc>)>, StoreError> {
-        // Served by the partial index dag_runs_last_scheduled_idx.
-        let rows = sqlx::query(
-            "SELECT namespace, dag_name, max(logical_date) AS logical_date \
-             FROM dag_runs WHERE run_type = 'scheduled' \
-             GROUP BY namespace, dag_name ORDER BY namespace, dag_name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    DagKey {
-                        namespace: row.try_get("namespace")?,
-                        name: row.try_get("dag_name")?,
-                    },
-                    row.try_get("logical_date")?,
-                ))
-            })
-            .collect()
+    async fn dag_records(&self, dags: &[DagKey]) -> Result<Vec<DagRecord>, StoreError> {
+        self.dag_records_q(dags).await
+    }
+
+    async fn recorded_triggers(
+        &self,
+        values: &[(DagKey, String)],
+    ) -> Result<Vec<(DagKey, String)>, StoreError> {
+        self.recorded_triggers_q(values).await
+    }
+
+    async fn backfill_record(
+        &self,
+        backfill: &BackfillRef,
+    ) -> Result<Option<BackfillRecord>, StoreError> {
+        self.backfill_record_q(backfill).await
+    }
+
+    async fn save_backfill(
+        &self,
+        backfill: &BackfillRef,
+        record: &BackfillRecord,
+    ) -> Result<(), StoreError> {
+        self.save_backfill_q(backfill, record).await
+    }
+
+    async fn backfill_done(
+        &self,
+        backfill: &BackfillRef,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<DateTime<Utc>>, StoreError> {
+        self.backfill_done_q(backfill, from, to).await
+    }
+
+    async fn backfill_counts(&self, backfill: &BackfillRef) -> Result<BackfillCounts, StoreError> {
+        self.backfill_counts_q(backfill).await
     }
 
     async fn running_runs(&self, namespace: Option<&str>) -> Result<Vec<RunRow>, StoreError> {
@@ -747,15 +500,27 @@ impl RunStore for PgStore {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     ) -> Result<Vec<DateRun>, StoreError> {
+        self.runs_page(dag, start, end, i64::MAX).await
+    }
+
+    async fn runs_page(
+        &self,
+        dag: &DagKey,
+        from: DateTime<Utc>,
+        end: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<DateRun>, StoreError> {
+        // the identity index (namespace, dag_name, logical_date) serves range and order
         let rows = sqlx::query(
             "SELECT id, logical_date, state, backfill_name FROM dag_runs \
              WHERE namespace = $1 AND dag_name = $2 AND logical_date >= $3 AND logical_date < $4 \
-             ORDER BY logical_date",
+             ORDER BY logical_date LIMIT $5",
         )
         .bind(&dag.namespace)
         .bind(&dag.name)
-        .bind(start)
+        .bind(from)
         .bind(end)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -772,99 +537,5 @@ impl RunStore for PgStore {
                 })
             })
             .collect()
-    }
-
-    async fn rerun_runs(&self, reruns: &[Rerun]) -> Result<Vec<RunRow>, StoreError> {
-        if reruns.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.pool.begin().await?;
-        let ids: Vec<Uuid> = reruns.iter().map(|r| r.id).collect();
-        let backfills: Vec<&str> = reruns.iter().map(|r| r.backfill_name.as_str()).collect();
-        let params: Vec<&serde_json::Value> = reruns.iter().map(|r| &r.params).collect();
-        let hashes: Vec<Option<&str>> = reruns.iter().map(|r| r.spec_hash.as_deref()).collect();
-        let rows = sqlx::query(concat!(
-            "UPDATE dag_runs SET state = 'running', attempt = dag_runs.attempt + 1, \
-                 backfill_name = r.r_backfill, params = r.r_params, started_at = now(), \
-                 ended_at = NULL, spec_hash = COALESCE(r.r_spec, dag_runs.spec_hash) \
-             FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::text[]) \
-                 AS r(r_id, r_backfill, r_params, r_spec) \
-             WHERE dag_runs.id = r.r_id AND dag_runs.state <> 'running' \
-             RETURNING ",
-            run_columns!()
-        ))
-        .bind(&ids)
-        .bind(&backfills)
-        .bind(&params)
-        .bind(&hashes)
-        .fetch_all(&mut *tx)
-        .await?;
-        let restarted: Vec<RunRow> = rows.iter().map(run_from_row).collect::<Result<_, _>>()?;
-        let (mut run_ids, mut names, mut pools, mut slots) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for run in &restarted {
-            let Some(rerun) = reruns.iter().find(|r| r.id == run.id) else {
-                continue;
-            };
-            for task in &rerun.tasks {
-                run_ids.push(run.id);
-                names.push(task.task_name.as_str());
-                pools.push(task.pool.as_deref());
-                slots.push(task.pool_slots);
-            }
-        }
-        // each task's new try follows its latest one; the new attempt's tries start pending
-        sqlx::query(
-            "INSERT INTO task_instances (run_id, task_name, try_number, state, pool, pool_slots, attempt) \
-             SELECT t.run_id, t.task_name, \
-                 COALESCE((SELECT max(i.try_number) FROM task_instances i \
-                     WHERE i.run_id = t.run_id AND i.task_name = t.task_name), 0) + 1, \
-                 'pending', t.pool, t.pool_slots, d.attempt \
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[]) \
-                 AS t(run_id, task_name, pool, pool_slots) \
-             JOIN dag_runs d ON d.id = t.run_id",
-        )
-        .bind(&run_ids)
-        .bind(&names)
-        .bind(&pools)
-        .bind(&slots)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(restarted)
-    }
-
-    async fn backfill_counts(
-        &self,
-        dag: &DagKey,
-        backfill: &str,
-    ) -> Result<BackfillCounts, StoreError> {
-        let rows = sqlx::query(
-            "SELECT state, count(*) AS n FROM dag_runs \
-             WHERE namespace = $1 AND dag_name = $2 AND backfill_name = $3 GROUP BY state",
-        )
-        .bind(&dag.namespace)
-        .bind(&dag.name)
-        .bind(backfill)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut counts = BackfillCounts::default();
-        for row in rows {
-            let state: String = row.try_get("state")?;
-            let n: i64 = row.try_get("n")?;
-            match RunState::parse(&state) {
-                Some(RunState::Running) => counts.running = n,
-                Some(RunState::Success) => counts.success = n,
-                Some(RunState::Failed) => counts.failed = n,
-                Some(RunState::Cancelled) => counts.cancelled = n,
-                None => {
-                    return Err(StoreError::Corrupt {
-                        column: "dag_runs.state",
-                        value: state,
-                    });
-                }
-            }
-        }
-        Ok(counts)
     }
 }

@@ -1,0 +1,122 @@
+//! The scheduler's record beside the runs (issue 13): what it decided, written in the same
+//! transaction as the runs the decision created — trigger values handled, each DAG's
+//! schedule position, each Backfill's done dates and lifetime.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{DagKey, NewRun, Rerun, RunRow, SpecRow};
+
+/// A DAG's schedule position (`dag_positions`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub dag: DagKey,
+    /// the DAG object the position is of (a DAG re-created under the name starts afresh)
+    pub dag_uid: String,
+    /// the schedule and zone (`<schedule>|<zone>`) the position is of
+    pub schedule: String,
+    /// when that schedule began: the DAG's creation, or the change to it
+    pub since: DateTime<Utc>,
+    /// the latest scheduled tick decided: a run created, or the tick skipped
+    pub last_tick: Option<DateTime<Utc>>,
+}
+
+/// What the store knows of a DAG when the scheduler takes it up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DagRecord {
+    pub dag: DagKey,
+    pub position: Option<Position>,
+    /// the latest logical date of a scheduled run of the DAG (of any object of the name)
+    pub last_scheduled: Option<DateTime<Utc>>,
+    /// the trigger value handled last (`status.lastHandledTrigger`)
+    pub last_trigger: Option<String>,
+}
+
+/// A trigger value refused before it became a run (suspended DAG, malformed params).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedTrigger {
+    pub dag: DagKey,
+    pub value: String,
+    pub message: String,
+}
+
+/// What became of a trigger value at admission.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TriggerOutcome {
+    /// it created this run
+    Created(Uuid),
+    /// it was refused, for this reason
+    Refused(String),
+    /// it was recorded before (by another replica, or before a restart): nothing was done
+    Known,
+}
+
+/// A Backfill object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackfillRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// A date a Backfill passed over (a run existed that `reprocess` leaves alone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackfillSkip {
+    pub backfill: BackfillRef,
+    pub logical_date: DateTime<Utc>,
+}
+
+/// A Backfill's lifetime, as recorded (`backfills`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackfillRecord {
+    pub total: Option<i64>,
+    /// a dry run: the dates it would skip
+    pub would_skip: Option<i64>,
+    pub started_at: Option<DateTime<Utc>>,
+    /// set when it ended: a finished Backfill is never planned again
+    pub completed_at: Option<DateTime<Utc>>,
+    pub phase: Option<String>,
+}
+
+/// Everything one admission pass writes, in one transaction: the spec versions the runs
+/// name, the new runs (trigger runs claim their value first: a value recorded before yields
+/// nothing), the re-runs, triggers refused, schedule positions, Backfill dates skipped.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Admission {
+    pub specs: Vec<SpecRow>,
+    pub runs: Vec<NewRun>,
+    pub reruns: Vec<Rerun>,
+    pub refused: Vec<RefusedTrigger>,
+    pub positions: Vec<Position>,
+    pub skips: Vec<BackfillSkip>,
+}
+
+impl Admission {
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+            && self.runs.is_empty()
+            && self.reruns.is_empty()
+            && self.refused.is_empty()
+            && self.positions.is_empty()
+            && self.skips.is_empty()
+    }
+}
+
+/// What an admission wrote: the runs created or re-run (in the order given), what became of
+/// each trigger value it carried (runs' and refused ones), and, for each new run not created
+/// because its logical date was taken, whether the run holding that date is running.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Admitted {
+    pub runs: Vec<RunRow>,
+    pub triggers: Vec<(DagKey, String, TriggerOutcome)>,
+    pub taken: Vec<TakenDate>,
+}
+
+/// A logical date a new run could not have: another run holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TakenDate {
+    pub dag: DagKey,
+    pub logical_date: DateTime<Utc>,
+    /// the run holding it is running (its slots are held under the same name)
+    pub running: bool,
+}
