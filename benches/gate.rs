@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use dag_operator::gate::{Claim, Gate, Grant, MemoryGate, RedisGate};
+use dag_operator::gate::{Claim, Gate, Grant, MemoryGate, RedisGate, Slot};
 
 const TASKS: u64 = 8;
 const TTL: Duration = Duration::from_secs(30);
@@ -51,8 +51,8 @@ async fn claim_batch<G: Gate>(gate: &G) -> Duration {
         .map(|i| Claim {
             holder: format!("run-{i}"),
             slots: vec![
-                ("bench:global".to_string(), 1, u32::MAX),
-                (format!("bench:dag:{}", i % 100), 1, 1_000),
+                Slot::new("bench:global", 1, u32::MAX),
+                Slot::new(format!("bench:dag:{}", i % 100), 1, 1_000),
             ],
         })
         .collect();
@@ -62,11 +62,7 @@ async fn claim_batch<G: Gate>(gate: &G) -> Duration {
     assert!(grants.iter().all(|g| *g == Grant::Granted));
     let leases: Vec<(String, String)> = claims
         .iter()
-        .flat_map(|c| {
-            c.slots
-                .iter()
-                .map(|(k, _, _)| (k.clone(), c.holder.clone()))
-        })
+        .flat_map(|c| c.slots.iter().map(|s| (s.key.clone(), c.holder.clone())))
         .collect();
     for (key, holder) in &leases {
         gate.release(key, holder).await.expect("release");

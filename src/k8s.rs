@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
 
-use crate::store::DagKey;
+use crate::key::Subject;
 
 /// Converts a Kubernetes timestamp (jiff) into chrono.
 pub fn to_chrono(t: &Time) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -47,11 +47,12 @@ where
     }
 }
 
-/// A reference to one of our objects (`DAG`, `Backfill`, `Pool`) for events.
-pub fn reference(kind: &str, key: &DagKey, uid: Option<&str>) -> ObjectReference {
+/// A reference to one of our objects (a DAG, a Backfill) for events.
+pub fn reference(subject: &Subject, uid: Option<&str>) -> ObjectReference {
+    let key = subject.key();
     ObjectReference {
         api_version: Some(format!("{}/{}", crate::api::GROUP, crate::api::VERSION)),
-        kind: Some(kind.to_string()),
+        kind: Some(subject.kind().to_string()),
         name: Some(key.name.clone()),
         namespace: Some(key.namespace.clone()),
         uid: uid.map(str::to_string),

@@ -6,7 +6,8 @@ mod common;
 mod support;
 
 use chrono::Duration;
-use dag_operator::engine::{Command, DagInfo, Engine, EngineConfig, Output};
+use dag_operator::engine::{Command, DagInfo, Engine, EngineConfig, EngineStatus, Output};
+use dag_operator::report::Notice;
 use dag_operator::store::{DagKey, RunState, RunStore, RunType};
 use support::{Harness, every, info, spec, trigger, utc};
 use tokio::sync::mpsc;
@@ -196,7 +197,7 @@ async fn max_active_runs_queues_the_rest_and_admits_oldest_first() {
         .outputs()
         .into_iter()
         .filter_map(|o| match o {
-            Output::Status(_, s) => Some(s),
+            Output::Status(EngineStatus::Dag(_, s)) => Some(s),
             _ => None,
         })
         .collect();
@@ -507,7 +508,10 @@ async fn an_unreachable_gate_pauses_admission_and_loses_nothing() {
         "fail closed: nothing admitted"
     );
     let outputs: Vec<Output> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
-    assert!(outputs.contains(&Output::GateHealth(false)), "{outputs:?}");
+    assert!(
+        outputs.contains(&Output::Status(EngineStatus::GateHealth(false))),
+        "{outputs:?}"
+    );
     // the due ticks still wait in the queue
     assert_eq!(e.queue_depth(), [0, 3, 0]);
 }
@@ -557,10 +561,10 @@ async fn a_deleted_dags_running_run_is_cancelled_and_its_global_slot_freed() {
     assert_eq!(cancelled(&outputs), [run.id]);
     assert!(outputs.iter().any(|o| matches!(
         o,
-        Output::Event {
+        Output::Event(Notice {
             reason: "RunCancelled",
             ..
-        }
+        })
     )));
     h.tick(t0 + Duration::minutes(7)).await;
     assert_eq!(h.runs("other").await.len(), 1, "the slot is free again");

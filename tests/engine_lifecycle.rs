@@ -8,7 +8,9 @@ mod common;
 mod support;
 
 use chrono::{DateTime, Duration, Utc};
-use dag_operator::engine::{BackfillPhase, Command, EngineConfig, Output, TriggerRequest};
+use dag_operator::engine::{
+    BackfillPhase, Command, EngineConfig, EngineStatus, Output, TriggerRequest,
+};
 use dag_operator::gate::{Gate, MemoryGate, key as gate_key};
 use dag_operator::store::{DagKey, RunState, RunStore, RunType};
 use support::{Harness, backfill, info, spec, trigger, utc};
@@ -271,7 +273,7 @@ async fn a_trigger_without_a_date_yields_one_run_across_restarts() {
         .outputs()
         .into_iter()
         .filter_map(|o| match o {
-            Output::Status(_, s) => s.last_handled_trigger,
+            Output::Status(EngineStatus::Dag(_, s)) => s.last_handled_trigger,
             _ => None,
         })
         .collect();
@@ -428,13 +430,13 @@ async fn a_finished_backfill_is_not_planned_again_after_a_restart() {
         assert!(
             !outputs
                 .iter()
-                .any(|o| matches!(o, Output::BackfillEvent { .. })),
+                .any(|o| matches!(o, Output::Event(n) if n.subject.kind() == "Backfill")),
             "no event told again: {outputs:?}"
         );
         let completed: Vec<_> = outputs
             .iter()
             .filter_map(|o| match o {
-                Output::Backfill(_, p) => Some((p.phase, p.completed_at)),
+                Output::Status(EngineStatus::Backfill(_, p)) => Some((p.phase, p.completed_at)),
                 _ => None,
             })
             .collect();

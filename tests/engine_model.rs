@@ -25,7 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use dag_operator::engine::{
-    BackfillInfo, BackfillPhase, Command, DagInfo, Engine, EngineConfig, Output, TriggerRequest,
+    BackfillInfo, BackfillPhase, Command, DagInfo, Engine, EngineConfig, EngineStatus, Output,
+    TriggerRequest,
 };
 use dag_operator::gate::{Gate, MemoryGate, key as gate_key};
 use dag_operator::schedule::Schedule;
@@ -308,7 +309,7 @@ impl World {
             if b.rerun_all { "All" } else { "None" }
         );
         Some(BackfillInfo {
-            key: DagKey::new("ns", bf_name(slot)),
+            key: BackfillKey::new("ns", bf_name(slot)),
             uid: b.uid.clone(),
             generation: Some(1),
             spec: serde_yaml::from_str(&yaml).expect("backfill"),
@@ -522,7 +523,10 @@ impl Sim {
             }
             Op::DeleteBackfill(slot) => {
                 if self.world.backfills.remove(&slot).is_some() {
-                    self.tell(Command::RemoveBackfill(DagKey::new("ns", bf_name(slot))));
+                    self.tell(Command::RemoveBackfill(BackfillKey::new(
+                        "ns",
+                        bf_name(slot),
+                    )));
                 }
             }
             Op::Complete { pick, fail } => {
@@ -567,11 +571,11 @@ impl Sim {
 
     fn drain(&mut self) {
         while let Ok(o) = self.out.try_recv() {
-            if let Output::Backfill(key, p) = o {
+            if let Output::Status(EngineStatus::Backfill(key, p)) = o {
                 if std::env::var("MODEL_DEBUG").is_ok() {
                     eprintln!("{} {:?} {} {}", key.name, p.phase, p.progress(), p.message);
                 }
-                self.phases.insert(key.name, p.phase);
+                self.phases.insert(key.name.clone(), p.phase);
             }
         }
     }

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use dag_operator::api::DagSpec;
 use dag_operator::executor::{
-    AdmittedRun, ExecInput, ExecOutput, Executor, ExecutorConfig, FakeLauncher, FixedPools,
-    LaunchError, PodKey, PodVerdict, pod,
+    AdmittedRun, ExecInput, ExecOutput, ExecStatus, Executor, ExecutorConfig, FakeLauncher,
+    FixedPools, LaunchError, PodKey, PodVerdict, pod,
 };
 use dag_operator::gate::{Gate, MemoryGate, key as gate_key};
+use dag_operator::report::Notice;
 use dag_operator::store::{
     Changes, DagKey, NewRun, NewTask, PgStore, RunRow, RunState, RunStore, RunType, SpecRow,
     StoreError, TaskRow, TaskState,
@@ -639,18 +640,18 @@ async fn a_pod_the_api_server_refuses_fails_its_try_at_once_and_says_why() {
         .filter(|o| {
             matches!(
                 o,
-                ExecOutput::Event {
+                ExecOutput::Event(Notice {
                     reason: "FailedCreate",
                     warning: true,
                     ..
-                }
+                })
             )
         })
         .collect();
     assert_eq!(events.len(), 2, "{outputs:?}");
     assert!(outputs.iter().any(|o| matches!(
         o,
-        ExecOutput::LaunchHealth(dag, Some(m)) if dag.name == "noimage" && m.contains("422")
+        ExecOutput::Status(ExecStatus::LaunchHealth(dag, Some(m))) if dag.name == "noimage" && m.contains("422")
     )));
     assert_eq!(
         h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(),
@@ -670,7 +671,7 @@ async fn a_pod_the_api_server_refuses_fails_its_try_at_once_and_says_why() {
     assert!(
         h.outputs()
             .iter()
-            .any(|o| matches!(o, ExecOutput::LaunchHealth(_, None)))
+            .any(|o| matches!(o, ExecOutput::Status(ExecStatus::LaunchHealth(_, None))))
     );
 }
 

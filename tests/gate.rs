@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ::redis::AsyncCommands;
-use dag_operator::gate::{Claim, Gate, GateError, Grant, MemoryGate, RedisGate, key};
+use dag_operator::gate::{Claim, Gate, GateError, Grant, MemoryGate, RedisGate, Slot, key};
 use uuid::Uuid;
 
 /// The TTL of the tests that wait for leases to expire.
@@ -441,7 +441,7 @@ async fn acquire_all_is_all_or_nothing_per_claim<G: TestGate>() {
         holder: holder.to_string(),
         slots: slots
             .iter()
-            .map(|(k, w, l)| ((*k).clone(), *w, *l))
+            .map(|(k, w, l)| Slot::new((*k).clone(), *w, *l))
             .collect(),
     };
     assert_eq!(g.acquire_all(&[]).await, Ok(vec![]));

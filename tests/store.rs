@@ -581,8 +581,8 @@ async fn list_runs_filters_by_namespace_dag_and_state_newest_first_with_a_limit(
         runs.into_iter()
             .map(|r| {
                 (
-                    r.dag.namespace,
-                    r.dag.name,
+                    r.dag.namespace.clone(),
+                    r.dag.name.clone(),
                     chrono::Datelike::day(&r.logical_date),
                 )
             })

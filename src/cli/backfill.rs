@@ -10,7 +10,7 @@ use dag_operator::api::{Backfill, BackfillSpec, BackfillStatus};
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 
-use super::run::with_kube;
+use super::kube::with_kube;
 use super::{BackfillArgs, CliError, OrderArg, ReprocessArg};
 
 fn spec_of(args: &BackfillArgs, dag: &str) -> BackfillSpec {

@@ -3,6 +3,7 @@
 
 mod backfill;
 mod crds;
+mod kube;
 mod migrate;
 mod run;
 mod runs;

@@ -9,7 +9,7 @@ use dag_operator::api::{DAG, TRIGGER_PREFIX};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 
-use super::run::with_kube;
+use super::kube::with_kube;
 use super::{CliError, TriggerArgs};
 
 /// A fresh trigger id: `manual-<UTC time to the microsecond>-<4 random hex digits>` (a valid

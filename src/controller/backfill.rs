@@ -3,7 +3,6 @@
 //! found by relisting). Planning, admission and status live in the engine
 //! (`engine/backfill.rs`); the status writer writes what the engine reports.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -11,30 +10,62 @@ use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::mpsc;
 
-use crate::api::Backfill;
-use crate::engine::{BackfillInfo, Command};
-use crate::store::DagKey;
+use super::relist::{Change, Relist};
+use chrono::{DateTime, Utc};
+
+use crate::api::backfill::BackfillPhase as ApiPhase;
+use crate::api::conditions::{Condition, READY, set_condition};
+use crate::api::{Backfill, BackfillStatus};
+use crate::engine::{BackfillInfo, BackfillPhase, BackfillProgress, Command};
+use crate::key::BackfillKey;
 use crate::telemetry::{ControllerKind, Metrics};
 
-fn key_of(bf: &Backfill) -> Option<DagKey> {
-    Some(DagKey::new(
+fn key_of(bf: &Backfill) -> Option<BackfillKey> {
+    Some(BackfillKey::new(
         bf.metadata.namespace.clone()?,
         bf.metadata.name.clone()?,
     ))
 }
 
-/// A reference to a Backfill object for events.
-pub fn backfill_reference(key: &DagKey) -> k8s_openapi::api::core::v1::ObjectReference {
-    crate::k8s::reference("Backfill", key, None)
+fn identify(bf: &Backfill) -> Option<(BackfillKey, String)> {
+    Some((key_of(bf)?, bf.metadata.uid.clone().unwrap_or_default()))
+}
+
+/// What the engine is told of one watch event: every Backfill created, changed or listed,
+/// and every one gone whose name no newer Backfill took (a re-created one replaces it).
+fn commands(event: &watcher::Event<Backfill>, relist: &mut Relist<BackfillKey>) -> Vec<Command> {
+    let mut send = Vec::new();
+    if let watcher::Event::Apply(bf) | watcher::Event::InitApply(bf) = event
+        && let Some(key) = key_of(bf)
+    {
+        send.push(Command::UpsertBackfill(Box::new(BackfillInfo {
+            key,
+            uid: bf.metadata.uid.clone().unwrap_or_default(),
+            generation: bf.metadata.generation,
+            spec: bf.spec.clone(),
+        })));
+    }
+    let changes = relist.observe(event, identify);
+    let listed = changes.iter().find_map(|c| match c {
+        Change::Listed(existing) => Some(existing.clone()),
+        Change::Gone { .. } => None,
+    });
+    for change in changes {
+        if let Change::Gone { key, .. } = change
+            && !listed.as_ref().is_some_and(|l| l.contains_key(&key))
+        {
+            send.push(Command::RemoveBackfill(key));
+        }
+    }
+    send
 }
 
 /// Watches Backfills until the engine goes away. Each event handled is observed as a
 /// reconcile of controller `backfill`.
-pub async fn run(api: Api<Backfill>, commands: mpsc::Sender<Command>, metrics: Arc<Metrics>) {
+pub async fn run(api: Api<Backfill>, engine: mpsc::Sender<Command>, metrics: Arc<Metrics>) {
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
-    let mut known: HashSet<DagKey> = HashSet::new();
-    let mut relisted: HashSet<DagKey> = HashSet::new();
+    let mut relist = Relist::default();
     while let Some(event) = stream.next().await {
         let event = match event {
             Ok(e) => e,
@@ -44,44 +75,56 @@ pub async fn run(api: Api<Backfill>, commands: mpsc::Sender<Command>, metrics: A
             }
         };
         let started = std::time::Instant::now();
-        let mut send = Vec::new();
-        match event {
-            watcher::Event::Apply(bf) | watcher::Event::InitApply(bf) => {
-                if let Some(key) = key_of(&bf) {
-                    relisted.insert(key.clone());
-                    known.insert(key.clone());
-                    send.push(Command::UpsertBackfill(Box::new(BackfillInfo {
-                        key,
-                        uid: bf.metadata.uid.clone().unwrap_or_default(),
-                        generation: bf.metadata.generation,
-                        spec: bf.spec.clone(),
-                    })));
-                }
-            }
-            watcher::Event::Delete(bf) => {
-                if let Some(key) = key_of(&bf) {
-                    known.remove(&key);
-                    send.push(Command::RemoveBackfill(key));
-                }
-            }
-            watcher::Event::Init => relisted.clear(),
-            watcher::Event::InitDone => {
-                let gone: Vec<DagKey> = known.difference(&relisted).cloned().collect();
-                for key in gone {
-                    known.remove(&key);
-                    send.push(Command::RemoveBackfill(key));
-                }
-            }
-        }
-        for cmd in send {
-            if commands.send(cmd).await.is_err() {
+        for cmd in commands(&event, &mut relist) {
+            if engine.send(cmd).await.is_err() {
                 return;
             }
         }
         metrics.reconcile_observed(
             ControllerKind::Backfill,
             started.elapsed().as_secs_f64(),
-            true,
+            None,
         );
+    }
+}
+
+/// A Backfill's status from its progress.
+pub fn render_status(
+    p: &BackfillProgress,
+    conditions: &mut Vec<Condition>,
+    now: DateTime<Utc>,
+) -> BackfillStatus {
+    set_condition(
+        conditions,
+        Condition::new(
+            READY,
+            p.ready,
+            &p.reason,
+            p.message.clone(),
+            p.generation,
+            now,
+        ),
+    );
+    BackfillStatus {
+        observed_generation: p.generation,
+        phase: Some(match p.phase {
+            BackfillPhase::Pending => ApiPhase::Pending,
+            BackfillPhase::Running => ApiPhase::Running,
+            BackfillPhase::Suspended => ApiPhase::Suspended,
+            BackfillPhase::Succeeded => ApiPhase::Succeeded,
+            BackfillPhase::Failed => ApiPhase::Failed,
+            BackfillPhase::Invalid => ApiPhase::Invalid,
+        }),
+        total_runs: p.total,
+        skipped_runs: p.skipped,
+        created_runs: p.created,
+        active_runs: p.active,
+        succeeded_runs: p.succeeded,
+        failed_runs: p.failed,
+        progress: (p.phase != BackfillPhase::Invalid).then(|| p.progress()),
+        planned_dates: p.planned_dates.clone(),
+        started_at: p.started_at,
+        completed_at: p.completed_at,
+        conditions: conditions.clone(),
     }
 }

@@ -15,7 +15,8 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc;
 
-use super::status::{StatusUpdate, Validity};
+use super::relist::{Change, Relist};
+use super::status::{Problem, StatusUpdate, Validity};
 use super::{ControllerError, Events, dag_reference};
 use crate::api::dag::DagSpecError;
 use crate::api::{DAG, Pool};
@@ -56,6 +57,13 @@ impl Context {
         }
     }
 
+    /// Hands an update to the status writer (gone only while shutting down: logged).
+    fn tell_status(&self, update: StatusUpdate) {
+        if self.status.send(update).is_err() {
+            tracing::debug!("status update dropped: the status writer has stopped");
+        }
+    }
+
     pub fn with_pools(mut self, pools: reflector::Store<Pool>) -> Self {
         self.pools = Some(pools);
         self
@@ -75,7 +83,7 @@ async fn reconcile_timed(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, Con
         m.reconcile_observed(
             ControllerKind::Dag,
             started.elapsed().as_secs_f64(),
-            result.is_ok(),
+            result.as_ref().err().map(ControllerError::metric_label),
         );
     }
     result
@@ -88,9 +96,12 @@ fn key_of(dag: &DAG) -> Result<DagKey, ControllerError> {
     Ok(DagKey::new(namespace, dag.name_any()))
 }
 
-/// The condition message of an invalid spec: the error, which names the offending token.
-fn problem(e: &DagSpecError) -> (String, String) {
-    (e.reason().to_string(), e.to_string())
+/// The condition of an invalid spec: the error, which names the offending token.
+fn problem(e: &DagSpecError) -> Problem {
+    Problem {
+        reason: e.reason().to_string(),
+        message: e.to_string(),
+    }
 }
 
 pub async fn reconcile(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
@@ -102,23 +113,26 @@ pub async fn reconcile(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, Contr
         return Ok(Action::await_change());
     }
     if let Some(pools) = &ctx.pools {
-        let _ = ctx.status.send(StatusUpdate::MissingPools(
+        ctx.tell_status(StatusUpdate::MissingPools(
             key.clone(),
             missing_pools(&dag, pools),
         ));
     }
     match dag.spec.validate(ctx.default_tz) {
         Err(e) => {
-            let (reason, message) = problem(&e);
+            let Problem { reason, message } = problem(&e);
             ctx.engine
                 .send(Command::Invalid(key.clone()))
                 .await
                 .map_err(|_| ControllerError::EngineGone)?;
-            let _ = ctx.status.send(StatusUpdate::Validity(
+            ctx.tell_status(StatusUpdate::Validity(
                 key.clone(),
                 Validity {
                     generation,
-                    problem: Some((reason.clone(), message.clone())),
+                    problem: Some(Problem {
+                        reason: reason.clone(),
+                        message: message.clone(),
+                    }),
                     observed_trigger: observed_trigger(&dag),
                 },
             ));
@@ -145,7 +159,7 @@ pub async fn reconcile(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, Contr
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&key);
             let info = DagInfo::new(key.clone(), dag.clone(), schedule);
-            let _ = ctx.status.send(StatusUpdate::Validity(
+            ctx.tell_status(StatusUpdate::Validity(
                 key.clone(),
                 Validity {
                     generation,
@@ -221,7 +235,7 @@ async fn forget(ctx: &Context, key: DagKey, uid: String) -> Result<(), Controlle
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&key);
-    let _ = ctx.status.send(StatusUpdate::Removed(key.clone()));
+    ctx.tell_status(StatusUpdate::Removed(key.clone()));
     ctx.engine
         .send(Command::Deleted { key, uid })
         .await
@@ -294,9 +308,7 @@ pub async fn run(
                 if let Err(RuntimeError::ObjectNotFound(obj)) = result
                     && let Some(ns) = obj.namespace.clone()
                 {
-                    let _ = ctx
-                        .status
-                        .send(StatusUpdate::Removed(DagKey::new(ns, obj.name.clone())));
+                    ctx.tell_status(StatusUpdate::Removed(DagKey::new(ns, obj.name.clone())));
                 }
             }
         })
@@ -309,47 +321,24 @@ pub async fn run(
 async fn watch_deletions(api: Api<DAG>, ctx: Arc<Context>) {
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
-    let mut known: HashMap<DagKey, String> = HashMap::new();
-    let mut relisted: HashMap<DagKey, String> = HashMap::new();
-    let uid_of = |dag: &DAG| dag.metadata.uid.clone().unwrap_or_default();
+    let mut relist = Relist::default();
+    let identify = |dag: &DAG| {
+        let key = key_of(dag).ok()?;
+        Some((key, dag.metadata.uid.clone().unwrap_or_default()))
+    };
     while let Some(event) = stream.next().await {
         let Ok(event) = event else { continue };
-        match event {
-            watcher::Event::Apply(dag) => {
-                if let Ok(key) = key_of(&dag) {
-                    known.insert(key, uid_of(&dag));
-                }
-            }
-            watcher::Event::InitApply(dag) => {
-                if let Ok(key) = key_of(&dag) {
-                    relisted.insert(key, uid_of(&dag));
-                }
-            }
-            watcher::Event::Delete(dag) => {
-                if let Ok(key) = key_of(&dag) {
-                    known.remove(&key);
-                    let _ = forget(&ctx, key, uid_of(&dag)).await;
-                }
-            }
-            watcher::Event::Init => relisted.clear(),
-            watcher::Event::InitDone => {
-                let gone: Vec<(DagKey, String)> = known
-                    .iter()
-                    .filter(|(k, uid)| relisted.get(*k) != Some(*uid))
-                    .map(|(k, uid)| (k.clone(), uid.clone()))
-                    .collect();
-                for (key, uid) in gone {
-                    let _ = forget(&ctx, key, uid).await;
-                }
-                known = std::mem::take(&mut relisted);
-                if ctx
+        for change in relist.observe(&event, identify) {
+            let told = match change {
+                Change::Gone { key, uid } => forget(&ctx, key, uid).await,
+                Change::Listed(existing) => ctx
                     .engine
-                    .send(Command::Listed(known.clone()))
+                    .send(Command::Listed(existing))
                     .await
-                    .is_err()
-                {
-                    return;
-                }
+                    .map_err(|_| ControllerError::EngineGone),
+            };
+            if told.is_err() {
+                return;
             }
         }
     }

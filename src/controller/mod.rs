@@ -3,12 +3,16 @@
 
 pub mod backfill;
 pub mod dag;
+pub mod dag_status;
+pub mod pool;
+pub mod relist;
 pub mod status;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
-use crate::store::DagKey;
+use crate::key::{DagKey, Subject};
+use crate::report::Notice;
 
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "dag-operator";
@@ -23,9 +27,20 @@ pub enum ControllerError {
     Missing(&'static str),
 }
 
+impl ControllerError {
+    /// The `error` label of `dagop_reconcile_errors_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ControllerError::Kube(_) => "kube",
+            ControllerError::EngineGone => "engine_gone",
+            ControllerError::Missing(_) => "missing_field",
+        }
+    }
+}
+
 /// A reference to a DAG object for events.
 pub fn dag_reference(key: &DagKey, uid: Option<&str>) -> ObjectReference {
-    crate::k8s::reference("DAG", key, uid)
+    crate::k8s::reference(&Subject::Dag(key.clone()), uid)
 }
 
 /// Publishes events on the operator's behalf (failures are logged, never fatal).
@@ -43,6 +58,12 @@ impl Events {
         Events {
             recorder: Recorder::new(client, reporter),
         }
+    }
+
+    /// Publishes what the engine and the executor report, in the background.
+    pub fn spawn_notice(&self, notice: Notice) {
+        let reference = crate::k8s::reference(&notice.subject, None);
+        self.spawn_publish(reference, notice.warning, notice.reason, notice.message);
     }
 
     /// Logs the event and publishes it in the background (the caller does not wait).
@@ -101,4 +122,23 @@ fn truncate(mut s: String, max: usize) -> String {
         s.truncate(cut);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ControllerError;
+
+    #[test]
+    fn every_error_label_is_exported_from_the_start() {
+        for e in [
+            ControllerError::EngineGone,
+            ControllerError::Missing("namespace"),
+            ControllerError::Kube(kube::Error::LinesCodecMaxLineLengthExceeded),
+        ] {
+            assert!(
+                crate::telemetry::RECONCILE_ERRORS.contains(&e.metric_label()),
+                "{e}"
+            );
+        }
+    }
 }

@@ -1,38 +1,37 @@
-//! The status writer (DAGs, Pools, Backfills). Two sources feed it — the DAG controller (is the spec valid?) and
-//! the engine (counts, schedule times, triggers, store health) — and it alone writes
-//! `status`, whole, by server-side apply with one field manager. Changes are coalesced: a DAG
-//! that changes ten times between two flushes is written once.
+//! The status writer (DAGs, Pools, Backfills): the one place that writes `status`, whole, by
+//! server-side apply with one field manager ([`apply_status`], one function for every kind,
+//! with one retry and backoff). What each kind's status says is decided in its own file
+//! (`dag_status.rs`, `pool.rs`, `backfill.rs`); here updates are coalesced — a DAG that changes
+//! ten times between two flushes is written once — and written.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::ops::Deref;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
+use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use super::FIELD_MANAGER;
-use crate::api::Backfill;
-use crate::api::BackfillStatus;
-use crate::api::backfill::BackfillPhase as ApiPhase;
-use crate::api::conditions::{Condition, READY, set_condition};
-use crate::api::dag::RunSummary;
-use crate::api::{DAG, DagStatus};
-use crate::api::{Pool, PoolStatus};
-use crate::engine::{BackfillPhase, BackfillProgress, SchedulingStatus};
-use crate::executor::PoolUsage;
-use crate::store::DagKey;
+use super::backfill;
+use super::dag_status::{DagModel, render, summary};
+pub use super::dag_status::{Problem, Validity};
+use super::pool::PoolStatuses;
+use crate::api::conditions::Condition;
+use crate::api::{Backfill, DAG, Pool};
+use crate::engine::{BackfillProgress, SchedulingStatus};
+use crate::executor::output::PoolUsage;
+use crate::key::{BackfillKey, DagKey, ObjectKey, PoolKey};
+use crate::store::RecentRuns;
+use crate::telemetry::Metrics;
 
-/// Whether the controller found the spec schedulable.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Validity {
-    pub generation: Option<i64>,
-    /// `None` when valid; otherwise (reason, message)
-    pub problem: Option<(String, String)>,
-    /// `status.lastHandledTrigger` as the object carries it (until the engine reports)
-    pub observed_trigger: Option<String>,
-}
-
+/// What the writer is told.
 #[derive(Debug)]
 pub enum StatusUpdate {
     Validity(DagKey, Validity),
@@ -40,139 +39,210 @@ pub enum StatusUpdate {
     StoreHealth(bool),
     /// reachability of the gate (Redis)
     GateHealth(bool),
-    /// newest runs (newest first, at most 5) and the last successful logical date
-    Runs(DagKey, Vec<RunSummary>, Option<DateTime<Utc>>),
+    /// a DAG's newest runs and its last successful logical date
+    Runs(RecentRuns),
     /// Pools the DAG's tasks name that do not exist (empty: none missing)
     MissingPools(DagKey, Vec<String>),
     /// the API server refuses the DAG's task Pods (the last message), or creates them again
     Launch(DagKey, Option<String>),
     /// a Pool's usage (written to the Pool's status)
     Pool(PoolUsage),
-    /// a Backfill's status from the engine (key: namespace and Backfill name)
-    Backfill(DagKey, BackfillProgress),
+    /// a Pool was deleted
+    PoolGone(PoolKey),
+    /// a Backfill's progress from the engine
+    Backfill(BackfillKey, BackfillProgress),
     Removed(DagKey),
 }
 
-#[derive(Default)]
-struct Model {
-    validity: Option<Validity>,
-    /// what the engine says, once it has taken the DAG up
-    scheduling: Option<SchedulingStatus>,
-    conditions: Vec<Condition>,
-    recent_runs: Vec<RunSummary>,
-    last_successful_time: Option<DateTime<Utc>>,
-    missing_pools: Vec<String>,
-    launch_refused: Option<String>,
+/// How a status write ended.
+#[derive(Debug)]
+pub enum Applied {
+    Written,
+    /// the object does not exist (any more)
+    Gone,
 }
 
-/// A stored run as `status.recentRuns` shows it.
-pub fn summary(run: &crate::store::RunRow) -> RunSummary {
-    RunSummary {
-        id: run.id.to_string(),
-        type_: run.run_type.as_str().to_string(),
-        logical_date: run.logical_date,
-        state: run.state.as_str().to_string(),
-        started_at: run.started_at,
-        ended_at: run.ended_at,
+/// Writes `status` of the namespaced object `key` of kind `K` by server-side apply, forced,
+/// as the operator's field manager.
+pub async fn apply_status<K>(
+    client: &kube::Client,
+    key: &ObjectKey,
+    status: &impl Serialize,
+) -> Result<Applied, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &key.namespace);
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match api
+        .patch_status(&key.name, &params, &Patch::Apply(&patch))
+        .await
+    {
+        Ok(obj) => {
+            tracing::trace!(object = %key, version = ?obj.resource_version(), "status written");
+            Ok(Applied::Written)
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Applied::Gone),
+        Err(e) => Err(e),
     }
 }
 
-/// Builds the full status of a DAG from what is known of it.
-fn render(model: &mut Model, store_ok: bool, gate_ok: bool, now: DateTime<Utc>) -> DagStatus {
-    let generation = model.validity.as_ref().and_then(|v| v.generation);
-    let (ready, reason, message) = match model.validity.as_ref().and_then(|v| v.problem.clone()) {
-        Some((reason, message)) => (false, reason, message),
-        None if !model.missing_pools.is_empty() => (
-            false,
-            "PoolNotFound".to_string(),
-            format!(
-                "tasks naming {} wait: no such Pool in this namespace",
-                model
-                    .missing_pools
-                    .iter()
-                    .map(|p| format!("pool {p:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ),
-        None if model.launch_refused.is_some() => (
-            false,
-            "FailedCreate".to_string(),
-            format!(
-                "the API server refuses the task Pods: {}",
-                model.launch_refused.clone().unwrap_or_default()
-            ),
-        ),
-        None if !store_ok => (
-            false,
-            "StoreUnavailable".to_string(),
-            "PostgreSQL is unreachable: admission is paused; due runs are created once it returns"
-                .to_string(),
-        ),
-        None if !gate_ok => (
-            false,
-            "GateUnavailable".to_string(),
-            "the concurrency gate (Redis) is unreachable: admission is paused so no limit is \
-             exceeded; it resumes by itself"
-                .to_string(),
-        ),
-        None if model.scheduling.as_ref().is_some_and(|s| s.suspended) => (
-            true,
-            "Suspended".to_string(),
-            "suspended: no new scheduled runs".to_string(),
-        ),
-        None => (
-            true,
-            "Scheduling".to_string(),
-            match model.scheduling.as_ref().and_then(|s| s.next_schedule_time) {
-                Some(t) => format!("next run at {}", t.to_rfc3339()),
-                None => "no upcoming tick (manual triggers and backfills only)".to_string(),
-            },
-        ),
-    };
-    set_condition(
-        &mut model.conditions,
-        Condition::new(READY, ready, &reason, message, generation, now),
-    );
-    let observed = model
-        .validity
-        .as_ref()
-        .and_then(|v| v.observed_trigger.clone());
-    let default = SchedulingStatus::default();
-    let s = model.scheduling.as_ref().unwrap_or(&default);
-    DagStatus {
-        observed_generation: generation,
-        conditions: model.conditions.clone(),
-        next_schedule_time: s.next_schedule_time,
-        last_schedule_time: s.last_schedule_time,
-        last_successful_time: model.last_successful_time,
-        active_runs: s.active_runs,
-        queued_runs: s.queued_runs,
-        // the engine's value (from the record) once it has one, else what the object says
-        last_handled_trigger: s.last_handled_trigger.clone().or(observed),
-        recent_runs: model.recent_runs.clone(),
+/// Status writes waiting, of one kind, newest per object.
+struct Outbox<Key> {
+    pending: BTreeMap<Key, serde_json::Value>,
+}
+
+/// One write's end.
+struct Written<Key> {
+    key: Key,
+    secs: f64,
+    outcome: Result<Applied, kube::Error>,
+}
+
+/// Writes in flight at once.
+const WRITES_IN_FLIGHT: usize = 16;
+
+impl<Key: Ord + Clone + Deref<Target = ObjectKey>> Outbox<Key> {
+    fn new() -> Self {
+        Outbox {
+            pending: BTreeMap::new(),
+        }
     }
+
+    fn put(&mut self, key: Key, status: &impl Serialize) {
+        match serde_json::to_value(status) {
+            Ok(v) => {
+                self.pending.insert(key, v);
+            }
+            Err(e) => tracing::error!(object = %*key, error = %e, "cannot serialise a status"),
+        }
+    }
+
+    /// Writes everything pending; failed writes stay for the next flush.
+    async fn flush<K>(&mut self, client: &kube::Client) -> Vec<Written<Key>>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug,
+    {
+        let pending: Vec<(Key, serde_json::Value)> =
+            std::mem::take(&mut self.pending).into_iter().collect();
+        let mut done = Vec::with_capacity(pending.len());
+        for chunk in pending.chunks(WRITES_IN_FLIGHT) {
+            let writes = chunk.iter().map(|(key, status)| async move {
+                let started = Instant::now();
+                let outcome = apply_status::<K>(client, key, status).await;
+                Written {
+                    key: key.clone(),
+                    secs: started.elapsed().as_secs_f64(),
+                    outcome,
+                }
+            });
+            done.extend(futures::future::join_all(writes).await);
+        }
+        for (key, status) in pending {
+            let failed = done.iter().any(|w| w.key == key && w.outcome.is_err());
+            if failed {
+                // a newer status that arrived meanwhile wins
+                self.pending.entry(key).or_insert(status);
+            }
+        }
+        done
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+/// Waits after failed writes: doubling from the first to the last, back to the first once
+/// every write succeeds.
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_LAST: Duration = Duration::from_secs(10);
+
+/// Updates arriving within this window of the first are written together.
+const COALESCE: Duration = Duration::from_millis(100);
+
+struct Writer {
+    client: kube::Client,
+    dags: HashMap<DagKey, DagModel>,
+    store_ok: bool,
+    gate_ok: bool,
+    dirty: BTreeSet<DagKey>,
+    pools: PoolStatuses,
+    backfill_conditions: HashMap<BackfillKey, Vec<Condition>>,
+    dag_out: Outbox<DagKey>,
+    pool_out: Outbox<PoolKey>,
+    backfill_out: Outbox<BackfillKey>,
+    backoff: Duration,
 }
 
 /// Runs the writer until the sender side closes.
-pub async fn run_writer(client: kube::Client, mut updates: mpsc::UnboundedReceiver<StatusUpdate>) {
-    let mut models: HashMap<DagKey, Model> = HashMap::new();
-    let mut store_ok = true;
-    let mut gate_ok = true;
-    let mut dirty: BTreeSet<DagKey> = BTreeSet::new();
-    // Pool statuses to write, and the conditions last written per Pool
-    let mut pools: BTreeMap<(String, String), PoolUsage> = BTreeMap::new();
-    let mut pool_conditions: HashMap<(String, String), Vec<Condition>> = HashMap::new();
-    let mut backfills: BTreeMap<DagKey, BackfillProgress> = BTreeMap::new();
-    let mut backfill_conditions: HashMap<DagKey, Vec<Condition>> = HashMap::new();
-    let params = Arc::new(PatchParams::apply(FIELD_MANAGER).force());
+pub async fn run_writer(
+    client: kube::Client,
+    mut updates: mpsc::UnboundedReceiver<StatusUpdate>,
+    metrics: Option<Arc<Metrics>>,
+) {
+    let mut w = Writer {
+        client,
+        dags: HashMap::new(),
+        store_ok: true,
+        gate_ok: true,
+        dirty: BTreeSet::new(),
+        pools: PoolStatuses::new(metrics),
+        backfill_conditions: HashMap::new(),
+        dag_out: Outbox::new(),
+        pool_out: Outbox::new(),
+        backfill_out: Outbox::new(),
+        backoff: BACKOFF_FIRST,
+    };
     loop {
-        // wait for the first change, then gather what else arrives in a short window
-        let Some(first) = updates.recv().await else {
+        // 1. what changed (after failed writes: at the latest when the backoff is over)
+        let retry = w.has_pending().then_some(w.backoff);
+        let Some(batch) = gather(&mut updates, retry).await else {
             return;
         };
-        let mut batch = vec![first];
-        let window = tokio::time::sleep(Duration::from_millis(100));
+        // 2. into the models, and the statuses they give
+        for update in batch {
+            w.take(update);
+        }
+        w.render_dirty();
+        // 3. written; failures stay and back off
+        let failed = w.flush().await;
+        w.backoff = if failed {
+            (w.backoff * 2).min(BACKOFF_LAST)
+        } else {
+            BACKOFF_FIRST
+        };
+    }
+}
+
+/// The next updates: the first (or none by `retry`), then what else comes within
+/// [`COALESCE`]. `None` when the senders are gone.
+async fn gather(
+    updates: &mut mpsc::UnboundedReceiver<StatusUpdate>,
+    retry: Option<Duration>,
+) -> Option<Vec<StatusUpdate>> {
+    let mut batch = Vec::new();
+    let first = match retry {
+        Some(wait) => match tokio::time::timeout(wait, updates.recv()).await {
+            Ok(u) => Some(u?),
+            Err(_) => None,
+        },
+        None => Some(updates.recv().await?),
+    };
+    if let Some(first) = first {
+        batch.push(first);
+        let window = tokio::time::sleep(COALESCE);
         tokio::pin!(window);
         loop {
             tokio::select! {
@@ -183,321 +253,131 @@ pub async fn run_writer(client: kube::Client, mut updates: mpsc::UnboundedReceiv
                 _ = &mut window => break,
             }
         }
-        for update in batch {
-            match update {
-                StatusUpdate::Validity(key, v) => {
-                    models.entry(key.clone()).or_default().validity = Some(v);
-                    dirty.insert(key);
-                }
-                StatusUpdate::Scheduling(key, s) => {
-                    models.entry(key.clone()).or_default().scheduling = Some(s);
-                    dirty.insert(key);
-                }
-                StatusUpdate::StoreHealth(ok) => {
-                    if ok != store_ok {
-                        store_ok = ok;
-                        dirty.extend(models.keys().cloned());
-                    }
-                }
-                StatusUpdate::GateHealth(ok) => {
-                    if ok != gate_ok {
-                        gate_ok = ok;
-                        dirty.extend(models.keys().cloned());
-                    }
-                }
-                StatusUpdate::Runs(key, recent, last_success) => {
-                    let model = models.entry(key.clone()).or_default();
-                    model.recent_runs = recent;
-                    model.last_successful_time = last_success;
-                    dirty.insert(key);
-                }
-                StatusUpdate::MissingPools(key, missing) => {
-                    let model = models.entry(key.clone()).or_default();
-                    if model.missing_pools != missing {
-                        model.missing_pools = missing;
-                        dirty.insert(key);
-                    }
-                }
-                StatusUpdate::Launch(key, refused) => {
-                    models.entry(key.clone()).or_default().launch_refused = refused;
-                    dirty.insert(key);
-                }
-                StatusUpdate::Pool(usage) => {
-                    pools.insert((usage.namespace.clone(), usage.name.clone()), usage);
-                }
-                StatusUpdate::Backfill(key, report) => {
-                    backfills.insert(key, report);
-                }
-                StatusUpdate::Removed(key) => {
-                    models.remove(&key);
-                    dirty.remove(&key);
-                }
-            }
-        }
+    }
+    Some(batch)
+}
+
+impl Writer {
+    fn has_pending(&self) -> bool {
+        !(self.dag_out.is_empty() && self.pool_out.is_empty() && self.backfill_out.is_empty())
+    }
+
+    fn take(&mut self, update: StatusUpdate) {
         let now = Utc::now();
-        let mut writes = Vec::new();
-        for key in std::mem::take(&mut dirty) {
-            if let Some(model) = models.get_mut(&key) {
-                // the controller reports validity first; until then there is nothing to say
-                if model.validity.is_none() {
-                    continue;
-                }
-                writes.push((key, render(model, store_ok, gate_ok, now)));
+        match update {
+            StatusUpdate::Validity(key, v) => {
+                self.dags.entry(key.clone()).or_default().validity = Some(v);
+                self.dirty.insert(key);
             }
-        }
-        let client = &client;
-        let params = &params;
-        let mut failed = Vec::new();
-        for chunk in writes.chunks(16) {
-            let results = futures::future::join_all(chunk.iter().map(|(key, status)| async move {
-                let api: Api<DAG> = Api::namespaced(client.clone(), &key.namespace);
-                let patch = serde_json::json!({
-                    "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
-                    "kind": "DAG",
-                    "status": status,
-                });
-                (
-                    key.clone(),
-                    api.patch_status(&key.name, params, &Patch::Apply(&patch))
-                        .await,
-                )
-            }))
-            .await;
-            for (key, result) in results {
-                match result {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {
-                        models.remove(&key);
-                    }
-                    Err(e) => {
-                        tracing::warn!(dag = %key, error = %e, "status write failed; will retry");
-                        failed.push(key);
-                    }
+            StatusUpdate::Scheduling(key, s) => {
+                self.dags.entry(key.clone()).or_default().scheduling = Some(s);
+                self.dirty.insert(key);
+            }
+            StatusUpdate::StoreHealth(ok) => {
+                if ok != self.store_ok {
+                    self.store_ok = ok;
+                    self.dirty.extend(self.dags.keys().cloned());
                 }
             }
+            StatusUpdate::GateHealth(ok) => {
+                if ok != self.gate_ok {
+                    self.gate_ok = ok;
+                    self.dirty.extend(self.dags.keys().cloned());
+                }
+            }
+            StatusUpdate::Runs(recent) => {
+                let model = self.dags.entry(recent.dag.clone()).or_default();
+                model.recent_runs = recent.runs.iter().map(summary).collect();
+                model.last_successful_time = recent.last_success;
+                self.dirty.insert(recent.dag);
+            }
+            StatusUpdate::MissingPools(key, missing) => {
+                let model = self.dags.entry(key.clone()).or_default();
+                if model.missing_pools != missing {
+                    model.missing_pools = missing;
+                    self.dirty.insert(key);
+                }
+            }
+            StatusUpdate::Launch(key, refused) => {
+                self.dags.entry(key.clone()).or_default().launch_refused = refused;
+                self.dirty.insert(key);
+            }
+            StatusUpdate::Pool(usage) => {
+                let status = self.pools.status(&usage, now);
+                self.pool_out.put(usage.key, &status);
+            }
+            StatusUpdate::PoolGone(key) => {
+                self.pools.gone(&key);
+                self.pool_out.pending.remove(&key);
+            }
+            StatusUpdate::Backfill(key, progress) => {
+                let conditions = self.backfill_conditions.entry(key.clone()).or_default();
+                let status = backfill::render_status(&progress, conditions, now);
+                self.backfill_out.put(key, &status);
+            }
+            StatusUpdate::Removed(key) => {
+                self.dags.remove(&key);
+                self.dirty.remove(&key);
+                self.dag_out.pending.remove(&key);
+            }
         }
-        let mut pools_failed = Vec::new();
-        for ((ns, name), usage) in std::mem::take(&mut pools) {
-            let conditions = pool_conditions
-                .entry((ns.clone(), name.clone()))
-                .or_default();
-            let status = render_pool(&usage, conditions, now);
-            let api: Api<Pool> = Api::namespaced(client.clone(), &ns);
-            let patch = serde_json::json!({
-                "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
-                "kind": "Pool",
-                "status": status,
-            });
-            match api.patch_status(&name, params, &Patch::Apply(&patch)).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {
-                    pool_conditions.remove(&(ns, name));
+    }
+
+    /// The statuses of the DAGs that changed, into the outbox.
+    fn render_dirty(&mut self) {
+        let now = Utc::now();
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(model) = self.dags.get_mut(&key) else {
+                continue;
+            };
+            // the controller reports validity first; until then there is nothing to say
+            if model.validity.is_none() {
+                continue;
+            }
+            let status = render(model, self.store_ok, self.gate_ok, now);
+            self.dag_out.put(key, &status);
+        }
+    }
+
+    /// Writes every pending status; whether any write failed.
+    async fn flush(&mut self) -> bool {
+        let mut failed = false;
+        for w in self.dag_out.flush::<DAG>(&self.client).await {
+            match w.outcome {
+                Ok(Applied::Written) => {}
+                Ok(Applied::Gone) => {
+                    self.dags.remove(&w.key);
                 }
                 Err(e) => {
-                    tracing::warn!(pool = %format!("{ns}/{name}"), error = %e, "pool status write failed; will retry");
-                    pools_failed.push(((ns, name), usage));
+                    failed = true;
+                    tracing::warn!(dag = %w.key, error = %e, "status write failed; will retry");
                 }
             }
         }
-        let mut backfills_failed = Vec::new();
-        for (key, report) in std::mem::take(&mut backfills) {
-            let conditions = backfill_conditions.entry(key.clone()).or_default();
-            let status = render_backfill(&report, conditions, now);
-            let api: Api<Backfill> = Api::namespaced(client.clone(), &key.namespace);
-            let patch = serde_json::json!({
-                "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
-                "kind": "Backfill",
-                "status": status,
-            });
-            match api
-                .patch_status(&key.name, params, &Patch::Apply(&patch))
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {
-                    backfill_conditions.remove(&key);
+        for w in self.pool_out.flush::<Pool>(&self.client).await {
+            let error = w.outcome.as_ref().err().map(|_| "kube");
+            self.pools.written(w.secs, error);
+            match w.outcome {
+                Ok(Applied::Written) => {}
+                Ok(Applied::Gone) => self.pools.gone(&w.key),
+                Err(e) => {
+                    failed = true;
+                    tracing::warn!(pool = %w.key, error = %e, "pool status write failed; will retry");
+                }
+            }
+        }
+        for w in self.backfill_out.flush::<Backfill>(&self.client).await {
+            match w.outcome {
+                Ok(Applied::Written) => {}
+                Ok(Applied::Gone) => {
+                    self.backfill_conditions.remove(&w.key);
                 }
                 Err(e) => {
-                    tracing::warn!(backfill = %key, error = %e, "backfill status write failed; will retry");
-                    backfills_failed.push((key, report));
+                    failed = true;
+                    tracing::warn!(backfill = %w.key, error = %e, "backfill status write failed; will retry");
                 }
             }
         }
-        for (k, r) in backfills_failed {
-            backfills.entry(k).or_insert(r);
-        }
-        if !failed.is_empty() || !pools_failed.is_empty() {
-            dirty.extend(failed);
-            for (k, u) in pools_failed {
-                pools.entry(k).or_insert(u);
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-}
-
-/// A Backfill's status from its progress.
-fn render_backfill(
-    p: &BackfillProgress,
-    conditions: &mut Vec<Condition>,
-    now: DateTime<Utc>,
-) -> BackfillStatus {
-    set_condition(
-        conditions,
-        Condition::new(
-            READY,
-            p.ready,
-            &p.reason,
-            p.message.clone(),
-            p.generation,
-            now,
-        ),
-    );
-    BackfillStatus {
-        observed_generation: p.generation,
-        phase: Some(match p.phase {
-            BackfillPhase::Pending => ApiPhase::Pending,
-            BackfillPhase::Running => ApiPhase::Running,
-            BackfillPhase::Suspended => ApiPhase::Suspended,
-            BackfillPhase::Succeeded => ApiPhase::Succeeded,
-            BackfillPhase::Failed => ApiPhase::Failed,
-            BackfillPhase::Invalid => ApiPhase::Invalid,
-        }),
-        total_runs: p.total,
-        skipped_runs: p.skipped,
-        created_runs: p.created,
-        active_runs: p.active,
-        succeeded_runs: p.succeeded,
-        failed_runs: p.failed,
-        progress: (p.phase != BackfillPhase::Invalid).then(|| p.progress()),
-        planned_dates: p.planned_dates.clone(),
-        started_at: p.started_at,
-        completed_at: p.completed_at,
-        conditions: conditions.clone(),
-    }
-}
-
-/// A Pool's status from its usage.
-fn render_pool(
-    usage: &PoolUsage,
-    conditions: &mut Vec<Condition>,
-    now: DateTime<Utc>,
-) -> PoolStatus {
-    let open = (usage.slots - usage.used).max(0);
-    let (reason, message) = if open > 0 {
-        (
-            "SlotsOpen",
-            format!("{} of {} slots used, {open} open", usage.used, usage.slots),
-        )
-    } else {
-        (
-            "Full",
-            format!(
-                "{} of {} slots used; {} tasks wait for a slot",
-                usage.used, usage.slots, usage.queued
-            ),
-        )
-    };
-    set_condition(
-        conditions,
-        Condition::new(READY, true, reason, message, usage.generation, now),
-    );
-    PoolStatus {
-        observed_generation: usage.generation,
-        used_slots: usage.used,
-        queued_tasks: usage.queued,
-        open_slots: open,
-        conditions: conditions.clone(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ready_reasons() {
-        let now = Utc::now();
-        let mut m = Model {
-            validity: Some(Validity {
-                generation: Some(3),
-                problem: Some(("InvalidSchedule".into(), "bad".into())),
-                observed_trigger: Some("t-1".into()),
-            }),
-            ..Default::default()
-        };
-        let s = render(&mut m, true, true, now);
-        assert_eq!(s.observed_generation, Some(3));
-        assert_eq!(s.conditions[0].reason, "InvalidSchedule");
-        assert!(!s.conditions[0].is_true());
-
-        // until the engine reports, the trigger the object carries is kept
-        assert_eq!(s.last_handled_trigger.as_deref(), Some("t-1"));
-        m.validity = Some(Validity {
-            generation: Some(4),
-            problem: None,
-            observed_trigger: Some("t-1".into()),
-        });
-        assert_eq!(
-            render(&mut m, false, true, now).conditions[0].reason,
-            "StoreUnavailable"
-        );
-        m.scheduling = Some(SchedulingStatus {
-            suspended: true,
-            last_handled_trigger: Some("t-2".into()),
-            ..Default::default()
-        });
-        assert_eq!(
-            render(&mut m, true, false, now).conditions[0].reason,
-            "GateUnavailable"
-        );
-        let s = render(&mut m, true, true, now);
-        assert_eq!(s.conditions[0].reason, "Suspended");
-        assert_eq!(
-            s.last_handled_trigger.as_deref(),
-            Some("t-2"),
-            "the engine's value wins"
-        );
-        assert!(s.conditions[0].is_true());
-        m.missing_pools = vec!["db".into()];
-        let s = render(&mut m, true, true, now);
-        assert_eq!(s.conditions[0].reason, "PoolNotFound");
-        assert!(s.conditions[0].message.contains("pool \"db\""));
-        m.missing_pools.clear();
-        m.launch_refused = Some("spec.containers[0].image: Required value".into());
-        let s = render(&mut m, true, true, now);
-        assert_eq!(s.conditions[0].reason, "FailedCreate");
-        assert!(!s.conditions[0].is_true());
-        assert!(
-            s.conditions[0].message.contains("image: Required"),
-            "{}",
-            s.conditions[0].message
-        );
-        assert!(!s.conditions[0].is_true());
-    }
-
-    #[test]
-    fn pool_status() {
-        let now = Utc::now();
-        let mut conditions = Vec::new();
-        let mut usage = PoolUsage {
-            namespace: "ns".into(),
-            name: "db".into(),
-            generation: Some(2),
-            slots: 2,
-            used: 1,
-            queued: 0,
-        };
-        let s = render_pool(&usage, &mut conditions, now);
-        assert_eq!((s.used_slots, s.open_slots, s.queued_tasks), (1, 1, 0));
-        assert_eq!(s.conditions[0].reason, "SlotsOpen");
-        // lowered below usage: nothing negative, running tasks keep their slots
-        usage.slots = 1;
-        usage.used = 2;
-        usage.queued = 3;
-        let s = render_pool(&usage, &mut conditions, now);
-        assert_eq!((s.used_slots, s.open_slots, s.queued_tasks), (2, 0, 3));
-        assert_eq!(s.conditions[0].reason, "Full");
-        assert_eq!(s.observed_generation, Some(2));
+        failed
     }
 }

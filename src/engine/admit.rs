@@ -11,17 +11,16 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::dags::{ActiveRun, DagState, SpecVersion, holder, holds};
-use super::{Engine, Output, micros};
+use super::{Engine, EngineTelemetry, Output, micros};
 use crate::api::dag::ConcurrencyPolicy;
 use crate::executor::AdmittedRun;
-use crate::gate::{Claim, Gate, GateError, Grant, key as gate_key};
+use crate::gate::{Claim, Gate, GateError, GateScope, Grant, Slot, key as gate_key};
 use crate::queue::{Entry, RunClass};
 use crate::schedule::data_interval;
 use crate::store::{
-    Admission, BackfillRef, BackfillSkip, DagKey, NewRun, NewTask, Rerun, RunRow, RunStore,
-    RunType, SpecRow, StoreError,
+    Admission, BackfillKey, BackfillRef, BackfillSkip, DagKey, NewRun, NewTask, Rerun, RunRow,
+    RunStore, RunType, SpecRow, StoreError,
 };
-use crate::telemetry::GateScope;
 
 /// What a queued entry is limited by, besides `--max-concurrent-runs`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -29,7 +28,7 @@ pub(super) enum LimitKey {
     /// a DAG's `maxActiveRuns`
     Dag(DagKey),
     /// a Backfill's `concurrency` (namespace, Backfill name)
-    Backfill(DagKey),
+    Backfill(BackfillKey),
 }
 
 /// A run waiting in the queue.
@@ -102,7 +101,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         let date = pending.logical_date.timestamp();
         let mut keys = vec![LimitKey::Dag(key.clone())];
         if let Some(bf) = &pending.backfill {
-            keys.push(LimitKey::Backfill(DagKey::new(&key.namespace, bf)));
+            keys.push(LimitKey::Backfill(key.backfill(bf)));
             self.backfill_enqueued(&key, bf);
         }
         self.queue.push(
@@ -140,10 +139,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     /// Puts a refused or unrecorded entry back, keeping its age.
     fn requeue(&mut self, p: Pending) {
         if let Some(bf) = &p.backfill {
-            if !self
-                .backfills
-                .contains_key(&DagKey::new(&p.dag.namespace, bf))
-            {
+            if !self.backfills.contains_key(&p.dag.backfill(bf)) {
                 return; // its Backfill is gone
             }
         }
@@ -270,7 +266,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         let global = self.cfg.max_concurrent_runs as usize;
         let mut batch: Vec<Pending> = Vec::new();
         let mut in_batch: HashMap<DagKey, usize> = HashMap::new();
-        let mut bf_in_batch: HashMap<DagKey, usize> = HashMap::new();
+        let mut bf_in_batch: HashMap<BackfillKey, usize> = HashMap::new();
         while self.active_total + batch.len() < global {
             let dags = &self.dags;
             let backfills = &self.backfills;
@@ -288,9 +284,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             let p = entry.payload;
             self.dequeued(&p);
             if let Some(bf) = &p.backfill {
-                *bf_in_batch
-                    .entry(DagKey::new(&p.dag.namespace, bf))
-                    .or_default() += 1;
+                *bf_in_batch.entry(p.dag.backfill(bf)).or_default() += 1;
             }
             let Some(state) = self.dags.get(&p.dag) else {
                 continue;
@@ -353,7 +347,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                         } else {
                             self.backfill_limit(&p.dag, p.backfill.as_deref().unwrap_or_default())
                         };
-                        (h.key, h.weight, limit)
+                        Slot::new(h.key, h.weight, limit)
                     })
                     .collect();
                 Claim {
@@ -410,7 +404,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 self.positions.clear();
                 self.refused.clear();
                 for skip in std::mem::take(&mut self.skips) {
-                    let dag = DagKey::new(&skip.backfill.namespace, &skip.backfill.name);
+                    let dag = BackfillKey::new(&skip.backfill.namespace, &skip.backfill.name);
                     self.backfill_progressed(&dag);
                 }
                 // the scheduled ticks admitted are decided (their runs may exist already)
@@ -615,11 +609,11 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         }
         self.recount_active();
         for (run_type, (count, delays_secs)) in metrics {
-            self.emit(Output::RunsCreated {
+            self.emit(Output::Telemetry(EngineTelemetry::RunsCreated {
                 run_type,
                 count,
                 delays_secs,
-            });
+            }));
         }
         let count = created.len();
         let admitted: Vec<AdmittedRun> = created

@@ -18,15 +18,17 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::admit::Pending;
-use super::{Engine, Output, micros};
+use super::{Engine, EngineStatus, Output, merge_objects, micros};
 use crate::api::backfill::{BackfillSpec, Reprocess};
 use crate::gate::Gate;
+use crate::key::Subject;
 use crate::queue::RunClass;
+use crate::report::{Notice, Problem};
 use crate::schedule::Schedule;
 use crate::schedule::plan::{BackfillPlan, BackfillTicks};
 use crate::store::{
-    BackfillCounts, BackfillRecord, BackfillRef, BackfillSkip, DagKey, DateRun, RunRow, RunState,
-    RunStore, RunType, StoreError,
+    BackfillCounts, BackfillKey, BackfillRecord, BackfillRef, BackfillSkip, DagKey, DateRun,
+    RunRow, RunState, RunStore, RunType, StoreError,
 };
 
 /// How many planned dates a status shows.
@@ -46,7 +48,7 @@ const COUNT_INLINE: u64 = 100_000;
 #[derive(Clone, Debug)]
 pub struct BackfillInfo {
     /// namespace and name of the Backfill
-    pub key: DagKey,
+    pub key: BackfillKey,
     pub uid: String,
     pub generation: Option<i64>,
     pub spec: BackfillSpec,
@@ -164,11 +166,11 @@ struct Plan {
 }
 
 enum Stage {
-    /// the DAG is missing or unscheduled: (reason, message)
-    Waiting(String, String),
+    /// for the DAG to be taken up; or it is missing or unscheduled (the problem)
+    Waiting(Option<Problem>),
     /// counting a large plan off the engine's task: (schedule it was for, the count)
     Counting(tokio::task::JoinHandle<u64>),
-    Invalid(String, String),
+    Invalid(Problem),
     Planning(Box<Plan>),
     /// recorded as finished: never planned again
     Finished(BackfillPhase),
@@ -237,7 +239,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                     BackfillState {
                         info,
                         record: None,
-                        stage: Stage::Waiting(String::new(), String::new()),
+                        stage: Stage::Waiting(None),
                         returned: BTreeSet::new(),
                         active,
                         queued: 0,
@@ -252,12 +254,12 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     }
 
     /// The Backfill was deleted: nothing more is admitted; its running runs finish.
-    pub(super) fn remove_backfill(&mut self, key: &DagKey) {
+    pub(super) fn remove_backfill(&mut self, key: &BackfillKey) {
         self.drop_backfill_queue(key);
         self.backfills.remove(key);
     }
 
-    fn drop_backfill_queue(&mut self, key: &DagKey) {
+    fn drop_backfill_queue(&mut self, key: &BackfillKey) {
         let dag = match self.backfills.get(key) {
             Some(b) => b.info.dag(),
             None => return,
@@ -267,7 +269,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     }
 
     fn backfill_mut(&mut self, dag: &DagKey, name: &str) -> Option<&mut BackfillState> {
-        self.backfills.get_mut(&DagKey::new(&dag.namespace, name))
+        self.backfills.get_mut(&dag.backfill(name))
     }
 
     pub(super) fn backfill_enqueued(&mut self, dag: &DagKey, name: &str) {
@@ -344,7 +346,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     }
 
     /// A Backfill's record changed (dates recorded): its progress is read again.
-    pub(super) fn backfill_progressed(&mut self, key: &DagKey) {
+    pub(super) fn backfill_progressed(&mut self, key: &BackfillKey) {
         if let Some(state) = self.backfills.get_mut(key) {
             state.dirty = true;
         }
@@ -353,13 +355,13 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     /// The gate limit of a Backfill's runs.
     pub(super) fn backfill_limit(&self, dag: &DagKey, name: &str) -> u32 {
         self.backfills
-            .get(&DagKey::new(&dag.namespace, name))
+            .get(&dag.backfill(name))
             .map_or(1, BackfillState::limit)
     }
 
     /// Plans what can be planned and tops up each Backfill's share of the queue.
     pub(super) async fn feed_backfills(&mut self, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let keys: Vec<DagKey> = self.backfills.keys().cloned().collect();
+        let keys: Vec<BackfillKey> = self.backfills.keys().cloned().collect();
         for key in keys {
             self.prepare_backfill(&key).await?;
             self.walk(&key, now).await?;
@@ -369,7 +371,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
 
     /// Moves a Backfill towards planning: its record read (a finished one stops here), its
     /// DAG found, its plan counted.
-    async fn prepare_backfill(&mut self, key: &DagKey) -> Result<(), StoreError> {
+    async fn prepare_backfill(&mut self, key: &BackfillKey) -> Result<(), StoreError> {
         let max = self.cfg.max_backfill_runs;
         let Some(state) = self.backfills.get(key) else {
             return Ok(());
@@ -431,7 +433,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                     .and_then(|d| d.info.schedule.clone());
                 match schedule {
                     Some(schedule) => start_plan(state, &schedule, total, max),
-                    None => state.stage = Stage::Waiting(String::new(), String::new()),
+                    None => state.stage = Stage::Waiting(None),
                 }
                 state.dirty = true;
                 return Ok(());
@@ -440,15 +442,15 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         }
         let dag = state.info.dag();
         let problem = match self.dags.get(&dag) {
-            None => Some((
-                "DAGNotFound".to_string(),
+            None => Some(Problem::new(
+                "DAGNotFound",
                 format!(
                     "waiting for DAG {:?}: it does not exist in namespace {:?} or is invalid",
                     dag.name, dag.namespace
                 ),
             )),
-            Some(d) if d.info.schedule.is_none() => Some((
-                "DAGUnscheduled".to_string(),
+            Some(d) if d.info.schedule.is_none() => Some(Problem::new(
+                "DAGUnscheduled",
                 format!(
                     "DAG {:?} has no schedule: there are no ticks to backfill",
                     dag.name
@@ -459,9 +461,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         let Some(state) = self.backfills.get_mut(key) else {
             return Ok(());
         };
-        if let Some((reason, message)) = problem {
-            if !matches!(&state.stage, Stage::Waiting(r, m) if *r == reason && *m == message) {
-                state.stage = Stage::Waiting(reason, message);
+        if let Some(problem) = problem {
+            if !matches!(&state.stage, Stage::Waiting(Some(p)) if *p == problem) {
+                state.stage = Stage::Waiting(Some(problem));
                 state.dirty = true;
             }
             return Ok(());
@@ -489,7 +491,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
 
     /// Decides the next dates of a Backfill's plan (a few windows per pass) and queues what
     /// fits in its share: returned dates first, then new ones in plan order.
-    async fn walk(&mut self, key: &DagKey, now: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn walk(&mut self, key: &BackfillKey, now: DateTime<Utc>) -> Result<(), StoreError> {
         let Some(state) = self.backfills.get(key) else {
             return Ok(());
         };
@@ -596,7 +598,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     /// `reprocess` would leave alone, reading the range's existing runs a page at a time.
     async fn dry_walk(
         &mut self,
-        key: &DagKey,
+        key: &BackfillKey,
         dag: &DagKey,
         spec: &BackfillSpec,
     ) -> Result<(), StoreError> {
@@ -639,7 +641,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     }
 
     /// Queues up to `room` decided dates of a Backfill.
-    fn top_up(&mut self, key: &DagKey, room: usize, now: DateTime<Utc>) {
+    fn top_up(&mut self, key: &BackfillKey, room: usize, now: DateTime<Utc>) {
         let Some(state) = self.backfills.get_mut(key) else {
             return;
         };
@@ -654,14 +656,10 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         };
         let fed: Vec<(DateTime<Utc>, Need)> =
             (0..room).map_while(|_| plan.ahead.pop_front()).collect();
-        let mut params = match dag_object.spec.params.as_ref() {
-            Some(serde_json::Value::Object(m)) => m.clone(),
-            _ => serde_json::Map::new(),
-        };
-        if let Some(serde_json::Value::Object(extra)) = state.info.spec.params.as_ref() {
-            params.extend(extra.clone());
-        }
-        let params = serde_json::Value::Object(params);
+        let params = merge_objects(
+            dag_object.spec.params.as_ref(),
+            state.info.spec.params.as_ref(),
+        );
         for (tick, need) in fed {
             self.enqueue(
                 Pending {
@@ -687,7 +685,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     /// Reads the counts of changed Backfills from the record, records lifetimes (started,
     /// finished) and reports status and the events of phase changes.
     pub(super) async fn report_backfills(&mut self, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let dirty: Vec<DagKey> = self
+        let dirty: Vec<BackfillKey> = self
             .backfills
             .iter()
             .filter(|(_, s)| s.dirty)
@@ -739,7 +737,10 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             let before = state.last_report.as_ref().map(|r| r.phase);
             if state.last_report.as_ref() != Some(&report) {
                 state.last_report = Some(report.clone());
-                self.emit(Output::Backfill(key.clone(), report.clone()));
+                self.emit(Output::Status(EngineStatus::Backfill(
+                    key.clone(),
+                    report.clone(),
+                )));
             }
             // events of changes this process saw happen (a restart re-emits none)
             let started = record.started_at.is_none() && new_record.started_at.is_some();
@@ -754,12 +755,12 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 _ => None,
             };
             if let Some((warning, reason)) = event {
-                self.emit(Output::BackfillEvent {
-                    backfill: key.clone(),
+                self.emit(Output::Event(Notice {
+                    subject: Subject::Backfill(key.clone()),
                     warning,
                     reason,
                     message: report.message.clone(),
-                });
+                }));
             }
         }
         Ok(())
@@ -776,13 +777,13 @@ fn start_plan(state: &mut BackfillState, schedule: &Schedule, total: u64, max: u
         } else {
             total.to_string()
         };
-        state.stage = Stage::Invalid(
-            "TooManyRuns".to_string(),
+        state.stage = Stage::Invalid(Problem::new(
+            "TooManyRuns",
             format!(
                 "the range plans {size} runs, over --max-backfill-runs ({max}); \
                  split it into smaller Backfills"
             ),
-        );
+        ));
         return;
     }
     let plan = BackfillPlan::new(schedule, spec.start, spec.end, spec.order.into());
@@ -834,7 +835,7 @@ fn render(state: &BackfillState, pending_skips: bool) -> BackfillProgress {
         message: String::new(),
     };
     let (phase, ready, reason, message) = match &state.stage {
-        Stage::Waiting(reason, message) if !reason.is_empty() => (
+        Stage::Waiting(Some(Problem { reason, message })) => (
             BackfillPhase::Invalid,
             false,
             reason.clone(),
@@ -846,7 +847,7 @@ fn render(state: &BackfillState, pending_skips: bool) -> BackfillProgress {
             "Planning".to_string(),
             "planning the backfill".to_string(),
         ),
-        Stage::Invalid(reason, message) => (
+        Stage::Invalid(Problem { reason, message }) => (
             BackfillPhase::Invalid,
             false,
             reason.clone(),

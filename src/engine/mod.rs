@@ -19,6 +19,7 @@
 mod admit;
 mod backfill;
 mod dags;
+mod output;
 mod triggers;
 
 use std::collections::{BTreeSet, HashMap};
@@ -29,16 +30,20 @@ use chrono_tz::Tz;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::executor::AdmittedRun;
+use crate::gate::GateScope;
 use crate::gate::{Gate, LeaseLedger, MemoryGate};
+use crate::key::Subject;
 use crate::queue::AdmissionQueue;
-use crate::store::{BackfillSkip, DagKey, Position, RefusedTrigger, RunStore, RunType, StoreError};
-use crate::telemetry::GateScope;
+use crate::report::Notice;
+use crate::store::{
+    BackfillKey, BackfillSkip, DagKey, Position, RefusedTrigger, RunStore, StoreError,
+};
 
 use self::admit::{LimitKey, Pending};
 pub use self::backfill::{BackfillInfo, BackfillPhase, BackfillProgress, PLANNED_DATES_SHOWN};
 pub use self::dags::DagInfo;
 use self::dags::{ActiveRun, DagState};
+pub use self::output::{EngineStatus, EngineTelemetry, Output, SchedulingStatus};
 pub use crate::api::TriggerRequest;
 
 /// Operator-wide settings the engine applies.
@@ -96,66 +101,7 @@ pub enum Command {
     /// a Backfill was created or changed
     UpsertBackfill(Box<BackfillInfo>),
     /// a Backfill was deleted: no more admissions; its running runs finish
-    RemoveBackfill(DagKey),
-}
-
-/// The scheduling part of a DAG's status.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SchedulingStatus {
-    pub active_runs: i32,
-    pub queued_runs: i32,
-    pub last_schedule_time: Option<DateTime<Utc>>,
-    pub next_schedule_time: Option<DateTime<Utc>>,
-    pub last_handled_trigger: Option<String>,
-    pub suspended: bool,
-}
-
-/// What the engine reports.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Output {
-    Status(DagKey, SchedulingStatus),
-    Event {
-        dag: DagKey,
-        warning: bool,
-        reason: &'static str,
-        message: String,
-    },
-    /// reachability of the store changed
-    StoreHealth(bool),
-    /// reachability of the gate changed (false: admission paused, fail closed)
-    GateHealth(bool),
-    /// runs were admitted and persisted
-    RunsCreated {
-        run_type: RunType,
-        count: usize,
-        delays_secs: Vec<f64>,
-    },
-    /// runs were admitted and persisted: the executor runs them
-    RunsAdmitted(Vec<AdmittedRun>),
-    /// runs were cancelled (concurrencyPolicy Replace, DAG deleted): their Pods must go
-    RunsCancelled(Vec<(DagKey, Uuid)>),
-    /// trigger annotations (`trigger.dagoperator.io/<value>`) handled and recorded: they may
-    /// be removed from the DAG
-    TriggersHandled(DagKey, Vec<String>),
-    /// a Backfill's progress changed (key: namespace and Backfill name)
-    Backfill(DagKey, BackfillProgress),
-    /// an event on a Backfill (started, succeeded, failed, invalid)
-    BackfillEvent {
-        backfill: DagKey,
-        warning: bool,
-        reason: &'static str,
-        message: String,
-    },
-    /// the gate refused a run (`rejected`) or failed to answer, for one limit
-    Gate {
-        scope: GateScope,
-        rejected: bool,
-    },
-    /// after each pass: queue depth by class [backfill, scheduled, manual] and running runs
-    Load {
-        queue_depth: [usize; 3],
-        active_runs: usize,
-    },
+    RemoveBackfill(BackfillKey),
 }
 
 /// The scheduler.
@@ -185,7 +131,7 @@ pub struct Engine<S: RunStore, G: Gate = MemoryGate> {
     skips: Vec<BackfillSkip>,
     active_total: usize,
     dirty: BTreeSet<DagKey>,
-    backfills: HashMap<DagKey, backfill::BackfillState>,
+    backfills: HashMap<BackfillKey, backfill::BackfillState>,
     last_resync: Option<std::time::Instant>,
     /// a pass left work it capped (a Backfill's walk): the next one comes at once
     more_work: bool,
@@ -232,17 +178,18 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     }
 
     fn emit(&self, output: Output) {
-        // a closed receiver means the operator is shutting down
-        let _ = self.out.send(output);
+        if self.out.send(output).is_err() {
+            tracing::debug!("engine output dropped: the operator is shutting down");
+        }
     }
 
     fn event(&self, dag: &DagKey, warning: bool, reason: &'static str, message: String) {
-        self.emit(Output::Event {
-            dag: dag.clone(),
+        self.emit(Output::Event(Notice {
+            subject: Subject::Dag(dag.clone()),
             warning,
             reason,
             message,
-        });
+        }));
     }
 
     /// The earliest instant a timer is due, if any.
@@ -320,7 +267,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     }
 
     fn gate_outcome(&self, scope: GateScope, rejected: bool) {
-        self.emit(Output::Gate { scope, rejected });
+        self.emit(Output::Telemetry(EngineTelemetry::Gate { scope, rejected }));
     }
 
     fn set_gate_ok(&mut self, ok: bool) {
@@ -330,26 +277,26 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 tracing::info!("gate reachable again: admission of runs resumes");
                 self.ledger.renew_soon();
             }
-            self.emit(Output::GateHealth(ok));
+            self.emit(Output::Status(EngineStatus::GateHealth(ok)));
         }
     }
 
     fn set_store_ok(&mut self, ok: bool) {
         if self.store_ok != ok {
             self.store_ok = ok;
-            self.emit(Output::StoreHealth(ok));
+            self.emit(Output::Status(EngineStatus::StoreHealth(ok)));
         }
     }
 
     fn flush_status(&mut self) {
-        self.emit(Output::Load {
+        self.emit(Output::Telemetry(EngineTelemetry::Load {
             queue_depth: self.queue.depth_by_class(),
             active_runs: self.active_total,
-        });
+        }));
         for key in std::mem::take(&mut self.dirty) {
             if let Some(state) = self.dags.get(&key) {
                 if let Some(status) = state.status() {
-                    self.emit(Output::Status(key, status));
+                    self.emit(Output::Status(EngineStatus::Dag(key, status)));
                 }
             }
         }
@@ -430,23 +377,36 @@ pub(crate) fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }
 
-/// `spec.params` with a JSON object merged over it (top-level keys).
+/// `spec.params` with a JSON object (a trigger's params, as text) merged over it.
 pub fn merge_params(
     base: Option<&serde_json::Value>,
     overlay: Option<&str>,
 ) -> Result<serde_json::Value, ParamsError> {
+    let overlay = match overlay {
+        Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(v @ serde_json::Value::Object(_)) => Some(v),
+            Ok(_) => return Err(ParamsError::NotAnObject),
+            Err(e) => return Err(ParamsError::Json(e.to_string())),
+        },
+        None => None,
+    };
+    Ok(merge_objects(base, overlay.as_ref()))
+}
+
+/// Two params objects merged by top-level key, `overlay` winning; anything but an object
+/// counts as empty (the schema allows only objects).
+pub fn merge_objects(
+    base: Option<&serde_json::Value>,
+    overlay: Option<&serde_json::Value>,
+) -> serde_json::Value {
     let mut merged = match base {
         Some(serde_json::Value::Object(m)) => m.clone(),
         _ => serde_json::Map::new(),
     };
-    if let Some(text) = overlay {
-        match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(serde_json::Value::Object(extra)) => merged.extend(extra),
-            Ok(_) => return Err(ParamsError::NotAnObject),
-            Err(e) => return Err(ParamsError::Json(e.to_string())),
-        }
+    if let Some(serde_json::Value::Object(extra)) = overlay {
+        merged.extend(extra.clone());
     }
-    Ok(serde_json::Value::Object(merged))
+    serde_json::Value::Object(merged)
 }
 
 /// Why params cannot be merged.

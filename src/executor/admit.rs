@@ -11,12 +11,13 @@ use futures::StreamExt;
 
 use super::launcher::LaunchError;
 use super::plan::{PodSight, PodVerdict};
-use super::state::{self, PoolKey};
-use super::{ExecOutput, Executor, PodKey, PodLauncher, pod, pod_key};
-use crate::gate::{Claim, Gate, GateError, Grant, key as gate_key};
+use super::state::{self, PoolId};
+use super::{ExecOutput, ExecStatus, Executor, PodKey, PodLauncher, pod, pod_key};
+use crate::gate::{Claim, Gate, GateError, GateScope, Grant, Slot, key as gate_key};
 use crate::graph::TaskState;
+use crate::key::Subject;
+use crate::report::Notice;
 use crate::store::{Changes, DagKey, RunStore, Stamp, TaskMove, TaskRow};
-use crate::telemetry::GateScope;
 
 /// Why a queued try cannot start now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +32,7 @@ pub enum Wait {
 pub struct Floor {
     pub tasks_free: usize,
     /// free slots of each Pool seen so far
-    pub pool_free: HashMap<PoolKey, i64>,
+    pub pool_free: HashMap<PoolId, i64>,
 }
 
 impl Floor {
@@ -39,7 +40,7 @@ impl Floor {
     /// why it must wait.
     pub fn take(
         &mut self,
-        pool: Option<&PoolKey>,
+        pool: Option<&PoolId>,
         weight: u32,
         free: impl FnOnce() -> Option<i64>,
     ) -> Result<(), Wait> {
@@ -185,7 +186,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                         } else {
                             c.pool_limit.unwrap_or(0)
                         };
-                        (h.key, h.weight, limit)
+                        Slot::new(h.key, h.weight, limit)
                     })
                     .collect(),
             })
@@ -287,7 +288,10 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                     row.pod_name = Some(c.pod.name.clone());
                     changes.moves.push(m);
                     if self.refused.remove(&c.dag).is_some() {
-                        self.emit(ExecOutput::LaunchHealth(c.dag.clone(), None));
+                        self.emit(ExecOutput::Status(ExecStatus::LaunchHealth(
+                            c.dag.clone(),
+                            None,
+                        )));
                     }
                     effects.push((c, row, used, PodSight::Seen(PodVerdict::Running)));
                 }
@@ -303,18 +307,20 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                     row.message = Some(message.clone());
                     changes.moves.push(m);
                     self.ledger.end(&state::holder(&key));
-                    self.emit(ExecOutput::Event {
-                        dag: c.dag.clone(),
-                        warning: true,
-                        reason: "FailedCreate",
-                        message: format!(
+                    self.emit(ExecOutput::Event(Notice::warning(
+                        Subject::Dag(c.dag.clone()),
+                        "FailedCreate",
+                        format!(
                             "task {:?} try {}: {message}",
                             c.row.task_name, c.row.try_number
                         ),
-                    });
+                    )));
                     if self.refused.get(&c.dag) != Some(&message) {
                         self.refused.insert(c.dag.clone(), message.clone());
-                        self.emit(ExecOutput::LaunchHealth(c.dag.clone(), Some(message)));
+                        self.emit(ExecOutput::Status(ExecStatus::LaunchHealth(
+                            c.dag.clone(),
+                            Some(message),
+                        )));
                     }
                     effects.push((c, row, used, PodSight::Gone { since: now }));
                 }
@@ -380,7 +386,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                 tracing::info!("gate reachable again: admission of tasks resumes");
                 self.ledger.renew_soon();
             }
-            self.emit(ExecOutput::GateHealth(ok));
+            self.emit(ExecOutput::Status(ExecStatus::GateHealth(ok)));
         }
     }
 }
@@ -413,7 +419,7 @@ async fn adopt<L: PodLauncher>(
 mod tests {
     use super::*;
 
-    fn pool(name: &str) -> PoolKey {
+    fn pool(name: &str) -> PoolId {
         ("ns".to_string(), name.to_string())
     }
 

@@ -179,11 +179,14 @@ impl FakeLauncher {
     }
 
     fn send(&self, input: ExecInput) {
-        let _ = self
+        let sent = self
             .events
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .send(input);
+        if sent.is_err() {
+            tracing::debug!("fake Pod event dropped: the executor has stopped");
+        }
     }
 
     fn tell(&self, key: &PodKey, pod: &FakePod) {

@@ -14,6 +14,7 @@
 
 mod admit;
 pub mod launcher;
+pub mod output;
 pub mod plan;
 pub mod pod;
 mod state;
@@ -31,13 +32,14 @@ use uuid::Uuid;
 pub use self::launcher::{
     FakeLauncher, FixedPools, KubeLauncher, LaunchError, PodKey, PodLauncher,
 };
+pub use self::output::{ExecOutput, ExecStatus, PoolUsage, TaskTelemetry};
 pub use self::plan::{PodVerdict, retry_delay};
 use self::state::{Live, RunSpec};
 use crate::api::DagSpec;
+use crate::gate::GateScope;
 use crate::gate::{Gate, GateError, LeaseLedger};
 use crate::graph::TaskState;
-use crate::store::{DagKey, RecentRuns, RunRow, RunStore, StoreError, TryKey};
-use crate::telemetry::GateScope;
+use crate::store::{DagKey, RunRow, RunStore, StoreError, TryKey};
 
 #[derive(Clone, Debug)]
 pub struct ExecutorConfig {
@@ -131,51 +133,6 @@ pub trait CurrentSpecs: Send + Sync + 'static {
     fn current(&self, dag: &DagKey) -> Option<Arc<DagSpec>>;
 }
 
-/// What a Pool's status shows.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PoolUsage {
-    pub namespace: String,
-    pub name: String,
-    pub generation: Option<i64>,
-    pub slots: i32,
-    /// slots held by running tries
-    pub used: i32,
-    /// tries waiting for a slot of the pool
-    pub queued: i32,
-}
-
-/// What the executor reports.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ExecOutput {
-    /// runs that ended (success, failed): their slots are free
-    RunsEnded(Vec<Uuid>),
-    /// the newest runs of a DAG changed
-    RecentRuns(RecentRuns),
-    /// the usage of Pools that changed
-    Pools(Vec<PoolUsage>),
-    /// Pools that were deleted: (namespace, name)
-    PoolsGone(Vec<(String, String)>),
-    /// reachability of the gate changed (false: no task is admitted, fail closed)
-    GateHealth(bool),
-    /// after each step: the latest tries of running runs by state, the transitions made,
-    /// and the gate's refusals and errors by scope
-    Tasks {
-        by_state: Vec<(TaskState, i64)>,
-        transitions: Vec<TaskState>,
-        gate_refused: Vec<GateScope>,
-        gate_errors: Vec<GateScope>,
-    },
-    /// an event on a DAG
-    Event {
-        dag: DagKey,
-        warning: bool,
-        reason: &'static str,
-        message: String,
-    },
-    /// the API server refuses a DAG's Pods (the last message), or creates them again (None)
-    LaunchHealth(DagKey, Option<String>),
-}
-
 /// Why a step stopped short (it is retried; nothing is lost).
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -232,7 +189,7 @@ pub struct Executor<S: RunStore, G: Gate, L: PodLauncher> {
     admit_dirty: bool,
     admit_after: Option<DateTime<Utc>>,
     pools_dirty: bool,
-    reported_pools: HashMap<(String, String), PoolUsage>,
+    reported_pools: HashMap<crate::key::PoolKey, PoolUsage>,
     /// DAGs whose newest runs changed
     dags_changed: BTreeSet<DagKey>,
     /// DAGs whose Pods the API server refuses: the last message
@@ -318,8 +275,9 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
     }
 
     fn emit(&self, output: ExecOutput) {
-        // a closed receiver means the operator is shutting down
-        let _ = self.out.send(output);
+        if self.out.send(output).is_err() {
+            tracing::debug!("executor output dropped: the operator is shutting down");
+        }
     }
 
     /// Takes one input into memory; the next [`Executor::step`] acts on it.
@@ -349,7 +307,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             }
             self.dirty.remove(&id);
             self.dags_changed.insert(dag.clone());
-            self.doomed_runs.push((dag.namespace, id));
+            self.doomed_runs.push((dag.namespace.clone(), id));
         }
     }
 

@@ -54,7 +54,7 @@ impl RunSpec {
 }
 
 /// A Pool of a namespace.
-pub type PoolKey = (String, String);
+pub type PoolId = (String, String);
 
 /// The latest try of one task of a running run.
 #[derive(Clone, Debug)]
@@ -199,8 +199,8 @@ pub struct Live {
     line: BTreeSet<InLine>,
     by_state: HashMap<TaskState, i64>,
     running_tasks: usize,
-    pool_used: HashMap<PoolKey, i64>,
-    pool_queued: HashMap<PoolKey, i64>,
+    pool_used: HashMap<PoolId, i64>,
+    pool_queued: HashMap<PoolId, i64>,
     /// a Pool's counts changed since the last [`Live::take_pools_touched`]
     pools_touched: bool,
 }
@@ -233,12 +233,12 @@ impl Live {
     }
 
     /// Slots of a Pool held by running tries.
-    pub fn pool_used(&self, pool: &PoolKey) -> i64 {
+    pub fn pool_used(&self, pool: &PoolId) -> i64 {
         self.pool_used.get(pool).copied().unwrap_or(0)
     }
 
     /// Tries waiting for a slot of a Pool.
-    pub fn pool_queued(&self, pool: &PoolKey) -> i64 {
+    pub fn pool_queued(&self, pool: &PoolId) -> i64 {
         self.pool_queued.get(pool).copied().unwrap_or(0)
     }
 

@@ -10,9 +10,13 @@ use uuid::Uuid;
 
 use super::plan::{self, Patience, PodSight, Step};
 use super::state::{self, LiveRun, RunSpec};
-use super::{ExecError, ExecOutput, Executor, PodKey, PodLauncher, PoolUsage, pod_key};
+use super::{
+    ExecError, ExecOutput, ExecStatus, Executor, PodKey, PodLauncher, PoolUsage, TaskTelemetry,
+    pod_key,
+};
 use crate::gate::Gate;
 use crate::graph::{RunOutcome, TaskState};
+use crate::key::PoolKey;
 use crate::store::{
     Changes, NextTry, RunEnd, RunRow, RunState, RunStore, SpecRow, Stamp, TaskMove, TaskRow,
 };
@@ -481,7 +485,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             match self.store.recent_runs(&dags, 5).await {
                 Ok(recent) => {
                     for r in recent {
-                        self.emit(ExecOutput::RecentRuns(r));
+                        self.emit(ExecOutput::Status(ExecStatus::RecentRuns(r)));
                     }
                 }
                 Err(e) => {
@@ -493,7 +497,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         if self.live.take_pools_touched() || std::mem::take(&mut self.pools_dirty) {
             self.report_pools();
         }
-        let tasks = ExecOutput::Tasks {
+        let tasks = ExecOutput::Telemetry(TaskTelemetry {
             by_state: TaskState::ALL
                 .iter()
                 .map(|s| (*s, self.live.by_state(*s)))
@@ -501,7 +505,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             transitions: std::mem::take(&mut self.transitions),
             gate_refused: std::mem::take(&mut self.gate_refused),
             gate_errors: std::mem::take(&mut self.gate_errors),
-        };
+        });
         self.emit(tasks);
         Ok(())
     }
@@ -511,12 +515,12 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         let mut changed = Vec::new();
         let mut live = HashSet::new();
         for pool in self.pools.pools() {
-            let key = (pool.namespace.clone(), pool.name.clone());
+            let slot_key = (pool.namespace.clone(), pool.name.clone());
+            let key = PoolKey::new(pool.namespace, pool.name);
             let usage = PoolUsage {
-                used: self.live.pool_used(&key) as i32,
-                queued: self.live.pool_queued(&key).max(0) as i32,
-                namespace: pool.namespace,
-                name: pool.name,
+                used: self.live.pool_used(&slot_key) as i32,
+                queued: self.live.pool_queued(&slot_key).max(0) as i32,
+                key: key.clone(),
                 generation: pool.generation,
                 slots: pool.slots,
             };
@@ -526,7 +530,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             }
             live.insert(key);
         }
-        let gone: Vec<(String, String)> = self
+        let gone: Vec<PoolKey> = self
             .reported_pools
             .keys()
             .filter(|k| !live.contains(*k))
@@ -534,10 +538,10 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             .collect();
         self.reported_pools.retain(|k, _| live.contains(k));
         if !changed.is_empty() {
-            self.emit(ExecOutput::Pools(changed));
+            self.emit(ExecOutput::Status(ExecStatus::Pools(changed)));
         }
         if !gone.is_empty() {
-            self.emit(ExecOutput::PoolsGone(gone));
+            self.emit(ExecOutput::Status(ExecStatus::PoolsGone(gone)));
         }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{Claim, Gate, GateError, Grant, check_claim, check_holder, check_key, check_ttl};
+use super::{Claim, Gate, GateError, Grant, Slot, check_claim, check_holder, check_key, check_ttl};
 
 /// One holder's slots: its weight and when its lease ends.
 #[derive(Clone, Copy, Debug)]
@@ -75,7 +75,7 @@ impl MemoryGate {
     ) -> Result<bool, GateError> {
         let claim = Claim {
             holder: holder.to_string(),
-            slots: vec![(key.to_string(), weight, limit)],
+            slots: vec![Slot::new(key, weight, limit)],
         };
         let grants = self.acquire_all_now(std::slice::from_ref(&claim))?;
         Ok(grants.first() == Some(&Grant::Granted))
@@ -94,7 +94,7 @@ impl MemoryGate {
         let mut grants = Vec::with_capacity(claims.len());
         for claim in claims {
             let mut refused = None;
-            for (i, (key, weight, limit)) in claim.slots.iter().enumerate() {
+            for (i, Slot { key, weight, limit }) in claim.slots.iter().enumerate() {
                 let holders = semaphores.entry(key.clone()).or_default();
                 let count = used.entry(key.clone()).or_insert_with(|| {
                     holders.retain(|_, lease| lease.expires > now);
@@ -112,7 +112,7 @@ impl MemoryGate {
                 grants.push(Grant::Refused(i));
                 continue;
             }
-            for (key, weight, _) in &claim.slots {
+            for Slot { key, weight, .. } in &claim.slots {
                 let holders = semaphores.entry(key.clone()).or_default();
                 match holders.get_mut(&claim.holder) {
                     Some(lease) => lease.expires = expires,

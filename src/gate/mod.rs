@@ -25,6 +25,7 @@
 mod ledger;
 mod memory;
 mod redis;
+mod scope;
 
 use std::future::Future;
 use std::time::Duration;
@@ -32,6 +33,7 @@ use std::time::Duration;
 pub use self::ledger::{Hold, LeaseLedger, Upkeep};
 pub use self::memory::MemoryGate;
 pub use self::redis::{DEFAULT_PREFIX, RedisGate};
+pub use self::scope::GateScope;
 
 /// Why a gate operation gave no answer. Every variant means the same to a caller: no slot was
 /// granted (fail closed), try again later.
@@ -53,8 +55,26 @@ pub enum GateError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claim {
     pub holder: String,
-    /// (key, weight, limit) of each semaphore
-    pub slots: Vec<(String, u32, u32)>,
+    /// the semaphores, all of which the holder takes or none
+    pub slots: Vec<Slot>,
+}
+
+/// A share of one semaphore: `weight` of its `limit` slots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub key: String,
+    pub weight: u32,
+    pub limit: u32,
+}
+
+impl Slot {
+    pub fn new(key: impl Into<String>, weight: u32, limit: u32) -> Self {
+        Slot {
+            key: key.into(),
+            weight,
+            limit,
+        }
+    }
 }
 
 /// The answer to a [`Claim`].
@@ -139,7 +159,7 @@ pub async fn reinstate<G: Gate>(
         .iter()
         .map(|(key, holder, weight)| Claim {
             holder: holder.clone(),
-            slots: vec![(key.clone(), *weight, u32::MAX)],
+            slots: vec![Slot::new(key.clone(), *weight, u32::MAX)],
         })
         .collect();
     gate.acquire_all(&claims).await.map(|_| ())
@@ -207,8 +227,8 @@ fn check_claim(claim: &Claim) -> Result<(), GateError> {
             claim.holder
         )));
     }
-    for (key, weight, _) in &claim.slots {
-        check_acquire(key, &claim.holder, *weight)?;
+    for slot in &claim.slots {
+        check_acquire(&slot.key, &claim.holder, slot.weight)?;
     }
     Ok(())
 }

@@ -137,12 +137,13 @@ impl RedisGate {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.scripts.acquire_all.get_hash())
             .arg(claim.slots.len() * 2);
-        for (key, _, _) in &claim.slots {
-            cmd.arg(self.redis_key(key)).arg(self.weights_key(key));
+        for slot in &claim.slots {
+            cmd.arg(self.redis_key(&slot.key))
+                .arg(self.weights_key(&slot.key));
         }
         cmd.arg(&claim.holder).arg(self.lease_ttl_ms);
-        for (_, weight, limit) in &claim.slots {
-            cmd.arg(*weight).arg(*limit);
+        for slot in &claim.slots {
+            cmd.arg(slot.weight).arg(slot.limit);
         }
         cmd
     }

@@ -92,27 +92,7 @@ impl RunState {
     }
 }
 
-/// A DAG's identity in the store.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DagKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl DagKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        DagKey {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for DagKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+pub use crate::key::{BackfillKey, DagKey};
 
 /// A task instance to create with its run, `pending`, try 1.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::gate::GateScope;
 use crate::graph::TaskState;
 use crate::queue::RunClass;
 use crate::store::RunType;
@@ -34,40 +35,9 @@ const RECONCILE_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Which limit a gate decision concerns (SPEC §4, §7).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum GateScope {
-    /// `--max-concurrent-runs`
-    GlobalRuns,
-    /// a DAG's `maxActiveRuns`
-    DagRuns,
-    /// a Backfill's `concurrency`
-    BackfillRuns,
-    /// `--max-running-tasks`
-    RunningTasks,
-    /// a Pool's slots
-    Pool,
-}
-
-impl GateScope {
-    pub const ALL: [GateScope; 5] = [
-        GateScope::GlobalRuns,
-        GateScope::DagRuns,
-        GateScope::BackfillRuns,
-        GateScope::RunningTasks,
-        GateScope::Pool,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GateScope::GlobalRuns => "global_runs",
-            GateScope::DagRuns => "dag_runs",
-            GateScope::BackfillRuns => "backfill_runs",
-            GateScope::RunningTasks => "running_tasks",
-            GateScope::Pool => "pool",
-        }
-    }
-}
+/// The `error` label of `dagop_reconcile_errors_total`: the reconcilers' `metric_label()`s
+/// (each series exists from the start).
+pub const RECONCILE_ERRORS: [&str; 3] = ["kube", "engine_gone", "missing_field"];
 
 /// The reconcilers, as the `controller` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -98,6 +68,7 @@ const RUN_CLASSES: [RunClass; 3] = [RunClass::Backfill, RunClass::Scheduled, Run
 
 /// One label, value from a closed set.
 type Label1 = [(&'static str, &'static str); 1];
+type Label2 = [(&'static str, &'static str); 2];
 /// `pool` and `state` of `dagop_pool_slots`.
 type PoolLabels = [(&'static str, Cow<'static, str>); 2];
 
@@ -125,7 +96,7 @@ pub struct Metrics {
     task_transitions: Family<Label1, Counter>,
     pool_slots: Family<PoolLabels, Gauge>,
     reconcile_duration: HistogramFamily,
-    reconcile_errors: Family<Label1, Counter>,
+    reconcile_errors: Family<Label2, Counter>,
     leader: Gauge,
 }
 
@@ -201,7 +172,7 @@ impl Metrics {
             Unit::Seconds,
             reconcile_duration.clone(),
         );
-        let reconcile_errors = Family::<Label1, Counter>::default();
+        let reconcile_errors = Family::<Label2, Counter>::default();
         registry.register(
             "reconcile_errors",
             "Reconciles that returned an error, by controller",
@@ -258,7 +229,12 @@ impl Metrics {
         }
         for c in ControllerKind::ALL {
             init(&self.reconcile_duration, "controller", c.as_str());
-            init(&self.reconcile_errors, "controller", c.as_str());
+            for error in RECONCILE_ERRORS {
+                drop(
+                    self.reconcile_errors
+                        .get_or_create(&[("controller", c.as_str()), ("error", error)]),
+                );
+            }
         }
     }
 
@@ -336,15 +312,23 @@ impl Metrics {
     }
 
     /// One reconcile of `controller` took `secs`; `ok == false` counts an error.
-    pub fn reconcile_observed(&self, controller: ControllerKind, secs: f64, ok: bool) {
+    /// One reconcile took `secs`; `error` is the failed one's `metric_label()`.
+    pub fn reconcile_observed(
+        &self,
+        controller: ControllerKind,
+        secs: f64,
+        error: Option<&'static str>,
+    ) {
         let labels = [("controller", controller.as_str())];
         if !secs.is_nan() {
             self.reconcile_duration
                 .get_or_create(&labels)
                 .observe(secs.max(0.0));
         }
-        if !ok {
-            self.reconcile_errors.get_or_create(&labels).inc();
+        if let Some(error) = error {
+            self.reconcile_errors
+                .get_or_create(&[("controller", controller.as_str()), ("error", error)])
+                .inc();
         }
     }
 
@@ -438,7 +422,7 @@ mod tests {
         m.set_task_instances(TaskState::UpForRetry, 5);
         m.task_transition(TaskState::Running);
         m.set_pool_slots("ns/gpu", 2, 6, 1);
-        m.reconcile_observed(ControllerKind::Backfill, 0.01, false);
+        m.reconcile_observed(ControllerKind::Backfill, 0.01, Some("kube"));
         m.set_leader(true);
     }
 
@@ -470,7 +454,7 @@ mod tests {
             "dagop_gate_errors_total{scope=\"running_tasks\"} 0",
             "dagop_task_instances{state=\"upstream_failed\"} 0",
             "dagop_task_transitions_total{state=\"cancelled\"} 0",
-            "dagop_reconcile_errors_total{controller=\"pool\"} 0",
+            "dagop_reconcile_errors_total{controller=\"pool\",error=\"kube\"} 0",
             "dagop_reconcile_duration_seconds_count{controller=\"dag\"} 0",
             "dagop_schedule_delay_seconds_count 0",
             "dagop_active_runs 0",
@@ -491,7 +475,7 @@ mod tests {
         m.run_created(RunType::Manual);
         m.observe_schedule_delay(-3.0);
         m.observe_schedule_delay(f64::NAN);
-        m.reconcile_observed(ControllerKind::Dag, 0.5, true);
+        m.reconcile_observed(ControllerKind::Dag, 0.5, None);
         let text = m.encode();
         for line in [
             "dagop_runs_created_total{type=\"manual\"} 2",
@@ -510,8 +494,8 @@ mod tests {
             "dagop_pool_slots{pool=\"ns/gpu\",state=\"used\"} 2",
             "dagop_pool_slots{pool=\"ns/gpu\",state=\"open\"} 6",
             "dagop_pool_slots{pool=\"ns/gpu\",state=\"queued\"} 1",
-            "dagop_reconcile_errors_total{controller=\"backfill\"} 1",
-            "dagop_reconcile_errors_total{controller=\"dag\"} 0",
+            "dagop_reconcile_errors_total{controller=\"backfill\",error=\"kube\"} 1",
+            "dagop_reconcile_errors_total{controller=\"dag\",error=\"kube\"} 0",
             "dagop_reconcile_duration_seconds_count{controller=\"dag\"} 1",
             "dagop_leader 1",
         ] {

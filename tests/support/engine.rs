@@ -8,8 +8,10 @@ use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use dag_operator::api::DagSpec;
 use dag_operator::engine::{
-    BackfillInfo, Command, DagInfo, Engine, EngineConfig, Output, TriggerRequest,
+    BackfillInfo, Command, DagInfo, Engine, EngineConfig, EngineStatus, Output, TriggerRequest,
 };
+use dag_operator::key::BackfillKey;
+use dag_operator::report::Notice;
 use dag_operator::store::{
     Changes, DagKey, PgStore, RunEnd, RunFilter, RunRow, RunState, RunStore,
 };
@@ -87,9 +89,9 @@ impl Harness {
         self.outputs()
             .into_iter()
             .filter_map(|o| match o {
-                Output::Event {
+                Output::Event(Notice {
                     reason: r, message, ..
-                } if r == reason => Some(message),
+                }) if r == reason => Some(message),
                 _ => None,
             })
             .collect()
@@ -174,7 +176,7 @@ impl Harness {
         self.outputs()
             .into_iter()
             .filter_map(|o| match o {
-                Output::Backfill(key, p) if key.name == name => Some(p),
+                Output::Status(EngineStatus::Backfill(key, p)) if key.name == name => Some(p),
                 _ => None,
             })
             .last()
@@ -195,7 +197,7 @@ pub fn backfill(
         end.to_rfc3339()
     );
     BackfillInfo {
-        key: DagKey::new("ns", name),
+        key: BackfillKey::new("ns", name),
         uid: format!("uid-bf-{name}"),
         generation: Some(1),
         spec: serde_yaml::from_str(&yaml).expect("valid Backfill spec"),

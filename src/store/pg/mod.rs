@@ -189,10 +189,10 @@ fn run_from_row(row: &PgRow) -> Result<RunRow, StoreError> {
     let state: String = row.try_get("state")?;
     Ok(RunRow {
         id: row.try_get("id")?,
-        dag: DagKey {
-            namespace: row.try_get("namespace")?,
-            name: row.try_get("dag_name")?,
-        },
+        dag: DagKey::new(
+            row.try_get::<String, _>("namespace")?,
+            row.try_get::<String, _>("dag_name")?,
+        ),
         dag_uid: row.try_get("dag_uid")?,
         run_type: RunType::parse(&run_type).ok_or(StoreError::Corrupt {
             column: "dag_runs.run_type",
@@ -483,10 +483,10 @@ impl RunStore for PgStore {
             }
         }
         for row in &successes {
-            let key = DagKey {
-                namespace: row.try_get("ns")?,
-                name: row.try_get("name")?,
-            };
+            let key = DagKey::new(
+                row.try_get::<String, _>("ns")?,
+                row.try_get::<String, _>("name")?,
+            );
             if let Some(&i) = index.get(&key) {
                 out[i].last_success = row.try_get("last_success")?;
             }

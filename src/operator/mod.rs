@@ -1,0 +1,388 @@
+//! The operator, wired: [`Operator::start`] takes a configuration, a Kubernetes client, the
+//! store and the gate, and starts everything in order —
+//!
+//! 1. the health and metrics endpoints (`/readyz` says why it is not ready yet);
+//! 2. the schema, retried until PostgreSQL answers;
+//! 3. leadership, when configured (a standby waits here, ready);
+//! 4. the watches (Pods, Pools), the engine and the executor on the one gate;
+//! 5. the routers ([`route`]) from engine and executor to status, events and metrics;
+//! 6. the Backfill and DAG controllers, until shutdown; then the Lease is given up.
+//!
+//! `dag-operator run` parses flags into an [`OperatorConfig`] and calls it; tests can start
+//! an operator in process the same way.
+
+mod leadership;
+pub mod route;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use self::leadership::LeaderSettings;
+use self::route::{GateHealth, HandledTriggers, Routes, route_engine, route_executor};
+use crate::api::{Backfill, DAG, Pool};
+use crate::controller::status::{StatusUpdate, run_writer};
+use crate::controller::{Events, backfill as backfill_controller, dag as dag_controller};
+use crate::engine::{Command, Engine, EngineConfig, Output};
+use crate::executor::watch::{spawn_pod_watch, spawn_pool_watch, until_ready};
+use crate::executor::{ExecInput, ExecOutput, Executor, ExecutorConfig, KubeLauncher};
+use crate::gate::Gate;
+use crate::k8s;
+use crate::report::Notice;
+use crate::store::PgStore;
+use crate::telemetry::{self, Health, Metrics, Role};
+
+/// How long a graceful shutdown may take before the operator just stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything the operator is told at start.
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    pub engine: EngineConfig,
+    pub executor: ExecutorConfig,
+    /// the namespace watched (none: all)
+    pub namespace: Option<String>,
+    /// where `/metrics`, `/healthz` and `/readyz` listen (`host:port`; port 0: any)
+    pub metrics_addr: String,
+    /// leader election (none: this replica leads at once)
+    pub leader: Option<LeaderSettings>,
+}
+
+/// Why the operator could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("cannot serve health and metrics: {0}")]
+    Telemetry(std::io::Error),
+    #[error("leader election: {0}")]
+    LeaderElection(String),
+    #[error("the operator task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Tells the operator to shut down (when sent, or when every [`ShutdownTrigger`] is dropped).
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+/// Completes once shutdown was asked for; cheap to clone.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    pub fn new() -> (ShutdownTrigger, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (ShutdownTrigger(tx), Shutdown(rx))
+    }
+
+    /// Completes once shutdown was asked for (also if that happened before the call).
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        // an error: the trigger is gone, which also means shut down
+        let _asked = rx.wait_for(|down| *down).await;
+    }
+}
+
+impl ShutdownTrigger {
+    pub fn shut_down(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// A started operator.
+pub struct Running {
+    /// where the health and metrics endpoints listen
+    pub metrics_addr: SocketAddr,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    task: JoinHandle<Result<(), OperatorError>>,
+}
+
+impl Running {
+    /// Waits until the operator has shut down.
+    pub async fn wait(self) -> Result<(), OperatorError> {
+        self.task.await?
+    }
+}
+
+pub struct Operator;
+
+impl Operator {
+    /// Starts the operator (steps 1–6 above) and returns once its endpoints listen.
+    pub async fn start<G: Gate + Clone>(
+        config: OperatorConfig,
+        client: kube::Client,
+        store: PgStore,
+        gate: G,
+        shutdown: Shutdown,
+    ) -> Result<Running, OperatorError> {
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::new());
+        // until the engine reports otherwise
+        health.set_gate_ok(true);
+        let leads_alone = config.leader.is_none();
+        health.set_role(if leads_alone {
+            Role::Leader
+        } else {
+            Role::Standby
+        });
+        metrics.set_leader(leads_alone);
+        let stop = shutdown.clone();
+        let metrics_addr = telemetry::serve(
+            &config.metrics_addr,
+            metrics.clone(),
+            health.clone(),
+            async move { stop.wait().await },
+        )
+        .await
+        .map_err(OperatorError::Telemetry)?;
+        tracing::info!(addr = %metrics_addr, "health and metrics endpoints up");
+        let parts = Parts {
+            config,
+            client,
+            store,
+            metrics: metrics.clone(),
+            health: health.clone(),
+            shutdown,
+        };
+        let task = tokio::spawn(parts.operate(gate));
+        Ok(Running {
+            metrics_addr,
+            health,
+            metrics,
+            task,
+        })
+    }
+}
+
+/// What the operator's task works with.
+struct Parts {
+    config: OperatorConfig,
+    client: kube::Client,
+    store: PgStore,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: Shutdown,
+}
+
+/// The channels between the parts.
+struct Wires {
+    commands: (mpsc::Sender<Command>, mpsc::Receiver<Command>),
+    engine_out: (
+        mpsc::UnboundedSender<Output>,
+        mpsc::UnboundedReceiver<Output>,
+    ),
+    exec_out: (
+        mpsc::UnboundedSender<ExecOutput>,
+        mpsc::UnboundedReceiver<ExecOutput>,
+    ),
+    exec_in: (
+        mpsc::UnboundedSender<ExecInput>,
+        mpsc::UnboundedReceiver<ExecInput>,
+    ),
+    status: (
+        mpsc::UnboundedSender<StatusUpdate>,
+        mpsc::UnboundedReceiver<StatusUpdate>,
+    ),
+    notices: (
+        mpsc::UnboundedSender<Notice>,
+        mpsc::UnboundedReceiver<Notice>,
+    ),
+    triggers: (
+        mpsc::UnboundedSender<HandledTriggers>,
+        mpsc::UnboundedReceiver<HandledTriggers>,
+    ),
+}
+
+impl Wires {
+    fn new() -> Self {
+        Wires {
+            commands: mpsc::channel(1024),
+            engine_out: mpsc::unbounded_channel(),
+            exec_out: mpsc::unbounded_channel(),
+            exec_in: mpsc::unbounded_channel(),
+            status: mpsc::unbounded_channel(),
+            notices: mpsc::unbounded_channel(),
+            triggers: mpsc::unbounded_channel(),
+        }
+    }
+}
+
+impl Parts {
+    async fn operate<G: Gate + Clone>(self, gate: G) -> Result<(), OperatorError> {
+        // 2. the schema; the operator stays up (not ready) until PostgreSQL answers
+        if !self.migrate().await {
+            return Ok(()); // shut down while waiting
+        }
+        // 3. a standby stays ready (store reachable) and takes over when the leader goes
+        let leadership = match &self.config.leader {
+            Some(settings) => {
+                match leadership::lead(settings, &self.client, &self.shutdown).await? {
+                    Some(l) => {
+                        self.health.set_role(Role::Leader);
+                        self.metrics.set_leader(true);
+                        Some(l)
+                    }
+                    None => return Ok(()),
+                }
+            }
+            None => None,
+        };
+        // 4.–6.
+        self.lead(gate).await;
+        if let Some(l) = leadership {
+            l.step_down().await;
+        }
+        tracing::info!("shut down");
+        Ok(())
+    }
+
+    /// Migrates the schema, retrying with backoff; `false` when shut down first.
+    async fn migrate(&self) -> bool {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match self.store.migrate().await {
+                Ok(()) => {
+                    self.health.set_store_ok(true);
+                    return true;
+                }
+                Err(e) => {
+                    self.health.set_store_ok(false);
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot migrate the database yet");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.shutdown.wait() => return false,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// Steps 4–6, as the leader, until shutdown.
+    async fn lead<G: Gate + Clone>(self, gate: G) {
+        let ns = self.config.namespace.as_deref();
+        let client = &self.client;
+        let w = Wires::new();
+        // 4. watches, engine and executor
+        spawn_pod_watch(k8s::api(client.clone(), ns), w.exec_in.0.clone());
+        let pools = spawn_pool_watch(k8s::api(client.clone(), ns), w.exec_in.0.clone());
+        // one cache of the watched DAGs, filled by the DAG controller and read by the executor
+        let dag_cache = kube::runtime::reflector::store::Writer::<DAG>::default();
+        let dags = dag_cache.as_reader();
+        let mut engine_cfg = self.config.engine.clone();
+        engine_cfg.namespace = self.config.namespace.clone();
+        let default_tz = engine_cfg.default_tz;
+        let engine =
+            Engine::with_gate(engine_cfg, self.store.clone(), gate.clone(), w.engine_out.0);
+        tokio::spawn(engine.run(w.commands.1));
+        let mut exec_cfg = self.config.executor.clone();
+        exec_cfg.namespace = self.config.namespace.clone();
+        let executor = Executor::new(
+            exec_cfg,
+            self.store.clone(),
+            gate,
+            KubeLauncher::new(client.clone()),
+            Arc::new(pools.clone()),
+            w.exec_out.0,
+        )
+        .with_current_specs(Arc::new(dags.clone()));
+        {
+            let (pools, dags, inputs) = (pools.clone(), dags, w.exec_in.1);
+            tokio::spawn(async move {
+                // a run's Pods are judged once the watches have listed what exists
+                until_ready(&pools).await;
+                until_ready(&dags).await;
+                executor.run(inputs).await;
+            });
+        }
+        // 5. routers, and the consumers they feed
+        let routes = Routes {
+            status: w.status.0.clone(),
+            notices: w.notices.0,
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+            gate: GateHealth::new(self.health.clone(), w.status.0.clone()),
+            engine: w.commands.0.clone(),
+            executor: w.exec_in.0,
+            triggers: w.triggers.0,
+        };
+        spawn_routers(routes, w.engine_out.1, w.exec_out.1);
+        tokio::spawn(run_writer(
+            client.clone(),
+            w.status.1,
+            Some(self.metrics.clone()),
+        ));
+        let events = Events::new(client.clone());
+        tokio::spawn(publish_notices(events.clone(), w.notices.1));
+        tokio::spawn(prune_triggers(client.clone(), w.triggers.1));
+        // 6. controllers
+        tokio::spawn(backfill_controller::run(
+            k8s::api::<Backfill>(client.clone(), ns),
+            w.commands.0.clone(),
+            self.metrics.clone(),
+        ));
+        let ctx = Arc::new(
+            dag_controller::Context::new(w.commands.0, w.status.0, events, default_tz)
+                .with_metrics(self.metrics.clone())
+                .with_pools(pools),
+        );
+        tracing::info!(namespace = ns.unwrap_or("(all)"), "watching DAGs");
+        let stop = self.shutdown.clone();
+        tokio::select! {
+            _ = dag_controller::run(
+                k8s::api::<DAG>(client.clone(), ns),
+                Some(k8s::api::<Pool>(client.clone(), ns)),
+                ctx,
+                dag_cache,
+                async move { stop.wait().await },
+            ) => {}
+            // the controller drains in-flight reconciles on shutdown; one whose watch cannot
+            // even list (e.g. 401/403) never finishes draining, so it ends after a grace period
+            _ = async {
+                self.shutdown.wait().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => tracing::warn!(grace = ?SHUTDOWN_GRACE, "graceful shutdown took too long; exiting"),
+        }
+    }
+}
+
+/// Runs the two routers until their sources close.
+fn spawn_routers(
+    routes: Routes,
+    mut engine_out: mpsc::UnboundedReceiver<Output>,
+    mut exec_out: mpsc::UnboundedReceiver<ExecOutput>,
+) {
+    let exec_routes = routes.clone();
+    tokio::spawn(async move {
+        while let Some(output) = engine_out.recv().await {
+            route_engine(output, &routes);
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(output) = exec_out.recv().await {
+            route_executor(output, &exec_routes).await;
+        }
+    });
+}
+
+/// Publishes each notice as a Kubernetes Event (in the background; failures are logged).
+async fn publish_notices(events: Events, mut notices: mpsc::UnboundedReceiver<Notice>) {
+    while let Some(notice) = notices.recv().await {
+        events.spawn_notice(notice);
+    }
+}
+
+/// Removes handled trigger annotations from their DAGs.
+async fn prune_triggers(
+    client: kube::Client,
+    mut handled: mpsc::UnboundedReceiver<HandledTriggers>,
+) {
+    while let Some(h) = handled.recv().await {
+        tokio::spawn(dag_controller::prune_triggers(
+            client.clone(),
+            h.dag,
+            h.values,
+        ));
+    }
+}
