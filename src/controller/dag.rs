@@ -104,76 +104,82 @@ fn problem(e: &DagSpecError) -> Problem {
     }
 }
 
+/// One DAG, in four steps.
 pub async fn reconcile(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    // 1. dereference: which DAG, and is it going away?
     let key = key_of(&dag)?;
-    let generation = dag.meta().generation;
     if dag.meta().deletion_timestamp.is_some() {
         let uid = dag.meta().uid.clone().unwrap_or_default();
         forget(&ctx, key, uid).await?;
         return Ok(Action::await_change());
     }
+    // 2. the Pools its tasks name
     if let Some(pools) = &ctx.pools {
         ctx.tell_status(StatusUpdate::MissingPools(
             key.clone(),
             missing_pools(&dag, pools),
         ));
     }
-    match dag.spec.validate(ctx.default_tz) {
-        Err(e) => {
-            let Problem { reason, message } = problem(&e);
-            ctx.engine
-                .send(Command::Invalid(key.clone()))
-                .await
-                .map_err(|_| ControllerError::EngineGone)?;
-            ctx.tell_status(StatusUpdate::Validity(
-                key.clone(),
-                Validity {
-                    generation,
-                    problem: Some(Problem {
-                        reason: reason.clone(),
-                        message: message.clone(),
-                    }),
-                    observed_trigger: observed_trigger(&dag),
-                },
-            ));
-            let new = {
-                let mut reported = ctx.reported.lock().unwrap_or_else(|p| p.into_inner());
-                let entry = (generation, reason.clone());
-                reported.insert(key.clone(), entry.clone()) != Some(entry)
-            };
-            if new {
-                tracing::warn!(dag = %key, %reason, %message, "invalid DAG");
-                ctx.events
-                    .publish(
-                        &dag_reference(&key, dag.meta().uid.as_deref()),
-                        true,
-                        &reason,
-                        message,
-                    )
-                    .await;
-            }
-        }
+    // 3. validate what the schema cannot (cron, zone, graph), and tell the engine
+    let problem = match dag.spec.validate(ctx.default_tz) {
         Ok((schedule, _graph)) => {
-            ctx.reported
+            let info = DagInfo::new(key.clone(), dag.clone(), schedule);
+            ctx.tell_engine(Command::Upsert(Box::new(info))).await?;
+            None
+        }
+        Err(e) => {
+            ctx.tell_engine(Command::Invalid(key.clone())).await?;
+            Some(problem(&e))
+        }
+    };
+    // 4. validity into the status; an invalid spec also as an event, once per generation
+    ctx.tell_status(StatusUpdate::Validity(
+        key.clone(),
+        Validity {
+            generation: dag.meta().generation,
+            problem: problem.clone(),
+            observed_trigger: observed_trigger(&dag),
+        },
+    ));
+    ctx.report_problem(&dag, &key, problem).await;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+impl Context {
+    async fn tell_engine(&self, command: Command) -> Result<(), ControllerError> {
+        self.engine
+            .send(command)
+            .await
+            .map_err(|_| ControllerError::EngineGone)
+    }
+
+    /// A Warning event for an invalid spec the first time it is seen (per generation and
+    /// reason); a valid spec clears the memory.
+    async fn report_problem(&self, dag: &DAG, key: &DagKey, problem: Option<Problem>) {
+        let Some(Problem { reason, message }) = problem else {
+            self.reported
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
-            let info = DagInfo::new(key.clone(), dag.clone(), schedule);
-            ctx.tell_status(StatusUpdate::Validity(
-                key.clone(),
-                Validity {
-                    generation,
-                    problem: None,
-                    observed_trigger: observed_trigger(&dag),
-                },
-            ));
-            ctx.engine
-                .send(Command::Upsert(Box::new(info)))
-                .await
-                .map_err(|_| ControllerError::EngineGone)?;
+                .remove(key);
+            return;
+        };
+        let new = {
+            let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = (dag.meta().generation, reason.clone());
+            reported.insert(key.clone(), entry.clone()) != Some(entry)
+        };
+        if new {
+            tracing::warn!(dag = %key, %reason, %message, "invalid DAG");
+            self.events
+                .publish(
+                    &dag_reference(key, dag.meta().uid.as_deref()),
+                    true,
+                    &reason,
+                    message,
+                )
+                .await;
         }
     }
-    Ok(Action::requeue(Duration::from_secs(300)))
 }
 
 /// Removes handled `trigger.dagoperator.io/<value>` annotations from a DAG (the values are
@@ -236,10 +242,7 @@ async fn forget(ctx: &Context, key: DagKey, uid: String) -> Result<(), Controlle
         .unwrap_or_else(|p| p.into_inner())
         .remove(&key);
     ctx.tell_status(StatusUpdate::Removed(key.clone()));
-    ctx.engine
-        .send(Command::Deleted { key, uid })
-        .await
-        .map_err(|_| ControllerError::EngineGone)
+    ctx.tell_engine(Command::Deleted { key, uid }).await
 }
 
 pub fn error_policy(_dag: Arc<DAG>, error: &ControllerError, _ctx: Arc<Context>) -> Action {
@@ -331,11 +334,7 @@ async fn watch_deletions(api: Api<DAG>, ctx: Arc<Context>) {
         for change in relist.observe(&event, identify) {
             let told = match change {
                 Change::Gone { key, uid } => forget(&ctx, key, uid).await,
-                Change::Listed(existing) => ctx
-                    .engine
-                    .send(Command::Listed(existing))
-                    .await
-                    .map_err(|_| ControllerError::EngineGone),
+                Change::Listed(existing) => ctx.tell_engine(Command::Listed(existing)).await,
             };
             if told.is_err() {
                 return;
