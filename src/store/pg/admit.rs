@@ -12,7 +12,7 @@ use sqlx::Row;
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
-use super::{PgStore, run_from_row};
+use super::{PgStore, dag_columns, dag_key, insert_specs, run_from_row, trigger_of};
 use crate::store::{
     Admission, Admitted, DagKey, NewRun, NewTask, RefusedTrigger, Rerun, RunRow, StoreError,
     TakenDate, TriggerOutcome,
@@ -77,6 +77,26 @@ const POSITIONS: &str = "INSERT INTO dag_positions \
              THEN GREATEST(dag_positions.last_tick, EXCLUDED.last_tick) \
              ELSE EXCLUDED.last_tick END";
 
+/// The array parameters of SETTLE_TRIGGERS: namespace, DAG, value, run, outcome, message.
+type TriggerColumns<'a> = (
+    Vec<&'a str>,
+    Vec<&'a str>,
+    Vec<&'a str>,
+    Vec<Option<Uuid>>,
+    Vec<&'a str>,
+    Vec<Option<String>>,
+);
+
+/// The array parameters of BACKFILL_DATES: namespace, Backfill, uid, date, run, outcome.
+type DateColumns<'a> = (
+    Vec<&'a str>,
+    Vec<&'a str>,
+    Vec<&'a str>,
+    Vec<chrono::DateTime<chrono::Utc>>,
+    Vec<Option<Uuid>>,
+    Vec<&'a str>,
+);
+
 impl PgStore {
     /// Writes one admission in one transaction; see [`crate::store::RunStore::admit`].
     pub(super) async fn admit_tx(&self, a: &Admission) -> Result<Admitted, StoreError> {
@@ -135,23 +155,14 @@ impl PgStore {
         if missing.is_empty() {
             return Ok(Vec::new());
         }
+        let (namespaces, names) = dag_columns(missing.iter().map(|r| &r.dag));
         let rows = sqlx::query(
             "SELECT d.namespace, d.dag_name, d.logical_date, d.state FROM dag_runs d \
              JOIN UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS k(ns, name, date) \
                ON d.namespace = k.ns AND d.dag_name = k.name AND d.logical_date = k.date",
         )
-        .bind(
-            missing
-                .iter()
-                .map(|r| r.dag.namespace.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            missing
-                .iter()
-                .map(|r| r.dag.name.as_str())
-                .collect::<Vec<_>>(),
-        )
+        .bind(namespaces)
+        .bind(names)
         .bind(missing.iter().map(|r| r.logical_date).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
@@ -159,10 +170,7 @@ impl PgStore {
             .map(|row| {
                 let state: String = row.try_get("state")?;
                 Ok(TakenDate {
-                    dag: DagKey::new(
-                        row.try_get::<String, _>("namespace")?,
-                        row.try_get::<String, _>("dag_name")?,
-                    ),
+                    dag: dag_key(row, "namespace", "dag_name")?,
                     logical_date: row.try_get("logical_date")?,
                     running: state == "running",
                 })
@@ -174,17 +182,7 @@ impl PgStore {
         tx: &mut PgConnection,
         specs: &[crate::store::SpecRow],
     ) -> Result<(), StoreError> {
-        let hashes: Vec<&str> = specs.iter().map(|s| s.hash.as_str()).collect();
-        let bodies: Vec<&serde_json::Value> = specs.iter().map(|s| &s.spec).collect();
-        sqlx::query(
-            "INSERT INTO dag_specs (hash, spec) SELECT * FROM UNNEST($1::text[], $2::jsonb[]) \
-             ORDER BY 1 ON CONFLICT (hash) DO NOTHING",
-        )
-        .bind(hashes)
-        .bind(bodies)
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
+        insert_specs(&mut *tx, specs).await
     }
 
     /// Claims the trigger values of the runs that carry one; returns those claimed.
@@ -196,13 +194,10 @@ impl PgStore {
         if with.is_empty() {
             return Ok(HashSet::new());
         }
+        let (namespaces, names) = dag_columns(with.iter().map(|r| &r.dag));
         let rows = sqlx::query(CLAIM_TRIGGERS)
-            .bind(
-                with.iter()
-                    .map(|r| r.dag.namespace.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(with.iter().map(|r| r.dag.name.as_str()).collect::<Vec<_>>())
+            .bind(namespaces)
+            .bind(names)
             .bind(
                 with.iter()
                     .map(|r| r.trigger.as_deref())
@@ -212,17 +207,7 @@ impl PgStore {
             .bind(vec!["created"; with.len()])
             .fetch_all(&mut *tx)
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    DagKey::new(
-                        row.try_get::<String, _>("namespace")?,
-                        row.try_get::<String, _>("dag_name")?,
-                    ),
-                    row.try_get("value")?,
-                ))
-            })
-            .collect()
+        rows.iter().map(trigger_of).collect()
     }
 
     /// Records what each claimed trigger came to: its run, or refused (date taken).
@@ -232,14 +217,8 @@ impl PgStore {
         inserted: &[Option<RunRow>],
     ) -> Result<Vec<(DagKey, String, TriggerOutcome)>, StoreError> {
         let mut out = Vec::new();
-        let (mut ns, mut dag, mut value, mut run_id, mut outcome, mut message) = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
+        let (mut ns, mut dag, mut value, mut run_id, mut outcome, mut message): TriggerColumns =
+            Default::default();
         for (run, row) in runs.iter().zip(inserted) {
             let Some(v) = &run.trigger else { continue };
             ns.push(run.dag.namespace.as_str());
@@ -287,24 +266,15 @@ impl PgStore {
         if refused.is_empty() {
             return Ok(Vec::new());
         }
+        let (namespaces, names) = dag_columns(refused.iter().map(|r| &r.dag));
         let rows = sqlx::query(
             "INSERT INTO dag_triggers (namespace, dag_name, value, outcome, message) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
              ORDER BY 1, 2, 3 ON CONFLICT (namespace, dag_name, value) DO NOTHING \
              RETURNING namespace, dag_name, value",
         )
-        .bind(
-            refused
-                .iter()
-                .map(|r| r.dag.namespace.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            refused
-                .iter()
-                .map(|r| r.dag.name.as_str())
-                .collect::<Vec<_>>(),
-        )
+        .bind(namespaces)
+        .bind(names)
         .bind(refused.iter().map(|r| r.value.as_str()).collect::<Vec<_>>())
         .bind(vec!["refused"; refused.len()])
         .bind(
@@ -402,14 +372,8 @@ impl PgStore {
         inserted: &[Option<RunRow>],
         rerun: &[RunRow],
     ) -> Result<(), StoreError> {
-        let (mut ns, mut bf, mut uid, mut date, mut run_id, mut outcome) = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
+        let (mut ns, mut bf, mut uid, mut date, mut run_id, mut outcome): DateColumns =
+            Default::default();
         for (run, row) in runs.iter().zip(inserted) {
             let (Some(name), Some(u), Some(row)) = (&run.backfill_name, &run.backfill_uid, row)
             else {
@@ -461,13 +425,10 @@ impl PgStore {
         if p.is_empty() {
             return Ok(());
         }
+        let (namespaces, names) = dag_columns(p.iter().map(|x| &x.dag));
         sqlx::query(POSITIONS)
-            .bind(
-                p.iter()
-                    .map(|x| x.dag.namespace.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(p.iter().map(|x| x.dag.name.as_str()).collect::<Vec<_>>())
+            .bind(namespaces)
+            .bind(names)
             .bind(p.iter().map(|x| x.dag_uid.as_str()).collect::<Vec<_>>())
             .bind(p.iter().map(|x| x.schedule.as_str()).collect::<Vec<_>>())
             .bind(p.iter().map(|x| x.since).collect::<Vec<_>>())

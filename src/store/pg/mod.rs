@@ -184,15 +184,52 @@ mod admit;
 mod record;
 mod tasks;
 
+/// A DAG's key from the row's columns `ns_col` and `name_col`.
+fn dag_key(row: &PgRow, ns_col: &str, name_col: &str) -> Result<DagKey, StoreError> {
+    Ok(DagKey::new(
+        row.try_get::<String, _>(ns_col)?,
+        row.try_get::<String, _>(name_col)?,
+    ))
+}
+
+/// A recorded trigger value: its DAG and the value.
+fn trigger_of(row: &PgRow) -> Result<(DagKey, String), StoreError> {
+    Ok((
+        dag_key(row, "namespace", "dag_name")?,
+        row.try_get("value")?,
+    ))
+}
+
+/// The namespaces and the names of DAG keys, as two array parameters (`UNNEST($1, $2)`).
+fn dag_columns<'a>(keys: impl Iterator<Item = &'a DagKey>) -> (Vec<&'a str>, Vec<&'a str>) {
+    keys.map(|k| (k.namespace.as_str(), k.name.as_str()))
+        .unzip()
+}
+
+/// Stores spec versions not stored yet (by hash), in a transaction or not.
+async fn insert_specs<'e>(
+    ex: impl sqlx::PgExecutor<'e>,
+    specs: &[SpecRow],
+) -> Result<(), StoreError> {
+    let hashes: Vec<&str> = specs.iter().map(|s| s.hash.as_str()).collect();
+    let bodies: Vec<&serde_json::Value> = specs.iter().map(|s| &s.spec).collect();
+    sqlx::query(
+        "INSERT INTO dag_specs (hash, spec) SELECT * FROM UNNEST($1::text[], $2::jsonb[]) \
+         ORDER BY 1 ON CONFLICT (hash) DO NOTHING",
+    )
+    .bind(hashes)
+    .bind(bodies)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
 fn run_from_row(row: &PgRow) -> Result<RunRow, StoreError> {
     let run_type: String = row.try_get("run_type")?;
     let state: String = row.try_get("state")?;
     Ok(RunRow {
         id: row.try_get("id")?,
-        dag: DagKey::new(
-            row.try_get::<String, _>("namespace")?,
-            row.try_get::<String, _>("dag_name")?,
-        ),
+        dag: dag_key(row, "namespace", "dag_name")?,
         dag_uid: row.try_get("dag_uid")?,
         run_type: RunType::parse(&run_type).ok_or(StoreError::Corrupt {
             column: "dag_runs.run_type",
@@ -318,16 +355,7 @@ impl RunStore for PgStore {
         if specs.is_empty() {
             return Ok(());
         }
-        let hashes: Vec<&str> = specs.iter().map(|s| s.hash.as_str()).collect();
-        let bodies: Vec<&serde_json::Value> = specs.iter().map(|s| &s.spec).collect();
-        sqlx::query(
-            "INSERT INTO dag_specs (hash, spec) SELECT * FROM UNNEST($1::text[], $2::jsonb[]) \
-             ORDER BY 1 ON CONFLICT (hash) DO NOTHING",
-        )
-        .bind(hashes)
-        .bind(bodies)
-        .execute(&self.pool)
-        .await?;
+        insert_specs(&self.pool, specs).await?;
         Ok(())
     }
 
@@ -438,8 +466,7 @@ impl RunStore for PgStore {
         if dags.is_empty() {
             return Ok(Vec::new());
         }
-        let namespaces: Vec<&str> = dags.iter().map(|d| d.namespace.as_str()).collect();
-        let names: Vec<&str> = dags.iter().map(|d| d.name.as_str()).collect();
+        let (namespaces, names) = dag_columns(dags.iter());
         // both served by the identity index (namespace, dag_name, logical_date), backwards
         let rows = sqlx::query(concat!(
             "SELECT r.* FROM UNNEST($1::text[], $2::text[]) AS k(ns, name) \
@@ -483,10 +510,7 @@ impl RunStore for PgStore {
             }
         }
         for row in &successes {
-            let key = DagKey::new(
-                row.try_get::<String, _>("ns")?,
-                row.try_get::<String, _>("name")?,
-            );
+            let key = dag_key(row, "ns", "name")?;
             if let Some(&i) = index.get(&key) {
                 out[i].last_success = row.try_get("last_success")?;
             }

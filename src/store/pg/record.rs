@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::PgStore;
+use super::{PgStore, dag_columns, dag_key, trigger_of};
 use crate::store::{
     BackfillCounts, BackfillRecord, BackfillRef, DagKey, DagRecord, Position, RunState, StoreError,
 };
@@ -17,6 +17,7 @@ impl PgStore {
             return Ok(Vec::new());
         }
         // the last scheduled run: the partial index dag_runs_last_scheduled_idx; the last
+        let (namespaces, names) = dag_columns(dags.iter());
         // trigger: dag_triggers_handled_idx
         let rows = sqlx::query(
             "SELECT k.ns, k.name, p.dag_uid, p.schedule, p.schedule_since, p.last_tick, \
@@ -29,20 +30,13 @@ impl PgStore {
              FROM UNNEST($1::text[], $2::text[]) AS k(ns, name) \
              LEFT JOIN dag_positions p ON p.namespace = k.ns AND p.dag_name = k.name",
         )
-        .bind(
-            dags.iter()
-                .map(|d| d.namespace.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(dags.iter().map(|d| d.name.as_str()).collect::<Vec<_>>())
+        .bind(namespaces)
+        .bind(names)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| {
-                let dag = DagKey::new(
-                    row.try_get::<String, _>("ns")?,
-                    row.try_get::<String, _>("name")?,
-                );
+                let dag = dag_key(row, "ns", "name")?;
                 let uid: Option<String> = row.try_get("dag_uid")?;
                 let position = match uid {
                     None => None,
@@ -71,37 +65,18 @@ impl PgStore {
         if values.is_empty() {
             return Ok(Vec::new());
         }
+        let (namespaces, names) = dag_columns(values.iter().map(|(d, _)| d));
         let rows = sqlx::query(
             "SELECT t.namespace, t.dag_name, t.value FROM dag_triggers t \
              JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(ns, name, value) \
                ON t.namespace = k.ns AND t.dag_name = k.name AND t.value = k.value",
         )
-        .bind(
-            values
-                .iter()
-                .map(|(d, _)| d.namespace.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            values
-                .iter()
-                .map(|(d, _)| d.name.as_str())
-                .collect::<Vec<_>>(),
-        )
+        .bind(namespaces)
+        .bind(names)
         .bind(values.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    DagKey::new(
-                        row.try_get::<String, _>("namespace")?,
-                        row.try_get::<String, _>("dag_name")?,
-                    ),
-                    row.try_get("value")?,
-                ))
-            })
-            .collect()
+        rows.iter().map(trigger_of).collect()
     }
 
     pub(super) async fn backfill_record_q(
