@@ -88,11 +88,44 @@ fn printer_columns() {
     assert_eq!(
         names("dags"),
         [
-            "Schedule", "Suspend", "Active", "Queued", "Last", "Next", "Ready", "Age"
+            "Schedule",
+            "Timezone",
+            "Suspend",
+            "Active",
+            "Queued",
+            "Last",
+            "Next",
+            "LastSuccess",
+            "Ready",
+            "Age",
+            "Message"
         ]
     );
-    assert_eq!(names("pools"), ["Slots", "Used", "Queued", "Age"]);
-    assert_eq!(names("backfills"), ["DAG", "Phase", "Progress", "Age"]);
+    assert_eq!(names("pools"), ["Slots", "Used", "Open", "Queued", "Age"]);
+    assert_eq!(
+        names("backfills"),
+        ["DAG", "Phase", "Progress", "Active", "Age"]
+    );
+    // the Ready message only with -o wide
+    let message = crd_json("dags")["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_array()
+        .and_then(|cols| cols.iter().find(|c| c["name"] == "Message").cloned())
+        .unwrap_or_default();
+    assert_eq!(message["priority"], 1);
+}
+
+/// kstatus and server-side apply read `conditions` as a map keyed by `type`.
+#[test]
+fn conditions_are_a_map_keyed_by_type() {
+    for plural in ["dags", "pools", "backfills"] {
+        let conditions = &schema(plural)["properties"]["status"]["properties"]["conditions"];
+        assert_eq!(conditions["x-kubernetes-list-type"], "map", "{plural}");
+        assert_eq!(
+            conditions["x-kubernetes-list-map-keys"],
+            serde_json::json!(["type"]),
+            "{plural}"
+        );
+    }
 }
 
 #[test]
@@ -173,5 +206,59 @@ fn pool_and_backfill_schemas() {
     assert_eq!(
         bf["properties"]["reprocess"]["enum"],
         serde_json::json!(["None", "Failed", "All"])
+    );
+}
+
+/// Every property below `schema` without a description, as JSON paths.
+fn undescribed(schema: &Value, path: &str, out: &mut Vec<String>) {
+    if let Some(props) = schema["properties"].as_object() {
+        for (name, prop) in props {
+            let here = format!("{path}.{name}");
+            let described = prop["description"]
+                .as_str()
+                .is_some_and(|d| !d.trim().is_empty());
+            if !described {
+                out.push(here.clone());
+            }
+            undescribed(prop, &here, out);
+        }
+    }
+    if schema["items"].is_object() {
+        undescribed(&schema["items"], &format!("{path}[]"), out);
+    }
+    if schema["additionalProperties"].is_object() {
+        undescribed(&schema["additionalProperties"], &format!("{path}{{}}"), out);
+    }
+}
+
+/// Issue 15: `kubectl explain` explains every kind and every field of our own types.
+#[test]
+fn every_kind_and_field_has_a_description() {
+    let mut missing = Vec::new();
+    for plural in ["dags", "pools", "backfills"] {
+        let s = schema(plural);
+        let top = s["description"].as_str().unwrap_or_default();
+        if top.is_empty() || top.contains("Auto-generated") {
+            missing.push(format!("{plural}: the kind's description is {top:?}"));
+        }
+        for part in ["spec", "status"] {
+            let described = s["properties"][part]["description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty());
+            if !described {
+                missing.push(format!("{plural}.{part}"));
+            }
+            undescribed(
+                &s["properties"][part],
+                &format!("{plural}.{part}"),
+                &mut missing,
+            );
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} fields without a description:\n{}",
+        missing.len(),
+        missing.join("\n")
     );
 }

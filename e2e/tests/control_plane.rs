@@ -85,6 +85,19 @@ async fn negative_pool_slots_are_rejected() {
     );
 }
 
+#[tokio::test]
+async fn a_dag_ending_before_it_starts_is_rejected() {
+    let ns = setup("dag-range");
+    let err = rejected(
+        &ns,
+        &VALID_DAG.replace(
+            "  schedule:",
+            "  startDate: 2024-02-01T00:00:00Z\n  endDate: 2024-01-01T00:00:00Z\n  schedule:",
+        ),
+    );
+    assert!(err.contains("endDate must be after startDate"), "{err}");
+}
+
 const BACKFILL: &str = r#"
 apiVersion: dagoperator.io/v1alpha1
 kind: Backfill
@@ -162,11 +175,21 @@ async fn kubectl_get_shows_the_printer_columns() {
     let headers: Vec<&str> = out.lines().filter(|l| l.starts_with("NAME")).collect();
     let expect = [
         [
-            "NAME", "SCHEDULE", "SUSPEND", "ACTIVE", "QUEUED", "LAST", "NEXT", "READY", "AGE",
+            "NAME",
+            "SCHEDULE",
+            "TIMEZONE",
+            "SUSPEND",
+            "ACTIVE",
+            "QUEUED",
+            "LAST",
+            "NEXT",
+            "LASTSUCCESS",
+            "READY",
+            "AGE",
         ]
         .as_slice(),
-        ["NAME", "SLOTS", "USED", "QUEUED", "AGE"].as_slice(),
-        ["NAME", "DAG", "PHASE", "PROGRESS", "AGE"].as_slice(),
+        ["NAME", "SLOTS", "USED", "OPEN", "QUEUED", "AGE"].as_slice(),
+        ["NAME", "DAG", "PHASE", "PROGRESS", "ACTIVE", "AGE"].as_slice(),
     ];
     assert_eq!(headers.len(), 3, "{out}");
     for (header, columns) in headers.iter().zip(expect) {
@@ -178,6 +201,20 @@ async fn kubectl_get_shows_the_printer_columns() {
     }
     assert!(out.contains("dag.dagoperator.io/etl-pipeline"), "{out}");
     assert!(out.contains("30 2 * * *"), "{out}");
+    // -o wide adds the Ready condition's message
+    let wide = ns.kubectl_ok(&["get", "dags", "-o", "wide"], None);
+    assert!(
+        wide.lines()
+            .next()
+            .is_some_and(|h| h.split_whitespace().last() == Some("MESSAGE")),
+        "{wide}"
+    );
+    // kubectl explain reads our descriptions
+    let explain = ns.kubectl_ok(&["explain", "dag.spec.tasks.retryBackoff"], None);
+    assert!(explain.contains("Exponential"), "{explain}");
+    let explain = ns.kubectl_ok(&["explain", "dag"], None);
+    assert!(!explain.contains("Auto-generated"), "{explain}");
+    assert!(explain.contains("workflow DAG"), "{explain}");
     // the category and short names work too
     let by_category = ns.kubectl_ok(&["get", "dagoperator", "-o", "name"], None);
     for name in [

@@ -9,14 +9,19 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
+    /// `Ready`, `Stalled` or `Reconciling`.
     #[serde(rename = "type")]
     pub type_: String,
-    /// "True", "False" or "Unknown"
+    /// `True`, `False` or `Unknown`.
     pub status: String,
+    /// Why, in one UpperCamelCase word (e.g. `InvalidSchedule`, `RunsFailing`).
     pub reason: String,
+    /// Why, for people.
     #[serde(default)]
     pub message: String,
+    /// When `status` last changed.
     pub last_transition_time: DateTime<Utc>,
+    /// The `metadata.generation` the condition was set for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }

@@ -28,13 +28,22 @@ use crate::schedule::{Schedule, ScheduleError, parse_timezone};
     category = "dagoperator",
     namespaced,
     status = "DagStatus",
+    doc = "A workflow DAG: tasks (each run as a Pod) with dependencies, run on a cron schedule in \
+           an IANA time zone, by manual trigger (annotation `dagoperator.io/trigger`) or by a \
+           Backfill. Each run is recorded in PostgreSQL; limits are held by the operator's gate.",
     printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
+    printcolumn(name = "Timezone", type_ = "string", json_path = ".spec.timezone"),
     printcolumn(name = "Suspend", type_ = "boolean", json_path = ".spec.suspend"),
     printcolumn(name = "Active", type_ = "integer", json_path = ".status.activeRuns"),
     printcolumn(name = "Queued", type_ = "integer", json_path = ".status.queuedRuns"),
     printcolumn(name = "Last", type_ = "date", json_path = ".status.lastScheduleTime"),
     // a string, not a date: kubectl prints future dates as "<invalid>"
     printcolumn(name = "Next", type_ = "string", json_path = ".status.nextScheduleTime"),
+    printcolumn(
+        name = "LastSuccess",
+        type_ = "date",
+        json_path = ".status.lastSuccessfulTime"
+    ),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -45,12 +54,23 @@ use crate::schedule::{Schedule, ScheduleError, parse_timezone};
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
     ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message"
+    ),
     // the name is the value of the label `dagoperator.io/dag` on every task Pod
     validation = Rule::new("self.metadata.name.size() <= 63").message(
         "a DAG name is at most 63 characters: it is a label value on its task Pods"
     )
 )]
+#[x_kube(
+    validation = Rule::new("!has(self.startDate) || !has(self.endDate) || self.endDate > self.startDate")
+        .message("endDate must be after startDate")
+)]
 #[serde(rename_all = "camelCase")]
+/// What the DAG runs and when: its schedule, bounds, limits, overlap policy and tasks.
 pub struct DagSpec {
     /// Cron expression (5 or 6 fields), descriptor or `@every <duration>`. Absent: the DAG
     /// runs only when triggered or backfilled.
@@ -83,6 +103,9 @@ pub struct DagSpec {
     #[serde(default = "default_max_active_runs")]
     #[schemars(range(min = 1, max = 10000))]
     pub max_active_runs: i32,
+    /// What a tick does while runs of this DAG are active: `Allow` (queue it beyond
+    /// `maxActiveRuns`), `Forbid` (skip it, with a `MissedRuns` event) or `Replace` (cancel
+    /// the active runs and start the new one).
     #[serde(default)]
     pub concurrency_policy: ConcurrencyPolicy,
     /// Orders runs of the same priority class; higher first.
@@ -148,23 +171,32 @@ pub struct TaskSpec {
     /// Names of upstream tasks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
+    /// When the task runs, given its upstreams: `AllSuccess` (every upstream succeeded;
+    /// otherwise `upstream_failed` or `skipped`) or `AllDone` (every upstream finished,
+    /// whatever its state).
     #[serde(default)]
     pub trigger_rule: TriggerRule,
     /// Pool in the same namespace this task takes slots of while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// Slots of `pool` the task holds while it runs (default 1).
     #[serde(default = "one")]
     #[schemars(range(min = 1))]
     pub pool_slots: i32,
     /// Orders ready tasks within a run class; higher first.
     #[serde(default = "one")]
     pub priority_weight: i32,
+    /// Tries after the first when a try fails (0 to 100; default 0). A failed try waits in
+    /// `up_for_retry` for the retry delay, then the next try is queued.
     #[serde(default)]
     #[schemars(range(min = 0, max = 100))]
     pub retries: i32,
+    /// Seconds between a failed try and the next (default 30); the base of `Exponential`.
     #[serde(default = "default_retry_delay")]
     #[schemars(range(min = 0))]
     pub retry_delay_seconds: i32,
+    /// How the delay grows: `Fixed` (always `retryDelaySeconds`) or `Exponential` (doubling
+    /// from `retryDelaySeconds` after each failed try, capped by `maxRetryDelaySeconds`).
     #[serde(default)]
     pub retry_backoff: RetryBackoff,
     /// Cap on the delay between tries with Exponential backoff.
@@ -178,16 +210,22 @@ pub struct TaskSpec {
     /// The container to run (core/v1 Container); `name` defaults to the task name.
     #[schemars(schema_with = "schema::container_name_optional")]
     pub container: TaskContainer,
+    /// The task Pod's service account (default: the namespace's `default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
+    /// The task Pod's node selector (core/v1 PodSpec `nodeSelector`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<BTreeMap<String, String>>,
+    /// The task Pod's tolerations (core/v1 PodSpec `tolerations`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerations: Option<Vec<Toleration>>,
+    /// The task Pod's affinity (core/v1 PodSpec `affinity`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// Volumes of the task Pod (core/v1 PodSpec `volumes`), mounted by the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volumes: Option<Vec<Volume>>,
+    /// Secrets to pull the image with (core/v1 PodSpec `imagePullSecrets`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
 }
@@ -235,21 +273,33 @@ impl<'de> Deserialize<'de> for TaskContainer {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// What the operator observed of the DAG: its conditions, schedule times, run counts and
+/// newest runs. Written by the operator only.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DagStatus {
+    /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Ready` (schedulable and its runs not failing), `Stalled` (the spec cannot be
+    /// scheduled: fix it) and `Reconciling` (the operator is still working toward it), as
+    /// kstatus reads them. One per type.
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+    /// The next tick of the schedule (absent: none ahead, or suspended).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_schedule_time: Option<DateTime<Utc>>,
+    /// The logical date of the newest scheduled run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_schedule_time: Option<DateTime<Utc>>,
+    /// The logical date of the newest run that succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_time: Option<DateTime<Utc>>,
+    /// Runs admitted and not finished.
     #[serde(default)]
     pub active_runs: i32,
+    /// Runs due and waiting for admission (limits, `maxActiveRuns`).
     #[serde(default)]
     pub queued_runs: i32,
     /// The trigger value last handled (run created or refused), from the operator's record:
@@ -262,16 +312,23 @@ pub struct DagStatus {
     pub recent_runs: Vec<RunSummary>,
 }
 
+/// One run, as `recentRuns` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunSummary {
+    /// The run's id (`dag-operator runs` shows its tasks).
     pub id: String,
+    /// `scheduled`, `manual` or `backfill`.
     #[serde(rename = "type")]
     pub type_: String,
+    /// The tick the run is for (its data interval ends here).
     pub logical_date: DateTime<Utc>,
+    /// `running`, `success`, `failed` or `cancelled`.
     pub state: String,
+    /// When it was admitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
+    /// When it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<DateTime<Utc>>,
 }
@@ -283,6 +340,11 @@ pub enum DagSpecError {
     Schedule(#[from] ScheduleError),
     #[error(transparent)]
     Graph(#[from] GraphError),
+    #[error("endDate {end} is not after startDate {start}: no tick can ever fall between them")]
+    DateRange {
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    },
 }
 
 impl DagSpecError {
@@ -291,6 +353,7 @@ impl DagSpecError {
         match self {
             DagSpecError::Schedule(e) => e.reason(),
             DagSpecError::Graph(_) => "InvalidGraph",
+            DagSpecError::DateRange { .. } => "InvalidDateRange",
         }
     }
 }
@@ -338,6 +401,11 @@ impl DagSpec {
     pub fn validate(&self, default_tz: Tz) -> Result<(Option<Schedule>, TaskGraph), DagSpecError> {
         let schedule = self.parse_schedule(default_tz)?;
         let graph = self.graph()?;
+        if let (Some(start), Some(end)) = (self.start_date, self.end_date)
+            && end <= start
+        {
+            return Err(DagSpecError::DateRange { start, end });
+        }
         Ok((schedule, graph))
     }
 }
@@ -348,6 +416,19 @@ mod tests {
 
     fn spec(yaml: &str) -> DagSpec {
         serde_yaml::from_str(yaml).expect("valid DagSpec")
+    }
+
+    #[test]
+    fn an_end_before_the_start_is_invalid() {
+        let s = spec(
+            "schedule: '0 2 * * *'\nstartDate: 2024-02-01T00:00:00Z\nendDate: 2024-01-01T00:00:00Z\n\
+             tasks:\n- name: a\n  container: {image: busybox}\n",
+        );
+        let Err(e) = s.validate(Tz::UTC) else {
+            panic!("an end before the start must be invalid");
+        };
+        assert_eq!(e.reason(), "InvalidDateRange");
+        assert!(e.to_string().contains("not after startDate"), "{e}");
     }
 
     #[test]
