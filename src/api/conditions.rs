@@ -27,6 +27,10 @@ pub struct Condition {
 }
 
 pub const READY: &str = "Ready";
+/// kstatus: the resource cannot make progress without a change (a person must act).
+pub const STALLED: &str = "Stalled";
+/// kstatus: the controller is still working toward the desired state.
+pub const RECONCILING: &str = "Reconciling";
 
 impl Condition {
     pub fn new(

@@ -14,7 +14,7 @@ use super::relist::{Change, Relist};
 use chrono::{DateTime, Utc};
 
 use crate::api::backfill::BackfillPhase as ApiPhase;
-use crate::api::conditions::{Condition, READY, set_condition};
+use crate::api::conditions::{Condition, READY, RECONCILING, STALLED, set_condition};
 use crate::api::{Backfill, BackfillStatus};
 use crate::engine::{BackfillInfo, BackfillPhase, BackfillProgress, Command};
 use crate::key::BackfillKey;
@@ -105,6 +105,20 @@ pub fn render_status(
             now,
         ),
     );
+    // kstatus: Invalid needs a person (Stalled); planning and running are in progress
+    let stalled = p.phase == BackfillPhase::Invalid;
+    let reconciling = matches!(p.phase, BackfillPhase::Pending | BackfillPhase::Running);
+    for (type_, on) in [(STALLED, stalled), (RECONCILING, reconciling)] {
+        let reason = if on {
+            p.reason.as_str()
+        } else {
+            p.phase.as_str()
+        };
+        set_condition(
+            conditions,
+            Condition::new(type_, on, reason, p.message.clone(), p.generation, now),
+        );
+    }
     BackfillStatus {
         observed_generation: p.generation,
         phase: Some(match p.phase {
@@ -126,5 +140,67 @@ pub fn render_status(
         started_at: p.started_at,
         completed_at: p.completed_at,
         conditions: conditions.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(phase: BackfillPhase, reason: &str) -> BackfillProgress {
+        BackfillProgress {
+            generation: Some(2),
+            phase,
+            total: 10,
+            skipped: 0,
+            created: 0,
+            active: 0,
+            succeeded: 0,
+            failed: 0,
+            planned_dates: Vec::new(),
+            started_at: None,
+            completed_at: None,
+            ready: phase != BackfillPhase::Invalid,
+            reason: reason.to_string(),
+            message: "m".to_string(),
+        }
+    }
+
+    #[test]
+    fn an_invalid_backfill_is_stalled_and_a_running_one_reconciling() {
+        let now = Utc::now();
+        let find = |s: &BackfillStatus, t: &str| {
+            crate::api::conditions::find(&s.conditions, t)
+                .map(|c| (c.status.clone(), c.reason.clone()))
+        };
+        let mut conditions = Vec::new();
+        let s = render_status(
+            &progress(BackfillPhase::Invalid, "TooManyRuns"),
+            &mut conditions,
+            now,
+        );
+        assert_eq!(
+            find(&s, STALLED),
+            Some(("True".into(), "TooManyRuns".into()))
+        );
+        assert_eq!(find(&s, RECONCILING).map(|c| c.0), Some("False".into()));
+        let s = render_status(
+            &progress(BackfillPhase::Running, "Running"),
+            &mut conditions,
+            now,
+        );
+        assert_eq!(find(&s, STALLED).map(|c| c.0), Some("False".into()));
+        assert_eq!(find(&s, RECONCILING).map(|c| c.0), Some("True".into()));
+        let s = render_status(
+            &progress(BackfillPhase::Succeeded, "Succeeded"),
+            &mut conditions,
+            now,
+        );
+        assert_eq!(find(&s, RECONCILING).map(|c| c.0), Some("False".into()));
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(2))
+        );
     }
 }

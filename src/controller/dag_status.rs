@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::api::DagStatus;
-use crate::api::conditions::{Condition, READY, set_condition};
+use crate::api::conditions::{Condition, READY, RECONCILING, STALLED, set_condition};
 use crate::api::dag::RunSummary;
 use crate::engine::SchedulingStatus;
 
@@ -46,6 +46,139 @@ pub fn summary(run: &crate::store::RunRow) -> RunSummary {
     }
 }
 
+/// What the three kstatus conditions say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Verdict {
+    ready: bool,
+    /// Ready's reason and message
+    why: Problem,
+    /// the spec or the cluster needs a person: kstatus `Failed`
+    stalled: bool,
+    /// the operator is still working toward it (or waits for something that comes by
+    /// itself): kstatus `InProgress`
+    reconciling: bool,
+}
+
+impl Verdict {
+    fn new(ready: bool, reason: &str, message: String) -> Self {
+        Verdict {
+            ready,
+            why: Problem::new(reason, message),
+            stalled: false,
+            reconciling: false,
+        }
+    }
+
+    fn stalled(mut self) -> Self {
+        self.stalled = true;
+        self
+    }
+
+    fn reconciling(mut self) -> Self {
+        self.reconciling = true;
+        self
+    }
+}
+
+/// The newest finished runs that failed, in a row (running ones are passed over).
+fn failing_streak(recent: &[RunSummary]) -> Vec<&RunSummary> {
+    recent
+        .iter()
+        .filter(|r| r.state != "running")
+        .take_while(|r| r.state == "failed")
+        .collect()
+}
+
+/// The conditions from what is known, most pressing first (docs/SEMANTICS.md, "Conditions").
+fn verdict(model: &DagModel, store_ok: bool, gate_ok: bool) -> Verdict {
+    if let Some(Problem { reason, message }) =
+        model.validity.as_ref().and_then(|v| v.problem.clone())
+    {
+        return Verdict::new(false, &reason, message).stalled();
+    }
+    if !model.missing_pools.is_empty() {
+        let named = model
+            .missing_pools
+            .iter()
+            .map(|p| format!("pool {p:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Verdict::new(
+            false,
+            "PoolNotFound",
+            format!("tasks naming {named} wait: no such Pool in this namespace"),
+        )
+        .reconciling();
+    }
+    if let Some(refused) = &model.launch_refused {
+        return Verdict::new(
+            false,
+            "FailedCreate",
+            format!("the API server refuses the task Pods: {refused}"),
+        )
+        .stalled();
+    }
+    if !store_ok {
+        return Verdict::new(
+            false,
+            "StoreUnavailable",
+            "PostgreSQL is unreachable: admission is paused; due runs are created once it returns"
+                .to_string(),
+        )
+        .reconciling();
+    }
+    if !gate_ok {
+        return Verdict::new(
+            false,
+            "GateUnavailable",
+            "the concurrency gate (Redis) is unreachable: admission is paused so no limit is \
+             exceeded; it resumes by itself"
+                .to_string(),
+        )
+        .reconciling();
+    }
+    let failing = failing_streak(&model.recent_runs);
+    if let Some(newest) = failing.first() {
+        let runs = if failing.len() == 1 {
+            "the last finished run failed".to_string()
+        } else {
+            format!("the last {} finished runs failed", failing.len())
+        };
+        return Verdict::new(
+            false,
+            "RunsFailing",
+            format!(
+                "{runs} (newest: run {} for {}); see the DAG's RunFailed events",
+                newest.id,
+                newest.logical_date.to_rfc3339()
+            ),
+        );
+    }
+    let Some(scheduling) = &model.scheduling else {
+        return Verdict::new(
+            true,
+            "Scheduling",
+            "valid; the scheduler is taking it up".to_string(),
+        )
+        .reconciling();
+    };
+    if scheduling.suspended {
+        return Verdict::new(
+            true,
+            "Suspended",
+            "suspended: no new scheduled runs".to_string(),
+        );
+    }
+    Verdict::new(
+        true,
+        "Scheduling",
+        match scheduling.next_schedule_time {
+            Some(t) => format!("next run at {}", t.to_rfc3339()),
+            None => "no upcoming tick (manual triggers and backfills only)".to_string(),
+        },
+    )
+}
+
 /// Builds the full status of a DAG from what is known of it.
 pub(super) fn render(
     model: &mut DagModel,
@@ -54,59 +187,49 @@ pub(super) fn render(
     now: DateTime<Utc>,
 ) -> DagStatus {
     let generation = model.validity.as_ref().and_then(|v| v.generation);
-    let (ready, reason, message) = match model.validity.as_ref().and_then(|v| v.problem.clone()) {
-        Some(Problem { reason, message }) => (false, reason, message),
-        None if !model.missing_pools.is_empty() => (
-            false,
-            "PoolNotFound".to_string(),
-            format!(
-                "tasks naming {} wait: no such Pool in this namespace",
-                model
-                    .missing_pools
-                    .iter()
-                    .map(|p| format!("pool {p:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ),
-        None if model.launch_refused.is_some() => (
-            false,
-            "FailedCreate".to_string(),
-            format!(
-                "the API server refuses the task Pods: {}",
-                model.launch_refused.clone().unwrap_or_default()
-            ),
-        ),
-        None if !store_ok => (
-            false,
-            "StoreUnavailable".to_string(),
-            "PostgreSQL is unreachable: admission is paused; due runs are created once it returns"
-                .to_string(),
-        ),
-        None if !gate_ok => (
-            false,
-            "GateUnavailable".to_string(),
-            "the concurrency gate (Redis) is unreachable: admission is paused so no limit is \
-             exceeded; it resumes by itself"
-                .to_string(),
-        ),
-        None if model.scheduling.as_ref().is_some_and(|s| s.suspended) => (
-            true,
-            "Suspended".to_string(),
-            "suspended: no new scheduled runs".to_string(),
-        ),
-        None => (
-            true,
-            "Scheduling".to_string(),
-            match model.scheduling.as_ref().and_then(|s| s.next_schedule_time) {
-                Some(t) => format!("next run at {}", t.to_rfc3339()),
-                None => "no upcoming tick (manual triggers and backfills only)".to_string(),
-            },
-        ),
+    let v = verdict(model, store_ok, gate_ok);
+    let (reason, message) = (v.why.reason.as_str(), v.why.message.clone());
+    set_condition(
+        &mut model.conditions,
+        Condition::new(READY, v.ready, reason, message.clone(), generation, now),
+    );
+    let (stalled_reason, stalled_message) = if v.stalled {
+        (reason, message.clone())
+    } else {
+        (
+            "Schedulable",
+            "the spec is valid and its Pods are accepted".to_string(),
+        )
     };
     set_condition(
         &mut model.conditions,
-        Condition::new(READY, ready, &reason, message, generation, now),
+        Condition::new(
+            STALLED,
+            v.stalled,
+            stalled_reason,
+            stalled_message,
+            generation,
+            now,
+        ),
+    );
+    let (reconciling_reason, reconciling_message) = if v.reconciling {
+        (reason, message)
+    } else {
+        (
+            "Reconciled",
+            "the operator has taken this generation up".to_string(),
+        )
+    };
+    set_condition(
+        &mut model.conditions,
+        Condition::new(
+            RECONCILING,
+            v.reconciling,
+            reconciling_reason,
+            reconciling_message,
+            generation,
+            now,
+        ),
     );
     let observed = model
         .validity
@@ -194,5 +317,94 @@ mod tests {
             s.conditions[0].message
         );
         assert!(!s.conditions[0].is_true());
+    }
+
+    fn condition<'a>(s: &'a DagStatus, type_: &str) -> &'a Condition {
+        crate::api::conditions::find(&s.conditions, type_).expect("condition set")
+    }
+
+    fn run(state: &str, day: u32) -> RunSummary {
+        RunSummary {
+            id: format!("run-{day}"),
+            type_: "scheduled".into(),
+            logical_date: format!("2024-01-{day:02}T00:00:00Z").parse().unwrap(),
+            state: state.into(),
+            started_at: None,
+            ended_at: None,
+        }
+    }
+
+    #[test]
+    fn kstatus_conditions() {
+        let now = Utc::now();
+        let mut m = DagModel {
+            validity: Some(Validity {
+                generation: Some(7),
+                problem: Some(Problem::new("InvalidDateRange", "end before start".into())),
+                observed_trigger: None,
+            }),
+            ..Default::default()
+        };
+        // an invalid spec: Stalled, for this generation
+        let s = render(&mut m, true, true, now);
+        for (type_, status, reason) in [
+            (READY, "False", "InvalidDateRange"),
+            (STALLED, "True", "InvalidDateRange"),
+            (RECONCILING, "False", "Reconciled"),
+        ] {
+            let c = condition(&s, type_);
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                (status, reason),
+                "{type_}"
+            );
+            assert_eq!(c.observed_generation, Some(7));
+        }
+        // fixed, not taken up yet: Ready and Reconciling
+        m.validity = Some(Validity {
+            generation: Some(8),
+            problem: None,
+            observed_trigger: None,
+        });
+        let s = render(&mut m, true, true, now);
+        assert!(condition(&s, READY).is_true());
+        assert!(condition(&s, RECONCILING).is_true());
+        assert!(!condition(&s, STALLED).is_true());
+        // taken up; the store down: Reconciling (it resumes by itself), never Stalled
+        m.scheduling = Some(SchedulingStatus::default());
+        let s = render(&mut m, false, true, now);
+        assert_eq!(condition(&s, READY).reason, "StoreUnavailable");
+        assert!(condition(&s, RECONCILING).is_true());
+        assert!(!condition(&s, STALLED).is_true());
+        // the newest finished runs failed: RunsFailing, not Stalled
+        m.recent_runs = vec![
+            run("running", 5),
+            run("failed", 4),
+            run("failed", 3),
+            run("success", 2),
+        ];
+        let s = render(&mut m, true, true, now);
+        let ready = condition(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "RunsFailing")
+        );
+        assert!(
+            ready.message.contains("the last 2 finished runs failed"),
+            "{}",
+            ready.message
+        );
+        assert!(ready.message.contains("run-4"), "{}", ready.message);
+        assert!(!condition(&s, STALLED).is_true());
+        assert!(!condition(&s, RECONCILING).is_true());
+        // a success after them: Ready again
+        m.recent_runs.insert(0, run("success", 6));
+        let s = render(&mut m, true, true, now);
+        assert!(condition(&s, READY).is_true());
+        // Pods refused: Stalled (a person must act)
+        m.launch_refused = Some("forbidden: exceeded quota".into());
+        let s = render(&mut m, true, true, now);
+        assert!(condition(&s, STALLED).is_true());
+        assert_eq!(condition(&s, STALLED).reason, "FailedCreate");
     }
 }
