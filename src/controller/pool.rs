@@ -32,7 +32,8 @@ impl PoolStatuses {
     pub fn status(&mut self, usage: &PoolUsage, now: DateTime<Utc>) -> PoolStatus {
         if let Some(m) = &self.metrics {
             m.set_pool_slots(
-                &usage.key.to_string(),
+                &usage.key.namespace,
+                &usage.key.name,
                 usage.used.into(),
                 (usage.slots - usage.used).max(0).into(),
                 usage.queued.into(),
@@ -46,7 +47,14 @@ impl PoolStatuses {
     pub fn gone(&mut self, key: &PoolKey) {
         self.conditions.remove(key);
         if let Some(m) = &self.metrics {
-            m.remove_pool(&key.to_string());
+            m.remove_pool(&key.namespace, &key.name);
+        }
+    }
+
+    /// A DAG was deleted: its series go (the writer holds the metrics).
+    pub fn forget_dag(&self, dag: &crate::key::DagKey) {
+        if let Some(m) = &self.metrics {
+            m.remove_dag(&dag.namespace, &dag.name);
         }
     }
 
@@ -132,8 +140,8 @@ mod tests {
             queued: 0,
         };
         pools.status(&usage, Utc::now());
-        assert!(metrics.encode().contains("pool=\"ns/gpu\""));
+        assert!(metrics.encode().contains("namespace=\"ns\",pool=\"gpu\""));
         pools.gone(&usage.key);
-        assert!(!metrics.encode().contains("pool=\"ns/gpu\""));
+        assert!(!metrics.encode().contains("pool=\"gpu\""));
     }
 }

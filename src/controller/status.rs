@@ -316,6 +316,7 @@ impl Writer {
                 self.backfill_out.put(key, &status);
             }
             StatusUpdate::Removed(key) => {
+                self.pools.forget_dag(&key);
                 self.dags.remove(&key);
                 self.dirty.remove(&key);
                 self.dag_out.pending.remove(&key);

@@ -32,7 +32,9 @@ use uuid::Uuid;
 pub use self::launcher::{
     FakeLauncher, FixedPools, KubeLauncher, LaunchError, PodKey, PodLauncher,
 };
-pub use self::output::{ExecOutput, ExecStatus, PoolUsage, TaskTelemetry};
+pub use self::output::{
+    ExecOutput, ExecStatus, FailedTry, PoolUsage, RunFinished, TaskTelemetry, TryFinished,
+};
 pub use self::plan::{PodVerdict, retry_delay};
 use self::state::{Live, RunSpec};
 use crate::api::DagSpec;
@@ -200,6 +202,8 @@ pub struct Executor<S: RunStore, G: Gate, L: PodLauncher> {
     transitions: Vec<TaskState>,
     gate_refused: Vec<GateScope>,
     gate_errors: Vec<GateScope>,
+    runs_finished: Vec<RunFinished>,
+    tries_finished: Vec<TryFinished>,
 }
 
 impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
@@ -242,6 +246,8 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             transitions: Vec::new(),
             gate_refused: Vec::new(),
             gate_errors: Vec::new(),
+            runs_finished: Vec::new(),
+            tries_finished: Vec::new(),
         }
     }
 

@@ -2,13 +2,14 @@
 //! Pools), [`Notice`]s for events, [`TaskTelemetry`] for metrics, and the runs that ended for
 //! the engine. The controllers read these types and nothing else of the executor.
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::gate::GateScope;
 use crate::graph::TaskState;
-use crate::key::{DagKey, PoolKey};
+use crate::key::{DagKey, PoolKey, Subject};
 use crate::report::Notice;
-use crate::store::RecentRuns;
+use crate::store::{RecentRuns, RunState, RunType};
 
 /// A Pool's usage: what its status shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +38,127 @@ pub enum ExecStatus {
     GateHealth(bool),
 }
 
+/// The try that failed a run for good.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedTry {
+    pub task: String,
+    pub try_number: i32,
+    pub exit_code: Option<i32>,
+    pub message: Option<String>,
+}
+
+/// A run that ended (success or failed), for events and metrics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunFinished {
+    pub dag: DagKey,
+    pub id: Uuid,
+    pub run_type: RunType,
+    pub logical_date: DateTime<Utc>,
+    pub state: RunState,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: DateTime<Utc>,
+    /// why it failed: the first task to fail for good
+    pub failed_task: Option<FailedTry>,
+}
+
+impl RunFinished {
+    /// The run as it ended: its final state, and the task that failed it.
+    pub(super) fn of(run: &super::state::LiveRun, state: RunState, now: DateTime<Utc>) -> Self {
+        let failed_task = run
+            .tasks
+            .iter()
+            .filter(|t| t.row.state == TaskState::Failed)
+            .min_by_key(|t| t.row.ended_at)
+            .map(|t| FailedTry {
+                task: t.row.task_name.clone(),
+                try_number: t.row.try_number,
+                exit_code: t.row.exit_code,
+                message: t.row.message.clone(),
+            });
+        RunFinished {
+            dag: run.run.dag.clone(),
+            id: run.run.id,
+            run_type: run.run.run_type,
+            logical_date: run.run.logical_date,
+            state,
+            started_at: run.run.started_at,
+            ended_at: now,
+            failed_task,
+        }
+    }
+
+    /// `RunSucceeded` or `RunFailed` (with the failed task, try, exit code and message).
+    pub fn notice(&self) -> Notice {
+        let subject = Subject::Dag(self.dag.clone());
+        let took = self
+            .duration_secs()
+            .map(|s| format!(" in {s:.1}s"))
+            .unwrap_or_default();
+        let run = format!(
+            "{} run {} for {}",
+            self.run_type.as_str(),
+            self.id,
+            self.logical_date.to_rfc3339()
+        );
+        if self.state == RunState::Success {
+            return Notice::normal(subject, "RunSucceeded", format!("{run} succeeded{took}"));
+        }
+        let why = match &self.failed_task {
+            Some(f) => format!(
+                ": task {:?} try {} failed{}{}",
+                f.task,
+                f.try_number,
+                f.exit_code
+                    .map(|c| format!(" with exit code {c}"))
+                    .unwrap_or_default(),
+                f.message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ),
+            None => String::new(),
+        };
+        Notice::warning(subject, "RunFailed", format!("{run} failed{took}{why}"))
+    }
+
+    /// Seconds from admission to the end.
+    pub fn duration_secs(&self) -> Option<f64> {
+        self.started_at
+            .map(|s| ((self.ended_at - s).num_milliseconds() as f64 / 1000.0).max(0.0))
+    }
+}
+
+/// `TaskRetrying`: a try failed and the next one comes after `delay`.
+pub fn retry_notice(
+    dag: &DagKey,
+    task: &str,
+    failed_try: i32,
+    exit_code: Option<i32>,
+    message: Option<&str>,
+    delay: std::time::Duration,
+) -> Notice {
+    Notice::warning(
+        Subject::Dag(dag.clone()),
+        "TaskRetrying",
+        format!(
+            "task {task:?} try {failed_try} failed{}{}; try {} in {}s",
+            exit_code
+                .map(|c| format!(" with exit code {c}"))
+                .unwrap_or_default(),
+            message.map(|m| format!(": {m}")).unwrap_or_default(),
+            failed_try + 1,
+            delay.as_secs()
+        ),
+    )
+}
+
+/// A task try that ended, and how long it ran.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TryFinished {
+    pub state: TaskState,
+    pub secs: f64,
+}
+
 /// What the metrics count, after each step.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskTelemetry {
@@ -47,6 +169,10 @@ pub struct TaskTelemetry {
     /// the gate's refusals and errors, by scope
     pub gate_refused: Vec<GateScope>,
     pub gate_errors: Vec<GateScope>,
+    /// runs that ended since the last report
+    pub runs_finished: Vec<RunFinished>,
+    /// tries that ended since the last report
+    pub tries_finished: Vec<TryFinished>,
 }
 
 /// What the executor reports.
@@ -58,4 +184,61 @@ pub enum ExecOutput {
     Telemetry(TaskTelemetry),
     /// runs that ended (success, failed): their slots are free
     RunsEnded(Vec<Uuid>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(state: RunState, failed_task: Option<FailedTry>) -> RunFinished {
+        let at: DateTime<Utc> = "2024-01-01T00:00:00Z".parse().unwrap();
+        RunFinished {
+            dag: DagKey::new("ns", "etl"),
+            id: Uuid::nil(),
+            run_type: RunType::Scheduled,
+            logical_date: at,
+            state,
+            started_at: Some(at),
+            ended_at: at + chrono::Duration::seconds(90),
+            failed_task,
+        }
+    }
+
+    #[test]
+    fn run_notices_say_what_happened() {
+        let ok = finished(RunState::Success, None).notice();
+        assert_eq!((ok.reason, ok.warning), ("RunSucceeded", false));
+        assert!(ok.message.contains("succeeded in 90.0s"), "{}", ok.message);
+        let failed = finished(
+            RunState::Failed,
+            Some(FailedTry {
+                task: "load".into(),
+                try_number: 3,
+                exit_code: Some(2),
+                message: Some("Error".into()),
+            }),
+        )
+        .notice();
+        assert_eq!((failed.reason, failed.warning), ("RunFailed", true));
+        assert!(
+            failed
+                .message
+                .ends_with("failed in 90.0s: task \"load\" try 3 failed with exit code 2: Error"),
+            "{}",
+            failed.message
+        );
+        let retry = retry_notice(
+            &DagKey::new("ns", "etl"),
+            "load",
+            1,
+            Some(1),
+            None,
+            std::time::Duration::from_secs(30),
+        );
+        assert_eq!(retry.reason, "TaskRetrying");
+        assert_eq!(
+            retry.message,
+            "task \"load\" try 1 failed with exit code 1; try 2 in 30s"
+        );
+    }
 }

@@ -8,15 +8,17 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use uuid::Uuid;
 
+use super::output::retry_notice;
 use super::plan::{self, Patience, PodSight, Step};
 use super::state::{self, LiveRun, RunSpec};
 use super::{
-    ExecError, ExecOutput, ExecStatus, Executor, PodKey, PodLauncher, PoolUsage, TaskTelemetry,
-    pod_key,
+    ExecError, ExecOutput, ExecStatus, Executor, PodKey, PodLauncher, PoolUsage, RunFinished,
+    TaskTelemetry, TryFinished, pod_key,
 };
 use crate::gate::Gate;
 use crate::graph::{RunOutcome, TaskState};
 use crate::key::PoolKey;
+use crate::report::Notice;
 use crate::store::{
     Changes, NextTry, RunEnd, RunRow, RunState, RunStore, SpecRow, Stamp, TaskMove, TaskRow,
 };
@@ -245,6 +247,8 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         let mut changes = Changes::default();
         let mut move_effects = Vec::new();
         let mut retry_effects = Vec::new();
+        // tries that end, by the index of their move: reported once it is written
+        let mut try_ends: Vec<(usize, TryFinished, Option<Notice>)> = Vec::new();
         let mut wakes = Vec::new();
         for id in std::mem::take(&mut self.dirty) {
             let Some(run) = self.live.get(&id) else {
@@ -270,6 +274,24 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                         stop_pod,
                     } => {
                         let live = &run.tasks[task];
+                        let secs = live.row.started_at.map_or(0.0, |s| {
+                            ((now - s).num_milliseconds() as f64 / 1000.0).max(0.0)
+                        });
+                        let retrying = (to == TaskState::UpForRetry).then(|| {
+                            retry_notice(
+                                &run.run.dag,
+                                &live.row.task_name,
+                                live.row.try_number,
+                                exit_code.or(live.row.exit_code),
+                                message.as_deref().or(live.row.message.as_deref()),
+                                run.spec.rules[task].retry_delay(live.used),
+                            )
+                        });
+                        try_ends.push((
+                            changes.moves.len(),
+                            TryFinished { state: to, secs },
+                            retrying,
+                        ));
                         let mut m = TaskMove::new(live.key(), TaskState::Running, to, now);
                         m.stamp = Stamp::Ended;
                         m.exit_code = exit_code;
@@ -361,6 +383,14 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         for (t, id) in wakes {
             self.timers.insert((t, id));
         }
+        for (index, finished, notice) in try_ends {
+            if applied.moves.get(index).copied().unwrap_or(false) {
+                self.tries_finished.push(finished);
+                if let Some(n) = notice {
+                    self.emit(ExecOutput::Event(n));
+                }
+            }
+        }
         let tries = move_effects
             .into_iter()
             .zip(applied.moves)
@@ -373,12 +403,17 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         // a run end not applied: the run was not running any more (another replica ended
         // it, or it was cancelled); either way it is over here too
         let mut ended = Vec::new();
-        for (end, _) in changes.run_ends.iter().zip(applied.run_ends) {
+        for (end, took) in changes.run_ends.iter().zip(applied.run_ends) {
             if let Some(run) = self.live.remove(&end.id) {
                 for task in &run.tasks {
                     self.ledger.end(&state::holder(&task.key()));
                 }
                 self.dags_changed.insert(run.run.dag.clone());
+                if took {
+                    let finished = RunFinished::of(&run, end.state, end.at);
+                    self.emit(ExecOutput::Event(finished.notice()));
+                    self.runs_finished.push(finished);
+                }
             }
             self.dirty.remove(&end.id);
             ended.push(end.id);
@@ -505,6 +540,8 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             transitions: std::mem::take(&mut self.transitions),
             gate_refused: std::mem::take(&mut self.gate_refused),
             gate_errors: std::mem::take(&mut self.gate_errors),
+            runs_finished: std::mem::take(&mut self.runs_finished),
+            tries_finished: std::mem::take(&mut self.tries_finished),
         });
         self.emit(tasks);
         Ok(())

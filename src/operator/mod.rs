@@ -25,7 +25,7 @@ pub use self::leadership::LeaderSettings;
 use self::route::{GateHealth, HandledTriggers, Routes, route_engine, route_executor};
 use crate::api::{Backfill, DAG, Pool};
 use crate::controller::status::{StatusUpdate, run_writer};
-use crate::controller::{Events, backfill as backfill_controller, dag as dag_controller};
+use crate::controller::{Events, Throttle, backfill as backfill_controller, dag as dag_controller};
 use crate::engine::{Command, Engine, EngineConfig, Output};
 use crate::executor::watch::{spawn_pod_watch, spawn_pool_watch, until_ready};
 use crate::executor::{ExecInput, ExecOutput, Executor, ExecutorConfig, KubeLauncher};
@@ -366,10 +366,21 @@ fn spawn_routers(
     });
 }
 
-/// Publishes each notice as a Kubernetes Event (in the background; failures are logged).
+/// Publishes each notice as a Kubernetes Event (in the background; failures are logged),
+/// throttled per object and reason ([`Throttle`]).
 async fn publish_notices(events: Events, mut notices: mpsc::UnboundedReceiver<Notice>) {
+    let mut throttle = Throttle::default();
+    let mut seen: u64 = 0;
     while let Some(notice) = notices.recv().await {
-        events.spawn_notice(notice);
+        let now = std::time::Instant::now();
+        match throttle.admit(notice, now) {
+            Some(notice) => events.spawn_notice(notice),
+            None => tracing::debug!("event held back by the throttle"),
+        }
+        seen += 1;
+        if seen % 1024 == 0 {
+            throttle.prune(now);
+        }
     }
 }
 

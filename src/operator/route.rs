@@ -63,6 +63,17 @@ pub fn route_engine(output: Output, to: &Routes) {
         Output::RunsAdmitted(runs) => deliver(&to.executor, ExecInput::Admitted(runs), "executor"),
         Output::RunsCancelled(runs) => {
             tracing::info!(count = runs.len(), "runs cancelled");
+            let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+            for (dag, _) in &runs {
+                to.metrics.run_finished(
+                    &dag.namespace,
+                    &dag.name,
+                    crate::store::RunState::Cancelled,
+                    crate::store::RunType::Scheduled,
+                    now,
+                    None,
+                );
+            }
             deliver(&to.executor, ExecInput::Cancelled(runs), "executor");
         }
         Output::TriggersHandled(dag, values) => {
@@ -135,6 +146,19 @@ pub async fn route_executor(output: ExecOutput, to: &Routes) {
 }
 
 fn task_telemetry(t: TaskTelemetry, metrics: &Metrics) {
+    for run in &t.runs_finished {
+        metrics.run_finished(
+            &run.dag.namespace,
+            &run.dag.name,
+            run.state,
+            run.run_type,
+            run.ended_at.timestamp_millis() as f64 / 1000.0,
+            run.duration_secs(),
+        );
+    }
+    for t in &t.tries_finished {
+        metrics.task_try_finished(t.state, t.secs);
+    }
     for (state, n) in t.by_state {
         metrics.set_task_instances(state, n);
     }
@@ -341,6 +365,8 @@ mod tests {
                 transitions: vec![crate::graph::TaskState::Success],
                 gate_refused: vec![],
                 gate_errors: vec![],
+                runs_finished: vec![],
+                tries_finished: vec![],
             }),
             &r,
         )

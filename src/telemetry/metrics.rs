@@ -16,7 +16,7 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::gate::GateScope;
 use crate::graph::TaskState;
 use crate::queue::RunClass;
-use crate::store::RunType;
+use crate::store::{RunState, RunType};
 
 /// Prefix of every family name.
 pub const PREFIX: &str = "dagop";
@@ -33,6 +33,12 @@ const SCHEDULE_DELAY_BUCKETS: [f64; 17] = [
 /// Buckets of `dagop_reconcile_duration_seconds`: 1 ms to 30 s.
 const RECONCILE_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Buckets of the run and task-try durations: 1 s to 1 day.
+const DURATION_BUCKETS: [f64; 14] = [
+    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0,
+    86400.0,
 ];
 
 /// The `error` label of `dagop_reconcile_errors_total`: the reconcilers' `metric_label()`s
@@ -69,8 +75,21 @@ const RUN_CLASSES: [RunClass; 3] = [RunClass::Backfill, RunClass::Scheduled, Run
 /// One label, value from a closed set.
 type Label1 = [(&'static str, &'static str); 1];
 type Label2 = [(&'static str, &'static str); 2];
-/// `pool` and `state` of `dagop_pool_slots`.
-type PoolLabels = [(&'static str, Cow<'static, str>); 2];
+/// `namespace`, `pool` and `state` of `dagop_pool_slots`.
+type PoolLabels = [(&'static str, Cow<'static, str>); 3];
+/// `namespace` and `dag`.
+type DagLabels = [(&'static str, Cow<'static, str>); 2];
+/// `namespace`, `dag` and `state`.
+type DagStateLabels = [(&'static str, Cow<'static, str>); 3];
+type F64Gauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+type DurationFamily = Family<Label1, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// The run states a run can end in.
+const FINAL_RUN_STATES: [RunState; 3] = [RunState::Success, RunState::Failed, RunState::Cancelled];
 
 type HistogramFamily = Family<Label1, Histogram, fn() -> Histogram>;
 
@@ -98,6 +117,11 @@ pub struct Metrics {
     reconcile_duration: HistogramFamily,
     reconcile_errors: Family<Label2, Counter>,
     leader: Gauge,
+    runs_finished: Family<DagStateLabels, Counter>,
+    last_success: Family<DagLabels, F64Gauge>,
+    last_failure: Family<DagLabels, F64Gauge>,
+    run_duration: DurationFamily,
+    try_duration: DurationFamily,
 }
 
 impl Default for Metrics {
@@ -185,6 +209,50 @@ impl Metrics {
             leader.clone(),
         );
 
+        let runs_finished = Family::<DagStateLabels, Counter>::default();
+        registry.register(
+            "runs_finished",
+            "Runs that ended, by DAG (namespace, dag) and final state (success, failed, cancelled)",
+            Described(runs_finished.clone()),
+        );
+        let last_success = Family::<DagLabels, F64Gauge>::default();
+        registry.register_with_unit(
+            "dag_last_success_timestamp",
+            "When the newest run of the DAG that succeeded ended (seconds since the epoch)",
+            Unit::Seconds,
+            Described(last_success.clone()),
+        );
+        let last_failure = Family::<DagLabels, F64Gauge>::default();
+        registry.register_with_unit(
+            "dag_last_failure_timestamp",
+            "When the newest run of the DAG that failed ended (seconds since the epoch)",
+            Unit::Seconds,
+            Described(last_failure.clone()),
+        );
+        let run_duration: DurationFamily = Family::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "run_duration",
+            "Duration of runs that ended (admission to end), by run type",
+            Unit::Seconds,
+            run_duration.clone(),
+        );
+        let try_duration: DurationFamily = Family::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "task_try_duration",
+            "Duration of task tries that ended (Pod start to end), by the state they ended in",
+            Unit::Seconds,
+            try_duration.clone(),
+        );
+        let build_info = Family::<Label1, Gauge>::default();
+        registry.register(
+            "build_info",
+            "1, labelled with the operator's version",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+
         let m = Metrics {
             registry,
             runs_created,
@@ -199,6 +267,11 @@ impl Metrics {
             reconcile_duration,
             reconcile_errors,
             leader,
+            runs_finished,
+            last_success,
+            last_failure,
+            run_duration,
+            try_duration,
         };
         m.prepopulate();
         m
@@ -226,6 +299,12 @@ impl Metrics {
         for s in TaskState::ALL {
             init(&self.task_instances, "state", s.as_str());
             init(&self.task_transitions, "state", s.as_str());
+        }
+        for t in RUN_TYPES {
+            init(&self.run_duration, "type", t.as_str());
+        }
+        for s in TaskState::ALL {
+            init(&self.try_duration, "state", s.as_str());
         }
         for c in ControllerKind::ALL {
             init(&self.reconcile_duration, "controller", c.as_str());
@@ -294,21 +373,72 @@ impl Metrics {
             .inc();
     }
 
-    /// Slots of `pool` ("namespace/name"): held by running tasks, free, and requested by
+    /// Slots of Pool `namespace/pool`: held by running tasks, free, and requested by
     /// queued tasks.
-    pub fn set_pool_slots(&self, pool: &str, used: i64, open: i64, queued: i64) {
+    pub fn set_pool_slots(&self, namespace: &str, pool: &str, used: i64, open: i64, queued: i64) {
         for (state, v) in [("used", used), ("open", open), ("queued", queued)] {
             self.pool_slots
-                .get_or_create(&pool_labels(pool, state))
+                .get_or_create(&pool_labels(namespace, pool, state))
                 .set(v);
         }
     }
 
     /// Forget a deleted pool's series.
-    pub fn remove_pool(&self, pool: &str) {
+    pub fn remove_pool(&self, namespace: &str, pool: &str) {
         for state in ["used", "open", "queued"] {
-            self.pool_slots.remove(&pool_labels(pool, state));
+            self.pool_slots.remove(&pool_labels(namespace, pool, state));
         }
+    }
+
+    /// A run of DAG `namespace/dag` ended in `state` at `ended_at` (seconds since the epoch),
+    /// after `duration` seconds when known.
+    pub fn run_finished(
+        &self,
+        namespace: &str,
+        dag: &str,
+        state: RunState,
+        run_type: RunType,
+        ended_at: f64,
+        duration: Option<f64>,
+    ) {
+        self.runs_finished
+            .get_or_create(&dag_state_labels(namespace, dag, state))
+            .inc();
+        let last = match state {
+            RunState::Success => Some(&self.last_success),
+            RunState::Failed => Some(&self.last_failure),
+            _ => None,
+        };
+        if let Some(family) = last {
+            let gauge = family.get_or_create(&dag_labels(namespace, dag));
+            if ended_at > gauge.get() {
+                gauge.set(ended_at);
+            }
+        }
+        if let Some(secs) = duration.filter(|s| !s.is_nan()) {
+            self.run_duration
+                .get_or_create(&[("type", run_type.as_str())])
+                .observe(secs.max(0.0));
+        }
+    }
+
+    /// A task try ended in `state` after `secs`.
+    pub fn task_try_finished(&self, state: TaskState, secs: f64) {
+        if !secs.is_nan() {
+            self.try_duration
+                .get_or_create(&[("state", state.as_str())])
+                .observe(secs.max(0.0));
+        }
+    }
+
+    /// Forget a deleted DAG's series.
+    pub fn remove_dag(&self, namespace: &str, dag: &str) {
+        for state in FINAL_RUN_STATES {
+            self.runs_finished
+                .remove(&dag_state_labels(namespace, dag, state));
+        }
+        self.last_success.remove(&dag_labels(namespace, dag));
+        self.last_failure.remove(&dag_labels(namespace, dag));
     }
 
     /// One reconcile of `controller` took `secs`; `ok == false` counts an error.
@@ -368,10 +498,26 @@ impl<M: EncodeMetric> EncodeMetric for Described<M> {
     }
 }
 
-fn pool_labels(pool: &str, state: &'static str) -> PoolLabels {
+fn pool_labels(namespace: &str, pool: &str, state: &'static str) -> PoolLabels {
     [
+        ("namespace", Cow::Owned(namespace.to_owned())),
         ("pool", Cow::Owned(pool.to_owned())),
         ("state", Cow::Borrowed(state)),
+    ]
+}
+
+fn dag_labels(namespace: &str, dag: &str) -> DagLabels {
+    [
+        ("namespace", Cow::Owned(namespace.to_owned())),
+        ("dag", Cow::Owned(dag.to_owned())),
+    ]
+}
+
+fn dag_state_labels(namespace: &str, dag: &str, state: RunState) -> DagStateLabels {
+    [
+        ("namespace", Cow::Owned(namespace.to_owned())),
+        ("dag", Cow::Owned(dag.to_owned())),
+        ("state", Cow::Borrowed(state.as_str())),
     ]
 }
 
@@ -390,7 +536,7 @@ mod tests {
     use super::*;
 
     /// Every family of SPEC §9, as it appears in the exposition (`# TYPE` names).
-    const FAMILIES: [&str; 12] = [
+    const FAMILIES: [&str; 18] = [
         "dagop_runs_created",
         "dagop_schedule_delay_seconds",
         "dagop_queue_depth",
@@ -403,6 +549,12 @@ mod tests {
         "dagop_reconcile_duration_seconds",
         "dagop_reconcile_errors",
         "dagop_leader",
+        "dagop_runs_finished",
+        "dagop_dag_last_success_timestamp_seconds",
+        "dagop_dag_last_failure_timestamp_seconds",
+        "dagop_run_duration_seconds",
+        "dagop_task_try_duration_seconds",
+        "dagop_build_info",
     ];
 
     fn type_lines(text: &str) -> Vec<&str> {
@@ -421,9 +573,18 @@ mod tests {
         m.gate_error(GateScope::Pool);
         m.set_task_instances(TaskState::UpForRetry, 5);
         m.task_transition(TaskState::Running);
-        m.set_pool_slots("ns/gpu", 2, 6, 1);
+        m.set_pool_slots("ns", "gpu", 2, 6, 1);
         m.reconcile_observed(ControllerKind::Backfill, 0.01, Some("kube"));
         m.set_leader(true);
+        m.run_finished(
+            "ns",
+            "etl",
+            RunState::Failed,
+            RunType::Scheduled,
+            1.7e9,
+            Some(12.0),
+        );
+        m.task_try_finished(TaskState::Success, 3.0);
     }
 
     #[test]
@@ -491,9 +652,9 @@ mod tests {
             "dagop_gate_errors_total{scope=\"pool\"} 1",
             "dagop_task_instances{state=\"up_for_retry\"} 5",
             "dagop_task_transitions_total{state=\"running\"} 1",
-            "dagop_pool_slots{pool=\"ns/gpu\",state=\"used\"} 2",
-            "dagop_pool_slots{pool=\"ns/gpu\",state=\"open\"} 6",
-            "dagop_pool_slots{pool=\"ns/gpu\",state=\"queued\"} 1",
+            "dagop_pool_slots{namespace=\"ns\",pool=\"gpu\",state=\"used\"} 2",
+            "dagop_pool_slots{namespace=\"ns\",pool=\"gpu\",state=\"open\"} 6",
+            "dagop_pool_slots{namespace=\"ns\",pool=\"gpu\",state=\"queued\"} 1",
             "dagop_reconcile_errors_total{controller=\"backfill\",error=\"kube\"} 1",
             "dagop_reconcile_errors_total{controller=\"dag\",error=\"kube\"} 0",
             "dagop_reconcile_duration_seconds_count{controller=\"dag\"} 1",
@@ -505,7 +666,7 @@ mod tests {
             );
         }
         m.set_leader(false);
-        m.remove_pool("ns/gpu");
+        m.remove_pool("ns", "gpu");
         let text = m.encode();
         assert!(text.lines().any(|l| l == "dagop_leader 0"));
         assert!(!text.contains("ns/gpu"), "{text}");
@@ -520,5 +681,49 @@ mod tests {
         );
         assert!(SCHEDULE_DELAY_BUCKETS.windows(2).all(|w| w[0] < w[1]));
         assert!(RECONCILE_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn per_dag_series_follow_finished_runs_and_go_with_the_dag() {
+        let m = Metrics::new();
+        m.run_finished(
+            "ns",
+            "etl",
+            RunState::Failed,
+            RunType::Scheduled,
+            100.0,
+            Some(30.0),
+        );
+        m.run_finished(
+            "ns",
+            "etl",
+            RunState::Failed,
+            RunType::Scheduled,
+            90.0,
+            None,
+        );
+        m.run_finished(
+            "ns",
+            "etl",
+            RunState::Success,
+            RunType::Manual,
+            200.0,
+            Some(5.0),
+        );
+        let text = m.encode();
+        for line in [
+            "dagop_runs_finished_total{namespace=\"ns\",dag=\"etl\",state=\"failed\"} 2",
+            "dagop_runs_finished_total{namespace=\"ns\",dag=\"etl\",state=\"success\"} 1",
+            // the newest end wins, also when reports arrive out of order
+            "dagop_dag_last_failure_timestamp_seconds{namespace=\"ns\",dag=\"etl\"} 100.0",
+            "dagop_dag_last_success_timestamp_seconds{namespace=\"ns\",dag=\"etl\"} 200.0",
+            "dagop_run_duration_seconds_count{type=\"scheduled\"} 1",
+            "dagop_run_duration_seconds_count{type=\"manual\"} 1",
+            "dagop_build_info{version=\"",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        m.remove_dag("ns", "etl");
+        assert!(!m.encode().contains("dag=\"etl\""));
     }
 }
