@@ -48,6 +48,19 @@ impl Setup {
         runs
     }
 
+    /// The Events of this namespace with `reason` (core/v1 view).
+    pub fn events(&self, reason: &str) -> Vec<Value> {
+        let out = self.ns.kubectl_ok(&["get", "events", "-o", "json"], None);
+        let list: Value = serde_json::from_str(&out).expect("kubectl json");
+        list["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["reason"] == reason)
+            .collect()
+    }
+
     pub fn status(&self, dag: &str) -> Value {
         let out = self.ns.kubectl_ok(&["get", "dag", dag, "-o", "json"], None);
         let obj: Value = serde_json::from_str(&out).expect("kubectl json");

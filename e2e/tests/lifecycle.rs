@@ -9,7 +9,6 @@ use chrono::Utc;
 use dag_operator::store::{DagKey, NewRun, NewTask, RunState, RunStore, RunType};
 use dag_operator_e2e::eventually;
 use dag_operator_e2e::scenario::{Setup, dag_with_spec, setup};
-use serde_json::Value;
 
 /// A DAG whose one task holds its Pod running until told otherwise.
 fn held(name: &str) -> String {
@@ -186,18 +185,6 @@ async fn a_dag_name_too_long_for_a_label_is_refused_at_apply() {
     assert!(err.contains("63"), "the message names the limit: {err}");
 }
 
-fn events(s: &Setup, reason: &str) -> Vec<Value> {
-    let out = s.ns.kubectl_ok(&["get", "events", "-o", "json"], None);
-    let list: Value = serde_json::from_str(&out).expect("kubectl json");
-    list["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| e["reason"] == reason)
-        .collect()
-}
-
 #[tokio::test]
 async fn a_pod_the_api_server_refuses_fails_its_try_with_the_message() {
     let s = setup("refused").await;
@@ -228,7 +215,7 @@ async fn a_pod_the_api_server_refuses_fails_its_try_with_the_message() {
         assert!(msg.contains("image"), "the API server's message: {msg}");
     }
     let warned = eventually(Duration::from_secs(30), "a FailedCreate event", || {
-        let found = events(&s, "FailedCreate");
+        let found = s.events("FailedCreate");
         async move { (!found.is_empty()).then_some(found) }
     })
     .await;
