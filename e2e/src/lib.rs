@@ -2,6 +2,7 @@
 //! (`e2e/plane up`, idempotent), installs the CRDs once, and gives each test its own namespace.
 //! Everything is driven as a user would: kubectl, and the kube client where it reads better.
 
+pub mod chart;
 pub mod operator;
 pub mod scenario;
 

@@ -10,68 +10,10 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use dag_operator::store::RunState;
+use dag_operator_e2e::chart::{chart, helm, helm_ok, render, text, yaml_docs};
 use dag_operator_e2e::scenario::setup;
 use dag_operator_e2e::{TestNamespace, eventually, plane};
-use serde::Deserialize;
 use serde_json::Value;
-
-const CHART: &str = "charts/dag-operator";
-
-fn chart() -> String {
-    plane().repo.join(CHART).to_string_lossy().into_owned()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// helm against the plane (the plane's helm binary, its admin kubeconfig), run in the repo.
-fn helm(args: &[&str]) -> Output {
-    Command::new("helm")
-        .args(args)
-        .env("KUBECONFIG", &plane().kubeconfig)
-        .env("PATH", &plane().path)
-        .current_dir(&plane().repo)
-        .output()
-        .expect("helm runs")
-}
-
-fn helm_ok(args: &[&str]) -> String {
-    let out = helm(args);
-    assert!(
-        out.status.success(),
-        "helm {args:?} failed:\n{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-/// Every document of a multi-document YAML stream, as JSON values (empty documents skipped).
-fn yaml_docs(stream: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(stream)
-        .filter_map(|doc| {
-            let v = serde_yaml::Value::deserialize(doc).expect("valid YAML");
-            (!v.is_null()).then(|| serde_json::to_value(v).expect("YAML maps to JSON"))
-        })
-        .collect()
-}
-
-/// `helm template` of the chart (release dag-operator, namespace dag-operator) with `sets`.
-fn render(sets: &[&str]) -> Vec<Value> {
-    let chart = chart();
-    let mut args = vec![
-        "template",
-        "dag-operator",
-        chart.as_str(),
-        "--namespace",
-        "dag-operator",
-    ];
-    for s in sets {
-        args.extend(["--set", s]);
-    }
-    yaml_docs(&helm_ok(&args))
-}
 
 fn kinds(objects: &[Value]) -> Vec<String> {
     let mut out: Vec<String> = objects
@@ -189,6 +131,8 @@ fn chart_lints_clean_and_its_values_are_checked() {
         "watchNamespace=team-a",
         "replicaCount=2",
         "serviceMonitor.enabled=true",
+        "prometheusRule.enabled=true",
+        "grafanaDashboard.enabled=true",
         "database.url=postgres://u:p@db:5432/dagop",
         "redis.host=redis",
         "redis.password=x",

@@ -302,7 +302,11 @@ impl Parts {
             notices: w.notices.0,
             metrics: self.metrics.clone(),
             health: self.health.clone(),
-            gate: GateHealth::new(self.health.clone(), w.status.0.clone()),
+            gate: GateHealth::new(
+                self.health.clone(),
+                self.metrics.clone(),
+                w.status.0.clone(),
+            ),
             engine: w.commands.0.clone(),
             executor: w.exec_in.0,
             triggers: w.triggers.0,

@@ -12,7 +12,7 @@ use crate::engine::{Command, EngineStatus, EngineTelemetry, Output};
 use crate::executor::{ExecInput, ExecOutput, ExecStatus, TaskTelemetry};
 use crate::key::DagKey;
 use crate::report::Notice;
-use crate::telemetry::{Health, Metrics};
+use crate::telemetry::{Component, Health, Metrics};
 
 /// Handled trigger values whose annotations may be removed from a DAG.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +54,7 @@ pub fn route_engine(output: Output, to: &Routes) {
             }
             EngineStatus::StoreHealth(ok) => {
                 to.health.set_store_ok(ok);
+                to.metrics.set_component_up(Component::Store, ok);
                 deliver(&to.status, StatusUpdate::StoreHealth(ok), "status");
             }
             EngineStatus::GateHealth(ok) => to.gate.set_engine(ok),
@@ -194,12 +195,18 @@ impl GateReach {
 pub struct GateHealth {
     reach: Arc<Mutex<GateReach>>,
     health: Arc<Health>,
+    metrics: Arc<Metrics>,
     status: mpsc::UnboundedSender<StatusUpdate>,
 }
 
 impl GateHealth {
-    pub fn new(health: Arc<Health>, status: mpsc::UnboundedSender<StatusUpdate>) -> Self {
+    pub fn new(
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+        status: mpsc::UnboundedSender<StatusUpdate>,
+    ) -> Self {
         GateHealth {
+            metrics,
             reach: Arc::new(Mutex::new(GateReach {
                 engine: true,
                 executor: true,
@@ -224,6 +231,7 @@ impl GateHealth {
         let after = reach.ok();
         if before != after {
             self.health.set_gate_ok(after);
+            self.metrics.set_component_up(Component::Gate, after);
             deliver(&self.status, StatusUpdate::GateHealth(after), "status");
         }
     }
@@ -255,11 +263,12 @@ mod tests {
         health.set_role(crate::telemetry::Role::Leader);
         health.set_store_ok(true);
         health.set_gate_ok(true);
+        let metrics = Arc::new(Metrics::new());
         let routes = Routes {
-            gate: GateHealth::new(health.clone(), status.clone()),
+            gate: GateHealth::new(health.clone(), metrics.clone(), status.clone()),
             status,
             notices,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             health,
             engine,
             executor,
@@ -394,6 +403,11 @@ mod tests {
             "still down: no change told"
         );
         assert!(r.health.ready().is_err());
+        assert!(
+            r.metrics
+                .encode()
+                .contains("dagop_component_up{component=\"gate\"} 0")
+        );
         r.gate.set_executor(true);
         assert!(matches!(
             ends.status.try_recv(),

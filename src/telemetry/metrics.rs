@@ -45,6 +45,22 @@ const DURATION_BUCKETS: [f64; 14] = [
 /// (each series exists from the start).
 pub const RECONCILE_ERRORS: [&str; 3] = ["kube", "engine_gone", "missing_field"];
 
+/// The parts the operator depends on, as the `component` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Component {
+    Store,
+    Gate,
+}
+
+impl Component {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Store => "store",
+            Component::Gate => "gate",
+        }
+    }
+}
+
 /// The reconcilers, as the `controller` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ControllerKind {
@@ -122,6 +138,7 @@ pub struct Metrics {
     last_failure: Family<DagLabels, F64Gauge>,
     run_duration: DurationFamily,
     try_duration: DurationFamily,
+    up: Family<Label1, Gauge>,
 }
 
 impl Default for Metrics {
@@ -243,6 +260,12 @@ impl Metrics {
             Unit::Seconds,
             try_duration.clone(),
         );
+        let up = Family::<Label1, Gauge>::default();
+        registry.register(
+            "component_up",
+            "1 while the component (store: PostgreSQL, gate: Redis or in process) answers, else 0",
+            up.clone(),
+        );
         let build_info = Family::<Label1, Gauge>::default();
         registry.register(
             "build_info",
@@ -272,6 +295,7 @@ impl Metrics {
             last_failure,
             run_duration,
             try_duration,
+            up,
         };
         m.prepopulate();
         m
@@ -302,6 +326,9 @@ impl Metrics {
         }
         for t in RUN_TYPES {
             init(&self.run_duration, "type", t.as_str());
+        }
+        for c in [Component::Store, Component::Gate] {
+            self.up.get_or_create(&[("component", c.as_str())]).set(1);
         }
         for s in TaskState::ALL {
             init(&self.try_duration, "state", s.as_str());
@@ -462,6 +489,13 @@ impl Metrics {
         }
     }
 
+    /// Whether `component` (`store` or `gate`) answers.
+    pub fn set_component_up(&self, component: Component, up: bool) {
+        self.up
+            .get_or_create(&[("component", component.as_str())])
+            .set(i64::from(up));
+    }
+
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
     }
@@ -536,7 +570,7 @@ mod tests {
     use super::*;
 
     /// Every family of SPEC §9, as it appears in the exposition (`# TYPE` names).
-    const FAMILIES: [&str; 18] = [
+    const FAMILIES: [&str; 19] = [
         "dagop_runs_created",
         "dagop_schedule_delay_seconds",
         "dagop_queue_depth",
@@ -555,6 +589,7 @@ mod tests {
         "dagop_run_duration_seconds",
         "dagop_task_try_duration_seconds",
         "dagop_build_info",
+        "dagop_component_up",
     ];
 
     fn type_lines(text: &str) -> Vec<&str> {

@@ -12,7 +12,7 @@ mod metrics;
 
 pub use health::{Health, Role};
 pub use http::serve;
-pub use metrics::{CONTENT_TYPE, ControllerKind, Metrics, PREFIX, RECONCILE_ERRORS};
+pub use metrics::{CONTENT_TYPE, Component, ControllerKind, Metrics, PREFIX, RECONCILE_ERRORS};
 
 use tracing_subscriber::EnvFilter;
 
