@@ -9,6 +9,7 @@ pub mod engine;
 pub mod executor;
 pub mod gate;
 pub mod graph;
+pub mod http;
 pub mod k8s;
 pub mod key;
 pub mod leader;

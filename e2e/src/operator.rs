@@ -59,6 +59,8 @@ pub struct Operator {
     child: Option<Child>,
     args: Vec<String>,
     pub metrics_port: u16,
+    /// where its HTTP API listens
+    pub ui_port: u16,
     pub log: PathBuf,
 }
 
@@ -66,6 +68,7 @@ impl Operator {
     /// Starts `dag-operator run` watching `namespace`, storing into `database_url`.
     pub fn start(namespace: &str, database_url: &str, extra: &[&str]) -> Self {
         let metrics_port = free_port();
+        let ui_port = free_port();
         let mut args: Vec<String> = [
             "run",
             "--namespace",
@@ -74,6 +77,8 @@ impl Operator {
             database_url,
             "--metrics-addr",
             &format!("127.0.0.1:{metrics_port}"),
+            "--ui-addr",
+            &format!("127.0.0.1:{ui_port}"),
             "--schedule-interval",
             "1s",
             "--leader-election=false",
@@ -96,6 +101,7 @@ impl Operator {
             child: None,
             args,
             metrics_port,
+            ui_port,
             log,
         };
         op.spawn();
@@ -152,19 +158,12 @@ impl Operator {
 
     /// GET a path of the metrics server: (status code, body), or None if it does not answer.
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
-            .await
-            .ok()?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok()?;
-        let code = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())?;
-        Some((code, body))
+        http_get(self.metrics_port, path, None).await
+    }
+
+    /// `GET path` of its HTTP API with `Authorization: Bearer <token>` when given.
+    pub async fn api(&self, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+        http_get(self.ui_port, path, token).await
     }
 
     /// The process id, while it runs.
@@ -208,4 +207,24 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A plain HTTP/1.1 `GET` on 127.0.0.1:`port` (Connection: close): status and body.
+async fn http_get(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
+    Some((code, body))
 }

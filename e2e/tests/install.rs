@@ -480,6 +480,7 @@ async fn helm_install_then_the_charts_rbac_runs_a_dag_end_to_end() {
     // KUBECONFIG), with the chart's own flags: the binary accepts every one of them
     let harness_sets = [
         "--metrics-addr",
+        "--ui-addr",
         "--leader-election",
         "--namespace",
         "--schedule-interval",

@@ -288,6 +288,10 @@ pub struct RunArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "DAGOP_METRICS_ADDR", default_value = ":8080")]
     pub metrics_addr: String,
+    /// Address of the HTTP API (`/api/v1/...`), authenticated and authorized by the API
+    /// server; empty: no API.
+    #[arg(long, env = "DAGOP_UI_ADDR", default_value = ":8081")]
+    pub ui_addr: String,
     /// How long finished task Pods are kept.
     #[arg(long, env = "DAGOP_POD_RETENTION", default_value = "1h", value_parser = duration_secs)]
     pub pod_retention: u64,
@@ -464,6 +468,7 @@ mod tests {
         );
         assert_eq!(run.pod_retention, 3600);
         assert_eq!(run.metrics_addr, ":8080");
+        assert_eq!(run.ui_addr, ":8081");
         let cmd = Cli::command();
         let run_cmd = cmd.find_subcommand("run").unwrap();
         let env_of = |id: &str| {

@@ -122,6 +122,7 @@ fn config(args: &RunArgs) -> Result<OperatorConfig, CliError> {
         },
         namespace: args.namespace.clone(),
         metrics_addr: args.metrics_addr.clone(),
+        ui_addr: Some(args.ui_addr.clone()).filter(|a| !a.trim().is_empty()),
         leader: args.leader_election.then(|| leader_settings(args)),
     })
 }

@@ -30,6 +30,7 @@ use crate::engine::{Command, Engine, EngineConfig, Output};
 use crate::executor::watch::{spawn_pod_watch, spawn_pool_watch, until_ready};
 use crate::executor::{ExecInput, ExecOutput, Executor, ExecutorConfig, KubeLauncher};
 use crate::gate::Gate;
+use crate::http::{self, ApiState, auth::KubeReviewer};
 use crate::k8s;
 use crate::report::Notice;
 use crate::store::PgStore;
@@ -49,6 +50,8 @@ pub struct OperatorConfig {
     pub metrics_addr: String,
     /// leader election (none: this replica leads at once)
     pub leader: Option<LeaderSettings>,
+    /// where the HTTP API listens (`host:port`; none: no API)
+    pub ui_addr: Option<String>,
 }
 
 /// Why the operator could not start or stopped.
@@ -56,6 +59,8 @@ pub struct OperatorConfig {
 pub enum OperatorError {
     #[error("cannot serve health and metrics: {0}")]
     Telemetry(std::io::Error),
+    #[error("cannot serve the API: {0}")]
+    Api(std::io::Error),
     #[error("leader election: {0}")]
     LeaderElection(String),
     #[error("the operator task failed: {0}")]
@@ -93,6 +98,8 @@ impl ShutdownTrigger {
 pub struct Running {
     /// where the health and metrics endpoints listen
     pub metrics_addr: SocketAddr,
+    /// where the HTTP API listens (when configured)
+    pub ui_addr: Option<SocketAddr>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     task: JoinHandle<Result<(), OperatorError>>,
@@ -137,6 +144,23 @@ impl Operator {
         .await
         .map_err(OperatorError::Telemetry)?;
         tracing::info!(addr = %metrics_addr, "health and metrics endpoints up");
+        // every replica serves the API: reads need no leadership
+        let ui_addr = match &config.ui_addr {
+            Some(addr) => {
+                let state = ApiState {
+                    store: store.clone(),
+                    dags: http::dag_cache(client.clone(), config.namespace.as_deref()),
+                    reviewer: Arc::new(KubeReviewer::new(client.clone())),
+                };
+                let stop = shutdown.clone();
+                let bound = http::serve(addr, state, async move { stop.wait().await })
+                    .await
+                    .map_err(OperatorError::Api)?;
+                tracing::info!(addr = %bound, "API up");
+                Some(bound)
+            }
+            None => None,
+        };
         let parts = Parts {
             config,
             client,
@@ -148,6 +172,7 @@ impl Operator {
         let task = tokio::spawn(parts.operate(gate));
         Ok(Running {
             metrics_addr,
+            ui_addr,
             health,
             metrics,
             task,

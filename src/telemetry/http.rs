@@ -43,7 +43,7 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let target = resolve(addr).await?;
+    let target = resolve_addr(addr, "metrics").await?;
     let listener = TcpListener::bind(target).await.map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -57,12 +57,14 @@ where
 }
 
 /// `:PORT` → `0.0.0.0:PORT`; otherwise any `HOST:PORT` the resolver accepts (first result).
-async fn resolve(addr: &str) -> io::Result<SocketAddr> {
+/// `HOST:PORT` or `:PORT` (every IPv4 interface) as a socket address; `what` names the
+/// listener in errors.
+pub async fn resolve_addr(addr: &str, what: &str) -> io::Result<SocketAddr> {
     let invalid = |why: String| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
-                "invalid metrics address {addr:?}: {why} (expected HOST:PORT or :PORT, e.g. :8080)"
+                "invalid {what} address {addr:?}: {why} (expected HOST:PORT or :PORT, e.g. :8080)"
             ),
         )
     };
@@ -343,14 +345,14 @@ mod tests {
     #[tokio::test]
     async fn addresses() {
         assert_eq!(
-            resolve(":8080").await.expect(":8080"),
+            resolve_addr(":8080", "metrics").await.expect(":8080"),
             "0.0.0.0:8080".parse::<SocketAddr>().expect("literal")
         );
         assert_eq!(
-            resolve("[::1]:9").await.expect("v6"),
+            resolve_addr("[::1]:9", "metrics").await.expect("v6"),
             "[::1]:9".parse::<SocketAddr>().expect("literal")
         );
-        assert!(resolve("localhost:0").await.is_ok());
+        assert!(resolve_addr("localhost:0", "metrics").await.is_ok());
         for bad in [
             "",
             "  ",
@@ -361,7 +363,7 @@ mod tests {
             "1.2.3.4",
             "not an address",
         ] {
-            let err = resolve(bad).await.expect_err(bad);
+            let err = resolve_addr(bad, "metrics").await.expect_err(bad);
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
             assert!(err.to_string().contains("invalid metrics address"), "{err}");
         }

@@ -11,7 +11,7 @@ mod http;
 mod metrics;
 
 pub use health::{Health, Role};
-pub use http::serve;
+pub use http::{resolve_addr, serve};
 pub use metrics::{CONTENT_TYPE, Component, ControllerKind, Metrics, PREFIX, RECONCILE_ERRORS};
 
 use tracing_subscriber::EnvFilter;

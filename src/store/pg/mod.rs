@@ -181,6 +181,7 @@ macro_rules! run_columns {
 }
 
 mod admit;
+mod read;
 mod record;
 mod tasks;
 

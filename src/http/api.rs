@@ -1,0 +1,360 @@
+//! The JSON API (`/api/v1/...`, paths shaped like Kubernetes'): DAGs from the watch cache,
+//! runs and task tries from PostgreSQL. Every request names its caller by a bearer token and
+//! is allowed by the API server (`auth.rs`); nothing of a namespace the caller may not read
+//! shows in any answer.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use kube::runtime::reflector;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::auth::{Access, Caller, ReviewError, Reviewer, bearer};
+use crate::api::DAG;
+use crate::key::DagKey;
+use crate::store::{PgStore, RunRow, RunStore, StoreError, TaskRow};
+
+/// What every handler works with.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: PgStore,
+    pub dags: reflector::Store<DAG>,
+    pub reviewer: Arc<dyn Reviewer>,
+}
+
+/// Why a request was not answered; rendered as a Kubernetes `Status`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(
+        "no valid bearer token: send `Authorization: Bearer <token>` (e.g. from `kubectl create token`)"
+    )]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Review(#[from] ReviewError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Review(_) | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.status();
+        let body = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "message": self.to_string(),
+            "reason": code.canonical_reason().unwrap_or_default().replace(' ', ""),
+            "code": code.as_u16(),
+        });
+        let mut response = (code, Json(body)).into_response();
+        if code == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+        }
+        response
+    }
+}
+
+type Answer = Result<Json<Value>, ApiError>;
+
+/// The caller of a request (401 without a valid token).
+async fn caller(s: &ApiState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .ok_or(ApiError::Unauthorized)?;
+    s.reviewer
+        .authenticate(token)
+        .await?
+        .ok_or(ApiError::Unauthorized)
+}
+
+/// The caller, allowed to read DAGs in `namespace` (403 otherwise).
+async fn reader(s: &ApiState, headers: &HeaderMap, namespace: &str) -> Result<Caller, ApiError> {
+    let who = caller(s, headers).await?;
+    let access = Access::read(namespace);
+    if s.reviewer.allowed(&who, &access).await? {
+        Ok(who)
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "user {:?} cannot get dags.{} in namespace {namespace:?}",
+            who.user,
+            crate::api::GROUP
+        )))
+    }
+}
+
+fn time(t: Option<DateTime<Utc>>) -> Value {
+    t.map_or(Value::Null, |t| Value::String(t.to_rfc3339()))
+}
+
+fn dag_view(dag: &DAG, recent: &[RunRow]) -> Value {
+    let status = dag.status.clone().unwrap_or_default();
+    let condition = |t: &str| {
+        crate::api::conditions::find(&status.conditions, t)
+            .map(|c| json!({"status": c.status, "reason": c.reason, "message": c.message}))
+    };
+    json!({
+        "namespace": dag.metadata.namespace,
+        "name": dag.metadata.name,
+        "schedule": dag.spec.schedule,
+        "timezone": dag.spec.timezone,
+        "suspend": dag.spec.suspend,
+        "tasks": dag.spec.tasks.iter().map(|t| json!({"name": t.name, "dependsOn": t.depends_on})).collect::<Vec<_>>(),
+        "ready": condition(crate::api::conditions::READY),
+        "stalled": condition(crate::api::conditions::STALLED),
+        "nextScheduleTime": time(status.next_schedule_time),
+        "lastScheduleTime": time(status.last_schedule_time),
+        "lastSuccessfulTime": time(status.last_successful_time),
+        "activeRuns": status.active_runs,
+        "queuedRuns": status.queued_runs,
+        "recentRuns": recent.iter().map(run_view).collect::<Vec<_>>(),
+    })
+}
+
+fn run_view(r: &RunRow) -> Value {
+    json!({
+        "id": r.id,
+        "namespace": r.dag.namespace,
+        "dag": r.dag.name,
+        "type": r.run_type.as_str(),
+        "backfill": r.backfill_name,
+        "logicalDate": r.logical_date.to_rfc3339(),
+        "dataIntervalStart": r.data_interval_start.to_rfc3339(),
+        "dataIntervalEnd": r.data_interval_end.to_rfc3339(),
+        "state": r.state.as_str(),
+        "params": r.params,
+        "attempt": r.attempt,
+        "createdAt": r.created_at.to_rfc3339(),
+        "startedAt": time(r.started_at),
+        "endedAt": time(r.ended_at),
+        "specVersion": r.spec_hash,
+    })
+}
+
+fn try_view(t: &TaskRow) -> Value {
+    let duration = match (t.started_at, t.ended_at) {
+        (Some(s), Some(e)) => json!(((e - s).num_milliseconds() as f64 / 1000.0).max(0.0)),
+        _ => Value::Null,
+    };
+    json!({
+        "task": t.task_name,
+        "try": t.try_number,
+        "attempt": t.attempt,
+        "state": t.state.as_str(),
+        "pod": t.pod_name,
+        "exitCode": t.exit_code,
+        "message": t.message,
+        "queuedAt": time(t.queued_at),
+        "startedAt": time(t.started_at),
+        "endedAt": time(t.ended_at),
+        "durationSeconds": duration,
+        "pool": t.pool,
+    })
+}
+
+/// The cached DAGs of `namespace`, by name.
+fn dags_in(s: &ApiState, namespace: &str) -> Vec<Arc<DAG>> {
+    let mut dags: Vec<Arc<DAG>> = s
+        .dags
+        .state()
+        .into_iter()
+        .filter(|d| d.metadata.namespace.as_deref() == Some(namespace))
+        .collect();
+    dags.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    dags
+}
+
+/// How many runs each DAG of a listing shows.
+const LISTED_RUNS: i64 = 25;
+
+async fn listing(s: &ApiState, dags: Vec<Arc<DAG>>) -> Answer {
+    let keys: Vec<DagKey> = dags
+        .iter()
+        .filter_map(|d| {
+            Some(DagKey::new(
+                d.metadata.namespace.clone()?,
+                d.metadata.name.clone()?,
+            ))
+        })
+        .collect();
+    let recent = s.store.recent_runs(&keys, LISTED_RUNS).await?;
+    let items: Vec<Value> = dags
+        .iter()
+        .map(|d| {
+            let runs = recent
+                .iter()
+                .find(|r| {
+                    Some(r.dag.name.as_str()) == d.metadata.name.as_deref()
+                        && Some(r.dag.namespace.as_str()) == d.metadata.namespace.as_deref()
+                })
+                .map(|r| r.runs.as_slice())
+                .unwrap_or_default();
+            dag_view(d, runs)
+        })
+        .collect();
+    Ok(Json(json!({"kind": "DAGList", "items": items})))
+}
+
+/// `GET /api/v1/namespaces/{ns}/dags`
+pub async fn list_dags(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(ns): Path<String>,
+) -> Answer {
+    reader(&s, &headers, &ns).await?;
+    let dags = dags_in(&s, &ns);
+    listing(&s, dags).await
+}
+
+/// `GET /api/v1/dags`: the DAGs of every namespace the caller may read.
+pub async fn list_all_dags(State(s): State<ApiState>, headers: HeaderMap) -> Answer {
+    let who = caller(&s, &headers).await?;
+    let mut namespaces: Vec<String> = s
+        .dags
+        .state()
+        .iter()
+        .filter_map(|d| d.metadata.namespace.clone())
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    let mut dags = Vec::new();
+    for ns in namespaces {
+        if s.reviewer.allowed(&who, &Access::read(&ns)).await? {
+            dags.extend(dags_in(&s, &ns));
+        }
+    }
+    listing(&s, dags).await
+}
+
+fn find_dag(s: &ApiState, ns: &str, name: &str) -> Result<Arc<DAG>, ApiError> {
+    s.dags
+        .get(&reflector::ObjectRef::new(name).within(ns))
+        .ok_or_else(|| ApiError::NotFound(format!("dag {name:?} not found in namespace {ns:?}")))
+}
+
+/// `GET /api/v1/namespaces/{ns}/dags/{name}`
+pub async fn get_dag(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+) -> Answer {
+    reader(&s, &headers, &ns).await?;
+    let dag = find_dag(&s, &ns, &name)?;
+    let recent = s
+        .store
+        .recent_runs(&[DagKey::new(&ns, &name)], LISTED_RUNS)
+        .await?;
+    let runs = recent
+        .first()
+        .map(|r| r.runs.as_slice())
+        .unwrap_or_default();
+    Ok(Json(dag_view(&dag, runs)))
+}
+
+/// Paging of a DAG's runs, newest first.
+#[derive(Debug, Deserialize)]
+pub struct RunPage {
+    /// runs with a logical date before this (the `next` of the previous page)
+    pub before: Option<DateTime<Utc>>,
+    /// at most this many (1 to 500; default 50)
+    pub limit: Option<i64>,
+}
+
+/// `GET /api/v1/namespaces/{ns}/dags/{name}/runs?before=&limit=`
+pub async fn list_runs(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+    Query(page): Query<RunPage>,
+) -> Answer {
+    reader(&s, &headers, &ns).await?;
+    let limit = page.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit {limit} is not in 1..=500"
+        )));
+    }
+    let runs = s
+        .store
+        .runs_before(&DagKey::new(&ns, &name), page.before, limit)
+        .await?;
+    let next = (runs.len() as i64 == limit)
+        .then(|| runs.last().map(|r| r.logical_date.to_rfc3339()))
+        .flatten();
+    let ids: Vec<Uuid> = runs.iter().map(|r| r.id).collect();
+    let tries = s.store.task_instances(&ids).await?;
+    let items: Vec<Value> = runs
+        .iter()
+        .map(|r| {
+            let mut v = run_view(r);
+            // the latest try of each task: the grid's cells
+            let mut latest: Vec<&TaskRow> = Vec::new();
+            for t in tries.iter().filter(|t| t.run_id == r.id) {
+                match latest.iter_mut().find(|l| l.task_name == t.task_name) {
+                    Some(l) if (t.attempt, t.try_number) > (l.attempt, l.try_number) => *l = t,
+                    Some(_) => {}
+                    None => latest.push(t),
+                }
+            }
+            v["tasks"] = latest.into_iter().map(try_view).collect();
+            v
+        })
+        .collect();
+    Ok(Json(
+        json!({"kind": "RunList", "items": items, "next": next}),
+    ))
+}
+
+/// `GET /api/v1/namespaces/{ns}/runs/{id}`
+pub async fn get_run(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((ns, id)): Path<(String, String)>,
+) -> Answer {
+    reader(&s, &headers, &ns).await?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound(format!("no run {id:?}")))?;
+    let run = s
+        .store
+        .run(id)
+        .await?
+        .filter(|r| r.dag.namespace == ns)
+        .ok_or_else(|| ApiError::NotFound(format!("run {id} not found in namespace {ns:?}")))?;
+    let mut tries = s.store.task_instances(&[id]).await?;
+    tries.sort_by(|a, b| {
+        (a.task_name.as_str(), a.attempt, a.try_number).cmp(&(
+            b.task_name.as_str(),
+            b.attempt,
+            b.try_number,
+        ))
+    });
+    let mut v = run_view(&run);
+    v["tries"] = tries.iter().map(try_view).collect();
+    Ok(Json(v))
+}
