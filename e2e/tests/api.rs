@@ -110,6 +110,28 @@ async fn a_viewer_reads_its_namespace_and_nothing_else() {
         "{one}"
     );
 
+    // the UI's pages, on the same token
+    let (code, page) = op.api("/", Some(token)).await.expect("index");
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains(&format!("/ui/namespaces/{a}/dags/etl")),
+        "{page}"
+    );
+    assert!(!page.contains("secret-etl"), "{page}");
+    let (code, page) = op
+        .api(&format!("/ui/namespaces/{a}/dags/etl"), Some(token))
+        .await
+        .expect("grid");
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("data-state="), "the grid has cells: {page}");
+    assert!(page.contains(&run.id.to_string()), "{page}");
+    let (code, page) = op
+        .api(&format!("/ui/namespaces/{a}/runs/{}", run.id), Some(token))
+        .await
+        .expect("run page");
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("id=\"task-a\""), "the try is listed: {page}");
+
     // another namespace: 403; the cluster-wide listing holds only its own namespace
     let (code, body) = op
         .api(

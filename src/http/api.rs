@@ -15,10 +15,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::auth::{Access, Caller, ReviewError, Reviewer, bearer};
+use super::auth::{Access, Caller, ReviewError, Reviewer, token_of};
 use crate::api::DAG;
 use crate::key::DagKey;
-use crate::store::{PgStore, RunRow, RunStore, StoreError, TaskRow};
+use crate::store::{PgStore, RunQuery, RunRow, RunStore, StoreError, TaskRow};
 
 /// What every handler works with.
 #[derive(Clone)]
@@ -83,20 +83,20 @@ impl IntoResponse for ApiError {
 type Answer = Result<Json<Value>, ApiError>;
 
 /// The caller of a request (401 without a valid token).
-async fn caller(s: &ApiState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer)
-        .ok_or(ApiError::Unauthorized)?;
+pub(super) async fn caller(s: &ApiState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let token = token_of(headers).ok_or(ApiError::Unauthorized)?;
     s.reviewer
-        .authenticate(token)
+        .authenticate(&token)
         .await?
         .ok_or(ApiError::Unauthorized)
 }
 
 /// The caller, allowed to read DAGs in `namespace` (403 otherwise).
-async fn reader(s: &ApiState, headers: &HeaderMap, namespace: &str) -> Result<Caller, ApiError> {
+pub(super) async fn reader(
+    s: &ApiState,
+    headers: &HeaderMap,
+    namespace: &str,
+) -> Result<Caller, ApiError> {
     let who = caller(s, headers).await?;
     let access = Access::read(namespace);
     if s.reviewer.allowed(&who, &access).await? {
@@ -180,7 +180,7 @@ fn try_view(t: &TaskRow) -> Value {
 }
 
 /// The cached DAGs of `namespace`, by name.
-fn dags_in(s: &ApiState, namespace: &str) -> Vec<Arc<DAG>> {
+pub(super) fn dags_in(s: &ApiState, namespace: &str) -> Vec<Arc<DAG>> {
     let mut dags: Vec<Arc<DAG>> = s
         .dags
         .state()
@@ -236,6 +236,12 @@ pub async fn list_dags(
 /// `GET /api/v1/dags`: the DAGs of every namespace the caller may read.
 pub async fn list_all_dags(State(s): State<ApiState>, headers: HeaderMap) -> Answer {
     let who = caller(&s, &headers).await?;
+    let dags = readable_dags(&s, &who).await?;
+    listing(&s, dags).await
+}
+
+/// The cached DAGs of every namespace `who` may read, by namespace and name.
+pub(super) async fn readable_dags(s: &ApiState, who: &Caller) -> Result<Vec<Arc<DAG>>, ApiError> {
     let mut namespaces: Vec<String> = s
         .dags
         .state()
@@ -246,14 +252,14 @@ pub async fn list_all_dags(State(s): State<ApiState>, headers: HeaderMap) -> Ans
     namespaces.dedup();
     let mut dags = Vec::new();
     for ns in namespaces {
-        if s.reviewer.allowed(&who, &Access::read(&ns)).await? {
-            dags.extend(dags_in(&s, &ns));
+        if s.reviewer.allowed(who, &Access::read(&ns)).await? {
+            dags.extend(dags_in(s, &ns));
         }
     }
-    listing(&s, dags).await
+    Ok(dags)
 }
 
-fn find_dag(s: &ApiState, ns: &str, name: &str) -> Result<Arc<DAG>, ApiError> {
+pub(super) fn find_dag(s: &ApiState, ns: &str, name: &str) -> Result<Arc<DAG>, ApiError> {
     s.dags
         .get(&reflector::ObjectRef::new(name).within(ns))
         .ok_or_else(|| ApiError::NotFound(format!("dag {name:?} not found in namespace {ns:?}")))
@@ -301,10 +307,12 @@ pub async fn list_runs(
             "limit {limit} is not in 1..=500"
         )));
     }
-    let runs = s
-        .store
-        .runs_before(&DagKey::new(&ns, &name), page.before, limit)
-        .await?;
+    let query = RunQuery {
+        before: page.before,
+        limit,
+        ..RunQuery::default()
+    };
+    let runs = s.store.query_runs(&DagKey::new(&ns, &name), &query).await?;
     let next = (runs.len() as i64 == limit)
         .then(|| runs.last().map(|r| r.logical_date.to_rfc3339()))
         .flatten();

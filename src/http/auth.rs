@@ -194,6 +194,29 @@ impl Reviewer for KubeReviewer {
     }
 }
 
+/// The cookie the UI keeps the token in for the browser session (no expiry: it goes when the
+/// browser session ends; HttpOnly, so page scripts never read it).
+pub const SESSION_COOKIE: &str = "dagop_token";
+
+/// The caller's token: the `Authorization: Bearer` header, else the UI's session cookie.
+pub fn token_of(headers: &axum::http::HeaderMap) -> Option<String> {
+    if let Some(t) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+    {
+        return Some(t.to_string());
+    }
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, v)| *k == SESSION_COOKIE && !v.is_empty())
+        .map(|(_, v)| v.to_string())
+}
+
 /// The bearer token of an `Authorization` header value.
 pub fn bearer(header: &str) -> Option<&str> {
     let (scheme, token) = header.trim().split_once(' ')?;
@@ -203,6 +226,16 @@ pub fn bearer(header: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_from_the_header_or_the_session_cookie() {
+        let mut h = axum::http::HeaderMap::new();
+        assert_eq!(token_of(&h), None);
+        h.insert("cookie", "a=1; dagop_token=tok; b=2".parse().unwrap());
+        assert_eq!(token_of(&h).as_deref(), Some("tok"));
+        h.insert("authorization", "Bearer hdr".parse().unwrap());
+        assert_eq!(token_of(&h).as_deref(), Some("hdr"));
+    }
 
     #[test]
     fn bearer_tokens() {

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod ui;
 
 use std::future::Future;
 use std::io;
@@ -36,6 +37,11 @@ pub fn router(state: ApiState) -> Router {
             get(api::list_runs),
         )
         .route("/api/v1/namespaces/{ns}/runs/{id}", get(api::get_run))
+        .route("/", get(ui::index))
+        .route("/login", get(ui::login_form).post(ui::login))
+        .route("/logout", get(ui::logout))
+        .route("/ui/namespaces/{ns}/dags/{name}", get(ui::dag_grid))
+        .route("/ui/namespaces/{ns}/runs/{id}", get(ui::run_page))
         .with_state(state)
 }
 

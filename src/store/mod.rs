@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use crate::graph::TaskState;
-pub use pg::{AppliedMigration, PgStore};
+pub use pg::{AppliedMigration, PgStore, RunQuery};
 pub use record::{
     Admission, Admitted, BackfillRecord, BackfillRef, BackfillSkip, DagRecord, Position,
     RefusedTrigger, TakenDate, TriggerOutcome,

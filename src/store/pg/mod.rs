@@ -182,6 +182,7 @@ macro_rules! run_columns {
 
 mod admit;
 mod read;
+pub use self::read::RunQuery;
 mod record;
 mod tasks;
 

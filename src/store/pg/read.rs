@@ -1,12 +1,26 @@
-//! Reads for the HTTP API: one run by id, a DAG's runs newest first, a page at a time. Both
-//! are served by indexes (the primary key; the run identity index walked backwards), so a page
-//! costs the same with a hundred runs as with a million.
+//! Reads for the HTTP API and the UI: one run by id, a DAG's runs newest first, a page at a
+//! time, optionally filtered. Served by indexes (the primary key; the run identity index
+//! (namespace, dag_name, logical_date) walked backwards), so a page costs about the same with a
+//! hundred runs as with a million.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{PgStore, run_from_row};
-use crate::store::{DagKey, RunRow, StoreError};
+use crate::store::{DagKey, RunRow, RunState, RunType, StoreError};
+
+/// Which runs of a DAG, newest first.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunQuery {
+    /// only runs with a logical date before this (the cursor of the next page)
+    pub before: Option<DateTime<Utc>>,
+    /// only runs with a logical date at or after this
+    pub since: Option<DateTime<Utc>>,
+    pub state: Option<RunState>,
+    pub run_type: Option<RunType>,
+    /// at most this many
+    pub limit: i64,
+}
 
 impl PgStore {
     /// The run `id`, if it exists.
@@ -22,25 +36,25 @@ impl PgStore {
         row.as_ref().map(run_from_row).transpose()
     }
 
-    /// At most `limit` runs of `dag` with a logical date before `before` (all when `None`),
-    /// newest first.
-    pub async fn runs_before(
-        &self,
-        dag: &DagKey,
-        before: Option<DateTime<Utc>>,
-        limit: i64,
-    ) -> Result<Vec<RunRow>, StoreError> {
+    /// The runs of `dag` that `q` selects, newest first.
+    pub async fn query_runs(&self, dag: &DagKey, q: &RunQuery) -> Result<Vec<RunRow>, StoreError> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             run_columns!(),
             " FROM dag_runs WHERE namespace = $1 AND dag_name = $2 \
                AND ($3::timestamptz IS NULL OR logical_date < $3) \
-             ORDER BY logical_date DESC LIMIT $4"
+               AND ($4::timestamptz IS NULL OR logical_date >= $4) \
+               AND ($5::text IS NULL OR state = $5) \
+               AND ($6::text IS NULL OR run_type = $6) \
+             ORDER BY logical_date DESC LIMIT $7"
         ))
         .bind(&dag.namespace)
         .bind(&dag.name)
-        .bind(before)
-        .bind(limit)
+        .bind(q.before)
+        .bind(q.since)
+        .bind(q.state.map(RunState::as_str))
+        .bind(q.run_type.map(RunType::as_str))
+        .bind(q.limit)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(run_from_row).collect()

@@ -1,0 +1,477 @@
+//! The UI: server-rendered pages over the same reads and the same reviews as the JSON API.
+//! The token is asked for once (`/login`) and kept in an HttpOnly session cookie; every page
+//! is reviewed like an API request. No script, no build chain: HTML and a little CSS.
+//!
+//! - `/` — DAGs of every namespace the caller may read (`?namespace=` filters): schedule,
+//!   zone, next run, suspended, Ready/Stalled with message, the newest 25 runs as squares
+//! - `/ui/namespaces/{ns}/dags/{name}` — the grid (runs × tasks, each cell the latest try),
+//!   the tasks with their upstreams and the newest run's states; filters by state, type and
+//!   date; pages through history of any length
+//! - `/ui/namespaces/{ns}/runs/{id}` — one run: params, data interval, spec version, every try
+
+use std::collections::HashMap;
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use chrono::{DateTime, Utc};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::ApiState;
+use super::api::{ApiError, caller, dags_in, find_dag, readable_dags, reader};
+use super::auth::SESSION_COOKIE;
+use crate::api::DAG;
+use crate::api::conditions::{READY, STALLED, find};
+use crate::key::DagKey;
+use crate::store::{RunQuery, RunRow, RunState, RunStore, RunType, TaskRow};
+
+/// Runs per page of the grid, and squares per DAG in the list.
+const GRID_RUNS: i64 = 25;
+
+const STYLE: &str = r#"
+body{font:14px system-ui,sans-serif;margin:0;color:#222}
+header{background:#017cee;color:#fff;padding:8px 16px;display:flex;gap:16px;align-items:center}
+header a{color:#fff;text-decoration:none;font-weight:600}
+main{padding:16px}
+table{border-collapse:collapse}
+th,td{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
+.sq{display:inline-block;width:12px;height:12px;margin:1px;border:1px solid #999}
+.cell{display:block;width:16px;height:16px;border:1px solid #999}
+.msg{color:#555;max-width:40em}
+.bad{color:#b00}
+.task{display:inline-block;padding:4px 8px;margin:2px;border:2px solid #999;border-radius:4px}
+form.filters{margin:8px 0;display:flex;gap:8px;align-items:end}
+pre{background:#f6f6f6;padding:8px}
+"#;
+
+/// A state's colour, as Airflow draws it.
+fn colour(state: &str) -> &'static str {
+    match state {
+        "success" => "#008000",
+        "failed" => "#ff0000",
+        "running" => "#00ff00",
+        "queued" => "#808080",
+        "up_for_retry" => "#ffd700",
+        "upstream_failed" => "#ffa500",
+        "skipped" => "#ff69b4",
+        "cancelled" => "#c0c0c0",
+        _ => "#ffffff",
+    }
+}
+
+fn page(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { (title) " · dag-operator" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                header {
+                    a href="/" { "dag-operator" }
+                    span { (title) }
+                    a href="/logout" style="margin-left:auto" { "log out" }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// A failed page: to the login page when the caller is not known, else the error.
+fn refused(e: ApiError) -> Response {
+    match e {
+        ApiError::Unauthorized => Redirect::to("/login").into_response(),
+        ApiError::Forbidden(m) => (
+            StatusCode::FORBIDDEN,
+            page("Forbidden", html! { p.bad { (m) } }),
+        )
+            .into_response(),
+        ApiError::NotFound(m) => (
+            StatusCode::NOT_FOUND,
+            page("Not found", html! { p { (m) } }),
+        )
+            .into_response(),
+        other => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            page("Unavailable", html! { p.bad { (other.to_string()) } }),
+        )
+            .into_response(),
+    }
+}
+
+fn time(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+fn run_link(r: &RunRow) -> String {
+    format!("/ui/namespaces/{}/runs/{}", r.dag.namespace, r.id)
+}
+
+/// `GET /login`
+pub async fn login_form() -> Markup {
+    login_page(None)
+}
+
+fn login_page(error: Option<&str>) -> Markup {
+    page(
+        "Log in",
+        html! {
+            p { "Paste a Kubernetes token, e.g. from " code { "kubectl create token <service-account>" } ". "
+                "It is kept for this browser session only; what you see is what its RBAC allows." }
+            @if let Some(e) = error { p.bad { (e) } }
+            form method="post" action="/login" {
+                textarea name="token" rows="6" cols="80" autofocus {}
+                br;
+                button type="submit" { "Log in" }
+            }
+        },
+    )
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    token: String,
+}
+
+/// `POST /login`: the token is reviewed before it is kept.
+pub async fn login(State(s): State<ApiState>, Form(form): Form<LoginForm>) -> Response {
+    let token = form.token.trim().to_string();
+    match s.reviewer.authenticate(&token).await {
+        Ok(Some(_)) => {
+            let cookie = format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict");
+            let mut response = Redirect::to("/").into_response();
+            match HeaderValue::from_str(&cookie) {
+                Ok(v) => {
+                    response.headers_mut().insert(header::SET_COOKIE, v);
+                    response
+                }
+                Err(_) => (
+                    StatusCode::BAD_REQUEST,
+                    login_page(Some("that is not a token")),
+                )
+                    .into_response(),
+            }
+        }
+        Ok(None) => (
+            StatusCode::UNAUTHORIZED,
+            login_page(Some("the API server does not accept this token")),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            login_page(Some(&e.to_string())),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /logout`
+pub async fn logout() -> Response {
+    let mut response = Redirect::to("/login").into_response();
+    let gone = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    if let Ok(v) = HeaderValue::from_str(&gone) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+pub struct ListFilter {
+    namespace: Option<String>,
+}
+
+fn condition_cell(dag: &DAG) -> Markup {
+    let status = dag.status.clone().unwrap_or_default();
+    let ready = find(&status.conditions, READY);
+    let stalled = find(&status.conditions, STALLED).filter(|c| c.is_true());
+    html! {
+        @match (stalled, ready) {
+            (Some(c), _) => { span.bad { "Stalled: " (c.reason) } div.msg { (c.message) } }
+            (None, Some(c)) if c.is_true() => { span { "Ready" } div.msg { (c.message) } }
+            (None, Some(c)) => { span.bad { (c.reason) } div.msg { (c.message) } }
+            (None, None) => { span { "—" } }
+        }
+    }
+}
+
+/// `GET /`
+pub async fn index(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Query(filter): Query<ListFilter>,
+) -> Response {
+    match index_page(&s, &headers, filter).await {
+        Ok(m) => m.into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+async fn index_page(
+    s: &ApiState,
+    headers: &HeaderMap,
+    filter: ListFilter,
+) -> Result<Markup, ApiError> {
+    let dags = match filter.namespace.as_deref().filter(|n| !n.is_empty()) {
+        Some(ns) => {
+            reader(s, headers, ns).await?;
+            dags_in(s, ns)
+        }
+        None => {
+            let who = caller(s, headers).await?;
+            readable_dags(s, &who).await?
+        }
+    };
+    let keys: Vec<DagKey> = dags
+        .iter()
+        .filter_map(|d| {
+            Some(DagKey::new(
+                d.metadata.namespace.clone()?,
+                d.metadata.name.clone()?,
+            ))
+        })
+        .collect();
+    let recent = s.store.recent_runs(&keys, GRID_RUNS).await?;
+    let runs_of: HashMap<&DagKey, &Vec<RunRow>> =
+        recent.iter().map(|r| (&r.dag, &r.runs)).collect();
+    Ok(page(
+        "DAGs",
+        html! {
+            form.filters method="get" action="/" {
+                label { "namespace " input name="namespace" value=(filter.namespace.clone().unwrap_or_default()); }
+                button { "filter" }
+            }
+            table {
+                tr { th { "namespace" } th { "DAG" } th { "schedule" } th { "zone" } th { "next run" }
+                     th { "suspended" } th { "condition" } th { "runs (newest right)" } }
+                @for (d, key) in dags.iter().zip(&keys) {
+                    tr {
+                        td { (key.namespace) }
+                        td { a href=(format!("/ui/namespaces/{}/dags/{}", key.namespace, key.name)) { (key.name) } }
+                        td { code { (d.spec.schedule.clone().unwrap_or_default()) } }
+                        td { (d.spec.timezone.clone().unwrap_or_default()) }
+                        td { (time(d.status.as_ref().and_then(|st| st.next_schedule_time))) }
+                        td { @if d.spec.suspend { "yes" } }
+                        td { (condition_cell(d)) }
+                        td {
+                            @for r in runs_of.get(key).map(|v| v.as_slice()).unwrap_or_default().iter().rev() {
+                                a.sq href=(run_link(r)) title=(format!("{} {}", r.logical_date.to_rfc3339(), r.state.as_str()))
+                                    style=(format!("background:{}", colour(r.state.as_str()))) {}
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+#[derive(Deserialize, Default)]
+pub struct GridFilter {
+    before: Option<DateTime<Utc>>,
+    since: Option<DateTime<Utc>>,
+    state: Option<String>,
+    #[serde(rename = "type")]
+    run_type: Option<String>,
+}
+
+/// `GET /ui/namespaces/{ns}/dags/{name}`
+pub async fn dag_grid(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+    Query(filter): Query<GridFilter>,
+) -> Response {
+    match grid_page(&s, &headers, &ns, &name, filter).await {
+        Ok(m) => m.into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+async fn grid_page(
+    s: &ApiState,
+    headers: &HeaderMap,
+    ns: &str,
+    name: &str,
+    filter: GridFilter,
+) -> Result<Markup, ApiError> {
+    reader(s, headers, ns).await?;
+    let dag = find_dag(s, ns, name)?;
+    let state = filter.state.as_deref().filter(|v| !v.is_empty());
+    let run_type = filter.run_type.as_deref().filter(|v| !v.is_empty());
+    let query = RunQuery {
+        before: filter.before,
+        since: filter.since,
+        state: state
+            .map(|v| {
+                RunState::parse(v)
+                    .ok_or_else(|| ApiError::BadRequest(format!("no run state {v:?}")))
+            })
+            .transpose()?,
+        run_type: run_type
+            .map(|v| {
+                RunType::parse(v).ok_or_else(|| ApiError::BadRequest(format!("no run type {v:?}")))
+            })
+            .transpose()?,
+        limit: GRID_RUNS,
+    };
+    let runs = s.store.query_runs(&DagKey::new(ns, name), &query).await?;
+    let ids: Vec<Uuid> = runs.iter().map(|r| r.id).collect();
+    let tries = s.store.task_instances(&ids).await?;
+    // the latest try of each (run, task)
+    let mut latest: HashMap<(Uuid, &str), &TaskRow> = HashMap::new();
+    for t in &tries {
+        let slot = latest.entry((t.run_id, t.task_name.as_str())).or_insert(t);
+        if (t.attempt, t.try_number) > (slot.attempt, slot.try_number) {
+            *slot = t;
+        }
+    }
+    let newest = runs.first();
+    let next = (runs.len() as i64 == GRID_RUNS)
+        .then(|| runs.last().map(|r| r.logical_date))
+        .flatten();
+    let here = format!("/ui/namespaces/{ns}/dags/{name}");
+    let keep = |before: DateTime<Utc>| {
+        let mut q = format!("?before={}", before.to_rfc3339().replace('+', "%2B"));
+        if let Some(v) = state {
+            q.push_str(&format!("&state={v}"));
+        }
+        if let Some(v) = run_type {
+            q.push_str(&format!("&type={v}"));
+        }
+        q
+    };
+    Ok(page(
+        &format!("{ns}/{name}"),
+        html! {
+            p { "schedule " code { (dag.spec.schedule.clone().unwrap_or_else(|| "none".into())) }
+                " in " (dag.spec.timezone.clone().unwrap_or_else(|| "the operator's zone".into()))
+                @if dag.spec.suspend { " · suspended" } }
+            (condition_cell(&dag))
+            h3 { "Tasks" @if let Some(r) = newest { " (states of the run for " (r.logical_date.to_rfc3339()) ")" } }
+            div {
+                @for t in &dag.spec.tasks {
+                    @let st = newest.and_then(|r| latest.get(&(r.id, t.name.as_str()))).map(|t| t.state.as_str()).unwrap_or("none");
+                    span.task style=(format!("border-color:{}", colour(st))) title=(st) {
+                        (t.name)
+                        @if !t.depends_on.is_empty() { small { " ← " (t.depends_on.join(", ")) } }
+                    }
+                }
+            }
+            h3 { "Grid" }
+            form.filters method="get" action=(here) {
+                label { "state " select name="state" {
+                    option value="" { "any" }
+                    @for v in ["running", "success", "failed", "cancelled"] { option value=(v) selected[state == Some(v)] { (v) } }
+                } }
+                label { "type " select name="type" {
+                    option value="" { "any" }
+                    @for v in ["scheduled", "manual", "backfill"] { option value=(v) selected[run_type == Some(v)] { (v) } }
+                } }
+                label { "since " input name="since" placeholder="2024-01-01T00:00:00Z" value=(filter.since.map(|t| t.to_rfc3339()).unwrap_or_default()); }
+                button { "filter" }
+            }
+            table id="grid" {
+                tr {
+                    th { "task \\ run" }
+                    @for r in runs.iter().rev() {
+                        th { a.cell href=(run_link(r)) title=(format!("{} {} {}", r.run_type.as_str(), r.logical_date.to_rfc3339(), r.state.as_str()))
+                            style=(format!("background:{}", colour(r.state.as_str()))) {} }
+                    }
+                }
+                @for t in &dag.spec.tasks {
+                    tr {
+                        td { (t.name) }
+                        @for r in runs.iter().rev() {
+                            @let cell = latest.get(&(r.id, t.name.as_str()));
+                            @let st = cell.map(|c| c.state.as_str()).unwrap_or("none");
+                            td { a.cell href=(format!("{}#task-{}", run_link(r), t.name)) title=(format!("{} · {} · try {}", t.name, st, cell.map(|c| c.try_number).unwrap_or(0)))
+                                data-state=(st) style=(format!("background:{}", colour(st))) {} }
+                        }
+                    }
+                }
+            }
+            @if runs.is_empty() { p { "No runs." } }
+            @if let Some(b) = next { p { a href=(format!("{here}{}", keep(b))) { "older runs →" } } }
+        },
+    ))
+}
+
+/// `GET /ui/namespaces/{ns}/runs/{id}`
+pub async fn run_page(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((ns, id)): Path<(String, String)>,
+) -> Response {
+    match run_view(&s, &headers, &ns, &id).await {
+        Ok(m) => m.into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+async fn run_view(
+    s: &ApiState,
+    headers: &HeaderMap,
+    ns: &str,
+    id: &str,
+) -> Result<Markup, ApiError> {
+    reader(s, headers, ns).await?;
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound(format!("no run {id:?}")))?;
+    let run = s
+        .store
+        .run(id)
+        .await?
+        .filter(|r| r.dag.namespace == ns)
+        .ok_or_else(|| ApiError::NotFound(format!("run {id} not found in namespace {ns:?}")))?;
+    let mut tries = s.store.task_instances(&[id]).await?;
+    tries.sort_by(|a, b| {
+        (a.task_name.as_str(), a.attempt, a.try_number).cmp(&(
+            b.task_name.as_str(),
+            b.attempt,
+            b.try_number,
+        ))
+    });
+    let params = serde_json::to_string_pretty(&run.params).unwrap_or_default();
+    let dag_link = format!("/ui/namespaces/{}/dags/{}", run.dag.namespace, run.dag.name);
+    Ok(page(
+        &format!("run {}", run.id),
+        html! {
+            p { "DAG " a href=(dag_link) { (run.dag) } }
+            table {
+                tr { th { "state" } td { span.sq style=(format!("background:{}", colour(run.state.as_str()))) {} " " (run.state.as_str()) } }
+                tr { th { "type" } td { (run.run_type.as_str()) @if let Some(b) = &run.backfill_name { " (Backfill " (b) ")" } } }
+                tr { th { "logical date" } td { (run.logical_date.to_rfc3339()) } }
+                tr { th { "data interval" } td { (run.data_interval_start.to_rfc3339()) " – " (run.data_interval_end.to_rfc3339()) } }
+                tr { th { "started / ended" } td { (time(run.started_at)) " / " (time(run.ended_at)) } }
+                tr { th { "attempt" } td { (run.attempt) } }
+                tr { th { "spec version" } td { code { (run.spec_hash.clone().unwrap_or_else(|| "—".into())) } } }
+            }
+            h3 { "Params" }
+            pre { (params) }
+            h3 { "Tasks and tries" }
+            table id="tries" {
+                tr { th { "task" } th { "try" } th { "state" } th { "started" } th { "ended" } th { "duration" }
+                     th { "Pod" } th { "exit code" } th { "message" } }
+                @for t in &tries {
+                    tr id=(format!("task-{}", t.task_name)) {
+                        td { (t.task_name) }
+                        td { (t.try_number) }
+                        td { span.sq style=(format!("background:{}", colour(t.state.as_str()))) {} " " (t.state.as_str()) }
+                        td { (time(t.started_at)) }
+                        td { (time(t.ended_at)) }
+                        td { @if let (Some(a), Some(b)) = (t.started_at, t.ended_at) { (format!("{:.1}s", (b - a).num_milliseconds() as f64 / 1000.0)) } }
+                        td { code { (t.pod_name.clone().unwrap_or_default()) } }
+                        td { (t.exit_code.map(|c| c.to_string()).unwrap_or_default()) }
+                        td.msg { (t.message.clone().unwrap_or_default()) }
+                    }
+                }
+            }
+        },
+    ))
+}
