@@ -24,6 +24,13 @@ fn kinds(objects: &[Value]) -> Vec<String> {
     out
 }
 
+fn named<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
 fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
     objects
         .iter()
@@ -167,15 +174,46 @@ fn chart_lints_clean_and_its_values_are_checked() {
         kinds(&objects),
         [
             "ClusterRole",
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
             "ClusterRoleBinding",
             "Deployment",
             "Role",
             "RoleBinding",
             "Service",
+            "Service",
             "ServiceAccount"
         ]
     );
-    assert_eq!(grants(find(&objects, "ClusterRole")), operator_grants());
+    assert_eq!(
+        grants(named(&objects, "ClusterRole", "dag-operator")),
+        operator_grants()
+    );
+    // the API's reviews, and the example viewer role for people
+    assert_eq!(
+        grants(named(&objects, "ClusterRole", "dag-operator-reviews")),
+        triples(&[
+            ("authentication.k8s.io", &["tokenreviews"], &["create"]),
+            (
+                "authorization.k8s.io",
+                &["subjectaccessreviews"],
+                &["create"]
+            ),
+        ])
+    );
+    assert_eq!(
+        grants(named(&objects, "ClusterRole", "dag-operator-viewer")),
+        triples(&[(
+            "dagoperator.io",
+            &["dags", "pools", "backfills"],
+            &["get", "list", "watch"]
+        )])
+    );
+    assert_eq!(
+        named(&objects, "Service", "dag-operator-ui")["spec"]["ports"][0]["port"],
+        8081
+    );
     assert_eq!(grants(find(&objects, "Role")), lease_grants());
     let deployment = find(&objects, "Deployment");
     assert_eq!(deployment["spec"]["replicas"], 1);
@@ -208,7 +246,20 @@ fn chart_lints_clean_and_its_values_are_checked() {
 
     // one watched namespace: Role + RoleBinding there, nothing cluster-wide
     let objects = render(&["watchNamespace=team-a"]);
-    assert!(!kinds(&objects).iter().any(|k| k.starts_with("Cluster")));
+    // cluster-wide only what cannot be otherwise: the API's reviews and the example role
+    let cluster_wide: Vec<&str> = objects
+        .iter()
+        .filter(|o| o["kind"].as_str().is_some_and(|k| k.starts_with("Cluster")))
+        .filter_map(|o| o["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        cluster_wide,
+        [
+            "dag-operator-reviews",
+            "dag-operator-viewer",
+            "dag-operator-reviews"
+        ]
+    );
     let role = objects
         .iter()
         .find(|o| o["kind"] == "Role" && o["metadata"]["namespace"] == "team-a")
