@@ -3,6 +3,7 @@
 //! is allowed by the API server (`auth.rs`); nothing of a namespace the caller may not read
 //! shows in any answer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -318,20 +319,19 @@ pub async fn list_runs(
         .flatten();
     let ids: Vec<Uuid> = runs.iter().map(|r| r.id).collect();
     let tries = s.store.task_instances(&ids).await?;
+    let latest = latest_tries(&tries);
     let items: Vec<Value> = runs
         .iter()
         .map(|r| {
             let mut v = run_view(r);
             // the latest try of each task: the grid's cells
-            let mut latest: Vec<&TaskRow> = Vec::new();
-            for t in tries.iter().filter(|t| t.run_id == r.id) {
-                match latest.iter_mut().find(|l| l.task_name == t.task_name) {
-                    Some(l) if (t.attempt, t.try_number) > (l.attempt, l.try_number) => *l = t,
-                    Some(_) => {}
-                    None => latest.push(t),
-                }
-            }
-            v["tasks"] = latest.into_iter().map(try_view).collect();
+            let mut cells: Vec<&TaskRow> = latest
+                .iter()
+                .filter(|((run, _), _)| *run == r.id)
+                .map(|(_, t)| *t)
+                .collect();
+            cells.sort_by(|a, b| a.task_name.cmp(&b.task_name));
+            v["tasks"] = cells.into_iter().map(try_view).collect();
             v
         })
         .collect();
@@ -340,14 +340,15 @@ pub async fn list_runs(
     ))
 }
 
-/// `GET /api/v1/namespaces/{ns}/runs/{id}`
-pub async fn get_run(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
-    Path((ns, id)): Path<(String, String)>,
-) -> Answer {
-    reader(&s, &headers, &ns).await?;
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound(format!("no run {id:?}")))?;
+/// A run of namespace `ns` the caller may read, with every try (by task, attempt, try).
+pub(super) async fn run_with_tries(
+    s: &ApiState,
+    headers: &HeaderMap,
+    ns: &str,
+    id: &str,
+) -> Result<(RunRow, Vec<TaskRow>), ApiError> {
+    reader(s, headers, ns).await?;
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound(format!("no run {id:?}")))?;
     let run = s
         .store
         .run(id)
@@ -362,6 +363,28 @@ pub async fn get_run(
             b.try_number,
         ))
     });
+    Ok((run, tries))
+}
+
+/// The latest try of each (run, task): what the grid shows.
+pub(super) fn latest_tries(tries: &[TaskRow]) -> HashMap<(Uuid, &str), &TaskRow> {
+    let mut latest: HashMap<(Uuid, &str), &TaskRow> = HashMap::new();
+    for t in tries {
+        let slot = latest.entry((t.run_id, t.task_name.as_str())).or_insert(t);
+        if (t.attempt, t.try_number) > (slot.attempt, slot.try_number) {
+            *slot = t;
+        }
+    }
+    latest
+}
+
+/// `GET /api/v1/namespaces/{ns}/runs/{id}`
+pub async fn get_run(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((ns, id)): Path<(String, String)>,
+) -> Answer {
+    let (run, tries) = run_with_tries(&s, &headers, &ns, &id).await?;
     let mut v = run_view(&run);
     v["tries"] = tries.iter().map(try_view).collect();
     Ok(Json(v))

@@ -21,12 +21,14 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::ApiState;
-use super::api::{ApiError, caller, dags_in, find_dag, readable_dags, reader};
+use super::api::{
+    ApiError, caller, dags_in, find_dag, latest_tries, readable_dags, reader, run_with_tries,
+};
 use super::auth::SESSION_COOKIE;
 use crate::api::DAG;
 use crate::api::conditions::{READY, STALLED, find};
 use crate::key::DagKey;
-use crate::store::{RunQuery, RunRow, RunState, RunStore, RunType, TaskRow};
+use crate::store::{RunQuery, RunRow, RunState, RunStore, RunType};
 
 /// Runs per page of the grid, and squares per DAG in the list.
 const GRID_RUNS: i64 = 25;
@@ -324,14 +326,7 @@ async fn grid_page(
     let runs = s.store.query_runs(&DagKey::new(ns, name), &query).await?;
     let ids: Vec<Uuid> = runs.iter().map(|r| r.id).collect();
     let tries = s.store.task_instances(&ids).await?;
-    // the latest try of each (run, task)
-    let mut latest: HashMap<(Uuid, &str), &TaskRow> = HashMap::new();
-    for t in &tries {
-        let slot = latest.entry((t.run_id, t.task_name.as_str())).or_insert(t);
-        if (t.attempt, t.try_number) > (slot.attempt, slot.try_number) {
-            *slot = t;
-        }
-    }
+    let latest = latest_tries(&tries);
     let newest = runs.first();
     let next = (runs.len() as i64 == GRID_RUNS)
         .then(|| runs.last().map(|r| r.logical_date))
@@ -421,22 +416,7 @@ async fn run_view(
     ns: &str,
     id: &str,
 ) -> Result<Markup, ApiError> {
-    reader(s, headers, ns).await?;
-    let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound(format!("no run {id:?}")))?;
-    let run = s
-        .store
-        .run(id)
-        .await?
-        .filter(|r| r.dag.namespace == ns)
-        .ok_or_else(|| ApiError::NotFound(format!("run {id} not found in namespace {ns:?}")))?;
-    let mut tries = s.store.task_instances(&[id]).await?;
-    tries.sort_by(|a, b| {
-        (a.task_name.as_str(), a.attempt, a.try_number).cmp(&(
-            b.task_name.as_str(),
-            b.attempt,
-            b.try_number,
-        ))
-    });
+    let (run, tries) = run_with_tries(s, headers, ns, id).await?;
     let params = serde_json::to_string_pretty(&run.params).unwrap_or_default();
     let dag_link = format!("/ui/namespaces/{}/dags/{}", run.dag.namespace, run.dag.name);
     Ok(page(

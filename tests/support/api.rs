@@ -1,0 +1,108 @@
+//! The HTTP API on a free local port, with a table in place of the API server's reviews:
+//! token "alice" is alice, who may `get` in namespace "a" and "bench" only. Shared by
+//! tests/api.rs and benches/api.rs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use dag_operator::api::{DAG, DagSpec};
+use dag_operator::http::auth::{Access, Caller, ReviewError, Reviewer};
+use dag_operator::http::{ApiState, serve};
+use dag_operator::store::PgStore;
+use futures::future::BoxFuture;
+use kube::runtime::reflector;
+use kube::runtime::watcher::Event;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub struct Table;
+
+impl Reviewer for Table {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Caller>, ReviewError>> {
+        Box::pin(async move {
+            Ok((token == "alice").then(|| Caller {
+                user: "alice".into(),
+                uid: None,
+                groups: vec![],
+                extra: BTreeMap::new(),
+            }))
+        })
+    }
+
+    fn allowed<'a>(
+        &'a self,
+        _caller: &'a Caller,
+        access: &'a Access,
+    ) -> BoxFuture<'a, Result<bool, ReviewError>> {
+        Box::pin(async move {
+            let ns = access.namespace.as_deref();
+            Ok((ns == Some("a") || ns == Some("bench")) && access.verb == "get")
+        })
+    }
+}
+
+/// A DAG of `tasks` independent tasks.
+pub fn dag(ns: &str, name: &str, tasks: &[&str]) -> DAG {
+    let list: String = tasks
+        .iter()
+        .map(|t| format!("- name: {t}\n  container: {{image: busybox}}\n"))
+        .collect();
+    let spec: DagSpec =
+        serde_yaml::from_str(&format!("schedule: '0 2 * * *'\ntasks:\n{list}")).expect("spec");
+    let mut d = DAG::new(name, spec);
+    d.metadata.namespace = Some(ns.to_string());
+    d
+}
+
+/// Serves the API over `store` with `dags` in the cache until the returned sender drops; the
+/// port it listens on.
+pub async fn start(store: PgStore, dags: Vec<DAG>) -> (u16, tokio::sync::oneshot::Sender<()>) {
+    let (reader, mut writer) = reflector::store::<DAG>();
+    writer.apply_watcher_event(&Event::Init);
+    for d in dags {
+        writer.apply_watcher_event(&Event::InitApply(d));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
+    let state = ApiState {
+        store,
+        dags: reader,
+        reviewer: Arc::new(Table),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let addr = serve("127.0.0.1:0", state, async move {
+        let _ = stopped.await;
+    })
+    .await
+    .expect("serve");
+    (addr.port(), stop)
+}
+
+/// Sends one raw HTTP/1.1 request; the status and the whole response (headers and body).
+pub async fn exchange(port: u16, request: String) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, response)
+}
+
+/// `GET path` with `Authorization: Bearer <token>` when given.
+pub async fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    exchange(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"),
+    )
+    .await
+}
