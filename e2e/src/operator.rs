@@ -78,7 +78,12 @@ impl Operator {
             "--metrics-addr",
             &format!("127.0.0.1:{metrics_port}"),
             "--ui-addr",
-            &format!("127.0.0.1:{ui_port}"),
+            // DAGOP_E2E_NO_UI=1: without the API (to measure what it costs)
+            &if std::env::var_os("DAGOP_E2E_NO_UI").is_some() {
+                String::new()
+            } else {
+                format!("127.0.0.1:{ui_port}")
+            },
             "--schedule-interval",
             "1s",
             "--leader-election=false",

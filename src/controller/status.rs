@@ -149,12 +149,18 @@ impl<Key: Ord + Clone + Deref<Target = ObjectKey>> Outbox<Key> {
             });
             done.extend(futures::future::join_all(writes).await);
         }
-        for (key, status) in pending {
-            let failed = done.iter().any(|w| w.key == key && w.outcome.is_err());
-            if failed {
-                // a newer status that arrived meanwhile wins
-                self.pending.entry(key).or_insert(status);
-            }
+        let failed: BTreeSet<&Key> = done
+            .iter()
+            .filter(|w| w.outcome.is_err())
+            .map(|w| &w.key)
+            .collect();
+        let retry: Vec<(Key, serde_json::Value)> = pending
+            .into_iter()
+            .filter(|(key, _)| failed.contains(key))
+            .collect();
+        for (key, status) in retry {
+            // a newer status that arrived meanwhile wins
+            self.pending.entry(key).or_insert(status);
         }
         done
     }

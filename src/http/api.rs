@@ -11,13 +11,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use kube::runtime::reflector;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::auth::{Access, Caller, ReviewError, Reviewer, token_of};
-use crate::api::DAG;
+use super::directory::{ConditionSummary, DagDirectory, DagSummary};
 use crate::key::DagKey;
 use crate::store::{PgStore, RunQuery, RunRow, RunStore, StoreError, TaskRow};
 
@@ -25,7 +24,7 @@ use crate::store::{PgStore, RunQuery, RunRow, RunStore, StoreError, TaskRow};
 #[derive(Clone)]
 pub struct ApiState {
     pub store: PgStore,
-    pub dags: reflector::Store<DAG>,
+    pub dags: DagDirectory,
     pub reviewer: Arc<dyn Reviewer>,
 }
 
@@ -115,26 +114,27 @@ fn time(t: Option<DateTime<Utc>>) -> Value {
     t.map_or(Value::Null, |t| Value::String(t.to_rfc3339()))
 }
 
-fn dag_view(dag: &DAG, recent: &[RunRow]) -> Value {
-    let status = dag.status.clone().unwrap_or_default();
-    let condition = |t: &str| {
-        crate::api::conditions::find(&status.conditions, t)
-            .map(|c| json!({"status": c.status, "reason": c.reason, "message": c.message}))
-    };
+fn condition_view(c: &Option<ConditionSummary>) -> Value {
+    c.as_ref().map_or(Value::Null, |c| {
+        json!({"status": if c.status { "True" } else { "False" }, "reason": c.reason, "message": c.message})
+    })
+}
+
+fn dag_view(dag: &DagSummary, recent: &[RunRow]) -> Value {
     json!({
-        "namespace": dag.metadata.namespace,
-        "name": dag.metadata.name,
-        "schedule": dag.spec.schedule,
-        "timezone": dag.spec.timezone,
-        "suspend": dag.spec.suspend,
-        "tasks": dag.spec.tasks.iter().map(|t| json!({"name": t.name, "dependsOn": t.depends_on})).collect::<Vec<_>>(),
-        "ready": condition(crate::api::conditions::READY),
-        "stalled": condition(crate::api::conditions::STALLED),
-        "nextScheduleTime": time(status.next_schedule_time),
-        "lastScheduleTime": time(status.last_schedule_time),
-        "lastSuccessfulTime": time(status.last_successful_time),
-        "activeRuns": status.active_runs,
-        "queuedRuns": status.queued_runs,
+        "namespace": dag.key.namespace,
+        "name": dag.key.name,
+        "schedule": dag.schedule,
+        "timezone": dag.timezone,
+        "suspend": dag.suspend,
+        "tasks": dag.tasks.iter().map(|t| json!({"name": t.name, "dependsOn": t.depends_on})).collect::<Vec<_>>(),
+        "ready": condition_view(&dag.ready),
+        "stalled": condition_view(&dag.stalled),
+        "nextScheduleTime": time(dag.next_schedule_time),
+        "lastScheduleTime": time(dag.last_schedule_time),
+        "lastSuccessfulTime": time(dag.last_successful_time),
+        "activeRuns": dag.active_runs,
+        "queuedRuns": dag.queued_runs,
         "recentRuns": recent.iter().map(run_view).collect::<Vec<_>>(),
     })
 }
@@ -180,45 +180,22 @@ fn try_view(t: &TaskRow) -> Value {
     })
 }
 
-/// The cached DAGs of `namespace`, by name.
-pub(super) fn dags_in(s: &ApiState, namespace: &str) -> Vec<Arc<DAG>> {
-    let mut dags: Vec<Arc<DAG>> = s
-        .dags
-        .state()
-        .into_iter()
-        .filter(|d| d.metadata.namespace.as_deref() == Some(namespace))
-        .collect();
-    dags.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    dags
+/// The DAGs of `namespace`, by name.
+pub(super) fn dags_in(s: &ApiState, namespace: &str) -> Vec<Arc<DagSummary>> {
+    s.dags.in_namespace(namespace)
 }
 
 /// How many runs each DAG of a listing shows.
 const LISTED_RUNS: i64 = 25;
 
-async fn listing(s: &ApiState, dags: Vec<Arc<DAG>>) -> Answer {
-    let keys: Vec<DagKey> = dags
-        .iter()
-        .filter_map(|d| {
-            Some(DagKey::new(
-                d.metadata.namespace.clone()?,
-                d.metadata.name.clone()?,
-            ))
-        })
-        .collect();
+async fn listing(s: &ApiState, dags: Vec<Arc<DagSummary>>) -> Answer {
+    let keys: Vec<DagKey> = dags.iter().map(|d| d.key.clone()).collect();
     let recent = s.store.recent_runs(&keys, LISTED_RUNS).await?;
+    let runs_of: HashMap<&DagKey, &[RunRow]> =
+        recent.iter().map(|r| (&r.dag, r.runs.as_slice())).collect();
     let items: Vec<Value> = dags
         .iter()
-        .map(|d| {
-            let runs = recent
-                .iter()
-                .find(|r| {
-                    Some(r.dag.name.as_str()) == d.metadata.name.as_deref()
-                        && Some(r.dag.namespace.as_str()) == d.metadata.namespace.as_deref()
-                })
-                .map(|r| r.runs.as_slice())
-                .unwrap_or_default();
-            dag_view(d, runs)
-        })
+        .map(|d| dag_view(d, runs_of.get(&d.key).copied().unwrap_or_default()))
         .collect();
     Ok(Json(json!({"kind": "DAGList", "items": items})))
 }
@@ -241,18 +218,13 @@ pub async fn list_all_dags(State(s): State<ApiState>, headers: HeaderMap) -> Ans
     listing(&s, dags).await
 }
 
-/// The cached DAGs of every namespace `who` may read, by namespace and name.
-pub(super) async fn readable_dags(s: &ApiState, who: &Caller) -> Result<Vec<Arc<DAG>>, ApiError> {
-    let mut namespaces: Vec<String> = s
-        .dags
-        .state()
-        .iter()
-        .filter_map(|d| d.metadata.namespace.clone())
-        .collect();
-    namespaces.sort();
-    namespaces.dedup();
+/// The DAGs of every namespace `who` may read, by namespace and name.
+pub(super) async fn readable_dags(
+    s: &ApiState,
+    who: &Caller,
+) -> Result<Vec<Arc<DagSummary>>, ApiError> {
     let mut dags = Vec::new();
-    for ns in namespaces {
+    for ns in s.dags.namespaces() {
         if s.reviewer.allowed(who, &Access::read(&ns)).await? {
             dags.extend(dags_in(s, &ns));
         }
@@ -260,9 +232,9 @@ pub(super) async fn readable_dags(s: &ApiState, who: &Caller) -> Result<Vec<Arc<
     Ok(dags)
 }
 
-pub(super) fn find_dag(s: &ApiState, ns: &str, name: &str) -> Result<Arc<DAG>, ApiError> {
+pub(super) fn find_dag(s: &ApiState, ns: &str, name: &str) -> Result<Arc<DagSummary>, ApiError> {
     s.dags
-        .get(&reflector::ObjectRef::new(name).within(ns))
+        .get(&DagKey::new(ns, name))
         .ok_or_else(|| ApiError::NotFound(format!("dag {name:?} not found in namespace {ns:?}")))
 }
 

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod directory;
 pub mod ui;
 
 use std::future::Future;
@@ -17,14 +18,11 @@ use std::io;
 use std::net::SocketAddr;
 
 use axum::Router;
-use futures::StreamExt;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
-
-use crate::api::DAG;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
 pub use self::api::ApiState;
+pub use self::directory::DagDirectory;
 
 /// The routes of the API.
 pub fn router(state: ApiState) -> Router {
@@ -43,29 +41,6 @@ pub fn router(state: ApiState) -> Router {
         .route("/ui/namespaces/{ns}/dags/{name}", get(ui::dag_grid))
         .route("/ui/namespaces/{ns}/runs/{id}", get(ui::run_page))
         .with_state(state)
-}
-
-/// A watch cache of the DAGs (of `namespace`, or all) for the API, trimmed of what it never
-/// reads. Every replica keeps one: a standby answers reads too.
-pub fn dag_cache(client: kube::Client, namespace: Option<&str>) -> reflector::Store<DAG> {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(
-        crate::k8s::api::<DAG>(client, namespace),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(crate::k8s::trim_metadata)
-    .reflect(writer)
-    .applied_objects();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                tracing::debug!(error = %e, "API DAG watch error (retrying)");
-            }
-        }
-    });
-    reader
 }
 
 /// Binds `addr` (`host:port`, `:port`) and serves the API until `shutdown` completes; returns

@@ -25,8 +25,7 @@ use super::api::{
     ApiError, caller, dags_in, find_dag, latest_tries, readable_dags, reader, run_with_tries,
 };
 use super::auth::SESSION_COOKIE;
-use crate::api::DAG;
-use crate::api::conditions::{READY, STALLED, find};
+use super::directory::DagSummary;
 use crate::key::DagKey;
 use crate::store::{RunQuery, RunRow, RunState, RunStore, RunType};
 
@@ -189,14 +188,12 @@ pub struct ListFilter {
     namespace: Option<String>,
 }
 
-fn condition_cell(dag: &DAG) -> Markup {
-    let status = dag.status.clone().unwrap_or_default();
-    let ready = find(&status.conditions, READY);
-    let stalled = find(&status.conditions, STALLED).filter(|c| c.is_true());
+fn condition_cell(dag: &DagSummary) -> Markup {
+    let stalled = dag.stalled.as_ref().filter(|c| c.status);
     html! {
-        @match (stalled, ready) {
+        @match (stalled, &dag.ready) {
             (Some(c), _) => { span.bad { "Stalled: " (c.reason) } div.msg { (c.message) } }
-            (None, Some(c)) if c.is_true() => { span { "Ready" } div.msg { (c.message) } }
+            (None, Some(c)) if c.status => { span { "Ready" } div.msg { (c.message) } }
             (None, Some(c)) => { span.bad { (c.reason) } div.msg { (c.message) } }
             (None, None) => { span { "—" } }
         }
@@ -230,15 +227,7 @@ async fn index_page(
             readable_dags(s, &who).await?
         }
     };
-    let keys: Vec<DagKey> = dags
-        .iter()
-        .filter_map(|d| {
-            Some(DagKey::new(
-                d.metadata.namespace.clone()?,
-                d.metadata.name.clone()?,
-            ))
-        })
-        .collect();
+    let keys: Vec<DagKey> = dags.iter().map(|d| d.key.clone()).collect();
     let recent = s.store.recent_runs(&keys, GRID_RUNS).await?;
     let runs_of: HashMap<&DagKey, &Vec<RunRow>> =
         recent.iter().map(|r| (&r.dag, &r.runs)).collect();
@@ -256,10 +245,10 @@ async fn index_page(
                     tr {
                         td { (key.namespace) }
                         td { a href=(format!("/ui/namespaces/{}/dags/{}", key.namespace, key.name)) { (key.name) } }
-                        td { code { (d.spec.schedule.clone().unwrap_or_default()) } }
-                        td { (d.spec.timezone.clone().unwrap_or_default()) }
-                        td { (time(d.status.as_ref().and_then(|st| st.next_schedule_time))) }
-                        td { @if d.spec.suspend { "yes" } }
+                        td { code { (d.schedule.clone().unwrap_or_default()) } }
+                        td { (d.timezone.clone().unwrap_or_default()) }
+                        td { (time(d.next_schedule_time)) }
+                        td { @if d.suspend { "yes" } }
                         td { (condition_cell(d)) }
                         td {
                             @for r in runs_of.get(key).map(|v| v.as_slice()).unwrap_or_default().iter().rev() {
@@ -345,13 +334,13 @@ async fn grid_page(
     Ok(page(
         &format!("{ns}/{name}"),
         html! {
-            p { "schedule " code { (dag.spec.schedule.clone().unwrap_or_else(|| "none".into())) }
-                " in " (dag.spec.timezone.clone().unwrap_or_else(|| "the operator's zone".into()))
-                @if dag.spec.suspend { " · suspended" } }
+            p { "schedule " code { (dag.schedule.clone().unwrap_or_else(|| "none".into())) }
+                " in " (dag.timezone.clone().unwrap_or_else(|| "the operator's zone".into()))
+                @if dag.suspend { " · suspended" } }
             (condition_cell(&dag))
             h3 { "Tasks" @if let Some(r) = newest { " (states of the run for " (r.logical_date.to_rfc3339()) ")" } }
             div {
-                @for t in &dag.spec.tasks {
+                @for t in &dag.tasks {
                     @let st = newest.and_then(|r| latest.get(&(r.id, t.name.as_str()))).map(|t| t.state.as_str()).unwrap_or("none");
                     span.task style=(format!("border-color:{}", colour(st))) title=(st) {
                         (t.name)
@@ -380,7 +369,7 @@ async fn grid_page(
                             style=(format!("background:{}", colour(r.state.as_str()))) {} }
                     }
                 }
-                @for t in &dag.spec.tasks {
+                @for t in &dag.tasks {
                     tr {
                         td { (t.name) }
                         @for r in runs.iter().rev() {

@@ -30,7 +30,7 @@ use crate::engine::{Command, Engine, EngineConfig, Output};
 use crate::executor::watch::{spawn_pod_watch, spawn_pool_watch, until_ready};
 use crate::executor::{ExecInput, ExecOutput, Executor, ExecutorConfig, KubeLauncher};
 use crate::gate::Gate;
-use crate::http::{self, ApiState, auth::KubeReviewer};
+use crate::http::{self, ApiState, DagDirectory, auth::KubeReviewer};
 use crate::k8s;
 use crate::report::Notice;
 use crate::store::PgStore;
@@ -149,7 +149,7 @@ impl Operator {
             Some(addr) => {
                 let state = ApiState {
                     store: store.clone(),
-                    dags: http::dag_cache(client.clone(), config.namespace.as_deref()),
+                    dags: DagDirectory::watch(client.clone(), config.namespace.as_deref()),
                     reviewer: Arc::new(KubeReviewer::new(client.clone())),
                 };
                 let stop = shutdown.clone();

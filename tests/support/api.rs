@@ -7,10 +7,9 @@ use std::sync::Arc;
 
 use dag_operator::api::{DAG, DagSpec};
 use dag_operator::http::auth::{Access, Caller, ReviewError, Reviewer};
-use dag_operator::http::{ApiState, serve};
+use dag_operator::http::{ApiState, DagDirectory, serve};
 use dag_operator::store::PgStore;
 use futures::future::BoxFuture;
-use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -59,15 +58,16 @@ pub fn dag(ns: &str, name: &str, tasks: &[&str]) -> DAG {
 /// Serves the API over `store` with `dags` in the cache until the returned sender drops; the
 /// port it listens on.
 pub async fn start(store: PgStore, dags: Vec<DAG>) -> (u16, tokio::sync::oneshot::Sender<()>) {
-    let (reader, mut writer) = reflector::store::<DAG>();
-    writer.apply_watcher_event(&Event::Init);
+    let directory = DagDirectory::default();
+    let mut relisting = None;
+    directory.observe(Event::Init, &mut relisting);
     for d in dags {
-        writer.apply_watcher_event(&Event::InitApply(d));
+        directory.observe(Event::InitApply(d), &mut relisting);
     }
-    writer.apply_watcher_event(&Event::InitDone);
+    directory.observe(Event::InitDone, &mut relisting);
     let state = ApiState {
         store,
-        dags: reader,
+        dags: directory,
         reviewer: Arc::new(Table),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
