@@ -24,7 +24,7 @@ use super::dag_status::{DagModel, render, summary};
 pub use super::dag_status::{Problem, Validity};
 use super::pool::PoolStatuses;
 use crate::api::conditions::Condition;
-use crate::api::{Backfill, DAG, Pool};
+use crate::api::{Backfill, BackfillStatus, DAG, DagStatus, Pool, PoolStatus};
 use crate::engine::{BackfillProgress, SchedulingStatus};
 use crate::executor::output::PoolUsage;
 use crate::key::{BackfillKey, DagKey, ObjectKey, PoolKey};
@@ -95,9 +95,10 @@ where
     }
 }
 
-/// Status writes waiting, of one kind, newest per object.
-struct Outbox<Key> {
-    pending: BTreeMap<Key, serde_json::Value>,
+/// Status writes waiting, of one kind, newest per object (typed: a status struct is a
+/// fraction of its JSON tree in memory, and 10,000 DAGs are written at start).
+struct Outbox<Key, S> {
+    pending: BTreeMap<Key, S>,
 }
 
 /// One write's end.
@@ -110,20 +111,15 @@ struct Written<Key> {
 /// Writes in flight at once.
 const WRITES_IN_FLIGHT: usize = 16;
 
-impl<Key: Ord + Clone + Deref<Target = ObjectKey>> Outbox<Key> {
+impl<Key: Ord + Clone + Deref<Target = ObjectKey>, S: Serialize + Sync> Outbox<Key, S> {
     fn new() -> Self {
         Outbox {
             pending: BTreeMap::new(),
         }
     }
 
-    fn put(&mut self, key: Key, status: &impl Serialize) {
-        match serde_json::to_value(status) {
-            Ok(v) => {
-                self.pending.insert(key, v);
-            }
-            Err(e) => tracing::error!(object = %*key, error = %e, "cannot serialise a status"),
-        }
+    fn put(&mut self, key: Key, status: S) {
+        self.pending.insert(key, status);
     }
 
     /// Writes everything pending; failed writes stay for the next flush.
@@ -134,8 +130,7 @@ impl<Key: Ord + Clone + Deref<Target = ObjectKey>> Outbox<Key> {
             + DeserializeOwned
             + Debug,
     {
-        let pending: Vec<(Key, serde_json::Value)> =
-            std::mem::take(&mut self.pending).into_iter().collect();
+        let pending: Vec<(Key, S)> = std::mem::take(&mut self.pending).into_iter().collect();
         let mut done = Vec::with_capacity(pending.len());
         for chunk in pending.chunks(WRITES_IN_FLIGHT) {
             let writes = chunk.iter().map(|(key, status)| async move {
@@ -154,7 +149,7 @@ impl<Key: Ord + Clone + Deref<Target = ObjectKey>> Outbox<Key> {
             .filter(|w| w.outcome.is_err())
             .map(|w| &w.key)
             .collect();
-        let retry: Vec<(Key, serde_json::Value)> = pending
+        let retry: Vec<(Key, S)> = pending
             .into_iter()
             .filter(|(key, _)| failed.contains(key))
             .collect();
@@ -186,9 +181,9 @@ struct Writer {
     dirty: BTreeSet<DagKey>,
     pools: PoolStatuses,
     backfill_conditions: HashMap<BackfillKey, Vec<Condition>>,
-    dag_out: Outbox<DagKey>,
-    pool_out: Outbox<PoolKey>,
-    backfill_out: Outbox<BackfillKey>,
+    dag_out: Outbox<DagKey, DagStatus>,
+    pool_out: Outbox<PoolKey, PoolStatus>,
+    backfill_out: Outbox<BackfillKey, BackfillStatus>,
     backoff: Duration,
 }
 
@@ -310,7 +305,7 @@ impl Writer {
             }
             StatusUpdate::Pool(usage) => {
                 let status = self.pools.status(&usage, now);
-                self.pool_out.put(usage.key, &status);
+                self.pool_out.put(usage.key, status);
             }
             StatusUpdate::PoolGone(key) => {
                 self.pools.gone(&key);
@@ -319,7 +314,7 @@ impl Writer {
             StatusUpdate::Backfill(key, progress) => {
                 let conditions = self.backfill_conditions.entry(key.clone()).or_default();
                 let status = backfill::render_status(&progress, conditions, now);
-                self.backfill_out.put(key, &status);
+                self.backfill_out.put(key, status);
             }
             StatusUpdate::Removed(key) => {
                 self.pools.forget_dag(&key);
@@ -342,7 +337,7 @@ impl Writer {
                 continue;
             }
             let status = render(model, self.store_ok, self.gate_ok, now);
-            self.dag_out.put(key, &status);
+            self.dag_out.put(key, status);
         }
     }
 
