@@ -6,7 +6,7 @@ mod common;
 #[path = "support/api.rs"]
 mod support;
 
-use support::{dag, exchange, get, start};
+use support::{dag, exchange, get, post, start};
 
 #[tokio::test]
 async fn only_readable_namespaces_show() {
@@ -111,4 +111,82 @@ async fn the_ui_logs_in_with_a_token_and_shows_what_it_may_read() {
     let (code, response) = exchange(port, with_cookie("/logout")).await;
     assert_eq!(code, 303);
     assert!(response.contains("Max-Age=0"), "{response}");
+}
+
+/// A run of DAG `ns/name` in the store, `running`.
+async fn stored_run(store: &dag_operator::store::PgStore, ns: &str, name: &str) -> uuid::Uuid {
+    use dag_operator::store::{DagKey, NewRun, NewTask, RunStore, RunType};
+    let at: chrono::DateTime<chrono::Utc> = "2026-01-01T02:00:00Z".parse().expect("time");
+    let run = NewRun {
+        dag: DagKey::new(ns, name),
+        dag_uid: "uid".into(),
+        run_type: RunType::Scheduled,
+        backfill_name: None,
+        backfill_uid: None,
+        trigger: None,
+        logical_date: at,
+        data_interval_start: at,
+        data_interval_end: at,
+        priority: 0,
+        params: serde_json::json!({}),
+        spec_hash: None,
+        tasks: vec![NewTask {
+            task_name: "t".into(),
+            pool: None,
+            pool_slots: 1,
+        }],
+    };
+    store.insert_runs(&[run]).await.expect("insert")[0].id
+}
+
+#[tokio::test]
+async fn actions_need_update_on_dags_runs_and_are_recorded_pending_for_the_leader() {
+    let store = common::fresh_store("api_actions").await;
+    let mine = stored_run(&store, "a", "etl").await;
+    let theirs = stored_run(&store, "b", "payroll").await;
+    let dags = vec![dag("a", "etl", &["t"]), dag("b", "payroll", &["t"])];
+    let (port, _stop) = start(store, dags).await;
+    let path = format!("/api/v1/namespaces/a/runs/{mine}/actions");
+    let cancel = r#"{"action":"cancel"}"#;
+
+    let (code, body) = post(port, &path, None, cancel).await;
+    assert_eq!(code, 401, "{body}");
+    // alice may read namespace a, not act in it
+    let (code, body) = post(port, &path, Some("alice"), cancel).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("cannot update dags/runs"), "{body}");
+    // bob may act in a, not in b, and learns nothing of b's run
+    let (code, body) = post(
+        port,
+        &format!("/api/v1/namespaces/b/runs/{theirs}/actions"),
+        Some("bob"),
+        cancel,
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = post(
+        port,
+        &format!("/api/v1/namespaces/a/runs/{theirs}/actions"),
+        Some("bob"),
+        cancel,
+    )
+    .await;
+    assert_eq!(code, 404, "a run of another namespace is not found: {body}");
+    let (code, body) = post(port, &path, Some("bob"), r#"{"action":"explode"}"#).await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = post(port, &path, Some("bob"), cancel).await;
+    assert_eq!(code, 202, "{body}");
+    assert!(
+        body.contains("\"state\":\"pending\"") && body.contains("\"requestedBy\":\"bob\""),
+        "{body}"
+    );
+    let (code, body) = get(port, &path, Some("alice")).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"action\":\"cancel\""), "{body}");
+    // triggering needs the same right; this server has no Kubernetes client to write with
+    let trigger = "/api/v1/namespaces/a/dags/etl/runs";
+    let (code, body) = post(port, trigger, Some("alice"), "{}").await;
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = post(port, trigger, Some("bob"), r#"{"params": 3}"#).await;
+    assert_eq!(code, 400, "{body}");
 }

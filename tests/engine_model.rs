@@ -121,6 +121,22 @@ impl RunStore for Faulty {
     async fn cancel_runs(&self, ids: &[uuid::Uuid]) -> Result<u64, StoreError> {
         pass!(self.cancel_runs(ids))
     }
+    async fn run(&self, id: uuid::Uuid) -> Result<Option<RunRow>, StoreError> {
+        pass!(self.run(id))
+    }
+    async fn pending_actions(
+        &self,
+        ns: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<dag_operator::store::RunAction>, StoreError> {
+        pass!(self.pending_actions(ns, limit))
+    }
+    async fn write_action(
+        &self,
+        w: &dag_operator::store::ActionWrite,
+    ) -> Result<dag_operator::store::ActionWritten, StoreError> {
+        pass!(self.write_action(w))
+    }
     async fn list_runs(&self, f: &RunFilter) -> Result<Vec<RunRow>, StoreError> {
         pass!(self.list_runs(f))
     }

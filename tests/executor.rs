@@ -15,8 +15,8 @@ use dag_operator::executor::{
 use dag_operator::gate::{Gate, MemoryGate, key as gate_key};
 use dag_operator::report::Notice;
 use dag_operator::store::{
-    Changes, DagKey, NewRun, NewTask, PgStore, RunRow, RunState, RunStore, RunType, SpecRow,
-    StoreError, TaskRow, TaskState,
+    ActionKind, ActionOutcome, Changes, DagKey, NewAction, NewRun, NewTask, PgStore, RunRow,
+    RunState, RunStore, RunType, SpecRow, StoreError, TaskRow, TaskState,
 };
 use tokio::sync::mpsc;
 
@@ -326,6 +326,22 @@ impl RunStore for Flaky {
         to: DateTime<Utc>,
     ) -> Result<Vec<DateTime<Utc>>, StoreError> {
         self.inner.backfill_done(b, from, to).await
+    }
+    async fn run(&self, id: uuid::Uuid) -> Result<Option<RunRow>, StoreError> {
+        self.inner.run(id).await
+    }
+    async fn pending_actions(
+        &self,
+        ns: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<dag_operator::store::RunAction>, StoreError> {
+        self.inner.pending_actions(ns, limit).await
+    }
+    async fn write_action(
+        &self,
+        w: &dag_operator::store::ActionWrite,
+    ) -> Result<dag_operator::store::ActionWritten, StoreError> {
+        self.inner.write_action(w).await
     }
     async fn running_runs(&self, ns: Option<&str>) -> Result<Vec<RunRow>, StoreError> {
         self.inner.running_runs(ns).await
@@ -824,4 +840,129 @@ async fn after_a_restart_running_tries_are_adopted_never_started_twice() {
     h.step(t0() + Duration::seconds(2)).await;
     assert_eq!(h.run_state(&run).await, RunState::Success);
     assert_eq!(fresh.usage(&gate_key::pool("ns", "p")).await.unwrap(), 0);
+}
+
+/// Records `kind` on `run` as user alice would through the API.
+async fn ask(store: &PgStore, run: &RunRow, kind: ActionKind) -> i64 {
+    store
+        .record_action(&NewAction {
+            dag: run.dag.clone(),
+            run_id: Some(run.id),
+            kind,
+            detail: serde_json::json!({}),
+            requested_by: "alice".into(),
+            done: None,
+        })
+        .await
+        .expect("record")
+        .id
+}
+
+#[tokio::test]
+async fn a_cancel_action_deletes_the_runs_pods_frees_its_slots_and_is_recorded() {
+    let store = common::fresh_store("exec_action_cancel").await;
+    let mut h = Harness::new(store.clone(), ExecutorConfig::default());
+    let run = admit(
+        &mut h,
+        "held",
+        t0(),
+        spec("- {name: a, container: {image: x}}\n- {name: b, dependsOn: [a], container: {image: x}}"),
+    )
+    .await;
+    h.step(t0()).await;
+    assert_eq!(h.cluster.live().len(), 1);
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 1);
+    let id = ask(&store, &run, ActionKind::Cancel).await;
+    h.outputs();
+    h.step(t0() + Duration::seconds(2)).await;
+    assert!(h.cluster.pods().is_empty(), "the run's Pods are deleted");
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 0);
+    assert_eq!(h.exec.running_runs(), 0);
+    assert_eq!(h.run_state(&run).await, RunState::Cancelled);
+    let tries = h.tries(&run).await;
+    assert_eq!(state_of(&tries, "a", 1), TaskState::Cancelled);
+    assert_eq!(state_of(&tries, "b", 1), TaskState::Cancelled);
+    let action = store.action(id).await.unwrap().expect("recorded");
+    assert_eq!(action.outcome, Some(ActionOutcome::Done));
+    assert_eq!(action.message.as_deref(), Some("cancelled by alice"));
+    let outputs = h.outputs();
+    assert!(
+        outputs.contains(&ExecOutput::RunsEnded(vec![run.id])),
+        "{outputs:?}"
+    );
+    assert!(
+        outputs
+            .iter()
+            .any(|o| matches!(o, ExecOutput::Event(n) if n.reason == "RunCancelled")),
+        "{outputs:?}"
+    );
+    // a second cancel is refused, with the reason, and changes nothing
+    let again = ask(&store, &run, ActionKind::Cancel).await;
+    h.step(t0() + Duration::seconds(4)).await;
+    let action = store.action(again).await.unwrap().expect("recorded");
+    assert_eq!(action.outcome, Some(ActionOutcome::Refused));
+    assert!(action.message.unwrap().contains("not running"));
+}
+
+#[tokio::test]
+async fn a_rerun_action_runs_failed_tasks_again_and_keeps_the_successful_ones() {
+    let store = common::fresh_store("exec_action_rerun").await;
+    let mut h = Harness::new(store.clone(), ExecutorConfig::default());
+    let run = admit(
+        &mut h,
+        "partial",
+        t0(),
+        spec("- {name: a, container: {image: x}}\n- {name: b, container: {image: x}}\n- {name: c, dependsOn: [b], container: {image: x}}"),
+    )
+    .await;
+    h.step(t0()).await;
+    assert!(h.pod_does(&run, "a", 1, PodVerdict::Succeeded));
+    let failed = PodVerdict::Failed {
+        exit_code: Some(1),
+        message: "Error".into(),
+    };
+    assert!(h.pod_does(&run, "b", 1, failed));
+    h.step(t0() + Duration::seconds(1)).await;
+    assert_eq!(h.run_state(&run).await, RunState::Failed);
+    let created = h.cluster.created();
+    ask(&store, &run, ActionKind::Rerun).await;
+    h.step(t0() + Duration::seconds(3)).await;
+    assert_eq!(h.run_state(&run).await, RunState::Running);
+    let tries = h.tries(&run).await;
+    assert_eq!(state_of(&tries, "a", 1), TaskState::Success);
+    assert!(
+        tries
+            .iter()
+            .all(|t| t.task_name != "a" || t.try_number == 1),
+        "a is not re-run"
+    );
+    assert_eq!(state_of(&tries, "b", 1), TaskState::Failed);
+    assert_eq!(state_of(&tries, "b", 2), TaskState::Running);
+    assert_eq!(h.cluster.created(), created + 1, "only b starts again");
+    // a re-run of a running run is refused
+    let refused = ask(&store, &run, ActionKind::Rerun).await;
+    assert!(h.pod_does(&run, "b", 2, PodVerdict::Succeeded));
+    h.step(t0() + Duration::seconds(5)).await;
+    assert_eq!(
+        store.action(refused).await.unwrap().unwrap().outcome,
+        Some(ActionOutcome::Refused)
+    );
+    assert_eq!(state_of(&h.tries(&run).await, "c", 2), TaskState::Running);
+    assert!(h.pod_does(&run, "c", 2, PodVerdict::Succeeded));
+    h.step(t0() + Duration::seconds(6)).await;
+    assert_eq!(h.run_state(&run).await, RunState::Success);
+    // marking it failed afterwards relabels it
+    let mark = ask(&store, &run, ActionKind::MarkFailed).await;
+    h.step(t0() + Duration::seconds(8)).await;
+    assert_eq!(h.run_state(&run).await, RunState::Failed);
+    assert_eq!(
+        store
+            .action(mark)
+            .await
+            .unwrap()
+            .unwrap()
+            .message
+            .as_deref(),
+        Some("marked failed by alice")
+    );
 }

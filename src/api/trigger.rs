@@ -127,9 +127,51 @@ pub fn annotation_body(
     serde_json::Value::Object(obj).to_string()
 }
 
+/// A fresh trigger id: `manual-<UTC time to the microsecond>-<4 random hex digits>` (a valid
+/// annotation name, and the value `status.lastHandledTrigger` shows).
+pub fn new_trigger_id(now: DateTime<Utc>) -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "manual-{}-{}",
+        now.format("%Y%m%dt%H%M%S%6fz"),
+        &random[..4]
+    )
+}
+
+/// The merge patch that adds trigger `id` (with `params` and a logical date) to a DAG.
+pub fn trigger_patch(
+    id: &str,
+    params: Option<&serde_json::Value>,
+    logical_date: Option<DateTime<Utc>>,
+) -> serde_json::Value {
+    let key = format!("{TRIGGER_PREFIX}{id}");
+    serde_json::json!({"metadata": {"annotations": {key: annotation_body(params, logical_date)}}})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trigger_patch_adds_one_annotation() {
+        let at: DateTime<Utc> = "2026-01-02T03:04:05.000006Z".parse().unwrap();
+        let id = new_trigger_id(at);
+        assert!(id.starts_with("manual-20260102t030405000006z-"), "{id}");
+        let patch = trigger_patch(&id, Some(&serde_json::json!({"a": 1})), None);
+        let annotations = patch["metadata"]["annotations"].as_object().unwrap();
+        assert_eq!(annotations.len(), 1);
+        let got = requests(
+            &annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect(),
+        );
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].value.as_str(), got[0].params.as_deref()),
+            (id.as_str(), Some(r#"{"a":1}"#))
+        );
+    }
 
     fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

@@ -4,24 +4,13 @@
 //! all run.
 
 use chrono::Utc;
-use dag_operator::api::trigger::annotation_body;
+use dag_operator::api::trigger::{new_trigger_id, trigger_patch};
 use dag_operator::api::{DAG, TRIGGER_PREFIX};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 
 use super::kube::with_kube;
 use super::{CliError, TriggerArgs};
-
-/// A fresh trigger id: `manual-<UTC time to the microsecond>-<4 random hex digits>` (a valid
-/// annotation name, and the value `status.lastHandledTrigger` shows).
-fn trigger_id() -> String {
-    let random = uuid::Uuid::new_v4().simple().to_string();
-    format!(
-        "manual-{}-{}",
-        Utc::now().format("%Y%m%dt%H%M%S%6fz"),
-        &random[..4]
-    )
-}
 
 pub fn run(args: TriggerArgs) -> Result<(), CliError> {
     let params = match &args.params {
@@ -38,9 +27,9 @@ pub fn run(args: TriggerArgs) -> Result<(), CliError> {
         namespace.as_deref(),
         |client, namespace| async move {
             let api: Api<DAG> = Api::namespaced(client, &namespace);
-            let key = format!("{TRIGGER_PREFIX}{}", trigger_id());
-            let body = annotation_body(params.as_ref(), args.logical_date);
-            let patch = serde_json::json!({"metadata": {"annotations": {&key: body}}});
+            let id = new_trigger_id(Utc::now());
+            let key = format!("{TRIGGER_PREFIX}{id}");
+            let patch = trigger_patch(&id, params.as_ref(), args.logical_date);
             api.patch(&args.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .map_err(|e| match e {

@@ -12,6 +12,7 @@
 //! gate (one claim pipeline per batch), create their Pods concurrently through a
 //! [`PodLauncher`], write what happened, delete what must go, report.
 
+pub mod action;
 mod admit;
 pub mod launcher;
 pub mod output;
@@ -60,6 +61,8 @@ pub struct ExecutorConfig {
     pub resync_interval: Duration,
     /// the namespace watched (none: all): only its runs are adopted
     pub namespace: Option<String>,
+    /// how often the pending run actions (cancel, re-run, mark) are read
+    pub action_poll: Duration,
 }
 
 impl Default for ExecutorConfig {
@@ -73,6 +76,7 @@ impl Default for ExecutorConfig {
             admit_batch: 256,
             resync_interval: Duration::from_secs(300),
             namespace: None,
+            action_poll: Duration::from_secs(1),
         }
     }
 }
@@ -199,6 +203,8 @@ pub struct Executor<S: RunStore, G: Gate, L: PodLauncher> {
     gate_ok: bool,
     loaded: bool,
     last_load: Option<DateTime<Utc>>,
+    /// when the pending run actions are read next
+    next_action_poll: Option<DateTime<Utc>>,
     transitions: Vec<TaskState>,
     gate_refused: Vec<GateScope>,
     gate_errors: Vec<GateScope>,
@@ -243,6 +249,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             gate_ok: true,
             loaded: false,
             last_load: None,
+            next_action_poll: None,
             transitions: Vec::new(),
             gate_refused: Vec::new(),
             gate_errors: Vec::new(),
@@ -429,6 +436,8 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             if let Some(t) = self.next_wake() {
                 wait = wait.min((t - Utc::now()).to_std().unwrap_or(Duration::ZERO));
             }
+            // pending run actions are polled (they may arrive at any replica)
+            wait = wait.min(self.cfg.action_poll);
             tokio::select! {
                 input = inputs.recv() => {
                     let Some(input) = input else { return };

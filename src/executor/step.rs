@@ -52,6 +52,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             self.load(now).await?;
         }
         self.load_admitted(now).await?;
+        self.carry_out_actions(now).await?;
         self.decide(now).await?;
         let gate_result = self.ledger.upkeep(&self.gate).await;
         if let Err(e) = &gate_result {
@@ -115,7 +116,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
     }
 
     /// Puts runs (with their stored tries) into memory, replacing what is known of them.
-    async fn add_runs(
+    pub(super) async fn add_runs(
         &mut self,
         runs: Vec<RunRow>,
         given: HashMap<String, Arc<crate::api::DagSpec>>,

@@ -26,6 +26,9 @@ pub struct ApiState {
     pub store: PgStore,
     pub dags: DagDirectory,
     pub reviewer: Arc<dyn Reviewer>,
+    /// the operator's client: triggers (a DAG annotation) and Pod logs; none in tests of
+    /// the reads alone
+    pub kube: Option<kube::Client>,
 }
 
 /// Why a request was not answered; rendered as a Kubernetes `Status`.
@@ -41,6 +44,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Review(#[from] ReviewError),
     #[error(transparent)]
@@ -54,7 +59,9 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Review(_) | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Review(_) | ApiError::Store(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 }

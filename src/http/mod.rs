@@ -7,7 +7,11 @@
 //! - `GET /api/v1/namespaces/{ns}/dags/{name}/runs?before=&limit=` — runs, newest first, each
 //!   with the latest try of every task (the grid), paged by logical date
 //! - `GET /api/v1/namespaces/{ns}/runs/{id}` — one run with every try
+//! - `POST /api/v1/namespaces/{ns}/dags/{name}/runs` — trigger a run (`actions.rs`)
+//! - `POST /api/v1/namespaces/{ns}/runs/{id}/actions` — cancel, re-run, mark a run;
+//!   `GET …/runs/{id}/actions`, `GET /api/v1/namespaces/{ns}/actions/{id}` — what was asked
 
+pub mod actions;
 pub mod api;
 pub mod auth;
 pub mod directory;
@@ -32,9 +36,17 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/namespaces/{ns}/dags/{name}", get(api::get_dag))
         .route(
             "/api/v1/namespaces/{ns}/dags/{name}/runs",
-            get(api::list_runs),
+            get(api::list_runs).post(actions::post_trigger),
         )
         .route("/api/v1/namespaces/{ns}/runs/{id}", get(api::get_run))
+        .route(
+            "/api/v1/namespaces/{ns}/runs/{id}/actions",
+            get(actions::list_actions).post(actions::post_action),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/actions/{id}",
+            get(actions::get_action),
+        )
         .route("/", get(ui::index))
         .route("/login", get(ui::login_form).post(ui::login))
         .route("/logout", get(ui::logout))

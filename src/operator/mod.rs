@@ -151,6 +151,7 @@ impl Operator {
                     store: store.clone(),
                     dags: DagDirectory::watch(client.clone(), config.namespace.as_deref()),
                     reviewer: Arc::new(KubeReviewer::new(client.clone())),
+                    kube: Some(client.clone()),
                 };
                 let stop = shutdown.clone();
                 let bound = http::serve(addr, state, async move { stop.wait().await })

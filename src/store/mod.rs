@@ -1,6 +1,7 @@
 //! PostgreSQL, the system of record (SPEC §6): runs and task instances. All SQL lives here.
 //! The engine talks to the store through [`RunStore`], implemented by [`PgStore`].
 
+pub mod action;
 mod pg;
 mod record;
 
@@ -9,6 +10,9 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+pub use self::action::{
+    ActionKind, ActionOutcome, ActionWrite, ActionWritten, NewAction, RunAction, RunChange,
+};
 pub use crate::graph::TaskState;
 pub use pg::{AppliedMigration, PgStore, RunQuery};
 pub use record::{
@@ -307,6 +311,23 @@ pub trait RunStore: Send + Sync + 'static {
     /// Marks runs `cancelled` (ended now) and their unfinished task instances `cancelled`.
     /// Returns how many runs changed.
     fn cancel_runs(&self, ids: &[Uuid]) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// One run, if it exists.
+    fn run(&self, id: Uuid) -> impl Future<Output = Result<Option<RunRow>, StoreError>> + Send;
+
+    /// Actions not carried out yet, oldest first, of one namespace or of all.
+    fn pending_actions(
+        &self,
+        namespace: Option<&str>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<RunAction>, StoreError>> + Send;
+
+    /// Carries out an action: its run change and its outcome in one transaction (see
+    /// [`ActionWrite`]).
+    fn write_action(
+        &self,
+        write: &ActionWrite,
+    ) -> impl Future<Output = Result<ActionWritten, StoreError>> + Send;
 
     /// Runs matching the filter, newest logical date first.
     fn list_runs(

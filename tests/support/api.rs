@@ -1,6 +1,7 @@
 //! The HTTP API on a free local port, with a table in place of the API server's reviews:
-//! token "alice" is alice, who may `get` in namespace "a" and "bench" only. Shared by
-//! tests/api.rs and benches/api.rs.
+//! token "alice" is alice, who may `get` in namespace "a" and "bench" only; token "bob" is
+//! bob, who may also act (`update dags/runs`) in "a". Shared by tests/api.rs and
+//! benches/api.rs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,8 +22,8 @@ impl Reviewer for Table {
         token: &'a str,
     ) -> BoxFuture<'a, Result<Option<Caller>, ReviewError>> {
         Box::pin(async move {
-            Ok((token == "alice").then(|| Caller {
-                user: "alice".into(),
+            Ok((token == "alice" || token == "bob").then(|| Caller {
+                user: token.into(),
                 uid: None,
                 groups: vec![],
                 extra: BTreeMap::new(),
@@ -32,12 +33,17 @@ impl Reviewer for Table {
 
     fn allowed<'a>(
         &'a self,
-        _caller: &'a Caller,
+        caller: &'a Caller,
         access: &'a Access,
     ) -> BoxFuture<'a, Result<bool, ReviewError>> {
         Box::pin(async move {
             let ns = access.namespace.as_deref();
-            Ok((ns == Some("a") || ns == Some("bench")) && access.verb == "get")
+            let reads = (ns == Some("a") || ns == Some("bench")) && access.verb == "get";
+            let acts = caller.user == "bob"
+                && ns == Some("a")
+                && access.verb == "update"
+                && access.subresource == Some("runs");
+            Ok(reads || acts)
         })
     }
 }
@@ -69,6 +75,7 @@ pub async fn start(store: PgStore, dags: Vec<DAG>) -> (u16, tokio::sync::oneshot
         store,
         dags: directory,
         reviewer: Arc::new(Table),
+        kube: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let addr = serve("127.0.0.1:0", state, async move {
@@ -103,6 +110,22 @@ pub async fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
     exchange(
         port,
         format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// `POST path` with a JSON body and `Authorization: Bearer <token>` when given.
+#[allow(dead_code)] // tests/api.rs posts; the bench only reads
+pub async fn post(port: u16, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    exchange(
+        port,
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
     )
     .await
 }

@@ -541,20 +541,30 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await?;
         let restarted: Vec<RunRow> = rows.iter().map(run_from_row).collect::<Result<_, _>>()?;
-        let (mut run_ids, mut names, mut pools, mut slots) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut tries: Vec<(Uuid, &NewTask)> = Vec::new();
         for run in &restarted {
-            let Some(rerun) = reruns.iter().find(|r| r.id == run.id) else {
-                continue;
-            };
-            for task in &rerun.tasks {
-                run_ids.push(run.id);
-                names.push(task.task_name.as_str());
-                pools.push(task.pool.as_deref());
-                slots.push(task.pool_slots);
+            if let Some(rerun) = reruns.iter().find(|r| r.id == run.id) {
+                tries.extend(rerun.tasks.iter().map(|t| (run.id, t)));
             }
         }
-        // each task's new try follows its latest one; the new attempt's tries start pending
+        Self::insert_next_tries(tx, &tries).await?;
+        Ok(restarted)
+    }
+
+    /// A new `pending` try for each (run, task), after the task's latest try, in the run's
+    /// current attempt (a re-run in place: earlier tries stay).
+    pub(super) async fn insert_next_tries(
+        tx: &mut PgConnection,
+        tries: &[(Uuid, &NewTask)],
+    ) -> Result<(), StoreError> {
+        let (mut run_ids, mut names, mut pools, mut slots) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (run, task) in tries {
+            run_ids.push(*run);
+            names.push(task.task_name.as_str());
+            pools.push(task.pool.as_deref());
+            slots.push(task.pool_slots);
+        }
         sqlx::query(
             "INSERT INTO task_instances (run_id, task_name, try_number, state, pool, pool_slots, attempt) \
              SELECT t.run_id, t.task_name, \
@@ -571,6 +581,6 @@ impl PgStore {
         .bind(&slots)
         .execute(&mut *tx)
         .await?;
-        Ok(restarted)
+        Ok(())
     }
 }

@@ -20,9 +20,9 @@ use sqlx::{Connection, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    Admission, Admitted, Applied, BackfillCounts, BackfillRecord, BackfillRef, Changes, DagKey,
-    DagRecord, DateRun, RecentRuns, RunFilter, RunRow, RunState, RunStore, RunType, SpecRow,
-    StoreError, TaskRow, TaskState,
+    ActionWrite, ActionWritten, Admission, Admitted, Applied, BackfillCounts, BackfillRecord,
+    BackfillRef, Changes, DagKey, DagRecord, DateRun, RecentRuns, RunAction, RunFilter, RunRow,
+    RunState, RunStore, RunType, SpecRow, StoreError, TaskRow, TaskState,
 };
 
 /// The embedded migrations (`migrations/` at the repository root).
@@ -180,6 +180,7 @@ macro_rules! run_columns {
     };
 }
 
+mod action;
 mod admit;
 mod read;
 pub use self::read::RunQuery;
@@ -402,6 +403,22 @@ impl RunStore for PgStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(count.unsigned_abs())
+    }
+
+    async fn run(&self, id: Uuid) -> Result<Option<RunRow>, StoreError> {
+        self.run_q(id).await
+    }
+
+    async fn pending_actions(
+        &self,
+        namespace: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<RunAction>, StoreError> {
+        self.pending_actions_q(namespace, limit).await
+    }
+
+    async fn write_action(&self, write: &ActionWrite) -> Result<ActionWritten, StoreError> {
+        self.write_action_tx(write).await
     }
 
     /// `filter.limit <= 0` means no limit.

@@ -24,7 +24,7 @@ pub struct RunQuery {
 
 impl PgStore {
     /// The run `id`, if it exists.
-    pub async fn run(&self, id: Uuid) -> Result<Option<RunRow>, StoreError> {
+    pub(super) async fn run_q(&self, id: Uuid) -> Result<Option<RunRow>, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
             run_columns!(),

@@ -1,0 +1,417 @@
+//! Carrying out what users ask of runs (cancel, re-run, mark): the leader's executor polls the
+//! pending actions, decides each from the run as it is ([`decide`], pure), writes the change
+//! and the outcome in one transaction, then changes memory to match — Pods of an ended run are
+//! deleted and its slots freed; a re-run run joins the running ones.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::state;
+use super::{ExecError, ExecOutput, Executor, PodLauncher, RunFinished};
+use crate::gate::Gate;
+use crate::graph::TaskState;
+use crate::key::Subject;
+use crate::report::Notice;
+use crate::store::{
+    ActionKind, ActionOutcome, ActionWrite, ActionWritten, NewTask, RunAction, RunChange, RunRow,
+    RunState, RunStore, TaskRow,
+};
+
+/// Most actions carried out in one step.
+const ACTIONS_PER_STEP: i64 = 64;
+
+/// The latest try of each task of a run.
+pub fn latest_tries(tries: Vec<TaskRow>) -> Vec<TaskRow> {
+    let mut latest: HashMap<String, TaskRow> = HashMap::new();
+    for t in tries {
+        match latest.get(&t.task_name) {
+            Some(l) if l.try_number >= t.try_number => {}
+            _ => {
+                latest.insert(t.task_name.clone(), t);
+            }
+        }
+    }
+    let mut out: Vec<TaskRow> = latest.into_values().collect();
+    out.sort_by(|a, b| a.task_name.cmp(&b.task_name));
+    out
+}
+
+/// The states a re-run runs again.
+fn rerun_wanted(state: TaskState) -> bool {
+    matches!(
+        state,
+        TaskState::Failed | TaskState::UpstreamFailed | TaskState::Cancelled
+    )
+}
+
+/// Decides an action from its run as it is now (`None`: no such run of the action's DAG) and
+/// the latest try of each of the run's tasks.
+pub fn decide(action: &RunAction, run: Option<&RunRow>, latest: &[TaskRow]) -> ActionWrite {
+    let refuse = |message: String| ActionWrite {
+        action: action.id,
+        outcome: ActionOutcome::Refused,
+        message,
+        change: None,
+    };
+    let Some(run) = run.filter(|r| r.dag == action.dag) else {
+        return refuse(format!(
+            "no run {} of DAG {}",
+            action
+                .run_id
+                .map_or_else(|| "(none named)".to_string(), |id| id.to_string()),
+            action.dag
+        ));
+    };
+    let by = &action.requested_by;
+    let set = |to: RunState, tries_to: TaskState, what: &str| ActionWrite {
+        action: action.id,
+        outcome: ActionOutcome::Done,
+        message: format!("{what} by {by}"),
+        change: Some(RunChange::SetState {
+            run: run.id,
+            from: run.state,
+            to,
+            tries_to,
+        }),
+    };
+    match action.kind {
+        ActionKind::Trigger => refuse("a trigger is carried out when it is asked for".into()),
+        ActionKind::Cancel => match run.state {
+            RunState::Running => set(RunState::Cancelled, TaskState::Cancelled, "cancelled"),
+            other => refuse(format!(
+                "run {} is {}, not running: nothing to cancel",
+                run.id,
+                other.as_str()
+            )),
+        },
+        ActionKind::MarkSuccess | ActionKind::MarkFailed => {
+            let (to, tries_to, what) = if action.kind == ActionKind::MarkSuccess {
+                (RunState::Success, TaskState::Success, "marked success")
+            } else {
+                (RunState::Failed, TaskState::Failed, "marked failed")
+            };
+            if run.state == to {
+                refuse(format!("run {} is {} already", run.id, to.as_str()))
+            } else {
+                set(to, tries_to, what)
+            }
+        }
+        ActionKind::Rerun => {
+            if run.state == RunState::Running {
+                return refuse(format!(
+                    "run {} is running: cancel it or wait for it to end, then re-run it",
+                    run.id
+                ));
+            }
+            let tasks: Vec<NewTask> = latest
+                .iter()
+                .filter(|t| rerun_wanted(t.state))
+                .map(|t| NewTask {
+                    task_name: t.task_name.clone(),
+                    pool: t.pool.clone(),
+                    pool_slots: t.pool_slots,
+                })
+                .collect();
+            if tasks.is_empty() {
+                return refuse(format!(
+                    "run {} has no failed, upstream-failed or cancelled task to re-run",
+                    run.id
+                ));
+            }
+            let names: Vec<&str> = tasks.iter().map(|t| t.task_name.as_str()).collect();
+            ActionWrite {
+                action: action.id,
+                outcome: ActionOutcome::Done,
+                message: format!("re-run of {} by {by}", names.join(", ")),
+                change: Some(RunChange::Rerun {
+                    run: run.id,
+                    from: run.state,
+                    tasks,
+                }),
+            }
+        }
+    }
+}
+
+/// The event an action carried out (or refused) emits on its DAG.
+pub fn notice(action: &RunAction, write: &ActionWrite) -> Notice {
+    let subject = Subject::Dag(action.dag.clone());
+    let run = action
+        .run_id
+        .map_or_else(String::new, |id| format!("run {id}: "));
+    let message = format!("{run}{}", write.message);
+    match (write.outcome, action.kind) {
+        (ActionOutcome::Refused, _) => Notice::warning(subject, "ActionRefused", message),
+        (ActionOutcome::Done, ActionKind::Cancel) => {
+            Notice::normal(subject, "RunCancelled", message)
+        }
+        (ActionOutcome::Done, ActionKind::Rerun) => Notice::normal(subject, "RunRerun", message),
+        (ActionOutcome::Done, ActionKind::MarkSuccess | ActionKind::MarkFailed) => {
+            Notice::normal(subject, "RunMarked", message)
+        }
+        (ActionOutcome::Done, ActionKind::Trigger) => {
+            Notice::normal(subject, "RunTriggered", message)
+        }
+    }
+}
+
+impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
+    /// Carries out the pending actions, when the poll is due.
+    pub(super) async fn carry_out_actions(&mut self, now: DateTime<Utc>) -> Result<(), ExecError> {
+        if self.next_action_poll.is_some_and(|t| t > now) {
+            return Ok(());
+        }
+        let pending = self
+            .store
+            .pending_actions(self.cfg.namespace.as_deref(), ACTIONS_PER_STEP)
+            .await?;
+        self.next_action_poll =
+            Some(now + chrono::Duration::from_std(self.cfg.action_poll).unwrap_or_default());
+        for action in pending {
+            self.carry_out(&action, now).await?;
+        }
+        Ok(())
+    }
+
+    async fn carry_out(&mut self, action: &RunAction, now: DateTime<Utc>) -> Result<(), ExecError> {
+        let (run, latest) = match action.run_id {
+            None => (None, Vec::new()),
+            Some(id) => match self.live.get(&id) {
+                Some(live) => (
+                    Some(live.run.clone()),
+                    live.tasks.iter().map(|t| t.row.clone()).collect(),
+                ),
+                None => {
+                    let run = self.store.run(id).await?;
+                    let tries = match &run {
+                        Some(_) => self.store.task_instances(&[id]).await?,
+                        None => Vec::new(),
+                    };
+                    (run, latest_tries(tries))
+                }
+            },
+        };
+        let write = decide(action, run.as_ref(), &latest);
+        let ActionWritten::Recorded(changed) = self.store.write_action(&write).await? else {
+            // the run changed under the decision (or another leader did it): next poll
+            return Ok(());
+        };
+        self.emit(ExecOutput::Event(notice(action, &write)));
+        match (&write.change, changed) {
+            (Some(RunChange::SetState { from, to, .. }), Some(row)) => {
+                if *from == RunState::Running {
+                    self.ended_by_action(*row, *to, now);
+                } else {
+                    self.dags_changed.insert(row.dag.clone());
+                }
+            }
+            (Some(RunChange::Rerun { .. }), Some(row)) => {
+                self.add_runs(vec![*row], HashMap::new(), now).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A running run an action ended: out of memory, its slots back, its Pods deleted.
+    fn ended_by_action(&mut self, row: RunRow, to: RunState, now: DateTime<Utc>) {
+        let id = row.id;
+        if let Some(run) = self.live.remove(&id) {
+            for task in &run.tasks {
+                self.ledger.end(&state::holder(&task.key()));
+            }
+            self.runs_finished.push(RunFinished::of(&run, to, now));
+            self.admit_dirty = true;
+        }
+        self.dirty.remove(&id);
+        self.dags_changed.insert(row.dag.clone());
+        self.doomed_runs.push((row.dag.namespace.clone(), id));
+        self.emit(ExecOutput::RunsEnded(vec![id]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::key::DagKey;
+    use crate::store::RunType;
+
+    fn at() -> DateTime<Utc> {
+        "2026-01-01T00:00:00Z".parse().unwrap()
+    }
+
+    fn run(state: RunState) -> RunRow {
+        RunRow {
+            id: Uuid::from_u128(7),
+            dag: DagKey::new("a", "etl"),
+            dag_uid: "uid".into(),
+            run_type: RunType::Scheduled,
+            backfill_name: None,
+            logical_date: at(),
+            data_interval_start: at(),
+            data_interval_end: at(),
+            priority: 0,
+            state,
+            params: serde_json::json!({}),
+            attempt: 1,
+            created_at: at(),
+            started_at: Some(at()),
+            ended_at: None,
+            spec_hash: None,
+        }
+    }
+
+    fn action(kind: ActionKind) -> RunAction {
+        RunAction {
+            id: 1,
+            dag: DagKey::new("a", "etl"),
+            run_id: Some(Uuid::from_u128(7)),
+            kind,
+            detail: serde_json::json!({}),
+            requested_by: "alice".into(),
+            requested_at: at(),
+            done_at: None,
+            outcome: None,
+            message: None,
+        }
+    }
+
+    fn try_of(task: &str, state: TaskState) -> TaskRow {
+        TaskRow {
+            run_id: Uuid::from_u128(7),
+            task_name: task.into(),
+            try_number: 1,
+            state,
+            pool: Some("db".into()),
+            pool_slots: 2,
+            pod_name: None,
+            exit_code: None,
+            message: None,
+            queued_at: None,
+            started_at: None,
+            ended_at: None,
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn cancel_ends_a_running_run_and_refuses_a_finished_one() {
+        let w = decide(
+            &action(ActionKind::Cancel),
+            Some(&run(RunState::Running)),
+            &[],
+        );
+        assert_eq!(w.outcome, ActionOutcome::Done);
+        assert_eq!(w.message, "cancelled by alice");
+        assert_eq!(
+            w.change,
+            Some(RunChange::SetState {
+                run: Uuid::from_u128(7),
+                from: RunState::Running,
+                to: RunState::Cancelled,
+                tries_to: TaskState::Cancelled,
+            })
+        );
+        let w = decide(
+            &action(ActionKind::Cancel),
+            Some(&run(RunState::Success)),
+            &[],
+        );
+        assert_eq!((w.outcome, w.change), (ActionOutcome::Refused, None));
+    }
+
+    #[test]
+    fn a_run_of_another_dag_is_not_found() {
+        let mut other = run(RunState::Running);
+        other.dag = DagKey::new("b", "etl");
+        let w = decide(&action(ActionKind::Cancel), Some(&other), &[]);
+        assert_eq!(w.outcome, ActionOutcome::Refused);
+        assert!(w.message.starts_with("no run"), "{}", w.message);
+        let w = decide(&action(ActionKind::Cancel), None, &[]);
+        assert_eq!(w.outcome, ActionOutcome::Refused);
+    }
+
+    #[test]
+    fn rerun_takes_failed_upstream_failed_and_cancelled_tasks_only() {
+        let latest = [
+            try_of("extract", TaskState::Success),
+            try_of("load", TaskState::Failed),
+            try_of("report", TaskState::UpstreamFailed),
+        ];
+        let w = decide(
+            &action(ActionKind::Rerun),
+            Some(&run(RunState::Failed)),
+            &latest,
+        );
+        assert_eq!(w.outcome, ActionOutcome::Done);
+        let Some(RunChange::Rerun { tasks, from, .. }) = w.change else {
+            panic!("not a re-run: {w:?}");
+        };
+        assert_eq!(from, RunState::Failed);
+        let names: Vec<&str> = tasks.iter().map(|t| t.task_name.as_str()).collect();
+        assert_eq!(names, ["load", "report"]);
+        assert_eq!(
+            (tasks[0].pool.as_deref(), tasks[0].pool_slots),
+            (Some("db"), 2)
+        );
+        // nothing to re-run, or still running: refused
+        let ok = [try_of("extract", TaskState::Success)];
+        let w = decide(
+            &action(ActionKind::Rerun),
+            Some(&run(RunState::Success)),
+            &ok,
+        );
+        assert_eq!(w.outcome, ActionOutcome::Refused);
+        let w = decide(
+            &action(ActionKind::Rerun),
+            Some(&run(RunState::Running)),
+            &latest,
+        );
+        assert_eq!(w.outcome, ActionOutcome::Refused);
+    }
+
+    #[test]
+    fn mark_relabels_and_refuses_the_same_state() {
+        let w = decide(
+            &action(ActionKind::MarkSuccess),
+            Some(&run(RunState::Failed)),
+            &[],
+        );
+        assert_eq!(w.message, "marked success by alice");
+        assert!(matches!(
+            w.change,
+            Some(RunChange::SetState {
+                from: RunState::Failed,
+                to: RunState::Success,
+                ..
+            })
+        ));
+        let w = decide(
+            &action(ActionKind::MarkFailed),
+            Some(&run(RunState::Failed)),
+            &[],
+        );
+        assert_eq!(w.outcome, ActionOutcome::Refused);
+        let n = notice(&action(ActionKind::MarkFailed), &w);
+        assert_eq!((n.reason, n.warning), ("ActionRefused", true));
+    }
+
+    #[test]
+    fn latest_tries_keeps_the_highest_try_of_each_task() {
+        let mut second = try_of("load", TaskState::Success);
+        second.try_number = 2;
+        let latest = latest_tries(vec![
+            try_of("load", TaskState::Failed),
+            second,
+            try_of("extract", TaskState::Success),
+        ]);
+        let got: Vec<(&str, i32)> = latest
+            .iter()
+            .map(|t| (t.task_name.as_str(), t.try_number))
+            .collect();
+        assert_eq!(got, [("extract", 1), ("load", 2)]);
+    }
+}
