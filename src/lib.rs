@@ -13,6 +13,7 @@ pub mod http;
 pub mod k8s;
 pub mod key;
 pub mod leader;
+pub mod logs;
 pub mod operator;
 pub mod queue;
 pub mod report;

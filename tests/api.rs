@@ -6,7 +6,15 @@ mod common;
 #[path = "support/api.rs"]
 mod support;
 
-use support::{dag, exchange, get, post, start};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use dag_operator::executor::{EndedTry, PodKey};
+use dag_operator::logs::{LogError, LogKeeper, LogSource, LogStream, LogTail};
+use dag_operator::store::TryKey;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use support::{dag, exchange, get, post, start, start_with};
 
 #[tokio::test]
 async fn only_readable_namespaces_show() {
@@ -189,4 +197,103 @@ async fn actions_need_update_on_dags_runs_and_are_recorded_pending_for_the_leade
     assert_eq!(code, 403, "{body}");
     let (code, body) = post(port, trigger, Some("bob"), r#"{"params": 3}"#).await;
     assert_eq!(code, 400, "{body}");
+}
+
+/// Pod logs from a table the test controls: the stored-tail path with a log source we hold
+/// (kwok on the local plane serves no Pod logs).
+#[derive(Default, Clone)]
+struct TableLogs(Arc<Mutex<HashMap<String, String>>>);
+
+impl LogSource for TableLogs {
+    fn stream<'a>(
+        &'a self,
+        pod: &'a PodKey,
+        _follow: bool,
+    ) -> BoxFuture<'a, Result<Option<LogStream>, LogError>> {
+        let log = self.0.lock().unwrap().get(&pod.name).cloned();
+        Box::pin(async move {
+            Ok(
+                log.map(|l| {
+                    futures::stream::iter([Ok(bytes::Bytes::from(l.into_bytes()))]).boxed()
+                }),
+            )
+        })
+    }
+
+    fn tail<'a>(
+        &'a self,
+        pod: &'a PodKey,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<Option<LogTail>, LogError>> {
+        let log = self.0.lock().unwrap().get(&pod.name).cloned();
+        Box::pin(async move { Ok(log.map(|l| LogTail::of(l.as_bytes(), max_bytes))) })
+    }
+}
+
+#[tokio::test]
+async fn a_tries_log_comes_from_its_pod_then_from_the_kept_tail() {
+    let store = common::fresh_store("api_logs").await;
+    let run = stored_run(&store, "a", "etl").await;
+    sqlx::query(
+        "UPDATE task_instances SET state = 'failed', pod_name = 'etl-pod-1' WHERE run_id = $1",
+    )
+    .bind(run)
+    .execute(store.pool())
+    .await
+    .expect("a failed try with a Pod");
+    let logs = TableLogs::default();
+    logs.0.lock().unwrap().insert(
+        "etl-pod-1".into(),
+        "starting\nloading 1000 rows\nError: disk full\n".into(),
+    );
+    let (port, _stop) = start_with(
+        store.clone(),
+        vec![dag("a", "etl", &["t"])],
+        Some(Arc::new(logs.clone())),
+    )
+    .await;
+    let path = format!("/api/v1/namespaces/a/runs/{run}/tasks/t/tries/1/log");
+
+    let (code, body) = get(port, &path, None).await;
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = get(port, &path, Some("alice")).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("x-dagop-log-source: pod"), "{body}");
+    assert!(body.contains("Error: disk full"), "{body}");
+    let (code, _) = get(
+        port,
+        &format!("/api/v1/namespaces/a/runs/{run}/tasks/t/tries/2/log"),
+        Some("alice"),
+    )
+    .await;
+    assert_eq!(code, 404);
+
+    // the try ended: the keeper saves the last 30 bytes; then the Pod goes
+    let keeper = LogKeeper::new(Arc::new(logs.clone()), store.clone(), 30);
+    keeper
+        .keep(&EndedTry {
+            key: TryKey {
+                run_id: run,
+                task_name: "t".into(),
+                try_number: 1,
+            },
+            pod: PodKey::new("a", "etl-pod-1"),
+        })
+        .await;
+    logs.0.lock().unwrap().clear();
+    let (code, body) = get(port, &path, Some("alice")).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("x-dagop-log-source: kept"), "{body}");
+    assert!(body.contains("x-dagop-log-complete: false"), "{body}");
+    assert!(body.ends_with("rows\nError: disk full\n"), "{body}");
+    assert!(!body.contains("starting"), "only the tail is kept: {body}");
+
+    // nothing kept and no Pod: 404 saying why
+    sqlx::query("DELETE FROM task_logs")
+        .execute(store.pool())
+        .await
+        .expect("forget");
+    let (code, body) = get(port, &path, Some("alice")).await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("no end of its log was kept"), "{body}");
 }

@@ -295,6 +295,14 @@ pub struct RunArgs {
     /// How long finished task Pods are kept.
     #[arg(long, env = "DAGOP_POD_RETENTION", default_value = "1h", value_parser = duration_secs)]
     pub pod_retention: u64,
+    /// How long the Pods of failed tries are kept (default: --pod-retention); longer keeps
+    /// them for `kubectl logs` and `kubectl describe`.
+    #[arg(long, env = "DAGOP_FAILED_POD_RETENTION", value_parser = duration_secs)]
+    pub failed_pod_retention: Option<u64>,
+    /// The end of each task try's log kept in PostgreSQL when the try ends, in bytes (read by
+    /// the API and UI once the Pod is gone); 0: none kept.
+    #[arg(long, env = "DAGOP_LOG_TAIL_BYTES", default_value_t = 65536)]
+    pub log_tail_bytes: usize,
     /// Task Pods created (or deleted) at once: requests in flight to the API server.
     #[arg(long, env = "DAGOP_POD_CREATE_CONCURRENCY", default_value_t = 64)]
     pub pod_create_concurrency: usize,
@@ -467,6 +475,10 @@ mod tests {
             (10, 300, 30)
         );
         assert_eq!(run.pod_retention, 3600);
+        assert_eq!(
+            (run.failed_pod_retention, run.log_tail_bytes),
+            (None, 65536)
+        );
         assert_eq!(run.metrics_addr, ":8080");
         assert_eq!(run.ui_addr, ":8081");
         let cmd = Cli::command();

@@ -115,6 +115,9 @@ fn config(args: &RunArgs) -> Result<OperatorConfig, CliError> {
         executor: ExecutorConfig {
             max_running_tasks: args.max_running_tasks as usize,
             pod_retention: Duration::from_secs(args.pod_retention),
+            failed_pod_retention: Duration::from_secs(
+                args.failed_pod_retention.unwrap_or(args.pod_retention),
+            ),
             create_concurrency: args.pod_create_concurrency.max(1),
             resync_interval,
             namespace: args.namespace.clone(),
@@ -123,6 +126,7 @@ fn config(args: &RunArgs) -> Result<OperatorConfig, CliError> {
         namespace: args.namespace.clone(),
         metrics_addr: args.metrics_addr.clone(),
         ui_addr: Some(args.ui_addr.clone()).filter(|a| !a.trim().is_empty()),
+        log_tail_bytes: args.log_tail_bytes,
         leader: args.leader_election.then(|| leader_settings(args)),
     })
 }

@@ -34,7 +34,7 @@ pub use self::launcher::{
     FakeLauncher, FixedPools, KubeLauncher, LaunchError, PodKey, PodLauncher,
 };
 pub use self::output::{
-    ExecOutput, ExecStatus, FailedTry, PoolUsage, RunFinished, TaskTelemetry, TryFinished,
+    EndedTry, ExecOutput, ExecStatus, FailedTry, PoolUsage, RunFinished, TaskTelemetry, TryFinished,
 };
 pub use self::plan::{PodVerdict, retry_delay};
 use self::state::{Live, RunSpec};
@@ -48,6 +48,8 @@ use crate::store::{DagKey, RunRow, RunStore, StoreError, TryKey};
 pub struct ExecutorConfig {
     pub max_running_tasks: usize,
     pub pod_retention: Duration,
+    /// how long a failed try's Pod is kept (for `kubectl logs` and `describe`)
+    pub failed_pod_retention: Duration,
     /// how long a Pod may sit Pending with an image-pull or scheduling problem
     pub pending_grace: Duration,
     /// how long a running try's Pod may stay unseen (missing from a relist) before the try
@@ -70,6 +72,7 @@ impl Default for ExecutorConfig {
         ExecutorConfig {
             max_running_tasks: 128,
             pod_retention: Duration::from_secs(3600),
+            failed_pod_retention: Duration::from_secs(3600),
             pending_grace: Duration::from_secs(300),
             unseen_grace: Duration::from_secs(10),
             create_concurrency: 64,
@@ -210,6 +213,7 @@ pub struct Executor<S: RunStore, G: Gate, L: PodLauncher> {
     gate_errors: Vec<GateScope>,
     runs_finished: Vec<RunFinished>,
     tries_finished: Vec<TryFinished>,
+    tries_ended: Vec<EndedTry>,
 }
 
 impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
@@ -255,6 +259,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             gate_errors: Vec::new(),
             runs_finished: Vec::new(),
             tries_finished: Vec::new(),
+            tries_ended: Vec::new(),
         }
     }
 
@@ -336,7 +341,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                 if let Some(record) = self.pods.remove(&seen.key) {
                     if let Some(t) = record.finished_at {
                         self.retention
-                            .remove(&(self.retire_at(t), seen.key.clone()));
+                            .remove(&(self.retire_at(t, &record.verdict), seen.key.clone()));
                     }
                 }
                 if let Some(owner) = &seen.owner {
@@ -371,17 +376,25 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         }
     }
 
-    fn retire_at(&self, finished: DateTime<Utc>) -> DateTime<Utc> {
-        finished + chrono::Duration::from_std(self.cfg.pod_retention).unwrap_or_default()
+    /// When a finished Pod goes: failed ones may be kept longer.
+    fn retire_at(&self, finished: DateTime<Utc>, verdict: &PodVerdict) -> DateTime<Utc> {
+        let keep = match verdict {
+            PodVerdict::Failed { .. } => self.cfg.failed_pod_retention,
+            _ => self.cfg.pod_retention,
+        };
+        finished + chrono::Duration::from_std(keep).unwrap_or_default()
     }
 
     fn record_pod(&mut self, seen: &PodSeen) {
-        if let Some(old) = self.pods.get(&seen.key).and_then(|r| r.finished_at) {
-            self.retention
-                .remove(&(self.retire_at(old), seen.key.clone()));
+        if let Some(old) = self.pods.get(&seen.key) {
+            if let Some(t) = old.finished_at {
+                let at = self.retire_at(t, &old.verdict);
+                self.retention.remove(&(at, seen.key.clone()));
+            }
         }
         if let Some(t) = seen.finished_at {
-            self.retention.insert((self.retire_at(t), seen.key.clone()));
+            self.retention
+                .insert((self.retire_at(t, &seen.verdict), seen.key.clone()));
         }
         self.pods.insert(
             seen.key.clone(),

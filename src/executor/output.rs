@@ -9,7 +9,9 @@ use crate::gate::GateScope;
 use crate::graph::TaskState;
 use crate::key::{DagKey, PoolKey, Subject};
 use crate::report::Notice;
-use crate::store::{RecentRuns, RunState, RunType};
+use crate::store::{RecentRuns, RunState, RunType, TryKey};
+
+use super::PodKey;
 
 /// A Pool's usage: what its status shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,6 +177,13 @@ pub struct TaskTelemetry {
     pub tries_finished: Vec<TryFinished>,
 }
 
+/// A try whose Pod finished: the end of its log is kept (see `crate::logs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndedTry {
+    pub key: TryKey,
+    pub pod: PodKey,
+}
+
 /// What the executor reports.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ExecOutput {
@@ -184,6 +193,8 @@ pub enum ExecOutput {
     Telemetry(TaskTelemetry),
     /// runs that ended (success, failed): their slots are free
     RunsEnded(Vec<Uuid>),
+    /// tries that ended with a Pod: their logs' tails are kept
+    TriesEnded(Vec<EndedTry>),
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ use super::output::retry_notice;
 use super::plan::{self, Patience, PodSight, Step};
 use super::state::{self, LiveRun, RunSpec};
 use super::{
-    ExecError, ExecOutput, ExecStatus, Executor, PodKey, PodLauncher, PoolUsage, RunFinished,
-    TaskTelemetry, TryFinished, pod_key,
+    EndedTry, ExecError, ExecOutput, ExecStatus, Executor, PodKey, PodLauncher, PoolUsage,
+    RunFinished, TaskTelemetry, TryFinished, pod_key,
 };
 use crate::gate::Gate;
 use crate::graph::{RunOutcome, TaskState};
@@ -249,7 +249,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         let mut move_effects = Vec::new();
         let mut retry_effects = Vec::new();
         // tries that end, by the index of their move: reported once it is written
-        let mut try_ends: Vec<(usize, TryFinished, Option<Notice>)> = Vec::new();
+        let mut try_ends: Vec<(usize, TryFinished, Option<Notice>, EndedTry)> = Vec::new();
         let mut wakes = Vec::new();
         for id in std::mem::take(&mut self.dirty) {
             let Some(run) = self.live.get(&id) else {
@@ -292,6 +292,10 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                             changes.moves.len(),
                             TryFinished { state: to, secs },
                             retrying,
+                            EndedTry {
+                                key: live.key(),
+                                pod: pod_key(&run.run, live),
+                            },
                         ));
                         let mut m = TaskMove::new(live.key(), TaskState::Running, to, now);
                         m.stamp = Stamp::Ended;
@@ -384,9 +388,10 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         for (t, id) in wakes {
             self.timers.insert((t, id));
         }
-        for (index, finished, notice) in try_ends {
+        for (index, finished, notice, ended) in try_ends {
             if applied.moves.get(index).copied().unwrap_or(false) {
                 self.tries_finished.push(finished);
+                self.tries_ended.push(ended);
                 if let Some(n) = notice {
                     self.emit(ExecOutput::Event(n));
                 }
@@ -545,6 +550,10 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             tries_finished: std::mem::take(&mut self.tries_finished),
         });
         self.emit(tasks);
+        if !self.tries_ended.is_empty() {
+            let ended = std::mem::take(&mut self.tries_ended);
+            self.emit(ExecOutput::TriesEnded(ended));
+        }
         Ok(())
     }
 

@@ -29,6 +29,8 @@ pub struct ApiState {
     /// the operator's client: triggers (a DAG annotation) and Pod logs; none in tests of
     /// the reads alone
     pub kube: Option<kube::Client>,
+    /// where Pod logs are read (the kept tails come from `store`)
+    pub logs: Option<Arc<dyn crate::logs::LogSource>>,
 }
 
 /// Why a request was not answered; rendered as a Kubernetes `Status`.

@@ -10,11 +10,13 @@
 //! - `POST /api/v1/namespaces/{ns}/dags/{name}/runs` — trigger a run (`actions.rs`)
 //! - `POST /api/v1/namespaces/{ns}/runs/{id}/actions` — cancel, re-run, mark a run;
 //!   `GET …/runs/{id}/actions`, `GET /api/v1/namespaces/{ns}/actions/{id}` — what was asked
+//! - `GET …/runs/{id}/tasks/{task}/tries/{n}/log[?follow=true]` — a try's log (`logs.rs`)
 
 pub mod actions;
 pub mod api;
 pub mod auth;
 pub mod directory;
+pub mod logs;
 pub mod ui;
 
 use std::future::Future;
@@ -42,6 +44,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/api/v1/namespaces/{ns}/runs/{id}/actions",
             get(actions::list_actions).post(actions::post_action),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/runs/{id}/tasks/{task}/tries/{n}/log",
+            get(logs::get_log),
         )
         .route(
             "/api/v1/namespaces/{ns}/actions/{id}",

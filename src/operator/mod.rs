@@ -28,10 +28,11 @@ use crate::controller::status::{StatusUpdate, run_writer};
 use crate::controller::{Events, Throttle, backfill as backfill_controller, dag as dag_controller};
 use crate::engine::{Command, Engine, EngineConfig, Output};
 use crate::executor::watch::{spawn_pod_watch, spawn_pool_watch, until_ready};
-use crate::executor::{ExecInput, ExecOutput, Executor, ExecutorConfig, KubeLauncher};
+use crate::executor::{EndedTry, ExecInput, ExecOutput, Executor, ExecutorConfig, KubeLauncher};
 use crate::gate::Gate;
 use crate::http::{self, ApiState, DagDirectory, auth::KubeReviewer};
 use crate::k8s;
+use crate::logs::{KubeLogs, LogKeeper};
 use crate::report::Notice;
 use crate::store::PgStore;
 use crate::telemetry::{self, Health, Metrics, Role};
@@ -52,6 +53,8 @@ pub struct OperatorConfig {
     pub leader: Option<LeaderSettings>,
     /// where the HTTP API listens (`host:port`; none: no API)
     pub ui_addr: Option<String>,
+    /// the end of each try's log kept in PostgreSQL, in bytes (0: none)
+    pub log_tail_bytes: usize,
 }
 
 /// Why the operator could not start or stopped.
@@ -152,6 +155,7 @@ impl Operator {
                     dags: DagDirectory::watch(client.clone(), config.namespace.as_deref()),
                     reviewer: Arc::new(KubeReviewer::new(client.clone())),
                     kube: Some(client.clone()),
+                    logs: Some(Arc::new(KubeLogs::new(client.clone()))),
                 };
                 let stop = shutdown.clone();
                 let bound = http::serve(addr, state, async move { stop.wait().await })
@@ -218,6 +222,10 @@ struct Wires {
         mpsc::UnboundedSender<HandledTriggers>,
         mpsc::UnboundedReceiver<HandledTriggers>,
     ),
+    tries_ended: (
+        mpsc::UnboundedSender<Vec<EndedTry>>,
+        mpsc::UnboundedReceiver<Vec<EndedTry>>,
+    ),
 }
 
 impl Wires {
@@ -230,6 +238,7 @@ impl Wires {
             status: mpsc::unbounded_channel(),
             notices: mpsc::unbounded_channel(),
             triggers: mpsc::unbounded_channel(),
+            tries_ended: mpsc::unbounded_channel(),
         }
     }
 }
@@ -336,6 +345,7 @@ impl Parts {
             engine: w.commands.0.clone(),
             executor: w.exec_in.0,
             triggers: w.triggers.0,
+            logs: w.tries_ended.0,
         };
         spawn_routers(routes, w.engine_out.1, w.exec_out.1);
         tokio::spawn(run_writer(
@@ -346,6 +356,12 @@ impl Parts {
         let events = Events::new(client.clone());
         tokio::spawn(publish_notices(events.clone(), w.notices.1));
         tokio::spawn(prune_triggers(client.clone(), w.triggers.1));
+        let keeper = LogKeeper::new(
+            Arc::new(KubeLogs::new(client.clone())),
+            self.store.clone(),
+            self.config.log_tail_bytes,
+        );
+        tokio::spawn(keeper.run(w.tries_ended.1));
         // 6. controllers
         tokio::spawn(backfill_controller::run(
             k8s::api::<Backfill>(client.clone(), ns),

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::controller::status::StatusUpdate;
 use crate::engine::{Command, EngineStatus, EngineTelemetry, Output};
-use crate::executor::{ExecInput, ExecOutput, ExecStatus, TaskTelemetry};
+use crate::executor::{EndedTry, ExecInput, ExecOutput, ExecStatus, TaskTelemetry};
 use crate::key::DagKey;
 use crate::report::Notice;
 use crate::telemetry::{Component, Health, Metrics};
@@ -32,6 +32,8 @@ pub struct Routes {
     pub engine: mpsc::Sender<Command>,
     pub executor: mpsc::UnboundedSender<ExecInput>,
     pub triggers: mpsc::UnboundedSender<HandledTriggers>,
+    /// tries that ended: the log keeper saves their tails
+    pub logs: mpsc::UnboundedSender<Vec<EndedTry>>,
 }
 
 /// A closed channel means that part has stopped (the operator is shutting down): logged,
@@ -138,6 +140,7 @@ pub async fn route_executor(output: ExecOutput, to: &Routes) {
         },
         ExecOutput::Event(notice) => deliver(&to.notices, notice, "events"),
         ExecOutput::Telemetry(t) => task_telemetry(t, &to.metrics),
+        ExecOutput::TriesEnded(tries) => deliver(&to.logs, tries, "logs"),
         ExecOutput::RunsEnded(ids) => {
             if to.engine.send(Command::RunsEnded(ids)).await.is_err() {
                 tracing::debug!("runs ended after the engine stopped");
@@ -251,6 +254,7 @@ mod tests {
         engine: mpsc::Receiver<Command>,
         executor: mpsc::UnboundedReceiver<ExecInput>,
         triggers: mpsc::UnboundedReceiver<HandledTriggers>,
+        logs: mpsc::UnboundedReceiver<Vec<EndedTry>>,
     }
 
     fn routes() -> (Routes, Ends) {
@@ -259,6 +263,7 @@ mod tests {
         let (engine, engine_rx) = mpsc::channel(8);
         let (executor, executor_rx) = mpsc::unbounded_channel();
         let (triggers, triggers_rx) = mpsc::unbounded_channel();
+        let (logs, logs_rx) = mpsc::unbounded_channel();
         let health = Arc::new(Health::new());
         health.set_role(crate::telemetry::Role::Leader);
         health.set_store_ok(true);
@@ -273,6 +278,7 @@ mod tests {
             engine,
             executor,
             triggers,
+            logs,
         };
         let ends = Ends {
             status: status_rx,
@@ -280,6 +286,7 @@ mod tests {
             engine: engine_rx,
             executor: executor_rx,
             triggers: triggers_rx,
+            logs: logs_rx,
         };
         (routes, ends)
     }
@@ -385,6 +392,16 @@ mod tests {
                 .encode()
                 .contains("dagop_task_transitions_total{state=\"success\"} 1")
         );
+        let ended = EndedTry {
+            key: crate::store::TryKey {
+                run_id: id,
+                task_name: "t".into(),
+                try_number: 1,
+            },
+            pod: crate::executor::PodKey::new("ns", "p"),
+        };
+        route_executor(ExecOutput::TriesEnded(vec![ended.clone()]), &r).await;
+        assert_eq!(ends.logs.try_recv().ok(), Some(vec![ended]));
     }
 
     #[test]

@@ -64,6 +64,15 @@ pub fn dag(ns: &str, name: &str, tasks: &[&str]) -> DAG {
 /// Serves the API over `store` with `dags` in the cache until the returned sender drops; the
 /// port it listens on.
 pub async fn start(store: PgStore, dags: Vec<DAG>) -> (u16, tokio::sync::oneshot::Sender<()>) {
+    start_with(store, dags, None).await
+}
+
+/// [`start`], reading Pod logs from `logs`.
+pub async fn start_with(
+    store: PgStore,
+    dags: Vec<DAG>,
+    logs: Option<Arc<dyn dag_operator::logs::LogSource>>,
+) -> (u16, tokio::sync::oneshot::Sender<()>) {
     let directory = DagDirectory::default();
     let mut relisting = None;
     directory.observe(Event::Init, &mut relisting);
@@ -76,6 +85,7 @@ pub async fn start(store: PgStore, dags: Vec<DAG>) -> (u16, tokio::sync::oneshot
         dags: directory,
         reviewer: Arc::new(Table),
         kube: None,
+        logs,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let addr = serve("127.0.0.1:0", state, async move {

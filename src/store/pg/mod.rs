@@ -182,6 +182,8 @@ macro_rules! run_columns {
 
 mod action;
 mod admit;
+mod logs;
+pub use self::logs::StoredLog;
 mod read;
 pub use self::read::RunQuery;
 mod record;
