@@ -288,6 +288,19 @@ async fn a_tries_log_comes_from_its_pod_then_from_the_kept_tail() {
     assert!(body.ends_with("rows\nError: disk full\n"), "{body}");
     assert!(!body.contains("starting"), "only the tail is kept: {body}");
 
+    // the page shows it too
+    let (code, page) = get(
+        port,
+        &format!("/ui/namespaces/a/runs/{run}/tasks/t/tries/1/log"),
+        Some("alice"),
+    )
+    .await;
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains("kept by the operator") && page.contains("Error: disk full"),
+        "{page}"
+    );
+
     // nothing kept and no Pod: 404 saying why
     sqlx::query("DELETE FROM task_logs")
         .execute(store.pool())
@@ -296,4 +309,33 @@ async fn a_tries_log_comes_from_its_pod_then_from_the_kept_tail() {
     let (code, body) = get(port, &path, Some("alice")).await;
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("no end of its log was kept"), "{body}");
+}
+
+#[tokio::test]
+async fn the_ui_posts_actions_from_its_own_pages_only() {
+    let store = common::fresh_store("ui_actions").await;
+    let run = stored_run(&store, "a", "etl").await;
+    let (port, _stop) = start(store, vec![dag("a", "etl", &["t"])]).await;
+    let (code, page) = get(port, &format!("/ui/namespaces/a/runs/{run}"), Some("bob")).await;
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("value=\"cancel\""), "{page}");
+    let form = |token: &str, extra: &str| {
+        let body = "action=cancel";
+        format!(
+            "POST /ui/namespaces/a/runs/{run}/actions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n{extra}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let (code, response) = exchange(port, form("bob", "Origin: https://evil.example\r\n")).await;
+    assert_eq!(code, 403, "{response}");
+    let (code, response) = exchange(port, form("alice", "")).await;
+    assert_eq!(code, 403, "alice may only read: {response}");
+    let (code, response) = exchange(port, form("bob", "Sec-Fetch-Site: same-origin\r\n")).await;
+    assert_eq!(code, 303, "{response}");
+    assert!(response.contains("?asked="), "{response}");
+    let (_, page) = get(port, &format!("/ui/namespaces/a/runs/{run}"), Some("alice")).await;
+    assert!(
+        page.contains("id=\"asked\"") && page.contains("pending"),
+        "{page}"
+    );
 }

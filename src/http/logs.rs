@@ -119,3 +119,91 @@ pub async fn get_log(
         }
     })
 }
+
+/// Most bytes of a finished try's log a page shows (the API serves all of it).
+const PAGE_BYTES: usize = 1024 * 1024;
+
+/// `GET /ui/namespaces/{ns}/runs/{id}/tasks/{task}/tries/{n}/log`: a finished try's log on
+/// the page; a running one's followed by a few lines of script reading the API.
+pub async fn log_page(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((ns, id, task, n)): Path<(String, String, String, i32)>,
+) -> Response {
+    match log_markup(&s, &headers, &ns, &id, &task, n).await {
+        Ok(m) => m.into_response(),
+        Err(e) => super::ui::refused(e),
+    }
+}
+
+/// Streams the API's log into `#log` as it grows.
+const FOLLOW_SCRIPT: &str = r#"
+const pre = document.getElementById('log');
+fetch(pre.dataset.src, {credentials: 'same-origin'}).then(async (r) => {
+  document.getElementById('source').textContent = r.headers.get('x-dagop-log-source') || '';
+  if (!r.ok) { pre.textContent = await r.text(); return; }
+  const reader = r.body.getReader();
+  const text = new TextDecoder();
+  for (;;) {
+    const {done, value} = await reader.read();
+    if (done) break;
+    pre.textContent += text.decode(value, {stream: true});
+  }
+});
+"#;
+
+async fn log_markup(
+    s: &ApiState,
+    headers: &HeaderMap,
+    ns: &str,
+    id: &str,
+    task: &str,
+    n: i32,
+) -> Result<maud::Markup, ApiError> {
+    use maud::{PreEscaped, html};
+    let (run, t) = try_of(s, headers, ns, id, task, n).await?;
+    let title = format!("{task} try {n}");
+    let back = super::ui::run_link(&run);
+    let running = t.state == crate::graph::TaskState::Running;
+    let head = html! {
+        p { "run " a href=(back) { (run.id) } " · " (t.state.as_str())
+            @if let Some(pod) = &t.pod_name { " · Pod " code { (pod) } } }
+    };
+    if running {
+        let src =
+            format!("/api/v1/namespaces/{ns}/runs/{id}/tasks/{task}/tries/{n}/log?follow=true");
+        return Ok(super::ui::page(
+            &title,
+            html! {
+                (head)
+                p { "following the Pod's log " small id="source" {} }
+                pre id="log" data-src=(src) {}
+                script { (PreEscaped(FOLLOW_SCRIPT)) }
+            },
+        ));
+    }
+    let (source, text, complete) = match log_of(s, &run, &t, false).await {
+        Ok(TryLog::Kept { text, complete }) => ("kept by the operator", text, complete),
+        Ok(TryLog::Pod(mut stream)) => {
+            let mut bytes = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                bytes.extend_from_slice(&chunk.map_err(|e| ApiError::Unavailable(e.to_string()))?);
+                if bytes.len() > PAGE_BYTES {
+                    break;
+                }
+            }
+            let tail = crate::logs::LogTail::of(&bytes, PAGE_BYTES);
+            ("from the Pod", tail.text, tail.complete)
+        }
+        Err(ApiError::NotFound(m)) => ("", m, true),
+        Err(e) => return Err(e),
+    };
+    Ok(super::ui::page(
+        &title,
+        html! {
+            (head)
+            @if !source.is_empty() { p id="source" { (source) @if !complete { " (its end only)" } } }
+            pre id="log" { (text) }
+        },
+    ))
+}

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod directory;
 pub mod logs;
 pub mod ui;
+pub mod ui_actions;
 
 use std::future::Future;
 use std::io;
@@ -58,6 +59,18 @@ pub fn router(state: ApiState) -> Router {
         .route("/logout", get(ui::logout))
         .route("/ui/namespaces/{ns}/dags/{name}", get(ui::dag_grid))
         .route("/ui/namespaces/{ns}/runs/{id}", get(ui::run_page))
+        .route(
+            "/ui/namespaces/{ns}/runs/{id}/actions",
+            axum::routing::post(ui_actions::post_action),
+        )
+        .route(
+            "/ui/namespaces/{ns}/dags/{name}/trigger",
+            axum::routing::post(ui_actions::post_trigger),
+        )
+        .route(
+            "/ui/namespaces/{ns}/runs/{id}/tasks/{task}/tries/{n}/log",
+            get(logs::log_page),
+        )
         .with_state(state)
 }
 

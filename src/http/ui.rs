@@ -1,6 +1,7 @@
 //! The UI: server-rendered pages over the same reads and the same reviews as the JSON API.
 //! The token is asked for once (`/login`) and kept in an HttpOnly session cookie; every page
-//! is reviewed like an API request. No script, no build chain: HTML and a little CSS.
+//! is reviewed like an API request. No build chain: HTML, a little CSS, and a few lines of
+//! script only where a running try's log is followed.
 //!
 //! - `/` — DAGs of every namespace the caller may read (`?namespace=` filters): schedule,
 //!   zone, next run, suspended, Ready/Stalled with message, the newest 25 runs as squares
@@ -8,6 +9,8 @@
 //!   the tasks with their upstreams and the newest run's states; filters by state, type and
 //!   date; pages through history of any length
 //! - `/ui/namespaces/{ns}/runs/{id}` — one run: params, data interval, spec version, every try
+//!   with a link to its log, the actions asked of it, and buttons to act (`ui_actions.rs`)
+//! - `/ui/namespaces/{ns}/runs/{id}/tasks/{task}/tries/{n}/log` — a try's log (`logs.rs`)
 
 use std::collections::HashMap;
 
@@ -49,7 +52,7 @@ pre{background:#f6f6f6;padding:8px}
 "#;
 
 /// A state's colour, as Airflow draws it.
-fn colour(state: &str) -> &'static str {
+pub(super) fn colour(state: &str) -> &'static str {
     match state {
         "success" => "#008000",
         "failed" => "#ff0000",
@@ -63,7 +66,7 @@ fn colour(state: &str) -> &'static str {
     }
 }
 
-fn page(title: &str, body: Markup) -> Markup {
+pub(super) fn page(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -85,7 +88,7 @@ fn page(title: &str, body: Markup) -> Markup {
 }
 
 /// A failed page: to the login page when the caller is not known, else the error.
-fn refused(e: ApiError) -> Response {
+pub(super) fn refused(e: ApiError) -> Response {
     match e {
         ApiError::Unauthorized => Redirect::to("/login").into_response(),
         ApiError::Forbidden(m) => (
@@ -98,6 +101,11 @@ fn refused(e: ApiError) -> Response {
             page("Not found", html! { p { (m) } }),
         )
             .into_response(),
+        ApiError::BadRequest(m) => (
+            StatusCode::BAD_REQUEST,
+            page("Bad request", html! { p.bad { (m) } }),
+        )
+            .into_response(),
         other => (
             StatusCode::SERVICE_UNAVAILABLE,
             page("Unavailable", html! { p.bad { (other.to_string()) } }),
@@ -106,12 +114,12 @@ fn refused(e: ApiError) -> Response {
     }
 }
 
-fn time(t: Option<DateTime<Utc>>) -> String {
+pub(super) fn time(t: Option<DateTime<Utc>>) -> String {
     t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_default()
 }
 
-fn run_link(r: &RunRow) -> String {
+pub(super) fn run_link(r: &RunRow) -> String {
     format!("/ui/namespaces/{}/runs/{}", r.dag.namespace, r.id)
 }
 
@@ -270,6 +278,8 @@ pub struct GridFilter {
     state: Option<String>,
     #[serde(rename = "type")]
     run_type: Option<String>,
+    /// the action id of a trigger just asked for
+    triggered: Option<i64>,
 }
 
 /// `GET /ui/namespaces/{ns}/dags/{name}`
@@ -338,6 +348,11 @@ async fn grid_page(
                 " in " (dag.timezone.clone().unwrap_or_else(|| "the operator's zone".into()))
                 @if dag.suspend { " · suspended" } }
             (condition_cell(&dag))
+            @if let Some(id) = filter.triggered { p id="notice" { "Triggered (action " (id) "): the run appears once the operator handles the trigger." } }
+            form id="trigger" method="post" action=(format!("{here}/trigger")) {
+                label { "params (JSON object) " input name="params" placeholder=r#"{"key": "value"}"# size="40"; }
+                " " button { "Trigger a run" }
+            }
             h3 { "Tasks" @if let Some(r) = newest { " (states of the run for " (r.logical_date.to_rfc3339()) ")" } }
             div {
                 @for t in &dag.tasks {
@@ -388,12 +403,19 @@ async fn grid_page(
 }
 
 /// `GET /ui/namespaces/{ns}/runs/{id}`
+#[derive(Deserialize, Default)]
+pub struct RunPageQuery {
+    /// the action id just asked for
+    asked: Option<i64>,
+}
+
 pub async fn run_page(
     State(s): State<ApiState>,
     headers: HeaderMap,
     Path((ns, id)): Path<(String, String)>,
+    Query(q): Query<RunPageQuery>,
 ) -> Response {
-    match run_view(&s, &headers, &ns, &id).await {
+    match run_view(&s, &headers, &ns, &id, q).await {
         Ok(m) => m.into_response(),
         Err(e) => refused(e),
     }
@@ -404,14 +426,27 @@ async fn run_view(
     headers: &HeaderMap,
     ns: &str,
     id: &str,
+    q: RunPageQuery,
 ) -> Result<Markup, ApiError> {
     let (run, tries) = run_with_tries(s, headers, ns, id).await?;
+    let actions = s.store.actions_of_run(run.id).await?;
     let params = serde_json::to_string_pretty(&run.params).unwrap_or_default();
     let dag_link = format!("/ui/namespaces/{}/dags/{}", run.dag.namespace, run.dag.name);
+    let here = run_link(&run);
     Ok(page(
         &format!("run {}", run.id),
         html! {
             p { "DAG " a href=(dag_link) { (run.dag) } }
+            @if let Some(a) = q.asked { p id="notice" { "Asked (action " (a) "): the operator carries it out in a moment; reload to see it." } }
+            form id="actions" method="post" action=(format!("{here}/actions")) {
+                @if run.state == RunState::Running {
+                    button name="action" value="cancel" { "Cancel run" } " "
+                } @else {
+                    button name="action" value="rerun" { "Re-run failed tasks" } " "
+                }
+                @if run.state != RunState::Success { button name="action" value="mark_success" { "Mark success" } " " }
+                @if run.state != RunState::Failed { button name="action" value="mark_failed" { "Mark failed" } }
+            }
             table {
                 tr { th { "state" } td { span.sq style=(format!("background:{}", colour(run.state.as_str()))) {} " " (run.state.as_str()) } }
                 tr { th { "type" } td { (run.run_type.as_str()) @if let Some(b) = &run.backfill_name { " (Backfill " (b) ")" } } }
@@ -426,7 +461,7 @@ async fn run_view(
             h3 { "Tasks and tries" }
             table id="tries" {
                 tr { th { "task" } th { "try" } th { "state" } th { "started" } th { "ended" } th { "duration" }
-                     th { "Pod" } th { "exit code" } th { "message" } }
+                     th { "Pod" } th { "exit code" } th { "message" } th { "log" } }
                 @for t in &tries {
                     tr id=(format!("task-{}", t.task_name)) {
                         td { (t.task_name) }
@@ -438,6 +473,22 @@ async fn run_view(
                         td { code { (t.pod_name.clone().unwrap_or_default()) } }
                         td { (t.exit_code.map(|c| c.to_string()).unwrap_or_default()) }
                         td.msg { (t.message.clone().unwrap_or_default()) }
+                        td { @if t.pod_name.is_some() { a href=(format!("{here}/tasks/{}/tries/{}/log", t.task_name, t.try_number)) { "log" } } }
+                    }
+                }
+            }
+            @if !actions.is_empty() {
+                h3 { "Actions" }
+                table id="asked" {
+                    tr { th { "asked" } th { "by" } th { "action" } th { "outcome" } th { "message" } }
+                    @for a in &actions {
+                        tr {
+                            td { (time(Some(a.requested_at))) }
+                            td { (a.requested_by) }
+                            td { (a.kind.as_str()) }
+                            td { (a.outcome.map(|o| o.as_str()).unwrap_or("pending")) }
+                            td.msg { (a.message.clone().unwrap_or_default()) }
+                        }
                     }
                 }
             }

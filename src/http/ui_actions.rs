@@ -1,0 +1,140 @@
+//! The UI's actions: a trigger form on a DAG's page, and cancel / re-run / mark buttons on a
+//! run's page. Plain HTML forms posted with the session cookie; each is checked like the API
+//! (`update dags/runs`) and recorded the same way. Against cross-site requests: the cookie is
+//! `SameSite=Strict`, actions are POST only, and a request whose `Origin` or
+//! `Sec-Fetch-Site` says it comes from another site is refused.
+
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use super::ApiState;
+use super::actions::{TriggerBody, actor, request, trigger};
+use super::api::{ApiError, find_dag};
+use super::ui::refused;
+use crate::key::DagKey;
+
+/// Refuses a form posted from another site.
+pub(super) fn same_site(headers: &HeaderMap) -> Result<(), ApiError> {
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = value("sec-fetch-site") {
+        if site != "same-origin" && site != "none" {
+            return Err(ApiError::Forbidden(format!(
+                "a form posted from another site ({site}) is refused"
+            )));
+        }
+    }
+    if let (Some(origin), Some(host)) = (value("origin"), value("host")) {
+        let origin_host = origin.split("://").nth(1).unwrap_or(origin);
+        if origin_host != host {
+            return Err(ApiError::Forbidden(format!(
+                "a form posted from {origin} to {host} is refused"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+pub struct TriggerForm {
+    /// a JSON object, or empty
+    #[serde(default)]
+    params: String,
+}
+
+/// `POST /ui/namespaces/{ns}/dags/{name}/trigger`: back to the DAG's page.
+pub async fn post_trigger(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+    Form(form): Form<TriggerForm>,
+) -> Response {
+    let done = async {
+        same_site(&headers)?;
+        let dag = DagKey::new(&ns, &name);
+        let who = actor(&s, &headers, &dag).await?;
+        find_dag(&s, &ns, &name)?;
+        let params =
+            match form.params.trim() {
+                "" => None,
+                text => Some(serde_json::from_str(text).map_err(|e| {
+                    ApiError::BadRequest(format!("params are not a JSON object: {e}"))
+                })?),
+            };
+        let body = TriggerBody {
+            params,
+            logical_date: None,
+        };
+        trigger(&s, &who, &dag, &body).await
+    };
+    match done.await {
+        Ok(action) => Redirect::to(&format!(
+            "/ui/namespaces/{ns}/dags/{name}?triggered={}",
+            action.id
+        ))
+        .into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ActionForm {
+    action: String,
+}
+
+/// `POST /ui/namespaces/{ns}/runs/{id}/actions`: back to the run's page.
+pub async fn post_action(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((ns, id)): Path<(String, String)>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let done = async {
+        same_site(&headers)?;
+        request(&s, &headers, &ns, &id, &form.action).await
+    };
+    match done.await {
+        Ok(action) => Redirect::to(&format!(
+            "/ui/namespaces/{ns}/runs/{id}?asked={}",
+            action.id
+        ))
+        .into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forms_from_another_site_are_refused() {
+        assert!(same_site(&headers(&[])).is_ok());
+        assert!(same_site(&headers(&[("sec-fetch-site", "same-origin")])).is_ok());
+        assert!(same_site(&headers(&[("sec-fetch-site", "cross-site")])).is_err());
+        assert!(
+            same_site(&headers(&[
+                ("origin", "http://ui:8081"),
+                ("host", "ui:8081")
+            ]))
+            .is_ok()
+        );
+        assert!(
+            same_site(&headers(&[
+                ("origin", "https://evil.example"),
+                ("host", "ui:8081")
+            ]))
+            .is_err()
+        );
+    }
+}
