@@ -171,6 +171,16 @@ impl Operator {
         http_get(self.ui_port, path, token).await
     }
 
+    /// `POST path` of its HTTP API with a JSON body.
+    pub async fn api_post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> Option<(u16, String)> {
+        http_request(self.ui_port, "POST", path, token, Some(body)).await
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -216,14 +226,34 @@ impl Drop for Operator {
 
 /// A plain HTTP/1.1 `GET` on 127.0.0.1:`port` (Connection: close): status and body.
 async fn http_get(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    http_request(port, "GET", path, token, None).await
+}
+
+async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .ok()?;
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    let content = body
+        .map(|b| {
+            format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                b.len()
+            )
+        })
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}{content}Connection: close\r\n\r\n{}",
+        body.unwrap_or_default()
+    );
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await.ok()?;

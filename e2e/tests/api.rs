@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dag_operator_e2e::scenario::{dag_yaml, setup};
+use dag_operator_e2e::scenario::{dag_with_spec, dag_yaml, setup};
 use dag_operator_e2e::{TestNamespace, eventually};
 use serde_json::Value;
 
@@ -170,4 +170,181 @@ async fn a_viewer_reads_its_namespace_and_nothing_else() {
         .await
         .expect("answer");
     assert_eq!(code, 403);
+}
+
+/// A ServiceAccount of `ns` bound to a Role of `rules` (kubectl `create role` arguments).
+fn account(ns: &TestNamespace, name: &str, rules: &[&[&str]]) -> String {
+    ns.kubectl_ok(&["create", "serviceaccount", name], None);
+    for (i, rule) in rules.iter().enumerate() {
+        let role = format!("{name}-{i}");
+        let mut args = vec!["create", "role", role.as_str()];
+        args.extend_from_slice(rule);
+        ns.kubectl_ok(&args, None);
+        let subject = format!("--serviceaccount={}:{name}", ns.name);
+        let binding_role = format!("--role={role}");
+        ns.kubectl_ok(
+            &["create", "rolebinding", &role, &binding_role, &subject],
+            None,
+        );
+    }
+    ns.kubectl_ok(&["create", "token", name], None)
+        .trim()
+        .to_string()
+}
+
+const READ: &[&str] = &["--verb=get,list,watch", "--resource=dags.dagoperator.io"];
+const ACT: &[&str] = &["--verb=update", "--resource=dags.dagoperator.io/runs"];
+
+#[tokio::test]
+async fn a_runner_triggers_cancels_and_reruns_and_a_viewer_may_not() {
+    let s = setup("api-act").await;
+    let a = s.ns.name.clone();
+    let viewer = account(&s.ns, "viewer", &[READ]);
+    let runner = account(&s.ns, "runner", &[READ, ACT]);
+    s.apply(
+        "apiVersion: dagoperator.io/v1alpha1\nkind: Pool\nmetadata: {name: one}\nspec:\n  slots: 1\n",
+    );
+    s.apply(&dag_with_spec(
+        "held",
+        "  tasks:\n  - {name: a, pool: one, container: {image: e2e.local/hold}}\n",
+    ));
+    s.apply(&dag_with_spec(
+        "partial",
+        "  tasks:\n  - {name: a, container: {image: busybox}}\n  - {name: b, container: {image: e2e.local/hold}}\n  - {name: c, dependsOn: [b], container: {image: busybox}}\n",
+    ));
+    let op = s.operator(&[]);
+
+    // trigger: the runner may, the viewer may not, nobody without a token
+    let trigger = format!("/api/v1/namespaces/{a}/dags/held/runs");
+    let body = r#"{"params": {"note": "by the API"}}"#;
+    let (code, _) = eventually(Duration::from_secs(30), "the API answers", || {
+        let (op, path) = (&op, trigger.clone());
+        async move { op.api_post(&path, None, body).await }
+    })
+    .await;
+    assert_eq!(code, 401);
+    let (code, answer) = op
+        .api_post(&trigger, Some(&viewer), body)
+        .await
+        .expect("answer");
+    assert_eq!(code, 403, "{answer}");
+    let (code, answer) = eventually(
+        Duration::from_secs(30),
+        "the DAG in the API's cache",
+        || {
+            let (op, path, token) = (&op, trigger.clone(), runner.clone());
+            async move {
+                let (code, answer) = op.api_post(&path, Some(&token), body).await?;
+                (code != 404).then_some((code, answer))
+            }
+        },
+    )
+    .await;
+    assert_eq!(code, 201, "{answer}");
+    assert_eq!(json(&answer)["state"], "done");
+    let run = s
+        .runs_until("held", "the triggered run", |r| !r.is_empty())
+        .await
+        .remove(0);
+    assert_eq!(run.params["note"], "by the API");
+    let pod = s.pod_of_run(&run).await;
+    let pool_used =
+        |used: i64| {
+            let s = &s;
+            async move {
+                eventually(Duration::from_secs(30), &format!("pool one used {used}"), || {
+                let v = s.ns.kubectl_ok(&["get", "pool", "one", "-o", "json"], None);
+                let v = json(&v);
+                async move { (v["status"]["usedSlots"].as_i64() == Some(used)).then_some(()) }
+            })
+            .await
+            }
+        };
+    pool_used(1).await;
+
+    // cancel: the viewer is refused; the runner's cancel deletes the Pod and frees the slot
+    let actions = format!("/api/v1/namespaces/{a}/runs/{}/actions", run.id);
+    let cancel = r#"{"action": "cancel"}"#;
+    let (code, answer) = op
+        .api_post(&actions, Some(&viewer), cancel)
+        .await
+        .expect("answer");
+    assert_eq!(code, 403, "{answer}");
+    let (code, answer) = op
+        .api_post(&actions, Some(&runner), cancel)
+        .await
+        .expect("answer");
+    assert_eq!(code, 202, "{answer}");
+    let asked = json(&answer)["id"].as_i64().expect("an action id");
+    eventually(Duration::from_secs(30), "the run cancelled", || async {
+        let runs = s.runs("held").await;
+        (runs[0].state == dag_operator::store::RunState::Cancelled).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the Pod deleted", || {
+        let gone = !s
+            .pods("held")
+            .iter()
+            .any(|p| p["metadata"]["name"] == pod.as_str());
+        async move { gone.then_some(()) }
+    })
+    .await;
+    pool_used(0).await;
+    let (code, answer) = op
+        .api(
+            &format!("/api/v1/namespaces/{a}/actions/{asked}"),
+            Some(&viewer),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(code, 200, "{answer}");
+    let done = json(&answer);
+    assert_eq!(done["state"], "done", "{done}");
+    assert!(
+        done["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("system:serviceaccount:"),
+        "who did it is recorded: {done}"
+    );
+    assert!(!s.events("RunCancelled").is_empty(), "an event says so");
+
+    // re-run: b fails, c is upstream-failed; the re-run starts b again, not a
+    let (code, answer) = op
+        .api_post(
+            &format!("/api/v1/namespaces/{a}/dags/partial/runs"),
+            Some(&runner),
+            "{}",
+        )
+        .await
+        .expect("answer");
+    assert_eq!(code, 201, "{answer}");
+    let run = s
+        .runs_until("partial", "the triggered run", |r| !r.is_empty())
+        .await
+        .remove(0);
+    let b1 = s.pod_of("partial", "b", 1).await;
+    s.pod_outcome(&b1, "fail");
+    eventually(Duration::from_secs(60), "the run failed", || async {
+        let runs = s.runs("partial").await;
+        (runs[0].state == dag_operator::store::RunState::Failed).then_some(())
+    })
+    .await;
+    let actions = format!("/api/v1/namespaces/{a}/runs/{}/actions", run.id);
+    let (code, answer) = op
+        .api_post(&actions, Some(&runner), r#"{"action": "rerun"}"#)
+        .await
+        .expect("answer");
+    assert_eq!(code, 202, "{answer}");
+    let b2 = s.pod_of("partial", "b", 2).await;
+    s.pod_outcome(&b2, "succeed");
+    eventually(Duration::from_secs(60), "the re-run succeeded", || async {
+        let runs = s.runs("partial").await;
+        (runs[0].state == dag_operator::store::RunState::Success).then_some(())
+    })
+    .await;
+    let tries = s.tasks(&run).await;
+    let of = |task: &str| tries.iter().filter(|t| t.task_name == task).count();
+    assert_eq!((of("a"), of("b"), of("c")), (1, 2, 2), "{tries:?}");
+    drop(op);
 }
