@@ -94,17 +94,22 @@ impl Setup {
 impl Setup {
     /// Runs `dag-operator <args>` against the plane as a user would; panics on failure.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new(crate::operator::operator_binary())
-            .args(args)
-            .env("KUBECONFIG", &plane().kubeconfig)
-            .output()
-            .expect("dag-operator runs");
+        let out = self.cli_output(args);
         assert!(
             out.status.success(),
             "dag-operator {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `dag-operator <args>` against the plane; whatever it does.
+    pub fn cli_output(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(crate::operator::operator_binary())
+            .args(args)
+            .env("KUBECONFIG", &plane().kubeconfig)
+            .output()
+            .expect("dag-operator runs")
     }
 
     /// The task Pods of a DAG, as JSON objects.

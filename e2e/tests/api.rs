@@ -346,5 +346,48 @@ async fn a_runner_triggers_cancels_and_reruns_and_a_viewer_may_not() {
     let tries = s.tasks(&run).await;
     let of = |task: &str| tries.iter().filter(|t| t.task_name == task).count();
     assert_eq!((of("a"), of("b"), of("c")), (1, 2, 2), "{tries:?}");
+
+    // the CLI, through the API with a token and no database credentials
+    let server = format!("http://127.0.0.1:{}", op.ui_port);
+    let id = run.id.to_string();
+    let as_user = |token: &str, args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-n", &a, "--server", &server, "--token", token]);
+        s.cli_output(&all)
+    };
+    let out = as_user(&viewer, &["mark", &id, "--state", "failed"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("403") && err.contains("cannot update dags/runs"),
+        "{err}"
+    );
+    let out = as_user(&runner, &["mark", &id, "--state", "failed"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("marked failed by system:serviceaccount:"),
+        "{said}"
+    );
+    assert_eq!(
+        s.runs("partial").await[0].state,
+        dag_operator::store::RunState::Failed
+    );
+    let out = as_user(&runner, &["cancel", &id]);
+    assert!(!out.status.success(), "a finished run cannot be cancelled");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refused") && err.contains("not running"),
+        "{err}"
+    );
+    // kwok runs no kubelet: no Pod serves a log and none was kept, and the CLI says why
+    let out = as_user(&viewer, &["logs", &id, "b"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("log"), "{err}");
     drop(op);
 }

@@ -211,6 +211,17 @@ fn chart_lints_clean_and_its_values_are_checked() {
         )])
     );
     assert_eq!(
+        grants(named(&objects, "ClusterRole", "dag-operator-run-operator")),
+        triples(&[
+            (
+                "dagoperator.io",
+                &["dags", "pools", "backfills"],
+                &["get", "list", "watch"]
+            ),
+            ("dagoperator.io", &["dags/runs"], &["update"]),
+        ])
+    );
+    assert_eq!(
         named(&objects, "Service", "dag-operator-ui")["spec"]["ports"][0]["port"],
         8081
     );
@@ -257,6 +268,7 @@ fn chart_lints_clean_and_its_values_are_checked() {
         [
             "dag-operator-reviews",
             "dag-operator-viewer",
+            "dag-operator-run-operator",
             "dag-operator-reviews"
         ]
     );

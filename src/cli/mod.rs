@@ -1,6 +1,7 @@
 //! The command line (SPEC §8). One file per subcommand; this file holds the clap model and
 //! the dispatch. Exit codes: 0 success, 1 runtime failure, 2 usage error.
 
+mod act;
 mod backfill;
 mod crds;
 mod kube;
@@ -8,6 +9,7 @@ mod migrate;
 mod run;
 mod runs;
 mod schedule;
+mod server;
 mod trigger;
 
 use std::fmt;
@@ -77,6 +79,14 @@ pub enum Command {
     Backfill(BackfillArgs),
     /// List runs from PostgreSQL.
     Runs(RunsArgs),
+    /// Cancel a running run through the operator's API (its Pods deleted, its slots freed).
+    Cancel(act::ActArgs),
+    /// Re-run a finished run's failed, upstream-failed and cancelled tasks in place.
+    Rerun(act::ActArgs),
+    /// Mark a run success or failed.
+    Mark(act::MarkArgs),
+    /// Print a task try's log: from its Pod while it exists, else the end the operator kept.
+    Logs(act::LogsArgs),
 }
 
 /// Parses a duration flag such as `10s`, `5m` or `1h30m`.
@@ -420,6 +430,10 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Trigger(args) => trigger::run(args),
         Command::Backfill(args) => backfill::run(args),
         Command::Runs(args) => runs::run(&args),
+        Command::Cancel(args) => act::act(&args, "cancel"),
+        Command::Rerun(args) => act::act(&args, "rerun"),
+        Command::Mark(args) => act::mark(&args),
+        Command::Logs(args) => act::logs(&args),
     }
 }
 
