@@ -199,8 +199,8 @@ async fn actions_need_update_on_dags_runs_and_are_recorded_pending_for_the_leade
     assert_eq!(code, 400, "{body}");
 }
 
-/// Pod logs from a table the test controls: the stored-tail path with a log source we hold
-/// (kwok on the local plane serves no Pod logs).
+/// Pod logs from a table the test controls (e2e/tests/api.rs reads real ones, served by kwok
+/// through the API server).
 #[derive(Default, Clone)]
 struct TableLogs(Arc<Mutex<HashMap<String, String>>>);
 

@@ -384,10 +384,51 @@ async fn a_runner_triggers_cancels_and_reruns_and_a_viewer_may_not() {
         err.contains("refused") && err.contains("not running"),
         "{err}"
     );
-    // kwok runs no kubelet: no Pod serves a log and none was kept, and the CLI says why
+    // logs: kwok serves every Pod's log (e2e/plane); the CLI reads the latest try's
     let out = as_user(&viewer, &["logs", &id, "b"]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("log"), "{err}");
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(log.contains("task finished"), "{log}");
+    // the end of each ended try's log is kept; once the Pod is gone, that is what is served
+    let b1_try = dag_operator::store::TryKey {
+        run_id: run.id,
+        task_name: "b".into(),
+        try_number: 1,
+    };
+    let kept = eventually(Duration::from_secs(30), "b's first log kept", || {
+        let (s, key) = (&s, b1_try.clone());
+        async move { s.store.log(&key).await.ok().flatten() }
+    })
+    .await;
+    assert!(
+        kept.text.contains("task finished") && kept.complete,
+        "{kept:?}"
+    );
+    s.ns.kubectl_ok(&["delete", "pod", &b1], None);
+    let path = format!("/api/v1/namespaces/{a}/runs/{id}/tasks/b/tries/1/log");
+    let (code, body) = eventually(Duration::from_secs(30), "the kept log served", || {
+        let (op, path, token) = (&op, path.clone(), viewer.clone());
+        async move {
+            let (code, body) = op.api(&path, Some(&token)).await?;
+            (code != 200 || body.contains("task finished")).then_some((code, body))
+        }
+    })
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let out = as_user(&viewer, &["logs", &id, "b", "--try", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the end of the log the operator kept"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(op);
 }
