@@ -166,7 +166,9 @@ async fn migrate_creates_the_schema_and_a_second_migrate_is_a_no_op() {
             "dag_runs",
             "dag_specs",
             "dag_triggers",
-            "task_instances"
+            "run_actions",
+            "task_instances",
+            "task_logs"
         ]
     );
     let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dag_operator_e2e::scenario::{dag_with_spec, dag_yaml, setup};
 use dag_operator_e2e::{TestNamespace, eventually};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
@@ -430,5 +430,95 @@ async fn a_runner_triggers_cancels_and_reruns_and_a_viewer_may_not() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    drop(op);
+}
+
+#[tokio::test]
+async fn backfills_and_pools_show_progress_and_slots_to_who_may_list_them() {
+    let s = setup("api-bf").await;
+    let a = s.ns.name.clone();
+    let dags_only = account(&s.ns, "dags-only", &[READ]);
+    let viewer = account(
+        &s.ns,
+        "viewer",
+        &[&[
+            "--verb=get,list,watch",
+            "--resource=dags.dagoperator.io,backfills.dagoperator.io,pools.dagoperator.io",
+        ]],
+    );
+    s.apply(
+        "apiVersion: dagoperator.io/v1alpha1\nkind: Pool\nmetadata: {name: db}\nspec:\n  slots: 3\n",
+    );
+    s.apply(&dag_with_spec(
+        "daily",
+        "  schedule: '0 3 * * *'\n  tasks:\n  - {name: load, pool: db, container: {image: e2e.local/hold}}\n",
+    ));
+    s.apply(
+        "apiVersion: dagoperator.io/v1alpha1\nkind: Backfill\nmetadata: {name: november}\nspec:\n  dagRef: {name: daily}\n  start: 2026-11-01T00:00:00Z\n  end: 2026-11-06T00:00:00Z\n  concurrency: 2\n",
+    );
+    let op = s.operator(&[]);
+    let backfills = format!("/api/v1/namespaces/{a}/backfills");
+    let listed = eventually(Duration::from_secs(60), "two backfill runs active", || {
+        let (op, path, token) = (&op, backfills.clone(), viewer.clone());
+        async move {
+            let (code, body) = op.api(&path, Some(&token)).await?;
+            assert_eq!(code, 200, "{body}");
+            let v = json(&body);
+            (v["items"][0]["activeRuns"] == 2).then_some(v)
+        }
+    })
+    .await;
+    let item = &listed["items"][0];
+    assert_eq!(
+        (
+            &item["name"],
+            &item["dag"],
+            &item["phase"],
+            &item["totalRuns"]
+        ),
+        (
+            &json!("november"),
+            &json!("daily"),
+            &json!("Running"),
+            &json!(5)
+        ),
+        "{listed}"
+    );
+    let pools = format!("/api/v1/namespaces/{a}/pools");
+    let pool = eventually(Duration::from_secs(30), "the pool's usage", || {
+        let (op, path, token) = (&op, pools.clone(), viewer.clone());
+        async move {
+            let (_, body) = op.api(&path, Some(&token)).await?;
+            let v = json(&body);
+            (v["items"][0]["usedSlots"] == 2).then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(pool["items"][0]["openSlots"], 1, "{pool}");
+    assert_eq!(pool["items"][0]["queuedTasks"], 0, "{pool}");
+    // the pages: a progress bar that refreshes while the Backfill runs; the Pool's slots
+    let (code, page) = op
+        .api(&format!("/ui/namespaces/{a}/backfills"), Some(&viewer))
+        .await
+        .expect("page");
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains("<progress") && page.contains("http-equiv=\"refresh\""),
+        "{page}"
+    );
+    let (code, page) = op
+        .api(&format!("/ui/namespaces/{a}/pools"), Some(&viewer))
+        .await
+        .expect("page");
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains("id=\"pools\"") && page.contains(">db<"),
+        "{page}"
+    );
+    // who may read DAGs but not list Backfills or Pools gets 403
+    for path in [&backfills, &pools] {
+        let (code, body) = op.api(path, Some(&dags_only)).await.expect("answer");
+        assert_eq!(code, 403, "{body}");
+    }
     drop(op);
 }

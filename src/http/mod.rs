@@ -11,12 +11,15 @@
 //! - `POST /api/v1/namespaces/{ns}/runs/{id}/actions` — cancel, re-run, mark a run;
 //!   `GET …/runs/{id}/actions`, `GET /api/v1/namespaces/{ns}/actions/{id}` — what was asked
 //! - `GET …/runs/{id}/tasks/{task}/tries/{n}/log[?follow=true]` — a try's log (`logs.rs`)
+//! - `GET /api/v1/namespaces/{ns}/backfills`, `…/pools` — with their progress and slots
+//!   (`resources.rs`)
 
 pub mod actions;
 pub mod api;
 pub mod auth;
 pub mod directory;
 pub mod logs;
+pub mod resources;
 pub mod ui;
 pub mod ui_actions;
 
@@ -54,6 +57,16 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/namespaces/{ns}/actions/{id}",
             get(actions::get_action),
         )
+        .route(
+            "/api/v1/namespaces/{ns}/backfills",
+            get(resources::list_backfills),
+        )
+        .route("/api/v1/namespaces/{ns}/pools", get(resources::list_pools))
+        .route(
+            "/ui/namespaces/{ns}/backfills",
+            get(resources::backfills_page),
+        )
+        .route("/ui/namespaces/{ns}/pools", get(resources::pools_page))
         .route("/", get(ui::index))
         .route("/login", get(ui::login_form).post(ui::login))
         .route("/logout", get(ui::logout))

@@ -11,6 +11,7 @@
 //! - `/ui/namespaces/{ns}/runs/{id}` — one run: params, data interval, spec version, every try
 //!   with a link to its log, the actions asked of it, and buttons to act (`ui_actions.rs`)
 //! - `/ui/namespaces/{ns}/runs/{id}/tasks/{task}/tries/{n}/log` — a try's log (`logs.rs`)
+//! - `/ui/namespaces/{ns}/backfills`, `…/pools` — progress bars and slots (`resources.rs`)
 
 use std::collections::HashMap;
 
@@ -344,6 +345,8 @@ async fn grid_page(
     Ok(page(
         &format!("{ns}/{name}"),
         html! {
+            p { a href=(format!("/ui/namespaces/{ns}/backfills")) { "Backfills" } " · "
+                a href=(format!("/ui/namespaces/{ns}/pools")) { "Pools" } " of " (ns) }
             p { "schedule " code { (dag.schedule.clone().unwrap_or_else(|| "none".into())) }
                 " in " (dag.timezone.clone().unwrap_or_else(|| "the operator's zone".into()))
                 @if dag.suspend { " · suspended" } }

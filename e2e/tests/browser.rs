@@ -1,0 +1,334 @@
+//! The UI in a real browser (issue 16): headless Chromium from Debian driven over WebDriver
+//! (chromedriver; both installed by `e2e/plane up`), against the operator on the local plane.
+//! A ServiceAccount's token logs in; the test opens the DAG list, a DAG's grid, a failed try's
+//! log (served by kwok through the API server), triggers a run from the page, sees it appear,
+//! and cancels it. It saves screenshots of the grid and the run page in
+//! `target/e2e-screenshots/` (and in `docs/screenshots/` with `DAGOP_UPDATE_SCREENSHOTS=1`).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use dag_operator_e2e::operator::free_port;
+use dag_operator_e2e::scenario::{Setup, dag_with_spec, setup};
+use dag_operator_e2e::{TestNamespace, eventually};
+use fantoccini::{Client, ClientBuilder, Locator};
+
+/// chromedriver on a free port, stopped on drop.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian's chromium-driver, installed by e2e/plane up)");
+        Driver { child, port }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A headless Chromium session.
+async fn browser(driver: &Driver) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".to_string(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", "--window-size=1280,900"],
+        }),
+    );
+    let url = format!("http://127.0.0.1:{}", driver.port);
+    eventually(
+        Duration::from_secs(30),
+        "chromedriver starts a session",
+        || {
+            let (url, caps) = (url.clone(), caps.clone());
+            async move {
+                ClientBuilder::rustls()
+                    .ok()?
+                    .capabilities(caps)
+                    .connect(&url)
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await
+}
+
+/// A ServiceAccount that may read DAGs and act on their runs in `ns`; its token.
+fn runner(ns: &TestNamespace) -> String {
+    ns.kubectl_ok(&["create", "serviceaccount", "ui-user"], None);
+    ns.kubectl_ok(
+        &[
+            "create",
+            "role",
+            "ui-user",
+            "--verb=get,list,watch,update",
+            "--resource=dags.dagoperator.io,dags.dagoperator.io/runs",
+        ],
+        None,
+    );
+    ns.kubectl_ok(
+        &[
+            "create",
+            "rolebinding",
+            "ui-user",
+            "--role=ui-user",
+            &format!("--serviceaccount={}:ui-user", ns.name),
+        ],
+        None,
+    );
+    ns.kubectl_ok(&["create", "token", "ui-user"], None)
+        .trim()
+        .to_string()
+}
+
+fn screenshot_dirs() -> Vec<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut dirs = vec![root.join("target/e2e-screenshots")];
+    if std::env::var("DAGOP_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
+        dirs.push(root.join("docs/screenshots"));
+    }
+    dirs
+}
+
+async fn save_screenshot(c: &Client, name: &str) {
+    let png = c.screenshot().await.expect("screenshot");
+    for dir in screenshot_dirs() {
+        std::fs::create_dir_all(&dir).expect("screenshot dir");
+        std::fs::write(dir.join(name), &png).expect("write screenshot");
+    }
+}
+
+/// Reloads the page until `css` finds an element, and returns the page's text.
+async fn reload_until(c: &Client, what: &str, css: &str) -> String {
+    eventually(Duration::from_secs(60), what, || async {
+        c.refresh().await.ok()?;
+        c.find(Locator::Css(css)).await.ok()?;
+        c.find(Locator::Css("body")).await.ok()?.text().await.ok()
+    })
+    .await
+}
+
+/// Triggers `dag` at each logical date and waits for the runs to end.
+async fn history(s: &Setup, dag: &str, dates: &[&str]) {
+    for d in dates {
+        s.cli(&["trigger", dag, "-n", &s.ns.name, "--logical-date", d]);
+    }
+    eventually(Duration::from_secs(90), "the runs end", || async {
+        let runs = s.runs(dag).await;
+        (runs.len() == dates.len()
+            && runs
+                .iter()
+                .all(|r| r.state != dag_operator::store::RunState::Running))
+        .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_ui_in_a_real_browser() {
+    let s = setup("browser").await;
+    let ns = s.ns.name.clone();
+    let token = runner(&s.ns);
+    s.apply(&dag_with_spec(
+        "etl",
+        "  schedule: '0 2 * * *'\n  tasks:\n  - {name: extract, container: {image: busybox}}\n  - {name: transform, dependsOn: [extract], container: {image: busybox}}\n  - {name: load, dependsOn: [transform], container: {image: busybox}}\n  - {name: report, dependsOn: [load], container: {image: busybox}}\n",
+    ));
+    s.apply(&dag_with_spec(
+        "nightly",
+        "  schedule: '30 1 * * *'\n  timezone: Europe/Paris\n  tasks:\n  - {name: load, container: {image: e2e.local/fail}}\n  - {name: publish, dependsOn: [load], container: {image: busybox}}\n",
+    ));
+    s.apply(&dag_with_spec(
+        "held",
+        "  tasks:\n  - {name: wait, container: {image: e2e.local/hold}}\n",
+    ));
+    let op = s.operator(&[]);
+    history(
+        &s,
+        "etl",
+        &[
+            "2026-11-24T02:00:00Z",
+            "2026-11-25T02:00:00Z",
+            "2026-11-26T02:00:00Z",
+            "2026-11-27T02:00:00Z",
+            "2026-11-28T02:00:00Z",
+        ],
+    )
+    .await;
+    history(
+        &s,
+        "nightly",
+        &["2026-11-27T00:30:00Z", "2026-11-28T00:30:00Z"],
+    )
+    .await;
+
+    let driver = Driver::start();
+    let c = browser(&driver).await;
+    let ui = format!("http://127.0.0.1:{}", op.ui_port);
+
+    // log in with the token
+    c.goto(&format!("{ui}/login")).await.expect("login page");
+    c.find(Locator::Css("textarea[name=token]"))
+        .await
+        .expect("token field")
+        .send_keys(&token)
+        .await
+        .expect("type the token");
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .expect("log in button")
+        .click()
+        .await
+        .expect("log in");
+
+    // the DAG list, then a DAG's grid
+    let list = reload_until(
+        &c,
+        "the DAG list",
+        &format!("a[href='/ui/namespaces/{ns}/dags/etl']"),
+    )
+    .await;
+    assert!(list.contains("Europe/Paris"), "{list}");
+    c.find(Locator::Css(&format!(
+        "a[href='/ui/namespaces/{ns}/dags/nightly']"
+    )))
+    .await
+    .expect("the nightly DAG's link")
+    .click()
+    .await
+    .expect("open the grid");
+    c.find(Locator::Css("#grid")).await.expect("the grid");
+    let failed = c
+        .find_all(Locator::Css("#grid a.cell[data-state=failed]"))
+        .await
+        .expect("cells");
+    assert_eq!(failed.len(), 2, "each run's load failed");
+    c.goto(&format!("{ui}/ui/namespaces/{ns}/dags/etl"))
+        .await
+        .expect("etl grid");
+    let cells = c
+        .find_all(Locator::Css("#grid a.cell[data-state=success]"))
+        .await
+        .expect("cells");
+    assert_eq!(cells.len(), 20, "5 runs x 4 tasks, all green");
+    save_screenshot(&c, "grid.png").await;
+
+    // a failed try: its run page, then its log (from the Pod, through kwok)
+    c.goto(&format!("{ui}/ui/namespaces/{ns}/dags/nightly"))
+        .await
+        .expect("nightly grid");
+    c.find(Locator::Css("#grid a.cell[data-state=failed]"))
+        .await
+        .expect("a failed cell")
+        .click()
+        .await
+        .expect("open its run");
+    let run_page = c.find(Locator::Css("#tries")).await.expect("the tries");
+    let text = run_page.text().await.expect("text");
+    assert!(
+        text.contains("failed") && text.contains("upstream_failed"),
+        "{text}"
+    );
+    save_screenshot(&c, "run.png").await;
+    c.find(Locator::Css("#task-load a[href$='/log']"))
+        .await
+        .expect("the failed try's log link")
+        .click()
+        .await
+        .expect("open the log");
+    let log = eventually(Duration::from_secs(30), "the log shown", || async {
+        let t = c.find(Locator::Css("#log")).await.ok()?.text().await.ok()?;
+        t.contains("task finished").then_some(t)
+    })
+    .await;
+    assert!(log.contains("task started"), "{log}");
+
+    // trigger a run from the page, see it appear, cancel it
+    c.goto(&format!("{ui}/ui/namespaces/{ns}/dags/held"))
+        .await
+        .expect("held grid");
+    c.find(Locator::Css("#trigger input[name=params]"))
+        .await
+        .expect("params field")
+        .send_keys(r#"{"note": "from the browser"}"#)
+        .await
+        .expect("type params");
+    c.find(Locator::Css("#trigger button"))
+        .await
+        .expect("trigger button")
+        .click()
+        .await
+        .expect("trigger");
+    let notice = c.find(Locator::Css("#notice")).await.expect("the notice");
+    assert!(
+        notice
+            .text()
+            .await
+            .unwrap_or_default()
+            .contains("Triggered")
+    );
+    reload_until(
+        &c,
+        "the triggered run in the grid",
+        "#grid th a.cell[href*='/runs/']",
+    )
+    .await;
+    c.find(Locator::Css("#grid th a.cell[href*='/runs/']"))
+        .await
+        .expect("the run")
+        .click()
+        .await
+        .expect("open the run");
+    let params = c
+        .find(Locator::Css("pre"))
+        .await
+        .expect("params")
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(params.contains("from the browser"), "{params}");
+    c.find(Locator::Css("#actions button[value=cancel]"))
+        .await
+        .expect("the cancel button")
+        .click()
+        .await
+        .expect("cancel");
+    let page = reload_until(&c, "the run cancelled", "#asked").await;
+    let page = if page.contains("cancelled by") {
+        page
+    } else {
+        eventually(
+            Duration::from_secs(30),
+            "the cancel carried out",
+            || async {
+                c.refresh().await.ok()?;
+                let t = c.find(Locator::Css("body")).await.ok()?.text().await.ok()?;
+                t.contains("cancelled by").then_some(t)
+            },
+        )
+        .await
+    };
+    assert!(page.contains("system:serviceaccount:"), "{page}");
+    eventually(Duration::from_secs(30), "the held Pod deleted", || async {
+        s.pods("held").is_empty().then_some(())
+    })
+    .await;
+    c.close().await.expect("close the browser");
+    drop(op);
+}
