@@ -13,6 +13,7 @@ use dag_operator_e2e::operator::free_port;
 use dag_operator_e2e::scenario::{Setup, dag_with_spec, setup};
 use dag_operator_e2e::{TestNamespace, eventually};
 use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 
 /// chromedriver on a free port, stopped on drop.
 struct Driver {
@@ -58,8 +59,7 @@ async fn browser(driver: &Driver) -> Client {
         || {
             let (url, caps) = (url.clone(), caps.clone());
             async move {
-                ClientBuilder::rustls()
-                    .ok()?
+                ClientBuilder::new(HttpConnector::new())
                     .capabilities(caps)
                     .connect(&url)
                     .await
@@ -148,7 +148,7 @@ async fn the_ui_in_a_real_browser() {
     let token = runner(&s.ns);
     s.apply(&dag_with_spec(
         "etl",
-        "  schedule: '0 2 * * *'\n  tasks:\n  - {name: extract, container: {image: busybox}}\n  - {name: transform, dependsOn: [extract], container: {image: busybox}}\n  - {name: load, dependsOn: [transform], container: {image: busybox}}\n  - {name: report, dependsOn: [load], container: {image: busybox}}\n",
+        "  schedule: '0 2 * * *'\n  tasks:\n  - {name: extract, container: {image: busybox}}\n  - {name: transform, dependsOn: [extract], container: {image: e2e.local/hold}}\n  - {name: load, dependsOn: [transform], container: {image: busybox}}\n  - {name: report, dependsOn: [load], container: {image: busybox}}\n",
     ));
     s.apply(&dag_with_spec(
         "nightly",
@@ -159,17 +159,56 @@ async fn the_ui_in_a_real_browser() {
         "  tasks:\n  - {name: wait, container: {image: e2e.local/hold}}\n",
     ));
     let op = s.operator(&[]);
-    history(
-        &s,
-        "etl",
-        &[
-            "2026-11-24T02:00:00Z",
-            "2026-11-25T02:00:00Z",
-            "2026-11-26T02:00:00Z",
-            "2026-11-27T02:00:00Z",
-            "2026-11-28T02:00:00Z",
-        ],
+    // five runs of etl; the transform of the one for 11-26 fails, the others succeed
+    let dates = [
+        "2026-11-24T02:00:00Z",
+        "2026-11-25T02:00:00Z",
+        "2026-11-26T02:00:00Z",
+        "2026-11-27T02:00:00Z",
+        "2026-11-28T02:00:00Z",
+    ];
+    for d in dates {
+        s.cli(&["trigger", "etl", "-n", &ns, "--logical-date", d]);
+    }
+    let runs = s.runs_until("etl", "five runs", |r| r.len() == 5).await;
+    let bad = runs
+        .iter()
+        .find(|r| r.logical_date.to_rfc3339() == "2026-11-26T02:00:00+00:00")
+        .map(|r| r.id.to_string())
+        .expect("the run for 11-26");
+    eventually(
+        Duration::from_secs(90),
+        "every transform told its outcome",
+        || {
+            let pods: Vec<(String, String)> = s
+                .pods("etl")
+                .iter()
+                .filter(|p| p["metadata"]["labels"]["dagoperator.io/task"] == "transform")
+                .map(|p| {
+                    let name = p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    let run = p["metadata"]["labels"]["dagoperator.io/run-id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    (name, run)
+                })
+                .collect();
+            for (pod, run) in &pods {
+                s.pod_outcome(pod, if *run == bad { "fail" } else { "succeed" });
+            }
+            async move { (pods.len() == 5).then_some(()) }
+        },
     )
+    .await;
+    eventually(Duration::from_secs(90), "the etl runs end", || async {
+        let runs = s.runs("etl").await;
+        runs.iter()
+            .all(|r| r.state != dag_operator::store::RunState::Running)
+            .then_some(())
+    })
     .await;
     history(
         &s,
@@ -222,17 +261,27 @@ async fn the_ui_in_a_real_browser() {
     c.goto(&format!("{ui}/ui/namespaces/{ns}/dags/etl"))
         .await
         .expect("etl grid");
-    let cells = c
-        .find_all(Locator::Css("#grid a.cell[data-state=success]"))
-        .await
-        .expect("cells");
-    assert_eq!(cells.len(), 20, "5 runs x 4 tasks, all green");
+    let count = |state: &'static str| {
+        let c = &c;
+        async move {
+            c.find_all(Locator::Css(&format!("#grid a.cell[data-state={state}]")))
+                .await
+                .map(|v| v.len())
+                .unwrap_or_default()
+        }
+    };
+    assert_eq!(
+        (
+            count("success").await,
+            count("failed").await,
+            count("upstream_failed").await
+        ),
+        (17, 1, 2),
+        "4 runs x 4 tasks and one extract succeeded; one transform failed, its downstream not run"
+    );
     save_screenshot(&c, "grid.png").await;
 
     // a failed try: its run page, then its log (from the Pod, through kwok)
-    c.goto(&format!("{ui}/ui/namespaces/{ns}/dags/nightly"))
-        .await
-        .expect("nightly grid");
     c.find(Locator::Css("#grid a.cell[data-state=failed]"))
         .await
         .expect("a failed cell")
@@ -246,7 +295,7 @@ async fn the_ui_in_a_real_browser() {
         "{text}"
     );
     save_screenshot(&c, "run.png").await;
-    c.find(Locator::Css("#task-load a[href$='/log']"))
+    c.find(Locator::Css("#task-transform a[href$='/log']"))
         .await
         .expect("the failed try's log link")
         .click()
