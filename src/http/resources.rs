@@ -56,28 +56,37 @@ fn unavailable(e: kube::Error) -> ApiError {
     ApiError::Unavailable(format!("cannot list from the API server: {e}"))
 }
 
-async fn backfills(s: &ApiState, headers: &HeaderMap, ns: &str) -> Result<Vec<Backfill>, ApiError> {
-    lister(s, headers, ns, "backfills").await?;
-    let api: Api<Backfill> = Api::namespaced(client(s)?, ns);
+/// The objects of kind `K` in `ns` the caller may list, by name.
+async fn listed<K>(
+    s: &ApiState,
+    headers: &HeaderMap,
+    ns: &str,
+    resource: &'static str,
+) -> Result<Vec<K>, ApiError>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    lister(s, headers, ns, resource).await?;
+    let api: Api<K> = Api::namespaced(client(s)?, ns);
     let mut items = api
         .list(&ListParams::default())
         .await
         .map_err(unavailable)?
         .items;
-    items.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    items.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
     Ok(items)
 }
 
+async fn backfills(s: &ApiState, headers: &HeaderMap, ns: &str) -> Result<Vec<Backfill>, ApiError> {
+    listed(s, headers, ns, "backfills").await
+}
+
 async fn pools(s: &ApiState, headers: &HeaderMap, ns: &str) -> Result<Vec<Pool>, ApiError> {
-    lister(s, headers, ns, "pools").await?;
-    let api: Api<Pool> = Api::namespaced(client(s)?, ns);
-    let mut items = api
-        .list(&ListParams::default())
-        .await
-        .map_err(unavailable)?
-        .items;
-    items.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    Ok(items)
+    listed(s, headers, ns, "pools").await
 }
 
 fn phase_of(b: &Backfill) -> BackfillPhase {
