@@ -1034,3 +1034,105 @@ async fn a_rerun_restarts_a_finished_run_in_place_with_new_tries_of_the_next_att
             .is_empty()
     );
 }
+
+/// Ends run `id` `state`, `days` days ago.
+async fn ended_days_ago(store: &PgStore, id: Uuid, state: &str, days: i64) {
+    sqlx::query(
+        "UPDATE dag_runs SET state = $2, ended_at = now() - make_interval(days => $3::int) \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(days as i32)
+    .execute(store.pool())
+    .await
+    .expect("end the run");
+}
+
+#[tokio::test]
+async fn retention_deletes_old_and_surplus_finished_runs_with_their_tries_logs_and_actions() {
+    use dag_operator::operator::retention::{RetentionPolicy, prune};
+    use dag_operator::store::{ActionKind, NewAction, TryKey};
+    let db = TestDb::create("retention").await;
+    let store = db.migrated().await;
+    // DAG old: 4 runs ended 10..13 days ago, one of them still running (it stays)
+    let old: Vec<RunRow> = store
+        .insert_runs(&(1..=4).map(|d| scheduled("old", day(d))).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    for (i, r) in old.iter().enumerate().skip(1) {
+        ended_days_ago(&store, r.id, "success", 10 + i as i64).await;
+    }
+    // its tries keep a log, and an action was asked of it
+    let doomed = &old[1];
+    store
+        .save_log(
+            &TryKey {
+                run_id: doomed.id,
+                task_name: "extract".into(),
+                try_number: 1,
+            },
+            "pod",
+            "bye",
+            true,
+        )
+        .await
+        .unwrap();
+    store
+        .record_action(&NewAction {
+            dag: doomed.dag.clone(),
+            run_id: Some(doomed.id),
+            kind: ActionKind::MarkFailed,
+            detail: json!({}),
+            requested_by: "alice".into(),
+            done: Some("marked failed by alice".into()),
+        })
+        .await
+        .unwrap();
+    // DAG busy: 6 runs ended yesterday
+    let busy: Vec<RunRow> = store
+        .insert_runs(&(1..=6).map(|d| scheduled("busy", day(d))).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    for r in &busy {
+        ended_days_ago(&store, r.id, "failed", 1).await;
+    }
+
+    // by age: older than a week goes, the running one stays, the recent ones stay
+    let week = RetentionPolicy {
+        max_age: Some(Duration::from_secs(7 * 86_400)),
+        keep_per_dag: None,
+    };
+    assert_eq!(prune(&store, &week, Duration::ZERO).await.unwrap(), 3);
+    let left = store.list_runs(&all()).await.unwrap();
+    assert_eq!(left.len(), 7);
+    assert!(left.iter().any(|r| r.id == old[0].id), "the running run stays");
+    let logs: i64 = sqlx::query_scalar("SELECT count(*) FROM task_logs")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let actions: i64 = sqlx::query_scalar("SELECT count(*) FROM run_actions")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!((logs, actions), (0, 0), "logs and actions go with their run");
+    assert_eq!(count(&store, "task_instances").await, 7 * 2);
+
+    // by count: of busy's 6, the newest 2 stay
+    let two = RetentionPolicy {
+        max_age: None,
+        keep_per_dag: Some(2),
+    };
+    assert_eq!(prune(&store, &two, Duration::ZERO).await.unwrap(), 4);
+    let busy_left: Vec<DateTime<Utc>> = store
+        .list_runs(&all())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.dag.name == "busy")
+        .map(|r| r.logical_date)
+        .collect();
+    assert_eq!(busy_left, [day(6), day(5)]);
+    // a second pass finds nothing
+    assert_eq!(prune(&store, &two, Duration::ZERO).await.unwrap(), 0);
+}

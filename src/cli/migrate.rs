@@ -95,6 +95,7 @@ mod tests {
             db_user: None,
             db_password: None,
             db_name: "dagop".into(),
+            ..DatabaseArgs::default()
         }
     }
 

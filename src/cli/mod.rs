@@ -3,6 +3,8 @@
 
 mod act;
 mod backfill;
+mod connection;
+pub use self::connection::{DatabaseArgs, RedisArgs};
 mod crds;
 mod kube;
 mod migrate;
@@ -109,130 +111,6 @@ pub struct KubeArgs {
     pub kubeconfig: Option<String>,
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct DatabaseArgs {
-    /// PostgreSQL URL, e.g. postgres://user:pass@host:5432/dagop. Overrides the --db-* flags.
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// PostgreSQL host (used when --database-url is not given).
-    #[arg(long, env = "DB_HOST")]
-    pub db_host: Option<String>,
-    /// PostgreSQL port.
-    #[arg(long, env = "DB_PORT", default_value_t = 5432)]
-    pub db_port: u16,
-    /// PostgreSQL user.
-    #[arg(long, env = "DB_USER")]
-    pub db_user: Option<String>,
-    /// PostgreSQL password.
-    #[arg(long, env = "DB_PASSWORD", hide_env_values = true)]
-    pub db_password: Option<String>,
-    /// PostgreSQL database name.
-    #[arg(long, env = "DB_NAME", default_value = "dagop")]
-    pub db_name: String,
-}
-
-impl DatabaseArgs {
-    /// The PostgreSQL URL: --database-url (DATABASE_URL) as given, else one built from the
-    /// --db-* flags with every part percent-encoded. Neither given is a usage error.
-    pub fn url(&self) -> Result<String, CliError> {
-        if let Some(url) = self
-            .database_url
-            .as_deref()
-            .filter(|u| !u.trim().is_empty())
-        {
-            return Ok(url.to_owned());
-        }
-        let Some(host) = self.db_host.as_deref().filter(|h| !h.trim().is_empty()) else {
-            return Err(CliError::usage(
-                "no database configured: set --database-url (DATABASE_URL) or --db-host (DB_HOST)",
-            ));
-        };
-        let mut url = String::from("postgres://");
-        if self.db_user.is_some() || self.db_password.is_some() {
-            url.push_str(&percent_encode(self.db_user.as_deref().unwrap_or("")));
-            if let Some(password) = &self.db_password {
-                url.push(':');
-                url.push_str(&percent_encode(password));
-            }
-            url.push('@');
-        }
-        if host.starts_with('/') {
-            url.push_str(&percent_encode(host)); // a Unix socket directory
-        } else if host.contains(':') && !host.starts_with('[') {
-            url.push_str(&format!("[{host}]")); // an IPv6 address
-        } else {
-            url.push_str(host);
-        }
-        url.push_str(&format!(
-            ":{}/{}",
-            self.db_port,
-            percent_encode(&self.db_name)
-        ));
-        Ok(url)
-    }
-}
-
-/// RFC 3986 percent-encoding of everything but unreserved characters.
-impl RedisArgs {
-    /// The Redis URL: --redis-url, else one built from --redis-host and friends; None when
-    /// neither is given (the in-process gate then serves a single replica).
-    pub fn url(&self) -> Option<String> {
-        if let Some(url) = &self.redis_url {
-            return Some(url.clone());
-        }
-        let host = self.redis_host.as_ref()?;
-        let auth = self
-            .redis_password
-            .as_ref()
-            .map(|p| format!(":{}@", percent_encode(p)))
-            .unwrap_or_default();
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host.clone()
-        };
-        Some(format!(
-            "redis://{auth}{host}:{}/{}",
-            self.redis_port, self.redis_db
-        ))
-    }
-}
-
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct RedisArgs {
-    /// Redis URL, e.g. redis://host:6379/0. Without it (and without --redis-host) an
-    /// in-process gate serves a single active replica.
-    #[arg(long, env = "REDIS_URL")]
-    pub redis_url: Option<String>,
-    /// Redis host (used when --redis-url is not given).
-    #[arg(long, env = "REDIS_HOST")]
-    pub redis_host: Option<String>,
-    /// Redis port.
-    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
-    pub redis_port: u16,
-    /// Redis password.
-    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
-    pub redis_password: Option<String>,
-    /// Redis database number.
-    #[arg(long, env = "REDIS_DB", default_value_t = 0)]
-    pub redis_db: u32,
-    /// Prefix of every Redis key the operator writes.
-    #[arg(long, env = "DAGOP_REDIS_KEY_PREFIX", default_value = "dagop")]
-    pub redis_key_prefix: String,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -309,6 +187,14 @@ pub struct RunArgs {
     /// them for `kubectl logs` and `kubectl describe`.
     #[arg(long, env = "DAGOP_FAILED_POD_RETENTION", value_parser = duration_secs)]
     pub failed_pod_retention: Option<u64>,
+    /// Finished runs that ended longer ago than this are deleted (with their tries, logs and
+    /// actions), e.g. 30d; default: kept for ever.
+    #[arg(long, env = "DAGOP_RUN_RETENTION", value_parser = duration_secs)]
+    pub run_retention: Option<u64>,
+    /// Of each DAG's runs, only this many newest are kept (running ones always are);
+    /// default: all.
+    #[arg(long, env = "DAGOP_KEEP_RUNS_PER_DAG")]
+    pub keep_runs_per_dag: Option<u32>,
     /// The end of each task try's log kept in PostgreSQL when the try ends, in bytes (read by
     /// the API and UI once the Pod is gone); 0: none kept.
     #[arg(long, env = "DAGOP_LOG_TAIL_BYTES", default_value_t = 65536)]

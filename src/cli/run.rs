@@ -6,7 +6,9 @@ use std::time::Duration;
 use dag_operator::engine::EngineConfig;
 use dag_operator::executor::ExecutorConfig;
 use dag_operator::gate::{MemoryGate, RedisGate};
-use dag_operator::operator::{LeaderSettings, Operator, OperatorConfig, Shutdown, ShutdownTrigger};
+use dag_operator::operator::{
+    LeaderSettings, Operator, OperatorConfig, RetentionPolicy, Shutdown, ShutdownTrigger,
+};
 use dag_operator::schedule::parse_timezone;
 use dag_operator::store::PgStore;
 use dag_operator::telemetry;
@@ -127,6 +129,10 @@ fn config(args: &RunArgs) -> Result<OperatorConfig, CliError> {
         metrics_addr: args.metrics_addr.clone(),
         ui_addr: Some(args.ui_addr.clone()).filter(|a| !a.trim().is_empty()),
         log_tail_bytes: args.log_tail_bytes,
+        retention: RetentionPolicy {
+            max_age: args.run_retention.map(Duration::from_secs),
+            keep_per_dag: args.keep_runs_per_dag,
+        },
         leader: args.leader_election.then(|| leader_settings(args)),
     })
 }
@@ -141,7 +147,7 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
     let client = kube_client(args.kube.kubeconfig.as_deref()).await?;
     let store = PgStore::connect_lazy(&url).map_err(CliError::runtime)?;
     let lease_ttl = Duration::from_secs(args.lease_ttl);
-    let running = match args.redis.url() {
+    let running = match args.redis.url()? {
         Some(url) => {
             let gate = RedisGate::connect_lazy(&url, &args.redis.redis_key_prefix, lease_ttl)
                 .map_err(|e| CliError::usage(format!("invalid Redis settings: {e}")))?;

@@ -12,6 +12,7 @@
 //! an operator in process the same way.
 
 mod leadership;
+pub mod retention;
 pub mod route;
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use self::leadership::LeaderSettings;
+pub use self::retention::RetentionPolicy;
 use self::route::{GateHealth, HandledTriggers, Routes, route_engine, route_executor};
 use crate::api::{Backfill, DAG, Pool};
 use crate::controller::status::{StatusUpdate, run_writer};
@@ -55,6 +57,8 @@ pub struct OperatorConfig {
     pub ui_addr: Option<String>,
     /// the end of each try's log kept in PostgreSQL, in bytes (0: none)
     pub log_tail_bytes: usize,
+    /// which finished runs are deleted (default: none)
+    pub retention: RetentionPolicy,
 }
 
 /// Why the operator could not start or stopped.
@@ -362,6 +366,11 @@ impl Parts {
             self.config.log_tail_bytes,
         );
         tokio::spawn(keeper.run(w.tries_ended.1));
+        tokio::spawn(retention::run(
+            self.store.clone(),
+            self.config.retention.clone(),
+            self.shutdown.clone(),
+        ));
         // 6. controllers
         tokio::spawn(backfill_controller::run(
             k8s::api::<Backfill>(client.clone(), ns),

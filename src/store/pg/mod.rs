@@ -185,6 +185,7 @@ mod admit;
 mod logs;
 pub use self::logs::StoredLog;
 mod read;
+mod retention;
 pub use self::read::RunQuery;
 mod record;
 mod tasks;
