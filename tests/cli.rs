@@ -335,3 +335,45 @@ fn run_with_an_unknown_timezone_is_a_usage_error() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("Nowhere/Land"), "{}", stderr(&o));
 }
+
+#[test]
+fn completion_scripts_and_the_kubectl_plugin_name() {
+    let o = run(&["completion", "bash"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("complete -F _dag__operator"),
+        "{}",
+        stdout(&o)
+    );
+    for shell in ["zsh", "fish"] {
+        let o = run(&["completion", shell]);
+        assert!(
+            o.status.success() && stdout(&o).contains("trigger"),
+            "{shell}"
+        );
+    }
+    // as a kubectl plugin: the same binary, named kubectl-dag on the PATH
+    let dir = std::env::temp_dir().join(format!("dagop-plugin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let plugin = dir.join("kubectl-dag");
+    let _ = std::fs::remove_file(&plugin);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_dag-operator"), &plugin).expect("symlink");
+    let o = Command::new(&plugin)
+        .args(["completion", "bash"])
+        .output()
+        .expect("plugin runs");
+    assert!(stdout(&o).contains("kubectl-dag"), "{}", stdout(&o));
+    let o = Command::new(&plugin)
+        .args([
+            "schedule",
+            "next",
+            "--cron",
+            "@daily",
+            "--after",
+            "2024-01-01T00:00:00Z",
+        ])
+        .output()
+        .expect("plugin runs");
+    assert_eq!(stdout(&o).trim(), "2024-01-02T00:00:00Z");
+    let _ = std::fs::remove_dir_all(&dir);
+}

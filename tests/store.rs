@@ -1057,7 +1057,11 @@ async fn retention_deletes_old_and_surplus_finished_runs_with_their_tries_logs_a
     let store = db.migrated().await;
     // DAG old: 4 runs ended 10..13 days ago, one of them still running (it stays)
     let old: Vec<RunRow> = store
-        .insert_runs(&(1..=4).map(|d| scheduled("old", day(d))).collect::<Vec<_>>())
+        .insert_runs(
+            &(1..=4)
+                .map(|d| scheduled("old", day(d)))
+                .collect::<Vec<_>>(),
+        )
         .await
         .unwrap();
     for (i, r) in old.iter().enumerate().skip(1) {
@@ -1091,7 +1095,11 @@ async fn retention_deletes_old_and_surplus_finished_runs_with_their_tries_logs_a
         .unwrap();
     // DAG busy: 6 runs ended yesterday
     let busy: Vec<RunRow> = store
-        .insert_runs(&(1..=6).map(|d| scheduled("busy", day(d))).collect::<Vec<_>>())
+        .insert_runs(
+            &(1..=6)
+                .map(|d| scheduled("busy", day(d)))
+                .collect::<Vec<_>>(),
+        )
         .await
         .unwrap();
     for r in &busy {
@@ -1106,7 +1114,10 @@ async fn retention_deletes_old_and_surplus_finished_runs_with_their_tries_logs_a
     assert_eq!(prune(&store, &week, Duration::ZERO).await.unwrap(), 3);
     let left = store.list_runs(&all()).await.unwrap();
     assert_eq!(left.len(), 7);
-    assert!(left.iter().any(|r| r.id == old[0].id), "the running run stays");
+    assert!(
+        left.iter().any(|r| r.id == old[0].id),
+        "the running run stays"
+    );
     let logs: i64 = sqlx::query_scalar("SELECT count(*) FROM task_logs")
         .fetch_one(store.pool())
         .await
@@ -1115,7 +1126,11 @@ async fn retention_deletes_old_and_surplus_finished_runs_with_their_tries_logs_a
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!((logs, actions), (0, 0), "logs and actions go with their run");
+    assert_eq!(
+        (logs, actions),
+        (0, 0),
+        "logs and actions go with their run"
+    );
     assert_eq!(count(&store, "task_instances").await, 7 * 2);
 
     // by count: of busy's 6, the newest 2 stay

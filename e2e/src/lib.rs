@@ -26,6 +26,12 @@ pub struct Plane {
     pub redis_url: String,
     /// PATH with the plane's binaries (kubectl, helm) first
     pub path: String,
+    /// the plane's CA (it signs PostgreSQL's and Redis's TLS certificates)
+    pub ca: PathBuf,
+    /// a CA that signs nothing the plane serves
+    pub other_ca: PathBuf,
+    /// Redis's TLS port (`rediss://`), its certificate from `ca`
+    pub redis_tls_url: String,
 }
 
 fn repo_root() -> PathBuf {
@@ -51,7 +57,7 @@ pub fn plane() -> &'static Plane {
         // evaluate the exports in a shell and print them one per line, whatever the quoting
         let out = Command::new("bash")
             .arg("-c")
-            .arg(r#"eval "$("$0" env)" && printf '%s\n' "$KUBECONFIG" "$DATABASE_URL" "$REDIS_URL" "$PATH""#)
+            .arg(r#"eval "$("$0" env)" && printf '%s\n' "$KUBECONFIG" "$DATABASE_URL" "$REDIS_URL" "$PATH" "$DAGOP_PLANE_CA" "$DAGOP_PLANE_OTHER_CA" "$DAGOP_PLANE_REDIS_TLS_URL""#)
             .arg(&script)
             .output()
             .expect("e2e/plane env runs");
@@ -64,6 +70,9 @@ pub fn plane() -> &'static Plane {
             database_url: next("DATABASE_URL"),
             redis_url: next("REDIS_URL"),
             path: next("PATH"),
+            ca: PathBuf::from(next("DAGOP_PLANE_CA")),
+            other_ca: PathBuf::from(next("DAGOP_PLANE_OTHER_CA")),
+            redis_tls_url: next("DAGOP_PLANE_REDIS_TLS_URL"),
             repo,
         }
     })

@@ -102,6 +102,7 @@ fn operator_grants() -> BTreeSet<(String, String, String)> {
                 "deletecollection",
             ],
         ),
+        ("", &["pods/log"], &["get"]),
         ("events.k8s.io", &["events"], &["create", "patch"]),
         ("", &["events"], &["create", "patch"]),
     ])
@@ -173,6 +174,7 @@ fn chart_lints_clean_and_its_values_are_checked() {
     assert_eq!(
         kinds(&objects),
         [
+            "ClusterRole",
             "ClusterRole",
             "ClusterRole",
             "ClusterRole",
@@ -771,4 +773,80 @@ fn kustomize_install_holds_the_charts_default_objects() {
         text(&out.stdout),
         text(&out.stderr)
     );
+}
+
+#[test]
+fn secrets_from_files_and_tls_material_reach_the_container() {
+    let objects = render(&[
+        "database.urlFile=/secrets/db/url",
+        "database.tls.mode=verify-full",
+        "database.tls.caSecret=pg-ca",
+        "redis.host=cache",
+        "redis.passwordFile=/secrets/redis/password",
+        "redis.tls.enabled=true",
+        "redis.tls.caSecret=redis-ca",
+        "extraVolumes[0].name=secrets",
+        "extraVolumes[0].csi.driver=secrets-store.csi.k8s.io",
+        "extraVolumeMounts[0].name=secrets",
+        "extraVolumeMounts[0].mountPath=/secrets",
+    ]);
+    let deployment = find(&objects, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let env: std::collections::BTreeMap<String, String> = container["env"]
+        .as_array()
+        .map(|env| {
+            env.iter()
+                .filter_map(|e| {
+                    Some((
+                        e["name"].as_str()?.to_string(),
+                        e["value"].as_str()?.to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let want = [
+        ("DATABASE_URL_FILE", "/secrets/db/url"),
+        ("DB_SSLMODE", "verify-full"),
+        ("DB_SSLROOTCERT", "/etc/dag-operator/tls/database/ca.crt"),
+        ("REDIS_PASSWORD_FILE", "/secrets/redis/password"),
+        ("REDIS_TLS", "true"),
+        ("REDIS_CA_FILE", "/etc/dag-operator/tls/redis/ca.crt"),
+    ];
+    for (name, value) in want {
+        assert_eq!(
+            env.get(name).map(String::as_str),
+            Some(value),
+            "{name}: {env:?}"
+        );
+    }
+    assert!(!env.contains_key("DATABASE_URL"), "the file wins: {env:?}");
+    let volumes: Vec<&str> = pod["volumes"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|v| v["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(volumes, ["database-tls", "redis-tls", "secrets"]);
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "pg-ca");
+    let mounts: Vec<&str> = container["volumeMounts"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|m| m["mountPath"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        mounts,
+        [
+            "/etc/dag-operator/tls/database",
+            "/etc/dag-operator/tls/redis",
+            "/secrets"
+        ]
+    );
+    // a mode libpq does not know is refused by the schema
+    let out = helm(&[
+        "template",
+        "x",
+        &chart(),
+        "--set",
+        "database.tls.mode=always",
+    ]);
+    assert!(!out.status.success());
 }

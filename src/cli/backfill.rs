@@ -53,9 +53,9 @@ pub fn run(args: BackfillArgs) -> Result<(), CliError> {
             args.concurrency
         )));
     }
-    let (kubeconfig, namespace) = (args.kube.kubeconfig.clone(), args.namespace.clone());
+    let (kube, namespace) = (args.kube.clone(), args.namespace.clone());
     with_kube(
-        kubeconfig.as_deref(),
+        &kube,
         namespace.as_deref(),
         |client, namespace| async move {
             let api: Api<Backfill> = Api::namespaced(client, &namespace);

@@ -6,6 +6,8 @@ use std::path::Path;
 
 use clap::Args;
 
+use dag_operator::gate::{ClientCertificate, RedisTls};
+
 use super::CliError;
 
 /// The `sslmode`s PostgreSQL clients know (libpq's names).
@@ -214,12 +216,47 @@ pub struct RedisArgs {
     /// Redis database number.
     #[arg(long, env = "REDIS_DB", default_value_t = 0)]
     pub redis_db: u32,
+    /// CA certificate (PEM) that signs the Redis server's certificate (rediss://; default:
+    /// the system's roots).
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<String>,
+    /// Client certificate (PEM), for a Redis that checks clients' certificates.
+    #[arg(long, env = "REDIS_CERT_FILE")]
+    pub redis_cert_file: Option<String>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "REDIS_KEY_FILE")]
+    pub redis_key_file: Option<String>,
     /// Prefix of every Redis key the operator writes.
     #[arg(long, env = "DAGOP_REDIS_KEY_PREFIX", default_value = "dagop")]
     pub redis_key_prefix: String,
 }
 
 impl RedisArgs {
+    /// The TLS files, read now (a clear error at start).
+    pub fn tls(&self) -> Result<RedisTls, CliError> {
+        let read = |flag: &str, path: &Option<String>| -> Result<Option<Vec<u8>>, CliError> {
+            path.as_ref()
+                .map(|p| {
+                    std::fs::read(p)
+                        .map_err(|e| CliError::usage(format!("cannot read {flag} {p}: {e}")))
+                })
+                .transpose()
+        };
+        let ca = read("--redis-ca-file", &self.redis_ca_file)?;
+        let cert = read("--redis-cert-file", &self.redis_cert_file)?;
+        let key = read("--redis-key-file", &self.redis_key_file)?;
+        let client = match (cert, key) {
+            (Some(cert), Some(key)) => Some(ClientCertificate { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(CliError::usage(
+                    "--redis-cert-file and --redis-key-file go together",
+                ));
+            }
+        };
+        Ok(RedisTls { ca, client })
+    }
+
     /// The Redis URL: --redis-url, else one built from --redis-host and friends; None when
     /// neither is given (the in-process gate then serves a single replica).
     pub fn url(&self) -> Result<Option<String>, CliError> {

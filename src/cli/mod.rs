@@ -89,6 +89,15 @@ pub enum Command {
     Mark(act::MarkArgs),
     /// Print a task try's log: from its Pod while it exists, else the end the operator kept.
     Logs(act::LogsArgs),
+    /// Print a shell completion script: `source <(dag-operator completion bash)`.
+    Completion(CompletionArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Parses a duration flag such as `10s`, `5m` or `1h30m`.
@@ -109,6 +118,9 @@ pub struct KubeArgs {
     /// Path to a kubeconfig (default: in-cluster config, then ~/.kube/config).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<String>,
+    /// The kubeconfig context to use (default: its current one), as kubectl's --context.
+    #[arg(long)]
+    pub context: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -306,6 +318,19 @@ pub struct RunsArgs {
     pub database: DatabaseArgs,
 }
 
+/// The name this binary was run as (`dag-operator`, or `kubectl-dag` as a kubectl plugin).
+fn invoked_as() -> String {
+    std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "dag-operator".to_string())
+}
+
 /// Runs a parsed command.
 pub fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
@@ -320,6 +345,12 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Rerun(args) => act::act(&args, "rerun"),
         Command::Mark(args) => act::mark(&args),
         Command::Logs(args) => act::logs(&args),
+        Command::Completion(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let name = invoked_as();
+            clap_complete::generate(args.shell, &mut cmd, name, &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 

@@ -144,13 +144,15 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
     let config = config(&args)?;
     check_lease_ttl(args.lease_ttl)?;
     let url = args.database.url()?;
-    let client = kube_client(args.kube.kubeconfig.as_deref()).await?;
+    let client = kube_client(&args.kube).await?;
     let store = PgStore::connect_lazy(&url).map_err(CliError::runtime)?;
     let lease_ttl = Duration::from_secs(args.lease_ttl);
     let running = match args.redis.url()? {
         Some(url) => {
-            let gate = RedisGate::connect_lazy(&url, &args.redis.redis_key_prefix, lease_ttl)
-                .map_err(|e| CliError::usage(format!("invalid Redis settings: {e}")))?;
+            let tls = args.redis.tls()?;
+            let gate =
+                RedisGate::connect_lazy_with(&url, &tls, &args.redis.redis_key_prefix, lease_ttl)
+                    .map_err(|e| CliError::usage(format!("invalid Redis settings: {e}")))?;
             tracing::info!(prefix = %args.redis.redis_key_prefix, "limits held in Redis");
             Operator::start(config, client, store, gate, shutdown).await
         }

@@ -21,9 +21,9 @@ pub fn run(args: TriggerArgs) -> Result<(), CliError> {
             Err(e) => return Err(CliError::usage(format!("--params is not valid JSON: {e}"))),
         },
     };
-    let (kubeconfig, namespace) = (args.kube.kubeconfig.clone(), args.namespace.clone());
+    let (kube, namespace) = (args.kube.clone(), args.namespace.clone());
     with_kube(
-        kubeconfig.as_deref(),
+        &kube,
         namespace.as_deref(),
         |client, namespace| async move {
             let api: Api<DAG> = Api::namespaced(client, &namespace);

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 pub use self::ledger::{Hold, LeaseLedger, Upkeep};
 pub use self::memory::MemoryGate;
-pub use self::redis::{DEFAULT_PREFIX, RedisGate};
+pub use self::redis::{ClientCertificate, DEFAULT_PREFIX, RedisGate, RedisTls};
 pub use self::scope::GateScope;
 
 /// Why a gate operation gave no answer. Every variant means the same to a caller: no slot was

@@ -66,6 +66,27 @@ impl std::fmt::Debug for RedisGate {
     }
 }
 
+/// TLS material for `rediss://` (PEM): none is the system's roots and no client certificate.
+#[derive(Clone, Debug, Default)]
+pub struct RedisTls {
+    /// the CA that signs the server's certificate
+    pub ca: Option<Vec<u8>>,
+    pub client: Option<ClientCertificate>,
+}
+
+/// A client certificate and its key (PEM).
+#[derive(Clone, Debug)]
+pub struct ClientCertificate {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl RedisTls {
+    pub fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.client.is_none()
+    }
+}
+
 impl RedisGate {
     /// Connects to `url` (`redis://[user:password@]host:port/db`) and checks the server
     /// answers. Keys are `<prefix>:sem:<key>`; leases last `lease_ttl` (at least 1 ms).
@@ -81,11 +102,35 @@ impl RedisGate {
     /// by the first call, so an operator can start while Redis is down (its calls fail with
     /// [`GateError::Unavailable`] until Redis is back). Must be called within a Tokio runtime.
     pub fn connect_lazy(url: &str, prefix: &str, lease_ttl: Duration) -> Result<Self, GateError> {
+        Self::connect_lazy_with(url, &RedisTls::default(), prefix, lease_ttl)
+    }
+
+    /// [`RedisGate::connect_lazy`] with TLS material for a `rediss://` URL: a CA that signs
+    /// the server's certificate (else the system's roots), a client certificate.
+    pub fn connect_lazy_with(
+        url: &str,
+        tls: &RedisTls,
+        prefix: &str,
+        lease_ttl: Duration,
+    ) -> Result<Self, GateError> {
         check_ttl(lease_ttl)?;
         let lease_ttl_ms = u64::try_from(lease_ttl.as_millis())
             .map_err(|_| GateError::Invalid(format!("lease TTL {lease_ttl:?} is too long")))?;
-        let client =
-            redis::Client::open(url).map_err(|e| GateError::Invalid(format!("Redis URL: {e}")))?;
+        let client = if tls.is_empty() {
+            redis::Client::open(url)
+        } else {
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: tls.client.as_ref().map(|c| redis::ClientTlsConfig {
+                        client_cert: c.cert.clone(),
+                        client_key: c.key.clone(),
+                    }),
+                    root_cert: tls.ca.clone(),
+                },
+            )
+        }
+        .map_err(|e| GateError::Invalid(format!("Redis URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))

@@ -87,7 +87,10 @@ redis-password: {{ .password | b64enc }}
 {{- define "dag-operator.databaseEnv" -}}
 {{- $secret := include "dag-operator.secretName" . }}
 {{- with .Values.database }}
-{{- if .url }}
+{{- if .urlFile }}
+- name: DATABASE_URL_FILE
+  value: {{ .urlFile | quote }}
+{{- else if .url }}
 {{ include "dag-operator.secretEnv" (dict "name" "DATABASE_URL" "secret" $secret "key" "database-url") }}
 {{- else if .host }}
 - name: DB_HOST
@@ -102,11 +105,22 @@ redis-password: {{ .password | b64enc }}
 {{ include "dag-operator.secretEnv" (dict "name" "DB_PASSWORD" "secret" $secret "key" "db-password") }}
 {{- else if and .existingSecret .existingSecretPasswordKey }}
 {{ include "dag-operator.secretEnv" (dict "name" "DB_PASSWORD" "secret" .existingSecret "key" .existingSecretPasswordKey) }}
+{{- else if .passwordFile }}
+- name: DB_PASSWORD_FILE
+  value: {{ .passwordFile | quote }}
 {{- end }}
 {{- else if .existingSecret }}
 {{ include "dag-operator.secretEnv" (dict "name" "DATABASE_URL" "secret" .existingSecret "key" (required "database.existingSecretKey is required with database.existingSecret" .existingSecretKey)) }}
 {{- else }}
-{{- fail "no database configured: set database.url, database.host or database.existingSecret" }}
+{{- fail "no database configured: set database.url, database.urlFile, database.host or database.existingSecret" }}
+{{- end }}
+{{- with .tls.mode }}
+- name: DB_SSLMODE
+  value: {{ . | quote }}
+{{- end }}
+{{- if .tls.caSecret }}
+- name: DB_SSLROOTCERT
+  value: /etc/dag-operator/tls/database/ca.crt
 {{- end }}
 {{- end }}
 {{- end }}
@@ -128,9 +142,20 @@ redis-password: {{ .password | b64enc }}
 {{ include "dag-operator.secretEnv" (dict "name" "REDIS_PASSWORD" "secret" $secret "key" "redis-password") }}
 {{- else if and .existingSecret .existingSecretPasswordKey }}
 {{ include "dag-operator.secretEnv" (dict "name" "REDIS_PASSWORD" "secret" .existingSecret "key" .existingSecretPasswordKey) }}
+{{- else if .passwordFile }}
+- name: REDIS_PASSWORD_FILE
+  value: {{ .passwordFile | quote }}
+{{- end }}
+{{- if .tls.enabled }}
+- name: REDIS_TLS
+  value: "true"
 {{- end }}
 {{- else if .existingSecret }}
 {{ include "dag-operator.secretEnv" (dict "name" "REDIS_URL" "secret" .existingSecret "key" (required "redis.existingSecretKey is required with redis.existingSecret" .existingSecretKey)) }}
+{{- end }}
+{{- if .tls.caSecret }}
+- name: REDIS_CA_FILE
+  value: /etc/dag-operator/tls/redis/ca.crt
 {{- end }}
 {{- end }}
 {{- end }}
