@@ -295,7 +295,12 @@ pub struct BackfillArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     Table,
+    /// the table with more columns
+    Wide,
     Json,
+    Yaml,
+    /// `run/<id>`, one per line
+    Name,
 }
 
 #[derive(Args, Debug)]

@@ -45,22 +45,27 @@ pub fn run(args: &RunsArgs) -> Result<(), CliError> {
     for t in tasks {
         by_run.entry(t.run_id).or_default().push(t);
     }
+    let docs = || -> Vec<Value> {
+        runs.iter()
+            .map(|r| run_json(r, by_run.get(&r.id).map(Vec::as_slice).unwrap_or(&[])))
+            .collect()
+    };
     let out = match args.output {
         OutputFormat::Json => {
-            let docs: Vec<Value> = runs
-                .iter()
-                .map(|r| run_json(r, by_run.get(&r.id).map(Vec::as_slice).unwrap_or(&[])))
-                .collect();
-            let mut text = serde_json::to_string_pretty(&docs)
+            let mut text = serde_json::to_string_pretty(&docs())
                 .map_err(|e| CliError::runtime(format!("cannot render JSON: {e}")))?;
             text.push('\n');
             text
         }
-        OutputFormat::Table if runs.is_empty() => {
+        OutputFormat::Yaml => serde_yaml::to_string(&docs())
+            .map_err(|e| CliError::runtime(format!("cannot render YAML: {e}")))?,
+        OutputFormat::Name => runs.iter().map(|r| format!("run/{}\n", r.id)).collect(),
+        OutputFormat::Table | OutputFormat::Wide if runs.is_empty() => {
             eprintln!("No runs found.");
             String::new()
         }
-        OutputFormat::Table => table(&runs, &by_run),
+        OutputFormat::Table => table(&runs, &by_run, false),
+        OutputFormat::Wide => table(&runs, &by_run, true),
     };
     print!("{out}");
     Ok(())
@@ -102,8 +107,10 @@ fn task_summary(tasks: &[TaskRow]) -> String {
         .join(" ")
 }
 
-fn table(runs: &[RunRow], tasks: &HashMap<Uuid, Vec<TaskRow>>) -> String {
-    let header = [
+/// The table; `wide` adds the attempt, priority, Backfill and spec version (as kubectl's
+/// `-o wide`).
+fn table(runs: &[RunRow], tasks: &HashMap<Uuid, Vec<TaskRow>>, wide: bool) -> String {
+    let mut header = vec![
         "NAMESPACE",
         "DAG",
         "RUN-ID",
@@ -114,9 +121,12 @@ fn table(runs: &[RunRow], tasks: &HashMap<Uuid, Vec<TaskRow>>) -> String {
         "ENDED",
         "TASKS",
     ];
-    let mut rows: Vec<[String; 9]> = vec![header.map(String::from)];
+    if wide {
+        header.extend(["ATTEMPT", "PRIORITY", "BACKFILL", "SPEC"]);
+    }
+    let mut rows: Vec<Vec<String>> = vec![header.into_iter().map(String::from).collect()];
     for r in runs {
-        rows.push([
+        let mut row = vec![
             r.dag.namespace.clone(),
             r.dag.name.clone(),
             r.id.to_string(),
@@ -126,9 +136,21 @@ fn table(runs: &[RunRow], tasks: &HashMap<Uuid, Vec<TaskRow>>) -> String {
             opt_time(r.started_at),
             opt_time(r.ended_at),
             task_summary(tasks.get(&r.id).map(Vec::as_slice).unwrap_or(&[])),
-        ]);
+        ];
+        if wide {
+            row.extend([
+                r.attempt.to_string(),
+                r.priority.to_string(),
+                r.backfill_name.clone().unwrap_or_else(|| "-".into()),
+                r.spec_hash
+                    .as_deref()
+                    .map(|h| h.chars().take(12).collect())
+                    .unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        rows.push(row);
     }
-    let mut widths = [0usize; 9];
+    let mut widths = vec![0usize; rows[0].len()];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -222,5 +244,46 @@ mod tests {
         ];
         assert_eq!(task_summary(&tasks), "running=1 up_for_retry=1 success=3");
         assert_eq!(task_summary(&[]), "-");
+    }
+}
+
+#[cfg(test)]
+mod wide_tests {
+    use super::*;
+    use dag_operator::store::{DagKey, RunType};
+
+    #[test]
+    fn the_wide_table_adds_attempt_priority_backfill_and_spec() {
+        let at: DateTime<Utc> = "2024-01-01T00:00:00Z".parse().expect("time");
+        let run = RunRow {
+            id: Uuid::nil(),
+            dag: DagKey::new("ns", "etl"),
+            dag_uid: "u".into(),
+            run_type: RunType::Backfill,
+            backfill_name: Some("q1".into()),
+            logical_date: at,
+            data_interval_start: at,
+            data_interval_end: at,
+            priority: 7,
+            state: RunState::Success,
+            params: json!({}),
+            attempt: 2,
+            created_at: at,
+            started_at: Some(at),
+            ended_at: Some(at),
+            spec_hash: Some("0123456789abcdef".into()),
+        };
+        let narrow = table(std::slice::from_ref(&run), &HashMap::new(), false);
+        let wide = table(std::slice::from_ref(&run), &HashMap::new(), true);
+        assert!(!narrow.contains("ATTEMPT"), "{narrow}");
+        let lines: Vec<&str> = wide.lines().collect();
+        assert!(
+            lines[0].ends_with("ATTEMPT   PRIORITY   BACKFILL   SPEC"),
+            "{wide}"
+        );
+        assert!(
+            lines[1].ends_with("2         7          q1         0123456789ab"),
+            "{wide}"
+        );
     }
 }
