@@ -94,6 +94,8 @@ fn dependencies_point_one_way() {
         "crate::operator",
         "crate::telemetry",
         "crate::leader",
+        "crate::http",
+        "crate::logs",
     ];
     let status_types = ["DagStatus", "PoolStatus", "BackfillStatus"];
     for file in &lower {
