@@ -225,6 +225,11 @@ impl Drop for Operator {
 }
 
 /// A plain HTTP/1.1 `GET` on 127.0.0.1:`port` (Connection: close): status and body.
+/// `/metrics` of the operator whose metrics server listens on `port`.
+pub async fn http_metrics(port: u16) -> Option<String> {
+    http_get(port, "/metrics", None).await.map(|(_, body)| body)
+}
+
 async fn http_get(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
     http_request(port, "GET", path, token, None).await
 }

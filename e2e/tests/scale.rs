@@ -465,3 +465,150 @@ async fn idle_cost_with_10000_runs_running() {
         op.rss_mib().unwrap_or(f64::NAN)
     );
 }
+
+/// The schedule delay's histogram over a window of `secs` seconds, and the runs created then.
+async fn delay_window(op: &Operator, secs: u64) -> Vec<(f64, f64)> {
+    let before = op.get("/metrics").await.map(|(_, b)| b).unwrap_or_default();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let after = op.get("/metrics").await.map(|(_, b)| b).unwrap_or_default();
+    let (b0, b1) = (
+        histogram(&before, "dagop_schedule_delay_seconds"),
+        histogram(&after, "dagop_schedule_delay_seconds"),
+    );
+    b1.iter()
+        .zip(b0.iter().chain(std::iter::repeat(&(0.0, 0.0))))
+        .map(|((le, c1), (_, c0))| (*le, c1 - c0))
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "scale run: see the module docs"]
+async fn retention_deletes_a_million_runs_beside_the_scheduler() {
+    const DAGS: usize = 200;
+    const OLD_RUNS: i64 = 1_000_000;
+    plane().install_crds();
+    let ns = TestNamespace::new("scale-retention");
+    let db = TestDb::create("e2e_scale_retention").await;
+    let store = db.migrated().await;
+    // a million finished runs of a DAG deleted long ago, ended 60 days back, one try each
+    let started = std::time::Instant::now();
+    sqlx::query(
+        "INSERT INTO dag_runs (id, namespace, dag_name, dag_uid, run_type, logical_date, \
+             data_interval_start, data_interval_end, state, started_at, ended_at) \
+         SELECT gen_random_uuid(), $1, 'history', 'gone', 'scheduled', \
+             t, t, t, 'success', t, t \
+         FROM (SELECT now() - interval '60 days' - make_interval(secs => g) AS t \
+               FROM generate_series(1, $2::int) AS g) AS s",
+    )
+    .bind(&ns.name)
+    .bind(OLD_RUNS as i32)
+    .execute(store.pool())
+    .await
+    .expect("old runs");
+    sqlx::query(
+        "INSERT INTO task_instances (run_id, task_name, try_number, state, ended_at) \
+         SELECT id, 'a', 1, 'success', ended_at FROM dag_runs WHERE dag_name = 'history'",
+    )
+    .execute(store.pool())
+    .await
+    .expect("old tries");
+    sqlx::query("ANALYZE")
+        .execute(store.pool())
+        .await
+        .expect("analyze");
+    println!(
+        "retention: {OLD_RUNS} old runs with their tries inserted in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let mut yaml = String::new();
+    for i in 0..DAGS {
+        yaml.push_str(&format!(
+            "---\napiVersion: dagoperator.io/v1alpha1\nkind: DAG\nmetadata: {{name: d{i:03}}}\nspec:\n  schedule: '*/5 * * * * *'\n  maxActiveRuns: 10000\n  tasks:\n  - {{name: a, container: {{image: busybox}}}}\n"
+        ));
+    }
+    ns.kubectl_ok(&["apply", "--server-side", "-f", "-"], Some(&yaml));
+    let count_old = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dag_runs WHERE dag_name = 'history'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap_or(-1)
+    };
+    let warm = |op: &Operator| {
+        let port = op.metrics_port;
+        async move {
+            eventually(
+                Duration::from_secs(120),
+                "the DAGs scheduling",
+                || async move {
+                    let m = dag_operator_e2e::operator::http_metrics(port).await?;
+                    (histogram(&m, "dagop_schedule_delay_seconds")
+                        .last()
+                        .map(|(_, c)| *c)
+                        .unwrap_or(0.0)
+                        >= 3.0 * DAGS as f64) // past the start-up burst: every DAG's third tick
+                        .then_some(())
+                },
+            )
+            .await
+        }
+    };
+
+    // without retention: the scheduler alone
+    // no catch-up: the windows hold only on-time ticks, whatever the time between operators
+    let op = Operator::start(
+        &ns.name,
+        &db.url,
+        &["--max-concurrent-runs", "1000000", "--enable-catchup=false"],
+    );
+    warm(&op).await;
+    let quiet = delay_window(&op, 60).await;
+    drop(op);
+    assert_eq!(
+        count_old().await,
+        OLD_RUNS,
+        "nothing deleted without retention"
+    );
+
+    // with --run-retention 30d: the leader deletes the million while scheduling
+    let op = Operator::start(
+        &ns.name,
+        &db.url,
+        &[
+            "--max-concurrent-runs",
+            "1000000",
+            "--enable-catchup=false",
+            "--run-retention",
+            "30d",
+        ],
+    );
+    let pruning = std::time::Instant::now();
+    warm(&op).await;
+    let busy = delay_window(&op, 60).await;
+    let left_after_window = count_old().await;
+    eventually(Duration::from_secs(900), "the million deleted", || async {
+        (count_old().await == 0).then_some(())
+    })
+    .await;
+    let took = pruning.elapsed().as_secs_f64();
+    let tries_left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM task_instances t LEFT JOIN dag_runs r ON r.id = t.run_id \
+         WHERE r.id IS NULL",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap_or(-1);
+    let q = |w: &[(f64, f64)], p| quantile_bound(w, p);
+    println!(
+        "retention: {DAGS} DAGs every 5 s; 60 s windows: without retention schedule delay p50 <= {:?} s, p99 <= {:?} s ({} delays); \
+         while deleting {OLD_RUNS} runs p50 <= {:?} s, p99 <= {:?} s ({} delays; {left_after_window} old runs left after the window); \
+         all deleted {took:.0} s after the operator started; orphaned tries {tries_left}",
+        q(&quiet, 0.5),
+        q(&quiet, 0.99),
+        quiet.last().map(|(_, c)| *c).unwrap_or(0.0),
+        q(&busy, 0.5),
+        q(&busy, 0.99),
+        busy.last().map(|(_, c)| *c).unwrap_or(0.0),
+    );
+    assert_eq!(tries_left, 0, "tries go with their runs");
+    drop(op);
+}

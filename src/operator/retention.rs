@@ -1,7 +1,7 @@
 //! Run history retention, carried out by the leader (issue 17): every [`PASS_INTERVAL`] (and
 //! when it takes the lead), finished runs older than `--run-retention` and beyond
-//! `--keep-runs-per-dag` are deleted a batch at a time, with a pause between batches, so the
-//! scheduler's own queries never wait long behind it.
+//! `--keep-runs-per-dag` are deleted a batch at a time, resting twice as long as each batch
+//! took (at least [`PAUSE`]), so the scheduler's own queries never wait long behind it.
 
 use std::time::Duration;
 
@@ -14,8 +14,19 @@ use crate::store::{PgStore, StoreError};
 pub const PASS_INTERVAL: Duration = Duration::from_secs(600);
 /// Runs deleted per statement.
 pub const BATCH: i64 = 1000;
-/// Rest between two batches.
+/// Least rest between two batches; a batch that took longer is followed by twice its time,
+/// so deleting takes at most a third of one database connection's time, however loaded
+/// PostgreSQL is.
 pub const PAUSE: Duration = Duration::from_millis(50);
+
+/// The rest after a batch that took `took`.
+fn rest(pause: Duration, took: Duration) -> Duration {
+    if pause.is_zero() {
+        Duration::ZERO
+    } else {
+        pause.max(took * 2)
+    }
+}
 
 /// What is kept. Neither set: everything (the default).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -42,12 +53,13 @@ pub async fn prune(
     if let Some(age) = policy.max_age {
         let cutoff = Utc::now() - chrono::Duration::from_std(age).unwrap_or_default();
         loop {
+            let started = std::time::Instant::now();
             let gone = store.prune_older(cutoff, BATCH).await?;
             total += gone;
             if gone < BATCH.unsigned_abs() {
                 break;
             }
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep(rest(pause, started.elapsed())).await;
         }
         store.prune_trigger_actions(cutoff).await?;
     }
@@ -55,12 +67,13 @@ pub async fn prune(
         let keep = i64::from(keep);
         for dag in store.dags_over(keep).await? {
             loop {
+                let started = std::time::Instant::now();
                 let gone = store.prune_beyond(&dag, keep, BATCH).await?;
                 total += gone;
                 if gone < BATCH.unsigned_abs() {
                     break;
                 }
-                tokio::time::sleep(pause).await;
+                tokio::time::sleep(rest(pause, started.elapsed())).await;
             }
         }
     }
@@ -82,5 +95,22 @@ pub async fn run(store: PgStore, policy: RetentionPolicy, shutdown: Shutdown) {
             _ = tokio::time::sleep(PASS_INTERVAL) => {}
             _ = shutdown.wait() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_batch_is_followed_by_a_longer_rest() {
+        let ms = Duration::from_millis;
+        assert_eq!(rest(ms(50), ms(10)), ms(50));
+        assert_eq!(rest(ms(50), ms(100)), ms(200));
+        assert_eq!(
+            rest(Duration::ZERO, ms(100)),
+            Duration::ZERO,
+            "tests run without rest"
+        );
     }
 }
