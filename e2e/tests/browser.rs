@@ -115,6 +115,15 @@ async fn save_screenshot(c: &Client, name: &str) {
     }
 }
 
+/// Waits until the page (after a click's navigation) has an element `css`.
+async fn arrive(c: &Client, css: &str) -> fantoccini::elements::Element {
+    c.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
+}
+
 /// Reloads the page until `css` finds an element, and returns the page's text.
 async fn reload_until(c: &Client, what: &str, css: &str) -> String {
     eventually(Duration::from_secs(60), what, || async {
@@ -235,6 +244,7 @@ async fn the_ui_in_a_real_browser() {
         .click()
         .await
         .expect("log in");
+    arrive(&c, "form.filters").await;
 
     // the DAG list, then a DAG's grid
     let list = reload_until(
@@ -252,7 +262,7 @@ async fn the_ui_in_a_real_browser() {
     .click()
     .await
     .expect("open the grid");
-    c.find(Locator::Css("#grid")).await.expect("the grid");
+    arrive(&c, "#grid").await;
     let failed = c
         .find_all(Locator::Css("#grid a.cell[data-state=failed]"))
         .await
@@ -288,7 +298,7 @@ async fn the_ui_in_a_real_browser() {
         .click()
         .await
         .expect("open its run");
-    let run_page = c.find(Locator::Css("#tries")).await.expect("the tries");
+    let run_page = arrive(&c, "#tries").await;
     let text = run_page.text().await.expect("text");
     assert!(
         text.contains("failed") && text.contains("upstream_failed"),
@@ -324,7 +334,7 @@ async fn the_ui_in_a_real_browser() {
         .click()
         .await
         .expect("trigger");
-    let notice = c.find(Locator::Css("#notice")).await.expect("the notice");
+    let notice = arrive(&c, "#notice").await;
     assert!(
         notice
             .text()
@@ -344,6 +354,7 @@ async fn the_ui_in_a_real_browser() {
         .click()
         .await
         .expect("open the run");
+    arrive(&c, "#actions").await;
     let params = c
         .find(Locator::Css("pre"))
         .await
@@ -358,6 +369,7 @@ async fn the_ui_in_a_real_browser() {
         .click()
         .await
         .expect("cancel");
+    arrive(&c, "#notice").await;
     let page = reload_until(&c, "the run cancelled", "#asked").await;
     let page = if page.contains("cancelled by") {
         page
