@@ -15,24 +15,15 @@ use crate::key::Subject;
 use crate::report::Notice;
 use crate::store::{
     ActionKind, ActionOutcome, ActionWrite, ActionWritten, NewTask, RunAction, RunChange, RunRow,
-    RunState, RunStore, TaskRow,
+    RunState, RunStore, TaskRow, latest_tries,
 };
 
 /// Most actions carried out in one step.
 const ACTIONS_PER_STEP: i64 = 64;
 
-/// The latest try of each task of a run.
-pub fn latest_tries(tries: Vec<TaskRow>) -> Vec<TaskRow> {
-    let mut latest: HashMap<String, TaskRow> = HashMap::new();
-    for t in tries {
-        match latest.get(&t.task_name) {
-            Some(l) if l.try_number >= t.try_number => {}
-            _ => {
-                latest.insert(t.task_name.clone(), t);
-            }
-        }
-    }
-    let mut out: Vec<TaskRow> = latest.into_values().collect();
+/// The latest try of each task of a run, by task name.
+fn latest_of_run(tries: &[TaskRow]) -> Vec<TaskRow> {
+    let mut out: Vec<TaskRow> = latest_tries(tries).into_values().cloned().collect();
     out.sort_by(|a, b| a.task_name.cmp(&b.task_name));
     out
 }
@@ -188,7 +179,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                         Some(_) => self.store.task_instances(&[id]).await?,
                         None => Vec::new(),
                     };
-                    (run, latest_tries(tries))
+                    (run, latest_of_run(&tries))
                 }
             },
         };
@@ -403,7 +394,7 @@ mod tests {
     fn latest_tries_keeps_the_highest_try_of_each_task() {
         let mut second = try_of("load", TaskState::Success);
         second.try_number = 2;
-        let latest = latest_tries(vec![
+        let latest = latest_of_run(&[
             try_of("load", TaskState::Failed),
             second,
             try_of("extract", TaskState::Success),

@@ -12,14 +12,13 @@ use chrono::{DateTime, Utc};
 use kube::api::{Api, Patch, PatchParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use uuid::Uuid;
 
-use super::api::{ApiError, ApiState, find_dag, reader};
+use super::api::{ApiError, ApiState, find_dag, reader, run_in};
 use super::auth::{Access, Caller};
 use crate::api::DAG;
 use crate::api::trigger::{new_trigger_id, trigger_patch};
 use crate::key::DagKey;
-use crate::store::{ActionKind, NewAction, RunAction, RunRow, RunStore};
+use crate::store::{ActionKind, NewAction, RunAction};
 
 /// The verb, resource and subresource an action needs.
 pub const ACTION_VERB: &str = "update";
@@ -46,6 +45,11 @@ pub(super) async fn actor(
     dag: &DagKey,
 ) -> Result<Caller, ApiError> {
     let who = reader(s, headers, &dag.namespace).await?;
+    may_act(s, who, dag).await
+}
+
+/// `who` (who may read the namespace), if allowed to act on the runs of `dag`.
+async fn may_act(s: &ApiState, who: Caller, dag: &DagKey) -> Result<Caller, ApiError> {
     if s.reviewer
         .allowed(&who, &Access::act(&dag.namespace, &dag.name))
         .await?
@@ -153,16 +157,6 @@ pub struct ActionBody {
     pub action: String,
 }
 
-/// A run of namespace `ns` (404 when there is none; the caller may read the namespace).
-async fn run_in(s: &ApiState, ns: &str, id: &str) -> Result<RunRow, ApiError> {
-    let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound(format!("no run {id:?}")))?;
-    s.store
-        .run(id)
-        .await?
-        .filter(|r| r.dag.namespace == ns)
-        .ok_or_else(|| ApiError::NotFound(format!("run {id} not found in namespace {ns:?}")))
-}
-
 /// Records `kind` on run `id` of namespace `ns` for the caller: pending until the leader
 /// carries it out. Shared by the API and the UI.
 pub(super) async fn request(
@@ -179,9 +173,10 @@ pub(super) async fn request(
                 "unknown action {kind:?}: expected cancel, rerun, mark_success or mark_failed"
             ))
         })?;
-    reader(s, headers, ns).await?;
+    // reading first: who may not read the namespace learns nothing of its runs
+    let who = reader(s, headers, ns).await?;
     let run = run_in(s, ns, id).await?;
-    let who = actor(s, headers, &run.dag).await?;
+    let who = may_act(s, who, &run.dag).await?;
     let action = NewAction {
         dag: run.dag.clone(),
         run_id: Some(run.id),

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::auth::{Access, Caller, ReviewError, Reviewer, token_of};
 use super::directory::{ConditionSummary, DagDirectory, DagSummary};
 use crate::key::DagKey;
-use crate::store::{PgStore, RunQuery, RunRow, RunStore, StoreError, TaskRow};
+use crate::store::{PgStore, RunQuery, RunRow, RunStore, StoreError, TaskRow, latest_tries};
 
 /// What every handler works with.
 #[derive(Clone)]
@@ -321,6 +321,17 @@ pub async fn list_runs(
     ))
 }
 
+/// Run `id` of namespace `ns` (404 when there is none there); the caller's right to read the
+/// namespace is checked before.
+pub(super) async fn run_in(s: &ApiState, ns: &str, id: &str) -> Result<RunRow, ApiError> {
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound(format!("no run {id:?}")))?;
+    s.store
+        .run(id)
+        .await?
+        .filter(|r| r.dag.namespace == ns)
+        .ok_or_else(|| ApiError::NotFound(format!("run {id} not found in namespace {ns:?}")))
+}
+
 /// A run of namespace `ns` the caller may read, with every try (by task, attempt, try).
 pub(super) async fn run_with_tries(
     s: &ApiState,
@@ -329,14 +340,8 @@ pub(super) async fn run_with_tries(
     id: &str,
 ) -> Result<(RunRow, Vec<TaskRow>), ApiError> {
     reader(s, headers, ns).await?;
-    let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound(format!("no run {id:?}")))?;
-    let run = s
-        .store
-        .run(id)
-        .await?
-        .filter(|r| r.dag.namespace == ns)
-        .ok_or_else(|| ApiError::NotFound(format!("run {id} not found in namespace {ns:?}")))?;
-    let mut tries = s.store.task_instances(&[id]).await?;
+    let run = run_in(s, ns, id).await?;
+    let mut tries = s.store.task_instances(&[run.id]).await?;
     tries.sort_by(|a, b| {
         (a.task_name.as_str(), a.attempt, a.try_number).cmp(&(
             b.task_name.as_str(),
@@ -345,18 +350,6 @@ pub(super) async fn run_with_tries(
         ))
     });
     Ok((run, tries))
-}
-
-/// The latest try of each (run, task): what the grid shows.
-pub(super) fn latest_tries(tries: &[TaskRow]) -> HashMap<(Uuid, &str), &TaskRow> {
-    let mut latest: HashMap<(Uuid, &str), &TaskRow> = HashMap::new();
-    for t in tries {
-        let slot = latest.entry((t.run_id, t.task_name.as_str())).or_insert(t);
-        if (t.attempt, t.try_number) > (slot.attempt, slot.try_number) {
-            *slot = t;
-        }
-    }
-    latest
 }
 
 /// `GET /api/v1/namespaces/{ns}/runs/{id}`

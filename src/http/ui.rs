@@ -25,13 +25,11 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::ApiState;
-use super::api::{
-    ApiError, caller, dags_in, find_dag, latest_tries, readable_dags, reader, run_with_tries,
-};
+use super::api::{ApiError, caller, dags_in, find_dag, readable_dags, reader, run_with_tries};
 use super::auth::SESSION_COOKIE;
 use super::directory::DagSummary;
 use crate::key::DagKey;
-use crate::store::{RunQuery, RunRow, RunState, RunStore, RunType};
+use crate::store::{RunQuery, RunRow, RunState, RunStore, RunType, latest_tries};
 
 /// Runs per page of the grid, and squares per DAG in the list.
 const GRID_RUNS: i64 = 25;

@@ -43,6 +43,25 @@ impl RetentionPolicy {
     }
 }
 
+/// Runs `batch` (one deleting statement of at most [`BATCH`] runs) until it deletes fewer,
+/// resting after each; returns how many runs went.
+async fn drain<F, Fut>(pause: Duration, mut batch: F) -> Result<u64, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, StoreError>>,
+{
+    let mut total = 0;
+    loop {
+        let started = std::time::Instant::now();
+        let gone = batch().await?;
+        total += gone;
+        if gone < BATCH.unsigned_abs() {
+            return Ok(total);
+        }
+        tokio::time::sleep(rest(pause, started.elapsed())).await;
+    }
+}
+
 /// One pass: deletes until nothing the policy names is left. Returns how many runs went.
 pub async fn prune(
     store: &PgStore,
@@ -52,29 +71,13 @@ pub async fn prune(
     let mut total = 0;
     if let Some(age) = policy.max_age {
         let cutoff = Utc::now() - chrono::Duration::from_std(age).unwrap_or_default();
-        loop {
-            let started = std::time::Instant::now();
-            let gone = store.prune_older(cutoff, BATCH).await?;
-            total += gone;
-            if gone < BATCH.unsigned_abs() {
-                break;
-            }
-            tokio::time::sleep(rest(pause, started.elapsed())).await;
-        }
+        total += drain(pause, || store.prune_older(cutoff, BATCH)).await?;
         store.prune_trigger_actions(cutoff).await?;
     }
     if let Some(keep) = policy.keep_per_dag {
         let keep = i64::from(keep);
         for dag in store.dags_over(keep).await? {
-            loop {
-                let started = std::time::Instant::now();
-                let gone = store.prune_beyond(&dag, keep, BATCH).await?;
-                total += gone;
-                if gone < BATCH.unsigned_abs() {
-                    break;
-                }
-                tokio::time::sleep(rest(pause, started.elapsed())).await;
-            }
+            total += drain(pause, || store.prune_beyond(&dag, keep, BATCH)).await?;
         }
     }
     Ok(total)

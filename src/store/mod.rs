@@ -175,6 +175,20 @@ pub struct TaskRow {
     pub attempt: i32,
 }
 
+/// The latest try of each (run, task): the one the grid, a re-run and a run's outcome look at.
+/// Try numbers grow across a run's attempts, so the highest (attempt, try) is the latest.
+pub fn latest_tries(tries: &[TaskRow]) -> std::collections::HashMap<(Uuid, &str), &TaskRow> {
+    let mut latest: std::collections::HashMap<(Uuid, &str), &TaskRow> =
+        std::collections::HashMap::new();
+    for t in tries {
+        let slot = latest.entry((t.run_id, t.task_name.as_str())).or_insert(t);
+        if (t.attempt, t.try_number) > (slot.attempt, slot.try_number) {
+            *slot = t;
+        }
+    }
+    latest
+}
+
 /// What a Backfill needs to know of an existing run in its range.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DateRun {
