@@ -5,6 +5,7 @@
 pub mod chart;
 pub mod operator;
 pub mod scenario;
+pub mod sentinel;
 
 /// Fresh databases per test: the same helper the root package's store and engine tests use.
 #[path = "../../tests/common/mod.rs"]

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use clap::Args;
 
-use dag_operator::gate::{ClientCertificate, RedisTls};
+use dag_operator::gate::{ClientCertificate, RedisTarget, RedisTls, SentinelTarget};
 
 use super::CliError;
 
@@ -229,6 +229,15 @@ pub struct RedisArgs {
     /// Prefix of every Redis key the operator writes.
     #[arg(long, env = "DAGOP_REDIS_KEY_PREFIX", default_value = "dagop")]
     pub redis_key_prefix: String,
+    /// Redis Sentinels (host:port, comma-separated): the gate uses the master they name and
+    /// follows a failover. The master is logged in to with --redis-username/--redis-password,
+    /// --redis-db and --redis-tls (and the CA/client files). Takes precedence over
+    /// --redis-url and --redis-host.
+    #[arg(long, env = "REDIS_SENTINELS", value_delimiter = ',')]
+    pub redis_sentinel: Vec<String>,
+    /// The master name the Sentinels monitor (with --redis-sentinel).
+    #[arg(long, env = "REDIS_SENTINEL_MASTER", default_value = "mymaster")]
+    pub redis_sentinel_master: String,
 }
 
 impl RedisArgs {
@@ -257,8 +266,34 @@ impl RedisArgs {
         Ok(RedisTls { ca, client })
     }
 
+    /// Where the gate's Redis is: the master --redis-sentinel names, else --redis-url, else
+    /// a URL built from --redis-host and friends; None when none is given (the in-process
+    /// gate then serves a single replica).
+    pub fn target(&self) -> Result<Option<RedisTarget>, CliError> {
+        if self.redis_sentinel.is_empty() {
+            return Ok(self.url()?.map(RedisTarget::Url));
+        }
+        Ok(Some(RedisTarget::Sentinel(SentinelTarget {
+            sentinels: self.redis_sentinel.clone(),
+            master_name: self.redis_sentinel_master.clone(),
+            username: self.redis_username.clone(),
+            password: self.password()?,
+            db: i64::from(self.redis_db),
+            tls: self.redis_tls,
+        })))
+    }
+
+    /// --redis-password, else the content of --redis-password-file.
+    fn password(&self) -> Result<Option<String>, CliError> {
+        Ok(match (&self.redis_password, &self.redis_password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(path)) => Some(read_secret("--redis-password-file", path)?),
+            (None, None) => None,
+        })
+    }
+
     /// The Redis URL: --redis-url, else one built from --redis-host and friends; None when
-    /// neither is given (the in-process gate then serves a single replica).
+    /// neither is given.
     pub fn url(&self) -> Result<Option<String>, CliError> {
         if let Some(url) = &self.redis_url {
             return Ok(Some(url.clone()));
@@ -266,11 +301,7 @@ impl RedisArgs {
         let Some(host) = self.redis_host.as_ref() else {
             return Ok(None);
         };
-        let password = match (&self.redis_password, &self.redis_password_file) {
-            (Some(p), _) => Some(p.clone()),
-            (None, Some(path)) => Some(read_secret("--redis-password-file", path)?),
-            (None, None) => None,
-        };
+        let password = self.password()?;
         let user = self.redis_username.as_deref().map(percent_encode);
         let auth = match (user, password) {
             (user, Some(p)) => format!("{}:{}@", user.unwrap_or_default(), percent_encode(&p)),
@@ -363,6 +394,34 @@ mod tests {
             r.url().unwrap().as_deref(),
             Some("rediss://dagop:p%40ss@cache:6380/0")
         );
+    }
+
+    #[test]
+    fn sentinels_name_the_master_the_other_flags_log_in_to() {
+        let pw = file("s3cret\n");
+        let r = RedisArgs {
+            redis_sentinel: vec!["s1:26379".into(), "s2:26379".into()],
+            redis_sentinel_master: "dagop".into(),
+            redis_username: Some("op".into()),
+            redis_password_file: Some(pw.as_str().into()),
+            redis_db: 3,
+            redis_tls: true,
+            ..RedisArgs::default()
+        };
+        let Ok(Some(RedisTarget::Sentinel(t))) = r.target() else {
+            panic!("a Sentinel target");
+        };
+        assert_eq!(t.sentinels, ["s1:26379", "s2:26379"]);
+        assert_eq!(t.master_name, "dagop");
+        assert_eq!(t.username.as_deref(), Some("op"));
+        assert_eq!(t.password.as_deref(), Some("s3cret"));
+        assert_eq!((t.db, t.tls), (3, true));
+        let plain = RedisArgs {
+            redis_url: Some("redis://cache:6379/0".into()),
+            ..RedisArgs::default()
+        };
+        assert!(matches!(plain.target(), Ok(Some(RedisTarget::Url(u))) if u == "redis://cache:6379/0"));
+        assert!(matches!(RedisArgs::default().target(), Ok(None)));
     }
 
     #[test]

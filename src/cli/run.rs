@@ -147,12 +147,12 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
     let client = kube_client(&args.kube).await?;
     let store = PgStore::connect_lazy(&url).map_err(CliError::runtime)?;
     let lease_ttl = Duration::from_secs(args.lease_ttl);
-    let running = match args.redis.url()? {
-        Some(url) => {
+    let running = match args.redis.target()? {
+        Some(target) => {
             let tls = args.redis.tls()?;
-            let gate =
-                RedisGate::connect_lazy_with(&url, &tls, &args.redis.redis_key_prefix, lease_ttl)
-                    .map_err(|e| CliError::usage(format!("invalid Redis settings: {e}")))?;
+            let prefix = &args.redis.redis_key_prefix;
+            let gate = RedisGate::connect_lazy_to(&target, &tls, prefix, lease_ttl)
+                .map_err(|e| CliError::usage(format!("invalid Redis settings: {e}")))?;
             tracing::info!(prefix = %args.redis.redis_key_prefix, "limits held in Redis");
             Operator::start(config, client, store, gate, shutdown).await
         }

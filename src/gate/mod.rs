@@ -23,6 +23,7 @@
 //! - Any error means "no decision": callers fail closed (admit nothing) and retry.
 
 mod ledger;
+mod link;
 mod memory;
 mod redis;
 mod scope;
@@ -31,6 +32,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use self::ledger::{Hold, LeaseLedger, Upkeep};
+pub use self::link::{RedisTarget, SentinelTarget};
 pub use self::memory::MemoryGate;
 pub use self::redis::{ClientCertificate, DEFAULT_PREFIX, RedisGate, RedisTls};
 pub use self::scope::GateScope;
@@ -173,9 +175,20 @@ pub mod key {
     /// `--max-running-tasks`
     pub const RUNNING_TASKS: &str = "tasks:global";
 
+    /// Prefix of [`dag_runs`] keys.
+    pub const DAG_RUNS_PREFIX: &str = "runs:dag:";
+    /// Prefix of [`namespace_runs`] keys.
+    pub const NAMESPACE_RUNS_PREFIX: &str = "runs:ns:";
+
     /// A DAG's `maxActiveRuns`.
     pub fn dag_runs(namespace: &str, dag: &str) -> String {
-        format!("runs:dag:{namespace}/{dag}")
+        format!("{DAG_RUNS_PREFIX}{namespace}/{dag}")
+    }
+
+    /// A namespace's cap on running runs (tenancy; every run holds it, capped or not, so a
+    /// cap set later counts what already runs).
+    pub fn namespace_runs(namespace: &str) -> String {
+        format!("{NAMESPACE_RUNS_PREFIX}{namespace}")
     }
 
     /// A Backfill's `concurrency`.

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
 
+use super::link::{Link, RedisTarget};
 use super::{
     Claim, Gate, GateError, Grant, check_acquire, check_claim, check_holder, check_key, check_ttl,
 };
@@ -19,14 +19,6 @@ pub const DEFAULT_PREFIX: &str = "dagop";
 
 /// Most holders renewed by one script call (bounds how long one call holds Redis).
 const RENEW_CHUNK: usize = 1000;
-
-/// How long one connection attempt may take before the call fails as unavailable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long a command may wait for its answer before the call fails as unavailable.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Connection attempts per reconnect (then the waiting calls fail; the next call starts a new
-/// reconnect). Few, so that callers learn of an outage in about a second, not after a minute.
-const CONNECT_RETRIES: usize = 2;
 
 struct Scripts {
     acquire_all: Script,
@@ -47,10 +39,11 @@ impl Scripts {
 }
 
 /// Semaphores in Redis, shared by every replica that uses the same server and prefix. Cheap to
-/// clone: clones share one multiplexed connection, re-established by itself after a failure.
+/// clone: clones share one multiplexed connection, re-established by itself after a failure
+/// (through Sentinels: to the master they name then).
 #[derive(Clone)]
 pub struct RedisGate {
-    conn: ConnectionManager,
+    link: Link,
     prefix: Arc<str>,
     lease_ttl: Duration,
     lease_ttl_ms: u64,
@@ -113,32 +106,21 @@ impl RedisGate {
         prefix: &str,
         lease_ttl: Duration,
     ) -> Result<Self, GateError> {
+        Self::connect_lazy_to(&RedisTarget::Url(url.to_string()), tls, prefix, lease_ttl)
+    }
+
+    /// [`RedisGate::connect_lazy_with`] for a URL or the master of a Sentinel group.
+    pub fn connect_lazy_to(
+        target: &RedisTarget,
+        tls: &RedisTls,
+        prefix: &str,
+        lease_ttl: Duration,
+    ) -> Result<Self, GateError> {
         check_ttl(lease_ttl)?;
         let lease_ttl_ms = u64::try_from(lease_ttl.as_millis())
             .map_err(|_| GateError::Invalid(format!("lease TTL {lease_ttl:?} is too long")))?;
-        let client = if tls.is_empty() {
-            redis::Client::open(url)
-        } else {
-            redis::Client::build_with_tls(
-                url,
-                redis::TlsCertificates {
-                    client_tls: tls.client.as_ref().map(|c| redis::ClientTlsConfig {
-                        client_cert: c.cert.clone(),
-                        client_key: c.key.clone(),
-                    }),
-                    root_cert: tls.ca.clone(),
-                },
-            )
-        }
-        .map_err(|e| GateError::Invalid(format!("Redis URL: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(CONNECT_RETRIES)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(map_err)?;
         Ok(RedisGate {
-            conn,
+            link: Link::new(target, tls)?,
             prefix: prefix.into(),
             lease_ttl,
             lease_ttl_ms,
@@ -174,8 +156,9 @@ impl RedisGate {
         for arg in args {
             invocation.arg(*arg);
         }
-        let mut conn = self.conn.clone();
-        invocation.invoke_async(&mut conn).await.map_err(map_err)
+        let mut conn = self.link.conn().await?;
+        let answer = invocation.invoke_async(&mut conn.manager).await;
+        self.link.observe(&conn, answer).map_err(map_err)
     }
 
     fn acquire_all_cmd(&self, claim: &Claim) -> redis::Cmd {
@@ -201,15 +184,14 @@ impl RedisGate {
         script: &Script,
         pipe: &redis::Pipeline,
     ) -> Result<Vec<T>, GateError> {
-        let mut conn = self.conn.clone();
-        match pipe.query_async(&mut conn).await {
+        let mut conn = self.link.conn().await?;
+        let first = pipe.query_async(&mut conn.manager).await;
+        match self.link.observe(&conn, first) {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                script
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await
-                    .map_err(map_err)?;
-                pipe.query_async(&mut conn).await.map_err(map_err)
+                let loaded = script.prepare_invoke().load_async(&mut conn.manager).await;
+                self.link.observe(&conn, loaded).map_err(map_err)?;
+                let again = pipe.query_async(&mut conn.manager).await;
+                self.link.observe(&conn, again).map_err(map_err)
             }
             other => other.map_err(map_err),
         }
@@ -233,7 +215,16 @@ impl RedisGate {
 /// Unreachable, slow or not-serving-writes servers are [`GateError::Unavailable`]; other
 /// errors Redis answers with are [`GateError::Backend`].
 fn map_err(e: RedisError) -> GateError {
-    let unavailable = e.is_io_error()
+    if is_unavailable(&e) {
+        GateError::Unavailable(e.to_string())
+    } else {
+        GateError::Backend(e.to_string())
+    }
+}
+
+/// Unreachable, slow, or not serving writes (a replica, a master that lost its replicas).
+pub(super) fn is_unavailable(e: &RedisError) -> bool {
+    e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
@@ -247,12 +238,7 @@ fn map_err(e: RedisError) -> GateError {
                     | ServerErrorKind::MasterDown
                     | ServerErrorKind::ReadOnly
             )
-        );
-    if unavailable {
-        GateError::Unavailable(e.to_string())
-    } else {
-        GateError::Backend(e.to_string())
-    }
+        )
 }
 
 impl Gate for RedisGate {
@@ -375,11 +361,9 @@ impl Gate for RedisGate {
     }
 
     async fn ping(&self) -> Result<(), GateError> {
-        let mut conn = self.conn.clone();
-        let _: String = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(map_err)?;
+        let mut conn = self.link.conn().await?;
+        let answer: Result<String, _> = redis::cmd("PING").query_async(&mut conn.manager).await;
+        self.link.observe(&conn, answer).map_err(map_err)?;
         Ok(())
     }
 
