@@ -1,12 +1,13 @@
-//! The Helm chart and the kustomize install carry byte-identical copies of crds/, and the
-//! chart's appVersion is the crate's version. (Rendering and installing the chart is tested
-//! end to end in e2e/tests/install.rs.)
+//! The Helm chart (files/crds/, rendered by templates/crds.yaml) and the kustomize install
+//! carry byte-identical copies of crds/, and the chart's appVersion is the crate's version.
+//! (Rendering, installing and upgrading the chart is tested end to end in
+//! e2e/tests/install.rs and e2e/tests/crd_upgrade.rs.)
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 const REGENERATE: &str = "regenerate with `cargo run -- crds --out-dir crds && \
-     cargo run -- crds --out-dir charts/dag-operator/crds && scripts/render-manifests`";
+     cargo run -- crds --out-dir charts/dag-operator/files/crds && scripts/render-manifests`";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -48,7 +49,20 @@ fn assert_same_crds(copy_dir: &str) {
 
 #[test]
 fn chart_crds_are_copies_of_crds() {
-    assert_same_crds("charts/dag-operator/crds");
+    assert_same_crds("charts/dag-operator/files/crds");
+}
+
+/// Helm installs a chart's crds/ once and never upgrades them: the CRDs live in files/crds/
+/// and are templates, so the old directory must not come back.
+#[test]
+fn chart_has_no_crds_directory() {
+    let old = repo().join("charts/dag-operator/crds");
+    assert!(
+        !old.exists(),
+        "{} exists: Helm would install it once and never upgrade it; the chart's CRDs are \
+         charts/dag-operator/files/crds/ (templates/crds.yaml renders them)",
+        old.display()
+    );
 }
 
 #[test]

@@ -2,7 +2,11 @@
 //! rejects typos; `helm install` works on the local plane; a token of the chart's
 //! ServiceAccount is enough to run the operator end to end (out of cluster, the runs of an
 //! example DAG scheduled and their task Pods run to success) and is refused Secrets; and
-//! `kubectl kustomize manifests/` holds the same objects as the chart's defaults.
+//! `kubectl kustomize manifests/` holds the same objects as the chart's defaults. The chart
+//! renders the CRDs (kept on uninstall) and, when asked, a NetworkPolicy (issue 17); upgrading
+//! CRDs through Helm is e2e/tests/crd_upgrade.rs.
+
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -14,6 +18,7 @@ use dag_operator_e2e::chart::{chart, helm, helm_ok, render, text, yaml_docs};
 use dag_operator_e2e::scenario::setup;
 use dag_operator_e2e::{TestNamespace, eventually, plane};
 use serde_json::Value;
+use support::{Release, crds_uninstall_would_delete, first_difference, numbers_as_floats};
 
 fn kinds(objects: &[Value]) -> Vec<String> {
     let mut out: Vec<String> = objects
@@ -152,6 +157,17 @@ fn chart_lints_clean_and_its_values_are_checked() {
         "redis.existingSecret=redis",
         "image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
     ]);
+    lint(&["crds.install=false"]);
+    lint(&[
+        "crds.keep=false",
+        "networkPolicy.enabled=true",
+        "redis.url=redis://redis:6379/0",
+        "networkPolicy.database.ports[0]=6432",
+        "networkPolicy.apiServer.to[0].ipBlock.cidr=10.0.0.1/32",
+        "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
+        "networkPolicy.extraEgress[0].ports[0].port=4317",
+    ]);
+    lint(&["networkPolicy.enabled=true", "ui.enabled=false"]);
 
     // the schema catches typos and wrong types; the templates catch a missing database
     let chart_arg = chart.as_str();
@@ -162,6 +178,10 @@ fn chart_lints_clean_and_its_values_are_checked() {
         ("config.logFormat=xml", "logFormat"),
         ("watchNamespace=Team_A", "watchNamespace"),
         ("database.existingSecret=", "no database configured"),
+        ("crds.instal=false", "instal"),
+        ("crds.keep=maybe", "keep"),
+        ("networkPolicy.enable=true", "enable"),
+        ("networkPolicy.dns.ports[0]=70000", "ports"),
     ] {
         let out = helm(&["template", "x", chart_arg, "--set", set]);
         let err = text(&out.stderr);
@@ -180,6 +200,9 @@ fn chart_lints_clean_and_its_values_are_checked() {
             "ClusterRole",
             "ClusterRoleBinding",
             "ClusterRoleBinding",
+            "CustomResourceDefinition",
+            "CustomResourceDefinition",
+            "CustomResourceDefinition",
             "Deployment",
             "Role",
             "RoleBinding",
@@ -320,24 +343,6 @@ fn chart_lints_clean_and_its_values_are_checked() {
     assert!(!deployment.contains("pw-never-inline") && !deployment.contains("redis://"));
 }
 
-/// A Helm release, uninstalled when dropped (its ClusterRole and binding are cluster-wide).
-struct Release {
-    name: String,
-    namespace: String,
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        let _ = helm(&[
-            "uninstall",
-            &self.name,
-            "--namespace",
-            &self.namespace,
-            "--wait=false",
-        ]);
-    }
-}
-
 /// kubectl as the holder of `kubeconfig` (the token's), never the admin.
 fn kubectl_as(kubeconfig: &std::path::Path, args: &[&str]) -> Output {
     Command::new("kubectl")
@@ -408,7 +413,9 @@ async fn helm_install_then_the_charts_rbac_runs_a_dag_end_to_end() {
     let chart = chart();
     let db_setting = format!("database.url={}", s.db.url);
 
-    // b. helm install (the CRDs are already there: helm leaves existing CRDs alone)
+    // b. helm install. The plane's CRDs are there already, applied with kubectl and shared by
+    // every test: this release leaves them alone (crds.install=false), so it neither fails on
+    // their ownership nor touches them on uninstall (e2e/tests/crd_upgrade.rs adopts them)
     helm_ok(&[
         "install",
         &release.name,
@@ -417,6 +424,8 @@ async fn helm_install_then_the_charts_rbac_runs_a_dag_end_to_end() {
         &release.namespace,
         "--set",
         &db_setting,
+        "--set",
+        "crds.install=false",
         "--wait",
         "--timeout",
         "180s",
@@ -461,6 +470,11 @@ async fn helm_install_then_the_charts_rbac_runs_a_dag_end_to_end() {
         None,
     );
     assert_eq!(url, s.db.url);
+    assert_eq!(
+        crds_uninstall_would_delete(&release.name, &release.namespace),
+        Ok(vec![]),
+        "the release holds no CRD to delete"
+    );
 
     // c. a token of the chart's ServiceAccount, in a kubeconfig of its own
     let token = release_ns
@@ -641,59 +655,214 @@ async fn helm_install_then_the_charts_rbac_runs_a_dag_end_to_end() {
     let _ = std::fs::remove_file(&kubeconfig);
 }
 
-/// Numbers as f64, so `10000` and `10000.0` (one renderer's YAML and the other's) compare
-/// equal.
-fn numbers_as_floats(v: &Value) -> Value {
-    match v {
-        Value::Number(n) => n.as_f64().map(Value::from).unwrap_or_else(|| v.clone()),
-        Value::Array(items) => Value::Array(items.iter().map(numbers_as_floats).collect()),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.clone(), numbers_as_floats(v)))
-                .collect(),
-        ),
-        _ => v.clone(),
+#[test]
+fn chart_renders_the_crds_kept_on_uninstall() {
+    // the CRDs are templates (so `helm upgrade` updates them), each exactly the object of
+    // crds/<file> plus `helm.sh/resource-policy: keep` (so `helm uninstall` leaves them)
+    let repo = plane().repo.clone();
+    let source: BTreeMap<String, Value> = ["backfills", "dags", "pools"]
+        .iter()
+        .map(|plural| {
+            let path = repo.join(format!("crds/{plural}.yaml"));
+            let text = std::fs::read_to_string(&path).expect("crds/ readable");
+            let doc = yaml_docs(&text).pop().expect("one CRD per file");
+            (format!("{plural}.dagoperator.io"), doc)
+        })
+        .collect();
+    let crds = |sets: &[&str]| -> BTreeMap<String, Value> {
+        render(sets)
+            .into_iter()
+            .filter(|o| o["kind"] == "CustomResourceDefinition")
+            .map(|o| {
+                let name = o["metadata"]["name"].as_str().unwrap_or_default();
+                (name.to_string(), o)
+            })
+            .collect()
+    };
+    let kept = crds(&[]);
+    assert_eq!(
+        kept.keys().collect::<Vec<_>>(),
+        source.keys().collect::<Vec<_>>()
+    );
+    for (name, crd) in &kept {
+        let mut want = source[name].clone();
+        want["metadata"]["annotations"] = serde_json::json!({"helm.sh/resource-policy": "keep"});
+        if let Some(diff) = first_difference(&numbers_as_floats(crd), &numbers_as_floats(&want), "")
+        {
+            panic!("{name} differs from crds/ at {diff}");
+        }
     }
+    // crds.keep=false: the same objects without the policy (uninstall deletes them)
+    let deleted = crds(&["crds.keep=false"]);
+    for (name, crd) in &deleted {
+        if let Some(diff) = first_difference(
+            &numbers_as_floats(crd),
+            &numbers_as_floats(&source[name]),
+            "",
+        ) {
+            panic!("{name} (crds.keep=false) differs from crds/ at {diff}");
+        }
+    }
+    assert_eq!(deleted.len(), 3);
+    // crds.install=false: no CRD at all, the rest unchanged
+    assert!(crds(&["crds.install=false"]).is_empty());
+    let others = |sets: &[&str]| {
+        kinds(
+            &render(sets)
+                .into_iter()
+                .filter(|o| o["kind"] != "CustomResourceDefinition")
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(others(&["crds.install=false"]), others(&[]));
 }
 
-/// The first place where `a` and `b` differ, as a JSON pointer with both values.
-fn first_difference(a: &Value, b: &Value, at: &str) -> Option<String> {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            keys.into_iter().find_map(|k| {
-                let null = Value::Null;
-                first_difference(
-                    x.get(k).unwrap_or(&null),
-                    y.get(k).unwrap_or(&null),
-                    &format!("{at}/{k}"),
-                )
-            })
-        }
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+#[test]
+fn network_policy_renders_when_enabled() {
+    let policies = |sets: &[&str]| -> Vec<Value> {
+        render(sets)
+            .into_iter()
+            .filter(|o| o["kind"] == "NetworkPolicy")
+            .collect()
+    };
+    // off by default
+    assert!(policies(&[]).is_empty());
+
+    // on: it selects the operator's Pods, and allows nothing but the operator's traffic
+    let objects = render(&["networkPolicy.enabled=true", "redis.host=cache"]);
+    let policy = find(&objects, "NetworkPolicy");
+    assert_eq!(policy["metadata"]["name"], "dag-operator");
+    assert_eq!(policy["metadata"]["namespace"], "dag-operator");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        find(&objects, "Deployment")["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+    // (port, protocol) of each rule, and whether it names peers
+    let rules = |policy: &Value, direction: &str| -> Vec<(Vec<(String, String)>, bool)> {
+        policy["spec"][direction]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
             .iter()
-            .zip(y)
-            .enumerate()
-            .find_map(|(i, (p, q))| first_difference(p, q, &format!("{at}/{i}"))),
-        _ => (a != b).then(|| format!("{at}: {a} != {b}")),
-    }
+            .map(|rule| {
+                let ports = rule["ports"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| {
+                        let port = match &p["port"] {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        (port, p["protocol"].as_str().unwrap_or_default().to_string())
+                    })
+                    .collect();
+                let peers = if direction == "ingress" { "from" } else { "to" };
+                (ports, !rule[peers].is_null())
+            })
+            .collect()
+    };
+    let pp = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(p, q)| (p.to_string(), q.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        rules(policy, "ingress"),
+        [
+            (pp(&[("http-metrics", "TCP")]), false),
+            (pp(&[("http-ui", "TCP")]), false),
+        ]
+    );
+    assert_eq!(
+        rules(policy, "egress"),
+        [
+            (pp(&[("443", "TCP"), ("6443", "TCP")]), false),
+            (pp(&[("5432", "TCP")]), false),
+            (pp(&[("6379", "TCP")]), false),
+            (pp(&[("53", "UDP"), ("53", "TCP")]), false),
+        ]
+    );
+    // the named ports are the container's
+    let container_ports: Vec<&str> =
+        find(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["ports"]
+            .as_array()
+            .map(|ports| ports.iter().filter_map(|p| p["name"].as_str()).collect())
+            .unwrap_or_default();
+    assert_eq!(container_ports, ["http-metrics", "http-ui"]);
+
+    // ports and peers are configurable; the database's and Redis's ports follow their
+    // settings; no Redis, no Redis rule; no UI, no UI rule; extra rules are appended
+    let objects = render(&[
+        "networkPolicy.enabled=true",
+        "ui.enabled=false",
+        "database.host=db",
+        "database.port=6543",
+        "networkPolicy.apiServer.ports[0]=8443",
+        "networkPolicy.apiServer.to[0].ipBlock.cidr=10.0.0.1/32",
+        "networkPolicy.dns.ports[0]=5353",
+        "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
+        "networkPolicy.extraEgress[0].ports[0].port=4317",
+        "networkPolicy.extraIngress[0].ports[0].port=9090",
+    ]);
+    let policy = find(&objects, "NetworkPolicy");
+    assert_eq!(
+        rules(policy, "ingress"),
+        [
+            (pp(&[("http-metrics", "TCP")]), true),
+            (pp(&[("9090", "")]), false),
+        ]
+    );
+    assert_eq!(
+        rules(policy, "egress"),
+        [
+            (pp(&[("8443", "TCP")]), true),
+            (pp(&[("6543", "TCP")]), false),
+            (pp(&[("5353", "UDP"), ("5353", "TCP")]), false),
+            (pp(&[("4317", "")]), false),
+        ]
+    );
+    assert_eq!(
+        policy["spec"]["egress"][0]["to"],
+        serde_json::json!([{"ipBlock": {"cidr": "10.0.0.1/32"}}])
+    );
+    assert_eq!(
+        policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["name"],
+        "monitoring"
+    );
+    // explicit database and Redis ports win over database.port / redis.port
+    let objects = render(&[
+        "networkPolicy.enabled=true",
+        "redis.url=rediss://cache:6380/0",
+        "networkPolicy.database.ports[0]=6432",
+        "networkPolicy.redis.ports[0]=6380",
+    ]);
+    let egress = rules(find(&objects, "NetworkPolicy"), "egress");
+    assert_eq!(egress[1].0, pp(&[("6432", "TCP")]));
+    assert_eq!(egress[2].0, pp(&[("6380", "TCP")]));
 }
 
 #[test]
 fn kustomize_install_holds_the_charts_default_objects() {
-    // d. the plain install renders the same objects as `helm template` with default values
+    // d. the plain install renders the same objects as `helm template` with default values,
+    // the CRDs included (templates/crds.yaml)
     let p = plane();
     let manifests = p.repo.join("manifests").to_string_lossy().into_owned();
     let kustomized = yaml_docs(&p.kubectl_ok(&["kustomize", &manifests], None));
-    let chart = chart();
-    let templated = yaml_docs(&helm_ok(&[
-        "template",
-        "dag-operator",
-        &chart,
-        "--namespace",
-        "dag-operator",
-        "--include-crds",
-    ]));
+    let templated = render(&[]);
+    assert_eq!(
+        templated
+            .iter()
+            .filter(|o| o["kind"] == "CustomResourceDefinition")
+            .count(),
+        3,
+        "the chart renders the three CRDs by default"
+    );
 
     let key = |o: &Value| {
         (
@@ -708,7 +877,9 @@ fn kustomize_install_holds_the_charts_default_objects() {
                 .to_string(),
         )
     };
-    // labels say who applied them; everything else must be equal
+    // labels say who applied them, and the chart's CRDs carry `helm.sh/resource-policy:
+    // keep` (for `helm uninstall`; it means nothing to kubectl, and manifests/install/crds/ are
+    // byte copies of crds/, tests/chart.rs); everything else must be equal
     let normalise = |o: &Value| {
         let mut o = numbers_as_floats(o);
         for pointer in ["/metadata/labels", "/spec/template/metadata/labels"] {
@@ -716,11 +887,37 @@ fn kustomize_install_holds_the_charts_default_objects() {
                 m.remove("app.kubernetes.io/managed-by");
             }
         }
+        if o["kind"] == "CustomResourceDefinition"
+            && let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut)
+        {
+            if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+                a.remove("helm.sh/resource-policy");
+            }
+            if meta.get("annotations") == Some(&serde_json::json!({})) {
+                meta.remove("annotations");
+            }
+        }
         o
     };
     let by_key = |objects: &[Value]| -> BTreeMap<(String, String, String), Value> {
         objects.iter().map(|o| (key(o), normalise(o))).collect()
     };
+    // the chart's CRDs are kept on uninstall; the kustomize install's carry no Helm policy
+    for o in &templated {
+        if o["kind"] == "CustomResourceDefinition" {
+            assert_eq!(
+                o["metadata"]["annotations"],
+                serde_json::json!({"helm.sh/resource-policy": "keep"}),
+                "{}",
+                o["metadata"]["name"]
+            );
+        }
+    }
+    for o in &kustomized {
+        if o["kind"] == "CustomResourceDefinition" {
+            assert!(o["metadata"]["annotations"].is_null(), "{}", o["metadata"]);
+        }
+    }
     let mut k = by_key(&kustomized);
     let h = by_key(&templated);
     assert_eq!(
