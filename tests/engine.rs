@@ -721,3 +721,123 @@ async fn admitted_runs_go_to_the_executor_with_their_spec_version() {
         serde_json::from_value(stored[0].spec.clone()).expect("a DagSpec");
     assert_eq!(&back, &*run.spec);
 }
+
+fn in_namespace(ns: &str, name: &str, created: chrono::DateTime<chrono::Utc>) -> DagInfo {
+    let s = spec("schedule: '* * * * * *'\nmaxActiveRuns: 100");
+    let schedule = s
+        .parse_schedule(chrono_tz::Tz::UTC)
+        .expect("valid schedule");
+    DagInfo::from_spec(
+        DagKey::new(ns, name),
+        &format!("uid-{ns}-{name}"),
+        created,
+        (*s).clone(),
+        schedule,
+    )
+}
+
+async fn running_in(store: &dag_operator::store::PgStore, ns: &str) -> usize {
+    let running = store.running_runs(None).await.expect("runs");
+    running.iter().filter(|r| r.dag.namespace == ns).count()
+}
+
+#[tokio::test]
+async fn a_capped_namespace_waits_at_its_cap_while_another_is_admitted_at_once() {
+    let db = common::fresh_store("eng_ns_cap").await;
+    let mut h = Harness::new(db.clone(), EngineConfig::default()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    h.engine.apply(
+        Command::NamespaceLimit {
+            namespace: "tenant-a".into(),
+            max_running_runs: Some(2),
+        },
+        t0,
+    );
+    for ns in ["tenant-a", "tenant-b"] {
+        for d in ["d1", "d2"] {
+            h.upsert(in_namespace(ns, d, t0), t0);
+        }
+    }
+    h.run_clock(t0, t0 + Duration::seconds(9), Duration::seconds(1))
+        .await;
+    // tenant-a's 20 due runs: 2 running, the rest queued; tenant-b's 20 all admitted
+    assert_eq!(running_in(&db, "tenant-a").await, 2);
+    assert_eq!(running_in(&db, "tenant-b").await, 20);
+    // the cap is lifted (annotation removed, no default): tenant-a's queue drains at once
+    h.engine
+        .apply(Command::NamespaceDefault("tenant-a".into()), t0);
+    h.tick(t0 + Duration::seconds(9)).await;
+    assert_eq!(running_in(&db, "tenant-a").await, 20);
+    // no tick lost or doubled on either side
+    for ns in ["tenant-a", "tenant-b"] {
+        let running = db.running_runs(None).await.expect("runs");
+        let mut dates: Vec<_> = running
+            .iter()
+            .filter(|r| r.dag.namespace == ns && r.dag.name == "d1")
+            .map(|r| r.logical_date)
+            .collect();
+        dates.sort();
+        dates.dedup();
+        assert_eq!(dates.len(), 10, "{ns}");
+    }
+}
+
+#[tokio::test]
+async fn a_cap_set_later_counts_the_runs_already_running() {
+    let db = common::fresh_store("eng_ns_cap_late").await;
+    let cfg = EngineConfig {
+        max_runs_per_namespace: None,
+        ..EngineConfig::default()
+    };
+    let mut h = Harness::new(db.clone(), cfg).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    h.upsert(in_namespace("tenant-a", "d1", t0), t0);
+    h.run_clock(t0, t0 + Duration::seconds(4), Duration::seconds(1))
+        .await;
+    assert_eq!(running_in(&db, "tenant-a").await, 5);
+    h.engine.apply(
+        Command::NamespaceLimit {
+            namespace: "tenant-a".into(),
+            max_running_runs: Some(3),
+        },
+        t0,
+    );
+    h.run_clock(
+        t0 + Duration::seconds(5),
+        t0 + Duration::seconds(8),
+        Duration::seconds(1),
+    )
+    .await;
+    assert_eq!(
+        running_in(&db, "tenant-a").await,
+        5,
+        "no new run above the cap"
+    );
+    // two end: still at the cap of 3 (5 - 2 = 3), nothing admitted; a third ends: one is
+    let running = db.running_runs(None).await.expect("runs");
+    let ids: Vec<_> = running.iter().map(|r| r.id).collect();
+    db_end(&db, &ids[..2]).await;
+    h.engine.runs_ended(&ids[..2]);
+    h.tick(t0 + Duration::seconds(9)).await;
+    assert_eq!(running_in(&db, "tenant-a").await, 3);
+    db_end(&db, &ids[2..3]).await;
+    h.engine.runs_ended(&ids[2..3]);
+    h.tick(t0 + Duration::seconds(10)).await;
+    assert_eq!(running_in(&db, "tenant-a").await, 3);
+}
+
+/// Ends runs `ids` as the executor would (successfully).
+async fn db_end(store: &dag_operator::store::PgStore, ids: &[uuid::Uuid]) {
+    let changes = dag_operator::store::Changes {
+        run_ends: ids
+            .iter()
+            .map(|id| dag_operator::store::RunEnd {
+                id: *id,
+                state: RunState::Success,
+                at: utc("2025-01-01T00:00:09Z"),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    store.write_changes(&changes).await.expect("end runs");
+}

@@ -67,12 +67,20 @@ pub struct Operator {
 impl Operator {
     /// Starts `dag-operator run` watching `namespace`, storing into `database_url`.
     pub fn start(namespace: &str, database_url: &str, extra: &[&str]) -> Self {
+        Self::launch(Some(namespace), namespace, database_url, extra)
+    }
+
+    /// Starts `dag-operator run` watching every namespace (`label` names its log and its
+    /// Redis key prefix). Only for a test binary of its own: it schedules every DAG it sees.
+    pub fn start_all_namespaces(label: &str, database_url: &str, extra: &[&str]) -> Self {
+        Self::launch(None, label, database_url, extra)
+    }
+
+    fn launch(watched: Option<&str>, namespace: &str, database_url: &str, extra: &[&str]) -> Self {
         let metrics_port = free_port();
         let ui_port = free_port();
         let mut args: Vec<String> = [
             "run",
-            "--namespace",
-            namespace,
             "--database-url",
             database_url,
             "--metrics-addr",
@@ -94,6 +102,9 @@ impl Operator {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if let Some(ns) = watched {
+            args.extend(["--namespace".to_string(), ns.to_string()]);
+        }
         // a test that elects a leader says so itself
         if extra.iter().any(|a| a.starts_with("--leader-election")) {
             args.retain(|a| a != "--leader-election=false");

@@ -4,7 +4,7 @@
 //! the Redis every other test shares. Stopped (every process killed) when dropped.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn spawn(dir: &PathBuf, conf: &str, extra: &[&str], log: &str) -> Child {
+fn spawn(dir: &Path, conf: &str, extra: &[&str], log: &str) -> Child {
     let log = fs::File::create(dir.join(log)).expect("log file");
     let err = log.try_clone().expect("log file");
     Command::new("redis-server")

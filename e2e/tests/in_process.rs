@@ -26,6 +26,7 @@ async fn the_operator_starts_in_process_and_stops_when_told() {
         ui_addr: Some("127.0.0.1:0".to_string()),
         log_tail_bytes: 65536,
         retention: Default::default(),
+        tenancy: Default::default(),
     };
     let (trigger, shutdown) = Shutdown::new();
     let running = Operator::start(

@@ -113,6 +113,11 @@ fn operator_grants() -> BTreeSet<(String, String, String)> {
     ])
 }
 
+/// Tenancy: the namespaces' annotations, read only (cluster-wide; by name with watchNamespace).
+fn namespace_grants() -> BTreeSet<(String, String, String)> {
+    triples(&[("", &["namespaces"], &["get", "list", "watch"])])
+}
+
 fn lease_grants() -> BTreeSet<(String, String, String)> {
     triples(&[(
         "coordination.k8s.io",
@@ -213,7 +218,7 @@ fn chart_lints_clean_and_its_values_are_checked() {
     );
     assert_eq!(
         grants(named(&objects, "ClusterRole", "dag-operator")),
-        operator_grants()
+        &operator_grants() | &namespace_grants()
     );
     // the API's reviews, and the example viewer role for people
     assert_eq!(
@@ -280,9 +285,11 @@ fn chart_lints_clean_and_its_values_are_checked() {
         Some(serde_json::json!({"name": "dag-operator-database", "key": "url"}))
     );
 
-    // one watched namespace: Role + RoleBinding there, nothing cluster-wide
+    // one watched namespace: Role + RoleBinding there, nothing cluster-wide but that
+    // namespace's annotations
     let objects = render(&["watchNamespace=team-a"]);
-    // cluster-wide only what cannot be otherwise: the API's reviews and the example role
+    // cluster-wide only what cannot be otherwise: the watched namespace's annotations (a
+    // Namespace is cluster-scoped), the API's reviews and the example role
     let cluster_wide: Vec<&str> = objects
         .iter()
         .filter(|o| o["kind"].as_str().is_some_and(|k| k.starts_with("Cluster")))
@@ -291,11 +298,19 @@ fn chart_lints_clean_and_its_values_are_checked() {
     assert_eq!(
         cluster_wide,
         [
+            "dag-operator-namespace",
             "dag-operator-reviews",
             "dag-operator-viewer",
             "dag-operator-run-operator",
+            "dag-operator-namespace",
             "dag-operator-reviews"
         ]
+    );
+    let own_namespace = named(&objects, "ClusterRole", "dag-operator-namespace");
+    assert_eq!(grants(own_namespace), namespace_grants());
+    assert_eq!(
+        own_namespace["rules"][0]["resourceNames"],
+        serde_json::json!(["team-a"])
     );
     let role = objects
         .iter()
@@ -518,6 +533,7 @@ async fn helm_install_then_the_charts_rbac_runs_a_dag_end_to_end() {
         &["create", "pods", "-n", dag_ns],
         &["deletecollection", "pods", "-n", dag_ns],
         &["create", "events.events.k8s.io", "-n", dag_ns],
+        &["watch", "namespaces"],
         &[
             "update",
             "leases.coordination.k8s.io",
@@ -1046,4 +1062,47 @@ fn secrets_from_files_and_tls_material_reach_the_container() {
         "database.tls.mode=always",
     ]);
     assert!(!out.status.success());
+}
+
+#[test]
+fn sentinel_and_tenancy_values_become_flags_and_variables() {
+    let objects = render(&[
+        "redis.sentinel.addresses={s1:26379,s2:26379}",
+        "redis.sentinel.masterName=cache",
+        "redis.password=pw",
+        "redis.tls.enabled=true",
+        "config.maxRunsPerNamespace=20",
+        "config.maxDagPriority=500",
+    ]);
+    let container = &find(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let env = container["env"].as_array().cloned().unwrap_or_default();
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(value("REDIS_SENTINELS"), Some("s1:26379,s2:26379".into()));
+    assert_eq!(value("REDIS_SENTINEL_MASTER"), Some("cache".into()));
+    assert_eq!(value("REDIS_TLS"), Some("true".into()));
+    assert_eq!(value("REDIS_HOST"), None, "Sentinels, not a host: {env:?}");
+    // the password from the chart's Secret
+    let password = env
+        .iter()
+        .find(|e| e["name"] == "REDIS_PASSWORD")
+        .expect("REDIS_PASSWORD");
+    assert_eq!(
+        password["valueFrom"]["secretKeyRef"]["key"],
+        "redis-password"
+    );
+    assert!(
+        find(&objects, "Secret")["data"]["redis-password"].is_string(),
+        "the Secret holds the password"
+    );
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|a| a.as_str()).collect())
+        .unwrap_or_default();
+    for flag in ["--max-runs-per-namespace=20", "--max-dag-priority=500"] {
+        assert!(args.contains(&flag), "{flag}: {args:?}");
+    }
 }

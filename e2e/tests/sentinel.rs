@@ -118,8 +118,9 @@ async fn a_sentinel_failover_loses_no_tick_duplicates_none_and_exceeds_no_limit(
     // and it found the new master itself (not only leases the replica had copied)
     let log = std::fs::read_to_string(&op.log).unwrap_or_default();
     assert!(
-        log.lines().any(|l| l.contains("Redis master found through Sentinel")
-            && l.contains(&format!("address=127.0.0.1:{new}"))),
+        log.lines()
+            .any(|l| l.contains("Redis master found through Sentinel")
+                && l.contains(&format!("address=127.0.0.1:{new}"))),
         "{}",
         op.log_tail()
     );

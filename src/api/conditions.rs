@@ -31,6 +31,9 @@ pub const READY: &str = "Ready";
 pub const STALLED: &str = "Stalled";
 /// kstatus: the controller is still working toward the desired state.
 pub const RECONCILING: &str = "Reconciling";
+/// True while a DAG's `spec.priority` is above its namespace's ceiling and runs are queued at
+/// the ceiling (absent otherwise).
+pub const PRIORITY_CLAMPED: &str = "PriorityClamped";
 
 impl Condition {
     pub fn new(

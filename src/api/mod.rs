@@ -6,6 +6,7 @@ pub mod conditions;
 pub mod dag;
 pub mod pool;
 mod schema;
+pub mod tenancy;
 pub mod trigger;
 
 pub use backfill::{Backfill, BackfillSpec, BackfillStatus};

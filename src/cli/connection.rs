@@ -420,7 +420,9 @@ mod tests {
             redis_url: Some("redis://cache:6379/0".into()),
             ..RedisArgs::default()
         };
-        assert!(matches!(plain.target(), Ok(Some(RedisTarget::Url(u))) if u == "redis://cache:6379/0"));
+        assert!(
+            matches!(plain.target(), Ok(Some(RedisTarget::Url(u))) if u == "redis://cache:6379/0")
+        );
         assert!(matches!(RedisArgs::default().target(), Ok(None)));
     }
 

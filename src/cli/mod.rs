@@ -153,6 +153,19 @@ pub struct RunArgs {
     /// Limit on running runs across all DAGs.
     #[arg(long, env = "DAGOP_MAX_CONCURRENT_RUNS", default_value_t = 100)]
     pub max_concurrent_runs: u32,
+    /// Default cap on running runs per namespace (0: none); a namespace's annotation
+    /// dagoperator.io/max-running-runs overrides it.
+    #[arg(long, env = "DAGOP_MAX_RUNS_PER_NAMESPACE", default_value_t = 0)]
+    pub max_runs_per_namespace: u32,
+    /// Highest spec.priority a DAG is queued at (higher is lowered to it, with a condition);
+    /// a namespace's annotation dagoperator.io/max-dag-priority grants more (or less).
+    #[arg(
+        long,
+        env = "DAGOP_MAX_DAG_PRIORITY",
+        default_value_t = 1000,
+        allow_negative_numbers = true
+    )]
+    pub max_dag_priority: i32,
     /// Limit on running task instances across all DAGs.
     #[arg(long, env = "DAGOP_MAX_RUNNING_TASKS", default_value_t = 128)]
     pub max_running_tasks: u32,

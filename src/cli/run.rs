@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use dag_operator::api::tenancy::TenancyDefaults;
 use dag_operator::engine::EngineConfig;
 use dag_operator::executor::ExecutorConfig;
 use dag_operator::gate::{MemoryGate, RedisGate};
@@ -108,6 +109,7 @@ fn config(args: &RunArgs) -> Result<OperatorConfig, CliError> {
             enable_catchup: args.enable_catchup,
             max_catchup_runs: args.max_catchup_runs,
             max_concurrent_runs: args.max_concurrent_runs,
+            max_runs_per_namespace: tenancy(args).max_running_runs,
             schedule_interval: Duration::from_secs(args.schedule_interval.max(1)),
             priority_aging: Duration::from_secs(args.priority_aging),
             max_backfill_runs: args.max_backfill_runs,
@@ -134,7 +136,16 @@ fn config(args: &RunArgs) -> Result<OperatorConfig, CliError> {
             keep_per_dag: args.keep_runs_per_dag,
         },
         leader: args.leader_election.then(|| leader_settings(args)),
+        tenancy: tenancy(args),
     })
+}
+
+/// What a namespace may take unless its annotations say otherwise.
+fn tenancy(args: &RunArgs) -> TenancyDefaults {
+    TenancyDefaults {
+        max_running_runs: Some(args.max_runs_per_namespace).filter(|n| *n > 0),
+        max_dag_priority: args.max_dag_priority,
+    }
 }
 
 async fn operate(args: RunArgs) -> Result<(), CliError> {

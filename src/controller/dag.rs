@@ -9,16 +9,19 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller, Error as RuntimeError};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc;
 
+use super::namespace::Tenancy;
 use super::relist::{Change, Relist};
 use super::status::{Problem, StatusUpdate, Validity};
 use super::{ControllerError, Events, dag_reference};
 use crate::api::dag::DagSpecError;
+use crate::api::tenancy::{EffectivePriority, MAX_DAG_PRIORITY_ANNOTATION, TenancyDefaults};
 use crate::api::{DAG, Pool};
 use crate::engine::{Command, DagInfo};
 use crate::k8s::trim_metadata;
@@ -37,6 +40,8 @@ pub struct Context {
     pub metrics: Option<Arc<Metrics>>,
     /// the Pools that exist (a DAG naming another one reports PoolNotFound)
     pub pools: Option<reflector::Store<Pool>>,
+    /// each namespace's ceiling on `spec.priority`
+    pub tenancy: Tenancy,
 }
 
 impl Context {
@@ -54,7 +59,13 @@ impl Context {
             reported: Mutex::new(HashMap::new()),
             metrics: None,
             pools: None,
+            tenancy: Tenancy::defaults(TenancyDefaults::default()),
         }
+    }
+
+    pub fn with_tenancy(mut self, tenancy: Tenancy) -> Self {
+        self.tenancy = tenancy;
+        self
     }
 
     /// Hands an update to the status writer (gone only while shutting down: logged).
@@ -104,6 +115,20 @@ fn problem(e: &DagSpecError) -> Problem {
     }
 }
 
+/// The condition of a priority lowered to the namespace's ceiling.
+fn clamped(key: &DagKey, priority: EffectivePriority) -> Option<Problem> {
+    let requested = priority.clamped_from?;
+    Some(Problem {
+        reason: "AboveNamespaceCeiling".to_string(),
+        message: format!(
+            "spec.priority {requested} is above the ceiling {} of namespace {:?} \
+             (--max-dag-priority, or its annotation {MAX_DAG_PRIORITY_ANNOTATION}): runs are \
+             queued at {}",
+            priority.value, key.namespace, priority.value
+        ),
+    })
+}
+
 /// One DAG, in four steps.
 pub async fn reconcile(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
     // 1. dereference: which DAG, and is it going away?
@@ -120,10 +145,16 @@ pub async fn reconcile(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, Contr
             missing_pools(&dag, pools),
         ));
     }
-    // 3. validate what the schema cannot (cron, zone, graph), and tell the engine
+    // 3. validate what the schema cannot (cron, zone, graph), and tell the engine (with the
+    //    priority its namespace allows)
+    let priority = ctx
+        .tenancy
+        .policy(&key.namespace)
+        .priority(dag.spec.priority);
     let problem = match dag.spec.validate(ctx.default_tz) {
         Ok((schedule, _graph)) => {
-            let info = DagInfo::new(key.clone(), dag.clone(), schedule);
+            let info =
+                DagInfo::new(key.clone(), dag.clone(), schedule).with_priority(priority.value);
             ctx.tell_engine(Command::Upsert(Box::new(info))).await?;
             None
         }
@@ -139,6 +170,7 @@ pub async fn reconcile(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, Contr
             generation: dag.meta().generation,
             problem: problem.clone(),
             observed_trigger: observed_trigger(&dag),
+            priority_clamped: clamped(&key, priority),
         },
     ));
     ctx.report_problem(&dag, &key, problem).await;
@@ -258,6 +290,7 @@ pub fn error_policy(_dag: Arc<DAG>, error: &ControllerError, _ctx: Arc<Context>)
 pub async fn run(
     api: Api<DAG>,
     pools: Option<Api<Pool>>,
+    namespaces: Option<(Api<Namespace>, watcher::Config)>,
     ctx: Arc<Context>,
     cache: reflector::store::Writer<DAG>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -284,6 +317,7 @@ pub async fn run(
     let mut controller = Controller::for_stream(trigger, reader.clone());
     if let Some(pools) = pools {
         // a Pool created or deleted: the DAGs of its namespace naming it look again
+        let reader = reader.clone();
         controller = controller.watches(pools, watcher::Config::default(), move |pool: Pool| {
             let ns = pool.metadata.namespace.clone().unwrap_or_default();
             let name = pool.metadata.name.clone().unwrap_or_default();
@@ -297,6 +331,19 @@ pub async fn run(
                         .iter()
                         .any(|t| t.pool.as_deref() == Some(&name))
                 })
+                .map(|d| reflector::ObjectRef::from_obj(&*d))
+                .collect::<Vec<_>>()
+        });
+    }
+    if let Some((namespaces, config)) = namespaces {
+        // a namespace's annotations changed: its DAGs look again (their priority ceiling)
+        let reader = reader.clone();
+        controller = controller.watches(namespaces, config, move |ns: Namespace| {
+            let name = ns.metadata.name.unwrap_or_default();
+            reader
+                .state()
+                .into_iter()
+                .filter(|d| d.metadata.namespace.as_deref() == Some(name.as_str()))
                 .map(|d| reflector::ObjectRef::from_obj(&*d))
                 .collect::<Vec<_>>()
         });

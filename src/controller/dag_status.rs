@@ -5,7 +5,9 @@
 use chrono::{DateTime, Utc};
 
 use crate::api::DagStatus;
-use crate::api::conditions::{Condition, READY, RECONCILING, STALLED, set_condition};
+use crate::api::conditions::{
+    Condition, PRIORITY_CLAMPED, READY, RECONCILING, STALLED, set_condition,
+};
 use crate::api::dag::RunSummary;
 use crate::engine::SchedulingStatus;
 
@@ -19,6 +21,8 @@ pub struct Validity {
     pub problem: Option<Problem>,
     /// `status.lastHandledTrigger` as the object carries it (until the engine reports)
     pub observed_trigger: Option<String>,
+    /// `spec.priority` lowered to the namespace's ceiling (the `PriorityClamped` condition)
+    pub priority_clamped: Option<Problem>,
 }
 
 /// What is known of one DAG, from its three producers.
@@ -231,6 +235,24 @@ pub(super) fn render(
             now,
         ),
     );
+    match model
+        .validity
+        .as_ref()
+        .and_then(|v| v.priority_clamped.as_ref())
+    {
+        Some(Problem { reason, message }) => set_condition(
+            &mut model.conditions,
+            Condition::new(
+                PRIORITY_CLAMPED,
+                true,
+                reason,
+                message.clone(),
+                generation,
+                now,
+            ),
+        ),
+        None => model.conditions.retain(|c| c.type_ != PRIORITY_CLAMPED),
+    }
     let observed = model
         .validity
         .as_ref()
@@ -266,6 +288,7 @@ mod tests {
                     message: "bad".into(),
                 }),
                 observed_trigger: Some("t-1".into()),
+                priority_clamped: None,
             }),
             ..Default::default()
         };
@@ -280,6 +303,7 @@ mod tests {
             generation: Some(4),
             problem: None,
             observed_trigger: Some("t-1".into()),
+            priority_clamped: None,
         });
         assert_eq!(
             render(&mut m, false, true, now).conditions[0].reason,
@@ -335,6 +359,32 @@ mod tests {
     }
 
     #[test]
+    fn a_clamped_priority_is_a_condition_while_it_lasts() {
+        let now = Utc::now();
+        let clamped = Problem::new("AboveNamespaceCeiling", "spec.priority 5000 …".into());
+        let mut m = DagModel {
+            validity: Some(Validity {
+                generation: Some(1),
+                problem: None,
+                observed_trigger: None,
+                priority_clamped: Some(clamped),
+            }),
+            ..Default::default()
+        };
+        let s = render(&mut m, true, true, now);
+        let c = condition(&s, PRIORITY_CLAMPED);
+        assert!(c.is_true());
+        assert_eq!(c.reason, "AboveNamespaceCeiling");
+        // clamping does not make the DAG unready
+        assert!(condition(&s, READY).is_true());
+        if let Some(v) = m.validity.as_mut() {
+            v.priority_clamped = None;
+        }
+        let s = render(&mut m, true, true, now);
+        assert!(s.conditions.iter().all(|c| c.type_ != PRIORITY_CLAMPED));
+    }
+
+    #[test]
     fn kstatus_conditions() {
         let now = Utc::now();
         let mut m = DagModel {
@@ -342,6 +392,7 @@ mod tests {
                 generation: Some(7),
                 problem: Some(Problem::new("InvalidDateRange", "end before start".into())),
                 observed_trigger: None,
+                priority_clamped: None,
             }),
             ..Default::default()
         };
@@ -365,6 +416,7 @@ mod tests {
             generation: Some(8),
             problem: None,
             observed_trigger: None,
+            priority_clamped: None,
         });
         let s = render(&mut m, true, true, now);
         assert!(condition(&s, READY).is_true());

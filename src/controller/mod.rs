@@ -5,6 +5,7 @@ pub mod backfill;
 pub mod dag;
 pub mod dag_status;
 mod events;
+pub mod namespace;
 pub mod pool;
 pub mod relist;
 pub mod status;

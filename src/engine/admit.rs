@@ -29,6 +29,8 @@ pub(super) enum LimitKey {
     Dag(DagKey),
     /// a Backfill's `concurrency` (namespace, Backfill name)
     Backfill(BackfillKey),
+    /// the namespace's cap on running runs (tenancy), if it has one
+    Namespace(String),
 }
 
 /// A run waiting in the queue.
@@ -99,7 +101,10 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         let key = pending.dag.clone();
         let enqueued = pending.enqueued_ms;
         let date = pending.logical_date.timestamp();
-        let mut keys = vec![LimitKey::Dag(key.clone())];
+        let mut keys = vec![
+            LimitKey::Namespace(key.namespace.clone()),
+            LimitKey::Dag(key.clone()),
+        ];
         if let Some(bf) = &pending.backfill {
             keys.push(LimitKey::Backfill(key.backfill(bf)));
             self.backfill_enqueued(&key, bf);
@@ -143,7 +148,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 return; // its Backfill is gone
             }
         }
-        let Some(priority) = self.dags.get(&p.dag).map(|s| s.info.spec().priority) else {
+        let Some(priority) = self.dags.get(&p.dag).map(|s| s.info.priority) else {
             return;
         };
         if let (Some(t), Some(state)) = (&p.trigger, self.dags.get_mut(&p.dag)) {
@@ -219,7 +224,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             let priority = self
                 .dags
                 .get(&key)
-                .map(|s| s.info.spec().priority)
+                .map(|s| s.info.priority)
                 .unwrap_or_default();
             self.enqueue(newest, RunClass::Scheduled, priority);
         }
@@ -267,9 +272,12 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         let mut batch: Vec<Pending> = Vec::new();
         let mut in_batch: HashMap<DagKey, usize> = HashMap::new();
         let mut bf_in_batch: HashMap<BackfillKey, usize> = HashMap::new();
+        // running runs per namespace, counted only when some namespace is capped
+        let mut ns_running = self.running_by_namespace();
         while self.active_total + batch.len() < global {
             let dags = &self.dags;
             let backfills = &self.backfills;
+            let (ns_limits, ns_default) = (&self.namespace_limits, self.cfg.max_runs_per_namespace);
             let popped = self.queue.pop(now.timestamp_millis(), |k| match k {
                 LimitKey::Dag(key) => dags.get(key).is_none_or(|s| {
                     s.active.len() + in_batch.get(key).copied().unwrap_or(0) >= s.max_active()
@@ -277,6 +285,11 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 LimitKey::Backfill(key) => backfills
                     .get(key)
                     .is_none_or(|b| b.is_full(bf_in_batch.get(key).copied().unwrap_or(0))),
+                LimitKey::Namespace(ns) => {
+                    namespace_limit(ns_limits, ns_default, ns).is_some_and(|limit| {
+                        ns_running.get(ns.as_str()).copied().unwrap_or(0) >= limit as usize
+                    })
+                }
             });
             let Some((_, entry)) = popped else {
                 break;
@@ -317,6 +330,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 state.in_flight.insert(t.clone());
             }
             *in_batch.entry(p.dag.clone()).or_default() += 1;
+            *ns_running.entry(p.dag.namespace.clone()).or_default() += 1;
             batch.push(p);
         }
         batch
@@ -340,12 +354,14 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 let slots = holds(&p.dag, p.backfill.as_deref())
                     .into_iter()
                     .map(|h| {
-                        let limit = if h.key == gate_key::GLOBAL_RUNS {
-                            global
-                        } else if h.key == gate_key::dag_runs(&p.dag.namespace, &p.dag.name) {
-                            dag_limit
-                        } else {
-                            self.backfill_limit(&p.dag, p.backfill.as_deref().unwrap_or_default())
+                        let limit = match run_scope(&h.key) {
+                            GateScope::GlobalRuns => global,
+                            GateScope::NamespaceRuns => {
+                                self.namespace_limit(&p.dag.namespace).unwrap_or(u32::MAX)
+                            }
+                            GateScope::DagRuns => dag_limit,
+                            _ => self
+                                .backfill_limit(&p.dag, p.backfill.as_deref().unwrap_or_default()),
                         };
                         Slot::new(h.key, h.weight, limit)
                     })
@@ -365,7 +381,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         };
         let mut admitted = Vec::new();
         let mut refused = Vec::new();
-        for (p, grant) in batch.into_iter().zip(grants) {
+        for ((p, grant), claim) in batch.into_iter().zip(grants).zip(&claims) {
             match grant {
                 Grant::Granted => {
                     self.ledger
@@ -373,11 +389,10 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                     admitted.push(p);
                 }
                 Grant::Refused(i) => {
-                    let scope = match i {
-                        0 => GateScope::GlobalRuns,
-                        1 => GateScope::DagRuns,
-                        _ => GateScope::BackfillRuns,
-                    };
+                    let scope = claim
+                        .slots
+                        .get(i)
+                        .map_or(GateScope::GlobalRuns, |s| run_scope(&s.key));
                     self.gate_outcome(scope, true);
                     refused.push(p);
                 }
@@ -660,7 +675,7 @@ fn new_run(state: &DagState, p: &Pending) -> NewRun {
         logical_date: micros(p.logical_date),
         data_interval_start: interval.start,
         data_interval_end: interval.end,
-        priority: spec.priority,
+        priority: state.info.priority,
         params: p.params.clone(),
         spec_hash: state.version.as_ref().map(|v| v.hash.clone()),
         tasks: spec
@@ -672,5 +687,59 @@ fn new_run(state: &DagState, p: &Pending) -> NewRun {
                 pool_slots: t.pool_slots,
             })
             .collect(),
+    }
+}
+
+/// The cap of `namespace`: its own (from its annotation), else the default.
+fn namespace_limit(
+    limits: &HashMap<String, Option<u32>>,
+    default: Option<u32>,
+    namespace: &str,
+) -> Option<u32> {
+    match limits.get(namespace) {
+        Some(limit) => *limit,
+        None => default,
+    }
+}
+
+/// Which of a run's limits a semaphore key is (see [`holds`]).
+fn run_scope(key: &str) -> GateScope {
+    if key == gate_key::GLOBAL_RUNS {
+        GateScope::GlobalRuns
+    } else if key.starts_with(gate_key::NAMESPACE_RUNS_PREFIX) {
+        GateScope::NamespaceRuns
+    } else if key.starts_with(gate_key::DAG_RUNS_PREFIX) {
+        GateScope::DagRuns
+    } else {
+        GateScope::BackfillRuns
+    }
+}
+
+impl<S: RunStore, G: Gate> Engine<S, G> {
+    /// The cap on running runs of `namespace`: its annotation, else `--max-runs-per-namespace`.
+    pub(super) fn namespace_limit(&self, namespace: &str) -> Option<u32> {
+        namespace_limit(
+            &self.namespace_limits,
+            self.cfg.max_runs_per_namespace,
+            namespace,
+        )
+    }
+
+    /// Running runs per namespace (what this process counts: the in-process floor under the
+    /// gate), or nothing when no namespace is capped.
+    fn running_by_namespace(&self) -> HashMap<String, usize> {
+        let mut running: HashMap<String, usize> = HashMap::new();
+        let capped = self.cfg.max_runs_per_namespace.is_some()
+            || self.namespace_limits.values().any(Option::is_some);
+        if !capped {
+            return running;
+        }
+        for (key, state) in &self.dags {
+            *running.entry(key.namespace.clone()).or_default() += state.active.len();
+        }
+        for (key, runs) in &self.orphans {
+            *running.entry(key.namespace.clone()).or_default() += runs.len();
+        }
+        running
     }
 }

@@ -650,6 +650,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             return;
         };
         let dag_object = dag_state.info.object.clone();
+        let priority = dag_state.info.priority;
         let uid = state.info.uid.clone();
         let Stage::Planning(plan) = &mut state.stage else {
             return;
@@ -677,7 +678,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                     },
                 },
                 RunClass::Backfill,
-                dag_object.spec.priority,
+                priority,
             );
         }
     }

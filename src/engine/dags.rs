@@ -32,18 +32,28 @@ pub struct DagInfo {
     pub schedule: Option<Schedule>,
     /// the manual triggers its annotations ask for
     pub triggers: Vec<TriggerRequest>,
+    /// what its runs are queued at: `spec.priority` under its namespace's ceiling
+    pub priority: i32,
 }
 
 impl DagInfo {
     pub fn new(key: DagKey, object: Arc<DAG>, schedule: Option<Schedule>) -> Self {
         let triggers =
             crate::api::trigger::requests(&object.metadata.annotations.clone().unwrap_or_default());
+        let priority = object.spec.priority;
         DagInfo {
             key,
             object,
             schedule,
             triggers,
+            priority,
         }
+    }
+
+    /// Runs queued at `priority` instead of `spec.priority` (the namespace's ceiling).
+    pub fn with_priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
     }
 
     /// A DAG built from its parts rather than read from the API server (tests, benchmarks).
@@ -124,11 +134,12 @@ pub(super) fn holder(dag: &DagKey, logical_date: DateTime<Utc>) -> String {
     )
 }
 
-/// The semaphores a run holds: `--max-concurrent-runs`, its DAG's `maxActiveRuns` and, for a
-/// Backfill's run, the Backfill's `concurrency`.
+/// The semaphores a run holds: `--max-concurrent-runs`, its namespace's cap, its DAG's
+/// `maxActiveRuns` and, for a Backfill's run, the Backfill's `concurrency`.
 pub(super) fn holds(dag: &DagKey, backfill: Option<&str>) -> Vec<Hold> {
     let mut holds = vec![
         Hold::new(gate_key::GLOBAL_RUNS, 1),
+        Hold::new(gate_key::namespace_runs(&dag.namespace), 1),
         Hold::new(gate_key::dag_runs(&dag.namespace, &dag.name), 1),
     ];
     if let Some(bf) = backfill {
@@ -631,6 +642,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         self.dirty.insert(key.clone());
         let object = state.info.object.clone();
         let spec = &object.spec;
+        let priority = state.info.priority;
         let Some(schedule) = state.info.schedule.clone() else {
             return;
         };
@@ -684,7 +696,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             self.enqueue(
                 Pending::scheduled(key.clone(), tick, params.clone(), now),
                 RunClass::Scheduled,
-                spec.priority,
+                priority,
             );
         }
     }

@@ -53,6 +53,8 @@ pub struct EngineConfig {
     pub enable_catchup: bool,
     pub max_catchup_runs: u32,
     pub max_concurrent_runs: u32,
+    /// `--max-runs-per-namespace`: the cap of a namespace without an annotation of its own
+    pub max_runs_per_namespace: Option<u32>,
     /// longest gap between passes
     pub schedule_interval: Duration,
     pub priority_aging: Duration,
@@ -72,6 +74,7 @@ impl Default for EngineConfig {
             enable_catchup: true,
             max_catchup_runs: 50,
             max_concurrent_runs: 100,
+            max_runs_per_namespace: None,
             schedule_interval: Duration::from_secs(10),
             priority_aging: Duration::from_secs(300),
             max_backfill_runs: 1_000_000,
@@ -102,6 +105,13 @@ pub enum Command {
     UpsertBackfill(Box<BackfillInfo>),
     /// a Backfill was deleted: no more admissions; its running runs finish
     RemoveBackfill(BackfillKey),
+    /// a namespace's cap on running runs, from its annotation (`None`: none)
+    NamespaceLimit {
+        namespace: String,
+        max_running_runs: Option<u32>,
+    },
+    /// a namespace is gone (or lost its annotation): `--max-runs-per-namespace` applies
+    NamespaceDefault(String),
 }
 
 /// The scheduler.
@@ -120,6 +130,8 @@ pub struct Engine<S: RunStore, G: Gate = MemoryGate> {
     queue: AdmissionQueue<LimitKey, Pending>,
     /// running runs of DAGs the engine does not schedule (invalid, not known yet), by DAG
     orphans: HashMap<DagKey, Vec<ActiveRun>>,
+    /// caps on running runs the namespaces' annotations set (`None`: uncapped)
+    namespace_limits: HashMap<String, Option<u32>>,
     /// running runs to cancel (their DAG object is gone), with why
     doomed: HashMap<Uuid, &'static str>,
     /// the DAG objects that exist, as last listed
@@ -164,6 +176,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             timers: BTreeSet::new(),
             queue: AdmissionQueue::new(aging),
             orphans: HashMap::new(),
+            namespace_limits: HashMap::new(),
             doomed: HashMap::new(),
             listed: None,
             positions: HashMap::new(),
@@ -220,6 +233,15 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             Command::RunsEnded(ids) => self.runs_ended(&ids),
             Command::UpsertBackfill(info) => self.upsert_backfill(*info),
             Command::RemoveBackfill(key) => self.remove_backfill(&key),
+            Command::NamespaceLimit {
+                namespace,
+                max_running_runs,
+            } => {
+                self.namespace_limits.insert(namespace, max_running_runs);
+            }
+            Command::NamespaceDefault(namespace) => {
+                self.namespace_limits.remove(&namespace);
+            }
         }
     }
 

@@ -117,7 +117,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 t
             }
         };
-        let priority = spec.priority;
+        let priority = state.info.priority;
         self.enqueue(
             Pending::manual(key.clone(), logical_date, params, request.value, now),
             RunClass::Manual,

@@ -155,13 +155,10 @@ impl SentinelLink {
             .iter()
             .map(|s| sentinel_address(s))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut builder = SentinelClientBuilder::new(
-            addresses,
-            &target.master_name,
-            SentinelServerType::Master,
-        )
-        .map_err(|e| GateError::Invalid(format!("Sentinel: {e}")))?
-        .set_client_to_redis_db(target.db);
+        let mut builder =
+            SentinelClientBuilder::new(addresses, &target.master_name, SentinelServerType::Master)
+                .map_err(|e| GateError::Invalid(format!("Sentinel: {e}")))?
+                .set_client_to_redis_db(target.db);
         if let Some(user) = &target.username {
             builder = builder.set_client_to_redis_username(user);
         }

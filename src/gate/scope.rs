@@ -5,6 +5,8 @@
 pub enum GateScope {
     /// `--max-concurrent-runs`
     GlobalRuns,
+    /// a namespace's cap on running runs (tenancy)
+    NamespaceRuns,
     /// a DAG's `maxActiveRuns`
     DagRuns,
     /// a Backfill's `concurrency`
@@ -16,8 +18,9 @@ pub enum GateScope {
 }
 
 impl GateScope {
-    pub const ALL: [GateScope; 5] = [
+    pub const ALL: [GateScope; 6] = [
         GateScope::GlobalRuns,
+        GateScope::NamespaceRuns,
         GateScope::DagRuns,
         GateScope::BackfillRuns,
         GateScope::RunningTasks,
@@ -27,6 +30,7 @@ impl GateScope {
     pub fn as_str(self) -> &'static str {
         match self {
             GateScope::GlobalRuns => "global_runs",
+            GateScope::NamespaceRuns => "namespace_runs",
             GateScope::DagRuns => "dag_runs",
             GateScope::BackfillRuns => "backfill_runs",
             GateScope::RunningTasks => "running_tasks",

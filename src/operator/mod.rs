@@ -25,9 +25,12 @@ use tokio::task::JoinHandle;
 pub use self::leadership::LeaderSettings;
 pub use self::retention::RetentionPolicy;
 use self::route::{GateHealth, HandledTriggers, Routes, route_engine, route_executor};
+use crate::api::tenancy::TenancyDefaults;
 use crate::api::{Backfill, DAG, Pool};
 use crate::controller::status::{StatusUpdate, run_writer};
-use crate::controller::{Events, Throttle, backfill as backfill_controller, dag as dag_controller};
+use crate::controller::{
+    Events, Throttle, backfill as backfill_controller, dag as dag_controller, namespace,
+};
 use crate::engine::{Command, Engine, EngineConfig, Output};
 use crate::executor::watch::{spawn_pod_watch, spawn_pool_watch, until_ready};
 use crate::executor::{EndedTry, ExecInput, ExecOutput, Executor, ExecutorConfig, KubeLauncher};
@@ -59,6 +62,8 @@ pub struct OperatorConfig {
     pub log_tail_bytes: usize,
     /// which finished runs are deleted (default: none)
     pub retention: RetentionPolicy,
+    /// what a namespace may take unless its annotations say otherwise
+    pub tenancy: TenancyDefaults,
 }
 
 /// Why the operator could not start or stopped.
@@ -377,10 +382,28 @@ impl Parts {
             w.commands.0.clone(),
             self.metrics.clone(),
         ));
+        // tenancy: the namespaces' annotations (one namespace when only one is watched)
+        let namespaces_config = match ns {
+            Some(name) => {
+                kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}"))
+            }
+            None => kube::runtime::watcher::Config::default(),
+        };
+        let (namespace_cache, namespace_writer) = kube::runtime::reflector::store();
+        tokio::spawn(namespace::run(
+            kube::Api::all(client.clone()),
+            namespaces_config.clone(),
+            namespace_writer,
+            w.commands.0.clone(),
+            events.clone(),
+            self.config.tenancy,
+        ));
+        let tenancy = namespace::Tenancy::with_namespaces(self.config.tenancy, namespace_cache);
         let ctx = Arc::new(
             dag_controller::Context::new(w.commands.0, w.status.0, events, default_tz)
                 .with_metrics(self.metrics.clone())
-                .with_pools(pools),
+                .with_pools(pools)
+                .with_tenancy(tenancy),
         );
         tracing::info!(namespace = ns.unwrap_or("(all)"), "watching DAGs");
         let stop = self.shutdown.clone();
@@ -388,6 +411,7 @@ impl Parts {
             _ = dag_controller::run(
                 k8s::api::<DAG>(client.clone(), ns),
                 Some(k8s::api::<Pool>(client.clone(), ns)),
+                Some((kube::Api::all(client.clone()), namespaces_config)),
                 ctx,
                 dag_cache,
                 async move { stop.wait().await },

@@ -64,7 +64,7 @@ db-password: {{ .password | b64enc }}
 {{- with .Values.redis }}
 {{- if .url }}
 redis-url: {{ .url | b64enc }}
-{{- else if and .host .password }}
+{{- else if and (or .host (.sentinel | default dict).addresses) .password }}
 redis-password: {{ .password | b64enc }}
 {{- end }}
 {{- end }}
@@ -129,13 +129,21 @@ redis-password: {{ .password | b64enc }}
 {{- define "dag-operator.redisEnv" -}}
 {{- $secret := include "dag-operator.secretName" . }}
 {{- with .Values.redis }}
+{{- $sentinel := .sentinel | default dict }}
 {{- if .url }}
 {{ include "dag-operator.secretEnv" (dict "name" "REDIS_URL" "secret" $secret "key" "redis-url") }}
-{{- else if .host }}
+{{- else if or .host $sentinel.addresses }}
+{{- if $sentinel.addresses }}
+- name: REDIS_SENTINELS
+  value: {{ join "," $sentinel.addresses | quote }}
+- name: REDIS_SENTINEL_MASTER
+  value: {{ $sentinel.masterName | default "mymaster" | quote }}
+{{- else }}
 - name: REDIS_HOST
   value: {{ .host | quote }}
 - name: REDIS_PORT
   value: {{ .port | quote }}
+{{- end }}
 - name: REDIS_DB
   value: {{ .db | quote }}
 {{- if .password }}
@@ -162,5 +170,5 @@ redis-password: {{ .password | b64enc }}
 
 {{/* Whether Redis is configured at all ("true" or ""). */}}
 {{- define "dag-operator.redisConfigured" -}}
-{{- if or .Values.redis.url .Values.redis.host .Values.redis.existingSecret }}true{{ end }}
+{{- if or .Values.redis.url .Values.redis.host .Values.redis.existingSecret (.Values.redis.sentinel | default dict).addresses }}true{{ end }}
 {{- end }}

@@ -1,0 +1,130 @@
+//! Namespaces, for tenancy (docs/SEMANTICS.md, "Tenancy"): each namespace's annotations give
+//! its cap on running runs (told to the engine, which enforces it through the gate) and its
+//! ceiling on `spec.priority` (read by the DAG controller from the cache kept here). An
+//! annotation that cannot be read keeps the default and says so in a Warning event on the
+//! Namespace, once per value.
+
+use std::collections::{HashMap, HashSet};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use tokio::sync::mpsc;
+
+use super::Events;
+use crate::api::tenancy::{NamespacePolicy, TenancyDefaults};
+use crate::engine::Command;
+
+/// The policies of the namespaces, read from the watch cache.
+#[derive(Clone)]
+pub struct Tenancy {
+    pub defaults: TenancyDefaults,
+    namespaces: Option<reflector::Store<Namespace>>,
+}
+
+impl Tenancy {
+    /// Only the defaults (no Namespace watch: tests, or a cluster that does not allow one).
+    pub fn defaults(defaults: TenancyDefaults) -> Self {
+        Tenancy {
+            defaults,
+            namespaces: None,
+        }
+    }
+
+    pub fn with_namespaces(defaults: TenancyDefaults, cache: reflector::Store<Namespace>) -> Self {
+        Tenancy {
+            defaults,
+            namespaces: Some(cache),
+        }
+    }
+
+    /// The policy of `namespace`: from its annotations when the cache holds it, else the
+    /// defaults.
+    pub fn policy(&self, namespace: &str) -> NamespacePolicy {
+        let object = self
+            .namespaces
+            .as_ref()
+            .and_then(|c| c.get(&ObjectRef::new(namespace)));
+        match object {
+            Some(ns) => NamespacePolicy::from_annotations(ns.annotations(), self.defaults),
+            None => NamespacePolicy::defaults(self.defaults),
+        }
+    }
+}
+
+/// Keeps `cache` current, tells the engine each namespace's cap when it changes, and reports
+/// annotations that cannot be read. `config` selects the namespaces (one, by field selector,
+/// when the operator watches only one).
+pub async fn run(
+    api: Api<Namespace>,
+    config: watcher::Config,
+    cache: reflector::store::Writer<Namespace>,
+    engine: mpsc::Sender<Command>,
+    events: Events,
+    defaults: TenancyDefaults,
+) {
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(crate::k8s::trim_metadata)
+        .reflect(cache);
+    futures::pin_mut!(stream);
+    let mut told: HashMap<String, Option<u32>> = HashMap::new();
+    let mut reported: HashSet<(String, String)> = HashSet::new();
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch Namespaces: tenancy annotations are not read (the defaults apply)");
+                continue;
+            }
+        };
+        let command = match event {
+            watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
+                let name = ns.name_any();
+                let policy = NamespacePolicy::from_annotations(ns.annotations(), defaults);
+                for problem in &policy.problems {
+                    if reported.insert((name.clone(), problem.clone())) {
+                        events.spawn_publish(
+                            reference(&ns),
+                            true,
+                            "InvalidAnnotation",
+                            problem.clone(),
+                        );
+                    }
+                }
+                if told.get(&name) == Some(&policy.max_running_runs) {
+                    continue;
+                }
+                told.insert(name.clone(), policy.max_running_runs);
+                Command::NamespaceLimit {
+                    namespace: name,
+                    max_running_runs: policy.max_running_runs,
+                }
+            }
+            watcher::Event::Delete(ns) => {
+                let name = ns.name_any();
+                told.remove(&name);
+                reported.retain(|(n, _)| *n != name);
+                Command::NamespaceDefault(name)
+            }
+            watcher::Event::Init | watcher::Event::InitDone => continue,
+        };
+        if engine.send(command).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// An event's reference to a Namespace.
+fn reference(ns: &Namespace) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(Namespace::api_version(&()).to_string()),
+        kind: Some(Namespace::kind(&()).to_string()),
+        name: Some(ns.name_any()),
+        uid: ns.meta().uid.clone(),
+        ..ObjectReference::default()
+    }
+}
