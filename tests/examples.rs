@@ -10,7 +10,11 @@ fn read(name: &str) -> String {
 
 #[test]
 fn example_dags_are_valid() {
-    for file in ["dag-etl-pipeline.yaml", "dag-every-second.yaml"] {
+    for file in [
+        "dag-etl-pipeline.yaml",
+        "dag-every-second.yaml",
+        "dag-run-timeout.yaml",
+    ] {
         let dag: Dag = serde_yaml::from_str(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         let (schedule, graph) = dag
             .spec

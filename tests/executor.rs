@@ -966,3 +966,52 @@ async fn a_rerun_action_runs_failed_tasks_again_and_keeps_the_successful_ones() 
         Some("marked failed by alice")
     );
 }
+
+#[tokio::test]
+async fn a_run_past_its_run_timeout_fails_stops_its_pods_and_frees_its_slots() {
+    let store = common::fresh_store("exec_run_timeout").await;
+    let mut h = Harness::new(store.clone(), ExecutorConfig::default());
+    let spec = Arc::new(
+        serde_yaml::from_str::<DagSpec>(
+            "runTimeoutSeconds: 60\ntasks:\n- {name: a, retries: 3, container: {image: x}}\n- {name: b, container: {image: x}}\n- {name: c, dependsOn: [a], container: {image: x}}",
+        )
+        .expect("valid spec"),
+    );
+    let run = admit(&mut h, "slow", t0(), spec).await;
+    let started = run.started_at.expect("a run starts when admitted");
+    h.step(started).await;
+    assert_eq!(h.cluster.live().len(), 2);
+    assert!(h.pod_does(&run, "b", 1, PodVerdict::Succeeded));
+    h.step(started + Duration::seconds(1)).await;
+    // the executor wakes at the deadline
+    assert_eq!(h.exec.next_wake(), Some(started + Duration::seconds(60)));
+    h.step(started + Duration::seconds(59)).await;
+    assert_eq!(h.run_state(&run).await, RunState::Running);
+    h.outputs();
+    h.step(started + Duration::seconds(60)).await;
+    assert_eq!(h.run_state(&run).await, RunState::Failed);
+    let tries = h.tries(&run).await;
+    // a failed for good (no retry), b kept its success, c never started
+    assert_eq!(state_of(&tries, "a", 1), TaskState::Failed);
+    assert_eq!(tries.iter().filter(|t| t.task_name == "a").count(), 1);
+    assert_eq!(state_of(&tries, "b", 1), TaskState::Success);
+    assert_eq!(state_of(&tries, "c", 1), TaskState::Skipped);
+    assert!(h.cluster.live().is_empty(), "the running Pod is deleted");
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 0);
+    assert_eq!(h.exec.running_runs(), 0);
+    let timed_out: Vec<_> = h
+        .outputs()
+        .into_iter()
+        .filter_map(|o| match o {
+            ExecOutput::Event(n) if n.reason == "RunTimedOut" => Some(n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(timed_out.len(), 1, "one RunTimedOut event");
+    assert!(timed_out[0].warning);
+    assert!(
+        timed_out[0].message.contains("task \"a\" was stopped"),
+        "{}",
+        timed_out[0].message
+    );
+}

@@ -198,6 +198,45 @@ async fn a_task_over_its_timeout_fails_and_its_pod_is_gone() {
 }
 
 #[tokio::test]
+async fn a_held_run_over_its_run_timeout_fails_and_its_pod_is_deleted() {
+    let s = setup("run-timeout").await;
+    s.apply(&dag_with_spec(
+        "held",
+        "  runTimeoutSeconds: 3\n  tasks:\n  - {name: work, retries: 2, container: {image: e2e.local/hold}}\n  - {name: after, dependsOn: [work], container: {image: busybox}}\n",
+    ));
+    let _op = s.operator(&[]);
+    let run = trigger(&s, "held", "2024-05-05T00:00:00Z").await;
+    let pod = s.pod_of("held", "work", 1).await;
+    let run = run_ends(&s, "held", run.id).await;
+    assert_eq!(run.state, RunState::Failed);
+    let tasks = latest(&s.tasks(&run).await);
+    assert_eq!(tasks["work"].state, "failed");
+    assert_eq!(tasks["work"].try_number, 1, "no retry after a run timeout");
+    assert!(
+        tasks["work"]
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("runTimeoutSeconds"),
+        "{tasks:?}"
+    );
+    assert_eq!(tasks["after"].state, "skipped");
+    eventually(Duration::from_secs(30), "the held Pod deleted", || {
+        let gone = !s
+            .pods("held")
+            .iter()
+            .any(|p| p["metadata"]["name"] == pod.as_str());
+        async move { gone.then_some(()) }
+    })
+    .await;
+    eventually(Duration::from_secs(30), "a RunTimedOut event", || {
+        let events = s.events("RunTimedOut");
+        async move { (!events.is_empty()).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn max_active_runs_one_runs_one_after_another() {
     let s = setup("serial").await;
     s.apply(&dag_with_spec(

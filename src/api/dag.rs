@@ -111,6 +111,12 @@ pub struct DagSpec {
     /// Orders runs of the same priority class; higher first.
     #[serde(default)]
     pub priority: i32,
+    /// A run not finished this many seconds after it started ends `failed` (event
+    /// `RunTimedOut`): its running tasks fail and their Pods are deleted, its unfinished
+    /// tasks are skipped, its slots freed. Absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub run_timeout_seconds: Option<i64>,
     /// Default run configuration, passed to tasks as DAG_RUN_PARAMS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::free_object")]

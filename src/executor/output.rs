@@ -61,6 +61,8 @@ pub struct RunFinished {
     pub ended_at: DateTime<Utc>,
     /// why it failed: the first task to fail for good
     pub failed_task: Option<FailedTry>,
+    /// it failed because it ran longer than `runTimeoutSeconds` (this many seconds)
+    pub timed_out_after: Option<i64>,
 }
 
 impl RunFinished {
@@ -86,6 +88,7 @@ impl RunFinished {
             started_at: run.run.started_at,
             ended_at: now,
             failed_task,
+            timed_out_after: None,
         }
     }
 
@@ -104,6 +107,20 @@ impl RunFinished {
         );
         if self.state == RunState::Success {
             return Notice::normal(subject, "RunSucceeded", format!("{run} succeeded{took}"));
+        }
+        if let Some(limit) = self.timed_out_after {
+            let stopped = match &self.failed_task {
+                Some(f) => format!("; task {:?} was stopped", f.task),
+                None => String::new(),
+            };
+            return Notice::warning(
+                subject,
+                "RunTimedOut",
+                format!(
+                    "{run} failed: not finished within runTimeoutSeconds ({limit}s){stopped}; its \
+                     unfinished tasks are skipped"
+                ),
+            );
         }
         let why = match &self.failed_task {
             Some(f) => format!(
@@ -212,7 +229,34 @@ mod tests {
             started_at: Some(at),
             ended_at: at + chrono::Duration::seconds(90),
             failed_task,
+            timed_out_after: None,
         }
+    }
+
+    #[test]
+    fn a_timed_out_run_says_so() {
+        let mut run = finished(
+            RunState::Failed,
+            Some(FailedTry {
+                task: "load".into(),
+                try_number: 1,
+                exit_code: None,
+                message: Some("run timed out after 60s (runTimeoutSeconds)".into()),
+            }),
+        );
+        run.timed_out_after = Some(60);
+        let n = run.notice();
+        assert_eq!((n.reason, n.warning), ("RunTimedOut", true));
+        assert!(
+            n.message.contains("runTimeoutSeconds (60s)"),
+            "{}",
+            n.message
+        );
+        assert!(
+            n.message.contains("task \"load\" was stopped"),
+            "{}",
+            n.message
+        );
     }
 
     #[test]

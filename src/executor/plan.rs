@@ -136,6 +136,9 @@ pub enum Step {
     Retry { task: usize },
     /// a pending task's upstreams decided it: `queued`, `upstream_failed` or `skipped`
     Decided { task: usize, to: TaskState },
+    /// the run timed out: an unfinished task that is not running (pending, queued, up for
+    /// retry) is skipped
+    Abandoned { task: usize, from: TaskState },
 }
 
 /// What to do with one run now.
@@ -146,6 +149,75 @@ pub struct RunPlan {
     pub outcome: RunOutcome,
     /// the next instant a decision depends on time (a timeout, a retry delay, a grace)
     pub wake_at: Option<DateTime<Utc>>,
+    /// the run ended because it ran longer than `runTimeoutSeconds` (this many seconds)
+    pub timed_out: Option<i64>,
+}
+
+/// When a run must have finished (`runTimeoutSeconds` after it started).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunDeadline {
+    pub limit_secs: i64,
+    pub at: DateTime<Utc>,
+}
+
+impl RunDeadline {
+    /// The deadline of a run started at `started` with `runTimeoutSeconds` `limit`.
+    pub fn of(started: Option<DateTime<Utc>>, limit: Option<i64>) -> Option<Self> {
+        let (started, limit_secs) = (started?, limit?);
+        Some(RunDeadline {
+            limit_secs,
+            at: started + chrono::Duration::seconds(limit_secs),
+        })
+    }
+}
+
+/// [`plan_run`] for a run with a deadline: once it passed, every running try fails (its Pod
+/// stopped), every other unfinished task is skipped, and the run fails.
+pub fn plan_run_within(
+    graph: &TaskGraph,
+    rules: &[TaskRules],
+    tries: &[TryView],
+    patience: Patience,
+    deadline: Option<RunDeadline>,
+    now: DateTime<Utc>,
+) -> RunPlan {
+    let Some(deadline) = deadline.filter(|d| d.at <= now) else {
+        let mut plan = plan_run(graph, rules, tries, patience, now);
+        if let Some(d) = deadline {
+            plan.wake_at = Some(plan.wake_at.map_or(d.at, |w| w.min(d.at)));
+        }
+        return plan;
+    };
+    let message = format!(
+        "run timed out after {}s (runTimeoutSeconds)",
+        deadline.limit_secs
+    );
+    let steps = tries
+        .iter()
+        .enumerate()
+        .filter_map(|(task, view)| match view.state {
+            TaskState::Running => Some(Step::Ended {
+                task,
+                to: TaskState::Failed,
+                exit_code: None,
+                message: Some(message.clone()),
+                stop_pod: true,
+            }),
+            TaskState::Pending | TaskState::Queued | TaskState::UpForRetry => {
+                Some(Step::Abandoned {
+                    task,
+                    from: view.state,
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    RunPlan {
+        steps,
+        outcome: RunOutcome::Failed,
+        wake_at: None,
+        timed_out: Some(deadline.limit_secs),
+    }
 }
 
 /// Decides one run. `tries[i]` and `rules[i]` belong to task `i` of `graph`.
@@ -215,6 +287,7 @@ pub fn plan_run(
         steps,
         outcome: graph.outcome(&states),
         wake_at: wake,
+        timed_out: None,
     }
 }
 
@@ -576,5 +649,60 @@ mod tests {
             Duration::from_secs(100)
         );
         assert_eq!(retry_delay(RetryBackoff::Fixed, 0, 3600, 1), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_run_past_its_deadline_fails_its_running_tries_and_skips_the_rest() {
+        let started = t("2024-01-01T00:00:00Z");
+        let deadline = RunDeadline::of(Some(started), Some(60));
+        let r = [rules(3, None), rules(0, None), rules(0, None)];
+        let tries = [
+            view(Success, gone()),
+            running(PodVerdict::Running),
+            pending(),
+        ];
+        // before the deadline: nothing to do but wake at it
+        let before = plan_run_within(
+            &chain(),
+            &r,
+            &tries,
+            PATIENCE,
+            deadline,
+            t("2024-01-01T00:00:30Z"),
+        );
+        assert_eq!(before.timed_out, None);
+        assert_eq!(before.outcome, RunOutcome::Running);
+        assert_eq!(before.wake_at, Some(t("2024-01-01T00:01:00Z")));
+        // at it: the running try fails for good (retries left or not) with its Pod stopped,
+        // the pending one is skipped, the run fails
+        let at = plan_run_within(
+            &chain(),
+            &r,
+            &tries,
+            PATIENCE,
+            deadline,
+            t("2024-01-01T00:01:00Z"),
+        );
+        assert_eq!(at.timed_out, Some(60));
+        assert_eq!(at.outcome, RunOutcome::Failed);
+        assert_eq!(
+            at.steps,
+            vec![
+                Step::Ended {
+                    task: 1,
+                    to: Failed,
+                    exit_code: None,
+                    message: Some("run timed out after 60s (runTimeoutSeconds)".into()),
+                    stop_pod: true,
+                },
+                Step::Abandoned {
+                    task: 2,
+                    from: Pending
+                },
+            ]
+        );
+        // no deadline: as before
+        assert_eq!(RunDeadline::of(Some(started), None), None);
+        assert_eq!(RunDeadline::of(None, Some(60)), None);
     }
 }

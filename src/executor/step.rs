@@ -251,17 +251,25 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         // tries that end, by the index of their move: reported once it is written
         let mut try_ends: Vec<(usize, TryFinished, Option<Notice>, EndedTry)> = Vec::new();
         let mut wakes = Vec::new();
+        // runs ended by their runTimeoutSeconds, with it
+        let mut timed_out: HashMap<Uuid, i64> = HashMap::new();
         for id in std::mem::take(&mut self.dirty) {
             let Some(run) = self.live.get(&id) else {
                 continue;
             };
-            let decided = plan::plan_run(
+            let deadline =
+                plan::RunDeadline::of(run.run.started_at, run.spec.spec.run_timeout_seconds);
+            let decided = plan::plan_run_within(
                 &run.spec.graph,
                 &run.spec.rules,
                 &run.views(),
                 patience,
+                deadline,
                 now,
             );
+            if let Some(limit) = decided.timed_out {
+                timed_out.insert(id, limit);
+            }
             if let Some(t) = decided.wake_at {
                 wakes.push((t, id));
             }
@@ -340,6 +348,23 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                             at: now,
                         });
                     }
+                    Step::Abandoned { task, from } => {
+                        let live = &run.tasks[task];
+                        let mut m = TaskMove::new(live.key(), from, TaskState::Skipped, now);
+                        m.stamp = Stamp::Ended;
+                        let mut row = live.row.clone();
+                        row.state = TaskState::Skipped;
+                        row.ended_at = Some(now);
+                        move_effects.push(Effect::Try {
+                            run: id,
+                            task,
+                            row,
+                            used: live.used,
+                            pod: PodSight::Gone { since: now },
+                            stop: None,
+                        });
+                        changes.moves.push(m);
+                    }
                     Step::Decided { task, to } => {
                         let live = &run.tasks[task];
                         let mut m = TaskMove::new(live.key(), TaskState::Pending, to, now);
@@ -416,7 +441,8 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                 }
                 self.dags_changed.insert(run.run.dag.clone());
                 if took {
-                    let finished = RunFinished::of(&run, end.state, end.at);
+                    let mut finished = RunFinished::of(&run, end.state, end.at);
+                    finished.timed_out_after = timed_out.get(&end.id).copied();
                     self.emit(ExecOutput::Event(finished.notice()));
                     self.runs_finished.push(finished);
                 }
