@@ -841,3 +841,37 @@ async fn db_end(store: &dag_operator::store::PgStore, ids: &[uuid::Uuid]) {
     };
     store.write_changes(&changes).await.expect("end runs");
 }
+
+#[tokio::test]
+async fn buffer_one_runs_one_keeps_one_waiting_and_skips_the_rest() {
+    let db = common::fresh_store("eng_buffer_one").await;
+    let mut h = Harness::new(db.clone(), EngineConfig::default()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    h.upsert(
+        info(
+            "buffered",
+            t0,
+            spec("schedule: '* * * * * *'\nmaxActiveRuns: 5\nconcurrencyPolicy: BufferOne"),
+        ),
+        t0,
+    );
+    h.run_clock(t0, t0 + Duration::seconds(5), Duration::seconds(1))
+        .await;
+    // one runs (maxActiveRuns does not raise it), 00:00:01 waits, 02..05 are skipped
+    assert_eq!(h.dates("buffered").await, vec![t0]);
+    let skipped = h.events("RunSkipped");
+    assert_eq!(skipped.len(), 4, "{skipped:?}");
+    assert!(skipped[0].contains("BufferOne"), "{skipped:?}");
+    // the run ends: the waiting tick runs next, and the next tick may wait again
+    h.finish_all(RunState::Success, t0 + Duration::seconds(5))
+        .await;
+    h.tick(t0 + Duration::seconds(5)).await;
+    assert_eq!(
+        h.dates("buffered").await,
+        vec![t0, t0 + Duration::seconds(1)]
+    );
+    h.tick(t0 + Duration::seconds(6)).await;
+    h.tick(t0 + Duration::seconds(7)).await;
+    assert_eq!(h.dates("buffered").await.len(), 2);
+    assert_eq!(h.events("RunSkipped").len(), 1, "07 skipped, 06 waits");
+}

@@ -104,8 +104,9 @@ pub struct DagSpec {
     #[schemars(range(min = 1, max = 10000))]
     pub max_active_runs: i32,
     /// What a tick does while runs of this DAG are active: `Allow` (queue it beyond
-    /// `maxActiveRuns`), `Forbid` (skip it, with a `MissedRuns` event) or `Replace` (cancel
-    /// the active runs and start the new one).
+    /// `maxActiveRuns`), `Forbid` (skip it, with a `RunSkipped` event), `Replace` (cancel
+    /// the active runs and start the new one) or `BufferOne` (one runs, at most one waits,
+    /// further ticks are skipped).
     #[serde(default)]
     pub concurrency_policy: ConcurrencyPolicy,
     /// Orders runs of the same priority class; higher first.
@@ -140,6 +141,9 @@ pub enum ConcurrencyPolicy {
     Forbid,
     /// cancel active runs and start the new one
     Replace,
+    /// one run at a time, and at most one scheduled run waiting behind it; further ticks
+    /// are skipped (event `RunSkipped`) — Temporal's BufferOne
+    BufferOne,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

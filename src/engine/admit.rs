@@ -99,6 +99,7 @@ impl Pending {
 impl<S: RunStore, G: Gate> Engine<S, G> {
     pub(super) fn enqueue(&mut self, pending: Pending, class: RunClass, priority: i32) {
         let key = pending.dag.clone();
+        let scheduled = pending.run_type == RunType::Scheduled;
         let enqueued = pending.enqueued_ms;
         let date = pending.logical_date.timestamp();
         let mut keys = vec![
@@ -121,6 +122,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         );
         if let Some(state) = self.dags.get_mut(&key) {
             state.queued += 1;
+            if scheduled {
+                state.queued_scheduled += 1;
+            }
         }
         self.dirty.insert(key);
     }
@@ -129,6 +133,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     pub(super) fn dequeued(&mut self, p: &Pending) {
         if let Some(state) = self.dags.get_mut(&p.dag) {
             state.queued = state.queued.saturating_sub(1);
+            if p.run_type == RunType::Scheduled {
+                state.queued_scheduled = state.queued_scheduled.saturating_sub(1);
+            }
             if let Some(t) = &p.trigger {
                 // dropped (DAG invalid or deleted): asked again when the DAG comes back
                 state.in_flight.remove(t);
@@ -232,7 +239,13 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     }
 
     /// A scheduled tick is skipped: an event, and its position is decided.
-    fn skip_tick(&mut self, key: &DagKey, tick: DateTime<Utc>, warning: bool, why: &str) {
+    pub(super) fn skip_tick(
+        &mut self,
+        key: &DagKey,
+        tick: DateTime<Utc>,
+        warning: bool,
+        why: &str,
+    ) {
         self.event(
             key,
             warning,

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::admit::Pending;
 use super::{Engine, Output, SchedulingStatus};
-use crate::api::dag::DagSpec;
+use crate::api::dag::{ConcurrencyPolicy, DagSpec};
 use crate::api::{DAG, TriggerRequest};
 use crate::gate::{Gate, Hold, key as gate_key};
 use crate::queue::{EntryId, RunClass};
@@ -173,6 +173,8 @@ pub(super) struct DagState {
     pub next_tick: Option<DateTime<Utc>>,
     pub active: Vec<ActiveRun>,
     pub queued: usize,
+    /// of which scheduled ticks (BufferOne lets one wait)
+    pub queued_scheduled: usize,
     pub last_trigger: Option<String>,
     /// trigger values known recorded, and those in the queue or being refused now
     pub handled: HashSet<String>,
@@ -199,6 +201,7 @@ impl DagState {
             next_tick: None,
             active: Vec::new(),
             queued: 0,
+            queued_scheduled: 0,
             last_trigger: None,
             handled: HashSet::new(),
             in_flight: HashSet::new(),
@@ -210,7 +213,16 @@ impl DagState {
     }
 
     pub fn max_active(&self) -> usize {
+        if self.info.spec().concurrency_policy == ConcurrencyPolicy::BufferOne {
+            return 1;
+        }
         self.info.spec().max_active_runs.max(1) as usize
+    }
+
+    /// BufferOne: a run is active and another scheduled one waits already.
+    fn buffer_full(&self) -> bool {
+        self.info.spec().concurrency_policy == ConcurrencyPolicy::BufferOne
+            && self.active.len() + self.queued_scheduled >= 2
     }
 
     /// Ticks before this are never caught up: the DAG's creation, its current schedule's
@@ -693,6 +705,15 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         }
         let params = spec.params.clone().unwrap_or(serde_json::json!({}));
         for tick in plan.due {
+            if self.dags.get(key).is_some_and(DagState::buffer_full) {
+                self.skip_tick(
+                    key,
+                    tick,
+                    false,
+                    "concurrencyPolicy BufferOne: a run is active and another waits",
+                );
+                continue;
+            }
             self.enqueue(
                 Pending::scheduled(key.clone(), tick, params.clone(), now),
                 RunClass::Scheduled,
