@@ -163,7 +163,7 @@ fn dag_schema_validates_what_it_can() {
     );
     assert_eq!(
         spec["properties"]["concurrencyPolicy"]["enum"],
-        serde_json::json!(["Allow", "Forbid", "Replace"])
+        serde_json::json!(["Allow", "Forbid", "Replace", "BufferOne"])
     );
     assert_eq!(num(&spec["properties"]["maxActiveRuns"]["minimum"]), 1.0);
     assert_eq!(
