@@ -875,3 +875,63 @@ async fn buffer_one_runs_one_keeps_one_waiting_and_skips_the_rest() {
     assert_eq!(h.dates("buffered").await.len(), 2);
     assert_eq!(h.events("RunSkipped").len(), 1, "07 skipped, 06 waits");
 }
+
+#[tokio::test]
+async fn three_failed_scheduled_runs_in_a_row_suspend_the_dag_until_its_spec_changes() {
+    let db = common::fresh_store("eng_auto_suspend").await;
+    let mut h = Harness::new(db.clone(), EngineConfig::default()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    let dag = || {
+        info(
+            "flaky",
+            t0,
+            spec("schedule: '* * * * * *'\nmaxConsecutiveFailures: 3\ncatchup: false"),
+        )
+    };
+    h.upsert(dag(), t0);
+    for s in 0..3 {
+        h.tick(t0 + Duration::seconds(s)).await;
+        h.finish_all(RunState::Failed, t0 + Duration::seconds(s))
+            .await;
+    }
+    h.outputs();
+    // the third failure is counted at the next pass: no run for 00:00:03 or later
+    for s in 3..6 {
+        h.tick(t0 + Duration::seconds(s)).await;
+    }
+    assert_eq!(h.runs("flaky").await.len(), 3);
+    let suspended = h.events("AutoSuspended");
+    assert_eq!(suspended.len(), 1, "{suspended:?}");
+    assert!(
+        suspended[0].contains("3 failed scheduled runs"),
+        "{suspended:?}"
+    );
+    // its status says so
+    h.tick(t0 + Duration::seconds(6)).await;
+    let status = h
+        .outputs()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Status(EngineStatus::Dag(_, s)) => Some(s),
+            _ => None,
+        })
+        .next_back();
+    if let Some(s) = status {
+        assert!(s.auto_suspended);
+        assert_eq!(s.auto_suspension.map(|a| a.failures), Some(3));
+    }
+    // the user changes the spec (a new generation): it runs again, and the old failures do
+    // not count again — one more failure does not suspend it
+    let mut resumed = dag();
+    std::sync::Arc::make_mut(&mut resumed.object)
+        .metadata
+        .generation = Some(2);
+    h.upsert(resumed, t0 + Duration::seconds(7));
+    h.tick(t0 + Duration::seconds(7)).await;
+    assert_eq!(h.runs("flaky").await.len(), 4);
+    h.finish_all(RunState::Failed, t0 + Duration::seconds(7))
+        .await;
+    h.tick(t0 + Duration::seconds(8)).await;
+    assert_eq!(h.runs("flaky").await.len(), 5);
+    assert!(h.events("AutoSuspended").is_empty());
+}

@@ -15,6 +15,7 @@ fn example_dags_are_valid() {
         "dag-every-second.yaml",
         "dag-run-timeout.yaml",
         "dag-buffer-one.yaml",
+        "dag-auto-suspend.yaml",
     ] {
         let dag: Dag = serde_yaml::from_str(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         let (schedule, graph) = dag

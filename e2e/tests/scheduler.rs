@@ -250,3 +250,43 @@ async fn invalid_dags_are_not_ready_and_a_valid_one_keeps_running() {
     let events = s.ns.kubectl_ok(&["get", "events", "-o", "json"], None);
     assert!(events.contains("InvalidSchedule"), "{events}");
 }
+
+#[tokio::test]
+async fn a_dag_failing_three_times_in_a_row_suspends_itself_until_its_spec_changes() {
+    let s = setup("auto-suspend").await;
+    s.apply(&dag_yaml_with_image(
+        "failing",
+        "  schedule: '* * * * * *'\n  maxActiveRuns: 1\n  catchup: false\n  maxConsecutiveFailures: 3",
+        "e2e.local/fail",
+    ));
+    let _op = s.operator(&[]);
+    let status = s
+        .status_until("failing", "Ready=False AutoSuspended", |st| {
+            ready_condition(st)
+                .is_some_and(|(status, reason, _)| status == "False" && reason == "AutoSuspended")
+        })
+        .await;
+    assert_eq!(status["autoSuspension"]["failures"], 3, "{status}");
+    assert_eq!(status["autoSuspension"]["generation"], 1, "{status}");
+    let stalled = status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Stalled").cloned())
+        .unwrap_or_default();
+    assert_eq!(stalled["status"], "True", "{status}");
+    assert!(!s.events("AutoSuspended").is_empty());
+    // no scheduled run after the suspension: the count stays put
+    let runs = s.runs("failing").await.len();
+    assert_eq!(runs, 3, "one run at a time: three failures, then no more");
+    tokio::time::sleep(Duration::from_secs(3)).await; // a span in which ticks would come due
+    assert_eq!(s.runs("failing").await.len(), runs);
+    // the user changes the spec: it schedules again, counting failures afresh
+    s.apply(&dag_yaml_with_image(
+        "failing",
+        "  schedule: '* * * * * *'\n  maxActiveRuns: 1\n  catchup: false\n  maxConsecutiveFailures: 5",
+        "e2e.local/fail",
+    ));
+    s.runs_until("failing", "runs again after the spec changed", |r| {
+        r.len() > runs
+    })
+    .await;
+}

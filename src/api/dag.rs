@@ -118,6 +118,14 @@ pub struct DagSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub run_timeout_seconds: Option<i64>,
+    /// After this many failed scheduled runs in a row (by logical date) the DAG suspends
+    /// itself: no new scheduled runs, `status.autoSuspension` says when and why, condition
+    /// `Ready=False`/`Stalled=True` with reason `AutoSuspended`, event `AutoSuspended`.
+    /// `spec.suspend` stays yours: any change of the spec (toggling `suspend` too) resumes
+    /// it, counting failures afresh. Absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_consecutive_failures: Option<u32>,
     /// Default run configuration, passed to tasks as DAG_RUN_PARAMS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::free_object")]
@@ -320,6 +328,25 @@ pub struct DagStatus {
     /// Newest first, at most 5.
     #[serde(default)]
     pub recent_runs: Vec<RunSummary>,
+    /// The DAG's last suspension of itself after `maxConsecutiveFailures` failed scheduled
+    /// runs. In force while its `generation` is the DAG's `metadata.generation`: any change
+    /// of the spec resumes the DAG (the record stays: failures are counted after `through`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_suspension: Option<AutoSuspension>,
+}
+
+/// A DAG's suspension of itself (`maxConsecutiveFailures`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoSuspension {
+    /// The `metadata.generation` it suspended; a newer one resumes the DAG.
+    pub generation: i64,
+    /// When it suspended itself.
+    pub suspended_at: DateTime<Utc>,
+    /// How many failed scheduled runs in a row caused it.
+    pub failures: u32,
+    /// The logical date of the newest of those runs: later runs count toward the next one.
+    pub through: DateTime<Utc>,
 }
 
 /// One run, as `recentRuns` shows it.

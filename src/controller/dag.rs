@@ -171,6 +171,7 @@ pub async fn reconcile(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, Contr
             problem: problem.clone(),
             observed_trigger: observed_trigger(&dag),
             priority_clamped: clamped(&key, priority),
+            observed_auto_suspension: dag.status.as_ref().and_then(|s| s.auto_suspension.clone()),
         },
     ));
     ctx.report_problem(&dag, &key, problem).await;
@@ -304,10 +305,12 @@ pub async fn run(
         .default_backoff()
         .modify(|dag: &mut DAG| {
             trim_metadata(dag);
-            // of its own status the operator reads back only the last handled trigger
+            // of its own status the operator reads back only the last handled trigger and
+            // its last suspension of itself
             if let Some(status) = dag.status.as_mut() {
                 *status = crate::api::DagStatus {
                     last_handled_trigger: status.last_handled_trigger.take(),
+                    auto_suspension: status.auto_suspension.take(),
                     ..Default::default()
                 };
             }

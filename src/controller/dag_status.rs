@@ -8,7 +8,7 @@ use crate::api::DagStatus;
 use crate::api::conditions::{
     Condition, PRIORITY_CLAMPED, READY, RECONCILING, STALLED, set_condition,
 };
-use crate::api::dag::RunSummary;
+use crate::api::dag::{AutoSuspension, RunSummary};
 use crate::engine::SchedulingStatus;
 
 pub use crate::report::Problem;
@@ -23,6 +23,8 @@ pub struct Validity {
     pub observed_trigger: Option<String>,
     /// `spec.priority` lowered to the namespace's ceiling (the `PriorityClamped` condition)
     pub priority_clamped: Option<Problem>,
+    /// `status.autoSuspension` as the object carries it (until the engine reports)
+    pub observed_auto_suspension: Option<AutoSuspension>,
 }
 
 /// What is known of one DAG, from its three producers.
@@ -140,6 +142,25 @@ fn verdict(model: &DagModel, store_ok: bool, gate_ok: bool) -> Verdict {
                 .to_string(),
         )
         .reconciling();
+    }
+    if let Some(a) = model
+        .scheduling
+        .as_ref()
+        .filter(|s| s.auto_suspended)
+        .and_then(|s| s.auto_suspension.as_ref())
+    {
+        return Verdict::new(
+            false,
+            "AutoSuspended",
+            format!(
+                "suspended itself after {} failed scheduled runs in a row (the newest for {}; \
+                 maxConsecutiveFailures): no new scheduled runs until the spec changes (e.g. \
+                 toggle suspend)",
+                a.failures,
+                a.through.to_rfc3339()
+            ),
+        )
+        .stalled();
     }
     let failing = failing_streak(&model.recent_runs);
     if let Some(newest) = failing.first() {
@@ -270,6 +291,13 @@ pub(super) fn render(
         // the engine's value (from the record) once it has one, else what the object says
         last_handled_trigger: s.last_handled_trigger.clone().or(observed),
         recent_runs: model.recent_runs.clone(),
+        // the engine's record once it has one, else what the object says
+        auto_suspension: s.auto_suspension.clone().or_else(|| {
+            model
+                .validity
+                .as_ref()
+                .and_then(|v| v.observed_auto_suspension.clone())
+        }),
     }
 }
 
@@ -289,6 +317,7 @@ mod tests {
                 }),
                 observed_trigger: Some("t-1".into()),
                 priority_clamped: None,
+                observed_auto_suspension: None,
             }),
             ..Default::default()
         };
@@ -304,6 +333,7 @@ mod tests {
             problem: None,
             observed_trigger: Some("t-1".into()),
             priority_clamped: None,
+            observed_auto_suspension: None,
         });
         assert_eq!(
             render(&mut m, false, true, now).conditions[0].reason,
@@ -368,6 +398,7 @@ mod tests {
                 problem: None,
                 observed_trigger: None,
                 priority_clamped: Some(clamped),
+                observed_auto_suspension: None,
             }),
             ..Default::default()
         };
@@ -393,6 +424,7 @@ mod tests {
                 problem: Some(Problem::new("InvalidDateRange", "end before start".into())),
                 observed_trigger: None,
                 priority_clamped: None,
+                observed_auto_suspension: None,
             }),
             ..Default::default()
         };
@@ -417,6 +449,7 @@ mod tests {
             problem: None,
             observed_trigger: None,
             priority_clamped: None,
+            observed_auto_suspension: None,
         });
         let s = render(&mut m, true, true, now);
         assert!(condition(&s, READY).is_true());

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::admit::Pending;
 use super::{Engine, Output, SchedulingStatus};
-use crate::api::dag::{ConcurrencyPolicy, DagSpec};
+use crate::api::dag::{AutoSuspension, ConcurrencyPolicy, DagSpec};
 use crate::api::{DAG, TriggerRequest};
 use crate::gate::{Gate, Hold, key as gate_key};
 use crate::queue::{EntryId, RunClass};
@@ -74,6 +74,14 @@ impl DagInfo {
 
     pub fn spec(&self) -> &DagSpec {
         &self.object.spec
+    }
+
+    /// Its last suspension of itself, as its status records it.
+    pub fn auto_suspension(&self) -> Option<&AutoSuspension> {
+        self.object
+            .status
+            .as_ref()
+            .and_then(|s| s.auto_suspension.as_ref())
     }
 
     pub fn uid(&self) -> &str {
@@ -187,10 +195,13 @@ pub(super) struct DagState {
     pub last_manual: Option<DateTime<Utc>>,
     /// the spec version new runs are admitted with (made at the first admission)
     pub version: Option<Arc<SpecVersion>>,
+    /// its last suspension of itself (from its status, or decided here since)
+    pub auto: Option<AutoSuspension>,
 }
 
 impl DagState {
     fn new(info: DagInfo, now: DateTime<Utc>) -> Self {
+        let info_auto = info.auto_suspension().cloned();
         DagState {
             schedule_key: info.schedule_key(),
             since: info.created_at().unwrap_or(now),
@@ -209,7 +220,15 @@ impl DagState {
             changed_before_take_up: false,
             last_manual: None,
             version: None,
+            auto: info_auto,
         }
+    }
+
+    /// Suspended by itself (`maxConsecutiveFailures`) and its spec unchanged since.
+    pub fn auto_suspended(&self) -> bool {
+        self.auto
+            .as_ref()
+            .is_some_and(|a| Some(a.generation) == self.info.object.metadata.generation)
     }
 
     pub fn max_active(&self) -> usize {
@@ -255,6 +274,8 @@ impl DagState {
             next_schedule_time: self.next_tick,
             last_handled_trigger: self.last_trigger.clone(),
             suspended: self.info.spec().suspend,
+            auto_suspension: self.auto.clone(),
+            auto_suspended: self.auto_suspended(),
         })
     }
 }
@@ -346,6 +367,15 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         {
             state.version = None;
         }
+        // the record in the status may be newer than ours (after a restart)
+        if let Some(a) = info.auto_suspension()
+            && state
+                .auto
+                .as_ref()
+                .is_none_or(|mine| mine.through < a.through)
+        {
+            state.auto = Some(a.clone());
+        }
         state.info = info;
         state.unchecked = true;
         self.dirty.insert(key.clone());
@@ -381,14 +411,30 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         };
         let suspended = state.info.spec().suspend;
         if suspended && !was_suspended {
-            // queued ticks go back to the record's position: resume catches them up (with
-            // maxCatchupRuns and a MissedRuns event), as after a restart
-            self.drop_queued(&key, |p| p.run_type == RunType::Scheduled);
-            if let Some(state) = self.dags.get_mut(&key) {
-                state.planned = state.decided;
-            }
+            self.stop_planning(&key);
         }
         self.plan_due(&key, now);
+    }
+
+    /// The DAG suspended itself: its record in memory, in its status, and no more ticks.
+    pub(super) fn auto_suspend(&mut self, key: &DagKey, suspension: AutoSuspension) {
+        if let Some(state) = self.dags.get_mut(key) {
+            state.auto = Some(suspension);
+            if let Some(t) = state.next_tick.take() {
+                self.timers.remove(&(t, key.clone()));
+            }
+        }
+        self.stop_planning(key);
+        self.dirty.insert(key.clone());
+    }
+
+    /// Suspended: queued ticks go back to the record's position, so resuming catches them up
+    /// (with maxCatchupRuns and a MissedRuns event), as after a restart.
+    fn stop_planning(&mut self, key: &DagKey) {
+        self.drop_queued(key, |p| p.run_type == RunType::Scheduled);
+        if let Some(state) = self.dags.get_mut(key) {
+            state.planned = state.decided;
+        }
     }
 
     /// Takes up the DAGs upserted since the last pass: reads their record (position, last
@@ -599,6 +645,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         }
         let ids: HashSet<&Uuid> = ids.iter().collect();
         let mut of_backfills: Vec<(DagKey, String, Uuid)> = Vec::new();
+        // DAGs whose runs ended (maxConsecutiveFailures is checked for them)
+        let mut ended_of: Vec<DagKey> = Vec::new();
         for (key, runs) in self
             .dags
             .iter_mut()
@@ -618,11 +666,21 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 }
             });
             if runs.len() != before {
+                ended_of.push(key.clone());
                 self.dirty.insert(key);
             }
         }
         self.orphans.retain(|_, v| !v.is_empty());
         self.recount_active();
+        for key in ended_of {
+            if self
+                .dags
+                .get(&key)
+                .is_some_and(|s| s.info.spec().max_consecutive_failures.is_some())
+            {
+                self.failure_checks.insert(key);
+            }
+        }
         for (dag, bf, id) in of_backfills {
             self.backfill_run_ended(&dag, &bf, id);
         }
@@ -658,7 +716,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         let Some(schedule) = state.info.schedule.clone() else {
             return;
         };
-        if !state.taken_up || spec.suspend {
+        if !state.taken_up || spec.suspend || state.auto_suspended() {
             return;
         }
         let policy = CatchupPolicy::from_spec(

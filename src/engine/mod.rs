@@ -19,6 +19,7 @@
 mod admit;
 mod backfill;
 mod dags;
+mod failures;
 mod output;
 mod triggers;
 
@@ -143,6 +144,8 @@ pub struct Engine<S: RunStore, G: Gate = MemoryGate> {
     skips: Vec<BackfillSkip>,
     active_total: usize,
     dirty: BTreeSet<DagKey>,
+    /// DAGs with `maxConsecutiveFailures` whose runs ended since the last pass
+    failure_checks: BTreeSet<DagKey>,
     backfills: HashMap<BackfillKey, backfill::BackfillState>,
     last_resync: Option<std::time::Instant>,
     /// a pass left work it capped (a Backfill's walk): the next one comes at once
@@ -184,6 +187,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             skips: Vec::new(),
             active_total: 0,
             dirty: BTreeSet::new(),
+            failure_checks: BTreeSet::new(),
             backfills: HashMap::new(),
             last_resync: None,
             more_work: false,
@@ -259,6 +263,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         self.more_work = false;
         // 1. DAGs taken up: their schedule position and triggers from the record
         self.take_up(now).await?;
+        // 1b. DAGs whose runs ended: failed too often in a row? (maxConsecutiveFailures)
+        self.check_failures(now).await?;
         // 2. timers: due ticks into the queue
         self.fire_timers(now);
         // 3. trigger values not yet recorded: into the queue, or refused

@@ -21,6 +21,10 @@ pub struct SchedulingStatus {
     pub next_schedule_time: Option<DateTime<Utc>>,
     pub last_handled_trigger: Option<String>,
     pub suspended: bool,
+    /// its last suspension of itself (`maxConsecutiveFailures`), in force or not
+    pub auto_suspension: Option<crate::api::dag::AutoSuspension>,
+    /// that suspension is in force
+    pub auto_suspended: bool,
 }
 
 /// What the status writer shows.
