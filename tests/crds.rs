@@ -142,8 +142,28 @@ fn dag_schema_validates_what_it_can() {
     let task = &tasks["items"];
     assert_eq!(
         task["properties"]["triggerRule"]["enum"],
-        serde_json::json!(["AllSuccess", "AllDone"])
+        serde_json::json!([
+            "AllSuccess",
+            "AllFailed",
+            "AllDone",
+            "OneSuccess",
+            "OneFailed",
+            "NoneFailed",
+            "NoneFailedMinOneSuccess",
+            "NoneSkipped",
+            "Always"
+        ])
     );
+    // kubectl explain shows the field's description: it names every rule
+    let explained = task["properties"]["triggerRule"]["description"]
+        .as_str()
+        .expect("described");
+    for rule in dag_operator::graph::TriggerRule::ALL {
+        assert!(
+            explained.contains(&format!("`{rule:?}`")),
+            "{rule:?}: {explained}"
+        );
+    }
     assert_eq!(num(&task["properties"]["poolSlots"]["minimum"]), 1.0);
     assert_eq!(num(&task["properties"]["retries"]["minimum"]), 0.0);
     assert!(task["properties"]["name"]["pattern"].is_string());

@@ -241,6 +241,47 @@ async fn a_chain_runs_in_order_and_the_run_succeeds() {
 }
 
 #[tokio::test]
+async fn trigger_rules_run_handlers_and_the_run_still_fails() {
+    let store = common::fresh_store("exec_rules").await;
+    let mut h = Harness::new(store, ExecutorConfig::default());
+    let run = admit(
+        &mut h,
+        "rules",
+        t0(),
+        spec(
+            "- {name: a, container: {image: x}}\n\
+             - {name: b, dependsOn: [a], container: {image: x}}\n\
+             - {name: notify, dependsOn: [a, b], triggerRule: OneFailed, container: {image: x}}\n\
+             - {name: cleanup, dependsOn: [b], triggerRule: AllDone, container: {image: x}}\n\
+             - {name: watch, dependsOn: [b], triggerRule: Always, container: {image: x}}",
+        ),
+    )
+    .await;
+    h.step(t0()).await;
+    assert_eq!(h.cluster.created(), 2, "a and the Always task start");
+    let tries = h.tries(&run).await;
+    assert_eq!(state_of(&tries, "watch", 1), TaskState::Running);
+    assert_eq!(state_of(&tries, "notify", 1), TaskState::Pending);
+    let failed = PodVerdict::Failed {
+        exit_code: Some(1),
+        message: "Error".into(),
+    };
+    assert!(h.pod_does(&run, "a", 1, failed));
+    assert!(h.pod_does(&run, "watch", 1, PodVerdict::Succeeded));
+    h.step(t0() + Duration::seconds(1)).await;
+    let tries = h.tries(&run).await;
+    assert_eq!(state_of(&tries, "b", 1), TaskState::UpstreamFailed);
+    assert_eq!(state_of(&tries, "notify", 1), TaskState::Running);
+    assert_eq!(state_of(&tries, "cleanup", 1), TaskState::Running);
+    assert_eq!(h.run_state(&run).await, RunState::Running);
+    assert!(h.pod_does(&run, "notify", 1, PodVerdict::Succeeded));
+    assert!(h.pod_does(&run, "cleanup", 1, PodVerdict::Succeeded));
+    h.step(t0() + Duration::seconds(2)).await;
+    assert_eq!(h.run_state(&run).await, RunState::Failed);
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 0);
+}
+
+#[tokio::test]
 async fn a_failed_try_is_retried_after_its_delay_and_the_retry_is_one_write() {
     let store = common::fresh_store("exec_retry").await;
     let mut h = Harness::new(store, ExecutorConfig::default());

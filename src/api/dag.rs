@@ -154,18 +154,47 @@ pub enum ConcurrencyPolicy {
     BufferOne,
 }
 
+/// Airflow's trigger rules. `failed`, `upstream_failed` and `cancelled` upstreams count as
+/// failed; a task without upstreams runs at once whatever its rule.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum TriggerRule {
+    /// Run when every upstream succeeded; `upstream_failed` as soon as one failed, else
+    /// `skipped` as soon as one was skipped.
     #[default]
     AllSuccess,
+    /// Run when every upstream failed; `skipped` as soon as one succeeded or was skipped.
+    AllFailed,
+    /// Run when every upstream finished, whatever its state.
     AllDone,
+    /// Run as soon as one upstream succeeded; once all finished without a success, `skipped`
+    /// if all were skipped, else `upstream_failed`.
+    OneSuccess,
+    /// Run as soon as one upstream failed; `skipped` once all finished without a failure.
+    OneFailed,
+    /// Run when every upstream succeeded or was skipped; `upstream_failed` as soon as one
+    /// failed.
+    NoneFailed,
+    /// Like `NoneFailed`, but `skipped` when every upstream was skipped.
+    NoneFailedMinOneSuccess,
+    /// Run when every upstream finished and none was skipped (failures allowed); `skipped` as
+    /// soon as one was skipped.
+    NoneSkipped,
+    /// Run at once, without waiting for the upstreams.
+    Always,
 }
 
 impl From<TriggerRule> for GraphRule {
     fn from(rule: TriggerRule) -> Self {
         match rule {
             TriggerRule::AllSuccess => GraphRule::AllSuccess,
+            TriggerRule::AllFailed => GraphRule::AllFailed,
             TriggerRule::AllDone => GraphRule::AllDone,
+            TriggerRule::OneSuccess => GraphRule::OneSuccess,
+            TriggerRule::OneFailed => GraphRule::OneFailed,
+            TriggerRule::NoneFailed => GraphRule::NoneFailed,
+            TriggerRule::NoneFailedMinOneSuccess => GraphRule::NoneFailedMinOneSuccess,
+            TriggerRule::NoneSkipped => GraphRule::NoneSkipped,
+            TriggerRule::Always => GraphRule::Always,
         }
     }
 }
@@ -189,9 +218,18 @@ pub struct TaskSpec {
     /// Names of upstream tasks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
-    /// When the task runs, given its upstreams: `AllSuccess` (every upstream succeeded;
-    /// otherwise `upstream_failed` or `skipped`) or `AllDone` (every upstream finished,
-    /// whatever its state).
+    /// When the task runs, given the states of its upstreams (Airflow's trigger rules;
+    /// `failed`, `upstream_failed` and `cancelled` count as failed): `AllSuccess` (default:
+    /// every upstream succeeded; `upstream_failed` as soon as one failed, else `skipped` as
+    /// soon as one was skipped), `AllFailed` (every upstream failed; `skipped` as soon as one
+    /// succeeded or was skipped), `AllDone` (every upstream finished, whatever its state),
+    /// `OneSuccess` (as soon as one succeeded; once all finished without one, `skipped` if all
+    /// were skipped, else `upstream_failed`), `OneFailed` (as soon as one failed; `skipped`
+    /// once all finished without a failure), `NoneFailed` (every upstream succeeded or was
+    /// skipped; `upstream_failed` as soon as one failed), `NoneFailedMinOneSuccess` (like
+    /// `NoneFailed`, but `skipped` when all were skipped), `NoneSkipped` (every upstream
+    /// finished, none skipped; `skipped` as soon as one was), `Always` (at once, without
+    /// waiting for the upstreams). A task without upstreams runs at once whatever its rule.
     #[serde(default)]
     pub trigger_rule: TriggerRule,
     /// Pool in the same namespace this task takes slots of while it runs.
@@ -453,6 +491,17 @@ mod tests {
 
     fn spec(yaml: &str) -> DagSpec {
         serde_yaml::from_str(yaml).expect("valid DagSpec")
+    }
+
+    #[test]
+    fn every_trigger_rule_is_spelled_as_the_graph_names_it() {
+        for rule in GraphRule::ALL {
+            let name = format!("{rule:?}");
+            let api: TriggerRule =
+                serde_yaml::from_str(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(GraphRule::from(api), rule);
+        }
+        assert!(serde_yaml::from_str::<TriggerRule>("all_success").is_err());
     }
 
     #[test]

@@ -630,6 +630,204 @@ mod tests {
         assert_eq!(p.outcome, RunOutcome::Failed);
     }
 
+    /// extract → load → cleanup (AllDone); notify (OneFailed) after extract and load; report
+    /// (Always) after load
+    fn handlers() -> TaskGraph {
+        TaskGraph::build([
+            ("extract", vec![], TriggerRule::AllSuccess),
+            ("load", vec!["extract"], TriggerRule::AllSuccess),
+            ("notify", vec!["extract", "load"], TriggerRule::OneFailed),
+            ("cleanup", vec!["load"], TriggerRule::AllDone),
+            ("report", vec!["load"], TriggerRule::Always),
+        ])
+        .expect("valid graph")
+    }
+
+    fn decided(p: &RunPlan) -> Vec<(usize, TaskState)> {
+        let mut d: Vec<(usize, TaskState)> = p
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Decided { task, to } => Some((*task, *to)),
+                _ => None,
+            })
+            .collect();
+        d.sort_by_key(|&(t, _)| t);
+        d
+    }
+
+    #[test]
+    fn an_always_task_queues_with_the_roots() {
+        let r = vec![rules(0, None); 5];
+        let p = plan_run(
+            &handlers(),
+            &r,
+            &[pending(), pending(), pending(), pending(), pending()],
+            PATIENCE,
+            t("2025-01-01T00:00:00Z"),
+        );
+        assert_eq!(decided(&p), [(0, Queued), (4, Queued)]);
+    }
+
+    #[test]
+    fn a_failure_for_good_queues_its_handlers_in_the_same_plan() {
+        let r = vec![rules(0, None); 5];
+        let failed = running(PodVerdict::Failed {
+            exit_code: Some(1),
+            message: "Error".into(),
+        });
+        let p = plan_run(
+            &handlers(),
+            &r,
+            &[
+                failed,
+                pending(),
+                pending(),
+                pending(),
+                running(PodVerdict::Running),
+            ],
+            PATIENCE,
+            t("2025-01-01T00:01:00Z"),
+        );
+        assert!(matches!(
+            p.steps[0],
+            Step::Ended {
+                task: 0,
+                to: Failed,
+                ..
+            }
+        ));
+        // load upstream_failed; notify (OneFailed) and cleanup (AllDone) queued
+        assert_eq!(decided(&p), [(1, UpstreamFailed), (2, Queued), (3, Queued)]);
+        assert_eq!(p.outcome, RunOutcome::Running);
+        // the handlers succeed: the run still failed
+        let done = |s| view(s, gone());
+        let p = plan_run(
+            &handlers(),
+            &r,
+            &[
+                done(Failed),
+                done(UpstreamFailed),
+                running(PodVerdict::Succeeded),
+                done(Success),
+                done(Success),
+            ],
+            PATIENCE,
+            t("2025-01-01T00:02:00Z"),
+        );
+        assert_eq!(p.outcome, RunOutcome::Failed);
+    }
+
+    #[test]
+    fn a_try_waiting_for_its_retry_decides_nothing_below_it() {
+        let r = vec![rules(2, None); 5];
+        let p = plan_run(
+            &handlers(),
+            &r,
+            &[
+                running(PodVerdict::Failed {
+                    exit_code: Some(1),
+                    message: "Error".into(),
+                }),
+                pending(),
+                pending(),
+                pending(),
+                view(Success, gone()),
+            ],
+            PATIENCE,
+            t("2025-01-01T00:01:00Z"),
+        );
+        assert!(matches!(
+            p.steps[..],
+            [Step::Ended {
+                task: 0,
+                to: UpForRetry,
+                ..
+            }]
+        ));
+        assert_eq!(p.outcome, RunOutcome::Running);
+    }
+
+    #[test]
+    fn without_a_failure_the_notification_is_skipped_and_the_run_succeeds() {
+        let r = vec![rules(0, None); 5];
+        let done = |s| view(s, gone());
+        let p = plan_run(
+            &handlers(),
+            &r,
+            &[
+                done(Success),
+                running(PodVerdict::Succeeded),
+                pending(),
+                pending(),
+                done(Success),
+            ],
+            PATIENCE,
+            t("2025-01-01T00:01:00Z"),
+        );
+        assert_eq!(decided(&p), [(2, Skipped), (3, Queued)]);
+        assert_eq!(p.outcome, RunOutcome::Running);
+        let p = plan_run(
+            &handlers(),
+            &r,
+            &[
+                done(Success),
+                done(Success),
+                done(Skipped),
+                running(PodVerdict::Succeeded),
+                done(Success),
+            ],
+            PATIENCE,
+            t("2025-01-01T00:02:00Z"),
+        );
+        assert_eq!(p.outcome, RunOutcome::Success);
+    }
+
+    #[test]
+    fn a_one_success_join_starts_while_the_other_branch_runs() {
+        let g = TaskGraph::build([
+            ("mirror-a", vec![], TriggerRule::AllSuccess),
+            ("mirror-b", vec![], TriggerRule::AllSuccess),
+            (
+                "join",
+                vec!["mirror-a", "mirror-b"],
+                TriggerRule::OneSuccess,
+            ),
+            ("publish", vec!["join"], TriggerRule::NoneFailed),
+        ])
+        .expect("valid graph");
+        let r = vec![rules(0, None); 4];
+        let p = plan_run(
+            &g,
+            &r,
+            &[
+                running(PodVerdict::Succeeded),
+                running(PodVerdict::Running),
+                pending(),
+                pending(),
+            ],
+            PATIENCE,
+            t("2025-01-01T00:01:00Z"),
+        );
+        assert_eq!(decided(&p), [(2, Queued)]);
+        // both mirrors fail: the join is upstream_failed and so is publish (NoneFailed)
+        let failed = || {
+            running(PodVerdict::Failed {
+                exit_code: Some(2),
+                message: "Error".into(),
+            })
+        };
+        let p = plan_run(
+            &g,
+            &r,
+            &[failed(), failed(), pending(), pending()],
+            PATIENCE,
+            t("2025-01-01T00:01:00Z"),
+        );
+        assert_eq!(decided(&p), [(2, UpstreamFailed), (3, UpstreamFailed)]);
+        assert_eq!(p.outcome, RunOutcome::Failed);
+    }
+
     #[test]
     fn retry_delays() {
         assert_eq!(
