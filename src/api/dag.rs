@@ -121,15 +121,17 @@ pub struct DagSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::free_object")]
     pub params: Option<serde_json::Value>,
+    // podTemplate and taskDefaults are boxed: ~1 KB inline, in every DAG the watch caches and
+    // the engine hold, most of them without either
     /// Pod-level fields of every task Pod: labels, annotations, service account, security
     /// context, scheduling (node selector, tolerations, affinity, priority class), image pull
     /// secrets, volumes. Label and annotation keys under `dagoperator.io/` are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod_template: Option<PodTemplate>,
+    pub pod_template: Option<Box<PodTemplate>>,
     /// Container fields of every task (image, env, envFrom, resources, volumeMounts), merged
     /// into each task's container: the task's own values win.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task_defaults: Option<TaskDefaults>,
+    pub task_defaults: Option<Box<TaskDefaults>>,
     /// The tasks, 1 to 500, unique by name.
     #[schemars(length(min = 1, max = 500))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
@@ -445,13 +447,17 @@ impl DagSpec {
         {
             return Err(DagSpecError::DateRange { start, end });
         }
-        if let Some((what, key)) = self.pod_template.as_ref().and_then(|t| t.reserved_key()) {
+        if let Some((what, key)) = self
+            .pod_template
+            .as_deref()
+            .and_then(PodTemplate::reserved_key)
+        {
             return Err(DagSpecError::ReservedKey {
                 what,
                 key: key.to_string(),
             });
         }
-        let default_image = self.task_defaults.as_ref().and_then(|d| d.image());
+        let default_image = self.task_defaults.as_deref().and_then(TaskDefaults::image);
         if default_image.is_none()
             && let Some(task) = self.tasks.iter().find(|t| t.container.image().is_none())
         {

@@ -312,7 +312,7 @@ pub fn build_pod(
         .collect();
     ours.extend(theirs);
     container.env = Some(ours);
-    let template = dag.pod_template.as_ref();
+    let template = dag.pod_template.as_deref();
     let mut labels = user_keys(template.and_then(|t| t.labels.as_ref()));
     labels.extend([
         (LABEL_DAG.to_string(), run.dag.name.clone()),
