@@ -282,3 +282,66 @@ fn every_kind_and_field_has_a_description() {
         missing.join("\n")
     );
 }
+
+/// Client-side `kubectl apply` (as the e2e harness and docs/INSTALL.md use it) keeps the
+/// whole object in the `last-applied-configuration` annotation, at most 256 KiB. The core/v1
+/// types of the Pod-level fields carry first-sentence descriptions to stay well within it.
+#[test]
+fn the_dag_crd_fits_the_last_applied_annotation() {
+    let bytes = serde_json::to_vec(&crd_json("dags"))
+        .expect("serializes")
+        .len();
+    let limit = 256 * 1024;
+    assert!(
+        bytes < limit * 7 / 8,
+        "the DAG CRD is {bytes} bytes as JSON: keep it under 7/8 of {limit} (client-side apply)"
+    );
+}
+
+/// Issue 18: `podTemplate` and `taskDefaults`, with the rules CEL checks at apply time.
+#[test]
+fn pod_template_and_task_defaults() {
+    let spec = &schema("dags")["properties"]["spec"];
+    let template = &spec["properties"]["podTemplate"]["properties"];
+    for field in [
+        "labels",
+        "annotations",
+        "serviceAccountName",
+        "securityContext",
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "priorityClassName",
+        "imagePullSecrets",
+        "volumes",
+    ] {
+        assert!(template[field].is_object(), "podTemplate.{field}");
+    }
+    // full core/v1 schemas, so mistakes are refused at apply time
+    assert!(template["volumes"]["items"]["properties"]["configMap"].is_object());
+    assert!(template["securityContext"]["properties"]["runAsUser"].is_object());
+    for field in ["labels", "annotations"] {
+        let rule = &template[field]["x-kubernetes-validations"][0];
+        assert_eq!(
+            rule["rule"], "self.all(k, !k.startsWith('dagoperator.io/'))",
+            "{field}"
+        );
+    }
+    let defaults = &spec["properties"]["taskDefaults"]["properties"];
+    for field in ["image", "env", "envFrom", "resources", "volumeMounts"] {
+        assert!(defaults[field].is_object(), "taskDefaults.{field}");
+    }
+    // a task's image may be left to taskDefaults: one rule over the whole spec says so
+    let container = &spec["properties"]["tasks"]["items"]["properties"]["container"];
+    assert!(
+        !container["required"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x == "image"))
+    );
+    let rules = spec["x-kubernetes-validations"].as_array().expect("rules");
+    assert!(rules.iter().any(|r| {
+        r["rule"].as_str().is_some_and(|t| {
+            t.contains("self.taskDefaults.image") && t.contains("t.container.image")
+        })
+    }));
+}

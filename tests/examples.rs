@@ -18,6 +18,7 @@ fn example_dags_are_valid() {
         "dag-buffer-one.yaml",
         "dag-auto-suspend.yaml",
         "dag-trigger-rules.yaml",
+        "dag-pod-template.yaml",
     ] {
         let dag: Dag = serde_yaml::from_str(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         let (schedule, graph) = dag
@@ -114,4 +115,72 @@ fn trigger_rules_example_behaves_as_described() {
             ("notify-failure".to_string(), Decision::Skipped),
         ]
     );
+}
+
+/// The podTemplate example's Pods: the template and the defaults applied, the task's own
+/// values winning, and `$(DS)` left for Kubernetes to expand from the variables it is given.
+#[test]
+fn the_pod_template_example_builds_its_pods() {
+    use dag_operator::executor::pod::{DagClock, build_pod};
+    use dag_operator::store::{DagKey, RunRow, RunState, RunType};
+
+    let dag: Dag = serde_yaml::from_str(&read("dag-pod-template.yaml")).expect("dag");
+    let (schedule, _) = dag.spec.validate(chrono_tz::Tz::UTC).expect("valid");
+    let tick = schedule
+        .expect("scheduled")
+        .next_after("2024-02-29T12:00:00Z".parse().expect("date"))
+        .expect("a tick");
+    let run = RunRow {
+        id: uuid::Uuid::nil(),
+        dag: DagKey::new("ns", "daily-report"),
+        dag_uid: "uid".into(),
+        run_type: RunType::Scheduled,
+        backfill_name: None,
+        logical_date: tick,
+        data_interval_start: tick,
+        data_interval_end: tick,
+        priority: 0,
+        state: RunState::Running,
+        params: serde_json::json!({}),
+        attempt: 1,
+        created_at: tick,
+        started_at: Some(tick),
+        ended_at: None,
+        spec_hash: None,
+    };
+    let clock = DagClock::of(&dag.spec, chrono_tz::Tz::UTC);
+    let pods: Vec<_> = dag
+        .spec
+        .tasks
+        .iter()
+        .map(|t| build_pod(&run, &dag.spec, &clock, t, 1))
+        .collect();
+    let env = |i: usize, name: &str| -> String {
+        pods[i].spec.as_ref().expect("spec").containers[0]
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    // 06:00 in Tokyo on 2024-03-01 is 21:00 UTC on 2024-02-29
+    assert_eq!(tick.to_rfc3339(), "2024-02-29T21:00:00+00:00");
+    assert_eq!(env(0, "DS"), "2024-03-01");
+    assert_eq!(env(0, "TS"), "2024-03-01T06:00:00+09:00");
+    assert_eq!(env(0, "PREV_LOGICAL_DATE"), "2024-02-28T21:00:00Z");
+    assert_eq!(env(0, "OUTPUT"), "/scratch/$(DS)");
+    assert_eq!(env(2, "OUTPUT"), "/scratch/published-$(DS_NODASH)");
+    for (i, pod) in pods.iter().enumerate() {
+        let labels = pod.metadata.labels.as_ref().expect("labels");
+        assert_eq!(labels["team"], "analytics");
+        assert_eq!(labels["dagoperator.io/dag"], "daily-report");
+        let spec = pod.spec.as_ref().expect("spec");
+        assert!(spec.security_context.is_some());
+        let c = &spec.containers[0];
+        let image = if i == 2 { "busybox:1.36" } else { "busybox" };
+        assert_eq!(c.image.as_deref(), Some(image));
+        assert_eq!(c.volume_mounts.as_ref().map(Vec::len), Some(1));
+        assert!(c.args.iter().flatten().any(|a| a.contains("$(")));
+    }
 }

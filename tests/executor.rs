@@ -630,7 +630,8 @@ async fn a_pod_of_the_same_name_but_another_try_is_never_adopted() {
         ..row.clone()
     };
     foreign.logical_date = date - Duration::days(1);
-    let mut squatter = pod::build_pod(&foreign, &v.tasks[0], 1);
+    let clock = pod::DagClock::of(&v, chrono_tz::Tz::UTC);
+    let mut squatter = pod::build_pod(&foreign, &v, &clock, &v.tasks[0], 1);
     squatter.metadata.name = Some(pod_key(&row, "a", 1).name);
     h.cluster.insert(squatter);
     h.exec.apply(

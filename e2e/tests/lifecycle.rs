@@ -189,20 +189,22 @@ async fn a_dag_name_too_long_for_a_label_is_refused_at_apply() {
 async fn a_pod_the_api_server_refuses_fails_its_try_with_the_message() {
     let s = setup("refused").await;
     s.apply(&dag_with_spec(
-        "noimage",
-        "  tasks:\n  - {name: work, retries: 1, retryDelaySeconds: 0, container: {command: [sh]}}\n",
+        "badmount",
+        // valid for the CRD (and for the operator), refused by the API server's Pod validation:
+        // a mount of a volume the Pod does not have
+        "  tasks:\n  - {name: work, retries: 1, retryDelaySeconds: 0, container: {image: busybox, volumeMounts: [{name: missing, mountPath: /data}]}}\n",
     ));
     let _op = s.operator(&[]);
     s.cli(&[
         "trigger",
-        "noimage",
+        "badmount",
         "-n",
         &s.ns.name,
         "--logical-date",
         "2024-06-03T00:00:00Z",
     ]);
     let run = s
-        .runs_until("noimage", "the run to fail", |r| {
+        .runs_until("badmount", "the run to fail", |r| {
             r.iter().any(|r| r.state == RunState::Failed)
         })
         .await
@@ -212,7 +214,10 @@ async fn a_pod_the_api_server_refuses_fails_its_try_with_the_message() {
     for t in &tries {
         assert_eq!(t.state, "failed");
         let msg = t.message.as_deref().unwrap_or_default();
-        assert!(msg.contains("image"), "the API server's message: {msg}");
+        assert!(
+            msg.contains("volumeMounts"),
+            "the API server's message: {msg}"
+        );
     }
     let warned = eventually(Duration::from_secs(30), "a FailedCreate event", || {
         let found = s.events("FailedCreate");
@@ -220,8 +225,8 @@ async fn a_pod_the_api_server_refuses_fails_its_try_with_the_message() {
     })
     .await;
     assert_eq!(warned[0]["type"], "Warning");
-    assert_eq!(warned[0]["involvedObject"]["name"], "noimage");
-    s.status_until("noimage", "Ready=False FailedCreate", |st| {
+    assert_eq!(warned[0]["involvedObject"]["name"], "badmount");
+    s.status_until("badmount", "Ready=False FailedCreate", |st| {
         st["conditions"].as_array().is_some_and(|cs| {
             cs.iter().any(|c| {
                 c["type"] == "Ready" && c["status"] == "False" && c["reason"] == "FailedCreate"

@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::conditions::Condition;
+use super::pod_template::{PodTemplate, TaskDefaults};
 use super::schema;
 use crate::graph::{GraphError, TaskGraph, TriggerRule as GraphRule};
 use crate::schedule::{Schedule, ScheduleError, parse_timezone};
@@ -67,7 +68,12 @@ use crate::schedule::{Schedule, ScheduleError, parse_timezone};
 )]
 #[x_kube(
     validation = Rule::new("!has(self.startDate) || !has(self.endDate) || self.endDate > self.startDate")
-        .message("endDate must be after startDate")
+        .message("endDate must be after startDate"),
+    validation = Rule::new(
+        "(has(self.taskDefaults) && has(self.taskDefaults.image) && self.taskDefaults.image != '') || \
+         self.tasks.all(t, has(t.container.image) && t.container.image != '')"
+    )
+    .message("every task's container needs an image, unless taskDefaults.image gives one")
 )]
 #[serde(rename_all = "camelCase")]
 /// What the DAG runs and when: its schedule, bounds, limits, overlap policy and tasks.
@@ -130,6 +136,17 @@ pub struct DagSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::free_object")]
     pub params: Option<serde_json::Value>,
+    // podTemplate and taskDefaults are boxed: ~1 KB inline, in every DAG the watch caches and
+    // the engine hold, most of them without either
+    /// Pod-level fields of every task Pod: labels, annotations, service account, security
+    /// context, scheduling (node selector, tolerations, affinity, priority class), image pull
+    /// secrets, volumes. Label and annotation keys under `dagoperator.io/` are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<Box<PodTemplate>>,
+    /// Container fields of every task (image, env, envFrom, resources, volumeMounts), merged
+    /// into each task's container: the task's own values win.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_defaults: Option<Box<TaskDefaults>>,
     /// The tasks, 1 to 500, unique by name.
     #[schemars(length(min = 1, max = 500))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
@@ -263,7 +280,9 @@ pub struct TaskSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub timeout_seconds: Option<i64>,
-    /// The container to run (core/v1 Container); `name` defaults to the task name.
+    /// The container to run (core/v1 Container); `name` defaults to the task name, `image` to
+    /// `taskDefaults.image`, and `taskDefaults` fill in env, envFrom, resources and
+    /// volumeMounts.
     #[schemars(schema_with = "schema::container_name_optional")]
     pub container: TaskContainer,
     /// The task Pod's service account (default: the namespace's `default`).
@@ -274,15 +293,19 @@ pub struct TaskSpec {
     pub node_selector: Option<BTreeMap<String, String>>,
     /// The task Pod's tolerations (core/v1 PodSpec `tolerations`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = schema::brief_nested)]
     pub tolerations: Option<Vec<Toleration>>,
     /// The task Pod's affinity (core/v1 PodSpec `affinity`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = schema::brief_nested)]
     pub affinity: Option<Affinity>,
     /// Volumes of the task Pod (core/v1 PodSpec `volumes`), mounted by the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = schema::brief_nested)]
     pub volumes: Option<Vec<Volume>>,
     /// Secrets to pull the image with (core/v1 PodSpec `imagePullSecrets`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = schema::brief_nested)]
     pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
 }
 
@@ -310,6 +333,14 @@ impl TaskContainer {
     pub fn to_container(&self) -> Container {
         // checked when it was read, so this cannot fail; an empty container if it ever did
         Self::parse(self.0.clone()).unwrap_or_default()
+    }
+
+    /// The image it names, if any (an empty string is none).
+    pub fn image(&self) -> Option<&str> {
+        self.0
+            .get("image")
+            .and_then(serde_json::Value::as_str)
+            .filter(|i| !i.is_empty())
     }
 
     fn parse(mut value: serde_json::Value) -> Result<Container, serde_json::Error> {
@@ -420,6 +451,13 @@ pub enum DagSpecError {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     },
+    #[error(
+        "podTemplate {what} {key:?}: keys under {prefix} are reserved for the operator",
+        prefix = super::pod_template::RESERVED_PREFIX
+    )]
+    ReservedKey { what: &'static str, key: String },
+    #[error("task {task:?} has no container image and taskDefaults.image gives none")]
+    MissingImage { task: String },
 }
 
 impl DagSpecError {
@@ -429,6 +467,8 @@ impl DagSpecError {
             DagSpecError::Schedule(e) => e.reason(),
             DagSpecError::Graph(_) => "InvalidGraph",
             DagSpecError::DateRange { .. } => "InvalidDateRange",
+            DagSpecError::ReservedKey { .. } => "InvalidPodTemplate",
+            DagSpecError::MissingImage { .. } => "MissingImage",
         }
     }
 }
@@ -472,7 +512,8 @@ impl DagSpec {
         Ok((hash, json))
     }
 
-    /// Everything the controller checks before scheduling: zone, schedule, graph.
+    /// Everything the controller checks before scheduling: zone, schedule, graph, dates,
+    /// the Pods' reserved keys and images (the last two also refused by CEL at apply time).
     pub fn validate(&self, default_tz: Tz) -> Result<(Option<Schedule>, TaskGraph), DagSpecError> {
         let schedule = self.parse_schedule(default_tz)?;
         let graph = self.graph()?;
@@ -480,6 +521,24 @@ impl DagSpec {
             && end <= start
         {
             return Err(DagSpecError::DateRange { start, end });
+        }
+        if let Some((what, key)) = self
+            .pod_template
+            .as_deref()
+            .and_then(PodTemplate::reserved_key)
+        {
+            return Err(DagSpecError::ReservedKey {
+                what,
+                key: key.to_string(),
+            });
+        }
+        let default_image = self.task_defaults.as_deref().and_then(TaskDefaults::image);
+        if default_image.is_none()
+            && let Some(task) = self.tasks.iter().find(|t| t.container.image().is_none())
+        {
+            return Err(DagSpecError::MissingImage {
+                task: task.name.clone(),
+            });
         }
         Ok((schedule, graph))
     }
@@ -572,5 +631,47 @@ mod tests {
             Some(chrono_tz::Europe::Berlin)
         );
         assert_eq!(graph.len(), 1);
+    }
+
+    #[test]
+    fn reserved_keys_and_missing_images_are_invalid() {
+        let reserved = spec(
+            "podTemplate: {labels: {team: a, dagoperator.io/dag: x}}\ntasks: [{name: a, container: {image: x}}]",
+        );
+        let err = reserved.validate(Tz::UTC).unwrap_err();
+        assert_eq!(err.reason(), "InvalidPodTemplate");
+        assert!(err.to_string().contains("\"dagoperator.io/dag\""), "{err}");
+        let annotation = spec(
+            "podTemplate: {annotations: {dagoperator.io/x: y}}\ntasks: [{name: a, container: {image: x}}]",
+        );
+        let err = annotation.validate(Tz::UTC).unwrap_err();
+        assert!(err.to_string().contains("annotation"), "{err}");
+        // other domains, subdomains of ours among them, are the user's
+        let fine = spec(
+            "podTemplate: {labels: {app.kubernetes.io/name: etl}, annotations: {e2e.dagoperator.io/outcome: hold}}\ntasks: [{name: a, container: {image: x}}]",
+        );
+        assert!(fine.validate(Tz::UTC).is_ok());
+
+        let no_image = spec(
+            "tasks: [{name: a, container: {image: x}}, {name: b, container: {command: [sh]}}]",
+        );
+        let err = no_image.validate(Tz::UTC).unwrap_err();
+        assert_eq!(err.reason(), "MissingImage");
+        assert!(err.to_string().contains("\"b\""), "{err}");
+        let empty = spec("tasks: [{name: a, container: {image: ''}}]");
+        assert_eq!(
+            empty.validate(Tz::UTC).unwrap_err().reason(),
+            "MissingImage"
+        );
+        let defaulted = spec(
+            "taskDefaults: {image: busybox}\ntasks: [{name: a, container: {command: [sh]}}, {name: b, container: {image: x}}]",
+        );
+        assert!(defaulted.validate(Tz::UTC).is_ok());
+        let empty_default =
+            spec("taskDefaults: {image: ''}\ntasks: [{name: a, container: {command: [sh]}}]");
+        assert_eq!(
+            empty_default.validate(Tz::UTC).unwrap_err().reason(),
+            "MissingImage"
+        );
     }
 }

@@ -4,6 +4,7 @@
 pub mod backfill;
 pub mod conditions;
 pub mod dag;
+pub mod pod_template;
 pub mod pool;
 mod schema;
 pub mod tenancy;
@@ -12,6 +13,7 @@ pub mod trigger;
 pub use backfill::{Backfill, BackfillSpec, BackfillStatus};
 pub use conditions::Condition;
 pub use dag::{DAG, DagSpec, DagStatus, TaskSpec};
+pub use pod_template::{PodTemplate, TaskDefaults};
 
 /// The `DAG` kind under a Rust-style name.
 pub type Dag = DAG;

@@ -24,3 +24,89 @@ pub fn container_name_optional(generator: &mut SchemaGenerator) -> Schema {
     }
     schema
 }
+
+/// Cuts every description below the struct's own properties to its first sentence (see
+/// [`brief_nested`]); the properties' own descriptions (ours) are kept whole.
+pub fn brief_below_properties(schema: &mut Schema) {
+    if let Some(props) = schema
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        for prop in props
+            .values_mut()
+            .filter_map(serde_json::Value::as_object_mut)
+        {
+            brief_all_but_own(prop);
+        }
+    }
+}
+
+/// Cuts every description inside a field's schema to its first sentence, its own (ours) kept
+/// whole: the core/v1 types of the Pod-level fields (volumes, affinity, …) keep their full
+/// validation and a description each, but not their long prose, so the DAG CRD stays within
+/// the 256 KiB that client-side `kubectl apply` can record (`tests/crds.rs` checks the size).
+pub fn brief_nested(schema: &mut Schema) {
+    if let Some(obj) = schema.as_object_mut() {
+        brief_all_but_own(obj);
+    }
+}
+
+fn brief_all_but_own(schema: &mut serde_json::Map<String, serde_json::Value>) {
+    for (key, value) in schema.iter_mut() {
+        if key != "description" {
+            brief(value);
+        }
+    }
+}
+
+fn brief(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(obj) => {
+            for (key, v) in obj.iter_mut() {
+                match v {
+                    serde_json::Value::String(text) if key == "description" => {
+                        let cut = first_sentence(text).len();
+                        text.truncate(cut);
+                    }
+                    _ => brief(v),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(brief),
+        _ => {}
+    }
+}
+
+/// `text` up to the end of its first sentence (a period followed by white space, not one of
+/// "e.g." or "i.e."), or its first paragraph.
+fn first_sentence(text: &str) -> &str {
+    let paragraph = text.split("\n\n").next().unwrap_or(text);
+    let mut from = 0;
+    while let Some(i) = paragraph[from..].find('.').map(|i| from + i) {
+        let next = paragraph[i + 1..].chars().next();
+        let head = &paragraph[..i];
+        let abbreviation = ["e.g", "i.e", "E.g", "I.e"]
+            .iter()
+            .any(|a| head.ends_with(a));
+        if next.is_none_or(char::is_whitespace) && !abbreviation {
+            return &paragraph[..=i];
+        }
+        from = i + 1;
+    }
+    paragraph.trim_end()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_sentence;
+
+    #[test]
+    fn first_sentences() {
+        assert_eq!(first_sentence("One. Two."), "One.");
+        assert_eq!(first_sentence("Use e.g. a name. More."), "Use e.g. a name.");
+        assert_eq!(first_sentence("v1.2 is fine. More"), "v1.2 is fine.");
+        assert_eq!(first_sentence("No period"), "No period");
+        assert_eq!(first_sentence("Para one\n\nPara two. x"), "Para one");
+        assert_eq!(first_sentence(""), "");
+    }
+}

@@ -231,8 +231,14 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             .enumerate()
             .map(|(i, c)| {
                 let pod = self.live.get(&c.run).and_then(|run| {
-                    let spec = run.spec.task(c.task)?;
-                    Some(pod::build_pod(&run.run, spec, c.row.try_number))
+                    let task = run.spec.task(c.task)?;
+                    Some(pod::build_pod(
+                        &run.run,
+                        &run.spec.spec,
+                        &run.spec.clock,
+                        task,
+                        c.row.try_number,
+                    ))
                 });
                 let launcher = self.launcher.clone();
                 let (key, owner) = (c.pod.clone(), crate::store::TryKey::of(&c.row));

@@ -65,6 +65,8 @@ pub struct ExecutorConfig {
     pub namespace: Option<String>,
     /// how often the pending run actions (cancel, re-run, mark) are read
     pub action_poll: Duration,
+    /// the zone of DAGs that name none (`--timezone`): their Pods' `DS`, `TS`, … are read in it
+    pub default_tz: chrono_tz::Tz,
 }
 
 impl Default for ExecutorConfig {
@@ -80,6 +82,7 @@ impl Default for ExecutorConfig {
             resync_interval: Duration::from_secs(300),
             namespace: None,
             action_poll: Duration::from_secs(1),
+            default_tz: chrono_tz::Tz::UTC,
         }
     }
 }

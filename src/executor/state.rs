@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::plan::{PodSight, TaskRules, TryView};
+use super::pod::DagClock;
 use crate::api::DagSpec;
 use crate::gate::{Hold, key as gate_key};
 use crate::graph::{TaskGraph, TaskState};
@@ -23,11 +24,17 @@ pub struct RunSpec {
     pub spec: Arc<DagSpec>,
     pub graph: TaskGraph,
     pub rules: Vec<TaskRules>,
+    /// its zone and schedule, for the Pods' template variables
+    pub clock: DagClock,
 }
 
 impl RunSpec {
-    /// Fails when the graph is invalid (never for a spec the engine admitted).
-    pub fn new(spec: Arc<DagSpec>) -> Result<Self, crate::graph::GraphError> {
+    /// Fails when the graph is invalid (never for a spec the engine admitted). `default_tz`
+    /// is the operator's `--timezone`.
+    pub fn new(
+        spec: Arc<DagSpec>,
+        default_tz: chrono_tz::Tz,
+    ) -> Result<Self, crate::graph::GraphError> {
         let graph = spec.graph()?;
         let rules = (0..graph.len())
             .map(|i| {
@@ -44,7 +51,13 @@ impl RunSpec {
                     })
             })
             .collect();
-        Ok(RunSpec { spec, graph, rules })
+        let clock = DagClock::of(&spec, default_tz);
+        Ok(RunSpec {
+            spec,
+            graph,
+            rules,
+            clock,
+        })
     }
 
     pub fn task(&self, index: usize) -> Option<&crate::api::TaskSpec> {

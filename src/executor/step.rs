@@ -219,7 +219,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
     }
 
     fn add_spec(&mut self, hash: String, spec: Arc<crate::api::DagSpec>) {
-        match RunSpec::new(spec) {
+        match RunSpec::new(spec, self.cfg.default_tz) {
             Ok(s) => {
                 self.specs.insert(hash, Arc::new(s));
             }

@@ -322,6 +322,7 @@ impl Parts {
         tokio::spawn(engine.run(w.commands.1));
         let mut exec_cfg = self.config.executor.clone();
         exec_cfg.namespace = self.config.namespace.clone();
+        exec_cfg.default_tz = default_tz;
         let executor = Executor::new(
             exec_cfg,
             self.store.clone(),
