@@ -935,3 +935,37 @@ async fn three_failed_scheduled_runs_in_a_row_suspend_the_dag_until_its_spec_cha
     assert_eq!(h.runs("flaky").await.len(), 5);
     assert!(h.events("AutoSuspended").is_empty());
 }
+
+#[tokio::test]
+async fn several_schedules_fire_at_their_union_minus_the_excluded_days() {
+    let db = common::fresh_store("eng_schedules").await;
+    let mut h = Harness::new(db.clone(), EngineConfig::default()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    h.upsert(
+        info(
+            "twice-daily",
+            t0,
+            spec(
+                "schedules: ['0 9 * * *', '0 17 * * *', '0 9 * * 1-5']\nexclude: ['2025-01-02']\nmaxActiveRuns: 100",
+            ),
+        ),
+        t0,
+    );
+    h.run_clock(t0, t0 + Duration::hours(72), Duration::hours(1))
+        .await;
+    let runs = h.runs("twice-daily").await;
+    let dates: Vec<_> = runs.iter().map(|r| r.logical_date).collect();
+    assert_eq!(
+        dates,
+        vec![
+            utc("2025-01-01T09:00:00Z"),
+            utc("2025-01-01T17:00:00Z"),
+            utc("2025-01-03T09:00:00Z"),
+            utc("2025-01-03T17:00:00Z"),
+        ],
+        "09:00 once though two schedules share it; nothing on the excluded day"
+    );
+    // the first run after the holiday covers it: its data interval starts at the last tick
+    assert_eq!(runs[2].data_interval_start, utc("2025-01-01T17:00:00Z"));
+    assert_eq!(runs[2].data_interval_end, utc("2025-01-03T09:00:00Z"));
+}

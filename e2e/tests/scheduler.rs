@@ -290,3 +290,23 @@ async fn a_dag_failing_three_times_in_a_row_suspends_itself_until_its_spec_chang
     })
     .await;
 }
+
+#[tokio::test]
+async fn schedule_and_schedules_together_are_refused_at_apply() {
+    let s = setup("schedules-cel").await;
+    let out = s.ns.kubectl(
+        &["apply", "-f", "-"],
+        Some(&dag_yaml(
+            "both",
+            "  schedule: '0 9 * * *'\n  schedules: ['0 17 * * *']",
+        )),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("set schedule or schedules, not both"), "{err}");
+    // either alone is fine, with exclusions
+    s.apply(&dag_yaml(
+        "list",
+        "  schedules: ['0 9 * * *', '0 17 * * *']\n  exclude: ['2025-12-25', '* * 31 12 *']",
+    ));
+}

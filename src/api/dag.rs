@@ -73,7 +73,9 @@ use crate::schedule::{Schedule, ScheduleError, parse_timezone};
         "(has(self.taskDefaults) && has(self.taskDefaults.image) && self.taskDefaults.image != '') || \
          self.tasks.all(t, has(t.container.image) && t.container.image != '')"
     )
-    .message("every task's container needs an image, unless taskDefaults.image gives one")
+    .message("every task's container needs an image, unless taskDefaults.image gives one"),
+    validation = Rule::new("!has(self.schedule) || !has(self.schedules) || size(self.schedules) == 0")
+        .message("set schedule or schedules, not both")
 )]
 #[serde(rename_all = "camelCase")]
 /// What the DAG runs and when: its schedule, bounds, limits, overlap policy and tasks.
@@ -82,6 +84,19 @@ pub struct DagSpec {
     /// runs only when triggered or backfilled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// Several schedules instead of `schedule`: the DAG fires at the union of their ticks
+    /// (a tick shared by two fires once); a data interval runs from the previous tick of the
+    /// union. Each entry is what `schedule` takes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub schedules: Vec<String>,
+    /// Ticks removed from the schedule(s), e.g. holidays: a date `YYYY-MM-DD` (every tick on
+    /// that day in the DAG's zone) or a cron expression (every tick in a minute — or second,
+    /// for 6 fields — it matches, e.g. `* * 24-26 12 *`). The next tick's data interval
+    /// covers what was excluded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub exclude: Vec<String>,
     /// IANA time zone the schedule is read in (default: the operator's `--timezone`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
@@ -484,10 +499,20 @@ impl DagSpec {
     /// The parsed schedule, if the DAG has one.
     pub fn parse_schedule(&self, default_tz: Tz) -> Result<Option<Schedule>, ScheduleError> {
         let zone = self.zone(default_tz)?;
+        let exprs = self.schedule_exprs();
+        if exprs.is_empty() {
+            return Ok(None);
+        }
+        Schedule::parse_set(&exprs, &self.exclude, zone, self.start_date).map(Some)
+    }
+
+    /// `schedule`, or the `schedules` list.
+    pub fn schedule_exprs(&self) -> Vec<&str> {
         self.schedule
-            .as_deref()
-            .map(|expr| Schedule::parse(expr, zone, self.start_date))
-            .transpose()
+            .iter()
+            .chain(&self.schedules)
+            .map(String::as_str)
+            .collect()
     }
 
     /// The validated task graph.

@@ -100,8 +100,9 @@ impl DagInfo {
     /// The schedule and zone a position is of: `<schedule>|<zone>`.
     fn schedule_key(&self) -> String {
         format!(
-            "{}|{}",
-            self.spec().schedule.as_deref().unwrap_or_default(),
+            "{}|{}|{}",
+            self.spec().schedule_exprs().join("\n"),
+            self.spec().exclude.join("\n"),
             self.schedule
                 .as_ref()
                 .map(|s| s.timezone().name())

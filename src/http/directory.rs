@@ -60,7 +60,8 @@ impl DagSummary {
         };
         Some(DagSummary {
             key,
-            schedule: dag.spec.schedule.clone(),
+            // several schedules read as one line
+            schedule: Some(dag.spec.schedule_exprs().join(" | ")).filter(|s| !s.is_empty()),
             timezone: dag.spec.timezone.clone(),
             suspend: dag.spec.suspend,
             tasks: dag

@@ -6,6 +6,7 @@ mod civil;
 mod cron;
 mod error;
 pub mod plan;
+mod set;
 mod zone;
 
 #[cfg(test)]
@@ -37,12 +38,17 @@ pub fn next_ticks(
     Ok(schedule.ticks_after(after).take(count).collect())
 }
 
-/// A parsed schedule bound to its time zone.
+/// A parsed schedule bound to its time zone: one expression, or the union of several with
+/// excluded ticks removed (`schedules`, `exclude`; see `set.rs`).
 #[derive(Clone, Debug)]
 pub struct Schedule {
     kind: Kind,
     tz: Tz,
     zone: Arc<ZoneTable>,
+    /// more expressions whose ticks join this one's (a `schedules` list)
+    more: Arc<[Schedule]>,
+    /// ticks removed from the union (`exclude`)
+    exclude: Arc<[set::Exclusion]>,
 }
 
 #[derive(Clone, Debug)]
@@ -118,6 +124,8 @@ impl Schedule {
             kind,
             tz,
             zone: ZoneTable::of(tz),
+            more: Arc::from([]),
+            exclude: Arc::from([]),
         })
     }
 
@@ -127,10 +135,11 @@ impl Schedule {
 
     /// Whether ticks are whole seconds of a 6-field expression (or an `@every` interval).
     pub fn has_seconds(&self) -> bool {
-        match &self.kind {
+        let own = match &self.kind {
             Kind::Cron(c) => c.has_seconds(),
             Kind::Every { .. } => true,
-        }
+        };
+        own || self.more.iter().any(Schedule::has_seconds)
     }
 
     /// The first tick strictly after `t`.
@@ -163,6 +172,22 @@ impl Schedule {
 
     /// First tick strictly after UTC second `t`.
     pub(crate) fn next_after_secs(&self, t: i64) -> Option<i64> {
+        if self.more.is_empty() && self.exclude.is_empty() {
+            return self.own_next(t);
+        }
+        self.set_next(t)
+    }
+
+    /// Last tick strictly before UTC second `t`.
+    pub(crate) fn prev_before_secs(&self, t: i64) -> Option<i64> {
+        if self.more.is_empty() && self.exclude.is_empty() {
+            return self.own_prev(t);
+        }
+        self.set_prev(t)
+    }
+
+    /// The first tick of this expression alone strictly after `t`.
+    fn own_next(&self, t: i64) -> Option<i64> {
         match &self.kind {
             Kind::Every { start, period } => {
                 if t < *start {
@@ -175,8 +200,9 @@ impl Schedule {
         }
     }
 
-    /// Last tick strictly before UTC second `t`: searches windows that grow backwards.
-    pub(crate) fn prev_before_secs(&self, t: i64) -> Option<i64> {
+    /// The last tick of this expression alone strictly before `t`: searches windows that
+    /// grow backwards.
+    fn own_prev(&self, t: i64) -> Option<i64> {
         if let Kind::Every { start, period } = &self.kind {
             if t <= *start {
                 return None;
@@ -188,7 +214,7 @@ impl Schedule {
         while window <= 400 * 366 * 86_400 {
             let mut last = None;
             let mut cursor = t - window - 1;
-            while let Some(next) = self.next_after_secs(cursor) {
+            while let Some(next) = self.own_next(cursor) {
                 if next >= t {
                     break;
                 }
