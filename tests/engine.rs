@@ -969,3 +969,44 @@ async fn several_schedules_fire_at_their_union_minus_the_excluded_days() {
     assert_eq!(runs[2].data_interval_start, utc("2025-01-01T17:00:00Z"));
     assert_eq!(runs[2].data_interval_end, utc("2025-01-03T09:00:00Z"));
 }
+
+#[tokio::test]
+async fn jitter_delays_each_run_below_the_jitter_and_keeps_its_logical_date() {
+    let db = common::fresh_store("eng_jitter").await;
+    let mut h = Harness::new(db.clone(), EngineConfig::default()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    h.upsert(
+        info(
+            "jittery",
+            t0,
+            spec("schedule: '* * * * *'\njitter: 30s\nmaxActiveRuns: 100\nstartingDeadlineSeconds: 5"),
+        ),
+        t0,
+    );
+    let jitter = std::time::Duration::from_secs(30);
+    let mut first_seen = std::collections::BTreeMap::new();
+    for s in 0..200 {
+        let now = t0 + Duration::seconds(s);
+        h.tick(now).await;
+        for r in h.runs("jittery").await {
+            first_seen.entry(r.logical_date).or_insert(now);
+        }
+    }
+    assert!(first_seen.len() >= 3, "{first_seen:?}");
+    for (minute, (tick, seen)) in first_seen.iter().enumerate() {
+        assert_eq!(
+            *tick,
+            t0 + Duration::minutes(minute as i64),
+            "logical dates stay ticks"
+        );
+        let delay = dag_operator::schedule::jitter_delay("ns/jittery", *tick, jitter);
+        let release = *tick + Duration::from_std(delay).expect("small");
+        // admitted at the first clock step at or after its start, never before
+        assert!(
+            *seen >= release && *seen - release < Duration::seconds(1),
+            "{tick}: {seen} vs {release}"
+        );
+        // (startingDeadlineSeconds 5 counts from the start: none was skipped)
+    }
+    assert!(h.events("RunSkipped").is_empty());
+}

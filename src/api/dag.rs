@@ -116,6 +116,13 @@ pub struct DagSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100000))]
     pub max_catchup_runs: Option<u32>,
+    /// Each scheduled run starts up to this long after its tick (e.g. `30s`, `5m`, `1h`): a
+    /// delay random across DAGs but the same for a DAG and logical date on every replica, so
+    /// DAGs sharing a schedule do not all start at once. The logical date and data interval
+    /// stay the tick's; `startingDeadlineSeconds` counts from the delayed start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+[dhms])+$"))]
+    pub jitter: Option<String>,
     /// A scheduled run not admitted within this many seconds after its tick is skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
@@ -473,6 +480,8 @@ pub enum DagSpecError {
     ReservedKey { what: &'static str, key: String },
     #[error("task {task:?} has no container image and taskDefaults.image gives none")]
     MissingImage { task: String },
+    #[error("jitter {0:?}: expected a duration such as 30s, 5m or 1h30m")]
+    Jitter(String),
 }
 
 impl DagSpecError {
@@ -484,6 +493,7 @@ impl DagSpecError {
             DagSpecError::DateRange { .. } => "InvalidDateRange",
             DagSpecError::ReservedKey { .. } => "InvalidPodTemplate",
             DagSpecError::MissingImage { .. } => "MissingImage",
+            DagSpecError::Jitter(_) => "InvalidJitter",
         }
     }
 }
@@ -504,6 +514,17 @@ impl DagSpec {
             return Ok(None);
         }
         Schedule::parse_set(&exprs, &self.exclude, zone, self.start_date).map(Some)
+    }
+
+    /// The `jitter` as a duration (zero when absent).
+    pub fn jitter_duration(&self) -> Result<std::time::Duration, DagSpecError> {
+        match self.jitter.as_deref() {
+            None => Ok(std::time::Duration::ZERO),
+            Some(text) => crate::schedule::parse_duration(text)
+                .and_then(|s| u64::try_from(s).ok())
+                .map(std::time::Duration::from_secs)
+                .ok_or_else(|| DagSpecError::Jitter(text.to_string())),
+        }
     }
 
     /// `schedule`, or the `schedules` list.
@@ -542,6 +563,7 @@ impl DagSpec {
     pub fn validate(&self, default_tz: Tz) -> Result<(Option<Schedule>, TaskGraph), DagSpecError> {
         let schedule = self.parse_schedule(default_tz)?;
         let graph = self.graph()?;
+        self.jitter_duration()?;
         if let (Some(start), Some(end)) = (self.start_date, self.end_date)
             && end <= start
         {

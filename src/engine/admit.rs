@@ -317,7 +317,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             };
             if p.run_type == RunType::Scheduled {
                 if let Some(deadline) = state.info.spec().starting_deadline_seconds {
-                    let late = (now - p.logical_date).num_seconds();
+                    // counted from the run's start: its tick plus its jitter
+                    let late = (now - state.release(p.logical_date)).num_seconds();
                     if late > deadline {
                         let why = format!(
                             "not admitted within startingDeadlineSeconds ({deadline}s; {late}s late)"

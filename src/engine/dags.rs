@@ -225,6 +225,16 @@ impl DagState {
         }
     }
 
+    /// When the scheduled run of `tick` starts: the tick plus its jitter delay.
+    pub fn release(&self, tick: DateTime<Utc>) -> DateTime<Utc> {
+        let jitter = self.info.spec().jitter_duration().unwrap_or_default();
+        if jitter.is_zero() {
+            return tick;
+        }
+        let delay = crate::schedule::jitter_delay(&self.info.key.to_string(), tick, jitter);
+        tick + chrono::Duration::from_std(delay).unwrap_or_default()
+    }
+
     /// Suspended by itself (`maxConsecutiveFailures`) and its spec unchanged since.
     pub fn auto_suspended(&self) -> bool {
         self.auto
@@ -734,14 +744,27 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 policy,
             },
         );
-        if let Some(last) = plan.due.last().copied().or(plan.missed_last) {
+        // jitter: a due tick whose delayed start has not come waits, and the ticks after it
+        // with it (they are planned in order); the timer wakes at its start
+        let mut due = plan.due;
+        let mut held = None;
+        if let Some(i) = due.iter().position(|t| state.release(*t) > now) {
+            held = Some(state.release(due[i]));
+            due.truncate(i);
+        }
+        if let Some(last) = due.last().copied().or(plan.missed_last) {
             state.planned = state.planned.max(Some(last));
         }
         let next = schedule
             .next_after(now)
-            .filter(|t| spec.end_date.is_none_or(|end| *t <= end));
-        state.next_tick = next;
-        if let Some(t) = next {
+            .filter(|t| spec.end_date.is_none_or(|end| *t <= end))
+            .map(|t| state.release(t));
+        let wake = match (held, next) {
+            (Some(h), Some(n)) => Some(h.min(n)),
+            (h, n) => h.or(n),
+        };
+        state.next_tick = wake;
+        if let Some(t) = wake {
             self.timers.insert((t, key.clone()));
         }
         if plan.missed > 0 {
@@ -763,7 +786,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             );
         }
         let params = spec.params.clone().unwrap_or(serde_json::json!({}));
-        for tick in plan.due {
+        for tick in due {
             if self.dags.get(key).is_some_and(DagState::buffer_full) {
                 self.skip_tick(
                     key,

@@ -5,6 +5,7 @@
 mod civil;
 mod cron;
 mod error;
+mod jitter;
 pub mod plan;
 mod set;
 mod zone;
@@ -19,6 +20,7 @@ use chrono_tz::Tz;
 
 pub use cron::CronExpr;
 pub use error::{Field, FieldProblem, ScheduleError};
+pub use jitter::jitter_delay;
 pub use plan::{
     BackfillOrder, BackfillPlan, CatchupPlan, CatchupPolicy, CatchupRequest, DataInterval,
     catch_up, data_interval,
