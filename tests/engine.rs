@@ -1010,3 +1010,51 @@ async fn jitter_delays_each_run_below_the_jitter_and_keeps_its_logical_date() {
     }
     assert!(h.events("RunSkipped").is_empty());
 }
+
+#[tokio::test]
+async fn a_triggered_by_chain_runs_the_downstream_once_per_upstream_success() {
+    let db = common::fresh_store("eng_triggered_by").await;
+    let mut h = Harness::new(db.clone(), EngineConfig::default()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    let up = || info("up", t0, spec("schedule: '0 * * * *'\nmaxActiveRuns: 10"));
+    let down = || {
+        let s = std::sync::Arc::new(
+            serde_yaml::from_str::<dag_operator::api::DagSpec>(
+                "triggeredBy: [{dag: up}]\ntasks:\n- {name: a, container: {image: busybox}}\n",
+            )
+            .expect("valid spec"),
+        );
+        info("down", t0, s)
+    };
+    h.upsert(up(), t0);
+    h.upsert(down(), t0);
+    // two hourly runs of up: the first fails, the second succeeds
+    h.tick(t0).await;
+    h.finish_all(RunState::Failed, t0 + Duration::minutes(5))
+        .await;
+    h.tick(t0 + Duration::hours(1)).await;
+    h.finish_all(RunState::Success, t0 + Duration::minutes(65))
+        .await;
+    for m in [66, 67] {
+        h.tick(t0 + Duration::minutes(m)).await;
+    }
+    let runs = h.runs("down").await;
+    assert_eq!(
+        runs.len(),
+        1,
+        "one run, for the successful upstream run only"
+    );
+    let upstream = &h.runs("up").await[1];
+    assert_eq!(runs[0].logical_date, upstream.logical_date);
+    assert_eq!(runs[0].data_interval_start, upstream.data_interval_start);
+    assert_eq!(runs[0].data_interval_end, upstream.data_interval_end);
+    assert_eq!(runs[0].run_type, RunType::Manual);
+    // a restart looks at the upstream's successes again: recorded, so no second run
+    let mut h = h.restart(EngineConfig::default()).await;
+    h.upsert(up(), t0 + Duration::minutes(70));
+    h.upsert(down(), t0 + Duration::minutes(70));
+    for m in [70, 71] {
+        h.tick(t0 + Duration::minutes(m)).await;
+    }
+    assert_eq!(h.runs("down").await.len(), 1);
+}

@@ -186,3 +186,11 @@ fn the_pod_template_example_builds_its_pods() {
         assert!(c.args.iter().flatten().any(|a| a.contains("$(")));
     }
 }
+
+#[test]
+fn the_triggered_by_example_is_valid_and_unscheduled() {
+    let dag: Dag = serde_yaml::from_str(&read("dag-triggered-by.yaml")).expect("dag");
+    let (schedule, _) = dag.spec.validate(chrono_tz::Tz::UTC).expect("valid");
+    assert!(schedule.is_none(), "runs only when its upstream succeeds");
+    assert_eq!(dag.spec.triggered_by[0].dag, "load-sales");
+}

@@ -310,3 +310,41 @@ async fn schedule_and_schedules_together_are_refused_at_apply() {
         "  schedules: ['0 9 * * *', '0 17 * * *']\n  exclude: ['2025-12-25', '* * 31 12 *']",
     ));
 }
+
+#[tokio::test]
+async fn a_triggered_by_chain_runs_the_downstream_once_per_upstream_success() {
+    let s = setup("chain").await;
+    s.apply(&dag_yaml(
+        "up",
+        "  schedule: '*/2 * * * * *'\n  maxActiveRuns: 10",
+    ));
+    s.apply(&dag_yaml("down", "  triggeredBy: [{dag: up}]"));
+    // a DAG triggered by itself is a cycle: refused with a condition
+    s.apply(&dag_yaml("selfish", "  triggeredBy: [{dag: selfish}]"));
+    let _op = s.operator(&[]);
+    let downs = s
+        .runs_until("down", "three downstream runs", |r| r.len() >= 3)
+        .await;
+    let ups = s.runs("up").await;
+    for d in &downs {
+        let up = ups
+            .iter()
+            .find(|u| u.logical_date == d.logical_date)
+            .unwrap_or_else(|| panic!("no upstream run for {}", d.logical_date));
+        assert_eq!(up.state, dag_operator::store::RunState::Success);
+        assert_eq!(
+            (d.data_interval_start, d.data_interval_end),
+            (up.data_interval_start, up.data_interval_end),
+            "the downstream run covers its upstream run's data interval"
+        );
+    }
+    let status = s
+        .status_until("selfish", "Ready=False DependencyCycle", |st| {
+            ready_condition(st).is_some_and(|(_, reason, _)| reason == "DependencyCycle")
+        })
+        .await;
+    assert!(
+        ready_condition(&status).is_some_and(|(_, _, m)| m.contains("selfish <- selfish")),
+        "{status}"
+    );
+}

@@ -116,6 +116,13 @@ pub struct DagSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100000))]
     pub max_catchup_runs: Option<u32>,
+    /// DAGs of this namespace whose successful runs each create one run of this DAG, with
+    /// the upstream run's logical date and data interval: an asset-style chain, usually
+    /// without a schedule. Exactly once per upstream run (recorded like a trigger). A cycle
+    /// through `triggeredBy` is refused: `Ready=False`, reason `DependencyCycle`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub triggered_by: Vec<DagRef>,
     /// Each scheduled run starts up to this long after its tick (e.g. `30s`, `5m`, `1h`): a
     /// delay random across DAGs but the same for a DAG and logical date on every replica, so
     /// DAGs sharing a schedule do not all start at once. The logical date and data interval
@@ -426,6 +433,40 @@ pub struct DagStatus {
     pub auto_suspension: Option<AutoSuspension>,
 }
 
+/// Another DAG of the same namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DagRef {
+    /// Its name.
+    #[schemars(length(min = 1, max = 253))]
+    pub dag: String,
+}
+
+/// The first cycle through `edges` (a DAG's `triggeredBy` upstreams) that passes `start`,
+/// as the DAG names along it (`start` first and last), if any.
+pub fn dependency_cycle<F>(start: &str, edges: F) -> Option<Vec<String>>
+where
+    F: Fn(&str) -> Vec<String>,
+{
+    // depth-first from start; a path back to start is the cycle
+    let mut stack: Vec<(String, Vec<String>)> = vec![(start.to_string(), vec![start.to_string()])];
+    let mut seen = std::collections::HashSet::new();
+    while let Some((name, path)) = stack.pop() {
+        for next in edges(&name) {
+            if next == start {
+                let mut cycle = path.clone();
+                cycle.push(next);
+                return Some(cycle);
+            }
+            if seen.insert(next.clone()) {
+                let mut longer = path.clone();
+                longer.push(next.clone());
+                stack.push((next, longer));
+            }
+        }
+    }
+    None
+}
+
 /// A DAG's suspension of itself (`maxConsecutiveFailures`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -482,6 +523,8 @@ pub enum DagSpecError {
     MissingImage { task: String },
     #[error("jitter {0:?}: expected a duration such as 30s, 5m or 1h30m")]
     Jitter(String),
+    #[error("triggeredBy makes a cycle: {}", .0.join(" <- "))]
+    DependencyCycle(Vec<String>),
 }
 
 impl DagSpecError {
@@ -494,6 +537,7 @@ impl DagSpecError {
             DagSpecError::ReservedKey { .. } => "InvalidPodTemplate",
             DagSpecError::MissingImage { .. } => "MissingImage",
             DagSpecError::Jitter(_) => "InvalidJitter",
+            DagSpecError::DependencyCycle(_) => "DependencyCycle",
         }
     }
 }
@@ -593,6 +637,34 @@ impl DagSpec {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_triggered_by_cycle_is_found_and_a_chain_is_not() {
+        let edges = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| -> Vec<String> {
+                pairs
+                    .iter()
+                    .filter(|(d, _)| *d == name)
+                    .map(|(_, up)| up.to_string())
+                    .collect()
+            }
+        };
+        // c <- b <- a: a chain
+        let chain: &[(&str, &str)] = &[("b", "a"), ("c", "b")];
+        assert_eq!(dependency_cycle("c", edges(chain)), None);
+        // a <- c closes it
+        let cycle: &[(&str, &str)] = &[("b", "a"), ("c", "b"), ("a", "c")];
+        assert_eq!(
+            dependency_cycle("a", edges(cycle)),
+            Some(vec!["a".into(), "c".into(), "b".into(), "a".into()])
+        );
+        let own: &[(&str, &str)] = &[("a", "a")];
+        assert_eq!(
+            dependency_cycle("a", edges(own)),
+            Some(vec!["a".into(), "a".into()])
+        );
+    }
+
     use super::*;
 
     fn spec(yaml: &str) -> DagSpec {

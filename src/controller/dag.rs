@@ -20,7 +20,7 @@ use super::namespace::Tenancy;
 use super::relist::{Change, Relist};
 use super::status::{Problem, StatusUpdate, Validity};
 use super::{ControllerError, Events, dag_reference};
-use crate::api::dag::DagSpecError;
+use crate::api::dag::{DagSpecError, dependency_cycle};
 use crate::api::tenancy::{EffectivePriority, MAX_DAG_PRIORITY_ANNOTATION, TenancyDefaults};
 use crate::api::{DAG, Pool};
 use crate::engine::{Command, DagInfo};
@@ -42,6 +42,8 @@ pub struct Context {
     pub pools: Option<reflector::Store<Pool>>,
     /// each namespace's ceiling on `spec.priority`
     pub tenancy: Tenancy,
+    /// the DAGs watched (a `triggeredBy` cycle is looked for among them)
+    pub dags: Option<reflector::Store<DAG>>,
 }
 
 impl Context {
@@ -60,7 +62,35 @@ impl Context {
             metrics: None,
             pools: None,
             tenancy: Tenancy::defaults(TenancyDefaults::default()),
+            dags: None,
         }
+    }
+
+    pub fn with_dags(mut self, dags: reflector::Store<DAG>) -> Self {
+        self.dags = Some(dags);
+        self
+    }
+
+    /// A `triggeredBy` cycle through `dag` among the DAGs of its namespace.
+    fn cycle(&self, dag: &DAG, key: &DagKey) -> Option<DagSpecError> {
+        if dag.spec.triggered_by.is_empty() {
+            return None;
+        }
+        let dags = self.dags.as_ref()?;
+        let ns = key.namespace.as_str();
+        let upstreams = |name: &str| -> Vec<String> {
+            let spec = if name == key.name {
+                Some(dag.spec.triggered_by.clone())
+            } else {
+                dags.get(&reflector::ObjectRef::<DAG>::new(name).within(ns))
+                    .map(|d| d.spec.triggered_by.clone())
+            };
+            spec.unwrap_or_default()
+                .into_iter()
+                .map(|r| r.dag)
+                .collect()
+        };
+        dependency_cycle(&key.name, upstreams).map(DagSpecError::DependencyCycle)
     }
 
     pub fn with_tenancy(mut self, tenancy: Tenancy) -> Self {
@@ -151,7 +181,14 @@ pub async fn reconcile(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, Contr
         .tenancy
         .policy(&key.namespace)
         .priority(dag.spec.priority);
-    let problem = match dag.spec.validate(ctx.default_tz) {
+    let validated = dag
+        .spec
+        .validate(ctx.default_tz)
+        .and_then(|ok| match ctx.cycle(&dag, &key) {
+            Some(cycle) => Err(cycle),
+            None => Ok(ok),
+        });
+    let problem = match validated {
         Ok((schedule, _graph)) => {
             let info =
                 DagInfo::new(key.clone(), dag.clone(), schedule).with_priority(priority.value);

@@ -16,7 +16,7 @@ use crate::api::dag::ConcurrencyPolicy;
 use crate::executor::AdmittedRun;
 use crate::gate::{Claim, Gate, GateError, GateScope, Grant, Slot, key as gate_key};
 use crate::queue::{Entry, RunClass};
-use crate::schedule::data_interval;
+use crate::schedule::{DataInterval, data_interval};
 use crate::store::{
     Admission, BackfillKey, BackfillRef, BackfillSkip, DagKey, NewRun, NewTask, Rerun, RunRow,
     RunStore, RunType, SpecRow, StoreError,
@@ -48,6 +48,8 @@ pub(super) struct Pending {
     pub backfill_uid: Option<String>,
     /// an existing run to re-run in place (Backfill reprocess)
     pub rerun: Option<Uuid>,
+    /// the data interval it takes over (a `triggeredBy` run: its upstream run's)
+    pub interval: Option<DataInterval>,
 }
 
 impl Pending {
@@ -68,6 +70,7 @@ impl Pending {
             backfill: None,
             backfill_uid: None,
             rerun: None,
+            interval: None,
         }
     }
 
@@ -88,6 +91,7 @@ impl Pending {
             backfill: None,
             backfill_uid: None,
             rerun: None,
+            interval: None,
         }
     }
 
@@ -674,11 +678,13 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
 
 fn new_run(state: &DagState, p: &Pending) -> NewRun {
     let spec = state.info.spec();
-    let interval = data_interval(
-        state.info.schedule.as_ref(),
-        p.logical_date,
-        spec.start_date,
-    );
+    let interval = p.interval.unwrap_or_else(|| {
+        data_interval(
+            state.info.schedule.as_ref(),
+            p.logical_date,
+            spec.start_date,
+        )
+    });
     NewRun {
         dag: p.dag.clone(),
         dag_uid: state.info.uid().to_string(),

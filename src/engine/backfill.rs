@@ -676,6 +676,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                         Need::Create => None,
                         Need::Rerun(id) => Some(id),
                     },
+                    interval: None,
                 },
                 RunClass::Backfill,
                 priority,

@@ -198,6 +198,8 @@ pub(super) struct DagState {
     pub version: Option<Arc<SpecVersion>>,
     /// its last suspension of itself (from its status, or decided here since)
     pub auto: Option<AutoSuspension>,
+    /// runs its upstreams' successes ask for (`triggeredBy`), until recorded
+    pub upstream: Vec<super::chains::UpstreamRequest>,
 }
 
 impl DagState {
@@ -222,6 +224,7 @@ impl DagState {
             last_manual: None,
             version: None,
             auto: info_auto,
+            upstream: Vec::new(),
         }
     }
 
@@ -362,7 +365,13 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         if self.dags.get(&key).is_some_and(|s| s.info.uid() != uid) {
             self.remove(&key);
         }
+        if !info.spec().triggered_by.is_empty() {
+            self.chained = true;
+        }
         let Some(state) = self.dags.get_mut(&key) else {
+            if !info.spec().triggered_by.is_empty() {
+                self.chain_scans.push(key.clone());
+            }
             let mut state = DagState::new(info, now);
             state.active = self.orphans.remove(&key).unwrap_or_default();
             self.dags.insert(key.clone(), state);
@@ -656,8 +665,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         }
         let ids: HashSet<&Uuid> = ids.iter().collect();
         let mut of_backfills: Vec<(DagKey, String, Uuid)> = Vec::new();
-        // DAGs whose runs ended (maxConsecutiveFailures is checked for them)
+        // DAGs whose runs ended (maxConsecutiveFailures is checked for them), and the runs
         let mut ended_of: Vec<DagKey> = Vec::new();
+        let mut ended_runs: Vec<(DagKey, Uuid)> = Vec::new();
         for (key, runs) in self
             .dags
             .iter_mut()
@@ -667,6 +677,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             let before = runs.len();
             runs.retain(|run| {
                 if ids.contains(&run.id) {
+                    ended_runs.push((key.clone(), run.id));
                     self.ledger.end(&holder(&key, run.logical_date));
                     if let Some(bf) = &run.backfill {
                         of_backfills.push((key.clone(), bf.clone(), run.id));
@@ -683,6 +694,11 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         }
         self.orphans.retain(|_, v| !v.is_empty());
         self.recount_active();
+        for (key, id) in ended_runs {
+            if !self.downstreams(&key).is_empty() {
+                self.upstream_ended.push(id);
+            }
+        }
         for key in ended_of {
             if self
                 .dags

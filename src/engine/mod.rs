@@ -18,6 +18,7 @@
 
 mod admit;
 mod backfill;
+mod chains;
 mod dags;
 mod failures;
 mod output;
@@ -146,6 +147,12 @@ pub struct Engine<S: RunStore, G: Gate = MemoryGate> {
     dirty: BTreeSet<DagKey>,
     /// DAGs with `maxConsecutiveFailures` whose runs ended since the last pass
     failure_checks: BTreeSet<DagKey>,
+    /// some DAG has `triggeredBy` (else no ended run is looked up for it)
+    chained: bool,
+    /// runs of upstream DAGs that ended since the last pass
+    upstream_ended: Vec<Uuid>,
+    /// downstream DAGs taken up whose upstreams' newest successes are looked at
+    chain_scans: Vec<DagKey>,
     backfills: HashMap<BackfillKey, backfill::BackfillState>,
     last_resync: Option<std::time::Instant>,
     /// a pass left work it capped (a Backfill's walk): the next one comes at once
@@ -188,6 +195,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             active_total: 0,
             dirty: BTreeSet::new(),
             failure_checks: BTreeSet::new(),
+            chained: false,
+            upstream_ended: Vec::new(),
+            chain_scans: Vec::new(),
             backfills: HashMap::new(),
             last_resync: None,
             more_work: false,
@@ -265,6 +275,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         self.take_up(now).await?;
         // 1b. DAGs whose runs ended: failed too often in a row? (maxConsecutiveFailures)
         self.check_failures(now).await?;
+        // 1c. upstream runs that succeeded: runs of the DAGs triggeredBy them
+        self.check_upstreams(now).await?;
         // 2. timers: due ticks into the queue
         self.fire_timers(now);
         // 3. trigger values not yet recorded: into the queue, or refused

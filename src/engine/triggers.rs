@@ -27,16 +27,18 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             }
             state.unchecked = false;
             // values no longer in the annotations need not be remembered
-            let present: std::collections::HashSet<&str> = state
+            let asked: Vec<&str> = state
                 .info
                 .triggers
                 .iter()
                 .map(|t| t.value.as_str())
+                .chain(state.upstream.iter().map(|u| u.request.value.as_str()))
                 .collect();
+            let present: std::collections::HashSet<&str> = asked.iter().copied().collect();
             state.handled.retain(|v| present.contains(v.as_str()));
-            for t in &state.info.triggers {
-                if !state.handled.contains(&t.value) && !state.in_flight.contains(&t.value) {
-                    wanted.push((key.clone(), t.value.clone()));
+            for value in asked {
+                if !state.handled.contains(value) && !state.in_flight.contains(value) {
+                    wanted.push((key.clone(), value.to_string()));
                 }
             }
         }
@@ -47,6 +49,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         for (key, value) in &recorded {
             if let Some(state) = self.dags.get_mut(key) {
                 state.handled.insert(value.clone());
+                state.upstream.retain(|u| u.request.value != *value);
             }
         }
         let recorded: std::collections::HashSet<(DagKey, String)> = recorded.into_iter().collect();
@@ -64,14 +67,12 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         let Some(state) = self.dags.get_mut(key) else {
             return;
         };
-        let Some(request) = state
-            .info
-            .triggers
-            .iter()
-            .find(|t| t.value == value)
-            .cloned()
-        else {
-            return;
+        let (request, interval) = match state.info.triggers.iter().find(|t| t.value == value) {
+            Some(t) => (t.clone(), None),
+            None => match state.upstream.iter().find(|u| u.request.value == value) {
+                Some(u) => (u.request.clone(), Some(u.interval)),
+                None => return,
+            },
         };
         state.in_flight.insert(request.value.clone());
         let object = state.info.object.clone();
@@ -118,11 +119,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             }
         };
         let priority = state.info.priority;
-        self.enqueue(
-            Pending::manual(key.clone(), logical_date, params, request.value, now),
-            RunClass::Manual,
-            priority,
-        );
+        let mut pending = Pending::manual(key.clone(), logical_date, params, request.value, now);
+        pending.interval = interval;
+        self.enqueue(pending, RunClass::Manual, priority);
     }
 
     /// What the record says became of trigger values: events, the DAG's last handled trigger,
@@ -140,6 +139,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             };
             state.in_flight.remove(&value);
             state.handled.insert(value.clone());
+            state.upstream.retain(|u| u.request.value != value);
             if state
                 .info
                 .triggers

@@ -333,7 +333,7 @@ impl Parts {
         )
         .with_current_specs(Arc::new(dags.clone()));
         {
-            let (pools, dags, inputs) = (pools.clone(), dags, w.exec_in.1);
+            let (pools, dags, inputs) = (pools.clone(), dags.clone(), w.exec_in.1);
             tokio::spawn(async move {
                 // a run's Pods are judged once the watches have listed what exists
                 until_ready(&pools).await;
@@ -404,7 +404,8 @@ impl Parts {
             dag_controller::Context::new(w.commands.0, w.status.0, events, default_tz)
                 .with_metrics(self.metrics.clone())
                 .with_pools(pools)
-                .with_tenancy(tenancy),
+                .with_tenancy(tenancy)
+                .with_dags(dags.clone()),
         );
         tracing::info!(namespace = ns.unwrap_or("(all)"), "watching DAGs");
         let stop = self.shutdown.clone();
