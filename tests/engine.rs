@@ -1058,3 +1058,62 @@ async fn a_triggered_by_chain_runs_the_downstream_once_per_upstream_success() {
     }
     assert_eq!(h.runs("down").await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_depends_on_run_waits_for_its_upstreams_data_and_fails_after_its_timeout() {
+    let db = common::fresh_store("eng_depends_on").await;
+    let mut h = Harness::new(db.clone(), EngineConfig::default()).await;
+    let t0 = utc("2025-01-01T00:00:00Z");
+    h.upsert(info("up", t0, spec("schedule: '0 * * * *'")), t0);
+    h.upsert(
+        info(
+            "down",
+            t0,
+            spec("schedule: '0 * * * *'\ndependsOn: [{dag: up}]\ndependencyTimeoutSeconds: 1800"),
+        ),
+        t0,
+    );
+    h.tick(t0).await;
+    h.tick(t0 + Duration::seconds(1)).await;
+    // up's 00:00 run runs; down's waits for it
+    assert_eq!(h.runs("up").await.len(), 1);
+    assert!(h.runs("down").await.is_empty(), "down waits for up's data");
+    let up = h.runs("up").await.remove(0);
+    let changes = dag_operator::store::Changes {
+        run_ends: vec![dag_operator::store::RunEnd {
+            id: up.id,
+            state: RunState::Success,
+            at: t0 + Duration::minutes(5),
+        }],
+        ..Default::default()
+    };
+    db.write_changes(&changes).await.expect("end up");
+    h.engine.runs_ended(&[up.id]);
+    h.tick(t0 + Duration::minutes(5)).await;
+    let down = h.runs("down").await;
+    assert_eq!(down.len(), 1, "up's success covers down's interval");
+    assert_eq!(down[0].state, RunState::Running);
+    // the next hour up fails: down's 01:00 run waits, then fails after 30 minutes
+    h.finish_all(RunState::Success, t0 + Duration::minutes(6))
+        .await;
+    h.tick(t0 + Duration::hours(1)).await;
+    h.finish_all(RunState::Failed, t0 + Duration::minutes(65))
+        .await;
+    h.tick(t0 + Duration::minutes(66)).await;
+    assert_eq!(h.runs("down").await.len(), 1, "01:00 waits");
+    h.tick(t0 + Duration::minutes(89)).await;
+    assert_eq!(h.runs("down").await.len(), 1, "not yet timed out");
+    h.tick(t0 + Duration::minutes(90)).await;
+    let down = h.runs("down").await;
+    assert_eq!(down.len(), 2);
+    assert_eq!(down[1].logical_date, t0 + Duration::hours(1));
+    assert_eq!(down[1].state, RunState::Failed);
+    let tries = db.task_instances(&[down[1].id]).await.expect("tries");
+    assert!(
+        tries.iter().all(|t| t.state == "upstream_failed"),
+        "{tries:?}"
+    );
+    let events = h.events("DependencyTimeout");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].contains("no successful run of up"), "{events:?}");
+}

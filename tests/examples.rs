@@ -20,6 +20,7 @@ fn example_dags_are_valid() {
         "dag-trigger-rules.yaml",
         "dag-schedules.yaml",
         "dag-jitter.yaml",
+        "dag-depends-on.yaml",
         "dag-pod-template.yaml",
     ] {
         let dag: Dag = serde_yaml::from_str(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));

@@ -216,6 +216,23 @@ impl Setup {
 }
 
 /// Applies a DAG given its whole spec body (indented two spaces).
+/// The first container's environment of a Pod (as JSON), by name (literal values only).
+pub fn env_of(pod: &Value) -> std::collections::BTreeMap<String, String> {
+    pod["spec"]["containers"][0]["env"]
+        .as_array()
+        .map(|vars| {
+            vars.iter()
+                .filter_map(|v| {
+                    Some((
+                        v["name"].as_str()?.to_string(),
+                        v["value"].as_str().unwrap_or_default().to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn dag_with_spec(name: &str, spec: &str) -> String {
     format!(
         "apiVersion: dagoperator.io/v1alpha1\nkind: DAG\nmetadata: {{name: {name}}}\nspec:\n{spec}"

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use dag_operator::store::{RunRow, RunState, RunType};
 use dag_operator_e2e::operator::operator_binary;
-use dag_operator_e2e::scenario::{Setup, dag_with_spec, setup};
+use dag_operator_e2e::scenario::{Setup, dag_with_spec, env_of, setup};
 use dag_operator_e2e::{eventually, plane};
 use serde_json::Value;
 
@@ -38,14 +38,6 @@ fn day(d: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 1, d, 0, 0, 0)
         .single()
         .expect("date")
-}
-
-fn env_of(pod: &Value, var: &str) -> Option<String> {
-    pod["spec"]["containers"][0]["env"]
-        .as_array()?
-        .iter()
-        .find(|v| v["name"] == var)
-        .and_then(|v| v["value"].as_str().map(str::to_string))
 }
 
 #[tokio::test]
@@ -121,17 +113,20 @@ async fn a_month_of_a_daily_dag_backfills_31_runs_within_concurrency_via_the_cli
     let pods = s.pods("daily");
     assert_eq!(pods.len(), 31);
     for pod in &pods {
-        let id = env_of(pod, "DAG_RUN_ID").unwrap_or_default();
+        let id = env_of(pod).get("DAG_RUN_ID").cloned().unwrap_or_default();
         let run = by_run.get(&id).expect("pod of a run");
         assert_eq!(
-            env_of(pod, "LOGICAL_DATE").as_deref(),
+            env_of(pod).get("LOGICAL_DATE").map(String::as_str),
             Some(
                 run.logical_date
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                     .as_str()
             )
         );
-        assert_eq!(env_of(pod, "DAG_RUN_TYPE").as_deref(), Some("backfill"));
+        assert_eq!(
+            env_of(pod).get("DAG_RUN_TYPE").map(String::as_str),
+            Some("backfill")
+        );
     }
     let name = runs[0].backfill_name.clone().unwrap_or_default();
     let st = backfill_status(&s, &name);

@@ -8,8 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use dag_operator::store::{RunRow, RunState, TaskRow};
 use dag_operator_e2e::eventually;
-use dag_operator_e2e::scenario::{Setup, dag_with_spec, setup};
-use serde_json::Value;
+use dag_operator_e2e::scenario::{Setup, dag_with_spec, env_of, setup};
 
 /// Triggers one manual run at `date` and returns it.
 async fn trigger(s: &Setup, dag: &str, date: &str) -> RunRow {
@@ -45,22 +44,6 @@ fn latest(tasks: &[TaskRow]) -> BTreeMap<String, TaskRow> {
         }
     }
     out
-}
-
-fn env_of(pod: &Value) -> BTreeMap<String, String> {
-    pod["spec"]["containers"][0]["env"]
-        .as_array()
-        .map(|vars| {
-            vars.iter()
-                .map(|v| {
-                    (
-                        v["name"].as_str().unwrap_or_default().to_string(),
-                        v["value"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[tokio::test]

@@ -3,28 +3,10 @@
 //! triggered, and its task Pods read back from the API server; the CRD's CEL rules refuse
 //! reserved keys and image-less tasks at `kubectl apply`.
 
-use std::collections::BTreeMap;
-
 use dag_operator::store::RunState;
 use dag_operator_e2e::plane;
-use dag_operator_e2e::scenario::{dag_with_spec, setup};
+use dag_operator_e2e::scenario::{dag_with_spec, env_of, setup};
 use serde_json::Value;
-
-fn env_of(pod: &Value) -> BTreeMap<String, String> {
-    pod["spec"]["containers"][0]["env"]
-        .as_array()
-        .map(|vars| {
-            vars.iter()
-                .map(|v| {
-                    (
-                        v["name"].as_str().unwrap_or_default().to_string(),
-                        v["value"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[tokio::test]
 async fn task_pods_carry_the_template_the_defaults_and_the_dates() {

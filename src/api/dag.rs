@@ -123,6 +123,19 @@ pub struct DagSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub triggered_by: Vec<DagRef>,
+    /// DAGs of this namespace whose data this DAG's runs need: a run waits in the queue
+    /// (counted in `status.queuedRuns`) until each has a successful run whose data interval
+    /// ends at or after this run's data interval end. A cycle is refused like one through
+    /// `triggeredBy`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub depends_on: Vec<DagRef>,
+    /// A run waiting for `dependsOn` longer than this (from when it was due) is recorded
+    /// `failed`, never started: its tasks `upstream_failed`, event `DependencyTimeout`.
+    /// Absent: it waits as long as it takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub dependency_timeout_seconds: Option<i64>,
     /// Each scheduled run starts up to this long after its tick (e.g. `30s`, `5m`, `1h`): a
     /// delay random across DAGs but the same for a DAG and logical date on every replica, so
     /// DAGs sharing a schedule do not all start at once. The logical date and data interval
@@ -523,7 +536,7 @@ pub enum DagSpecError {
     MissingImage { task: String },
     #[error("jitter {0:?}: expected a duration such as 30s, 5m or 1h30m")]
     Jitter(String),
-    #[error("triggeredBy makes a cycle: {}", .0.join(" <- "))]
+    #[error("triggeredBy/dependsOn make a cycle: {}", .0.join(" <- "))]
     DependencyCycle(Vec<String>),
 }
 

@@ -73,22 +73,26 @@ impl Context {
 
     /// A `triggeredBy` cycle through `dag` among the DAGs of its namespace.
     fn cycle(&self, dag: &DAG, key: &DagKey) -> Option<DagSpecError> {
-        if dag.spec.triggered_by.is_empty() {
+        if dag.spec.triggered_by.is_empty() && dag.spec.depends_on.is_empty() {
             return None;
         }
         let dags = self.dags.as_ref()?;
         let ns = key.namespace.as_str();
+        let edges = |spec: &crate::api::DagSpec| -> Vec<String> {
+            spec.triggered_by
+                .iter()
+                .chain(&spec.depends_on)
+                .map(|r| r.dag.clone())
+                .collect()
+        };
         let upstreams = |name: &str| -> Vec<String> {
-            let spec = if name == key.name {
-                Some(dag.spec.triggered_by.clone())
+            if name == key.name {
+                edges(&dag.spec)
             } else {
                 dags.get(&reflector::ObjectRef::<DAG>::new(name).within(ns))
-                    .map(|d| d.spec.triggered_by.clone())
-            };
-            spec.unwrap_or_default()
-                .into_iter()
-                .map(|r| r.dag)
-                .collect()
+                    .map(|d| edges(&d.spec))
+                    .unwrap_or_default()
+            }
         };
         dependency_cycle(&key.name, upstreams).map(DagSpecError::DependencyCycle)
     }

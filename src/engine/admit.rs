@@ -18,8 +18,8 @@ use crate::gate::{Claim, Gate, GateError, GateScope, Grant, Slot, key as gate_ke
 use crate::queue::{Entry, RunClass};
 use crate::schedule::{DataInterval, data_interval};
 use crate::store::{
-    Admission, BackfillKey, BackfillRef, BackfillSkip, DagKey, NewRun, NewTask, Rerun, RunRow,
-    RunStore, RunType, SpecRow, StoreError,
+    Admission, BackfillKey, BackfillRef, BackfillSkip, DagKey, FailedRun, NewRun, NewTask, Rerun,
+    RunRow, RunStore, RunType, SpecRow, StoreError,
 };
 
 /// What a queued entry is limited by, besides `--max-concurrent-runs`.
@@ -291,6 +291,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         let mut bf_in_batch: HashMap<BackfillKey, usize> = HashMap::new();
         // running runs per namespace, counted only when some namespace is capped
         let mut ns_running = self.running_by_namespace();
+        // runs waiting for their dependsOn upstreams: back into the queue after the pass
+        let mut waiting: Vec<Pending> = Vec::new();
         while self.active_total + batch.len() < global {
             let dags = &self.dags;
             let backfills = &self.backfills;
@@ -343,6 +345,17 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                     continue;
                 }
             }
+            match self.dependency_wait(&p, now) {
+                DependencyWait::Met => {}
+                DependencyWait::Waiting => {
+                    waiting.push(p);
+                    continue;
+                }
+                DependencyWait::TimedOut(message) => {
+                    self.dependency_failed.push((p, message));
+                    continue;
+                }
+            }
             if let (Some(t), Some(state)) = (&p.trigger, self.dags.get_mut(&p.dag)) {
                 // admitted now: recorded with its run below
                 state.in_flight.insert(t.clone());
@@ -350,6 +363,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             *in_batch.entry(p.dag.clone()).or_default() += 1;
             *ns_running.entry(p.dag.namespace.clone()).or_default() += 1;
             batch.push(p);
+        }
+        for p in waiting {
+            self.requeue(p);
         }
         batch
     }
@@ -436,6 +452,22 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             Ok(admitted) => {
                 self.positions.clear();
                 self.refused.clear();
+                for (p, message) in std::mem::take(&mut self.dependency_failed) {
+                    if p.run_type == RunType::Scheduled
+                        && let Some(state) = self.dags.get_mut(&p.dag)
+                    {
+                        state.decided = state.decided.max(Some(p.logical_date));
+                    }
+                    self.event(
+                        &p.dag,
+                        true,
+                        "DependencyTimeout",
+                        format!(
+                            "run for {} recorded failed without starting: {message}",
+                            p.logical_date.to_rfc3339()
+                        ),
+                    );
+                }
                 for skip in std::mem::take(&mut self.skips) {
                     let dag = BackfillKey::new(&skip.backfill.namespace, &skip.backfill.name);
                     self.backfill_progressed(&dag);
@@ -500,6 +532,25 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 position.last_tick = position.last_tick.max(Some(p.logical_date));
             }
         }
+        // runs whose dependsOn wait timed out: created failed (their ticks decided too)
+        let mut failed = Vec::new();
+        for (p, message) in &self.dependency_failed {
+            let Some(state) = self.dags.get(&p.dag) else {
+                continue;
+            };
+            let mut run = new_run(state, p);
+            run.trigger = None;
+            failed.push(FailedRun {
+                run,
+                message: message.clone(),
+            });
+            if p.run_type == RunType::Scheduled {
+                let position = positions
+                    .entry(p.dag.clone())
+                    .or_insert_with(|| state.position());
+                position.last_tick = position.last_tick.max(Some(p.logical_date));
+            }
+        }
         Admission {
             specs,
             runs,
@@ -507,6 +558,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             refused: self.refused.clone(),
             positions: positions.into_values().collect(),
             skips: self.skips.clone(),
+            failed,
         }
     }
 
@@ -707,6 +759,62 @@ fn new_run(state: &DagState, p: &Pending) -> NewRun {
                 pool_slots: t.pool_slots,
             })
             .collect(),
+    }
+}
+
+/// Where a run stands with its `dependsOn` upstreams.
+enum DependencyWait {
+    Met,
+    Waiting,
+    /// waited longer than `dependencyTimeoutSeconds`: why
+    TimedOut(String),
+}
+
+impl<S: RunStore, G: Gate> Engine<S, G> {
+    /// Whether each `dependsOn` upstream has a successful run covering `p`'s data interval.
+    fn dependency_wait(&self, p: &Pending, now: DateTime<Utc>) -> DependencyWait {
+        let Some(state) = self.dags.get(&p.dag) else {
+            return DependencyWait::Met;
+        };
+        let spec = state.info.spec();
+        if spec.depends_on.is_empty() {
+            return DependencyWait::Met;
+        }
+        let end = p.interval.map(|i| i.end).unwrap_or_else(|| {
+            data_interval(
+                state.info.schedule.as_ref(),
+                p.logical_date,
+                spec.start_date,
+            )
+            .end
+        });
+        let missing: Vec<&str> = spec
+            .depends_on
+            .iter()
+            .filter(|r| {
+                let up = DagKey::new(p.dag.namespace.clone(), r.dag.clone());
+                self.upstream_done
+                    .get(&up)
+                    .copied()
+                    .flatten()
+                    .is_none_or(|done| done < end)
+            })
+            .map(|r| r.dag.as_str())
+            .collect();
+        if missing.is_empty() {
+            return DependencyWait::Met;
+        }
+        let waited_ms = now.timestamp_millis() - p.enqueued_ms;
+        match spec.dependency_timeout_seconds {
+            Some(limit) if waited_ms >= limit.saturating_mul(1000) => {
+                DependencyWait::TimedOut(format!(
+                    "no successful run of {} covering up to {} within dependencyTimeoutSeconds ({limit}s)",
+                    missing.join(", "),
+                    end.to_rfc3339()
+                ))
+            }
+            _ => DependencyWait::Waiting,
+        }
     }
 }
 

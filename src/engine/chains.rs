@@ -63,9 +63,59 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             .collect()
     }
 
+    /// Whether a DAG names `key` in `triggeredBy` or `dependsOn`.
+    pub(super) fn is_upstream(&self, key: &DagKey) -> bool {
+        self.chained
+            && self.dags.iter().any(|(k, s)| {
+                k.namespace == key.namespace
+                    && s.info
+                        .spec()
+                        .triggered_by
+                        .iter()
+                        .chain(&s.info.spec().depends_on)
+                        .any(|r| r.dag == key.name)
+            })
+    }
+
+    /// Reads the newest successful data interval end of each `dependsOn` upstream not read
+    /// yet.
+    async fn load_upstream_done(&mut self) -> Result<(), StoreError> {
+        let wanted: Vec<DagKey> = self
+            .dags
+            .iter()
+            .flat_map(|(k, s)| {
+                s.info
+                    .spec()
+                    .depends_on
+                    .iter()
+                    .map(|r| DagKey::new(k.namespace.clone(), r.dag.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|up| !self.upstream_done.contains_key(up))
+            .collect();
+        for up in wanted {
+            let runs = self
+                .store
+                .list_runs(&RunFilter {
+                    namespace: Some(up.namespace.clone()),
+                    dag_name: Some(up.name.clone()),
+                    state: Some(RunState::Success),
+                    limit: TAKE_UP_LOOKBACK,
+                })
+                .await?;
+            let done = runs.iter().map(|r| r.data_interval_end).max();
+            self.upstream_done.insert(up, done);
+        }
+        Ok(())
+    }
+
     /// Looks up the runs of upstream DAGs that ended, and the upstreams of downstream DAGs
-    /// just taken up; successes become requests of their downstream DAGs.
+    /// just taken up; successes become requests of their downstream DAGs (`triggeredBy`) and
+    /// move what their dependents wait for (`dependsOn`).
     pub(super) async fn check_upstreams(&mut self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        if self.chained {
+            self.load_upstream_done().await?;
+        }
         let ended: Vec<Uuid> = std::mem::take(&mut self.upstream_ended);
         for (i, id) in ended.iter().enumerate() {
             match self.store.run(*id).await {
@@ -127,6 +177,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     fn upstream_ran(&mut self, run: &RunRow) {
         if run.state != RunState::Success {
             return;
+        }
+        if let Some(done) = self.upstream_done.get_mut(&run.dag) {
+            *done = (*done).max(Some(run.data_interval_end));
         }
         for key in self.downstreams(&run.dag) {
             self.request_run(&key, UpstreamRequest::of(run));

@@ -365,7 +365,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         if self.dags.get(&key).is_some_and(|s| s.info.uid() != uid) {
             self.remove(&key);
         }
-        if !info.spec().triggered_by.is_empty() {
+        if !info.spec().triggered_by.is_empty() || !info.spec().depends_on.is_empty() {
             self.chained = true;
         }
         let Some(state) = self.dags.get_mut(&key) else {
@@ -695,7 +695,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         self.orphans.retain(|_, v| !v.is_empty());
         self.recount_active();
         for (key, id) in ended_runs {
-            if !self.downstreams(&key).is_empty() {
+            if self.is_upstream(&key) {
                 self.upstream_ended.push(id);
             }
         }

@@ -153,6 +153,11 @@ pub struct Engine<S: RunStore, G: Gate = MemoryGate> {
     upstream_ended: Vec<Uuid>,
     /// downstream DAGs taken up whose upstreams' newest successes are looked at
     chain_scans: Vec<DagKey>,
+    /// `dependsOn`: the newest data interval end an upstream DAG's successful runs cover
+    /// (`None`: no success yet); upstreams not read yet are absent
+    upstream_done: HashMap<DagKey, Option<DateTime<Utc>>>,
+    /// runs whose `dependsOn` wait timed out, recorded failed with the next admission
+    dependency_failed: Vec<(admit::Pending, String)>,
     backfills: HashMap<BackfillKey, backfill::BackfillState>,
     last_resync: Option<std::time::Instant>,
     /// a pass left work it capped (a Backfill's walk): the next one comes at once
@@ -198,6 +203,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             chained: false,
             upstream_ended: Vec::new(),
             chain_scans: Vec::new(),
+            upstream_done: HashMap::new(),
+            dependency_failed: Vec::new(),
             backfills: HashMap::new(),
             last_resync: None,
             more_work: false,

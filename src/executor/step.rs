@@ -37,6 +37,38 @@ enum Effect {
     },
 }
 
+/// A task that has no running try moves `from` → `to` (queued, or ended without running):
+/// the move to write and what it changes in memory once written.
+fn not_started(
+    run: &LiveRun,
+    id: Uuid,
+    task: usize,
+    from: TaskState,
+    to: TaskState,
+    now: DateTime<Utc>,
+) -> (TaskMove, Effect) {
+    let live = &run.tasks[task];
+    let mut m = TaskMove::new(live.key(), from, to, now);
+    let mut row = live.row.clone();
+    row.state = to;
+    if to == TaskState::Queued {
+        m.stamp = Stamp::Queued;
+        row.queued_at = Some(now);
+    } else {
+        m.stamp = Stamp::Ended;
+        row.ended_at = Some(now);
+    }
+    let effect = Effect::Try {
+        run: id,
+        task,
+        row,
+        used: live.used,
+        pod: PodSight::Gone { since: now },
+        stop: None,
+    };
+    (m, effect)
+}
+
 impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
     /// One step at `now`. Returns true when work is left that needs no new input (a full
     /// admission batch, runs to decide again): the caller steps again at once.
@@ -349,42 +381,13 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                         });
                     }
                     Step::Abandoned { task, from } => {
-                        let live = &run.tasks[task];
-                        let mut m = TaskMove::new(live.key(), from, TaskState::Skipped, now);
-                        m.stamp = Stamp::Ended;
-                        let mut row = live.row.clone();
-                        row.state = TaskState::Skipped;
-                        row.ended_at = Some(now);
-                        move_effects.push(Effect::Try {
-                            run: id,
-                            task,
-                            row,
-                            used: live.used,
-                            pod: PodSight::Gone { since: now },
-                            stop: None,
-                        });
+                        let (m, effect) = not_started(run, id, task, from, TaskState::Skipped, now);
+                        move_effects.push(effect);
                         changes.moves.push(m);
                     }
                     Step::Decided { task, to } => {
-                        let live = &run.tasks[task];
-                        let mut m = TaskMove::new(live.key(), TaskState::Pending, to, now);
-                        let mut row = live.row.clone();
-                        row.state = to;
-                        if to == TaskState::Queued {
-                            m.stamp = Stamp::Queued;
-                            row.queued_at = Some(now);
-                        } else {
-                            m.stamp = Stamp::Ended;
-                            row.ended_at = Some(now);
-                        }
-                        move_effects.push(Effect::Try {
-                            run: id,
-                            task,
-                            row,
-                            used: live.used,
-                            pod: PodSight::Gone { since: now },
-                            stop: None,
-                        });
+                        let (m, effect) = not_started(run, id, task, TaskState::Pending, to, now);
+                        move_effects.push(effect);
                         changes.moves.push(m);
                     }
                 }

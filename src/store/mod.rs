@@ -16,7 +16,7 @@ pub use self::action::{
 pub use crate::graph::TaskState;
 pub use pg::{AppliedMigration, PgStore, RunQuery, StoredLog};
 pub use record::{
-    Admission, Admitted, BackfillRecord, BackfillRef, BackfillSkip, DagRecord, Position,
+    Admission, Admitted, BackfillRecord, BackfillRef, BackfillSkip, DagRecord, FailedRun, Position,
     RefusedTrigger, TakenDate, TriggerOutcome,
 };
 

@@ -89,12 +89,23 @@ pub struct Admission {
     pub refused: Vec<RefusedTrigger>,
     pub positions: Vec<Position>,
     pub skips: Vec<BackfillSkip>,
+    /// runs recorded as failed at once, never started (a `dependsOn` wait that timed out):
+    /// their tasks `upstream_failed` with the message
+    pub failed: Vec<FailedRun>,
+}
+
+/// A run created failed, with why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FailedRun {
+    pub run: NewRun,
+    pub message: String,
 }
 
 impl Admission {
     pub fn is_empty(&self) -> bool {
         self.specs.is_empty()
             && self.runs.is_empty()
+            && self.failed.is_empty()
             && self.reruns.is_empty()
             && self.refused.is_empty()
             && self.positions.is_empty()

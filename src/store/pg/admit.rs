@@ -127,6 +127,7 @@ impl PgStore {
         let taken = Self::taken_dates(&mut tx, &runs, &inserted).await?;
         triggers.extend(Self::settle_triggers(&mut tx, &runs, &inserted).await?);
         triggers.extend(Self::refuse_triggers(&mut tx, &a.refused).await?);
+        Self::insert_failed_tx(&mut tx, &a.failed).await?;
         let rerun = Self::rerun_tx(&mut tx, &a.reruns).await?;
         Self::record_backfill_dates(&mut tx, a, &runs, &inserted, &rerun).await?;
         Self::move_positions(&mut tx, a).await?;
@@ -313,6 +314,44 @@ impl PgStore {
 
     /// Inserts runs with their task instances; returns, for each run given, the row if it
     /// was created (none when its logical date was taken, also within the batch).
+    /// Runs created failed: inserted as any run, then failed with their tasks in the same
+    /// transaction (a date already taken keeps its run).
+    async fn insert_failed_tx(
+        tx: &mut PgConnection,
+        failed: &[crate::store::FailedRun],
+    ) -> Result<(), StoreError> {
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let runs: Vec<&NewRun> = failed.iter().map(|f| &f.run).collect();
+        let inserted = Self::insert_runs_tx(tx, &runs).await?;
+        let mut ids = Vec::new();
+        let mut messages = Vec::new();
+        for (row, f) in inserted.iter().zip(failed) {
+            if let Some(row) = row {
+                ids.push(row.id);
+                messages.push(f.message.clone());
+            }
+        }
+        sqlx::query(
+            "UPDATE dag_runs SET state = 'failed', ended_at = now() WHERE id = ANY($1::uuid[])",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE task_instances t SET state = 'upstream_failed', ended_at = now(), \
+                 message = m.message \
+             FROM UNNEST($1::uuid[], $2::text[]) AS m(run_id, message) \
+             WHERE t.run_id = m.run_id",
+        )
+        .bind(&ids)
+        .bind(&messages)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
     async fn insert_runs_tx(
         tx: &mut PgConnection,
         runs: &[&NewRun],
