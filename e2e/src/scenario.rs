@@ -129,6 +129,11 @@ impl Setup {
         list["items"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Whether the Pod `pod` of `dag` is gone from the API server.
+    pub fn pod_gone(&self, dag: &str, pod: &str) -> bool {
+        !self.pods(dag).iter().any(|p| p["metadata"]["name"] == pod)
+    }
+
     /// Tells kwok what every Pod of the namespace does next (`succeed`, `fail`, `hold`).
     /// Best effort: a Pod deleted meanwhile is no error (callers poll for the outcome).
     pub fn all_pods_outcome(&self, outcome: &str) {

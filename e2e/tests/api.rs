@@ -282,10 +282,7 @@ async fn a_runner_triggers_cancels_and_reruns_and_a_viewer_may_not() {
     })
     .await;
     eventually(Duration::from_secs(30), "the Pod deleted", || {
-        let gone = !s
-            .pods("held")
-            .iter()
-            .any(|p| p["metadata"]["name"] == pod.as_str());
+        let gone = s.pod_gone("held", &pod);
         async move { gone.then_some(()) }
     })
     .await;

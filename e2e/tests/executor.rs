@@ -170,10 +170,7 @@ async fn a_task_over_its_timeout_fails_and_its_pod_is_gone() {
         Duration::from_secs(30),
         "the timed-out pod to be deleted",
         || {
-            let gone = !s
-                .pods("slow")
-                .iter()
-                .any(|p| p["metadata"]["name"] == pod.as_str());
+            let gone = s.pod_gone("slow", &pod);
             async move { gone.then_some(()) }
         },
     )
@@ -205,10 +202,7 @@ async fn a_held_run_over_its_run_timeout_fails_and_its_pod_is_deleted() {
     );
     assert_eq!(tasks["after"].state, "skipped");
     eventually(Duration::from_secs(30), "the held Pod deleted", || {
-        let gone = !s
-            .pods("held")
-            .iter()
-            .any(|p| p["metadata"]["name"] == pod.as_str());
+        let gone = s.pod_gone("held", &pod);
         async move { gone.then_some(()) }
     })
     .await;

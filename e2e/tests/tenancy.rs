@@ -34,6 +34,20 @@ fn condition(ns: &TestNamespace, dag: &str, type_: &str) -> Option<Value> {
         .cloned()
 }
 
+/// Sets (or replaces) an annotation of a Namespace.
+fn annotate(namespace: &str, annotation: &str) {
+    plane().kubectl_ok(
+        &[
+            "annotate",
+            "--overwrite",
+            "namespace",
+            namespace,
+            annotation,
+        ],
+        None,
+    );
+}
+
 /// Members of a gate semaphore in the plane's Redis.
 fn holders(key: &str) -> usize {
     let out = Command::new("redis-cli")
@@ -51,15 +65,7 @@ async fn a_namespace_cap_holds_one_tenants_burst_while_another_is_admitted_at_on
     plane().install_crds();
     let a = TestNamespace::new("tenant-a");
     let b = TestNamespace::new("tenant-b");
-    plane().kubectl_ok(
-        &[
-            "annotate",
-            "namespace",
-            &a.name,
-            &format!("dagoperator.io/max-running-runs={CAP}"),
-        ],
-        None,
-    );
+    annotate(&a.name, &format!("dagoperator.io/max-running-runs={CAP}"));
     let db = TestDb::create("e2e_tenancy").await;
     let store = db.migrated().await;
     let hourly = "  schedule: '0 * * * *'\n  maxActiveRuns: 100";
@@ -148,15 +154,7 @@ async fn a_namespace_cap_holds_one_tenants_burst_while_another_is_admitted_at_on
             .contains("5000"),
         "{clamped}"
     );
-    plane().kubectl_ok(
-        &[
-            "annotate",
-            "namespace",
-            &b.name,
-            "dagoperator.io/max-dag-priority=10000",
-        ],
-        None,
-    );
+    annotate(&b.name, "dagoperator.io/max-dag-priority=10000");
     eventually(
         Duration::from_secs(30),
         "the condition gone after the grant",
@@ -168,16 +166,7 @@ async fn a_namespace_cap_holds_one_tenants_burst_while_another_is_admitted_at_on
     )
     .await;
     // a larger cap lets more of A's burst in (and no more)
-    plane().kubectl_ok(
-        &[
-            "annotate",
-            "--overwrite",
-            "namespace",
-            &a.name,
-            "dagoperator.io/max-running-runs=5",
-        ],
-        None,
-    );
+    annotate(&a.name, "dagoperator.io/max-running-runs=5");
     eventually(Duration::from_secs(30), "A at its new cap of 5", || async {
         let n = running(&runs(a.name.clone()).await);
         assert!(n <= 5, "{n} runs over the new cap of 5");
@@ -185,16 +174,7 @@ async fn a_namespace_cap_holds_one_tenants_burst_while_another_is_admitted_at_on
     })
     .await;
     // an annotation that is not a number: the default applies, and the Namespace says why
-    plane().kubectl_ok(
-        &[
-            "annotate",
-            "--overwrite",
-            "namespace",
-            &a.name,
-            "dagoperator.io/max-running-runs=lots",
-        ],
-        None,
-    );
+    annotate(&a.name, "dagoperator.io/max-running-runs=lots");
     eventually(
         Duration::from_secs(30),
         "an InvalidAnnotation event",

@@ -584,6 +584,14 @@ impl DagSpec {
         }
     }
 
+    /// The DAGs of its namespace it names as upstreams: `triggeredBy`, then `dependsOn`.
+    pub fn upstream_dags(&self) -> impl Iterator<Item = &str> {
+        self.triggered_by
+            .iter()
+            .chain(&self.depends_on)
+            .map(|r| r.dag.as_str())
+    }
+
     /// `schedule`, or the `schedules` list.
     pub fn schedule_exprs(&self) -> Vec<&str> {
         self.schedule

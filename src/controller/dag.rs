@@ -73,17 +73,12 @@ impl Context {
 
     /// A `triggeredBy` cycle through `dag` among the DAGs of its namespace.
     fn cycle(&self, dag: &DAG, key: &DagKey) -> Option<DagSpecError> {
-        if dag.spec.triggered_by.is_empty() && dag.spec.depends_on.is_empty() {
-            return None;
-        }
+        // no upstream: no cycle
+        dag.spec.upstream_dags().next()?;
         let dags = self.dags.as_ref()?;
         let ns = key.namespace.as_str();
         let edges = |spec: &crate::api::DagSpec| -> Vec<String> {
-            spec.triggered_by
-                .iter()
-                .chain(&spec.depends_on)
-                .map(|r| r.dag.clone())
-                .collect()
+            spec.upstream_dags().map(str::to_string).collect()
         };
         let upstreams = |name: &str| -> Vec<String> {
             if name == key.name {

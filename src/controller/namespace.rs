@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -88,7 +88,7 @@ pub async fn run(
                 for problem in &policy.problems {
                     if reported.insert((name.clone(), problem.clone())) {
                         events.spawn_publish(
-                            reference(&ns),
+                            ns.object_ref(&()),
                             true,
                             "InvalidAnnotation",
                             problem.clone(),
@@ -115,16 +115,5 @@ pub async fn run(
         if engine.send(command).await.is_err() {
             return;
         }
-    }
-}
-
-/// An event's reference to a Namespace.
-fn reference(ns: &Namespace) -> ObjectReference {
-    ObjectReference {
-        api_version: Some(Namespace::api_version(&()).to_string()),
-        kind: Some(Namespace::kind(&()).to_string()),
-        name: Some(ns.name_any()),
-        uid: ns.meta().uid.clone(),
-        ..ObjectReference::default()
     }
 }

@@ -728,15 +728,21 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     }
 }
 
-fn new_run(state: &DagState, p: &Pending) -> NewRun {
-    let spec = state.info.spec();
-    let interval = p.interval.unwrap_or_else(|| {
+/// The data interval of `p`'s run: the one it takes over (`triggeredBy`), else the one its
+/// schedule gives its logical date.
+fn interval_of(state: &DagState, p: &Pending) -> DataInterval {
+    p.interval.unwrap_or_else(|| {
         data_interval(
             state.info.schedule.as_ref(),
             p.logical_date,
-            spec.start_date,
+            state.info.spec().start_date,
         )
-    });
+    })
+}
+
+fn new_run(state: &DagState, p: &Pending) -> NewRun {
+    let spec = state.info.spec();
+    let interval = interval_of(state, p);
     NewRun {
         dag: p.dag.clone(),
         dag_uid: state.info.uid().to_string(),
@@ -780,14 +786,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         if spec.depends_on.is_empty() {
             return DependencyWait::Met;
         }
-        let end = p.interval.map(|i| i.end).unwrap_or_else(|| {
-            data_interval(
-                state.info.schedule.as_ref(),
-                p.logical_date,
-                spec.start_date,
-            )
-            .end
-        });
+        let end = interval_of(state, p).end;
         let missing: Vec<&str> = spec
             .depends_on
             .iter()

@@ -6,7 +6,6 @@
 //! start) also looks at its upstreams' newest successful runs, so a success whose downstream
 //! run was not recorded before a crash is not lost.
 
-use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Engine;
@@ -67,33 +66,24 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     pub(super) fn is_upstream(&self, key: &DagKey) -> bool {
         self.chained
             && self.dags.iter().any(|(k, s)| {
-                k.namespace == key.namespace
-                    && s.info
-                        .spec()
-                        .triggered_by
-                        .iter()
-                        .chain(&s.info.spec().depends_on)
-                        .any(|r| r.dag == key.name)
+                k.namespace == key.namespace && s.info.spec().upstream_dags().any(|u| u == key.name)
             })
     }
 
-    /// Reads the newest successful data interval end of each `dependsOn` upstream not read
-    /// yet.
+    /// A DAG was upserted: the `dependsOn` upstreams it names that are not known yet are read
+    /// at the next pass.
+    pub(super) fn want_upstreams(&mut self, key: &DagKey, spec: &crate::api::DagSpec) {
+        for up in &spec.depends_on {
+            let up = DagKey::new(key.namespace.clone(), up.dag.clone());
+            if !self.upstream_done.contains_key(&up) {
+                self.upstream_loads.insert(up);
+            }
+        }
+    }
+
+    /// Reads the newest successful data interval end of each `dependsOn` upstream asked for.
     async fn load_upstream_done(&mut self) -> Result<(), StoreError> {
-        let wanted: Vec<DagKey> = self
-            .dags
-            .iter()
-            .flat_map(|(k, s)| {
-                s.info
-                    .spec()
-                    .depends_on
-                    .iter()
-                    .map(|r| DagKey::new(k.namespace.clone(), r.dag.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .filter(|up| !self.upstream_done.contains_key(up))
-            .collect();
-        for up in wanted {
+        while let Some(up) = self.upstream_loads.pop_first() {
             let runs = self
                 .store
                 .list_runs(&RunFilter {
@@ -102,7 +92,14 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                     state: Some(RunState::Success),
                     limit: TAKE_UP_LOOKBACK,
                 })
-                .await?;
+                .await;
+            let runs = match runs {
+                Ok(runs) => runs,
+                Err(e) => {
+                    self.upstream_loads.insert(up);
+                    return Err(e);
+                }
+            };
             let done = runs.iter().map(|r| r.data_interval_end).max();
             self.upstream_done.insert(up, done);
         }
@@ -112,10 +109,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     /// Looks up the runs of upstream DAGs that ended, and the upstreams of downstream DAGs
     /// just taken up; successes become requests of their downstream DAGs (`triggeredBy`) and
     /// move what their dependents wait for (`dependsOn`).
-    pub(super) async fn check_upstreams(&mut self, now: DateTime<Utc>) -> Result<(), StoreError> {
-        if self.chained {
-            self.load_upstream_done().await?;
-        }
+    pub(super) async fn check_upstreams(&mut self) -> Result<(), StoreError> {
+        self.load_upstream_done().await?;
         let ended: Vec<Uuid> = std::mem::take(&mut self.upstream_ended);
         for (i, id) in ended.iter().enumerate() {
             match self.store.run(*id).await {
@@ -129,7 +124,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         }
         let taken_up: Vec<DagKey> = std::mem::take(&mut self.chain_scans);
         for (i, key) in taken_up.iter().enumerate() {
-            if let Err(e) = self.scan_upstreams(key, now).await {
+            if let Err(e) = self.scan_upstreams(key).await {
                 self.chain_scans.extend(taken_up[i..].iter().cloned());
                 return Err(e);
             }
@@ -137,11 +132,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         Ok(())
     }
 
-    async fn scan_upstreams(
-        &mut self,
-        key: &DagKey,
-        _now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    async fn scan_upstreams(&mut self, key: &DagKey) -> Result<(), StoreError> {
         let Some(state) = self.dags.get(key) else {
             return Ok(());
         };

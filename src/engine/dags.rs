@@ -365,8 +365,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         if self.dags.get(&key).is_some_and(|s| s.info.uid() != uid) {
             self.remove(&key);
         }
-        if !info.spec().triggered_by.is_empty() || !info.spec().depends_on.is_empty() {
+        if info.spec().upstream_dags().next().is_some() {
             self.chained = true;
+            self.want_upstreams(&key, info.spec());
         }
         let Some(state) = self.dags.get_mut(&key) else {
             if !info.spec().triggered_by.is_empty() {
@@ -665,9 +666,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         }
         let ids: HashSet<&Uuid> = ids.iter().collect();
         let mut of_backfills: Vec<(DagKey, String, Uuid)> = Vec::new();
-        // DAGs whose runs ended (maxConsecutiveFailures is checked for them), and the runs
-        let mut ended_of: Vec<DagKey> = Vec::new();
-        let mut ended_runs: Vec<(DagKey, Uuid)> = Vec::new();
+        // the runs that ended, by DAG (failures and upstreams are looked at for them)
+        let mut ended: HashMap<DagKey, Vec<Uuid>> = HashMap::new();
         for (key, runs) in self
             .dags
             .iter_mut()
@@ -677,7 +677,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             let before = runs.len();
             runs.retain(|run| {
                 if ids.contains(&run.id) {
-                    ended_runs.push((key.clone(), run.id));
+                    ended.entry(key.clone()).or_default().push(run.id);
                     self.ledger.end(&holder(&key, run.logical_date));
                     if let Some(bf) = &run.backfill {
                         of_backfills.push((key.clone(), bf.clone(), run.id));
@@ -688,18 +688,15 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 }
             });
             if runs.len() != before {
-                ended_of.push(key.clone());
                 self.dirty.insert(key);
             }
         }
         self.orphans.retain(|_, v| !v.is_empty());
         self.recount_active();
-        for (key, id) in ended_runs {
+        for (key, ids) in ended {
             if self.is_upstream(&key) {
-                self.upstream_ended.push(id);
+                self.upstream_ended.extend(ids);
             }
-        }
-        for key in ended_of {
             if self
                 .dags
                 .get(&key)

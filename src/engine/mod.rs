@@ -147,7 +147,7 @@ pub struct Engine<S: RunStore, G: Gate = MemoryGate> {
     dirty: BTreeSet<DagKey>,
     /// DAGs with `maxConsecutiveFailures` whose runs ended since the last pass
     failure_checks: BTreeSet<DagKey>,
-    /// some DAG has `triggeredBy` (else no ended run is looked up for it)
+    /// some DAG has `triggeredBy` or `dependsOn` (else no ended run is looked up for them)
     chained: bool,
     /// runs of upstream DAGs that ended since the last pass
     upstream_ended: Vec<Uuid>,
@@ -156,6 +156,8 @@ pub struct Engine<S: RunStore, G: Gate = MemoryGate> {
     /// `dependsOn`: the newest data interval end an upstream DAG's successful runs cover
     /// (`None`: no success yet); upstreams not read yet are absent
     upstream_done: HashMap<DagKey, Option<DateTime<Utc>>>,
+    /// `dependsOn` upstreams named by a DAG and not read yet
+    upstream_loads: BTreeSet<DagKey>,
     /// runs whose `dependsOn` wait timed out, recorded failed with the next admission
     dependency_failed: Vec<(admit::Pending, String)>,
     backfills: HashMap<BackfillKey, backfill::BackfillState>,
@@ -204,6 +206,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             upstream_ended: Vec::new(),
             chain_scans: Vec::new(),
             upstream_done: HashMap::new(),
+            upstream_loads: BTreeSet::new(),
             dependency_failed: Vec::new(),
             backfills: HashMap::new(),
             last_resync: None,
@@ -282,8 +285,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         self.take_up(now).await?;
         // 1b. DAGs whose runs ended: failed too often in a row? (maxConsecutiveFailures)
         self.check_failures(now).await?;
-        // 1c. upstream runs that succeeded: runs of the DAGs triggeredBy them
-        self.check_upstreams(now).await?;
+        // 1c. upstream runs that succeeded: runs of the DAGs triggeredBy them, and what the
+        //     DAGs that dependOn them wait for
+        self.check_upstreams().await?;
         // 2. timers: due ticks into the queue
         self.fire_timers(now);
         // 3. trigger values not yet recorded: into the queue, or refused
