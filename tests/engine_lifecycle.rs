@@ -4,6 +4,8 @@
 //! is the regression test of a defect the issue names.
 
 mod common;
+#[path = "support/faulty.rs"]
+mod faulty;
 #[path = "support/engine.rs"]
 mod support;
 
@@ -120,6 +122,66 @@ async fn a_suspended_and_resumed_backfill_runs_every_date_and_only_then_succeeds
     assert_eq!(progress.phase, BackfillPhase::Succeeded, "{progress:?}");
     assert_eq!(progress.progress(), "10/10");
     assert_eq!(progress.created, 10);
+}
+
+/// The same when the engine removes the DAG (a spec made invalid, then fixed) while dates of
+/// its Backfill wait in the queue: they come back, and the Backfill ends with every date.
+#[tokio::test]
+async fn backfill_dates_queued_when_the_dag_goes_invalid_run_once_it_is_fixed() {
+    let db = common::fresh_store("lc_bf_invalid").await;
+    let mut h = Harness::new(db, EngineConfig::default()).await;
+    let now = t0() + Duration::hours(1);
+    let dag = spec("schedule: '0 0 * * *'\nmaxActiveRuns: 2");
+    h.upsert(info("daily", now - Duration::minutes(30), dag.clone()), now);
+    let start = utc("2024-01-01T00:00:00Z");
+    h.backfill(
+        backfill(
+            "ten",
+            "daily",
+            start,
+            start + Duration::days(10),
+            "concurrency: 5",
+        ),
+        now,
+    );
+    h.tick(now).await;
+    h.tick(now).await;
+    assert_eq!(h.runs("daily").await.len(), 2, "2 at a time, 3 more queued");
+    // a typo takes the DAG off the engine while 3 dates wait; the running ones end
+    h.engine
+        .apply(Command::Invalid(DagKey::new("ns", "daily")), now);
+    h.tick(now).await;
+    h.finish_all(RunState::Success, now).await;
+    h.tick(now + Duration::seconds(1)).await;
+    // fixed: every date runs
+    h.upsert(
+        info("daily", now - Duration::minutes(30), dag),
+        now + Duration::seconds(2),
+    );
+    let mut t = now + Duration::seconds(2);
+    for _ in 0..20 {
+        h.tick(t).await;
+        h.finish_all(RunState::Success, t).await;
+        t += Duration::seconds(1);
+    }
+    h.tick(t).await;
+    let dates: Vec<_> = h
+        .runs("daily")
+        .await
+        .iter()
+        .filter(|r| r.backfill_name.is_some())
+        .map(|r| r.logical_date)
+        .collect();
+    assert_eq!(
+        dates,
+        (0..10)
+            .map(|d| start + Duration::days(d))
+            .collect::<Vec<_>>(),
+        "every planned date has its run"
+    );
+    let progress = h.backfill_progress("ten").expect("a status");
+    assert_eq!(progress.phase, BackfillPhase::Succeeded, "{progress:?}");
+    assert_eq!(progress.progress(), "10/10");
 }
 
 // ---- 2. DAG invalid, then fixed ---------------------------------------------------------
@@ -668,4 +730,91 @@ async fn leases_are_renewed_on_time_whatever_the_schedule_interval() {
         );
     }
     task.abort();
+}
+
+/// A pass that fails on the store (a DAG waiting to be taken up while PostgreSQL is gone)
+/// still renews the leases of the running runs: they never lapse during an outage.
+#[tokio::test]
+async fn leases_are_renewed_while_the_store_fails_every_pass() {
+    let db = common::fresh_store("lc_renew_outage").await;
+    let store = faulty::Faulty::new(db);
+    // leases of 300 ms, renewed every 100 ms
+    let gate = MemoryGate::new(std::time::Duration::from_millis(300));
+    let (tx, _out) = tokio::sync::mpsc::unbounded_channel();
+    let mut engine = dag_operator::engine::Engine::with_gate(
+        EngineConfig::default(),
+        store.clone(),
+        gate.clone(),
+        tx,
+    );
+    engine.load().await.expect("load");
+    let mut dag = info("held", t0(), spec(""));
+    dag.triggers = vec![trigger("go", None)];
+    engine.apply(Command::Upsert(Box::new(dag)), t0());
+    engine.tick(t0()).await.expect("tick");
+    assert_eq!(gate.usage(gate_key::GLOBAL_RUNS).await.unwrap(), 1);
+    // PostgreSQL goes; a new DAG waits to be taken up, so every pass fails on the store
+    store
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    engine.apply(
+        Command::Upsert(Box::new(info("new", t0(), spec("schedule: '@hourly'")))),
+        t0(),
+    );
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(engine.tick(t0()).await.is_err(), "the store is down");
+        assert_eq!(
+            gate.usage(gate_key::GLOBAL_RUNS).await.unwrap(),
+            1,
+            "the running run's lease lapsed while the store was down"
+        );
+    }
+}
+
+/// A trigger whose lookup fails on the store is looked at again by the next pass, not only
+/// when the DAG changes.
+#[tokio::test]
+async fn a_trigger_whose_lookup_failed_is_handled_by_the_next_pass() {
+    let db = common::fresh_store("lc_trigger_lookup").await;
+    let store = faulty::Faulty::new(db.clone());
+    let (tx, _out) = tokio::sync::mpsc::unbounded_channel();
+    let mut engine = dag_operator::engine::Engine::new(EngineConfig::default(), store.clone(), tx);
+    engine.load().await.expect("load");
+    engine.apply(
+        Command::Upsert(Box::new(info("manual", t0(), spec("")))),
+        t0(),
+    );
+    engine.tick(t0()).await.expect("tick");
+    // the trigger arrives; the store fails on the pass's first call after the DAG's record
+    let mut dag = info("manual", t0(), spec(""));
+    dag.triggers = vec![pending("once")];
+    engine.apply(Command::Upsert(Box::new(dag)), t0());
+    store
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(engine.tick(t0()).await.is_err());
+    store
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    // no change to the DAG: the next passes alone must handle the value
+    for s in 1..=3 {
+        engine
+            .tick(t0() + Duration::seconds(s))
+            .await
+            .expect("tick");
+    }
+    let runs: Vec<_> = db
+        .list_runs(&dag_operator::store::RunFilter {
+            namespace: Some("ns".into()),
+            dag_name: Some("manual".into()),
+            state: None,
+            limit: 10,
+        })
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|r| r.run_type == RunType::Manual)
+        .collect();
+    assert_eq!(runs.len(), 1, "the trigger ran once");
 }

@@ -909,6 +909,67 @@ async fn cli_migrate_then_runs_prints_the_runs() {
 
 // ---- backfill reprocess ----------------------------------------------------------------
 
+/// A retry is one transaction (issue 12, defect 2): when the database refuses the next try's
+/// row, the try that failed is not marked failed either, so no retry is ever used up unseen.
+#[tokio::test]
+async fn a_retry_refused_halfway_by_the_database_changes_nothing() {
+    let db = TestDb::create("retry_atomic").await;
+    let store = db.migrated().await;
+    let id = store
+        .insert_runs(&[run("ns", "etl", day(1), RunType::Scheduled, &["a"])])
+        .await
+        .expect("insert")[0]
+        .id;
+    set_task_state(&store, id, "a", "up_for_retry").await;
+    // the second half fails: PostgreSQL refuses every new try row
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_try() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'no new tries'; END $$; \
+         CREATE TRIGGER refuse_try BEFORE INSERT ON task_instances \
+             FOR EACH ROW WHEN (NEW.try_number > 1) EXECUTE FUNCTION refuse_try();",
+    )
+    .execute(store.pool())
+    .await
+    .expect("trigger");
+    let changes = dag_operator::store::Changes {
+        retries: vec![dag_operator::store::NextTry {
+            key: dag_operator::store::TryKey {
+                run_id: id,
+                task_name: "a".into(),
+                try_number: 1,
+            },
+            at: Utc::now(),
+        }],
+        ..Default::default()
+    };
+    let err = store.write_changes(&changes).await;
+    assert!(err.is_err(), "the insert of try 2 was refused");
+    let tries = store.task_instances(&[id]).await.expect("tries");
+    assert_eq!(
+        tries
+            .iter()
+            .map(|t| (t.try_number, t.state))
+            .collect::<Vec<_>>(),
+        [(1, TaskState::UpForRetry)],
+        "try 1 is not failed without its successor"
+    );
+    // the database accepts again: the same retry takes effect whole, once
+    sqlx::raw_sql("DROP TRIGGER refuse_try ON task_instances")
+        .execute(store.pool())
+        .await
+        .expect("drop trigger");
+    assert_eq!(retry(&store, id, "a", 1).await, vec![true]);
+    assert_eq!(retry(&store, id, "a", 1).await, vec![false], "only once");
+    let tries = store.task_instances(&[id]).await.expect("tries");
+    assert_eq!(
+        tries
+            .iter()
+            .map(|t| (t.try_number, t.state))
+            .collect::<Vec<_>>(),
+        [(1, TaskState::Failed), (2, TaskState::Queued)]
+    );
+}
+
 #[tokio::test]
 async fn a_rerun_restarts_a_finished_run_in_place_with_new_tries_of_the_next_attempt() {
     let db = TestDb::create("rerun").await;

@@ -135,9 +135,26 @@ async fn deleting_the_namespace_cancels_its_runs_and_frees_their_slots() {
     let (id, _pod) = held_run(&s, "doomed").await;
     s.ns.kubectl_ok(&["delete", "namespace", &s.ns.name, "--wait=true"], None);
     cancelled_within(&s, "doomed", id, 60).await;
+    pods_gone(&s, "doomed").await;
     // the namespace again, with another DAG: the global slot is back
     dag_operator_e2e::plane().kubectl_ok(&["create", "namespace", &s.ns.name], None);
     s.apply(&every_second("other"));
+    gets_a_run(&s, "other").await;
+}
+
+#[tokio::test]
+async fn a_namespace_deleted_while_the_operator_is_down_has_its_runs_cancelled_at_start() {
+    let s = setup("del-ns-down").await;
+    s.apply(&held("doomed"));
+    let mut op = s.operator(&["--max-concurrent-runs", "1"]);
+    let (id, _pod) = held_run(&s, "doomed").await;
+    op.kill9();
+    s.ns.kubectl_ok(&["delete", "namespace", &s.ns.name, "--wait=true"], None);
+    dag_operator_e2e::plane().kubectl_ok(&["create", "namespace", &s.ns.name], None);
+    s.apply(&every_second("other"));
+    op.restart();
+    cancelled_within(&s, "doomed", id, 60).await;
+    pods_gone(&s, "doomed").await;
     gets_a_run(&s, "other").await;
 }
 

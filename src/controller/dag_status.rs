@@ -10,6 +10,7 @@ use crate::api::conditions::{
 };
 use crate::api::dag::{AutoSuspension, RunSummary};
 use crate::engine::SchedulingStatus;
+use crate::store::RunState;
 
 pub use crate::report::Problem;
 
@@ -90,8 +91,8 @@ impl Verdict {
 fn failing_streak(recent: &[RunSummary]) -> Vec<&RunSummary> {
     recent
         .iter()
-        .filter(|r| r.state != "running")
-        .take_while(|r| r.state == "failed")
+        .filter(|r| r.state != RunState::Running.as_str())
+        .take_while(|r| r.state == RunState::Failed.as_str())
         .collect()
 }
 

@@ -281,6 +281,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     /// what is not recorded is planned again).
     async fn pass(&mut self, now: DateTime<Utc>) -> Result<usize, StoreError> {
         self.more_work = false;
+        // 0. leases renewed first: a store error below ends the pass, never the leases
+        self.upkeep_leases().await;
         // 1. DAGs taken up: their schedule position and triggers from the record
         self.take_up(now).await?;
         // 1b. DAGs whose runs ended: failed too often in a row? (maxConsecutiveFailures)
@@ -294,7 +296,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         self.check_triggers(now).await?;
         // 4. runs of deleted DAGs: cancelled
         self.cancel_doomed().await?;
-        // 5. leases: ended ones back, running ones renewed
+        // 5. leases of the runs ended above given back (renewal is due at most once per interval)
         self.upkeep_leases().await;
         // 6. Backfills: planned in windows, their share of the queue topped up
         self.feed_backfills(now).await?;

@@ -45,7 +45,18 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         if wanted.is_empty() {
             return Ok(());
         }
-        let recorded = self.store.recorded_triggers(&wanted).await?;
+        let recorded = match self.store.recorded_triggers(&wanted).await {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                // not looked at: the next pass asks again
+                for (key, _) in &wanted {
+                    if let Some(state) = self.dags.get_mut(key) {
+                        state.unchecked = true;
+                    }
+                }
+                return Err(e);
+            }
+        };
         for (key, value) in &recorded {
             if let Some(state) = self.dags.get_mut(key) {
                 state.handled.insert(value.clone());

@@ -28,6 +28,7 @@ use super::ApiState;
 use super::api::{ApiError, caller, dags_in, find_dag, readable_dags, reader, run_with_tries};
 use super::auth::SESSION_COOKIE;
 use super::directory::DagSummary;
+use crate::graph::TaskState;
 use crate::key::DagKey;
 use crate::store::{RunQuery, RunRow, RunState, RunStore, RunType, latest_tries};
 
@@ -50,19 +51,29 @@ form.filters{margin:8px 0;display:flex;gap:8px;align-items:end}
 pre{background:#f6f6f6;padding:8px}
 "#;
 
-/// A state's colour, as Airflow draws it.
-pub(super) fn colour(state: &str) -> &'static str {
+/// A task state's colour, as Airflow draws it (no try yet: white).
+pub(super) fn task_colour(state: Option<TaskState>) -> &'static str {
     match state {
-        "success" => "#008000",
-        "failed" => "#ff0000",
-        "running" => "#00ff00",
-        "queued" => "#808080",
-        "up_for_retry" => "#ffd700",
-        "upstream_failed" => "#ffa500",
-        "skipped" => "#ff69b4",
-        "cancelled" => "#c0c0c0",
-        _ => "#ffffff",
+        Some(TaskState::Success) => "#008000",
+        Some(TaskState::Failed) => "#ff0000",
+        Some(TaskState::Running) => "#00ff00",
+        Some(TaskState::Queued) => "#808080",
+        Some(TaskState::UpForRetry) => "#ffd700",
+        Some(TaskState::UpstreamFailed) => "#ffa500",
+        Some(TaskState::Skipped) => "#ff69b4",
+        Some(TaskState::Cancelled) => "#c0c0c0",
+        Some(TaskState::Pending) | None => "#ffffff",
     }
+}
+
+/// A run state's colour: that of the task state of the same name.
+pub(super) fn run_colour(state: RunState) -> &'static str {
+    task_colour(Some(match state {
+        RunState::Running => TaskState::Running,
+        RunState::Success => TaskState::Success,
+        RunState::Failed => TaskState::Failed,
+        RunState::Cancelled => TaskState::Cancelled,
+    }))
 }
 
 pub(super) fn page(title: &str, body: Markup) -> Markup {
@@ -260,7 +271,7 @@ async fn index_page(
                         td {
                             @for r in runs_of.get(key).map(|v| v.as_slice()).unwrap_or_default().iter().rev() {
                                 a.sq href=(run_link(r)) title=(format!("{} {}", r.logical_date.to_rfc3339(), r.state.as_str()))
-                                    style=(format!("background:{}", colour(r.state.as_str()))) {}
+                                    style=(format!("background:{}", run_colour(r.state))) {}
                             }
                         }
                     }
@@ -357,8 +368,9 @@ async fn grid_page(
             h3 { "Tasks" @if let Some(r) = newest { " (states of the run for " (r.logical_date.to_rfc3339()) ")" } }
             div {
                 @for t in &dag.tasks {
-                    @let st = newest.and_then(|r| latest.get(&(r.id, t.name.as_str()))).map(|t| t.state.as_str()).unwrap_or("none");
-                    span.task style=(format!("border-color:{}", colour(st))) title=(st) {
+                    @let state = newest.and_then(|r| latest.get(&(r.id, t.name.as_str()))).map(|t| t.state);
+                    @let st = state.map(TaskState::as_str).unwrap_or("none");
+                    span.task style=(format!("border-color:{}", task_colour(state))) title=(st) {
                         (t.name)
                         @if !t.depends_on.is_empty() { small { " ← " (t.depends_on.join(", ")) } }
                     }
@@ -382,7 +394,7 @@ async fn grid_page(
                     th { "task \\ run" }
                     @for r in runs.iter().rev() {
                         th { a.cell href=(run_link(r)) title=(format!("{} {} {}", r.run_type.as_str(), r.logical_date.to_rfc3339(), r.state.as_str()))
-                            style=(format!("background:{}", colour(r.state.as_str()))) {} }
+                            style=(format!("background:{}", run_colour(r.state))) {} }
                     }
                 }
                 @for t in &dag.tasks {
@@ -390,9 +402,10 @@ async fn grid_page(
                         td { (t.name) }
                         @for r in runs.iter().rev() {
                             @let cell = latest.get(&(r.id, t.name.as_str()));
-                            @let st = cell.map(|c| c.state.as_str()).unwrap_or("none");
+                            @let state = cell.map(|c| c.state);
+                            @let st = state.map(TaskState::as_str).unwrap_or("none");
                             td { a.cell href=(format!("{}#task-{}", run_link(r), t.name)) title=(format!("{} · {} · try {}", t.name, st, cell.map(|c| c.try_number).unwrap_or(0)))
-                                data-state=(st) style=(format!("background:{}", colour(st))) {} }
+                                data-state=(st) style=(format!("background:{}", task_colour(state))) {} }
                         }
                     }
                 }
@@ -449,7 +462,7 @@ async fn run_view(
                 @if run.state != RunState::Failed { button name="action" value="mark_failed" { "Mark failed" } }
             }
             table {
-                tr { th { "state" } td { span.sq style=(format!("background:{}", colour(run.state.as_str()))) {} " " (run.state.as_str()) } }
+                tr { th { "state" } td { span.sq style=(format!("background:{}", run_colour(run.state))) {} " " (run.state.as_str()) } }
                 tr { th { "type" } td { (run.run_type.as_str()) @if let Some(b) = &run.backfill_name { " (Backfill " (b) ")" } } }
                 tr { th { "logical date" } td { (run.logical_date.to_rfc3339()) } }
                 tr { th { "data interval" } td { (run.data_interval_start.to_rfc3339()) " – " (run.data_interval_end.to_rfc3339()) } }
@@ -467,7 +480,7 @@ async fn run_view(
                     tr id=(format!("task-{}", t.task_name)) {
                         td { (t.task_name) }
                         td { (t.try_number) }
-                        td { span.sq style=(format!("background:{}", colour(t.state.as_str()))) {} " " (t.state.as_str()) }
+                        td { span.sq style=(format!("background:{}", task_colour(Some(t.state)))) {} " " (t.state.as_str()) }
                         td { (time(t.started_at)) }
                         td { (time(t.ended_at)) }
                         td { @if let (Some(a), Some(b)) = (t.started_at, t.ended_at) { (format!("{:.1}s", (b - a).num_milliseconds() as f64 / 1000.0)) } }
