@@ -40,23 +40,23 @@ async fn manual_runs(h: &Harness, dag: &str) -> Vec<dag_operator::store::RunRow>
         .collect()
 }
 
-// ---- 1. Backfill suspend ---------------------------------------------------------------
+/// The 10-date Backfill of the regression tests below.
+struct Ten {
+    /// its first date
+    start: DateTime<Utc>,
+    /// the engine's clock after the first passes
+    now: DateTime<Utc>,
+    /// the spec of its DAG "daily"
+    dag: std::sync::Arc<dag_operator::api::DagSpec>,
+}
 
-#[tokio::test]
-async fn a_suspended_and_resumed_backfill_runs_every_date_and_only_then_succeeds() {
-    let db = common::fresh_store("lc_bf_suspend").await;
-    let mut h = Harness::new(db, EngineConfig::default()).await;
+/// A daily DAG that takes 2 runs at a time, created at 00:30 (its first own tick is
+/// tomorrow's), and a Backfill "ten" of 10 dates, 5 at a time: after two passes, 2 of its
+/// runs run and 3 dates wait in the queue.
+async fn ten_dates_two_running(h: &mut Harness) -> Ten {
     let now = t0() + Duration::hours(1);
-    // a daily DAG that takes 2 runs at a time; a Backfill of 10 dates, 5 at a time
-    // created at 00:30: its first own tick is tomorrow's
-    h.upsert(
-        info(
-            "daily",
-            now - Duration::minutes(30),
-            spec("schedule: '0 0 * * *'\nmaxActiveRuns: 2"),
-        ),
-        now,
-    );
+    let dag = spec("schedule: '0 0 * * *'\nmaxActiveRuns: 2");
+    h.upsert(info("daily", now - Duration::minutes(30), dag.clone()), now);
     let start = utc("2024-01-01T00:00:00Z");
     h.backfill(
         backfill(
@@ -75,28 +75,13 @@ async fn a_suspended_and_resumed_backfill_runs_every_date_and_only_then_succeeds
         2,
         "the DAG's limit: 2 at a time"
     );
-    assert_eq!(h.runs("daily").await[0].run_type, RunType::Backfill);
-    // suspended while 3 dates wait in the queue, then the running ones end
-    let mut suspended = backfill(
-        "ten",
-        "daily",
-        start,
-        start + Duration::days(10),
-        "concurrency: 5\nsuspend: true",
-    );
-    h.backfill(suspended.clone(), now);
-    h.tick(now).await;
-    h.finish_all(RunState::Success, now).await;
-    h.tick(now + Duration::seconds(1)).await;
-    assert_eq!(
-        h.runs("daily").await.len(),
-        2,
-        "nothing admitted while suspended"
-    );
-    // resumed: every date runs, and only then does it succeed
-    suspended.spec.suspend = false;
-    h.backfill(suspended, now);
-    let mut t = now + Duration::seconds(2);
+    Ten { start, now, dag }
+}
+
+/// Ticks from `from` on, every run succeeding, until the 10-date Backfill "ten" of "daily"
+/// (from `start`, one date a day) is done: every date has its run, and it Succeeded 10/10.
+async fn every_date_runs(h: &mut Harness, start: DateTime<Utc>, from: DateTime<Utc>) {
+    let mut t = from;
     for _ in 0..20 {
         h.tick(t).await;
         h.finish_all(RunState::Success, t).await;
@@ -124,29 +109,44 @@ async fn a_suspended_and_resumed_backfill_runs_every_date_and_only_then_succeeds
     assert_eq!(progress.created, 10);
 }
 
+// ---- 1. Backfill suspend ---------------------------------------------------------------
+
+#[tokio::test]
+async fn a_suspended_and_resumed_backfill_runs_every_date_and_only_then_succeeds() {
+    let db = common::fresh_store("lc_bf_suspend").await;
+    let mut h = Harness::new(db, EngineConfig::default()).await;
+    let Ten { start, now, .. } = ten_dates_two_running(&mut h).await;
+    assert_eq!(h.runs("daily").await[0].run_type, RunType::Backfill);
+    // suspended while 3 dates wait in the queue, then the running ones end
+    let mut suspended = backfill(
+        "ten",
+        "daily",
+        start,
+        start + Duration::days(10),
+        "concurrency: 5\nsuspend: true",
+    );
+    h.backfill(suspended.clone(), now);
+    h.tick(now).await;
+    h.finish_all(RunState::Success, now).await;
+    h.tick(now + Duration::seconds(1)).await;
+    assert_eq!(
+        h.runs("daily").await.len(),
+        2,
+        "nothing admitted while suspended"
+    );
+    // resumed: every date runs, and only then does it succeed
+    suspended.spec.suspend = false;
+    h.backfill(suspended, now);
+    every_date_runs(&mut h, start, now + Duration::seconds(2)).await;
+}
+
 /// The same when the engine removes the DAG (a spec made invalid, then fixed) while dates of
 /// its Backfill wait in the queue: they come back, and the Backfill ends with every date.
 #[tokio::test]
 async fn backfill_dates_queued_when_the_dag_goes_invalid_run_once_it_is_fixed() {
     let db = common::fresh_store("lc_bf_invalid").await;
     let mut h = Harness::new(db, EngineConfig::default()).await;
-    let now = t0() + Duration::hours(1);
-    let dag = spec("schedule: '0 0 * * *'\nmaxActiveRuns: 2");
-    h.upsert(info("daily", now - Duration::minutes(30), dag.clone()), now);
-    let start = utc("2024-01-01T00:00:00Z");
-    h.backfill(
-        backfill(
-            "ten",
-            "daily",
-            start,
-            start + Duration::days(10),
-            "concurrency: 5",
-        ),
-        now,
-    );
-    h.tick(now).await;
-    h.tick(now).await;
-    assert_eq!(h.runs("daily").await.len(), 2, "2 at a time, 3 more queued");
+    let Ten { start, now, dag } = ten_dates_two_running(&mut h).await;
     // a typo takes the DAG off the engine while 3 dates wait; the running ones end
     h.engine
         .apply(Command::Invalid(DagKey::new("ns", "daily")), now);
@@ -158,30 +158,7 @@ async fn backfill_dates_queued_when_the_dag_goes_invalid_run_once_it_is_fixed() 
         info("daily", now - Duration::minutes(30), dag),
         now + Duration::seconds(2),
     );
-    let mut t = now + Duration::seconds(2);
-    for _ in 0..20 {
-        h.tick(t).await;
-        h.finish_all(RunState::Success, t).await;
-        t += Duration::seconds(1);
-    }
-    h.tick(t).await;
-    let dates: Vec<_> = h
-        .runs("daily")
-        .await
-        .iter()
-        .filter(|r| r.backfill_name.is_some())
-        .map(|r| r.logical_date)
-        .collect();
-    assert_eq!(
-        dates,
-        (0..10)
-            .map(|d| start + Duration::days(d))
-            .collect::<Vec<_>>(),
-        "every planned date has its run"
-    );
-    let progress = h.backfill_progress("ten").expect("a status");
-    assert_eq!(progress.phase, BackfillPhase::Succeeded, "{progress:?}");
-    assert_eq!(progress.progress(), "10/10");
+    every_date_runs(&mut h, start, now + Duration::seconds(2)).await;
 }
 
 // ---- 2. DAG invalid, then fixed ---------------------------------------------------------

@@ -486,10 +486,7 @@ async fn a_retry_interrupted_by_a_database_failure_loses_no_try() {
     assert!(err.is_err(), "the write failed");
     let tries = pg.task_instances(&[run.id]).await.unwrap();
     assert_eq!(
-        tries
-            .iter()
-            .map(|t| (t.try_number, t.state))
-            .collect::<Vec<_>>(),
+        common::try_states(&tries),
         [(1, TaskState::UpForRetry)],
         "neither half of the retry was written"
     );
@@ -677,10 +674,7 @@ async fn a_pod_the_api_server_refuses_fails_its_try_at_once_and_says_why() {
     h.step(t0() + Duration::seconds(1)).await;
     let tries = h.tries(&run).await;
     assert_eq!(
-        tries
-            .iter()
-            .map(|t| (t.try_number, t.state))
-            .collect::<Vec<_>>(),
+        common::try_states(&tries),
         [(1, TaskState::Failed), (2, TaskState::Failed)],
         "retries apply, then the try fails for good"
     );

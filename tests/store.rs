@@ -946,10 +946,7 @@ async fn a_retry_refused_halfway_by_the_database_changes_nothing() {
     assert!(err.is_err(), "the insert of try 2 was refused");
     let tries = store.task_instances(&[id]).await.expect("tries");
     assert_eq!(
-        tries
-            .iter()
-            .map(|t| (t.try_number, t.state))
-            .collect::<Vec<_>>(),
+        common::try_states(&tries),
         [(1, TaskState::UpForRetry)],
         "try 1 is not failed without its successor"
     );
@@ -962,10 +959,7 @@ async fn a_retry_refused_halfway_by_the_database_changes_nothing() {
     assert_eq!(retry(&store, id, "a", 1).await, vec![false], "only once");
     let tries = store.task_instances(&[id]).await.expect("tries");
     assert_eq!(
-        tries
-            .iter()
-            .map(|t| (t.try_number, t.state))
-            .collect::<Vec<_>>(),
+        common::try_states(&tries),
         [(1, TaskState::Failed), (2, TaskState::Queued)]
     );
 }

@@ -164,3 +164,10 @@ async fn sweep_stale(conn: &mut PgConnection, now: i64) {
         }
     }
 }
+
+/// Each try's number and state, in the order given (a run's tries, as the store returns them).
+pub fn try_states(
+    tries: &[dag_operator::store::TaskRow],
+) -> Vec<(i32, dag_operator::store::TaskState)> {
+    tries.iter().map(|t| (t.try_number, t.state)).collect()
+}
