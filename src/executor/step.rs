@@ -591,11 +591,10 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         let mut changed = Vec::new();
         let mut live = HashSet::new();
         for pool in self.pools.pools() {
-            let slot_key = (pool.namespace.clone(), pool.name.clone());
             let key = PoolKey::new(pool.namespace, pool.name);
             let usage = PoolUsage {
-                used: self.live.pool_used(&slot_key) as i32,
-                queued: self.live.pool_queued(&slot_key).max(0) as i32,
+                used: self.live.pool_used(&key) as i32,
+                queued: self.live.pool_queued(&key).max(0) as i32,
                 key: key.clone(),
                 generation: pool.generation,
                 slots: pool.slots,

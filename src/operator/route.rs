@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::controller::status::StatusUpdate;
 use crate::engine::{Command, EngineStatus, EngineTelemetry, Output};
-use crate::executor::{EndedTry, ExecInput, ExecOutput, ExecStatus, TaskTelemetry};
+use crate::executor::{CancelledRun, EndedTry, ExecInput, ExecOutput, ExecStatus, TaskTelemetry};
 use crate::key::DagKey;
 use crate::report::Notice;
 use crate::telemetry::{Component, Health, Metrics};
@@ -67,7 +67,7 @@ pub fn route_engine(output: Output, to: &Routes) {
         Output::RunsCancelled(runs) => {
             tracing::info!(count = runs.len(), "runs cancelled");
             let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
-            for (dag, _) in &runs {
+            for CancelledRun { dag, .. } in &runs {
                 to.metrics.run_finished(
                     &dag.namespace,
                     &dag.name,
