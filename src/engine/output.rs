@@ -54,6 +54,8 @@ pub enum EngineTelemetry {
         queue_depth: [usize; 3],
         active_runs: usize,
     },
+    /// a pass failed (on the store, the only error a pass returns) and is retried
+    PassFailed,
 }
 
 /// What the engine reports.

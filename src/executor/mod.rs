@@ -162,7 +162,7 @@ pub enum ExecError {
 }
 
 impl ExecError {
-    /// The label of `dagop_reconcile_errors_total`-style metrics.
+    /// The `error` label of the failed step (`dagop_pass_errors_total{part="executor"}`).
     pub fn metric_label(&self) -> &'static str {
         match self {
             ExecError::Store(_) => "store",
@@ -452,6 +452,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                 Ok(false) => backoff = Duration::from_millis(200),
                 Err(e) => {
                     tracing::warn!(error = %e, "executor step failed; retrying");
+                    self.emit(ExecOutput::StepFailed(e.metric_label()));
                     wait = wait.min(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
