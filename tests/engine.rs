@@ -521,7 +521,7 @@ fn cancelled(outputs: &[Output]) -> Vec<uuid::Uuid> {
     outputs
         .iter()
         .flat_map(|o| match o {
-            Output::RunsCancelled(runs) => runs.iter().map(|(_, id)| *id).collect(),
+            Output::RunsCancelled(runs) => runs.iter().map(|c| c.run).collect(),
             _ => Vec::new(),
         })
         .collect()

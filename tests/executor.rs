@@ -9,8 +9,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use dag_operator::api::DagSpec;
 use dag_operator::executor::{
-    AdmittedRun, ExecInput, ExecOutput, ExecStatus, Executor, ExecutorConfig, FakeLauncher,
-    FixedPools, LaunchError, PodKey, PodVerdict, pod,
+    AdmittedRun, CancelledRun, ExecInput, ExecOutput, ExecStatus, Executor, ExecutorConfig,
+    FakeLauncher, FixedPools, LaunchError, PodKey, PodVerdict, pod,
 };
 use dag_operator::gate::{Gate, MemoryGate, key as gate_key};
 use dag_operator::report::Notice;
@@ -768,7 +768,10 @@ async fn cancelled_runs_lose_their_pods_and_slots() {
     // the engine cancels the run (its DAG was deleted) and tells the executor
     store.cancel_runs(&[run.id]).await.unwrap();
     h.exec.apply(
-        ExecInput::Cancelled(vec![(run.dag.clone(), run.id)]),
+        ExecInput::Cancelled(vec![CancelledRun {
+            dag: run.dag.clone(),
+            run: run.id,
+        }]),
         t0() + Duration::seconds(1),
     );
     h.step(t0() + Duration::seconds(1)).await;

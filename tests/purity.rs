@@ -34,41 +34,83 @@ fn pure_core_imports_no_io_crates() {
     }
 }
 
-/// The crate paths a file names (`crate::x::y`, and `use crate::{x::y, ...}` groups flattened
-/// as far as one level), with the line they are on.
+/// The crate paths a file names, with the line they start on: `crate::x::y` anywhere, and
+/// every leaf of a `use crate::…` tree (on one line or several, groups nested to any depth:
+/// `use crate::{a::b, c::{d, e as f}};` names `crate::a::b`, `crate::c::d`, `crate::c::e`).
 fn crate_paths(text: &str) -> Vec<(usize, String)> {
+    // comments out, lines kept (so a byte offset gives the line)
+    let code: String = text
+        .lines()
+        .map(|line| line.split("//").next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let line_of = |at: usize| code[..at].matches('\n').count() + 1;
     let mut out = Vec::new();
-    let mut in_group: Option<usize> = None;
-    for (n, line) in text.lines().enumerate() {
-        let code = line.split("//").next().unwrap_or_default().trim();
-        if code.starts_with("use crate::{") && !code.contains('}') {
-            in_group = Some(n + 1);
-            continue;
-        }
-        if let Some(start) = in_group {
-            if code.starts_with('}') {
-                in_group = None;
-            } else {
-                for part in code.split(',') {
-                    let part = part.trim();
-                    if !part.is_empty() {
-                        out.push((start, format!("crate::{part}")));
-                    }
-                }
-            }
-            continue;
-        }
-        let mut rest = code;
-        while let Some(i) = rest.find("crate::") {
-            let tail = &rest[i..];
-            let end = tail
+    let mut from = 0;
+    while let Some(i) = code[from..].find("crate::") {
+        let at = from + i;
+        let before = code[..at].trim_end();
+        let is_use = before.ends_with("use")
+            && !before[..before.len() - 3].ends_with(|c: char| c.is_alphanumeric() || c == '_');
+        if is_use {
+            let end = code[at..].find(';').map_or(code.len(), |e| at + e);
+            let mut leaves = Vec::new();
+            use_leaves(&code[at..end], "", &mut leaves);
+            out.extend(leaves.into_iter().map(|p| (line_of(at), p)));
+            from = end;
+        } else {
+            let tail = &code[at..];
+            let len = tail
                 .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':' || c == '{'))
                 .unwrap_or(tail.len());
-            out.push((n + 1, tail[..end].to_string()));
-            rest = &tail[end..];
+            out.push((line_of(at), tail[..len].to_string()));
+            from = at + len;
         }
     }
     out
+}
+
+/// The leaves of one use tree (`a::b`, `a::{b, c::{d}}`, `a as b`, `a::self`), each prefixed.
+fn use_leaves(tree: &str, prefix: &str, out: &mut Vec<String>) {
+    let tree = tree.trim();
+    match (tree.find('{'), tree.rfind('}')) {
+        (Some(open), Some(close)) if open < close => {
+            let head = format!("{prefix}{}", tree[..open].trim());
+            for part in top_level_parts(&tree[open + 1..close]) {
+                use_leaves(part, &head, out);
+            }
+        }
+        _ => {
+            let path = tree.split(" as ").next().unwrap_or_default().trim();
+            if path.is_empty() {
+                return;
+            }
+            let full = format!("{prefix}{path}");
+            out.push(match full.strip_suffix("::self") {
+                Some(parent) => parent.to_string(),
+                None => full,
+            });
+        }
+    }
+}
+
+/// `a, b::{c, d}, e` split at the commas outside braces.
+fn top_level_parts(group: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0usize, 0);
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                parts.push(&group[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&group[start..]);
+    parts
 }
 
 fn files_under(parts: &[&str]) -> Vec<PathBuf> {
@@ -80,6 +122,17 @@ fn files_under(parts: &[&str]) -> Vec<PathBuf> {
     files
 }
 
+/// What the lower layers must not name.
+const UPWARD: [&str; 7] = [
+    "crate::controller",
+    "crate::cli",
+    "crate::operator",
+    "crate::telemetry",
+    "crate::leader",
+    "crate::http",
+    "crate::logs",
+];
+
 /// Issue 14: dependencies point one way (cli → operator → controllers → engine/executor →
 /// schedule/queue/graph, store, gate). The engine and the executor report domain types and
 /// never reach up to the controllers, the CLI, the wiring, the metrics or the CRD's status
@@ -88,20 +141,11 @@ fn files_under(parts: &[&str]) -> Vec<PathBuf> {
 fn dependencies_point_one_way() {
     let lower = files_under(&["engine", "executor", "store", "gate", "key.rs", "report.rs"]);
     assert!(lower.len() >= 20, "found the lower layers: {lower:?}");
-    let upward = [
-        "crate::controller",
-        "crate::cli",
-        "crate::operator",
-        "crate::telemetry",
-        "crate::leader",
-        "crate::http",
-        "crate::logs",
-    ];
     let status_types = ["DagStatus", "PoolStatus", "BackfillStatus"];
     for file in &lower {
         let text = std::fs::read_to_string(file).expect("readable");
         for (n, path) in crate_paths(&text) {
-            for up in upward {
+            for up in UPWARD {
                 assert!(
                     !path.starts_with(up),
                     "{}:{n} reaches up to {up}: {path}",
@@ -147,5 +191,47 @@ fn the_path_reader_sees_grouped_and_inline_paths() {
     assert!(
         paths.contains(&"crate::executor::output::PoolUsage".to_string()),
         "{paths:?}"
+    );
+}
+
+#[test]
+fn the_path_reader_expands_one_line_and_nested_groups() {
+    let text = "use std::sync::Arc;\nuse crate::{controller::x, gate::Gate};\n\
+                pub(crate) use crate::store::{DagKey, pg::{self, PgStore as Pg}};\n\
+                use crate::{executor::{output::PoolUsage, state::Live}};";
+    let paths = crate_paths(text);
+    for (line, want) in [
+        (2, "crate::controller::x"),
+        (2, "crate::gate::Gate"),
+        (3, "crate::store::DagKey"),
+        (3, "crate::store::pg"),
+        (3, "crate::store::pg::PgStore"),
+        (4, "crate::executor::output::PoolUsage"),
+        (4, "crate::executor::state::Live"),
+    ] {
+        assert!(
+            paths.contains(&(line, want.to_string())),
+            "{want} on line {line}: {paths:?}"
+        );
+    }
+    assert_eq!(paths.len(), 7, "{paths:?}");
+    // a lower layer with such a line is caught by `dependencies_point_one_way`
+    let reaching_up = |text: &str| {
+        crate_paths(text)
+            .into_iter()
+            .filter(|(_, p)| UPWARD.iter().any(|up| p.starts_with(up)))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        reaching_up("use crate::{controller::x, gate::Gate};"),
+        vec![(1, "crate::controller::x".to_string())]
+    );
+    assert_eq!(
+        reaching_up("use crate::{gate::Gate, store::{DagKey, RunStore}};"),
+        vec![]
+    );
+    assert_eq!(
+        reaching_up("use crate::{gate::{self, Gate}, telemetry::{Metrics}};").len(),
+        1
     );
 }

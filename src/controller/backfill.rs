@@ -3,15 +3,16 @@
 //! found by relisting). Planning, admission and status live in the engine
 //! (`engine/backfill.rs`); the status writer writes what the engine reports.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use chrono::{DateTime, Utc};
 use kube::Api;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use tokio::sync::mpsc;
 
-use super::relist::{Change, Relist};
-use chrono::{DateTime, Utc};
+use super::relist::Change;
+use super::{ControllerError, watch};
 
 use crate::api::backfill::BackfillPhase as ApiPhase;
 use crate::api::conditions::{Condition, READY, RECONCILING, STALLED, set_condition};
@@ -31,9 +32,10 @@ fn identify(bf: &Backfill) -> Option<(BackfillKey, String)> {
     Some((key_of(bf)?, bf.metadata.uid.clone().unwrap_or_default()))
 }
 
-/// What the engine is told of one watch event: every Backfill created, changed or listed,
-/// and every one gone whose name no newer Backfill took (a re-created one replaces it).
-fn commands(event: &watcher::Event<Backfill>, relist: &mut Relist<BackfillKey>) -> Vec<Command> {
+/// What the engine is told of one watch event (and the `changes` it makes): every Backfill
+/// created, changed or listed, and every one gone whose name no newer Backfill took (a
+/// re-created one replaces it).
+fn commands(event: &watcher::Event<Backfill>, changes: Vec<Change<BackfillKey>>) -> Vec<Command> {
     let mut send = Vec::new();
     if let watcher::Event::Apply(bf) | watcher::Event::InitApply(bf) = event
         && let Some(key) = key_of(bf)
@@ -45,7 +47,6 @@ fn commands(event: &watcher::Event<Backfill>, relist: &mut Relist<BackfillKey>) 
             spec: bf.spec.clone(),
         })));
     }
-    let changes = relist.observe(event, identify);
     let listed = changes.iter().find_map(|c| match c {
         Change::Listed(existing) => Some(existing.clone()),
         Change::Gone { .. } => None,
@@ -61,31 +62,34 @@ fn commands(event: &watcher::Event<Backfill>, relist: &mut Relist<BackfillKey>) 
 }
 
 /// Watches Backfills until the engine goes away. Each event handled is observed as a
-/// reconcile of controller `backfill`.
+/// reconcile of controller `backfill` (failed with `engine_gone` when the engine is gone).
 pub async fn run(api: Api<Backfill>, engine: mpsc::Sender<Command>, metrics: Arc<Metrics>) {
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
-    futures::pin_mut!(stream);
-    let mut relist = Relist::default();
-    while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::debug!(error = %e, "backfill watch error (retrying)");
-                continue;
+    let (engine, metrics) = (&engine, &metrics);
+    watch::follow(
+        api,
+        BackfillKey::KIND,
+        identify,
+        |event, changes| async move {
+            let started = std::time::Instant::now();
+            let mut result = Ok(());
+            for cmd in commands(&event, changes) {
+                if engine.send(cmd).await.is_err() {
+                    result = Err(ControllerError::EngineGone);
+                    break;
+                }
             }
-        };
-        let started = std::time::Instant::now();
-        for cmd in commands(&event, &mut relist) {
-            if engine.send(cmd).await.is_err() {
-                return;
+            metrics.reconcile_observed(
+                ControllerKind::Backfill,
+                started.elapsed().as_secs_f64(),
+                result.as_ref().err().map(ControllerError::metric_label),
+            );
+            match result {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
             }
-        }
-        metrics.reconcile_observed(
-            ControllerKind::Backfill,
-            started.elapsed().as_secs_f64(),
-            None,
-        );
-    }
+        },
+    )
+    .await;
 }
 
 /// A Backfill's status from its progress.

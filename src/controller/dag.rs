@@ -4,6 +4,7 @@
 //! other DAGs are untouched.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,9 +18,9 @@ use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc;
 
 use super::namespace::Tenancy;
-use super::relist::{Change, Relist};
+use super::relist::Change;
 use super::status::{Problem, StatusUpdate, Validity};
-use super::{ControllerError, Events, dag_reference};
+use super::{ControllerError, Events, dag_reference, watch};
 use crate::api::dag::{DagSpecError, dependency_cycle};
 use crate::api::tenancy::{EffectivePriority, MAX_DAG_PRIORITY_ANNOTATION, TenancyDefaults};
 use crate::api::{DAG, Pool};
@@ -408,23 +409,22 @@ pub async fn run(
 /// every DAG that exists — so deletions missed while the watch was down, or while the
 /// operator was not running, are noticed too.
 async fn watch_deletions(api: Api<DAG>, ctx: Arc<Context>) {
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
-    futures::pin_mut!(stream);
-    let mut relist = Relist::default();
     let identify = |dag: &DAG| {
         let key = key_of(dag).ok()?;
         Some((key, dag.metadata.uid.clone().unwrap_or_default()))
     };
-    while let Some(event) = stream.next().await {
-        let Ok(event) = event else { continue };
-        for change in relist.observe(&event, identify) {
+    let ctx = &ctx;
+    watch::follow(api, DagKey::KIND, identify, |_event, changes| async move {
+        for change in changes {
             let told = match change {
-                Change::Gone { key, uid } => forget(&ctx, key, uid).await,
+                Change::Gone { key, uid } => forget(ctx, key, uid).await,
                 Change::Listed(existing) => ctx.tell_engine(Command::Listed(existing)).await,
             };
             if told.is_err() {
-                return;
+                return ControlFlow::Break(());
             }
         }
-    }
+        ControlFlow::Continue(())
+    })
+    .await;
 }

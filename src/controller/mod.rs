@@ -9,6 +9,7 @@ pub mod namespace;
 pub mod pool;
 pub mod relist;
 pub mod status;
+mod watch;
 
 pub use self::events::{Events, Throttle};
 

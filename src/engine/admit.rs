@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::dags::{ActiveRun, DagState, SpecVersion, holder, holds};
 use super::{Engine, EngineTelemetry, Output, micros};
 use crate::api::dag::ConcurrencyPolicy;
-use crate::executor::AdmittedRun;
+use crate::executor::{AdmittedRun, CancelledRun};
 use crate::gate::{Claim, Gate, GateError, GateScope, Grant, Slot, key as gate_key};
 use crate::queue::{Entry, RunClass};
 use crate::schedule::{DataInterval, data_interval};
@@ -229,7 +229,12 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                     ),
                 );
                 self.emit(Output::RunsCancelled(
-                    ids.into_iter().map(|id| (key.clone(), id)).collect(),
+                    ids.into_iter()
+                        .map(|run| CancelledRun {
+                            dag: key.clone(),
+                            run,
+                        })
+                        .collect(),
                 ));
             }
             let priority = self

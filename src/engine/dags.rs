@@ -18,6 +18,7 @@ use super::admit::Pending;
 use super::{Engine, Output, SchedulingStatus};
 use crate::api::dag::{AutoSuspension, ConcurrencyPolicy, DagSpec};
 use crate::api::{DAG, TriggerRequest};
+use crate::executor::CancelledRun;
 use crate::gate::{Gate, Hold, key as gate_key};
 use crate::queue::{EntryId, RunClass};
 use crate::schedule::{CatchupPolicy, CatchupRequest, Schedule, catch_up};
@@ -627,7 +628,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         let ids: Vec<Uuid> = self.doomed.keys().copied().collect();
         self.store.cancel_runs(&ids).await?;
         let doomed = std::mem::take(&mut self.doomed);
-        let mut cancelled: Vec<(DagKey, Uuid)> = Vec::new();
+        let mut cancelled: Vec<CancelledRun> = Vec::new();
         let mut by_dag: HashMap<DagKey, (usize, &'static str)> = HashMap::new();
         for (key, runs) in self
             .dags
@@ -637,12 +638,15 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         {
             for run in runs {
                 if let Some(why) = doomed.get(&run.id) {
-                    cancelled.push((key.clone(), run.id));
+                    cancelled.push(CancelledRun {
+                        dag: key.clone(),
+                        run: run.id,
+                    });
                     by_dag.entry(key.clone()).or_insert((0, why)).0 += 1;
                 }
             }
         }
-        let ids: Vec<Uuid> = cancelled.iter().map(|(_, id)| *id).collect();
+        let ids: Vec<Uuid> = cancelled.iter().map(|c| c.run).collect();
         self.runs_ended(&ids);
         for (key, (count, why)) in by_dag {
             self.event(

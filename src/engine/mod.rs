@@ -388,6 +388,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                     Ok(_) => backoff = Duration::from_millis(200),
                     Err(e) => {
                         tracing::warn!(error = %e, "scheduler pass failed; will retry");
+                        self.emit(Output::Telemetry(EngineTelemetry::PassFailed));
                         retry = true;
                     }
                 }

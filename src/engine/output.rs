@@ -3,10 +3,9 @@
 //! the DAG controller.
 
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
 use super::BackfillProgress;
-use crate::executor::AdmittedRun;
+use crate::executor::{AdmittedRun, CancelledRun};
 use crate::gate::GateScope;
 use crate::key::{BackfillKey, DagKey};
 use crate::report::Notice;
@@ -55,6 +54,8 @@ pub enum EngineTelemetry {
         queue_depth: [usize; 3],
         active_runs: usize,
     },
+    /// a pass failed (on the store, the only error a pass returns) and is retried
+    PassFailed,
 }
 
 /// What the engine reports.
@@ -67,7 +68,7 @@ pub enum Output {
     /// runs were admitted and persisted: the executor runs them
     RunsAdmitted(Vec<AdmittedRun>),
     /// runs were cancelled (concurrencyPolicy Replace, DAG deleted): their Pods must go
-    RunsCancelled(Vec<(DagKey, Uuid)>),
+    RunsCancelled(Vec<CancelledRun>),
     /// trigger annotations (`trigger.dagoperator.io/<value>`) handled and recorded: they may
     /// be removed from the DAG
     TriggersHandled(DagKey, Vec<String>),

@@ -11,11 +11,11 @@ use futures::StreamExt;
 
 use super::launcher::LaunchError;
 use super::plan::{PodSight, PodVerdict};
-use super::state::{self, PoolId};
+use super::state;
 use super::{ExecOutput, ExecStatus, Executor, PodKey, PodLauncher, pod, pod_key};
 use crate::gate::{Claim, Gate, GateError, GateScope, Grant, Slot, key as gate_key};
 use crate::graph::TaskState;
-use crate::key::Subject;
+use crate::key::{PoolKey, Subject};
 use crate::report::Notice;
 use crate::store::{Changes, DagKey, RunStore, Stamp, TaskMove, TaskRow};
 
@@ -32,7 +32,7 @@ pub enum Wait {
 pub struct Floor {
     pub tasks_free: usize,
     /// free slots of each Pool seen so far
-    pub pool_free: HashMap<PoolId, i64>,
+    pub pool_free: HashMap<PoolKey, i64>,
 }
 
 impl Floor {
@@ -40,7 +40,7 @@ impl Floor {
     /// why it must wait.
     pub fn take(
         &mut self,
-        pool: Option<&PoolId>,
+        pool: Option<&PoolKey>,
         weight: u32,
         free: impl FnOnce() -> Option<i64>,
     ) -> Result<(), Wait> {
@@ -141,7 +141,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                 continue;
             };
             let ns = &run.run.dag.namespace;
-            let pool = task.row.pool.as_ref().map(|p| (ns.clone(), p.clone()));
+            let pool = task.row.pool.as_ref().map(|p| PoolKey::new(ns, p));
             let limit = task.row.pool.as_ref().and_then(|p| self.pools.slots(ns, p));
             let used = pool.as_ref().map_or(0, |p| self.live.pool_used(p));
             match floor.take(pool.as_ref(), state::weight(&task.row), || {
@@ -425,8 +425,8 @@ async fn adopt<L: PodLauncher>(
 mod tests {
     use super::*;
 
-    fn pool(name: &str) -> PoolId {
-        ("ns".to_string(), name.to_string())
+    fn pool(name: &str) -> PoolKey {
+        PoolKey::new("ns", name)
     }
 
     #[test]

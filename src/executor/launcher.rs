@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::plan::PodVerdict;
 use super::pod::{self, LABEL_RUN};
 use super::{ExecInput, PodEvent, PodSeen};
+use crate::key::PoolKey;
 
 /// Where a Pod lives.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -367,14 +368,14 @@ impl PodLauncher for FakeLauncher {
 
 /// Pod slots per namespace/name, for tests (the operator reads Pools from a watch cache).
 #[derive(Clone, Default)]
-pub struct FixedPools(Arc<Mutex<HashMap<(String, String), i32>>>);
+pub struct FixedPools(Arc<Mutex<HashMap<PoolKey, i32>>>);
 
 impl FixedPools {
     pub fn set(&self, namespace: &str, name: &str, slots: i32) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert((namespace.to_string(), name.to_string()), slots);
+            .insert(PoolKey::new(namespace, name), slots);
     }
 }
 
@@ -384,9 +385,9 @@ impl super::PoolDirectory for FixedPools {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|((ns, name), slots)| super::PoolInfo {
-                namespace: ns.clone(),
-                name: name.clone(),
+            .map(|(key, slots)| super::PoolInfo {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
                 generation: None,
                 slots: *slots,
             })
@@ -397,7 +398,7 @@ impl super::PoolDirectory for FixedPools {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&(namespace.to_string(), name.to_string()))
+            .get(&PoolKey::new(namespace, name))
             .copied()
     }
 }

@@ -94,6 +94,13 @@ pub struct AdmittedRun {
     pub spec: Arc<DagSpec>,
 }
 
+/// A run the engine cancelled (concurrencyPolicy Replace, DAG deleted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CancelledRun {
+    pub dag: DagKey,
+    pub run: Uuid,
+}
+
 /// What a Pod says, as the executor keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodSeen {
@@ -119,7 +126,7 @@ pub enum ExecInput {
     /// runs the engine admitted (persisted `running`)
     Admitted(Vec<AdmittedRun>),
     /// runs the engine cancelled (Replace, DAG deleted): their Pods go, their slots free
-    Cancelled(Vec<(DagKey, Uuid)>),
+    Cancelled(Vec<CancelledRun>),
     Pod(PodEvent),
     /// a Pool was created, changed or deleted
     PoolsChanged,
@@ -155,7 +162,7 @@ pub enum ExecError {
 }
 
 impl ExecError {
-    /// The label of `dagop_reconcile_errors_total`-style metrics.
+    /// The `error` label of the failed step (`dagop_pass_errors_total{part="executor"}`).
     pub fn metric_label(&self) -> &'static str {
         match self {
             ExecError::Store(_) => "store",
@@ -317,8 +324,8 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
     }
 
     /// Runs the engine cancelled: out of memory, their slots back, their Pods deleted.
-    fn cancelled(&mut self, runs: Vec<(DagKey, Uuid)>) {
-        for (dag, id) in runs {
+    fn cancelled(&mut self, runs: Vec<CancelledRun>) {
+        for CancelledRun { dag, run: id } in runs {
             self.admitted.retain(|a| a.run.id != id);
             if let Some(run) = self.live.remove(&id) {
                 for task in &run.tasks {
@@ -445,6 +452,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                 Ok(false) => backoff = Duration::from_millis(200),
                 Err(e) => {
                     tracing::warn!(error = %e, "executor step failed; retrying");
+                    self.emit(ExecOutput::StepFailed(e.metric_label()));
                     wait = wait.min(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }

@@ -212,6 +212,8 @@ pub enum ExecOutput {
     RunsEnded(Vec<Uuid>),
     /// tries that ended with a Pod: their logs' tails are kept
     TriesEnded(Vec<EndedTry>),
+    /// a step failed and is retried: the error's `metric_label()` (`store`, `gate`)
+    StepFailed(&'static str),
 }
 
 #[cfg(test)]

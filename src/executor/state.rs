@@ -15,6 +15,7 @@ use super::pod::DagClock;
 use crate::api::DagSpec;
 use crate::gate::{Hold, key as gate_key};
 use crate::graph::{TaskGraph, TaskState};
+use crate::key::PoolKey;
 use crate::queue::RunClass;
 use crate::store::{RunRow, TaskRow, TryKey};
 
@@ -65,9 +66,6 @@ impl RunSpec {
         self.spec.tasks.iter().find(|t| t.name == name)
     }
 }
-
-/// A Pool of a namespace.
-pub type PoolId = (String, String);
 
 /// The latest try of one task of a running run.
 #[derive(Clone, Debug)]
@@ -212,8 +210,8 @@ pub struct Live {
     line: BTreeSet<InLine>,
     by_state: HashMap<TaskState, i64>,
     running_tasks: usize,
-    pool_used: HashMap<PoolId, i64>,
-    pool_queued: HashMap<PoolId, i64>,
+    pool_used: HashMap<PoolKey, i64>,
+    pool_queued: HashMap<PoolKey, i64>,
     /// a Pool's counts changed since the last [`Live::take_pools_touched`]
     pools_touched: bool,
 }
@@ -246,12 +244,12 @@ impl Live {
     }
 
     /// Slots of a Pool held by running tries.
-    pub fn pool_used(&self, pool: &PoolId) -> i64 {
+    pub fn pool_used(&self, pool: &PoolKey) -> i64 {
         self.pool_used.get(pool).copied().unwrap_or(0)
     }
 
     /// Tries waiting for a slot of a Pool.
-    pub fn pool_queued(&self, pool: &PoolId) -> i64 {
+    pub fn pool_queued(&self, pool: &PoolKey) -> i64 {
         self.pool_queued.get(pool).copied().unwrap_or(0)
     }
 
@@ -319,7 +317,7 @@ impl Live {
         let pool = row
             .pool
             .as_ref()
-            .map(|p| (run.run.dag.namespace.clone(), p.clone()));
+            .map(|p| PoolKey::new(&run.run.dag.namespace, p));
         match row.state {
             TaskState::Running => {
                 self.running_tasks = (self.running_tasks as i64 + sign).max(0) as usize;

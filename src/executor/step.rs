@@ -20,7 +20,8 @@ use crate::graph::{RunOutcome, TaskState};
 use crate::key::PoolKey;
 use crate::report::Notice;
 use crate::store::{
-    Changes, NextTry, RunEnd, RunRow, RunState, RunStore, SpecRow, Stamp, TaskMove, TaskRow,
+    Applied, Changes, NextTry, RunEnd, RunRow, RunState, RunStore, SpecRow, Stamp, TaskMove,
+    TaskRow,
 };
 
 /// What a written decision changes in memory once it took effect: task `task` of run `run`
@@ -67,6 +68,176 @@ fn not_started(
         stop: None,
     };
     (m, effect)
+}
+
+/// The decisions of one step at `now`: the changes to write, and beside each (index for
+/// index) what it changes in memory once written.
+struct Decisions {
+    now: DateTime<Utc>,
+    changes: Changes,
+    move_effects: Vec<Effect>,
+    retry_effects: Vec<Effect>,
+    /// tries that end, by the index of their move: reported once it is written
+    try_ends: Vec<(usize, TryFinished, Option<Notice>, EndedTry)>,
+    /// (when, run): a decision of the run depends on time
+    wakes: Vec<(DateTime<Utc>, Uuid)>,
+    /// runs ended by their runTimeoutSeconds, with it
+    timed_out: HashMap<Uuid, i64>,
+}
+
+impl Decisions {
+    fn new(now: DateTime<Utc>) -> Self {
+        Decisions {
+            now,
+            changes: Changes::default(),
+            move_effects: Vec::new(),
+            retry_effects: Vec::new(),
+            try_ends: Vec::new(),
+            wakes: Vec::new(),
+            timed_out: HashMap::new(),
+        }
+    }
+
+    /// Plans one run and adds its steps, and its end if it ended.
+    fn add_run(&mut self, run: &LiveRun, patience: Patience) {
+        let id = run.run.id;
+        let deadline = plan::RunDeadline::of(run.run.started_at, run.spec.spec.run_timeout_seconds);
+        let decided = plan::plan_run_within(
+            &run.spec.graph,
+            &run.spec.rules,
+            &run.views(),
+            patience,
+            deadline,
+            self.now,
+        );
+        if let Some(limit) = decided.timed_out {
+            self.timed_out.insert(id, limit);
+        }
+        if let Some(t) = decided.wake_at {
+            self.wakes.push((t, id));
+        }
+        for step in decided.steps {
+            self.add_step(run, step);
+        }
+        let state = match decided.outcome {
+            RunOutcome::Running => None,
+            RunOutcome::Success => Some(RunState::Success),
+            RunOutcome::Failed => Some(RunState::Failed),
+        };
+        if let Some(state) = state {
+            self.changes.run_ends.push(RunEnd {
+                id,
+                state,
+                at: self.now,
+            });
+        }
+    }
+
+    fn add_step(&mut self, run: &LiveRun, step: Step) {
+        let (id, now) = (run.run.id, self.now);
+        match step {
+            Step::Ended {
+                task,
+                to,
+                exit_code,
+                message,
+                stop_pod,
+            } => self.end_try(run, task, to, exit_code, message, stop_pod),
+            Step::Retry { task } => self.retry(run, task),
+            Step::Abandoned { task, from } => {
+                let (m, effect) = not_started(run, id, task, from, TaskState::Skipped, now);
+                self.move_effects.push(effect);
+                self.changes.moves.push(m);
+            }
+            Step::Decided { task, to } => {
+                let (m, effect) = not_started(run, id, task, TaskState::Pending, to, now);
+                self.move_effects.push(effect);
+                self.changes.moves.push(m);
+            }
+        }
+    }
+
+    /// The running try of task `task` ends in `to` (its Pod stopped when `stop_pod`); the
+    /// end is reported once written, with a `TaskRetrying` event when another try follows.
+    fn end_try(
+        &mut self,
+        run: &LiveRun,
+        task: usize,
+        to: TaskState,
+        exit_code: Option<i32>,
+        message: Option<String>,
+        stop_pod: bool,
+    ) {
+        let now = self.now;
+        let live = &run.tasks[task];
+        let secs = live.row.started_at.map_or(0.0, |s| {
+            ((now - s).num_milliseconds() as f64 / 1000.0).max(0.0)
+        });
+        let retrying = (to == TaskState::UpForRetry).then(|| {
+            retry_notice(
+                &run.run.dag,
+                &live.row.task_name,
+                live.row.try_number,
+                exit_code.or(live.row.exit_code),
+                message.as_deref().or(live.row.message.as_deref()),
+                run.spec.rules[task].retry_delay(live.used),
+            )
+        });
+        self.try_ends.push((
+            self.changes.moves.len(),
+            TryFinished { state: to, secs },
+            retrying,
+            EndedTry {
+                key: live.key(),
+                pod: pod_key(&run.run, live),
+            },
+        ));
+        let mut m = TaskMove::new(live.key(), TaskState::Running, to, now);
+        m.stamp = Stamp::Ended;
+        m.exit_code = exit_code;
+        m.message = message.clone();
+        let mut row = live.row.clone();
+        row.state = to;
+        row.ended_at = Some(now);
+        row.exit_code = exit_code.or(row.exit_code);
+        row.message = message.or(row.message);
+        self.move_effects.push(Effect::Try {
+            run: run.run.id,
+            task,
+            row,
+            used: live.used,
+            pod: live.pod.clone(),
+            stop: stop_pod.then(|| pod_key(&run.run, live)),
+        });
+        self.changes.moves.push(m);
+    }
+
+    /// Task `task` gets its next try, queued now.
+    fn retry(&mut self, run: &LiveRun, task: usize) {
+        let now = self.now;
+        let live = &run.tasks[task];
+        let mut row = live.row.clone();
+        row.try_number += 1;
+        row.state = TaskState::Queued;
+        row.queued_at = Some(now);
+        row.started_at = None;
+        row.ended_at = None;
+        row.pod_name = None;
+        row.exit_code = None;
+        row.message = None;
+        self.retry_effects.push(Effect::Try {
+            run: run.run.id,
+            task,
+            row,
+            used: live.used + 1,
+            pod: PodSight::Gone { since: now },
+            stop: None,
+        });
+        self.changes.retries.push(NextTry {
+            key: live.key(),
+            at: now,
+        });
+    }
 }
 
 impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
@@ -262,6 +433,18 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
     /// Decides the runs that changed or fell due, writes every decision in one transaction,
     /// then changes memory to match.
     async fn decide(&mut self, now: DateTime<Utc>) -> Result<(), ExecError> {
+        self.fire_timers(now);
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let decisions = self.plan_dirty(now);
+        let applied = self.write_decisions(&decisions.changes).await?;
+        self.apply_decisions(decisions, applied);
+        Ok(())
+    }
+
+    /// Runs whose timer fell due are decided again.
+    fn fire_timers(&mut self, now: DateTime<Utc>) {
         while let Some((t, id)) = self.timers.first().copied() {
             if t > now {
                 break;
@@ -269,150 +452,50 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             self.timers.remove(&(t, id));
             self.dirty.insert(id);
         }
-        if self.dirty.is_empty() {
-            return Ok(());
-        }
+    }
+
+    /// Plans every run to decide (pure per run), gathering the changes to write.
+    fn plan_dirty(&mut self, now: DateTime<Utc>) -> Decisions {
         let patience = Patience {
             stuck: self.cfg.pending_grace,
             unseen: self.cfg.unseen_grace,
         };
-        // each effect stands beside its change, index for index
-        let mut changes = Changes::default();
-        let mut move_effects = Vec::new();
-        let mut retry_effects = Vec::new();
-        // tries that end, by the index of their move: reported once it is written
-        let mut try_ends: Vec<(usize, TryFinished, Option<Notice>, EndedTry)> = Vec::new();
-        let mut wakes = Vec::new();
-        // runs ended by their runTimeoutSeconds, with it
-        let mut timed_out: HashMap<Uuid, i64> = HashMap::new();
+        let mut decisions = Decisions::new(now);
         for id in std::mem::take(&mut self.dirty) {
-            let Some(run) = self.live.get(&id) else {
-                continue;
-            };
-            let deadline =
-                plan::RunDeadline::of(run.run.started_at, run.spec.spec.run_timeout_seconds);
-            let decided = plan::plan_run_within(
-                &run.spec.graph,
-                &run.spec.rules,
-                &run.views(),
-                patience,
-                deadline,
-                now,
-            );
-            if let Some(limit) = decided.timed_out {
-                timed_out.insert(id, limit);
-            }
-            if let Some(t) = decided.wake_at {
-                wakes.push((t, id));
-            }
-            for step in decided.steps {
-                match step {
-                    Step::Ended {
-                        task,
-                        to,
-                        exit_code,
-                        message,
-                        stop_pod,
-                    } => {
-                        let live = &run.tasks[task];
-                        let secs = live.row.started_at.map_or(0.0, |s| {
-                            ((now - s).num_milliseconds() as f64 / 1000.0).max(0.0)
-                        });
-                        let retrying = (to == TaskState::UpForRetry).then(|| {
-                            retry_notice(
-                                &run.run.dag,
-                                &live.row.task_name,
-                                live.row.try_number,
-                                exit_code.or(live.row.exit_code),
-                                message.as_deref().or(live.row.message.as_deref()),
-                                run.spec.rules[task].retry_delay(live.used),
-                            )
-                        });
-                        try_ends.push((
-                            changes.moves.len(),
-                            TryFinished { state: to, secs },
-                            retrying,
-                            EndedTry {
-                                key: live.key(),
-                                pod: pod_key(&run.run, live),
-                            },
-                        ));
-                        let mut m = TaskMove::new(live.key(), TaskState::Running, to, now);
-                        m.stamp = Stamp::Ended;
-                        m.exit_code = exit_code;
-                        m.message = message.clone();
-                        let mut row = live.row.clone();
-                        row.state = to;
-                        row.ended_at = Some(now);
-                        row.exit_code = exit_code.or(row.exit_code);
-                        row.message = message.or(row.message);
-                        move_effects.push(Effect::Try {
-                            run: id,
-                            task,
-                            row,
-                            used: live.used,
-                            pod: live.pod.clone(),
-                            stop: stop_pod.then(|| pod_key(&run.run, live)),
-                        });
-                        changes.moves.push(m);
-                    }
-                    Step::Retry { task } => {
-                        let live = &run.tasks[task];
-                        let mut row = live.row.clone();
-                        row.try_number += 1;
-                        row.state = TaskState::Queued;
-                        row.queued_at = Some(now);
-                        row.started_at = None;
-                        row.ended_at = None;
-                        row.pod_name = None;
-                        row.exit_code = None;
-                        row.message = None;
-                        retry_effects.push(Effect::Try {
-                            run: id,
-                            task,
-                            row,
-                            used: live.used + 1,
-                            pod: PodSight::Gone { since: now },
-                            stop: None,
-                        });
-                        changes.retries.push(NextTry {
-                            key: live.key(),
-                            at: now,
-                        });
-                    }
-                    Step::Abandoned { task, from } => {
-                        let (m, effect) = not_started(run, id, task, from, TaskState::Skipped, now);
-                        move_effects.push(effect);
-                        changes.moves.push(m);
-                    }
-                    Step::Decided { task, to } => {
-                        let (m, effect) = not_started(run, id, task, TaskState::Pending, to, now);
-                        move_effects.push(effect);
-                        changes.moves.push(m);
-                    }
-                }
-            }
-            let state = match decided.outcome {
-                RunOutcome::Running => None,
-                RunOutcome::Success => Some(RunState::Success),
-                RunOutcome::Failed => Some(RunState::Failed),
-            };
-            if let Some(state) = state {
-                changes.run_ends.push(RunEnd { id, state, at: now });
+            if let Some(run) = self.live.get(&id) {
+                decisions.add_run(run, patience);
             }
         }
-        let applied = match self.store.write_changes(&changes).await {
-            Ok(applied) => applied,
+        decisions
+    }
+
+    /// Writes the decisions in one transaction. When it fails nothing changed: the same runs
+    /// are decided again next time.
+    async fn write_decisions(&mut self, changes: &Changes) -> Result<Applied, ExecError> {
+        match self.store.write_changes(changes).await {
+            Ok(applied) => Ok(applied),
             Err(e) => {
-                // nothing changed: decide the same runs again next time
                 self.dirty
                     .extend(changes.moves.iter().map(|m| m.key.run_id));
                 self.dirty
                     .extend(changes.retries.iter().map(|r| r.key.run_id));
                 self.dirty.extend(changes.run_ends.iter().map(|r| r.id));
-                return Err(e.into());
+                Err(e.into())
             }
-        };
+        }
+    }
+
+    /// Changes memory as the written decisions say, and reports what took effect.
+    fn apply_decisions(&mut self, decisions: Decisions, applied: Applied) {
+        let Decisions {
+            changes,
+            move_effects,
+            retry_effects,
+            try_ends,
+            wakes,
+            timed_out,
+            now: _,
+        } = decisions;
         for (t, id) in wakes {
             self.timers.insert((t, id));
         }
@@ -434,10 +517,15 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                 self.take_effect(effect);
             }
         }
-        // a run end not applied: the run was not running any more (another replica ended
-        // it, or it was cancelled); either way it is over here too
+        self.end_runs(&changes.run_ends, applied.run_ends, &timed_out);
+    }
+
+    /// Runs whose end was written (`took`) or not (the run was not running any more: another
+    /// replica ended it, or it was cancelled; either way it is over here too) leave memory;
+    /// the ones this step ended are reported.
+    fn end_runs(&mut self, ends: &[RunEnd], took: Vec<bool>, timed_out: &HashMap<Uuid, i64>) {
         let mut ended = Vec::new();
-        for (end, took) in changes.run_ends.iter().zip(applied.run_ends) {
+        for (end, took) in ends.iter().zip(took) {
             if let Some(run) = self.live.remove(&end.id) {
                 for task in &run.tasks {
                     self.ledger.end(&state::holder(&task.key()));
@@ -456,7 +544,6 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         if !ended.is_empty() {
             self.emit(ExecOutput::RunsEnded(ended));
         }
-        Ok(())
     }
 
     /// Changes memory as a written decision says.
@@ -591,11 +678,10 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         let mut changed = Vec::new();
         let mut live = HashSet::new();
         for pool in self.pools.pools() {
-            let slot_key = (pool.namespace.clone(), pool.name.clone());
             let key = PoolKey::new(pool.namespace, pool.name);
             let usage = PoolUsage {
-                used: self.live.pool_used(&slot_key) as i32,
-                queued: self.live.pool_queued(&slot_key).max(0) as i32,
+                used: self.live.pool_used(&key) as i32,
+                queued: self.live.pool_queued(&key).max(0) as i32,
                 key: key.clone(),
                 generation: pool.generation,
                 slots: pool.slots,

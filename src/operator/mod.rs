@@ -305,42 +305,11 @@ impl Parts {
 
     /// Steps 4–6, as the leader, until shutdown.
     async fn lead<G: Gate + Clone>(self, gate: G) {
-        let ns = self.config.namespace.as_deref();
-        let client = &self.client;
         let w = Wires::new();
         // 4. watches, engine and executor
-        spawn_pod_watch(k8s::api(client.clone(), ns), w.exec_in.0.clone());
-        let pools = spawn_pool_watch(k8s::api(client.clone(), ns), w.exec_in.0.clone());
-        // one cache of the watched DAGs, filled by the DAG controller and read by the executor
-        let dag_cache = kube::runtime::reflector::store::Writer::<DAG>::default();
-        let dags = dag_cache.as_reader();
-        let mut engine_cfg = self.config.engine.clone();
-        engine_cfg.namespace = self.config.namespace.clone();
-        let default_tz = engine_cfg.default_tz;
-        let engine =
-            Engine::with_gate(engine_cfg, self.store.clone(), gate.clone(), w.engine_out.0);
-        tokio::spawn(engine.run(w.commands.1));
-        let mut exec_cfg = self.config.executor.clone();
-        exec_cfg.namespace = self.config.namespace.clone();
-        exec_cfg.default_tz = default_tz;
-        let executor = Executor::new(
-            exec_cfg,
-            self.store.clone(),
-            gate,
-            KubeLauncher::new(client.clone()),
-            Arc::new(pools.clone()),
-            w.exec_out.0,
-        )
-        .with_current_specs(Arc::new(dags.clone()));
-        {
-            let (pools, dags, inputs) = (pools.clone(), dags.clone(), w.exec_in.1);
-            tokio::spawn(async move {
-                // a run's Pods are judged once the watches have listed what exists
-                until_ready(&pools).await;
-                until_ready(&dags).await;
-                executor.run(inputs).await;
-            });
-        }
+        let caches = self.start_watches(&w.exec_in.0);
+        let default_tz = self.start_engine(gate.clone(), w.commands.1, w.engine_out.0);
+        self.start_executor(gate, &caches, default_tz, w.exec_in.1, w.exec_out.0);
         // 5. routers, and the consumers they feed
         let routes = Routes {
             status: w.status.0.clone(),
@@ -358,33 +327,130 @@ impl Parts {
             logs: w.tries_ended.0,
         };
         spawn_routers(routes, w.engine_out.1, w.exec_out.1);
+        let events = self.start_consumers(w.status.1, w.notices.1, w.triggers.1, w.tries_ended.1);
+        // 6. controllers
+        tokio::spawn(backfill_controller::run(
+            k8s::api::<Backfill>(self.client.clone(), self.namespace()),
+            w.commands.0.clone(),
+            self.metrics.clone(),
+        ));
+        let (tenancy, namespaces_config) = self.watch_namespaces(w.commands.0.clone(), &events);
+        let ctx = Arc::new(
+            dag_controller::Context::new(w.commands.0, w.status.0, events, default_tz)
+                .with_metrics(self.metrics.clone())
+                .with_pools(caches.pools)
+                .with_tenancy(tenancy)
+                .with_dags(caches.dags),
+        );
+        self.control_dags(ctx, caches.dag_cache, namespaces_config)
+            .await;
+    }
+
+    /// The namespace watched (none: all).
+    fn namespace(&self) -> Option<&str> {
+        self.config.namespace.as_deref()
+    }
+
+    /// The watches of Pods and Pools (feeding the executor), and the DAG cache (filled by the
+    /// DAG controller, read by the executor).
+    fn start_watches(&self, exec_in: &mpsc::UnboundedSender<ExecInput>) -> Caches {
+        let ns = self.namespace();
+        spawn_pod_watch(k8s::api(self.client.clone(), ns), exec_in.clone());
+        let pools = spawn_pool_watch(k8s::api(self.client.clone(), ns), exec_in.clone());
+        let dag_cache = kube::runtime::reflector::store::Writer::<DAG>::default();
+        let dags = dag_cache.as_reader();
+        Caches {
+            pools,
+            dag_cache,
+            dags,
+        }
+    }
+
+    /// The engine, on `gate`; returns the zone of DAGs that name none.
+    fn start_engine<G: Gate + Clone>(
+        &self,
+        gate: G,
+        commands: mpsc::Receiver<Command>,
+        out: mpsc::UnboundedSender<Output>,
+    ) -> chrono_tz::Tz {
+        let mut engine_cfg = self.config.engine.clone();
+        engine_cfg.namespace = self.config.namespace.clone();
+        let default_tz = engine_cfg.default_tz;
+        let engine = Engine::with_gate(engine_cfg, self.store.clone(), gate, out);
+        tokio::spawn(engine.run(commands));
+        default_tz
+    }
+
+    /// The executor, on `gate`; it starts once the Pool and DAG watches have listed.
+    fn start_executor<G: Gate + Clone>(
+        &self,
+        gate: G,
+        caches: &Caches,
+        default_tz: chrono_tz::Tz,
+        inputs: mpsc::UnboundedReceiver<ExecInput>,
+        out: mpsc::UnboundedSender<ExecOutput>,
+    ) {
+        let mut exec_cfg = self.config.executor.clone();
+        exec_cfg.namespace = self.config.namespace.clone();
+        exec_cfg.default_tz = default_tz;
+        let executor = Executor::new(
+            exec_cfg,
+            self.store.clone(),
+            gate,
+            KubeLauncher::new(self.client.clone()),
+            Arc::new(caches.pools.clone()),
+            out,
+        )
+        .with_current_specs(Arc::new(caches.dags.clone()));
+        let (pools, dags) = (caches.pools.clone(), caches.dags.clone());
+        tokio::spawn(async move {
+            // a run's Pods are judged once the watches have listed what exists
+            until_ready(&pools).await;
+            until_ready(&dags).await;
+            executor.run(inputs).await;
+        });
+    }
+
+    /// What the routers feed: the status writer, the event publisher, the trigger pruner,
+    /// the log keeper; and the retention pass. Returns the event publisher.
+    fn start_consumers(
+        &self,
+        status: mpsc::UnboundedReceiver<StatusUpdate>,
+        notices: mpsc::UnboundedReceiver<Notice>,
+        triggers: mpsc::UnboundedReceiver<HandledTriggers>,
+        tries_ended: mpsc::UnboundedReceiver<Vec<EndedTry>>,
+    ) -> Events {
+        let client = &self.client;
         tokio::spawn(run_writer(
             client.clone(),
-            w.status.1,
+            status,
             Some(self.metrics.clone()),
         ));
         let events = Events::new(client.clone());
-        tokio::spawn(publish_notices(events.clone(), w.notices.1));
-        tokio::spawn(prune_triggers(client.clone(), w.triggers.1));
+        tokio::spawn(publish_notices(events.clone(), notices));
+        tokio::spawn(prune_triggers(client.clone(), triggers));
         let keeper = LogKeeper::new(
             Arc::new(KubeLogs::new(client.clone())),
             self.store.clone(),
             self.config.log_tail_bytes,
         );
-        tokio::spawn(keeper.run(w.tries_ended.1));
+        tokio::spawn(keeper.run(tries_ended));
         tokio::spawn(retention::run(
             self.store.clone(),
             self.config.retention.clone(),
             self.shutdown.clone(),
         ));
-        // 6. controllers
-        tokio::spawn(backfill_controller::run(
-            k8s::api::<Backfill>(client.clone(), ns),
-            w.commands.0.clone(),
-            self.metrics.clone(),
-        ));
-        // tenancy: the namespaces' annotations (one namespace when only one is watched)
-        let namespaces_config = match ns {
+        events
+    }
+
+    /// Tenancy: the namespaces' annotations (one namespace when only one is watched), told to
+    /// the engine and kept for the DAG controller. Returns the tenancy and the watch's config.
+    fn watch_namespaces(
+        &self,
+        commands: mpsc::Sender<Command>,
+        events: &Events,
+    ) -> (namespace::Tenancy, kube::runtime::watcher::Config) {
+        let config = match self.namespace() {
             Some(name) => {
                 kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}"))
             }
@@ -392,21 +458,25 @@ impl Parts {
         };
         let (namespace_cache, namespace_writer) = kube::runtime::reflector::store();
         tokio::spawn(namespace::run(
-            kube::Api::all(client.clone()),
-            namespaces_config.clone(),
+            kube::Api::all(self.client.clone()),
+            config.clone(),
             namespace_writer,
-            w.commands.0.clone(),
+            commands,
             events.clone(),
             self.config.tenancy,
         ));
         let tenancy = namespace::Tenancy::with_namespaces(self.config.tenancy, namespace_cache);
-        let ctx = Arc::new(
-            dag_controller::Context::new(w.commands.0, w.status.0, events, default_tz)
-                .with_metrics(self.metrics.clone())
-                .with_pools(pools)
-                .with_tenancy(tenancy)
-                .with_dags(dags.clone()),
-        );
+        (tenancy, config)
+    }
+
+    /// Runs the DAG controller until shutdown (or the grace period after it).
+    async fn control_dags(
+        &self,
+        ctx: Arc<dag_controller::Context>,
+        dag_cache: kube::runtime::reflector::store::Writer<DAG>,
+        namespaces_config: kube::runtime::watcher::Config,
+    ) {
+        let (client, ns) = (&self.client, self.namespace());
         tracing::info!(namespace = ns.unwrap_or("(all)"), "watching DAGs");
         let stop = self.shutdown.clone();
         tokio::select! {
@@ -426,6 +496,15 @@ impl Parts {
             } => tracing::warn!(grace = ?SHUTDOWN_GRACE, "graceful shutdown took too long; exiting"),
         }
     }
+}
+
+/// The watch caches the leader's parts share.
+struct Caches {
+    /// the Pools (the executor's slots, the DAG controller's check)
+    pools: kube::runtime::reflector::Store<Pool>,
+    /// the watched DAGs: filled by the DAG controller, read by the executor
+    dag_cache: kube::runtime::reflector::store::Writer<DAG>,
+    dags: kube::runtime::reflector::Store<DAG>,
 }
 
 /// Runs the two routers until their sources close.

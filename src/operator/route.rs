@@ -9,10 +9,10 @@ use tokio::sync::mpsc;
 
 use crate::controller::status::StatusUpdate;
 use crate::engine::{Command, EngineStatus, EngineTelemetry, Output};
-use crate::executor::{EndedTry, ExecInput, ExecOutput, ExecStatus, TaskTelemetry};
+use crate::executor::{CancelledRun, EndedTry, ExecInput, ExecOutput, ExecStatus, TaskTelemetry};
 use crate::key::DagKey;
 use crate::report::Notice;
-use crate::telemetry::{Component, Health, Metrics};
+use crate::telemetry::{Component, Health, Metrics, PassKind};
 
 /// Handled trigger values whose annotations may be removed from a DAG.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,7 +67,7 @@ pub fn route_engine(output: Output, to: &Routes) {
         Output::RunsCancelled(runs) => {
             tracing::info!(count = runs.len(), "runs cancelled");
             let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
-            for (dag, _) in &runs {
+            for CancelledRun { dag, .. } in &runs {
                 to.metrics.run_finished(
                     &dag.namespace,
                     &dag.name,
@@ -113,6 +113,8 @@ fn engine_telemetry(t: EngineTelemetry, metrics: &Metrics) {
             metrics.set_queue_depth(queue_depth);
             metrics.set_active_runs(active_runs as i64);
         }
+        // a pass returns only store errors (`StoreError`)
+        EngineTelemetry::PassFailed => metrics.pass_failed(PassKind::Engine, "store"),
     }
 }
 
@@ -141,6 +143,7 @@ pub async fn route_executor(output: ExecOutput, to: &Routes) {
         ExecOutput::Event(notice) => deliver(&to.notices, notice, "events"),
         ExecOutput::Telemetry(t) => task_telemetry(t, &to.metrics),
         ExecOutput::TriesEnded(tries) => deliver(&to.logs, tries, "logs"),
+        ExecOutput::StepFailed(error) => to.metrics.pass_failed(PassKind::Executor, error),
         ExecOutput::RunsEnded(ids) => {
             if to.engine.send(Command::RunsEnded(ids)).await.is_err() {
                 tracing::debug!("runs ended after the engine stopped");
@@ -319,6 +322,12 @@ mod tests {
                 .encode()
                 .contains("dagop_runs_created_total{type=\"manual\"} 2")
         );
+        route_engine(Output::Telemetry(EngineTelemetry::PassFailed), &r);
+        assert!(
+            r.metrics
+                .encode()
+                .contains("dagop_pass_errors_total{part=\"engine\",error=\"store\"} 1")
+        );
         route_engine(Output::RunsCancelled(vec![]), &r);
         assert!(matches!(
             ends.executor.try_recv(),
@@ -402,6 +411,12 @@ mod tests {
         };
         route_executor(ExecOutput::TriesEnded(vec![ended.clone()]), &r).await;
         assert_eq!(ends.logs.try_recv().ok(), Some(vec![ended]));
+        route_executor(ExecOutput::StepFailed("gate"), &r).await;
+        assert!(
+            r.metrics
+                .encode()
+                .contains("dagop_pass_errors_total{part=\"executor\",error=\"gate\"} 1")
+        );
     }
 
     #[test]

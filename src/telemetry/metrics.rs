@@ -45,6 +45,36 @@ const DURATION_BUCKETS: [f64; 14] = [
 /// (each series exists from the start).
 pub const RECONCILE_ERRORS: [&str; 3] = ["kube", "engine_gone", "missing_field"];
 
+/// The loops that retry a failed pass, as the `part` label of `dagop_pass_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PassKind {
+    /// a scheduler pass (`Engine::tick`)
+    Engine,
+    /// an executor step (`Executor::step`)
+    Executor,
+}
+
+impl PassKind {
+    pub const ALL: [PassKind; 2] = [PassKind::Engine, PassKind::Executor];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PassKind::Engine => "engine",
+            PassKind::Executor => "executor",
+        }
+    }
+
+    /// The `error` labels a failed pass can carry (each series exists from the start): the
+    /// engine's pass fails only on the store (`StoreError`), an executor step on the store or
+    /// the gate (`ExecError::metric_label()`).
+    pub fn errors(self) -> &'static [&'static str] {
+        match self {
+            PassKind::Engine => &["store"],
+            PassKind::Executor => &["store", "gate"],
+        }
+    }
+}
+
 /// The parts the operator depends on, as the `component` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Component {
@@ -132,6 +162,7 @@ pub struct Metrics {
     pool_slots: Family<PoolLabels, Gauge>,
     reconcile_duration: HistogramFamily,
     reconcile_errors: Family<Label2, Counter>,
+    pass_errors: Family<Label2, Counter>,
     leader: Gauge,
     runs_finished: Family<DagStateLabels, Counter>,
     last_success: Family<DagLabels, F64Gauge>,
@@ -219,6 +250,12 @@ impl Metrics {
             "Reconciles that returned an error, by controller",
             reconcile_errors.clone(),
         );
+        let pass_errors = Family::<Label2, Counter>::default();
+        registry.register(
+            "pass_errors",
+            "Engine passes and executor steps that failed (and are retried), by part and error",
+            pass_errors.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -289,6 +326,7 @@ impl Metrics {
             pool_slots,
             reconcile_duration,
             reconcile_errors,
+            pass_errors,
             leader,
             runs_finished,
             last_success,
@@ -339,6 +377,14 @@ impl Metrics {
                 drop(
                     self.reconcile_errors
                         .get_or_create(&[("controller", c.as_str()), ("error", error)]),
+                );
+            }
+        }
+        for p in PassKind::ALL {
+            for error in p.errors() {
+                drop(
+                    self.pass_errors
+                        .get_or_create(&[("part", p.as_str()), ("error", error)]),
                 );
             }
         }
@@ -468,8 +514,7 @@ impl Metrics {
         self.last_failure.remove(&dag_labels(namespace, dag));
     }
 
-    /// One reconcile of `controller` took `secs`; `ok == false` counts an error.
-    /// One reconcile took `secs`; `error` is the failed one's `metric_label()`.
+    /// One reconcile of `controller` took `secs`; `error` is the failed one's `metric_label()`.
     pub fn reconcile_observed(
         &self,
         controller: ControllerKind,
@@ -487,6 +532,14 @@ impl Metrics {
                 .get_or_create(&[("controller", controller.as_str()), ("error", error)])
                 .inc();
         }
+    }
+
+    /// A pass of `part` failed with `error` (the error's `metric_label()`, one of
+    /// [`PassKind::errors`]); it is retried.
+    pub fn pass_failed(&self, part: PassKind, error: &'static str) {
+        self.pass_errors
+            .get_or_create(&[("part", part.as_str()), ("error", error)])
+            .inc();
     }
 
     /// Whether `component` (`store` or `gate`) answers.
@@ -570,7 +623,7 @@ mod tests {
     use super::*;
 
     /// Every family of SPEC §9, as it appears in the exposition (`# TYPE` names).
-    const FAMILIES: [&str; 19] = [
+    const FAMILIES: [&str; 20] = [
         "dagop_runs_created",
         "dagop_schedule_delay_seconds",
         "dagop_queue_depth",
@@ -582,6 +635,7 @@ mod tests {
         "dagop_pool_slots",
         "dagop_reconcile_duration_seconds",
         "dagop_reconcile_errors",
+        "dagop_pass_errors",
         "dagop_leader",
         "dagop_runs_finished",
         "dagop_dag_last_success_timestamp_seconds",
@@ -610,6 +664,7 @@ mod tests {
         m.task_transition(TaskState::Running);
         m.set_pool_slots("ns", "gpu", 2, 6, 1);
         m.reconcile_observed(ControllerKind::Backfill, 0.01, Some("kube"));
+        m.pass_failed(PassKind::Executor, "gate");
         m.set_leader(true);
         m.run_finished(
             "ns",
@@ -652,6 +707,9 @@ mod tests {
             "dagop_task_transitions_total{state=\"cancelled\"} 0",
             "dagop_reconcile_errors_total{controller=\"pool\",error=\"kube\"} 0",
             "dagop_reconcile_duration_seconds_count{controller=\"dag\"} 0",
+            "dagop_pass_errors_total{part=\"engine\",error=\"store\"} 0",
+            "dagop_pass_errors_total{part=\"executor\",error=\"store\"} 0",
+            "dagop_pass_errors_total{part=\"executor\",error=\"gate\"} 0",
             "dagop_schedule_delay_seconds_count 0",
             "dagop_active_runs 0",
             "dagop_leader 0",
@@ -662,6 +720,10 @@ mod tests {
             );
         }
         assert!(!text.contains("dagop_pool_slots{"), "no pool known yet");
+        assert!(
+            !text.contains("part=\"engine\",error=\"gate\""),
+            "the engine's pass fails only on the store"
+        );
     }
 
     #[test]
@@ -672,6 +734,7 @@ mod tests {
         m.observe_schedule_delay(-3.0);
         m.observe_schedule_delay(f64::NAN);
         m.reconcile_observed(ControllerKind::Dag, 0.5, None);
+        m.pass_failed(PassKind::Engine, "store");
         let text = m.encode();
         for line in [
             "dagop_runs_created_total{type=\"manual\"} 2",
@@ -693,6 +756,9 @@ mod tests {
             "dagop_reconcile_errors_total{controller=\"backfill\",error=\"kube\"} 1",
             "dagop_reconcile_errors_total{controller=\"dag\",error=\"kube\"} 0",
             "dagop_reconcile_duration_seconds_count{controller=\"dag\"} 1",
+            "dagop_pass_errors_total{part=\"executor\",error=\"gate\"} 1",
+            "dagop_pass_errors_total{part=\"executor\",error=\"store\"} 0",
+            "dagop_pass_errors_total{part=\"engine\",error=\"store\"} 1",
             "dagop_leader 1",
         ] {
             assert!(
@@ -760,5 +826,32 @@ mod tests {
         }
         m.remove_dag("ns", "etl");
         assert!(!m.encode().contains("dag=\"etl\""));
+    }
+
+    #[test]
+    fn executor_error_labels_are_pre_registered() {
+        use crate::executor::ExecError;
+        use crate::gate::GateError;
+        use crate::store::StoreError;
+        let errors = [
+            ExecError::Store(StoreError::Corrupt {
+                column: "state",
+                value: "x".into(),
+            }),
+            ExecError::Gate(GateError::Unavailable("down".into())),
+        ];
+        for e in &errors {
+            assert!(
+                PassKind::Executor.errors().contains(&e.metric_label()),
+                "{e}"
+            );
+        }
+        let m = Metrics::new();
+        m.pass_failed(PassKind::Executor, errors[1].metric_label());
+        assert!(
+            m.encode()
+                .lines()
+                .any(|l| l == "dagop_pass_errors_total{part=\"executor\",error=\"gate\"} 1")
+        );
     }
 }

@@ -12,7 +12,9 @@ mod metrics;
 
 pub use health::{Health, Role};
 pub use http::{resolve_addr, serve};
-pub use metrics::{CONTENT_TYPE, Component, ControllerKind, Metrics, PREFIX, RECONCILE_ERRORS};
+pub use metrics::{
+    CONTENT_TYPE, Component, ControllerKind, Metrics, PREFIX, PassKind, RECONCILE_ERRORS,
+};
 
 use tracing_subscriber::EnvFilter;
 
