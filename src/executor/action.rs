@@ -217,7 +217,10 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         }
         self.dirty.remove(&id);
         self.dags_changed.insert(row.dag.clone());
-        self.doomed_runs.push((row.dag.namespace.clone(), id));
+        self.doomed_runs.push(super::CancelledRun {
+            dag: row.dag.clone(),
+            run: id,
+        });
         self.emit(ExecOutput::RunsEnded(vec![id]));
     }
 }

@@ -203,7 +203,7 @@ pub struct Executor<S: RunStore, G: Gate, L: PodLauncher> {
     retention: BTreeSet<(DateTime<Utc>, PodKey)>,
     /// Pods to delete, and runs whose Pods all go
     doomed_pods: Vec<PodKey>,
-    doomed_runs: Vec<(String, Uuid)>,
+    doomed_runs: Vec<CancelledRun>,
     /// something changed that may let a queued try start; no admission before this instant
     admit_dirty: bool,
     admit_after: Option<DateTime<Utc>>,
@@ -335,7 +335,10 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             }
             self.dirty.remove(&id);
             self.dags_changed.insert(dag.clone());
-            self.doomed_runs.push((dag.namespace.clone(), id));
+            self.doomed_runs.push(CancelledRun {
+                dag: dag.clone(),
+                run: id,
+            });
         }
     }
 

@@ -612,17 +612,17 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             .filter_map(futures::future::ready)
             .collect()
             .await;
-        let deletes = runs.into_iter().map(|(ns, id)| {
+        let deletes = runs.into_iter().map(|run| {
             let launcher = self.launcher.clone();
             async move {
-                let result = launcher.delete_run(&ns, id).await;
+                let result = launcher.delete_run(&run.dag.namespace, run.run).await;
                 result.err().map(|e| {
-                    tracing::warn!(run = %id, error = %e, "could not delete a run's pods; will retry");
-                    (ns, id)
+                    tracing::warn!(run = %run.run, error = %e, "could not delete a run's pods; will retry");
+                    run
                 })
             }
         });
-        let failed_runs: Vec<(String, Uuid)> = futures::stream::iter(deletes)
+        let failed_runs: Vec<super::CancelledRun> = futures::stream::iter(deletes)
             .buffer_unordered(limit)
             .filter_map(futures::future::ready)
             .collect()
