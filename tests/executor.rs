@@ -387,6 +387,12 @@ impl RunStore for Flaky {
     async fn running_runs(&self, ns: Option<&str>) -> Result<Vec<RunRow>, StoreError> {
         self.inner.running_runs(ns).await
     }
+    async fn last_ends(
+        &self,
+        ns: Option<&str>,
+    ) -> Result<Vec<dag_operator::store::LastEnds>, StoreError> {
+        self.inner.last_ends(ns).await
+    }
     async fn save_specs(&self, specs: &[SpecRow]) -> Result<(), StoreError> {
         self.inner.save_specs(specs).await
     }

@@ -164,6 +164,10 @@ pub struct Engine<S: RunStore, G: Gate = MemoryGate> {
     last_resync: Option<std::time::Instant>,
     /// a pass left work it capped (a Backfill's walk): the next one comes at once
     more_work: bool,
+    /// when each DAG's newest runs succeeded and failed, read at start and told to the
+    /// metrics as each DAG is taken up
+    last_ends: HashMap<DagKey, crate::store::LastEnds>,
+    ends_loaded: bool,
 }
 
 impl<S: RunStore> Engine<S, MemoryGate> {
@@ -211,6 +215,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             backfills: HashMap::new(),
             last_resync: None,
             more_work: false,
+            last_ends: HashMap::new(),
+            ends_loaded: false,
         }
     }
 

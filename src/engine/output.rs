@@ -10,7 +10,7 @@ use crate::executor::AdmittedRun;
 use crate::gate::GateScope;
 use crate::key::{BackfillKey, DagKey};
 use crate::report::Notice;
-use crate::store::RunType;
+use crate::store::{LastEnds, RunType};
 
 /// The scheduling part of a DAG's status.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -55,6 +55,11 @@ pub enum EngineTelemetry {
         queue_depth: [usize; 3],
         active_runs: usize,
     },
+    /// a DAG's expected interval between runs in seconds (`None`: suspended, unscheduled,
+    /// invalid or gone: no series)
+    ScheduleInterval { dag: DagKey, secs: Option<f64> },
+    /// when a DAG's newest runs succeeded and failed, from the store (at start)
+    LastEnds(LastEnds),
 }
 
 /// What the engine reports.
