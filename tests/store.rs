@@ -539,7 +539,8 @@ async fn last_ends_give_each_dags_newest_success_and_failure_in_one_query() {
     end_run(&store, rows[7].id, "success", at(6, 1)).await;
 
     let ends = store.last_ends(None).await.expect("last ends");
-    let got: Vec<(String, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = ends
+    type Ends = (String, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+    let got: Vec<Ends> = ends
         .iter()
         .map(|e| {
             (

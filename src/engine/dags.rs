@@ -23,6 +23,9 @@ use crate::queue::{EntryId, RunClass};
 use crate::schedule::{CatchupPolicy, CatchupRequest, Schedule, catch_up};
 use crate::store::{DagKey, DagRecord, Position, RunRow, RunStore, RunType, StoreError};
 
+/// Schedules whose longest gap between ticks is remembered (then the memory starts afresh).
+const GAP_CACHE_SIZE: usize = 4096;
+
 /// What the controller knows of a valid DAG.
 #[derive(Clone, Debug)]
 pub struct DagInfo {
@@ -234,32 +237,47 @@ impl DagState {
     /// The expected interval between its scheduled runs, in seconds: the longest gap between
     /// its next ticks (from `startDate`, up to `endDate`) plus its jitter. `None` when
     /// suspended (by its spec or by itself), unscheduled (trigger-only) or out of ticks.
-    /// Computed again only when the schedule changes.
-    pub fn expected_interval(&mut self, now: DateTime<Utc>) -> Option<f64> {
+    /// Computed again only when the schedule changes; `gaps` shares the (up to 10 000 tick)
+    /// walk between DAGs of the same schedule.
+    pub fn expected_interval(
+        &mut self,
+        now: DateTime<Utc>,
+        gaps: &mut HashMap<String, Option<i64>>,
+    ) -> Option<f64> {
         if self.info.spec().suspend || self.auto_suspended() {
             return None;
         }
         let spec = self.info.spec();
-        let of = format!(
-            "{}|{:?}|{:?}|{:?}",
+        let schedule_of = format!(
+            "{}|{:?}|{:?}",
             self.info.schedule_key(),
             spec.start_date,
-            spec.end_date,
-            spec.jitter
+            spec.end_date
         );
+        let of = format!("{schedule_of}|{:?}", spec.jitter);
         if let Some((known, secs)) = &self.interval
             && *known == of
         {
             return *secs;
         }
-        let after = spec.start_date.map_or(now, |start| start.max(now));
+        let gap = match gaps.get(&schedule_of) {
+            Some(gap) => *gap,
+            None => {
+                let after = spec.start_date.map_or(now, |start| start.max(now));
+                let gap = self
+                    .info
+                    .schedule
+                    .as_ref()
+                    .and_then(|s| s.longest_gap(after, spec.end_date));
+                if gaps.len() >= GAP_CACHE_SIZE {
+                    gaps.clear();
+                }
+                gaps.insert(schedule_of, gap);
+                gap
+            }
+        };
         let jitter = spec.jitter_duration().unwrap_or_default().as_secs_f64();
-        let secs = self
-            .info
-            .schedule
-            .as_ref()
-            .and_then(|s| s.longest_gap(after, spec.end_date))
-            .map(|gap| gap as f64 + jitter);
+        let secs = gap.map(|gap| gap as f64 + jitter);
         self.interval = Some((of, secs));
         secs
     }
@@ -405,10 +423,11 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
 
     /// Tells the metrics a DAG's expected interval between runs (none: it has none now).
     pub(super) fn report_interval(&mut self, key: &DagKey, now: DateTime<Utc>) {
+        let gaps = &mut self.schedule_gaps;
         let secs = self
             .dags
             .get_mut(key)
-            .and_then(|s| s.expected_interval(now));
+            .and_then(|s| s.expected_interval(now, gaps));
         self.emit(Output::Telemetry(EngineTelemetry::ScheduleInterval {
             dag: key.clone(),
             secs,

@@ -168,6 +168,8 @@ pub struct Engine<S: RunStore, G: Gate = MemoryGate> {
     /// metrics as each DAG is taken up
     last_ends: HashMap<DagKey, crate::store::LastEnds>,
     ends_loaded: bool,
+    /// the longest gap between the next ticks, by schedule (shared by DAGs of one schedule)
+    schedule_gaps: HashMap<String, Option<i64>>,
 }
 
 impl<S: RunStore> Engine<S, MemoryGate> {
@@ -217,6 +219,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             more_work: false,
             last_ends: HashMap::new(),
             ends_loaded: false,
+            schedule_gaps: HashMap::new(),
         }
     }
 
