@@ -6,7 +6,9 @@ mod common;
 mod support;
 
 use chrono::Duration;
-use dag_operator::engine::{Command, DagInfo, Engine, EngineConfig, EngineStatus, Output};
+use dag_operator::engine::{
+    Command, DagInfo, Engine, EngineConfig, EngineStatus, EngineTelemetry, Output,
+};
 use dag_operator::report::Notice;
 use dag_operator::store::{DagKey, RunState, RunStore, RunType};
 use support::{Harness, every, info, spec, trigger, utc};
@@ -1116,4 +1118,83 @@ async fn a_depends_on_run_waits_for_its_upstreams_data_and_fails_after_its_timeo
     let events = h.events("DependencyTimeout");
     assert_eq!(events.len(), 1, "{events:?}");
     assert!(events[0].contains("no successful run of up"), "{events:?}");
+}
+
+/// The schedule intervals and stored run ends the engine told the metrics.
+fn telemetry(
+    outputs: &[Output],
+) -> (
+    Vec<(String, Option<f64>)>,
+    Vec<dag_operator::store::LastEnds>,
+) {
+    let mut intervals = Vec::new();
+    let mut ends = Vec::new();
+    for o in outputs {
+        match o {
+            Output::Telemetry(EngineTelemetry::ScheduleInterval { dag, secs }) => {
+                intervals.push((dag.name.clone(), *secs))
+            }
+            Output::Telemetry(EngineTelemetry::LastEnds(e)) => ends.push(e.clone()),
+            _ => {}
+        }
+    }
+    (intervals, ends)
+}
+
+#[tokio::test]
+async fn each_dag_tells_its_schedule_interval_and_a_restart_its_last_run_ends() {
+    let db = common::fresh_store("eng_interval").await;
+    let mut h = Harness::new(db, EngineConfig::default()).await;
+    // a Monday
+    let t0 = utc("2025-03-03T00:30:00Z");
+    h.upsert(info("hourly", t0, spec("schedule: '0 * * * *'")), t0);
+    h.upsert(info("weekdays", t0, spec("schedule: '0 9 * * 1-5'")), t0);
+    h.upsert(
+        info("paused", t0, spec("schedule: '0 * * * *'\nsuspend: true")),
+        t0,
+    );
+    h.upsert(info("manual", t0, spec("")), t0);
+    let (intervals, _) = telemetry(&h.outputs());
+    assert_eq!(
+        intervals,
+        [
+            ("hourly".to_string(), Some(3600.0)),
+            ("weekdays".to_string(), Some(3.0 * 86_400.0)),
+            // suspended and trigger-only DAGs: no series
+            ("paused".to_string(), None),
+            ("manual".to_string(), None),
+        ]
+    );
+    // suspending the hourly one takes its series away
+    h.upsert(
+        info("hourly", t0, spec("schedule: '0 * * * *'\nsuspend: true")),
+        t0,
+    );
+    let (intervals, _) = telemetry(&h.outputs());
+    assert_eq!(intervals, [("hourly".to_string(), None)]);
+    h.upsert(info("hourly", t0, spec("schedule: '0 * * * *'")), t0);
+    let t1 = t0 + Duration::minutes(30);
+    h.tick(t1).await;
+    let ended = t1 + Duration::minutes(5);
+    h.finish_all(RunState::Success, ended).await;
+    let t2 = t1 + Duration::hours(1);
+    h.tick(t2).await;
+    h.finish_all(RunState::Failed, t2 + Duration::minutes(1))
+        .await;
+    let (_, ends) = telemetry(&h.outputs());
+    assert!(ends.is_empty(), "a fresh start had nothing to tell");
+
+    // restarted: the ends come from PostgreSQL, told as each DAG is taken up
+    let mut h = h.restart(EngineConfig::default()).await;
+    h.upsert(info("hourly", t0, spec("schedule: '0 * * * *'")), t2);
+    h.upsert(info("manual", t0, spec("")), t2);
+    h.tick(t2 + Duration::minutes(2)).await;
+    let (_, ends) = telemetry(&h.outputs());
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0].dag, DagKey::new("ns", "hourly"));
+    assert_eq!(ends[0].success, Some(ended));
+    assert_eq!(ends[0].failure, Some(t2 + Duration::minutes(1)));
+    // once
+    h.tick(t2 + Duration::minutes(3)).await;
+    assert!(telemetry(&h.outputs()).1.is_empty());
 }

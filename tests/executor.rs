@@ -13,6 +13,7 @@ use dag_operator::executor::{
     FakeLauncher, FixedPools, LaunchError, PodKey, PodVerdict, pod,
 };
 use dag_operator::gate::{Gate, MemoryGate, key as gate_key};
+use dag_operator::key::Subject;
 use dag_operator::report::Notice;
 use dag_operator::store::{
     ActionKind, ActionOutcome, Changes, DagKey, NewAction, NewRun, NewTask, PgStore, RunRow,
@@ -317,6 +318,58 @@ async fn a_failed_try_is_retried_after_its_delay_and_the_retry_is_one_write() {
     assert_eq!(h.run_state(&run).await, RunState::Success);
 }
 
+#[tokio::test]
+async fn a_failed_try_with_retries_left_tells_task_retrying_with_the_next_try() {
+    let store = common::fresh_store("exec_retry_event").await;
+    let mut h = Harness::new(store, ExecutorConfig::default());
+    let run = admit(
+        &mut h,
+        "wobbly",
+        t0(),
+        spec("- {name: load, retries: 2, retryDelaySeconds: 30, container: {image: x}}"),
+    )
+    .await;
+    h.step(t0()).await;
+    h.outputs();
+    assert!(h.pod_does(
+        &run,
+        "load",
+        1,
+        PodVerdict::Failed {
+            exit_code: Some(3),
+            message: "Error".into(),
+        },
+    ));
+    h.step(t0() + Duration::seconds(1)).await;
+    let outputs = h.outputs();
+    let retrying: Vec<&Notice> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            ExecOutput::Event(n) if n.reason == "TaskRetrying" => Some(n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(retrying.len(), 1, "{outputs:?}");
+    let notice = retrying[0];
+    assert!(notice.warning);
+    assert!(
+        matches!(&notice.subject, Subject::Dag(dag) if dag.name == "wobbly"),
+        "{notice:?}"
+    );
+    for part in [
+        "task \"load\"",
+        "try 1 failed",
+        "exit code 3",
+        "try 2 in 30s",
+    ] {
+        assert!(
+            notice.message.contains(part),
+            "{part:?} in {:?}",
+            notice.message
+        );
+    }
+}
+
 /// A store whose writes of decisions fail while told to (a database that goes away between
 /// two statements, or in the middle of a step).
 #[derive(Clone)]
@@ -386,6 +439,12 @@ impl RunStore for Flaky {
     }
     async fn running_runs(&self, ns: Option<&str>) -> Result<Vec<RunRow>, StoreError> {
         self.inner.running_runs(ns).await
+    }
+    async fn last_ends(
+        &self,
+        ns: Option<&str>,
+    ) -> Result<Vec<dag_operator::store::LastEnds>, StoreError> {
+        self.inner.last_ends(ns).await
     }
     async fn save_specs(&self, specs: &[SpecRow]) -> Result<(), StoreError> {
         self.inner.save_specs(specs).await

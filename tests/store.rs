@@ -497,6 +497,73 @@ async fn running_runs_lists_only_running_runs() {
     assert_eq!(running, [rows[1].clone()]);
 }
 
+/// Ends a run in `state` at `at`.
+async fn end_run(store: &PgStore, id: Uuid, state: &str, at: DateTime<Utc>) {
+    sqlx::query("UPDATE dag_runs SET state = $2, ended_at = $3 WHERE id = $1")
+        .bind(id)
+        .bind(state)
+        .bind(at)
+        .execute(store.pool())
+        .await
+        .expect("end run");
+}
+
+#[tokio::test]
+async fn last_ends_give_each_dags_newest_success_and_failure_in_one_query() {
+    let db = TestDb::create("last_ends").await;
+    let store = db.migrated().await;
+    assert!(store.last_ends(None).await.expect("empty").is_empty());
+    let rows = store
+        .insert_runs(&[
+            scheduled("a", day(1)),
+            scheduled("a", day(2)),
+            scheduled("a", day(3)),
+            scheduled("a", day(4)),
+            scheduled("b", day(1)),
+            scheduled("c", day(1)),
+            scheduled("c", day(2)),
+            run("other", "a", day(1), RunType::Manual, &["t"]),
+        ])
+        .await
+        .expect("insert");
+    let at = |d: u32, h: u32| Utc.with_ymd_and_hms(2024, 2, d, h, 0, 0).unwrap();
+    // a: two successes (the newest wins even if its logical date is older), one failure,
+    // one still running
+    end_run(&store, rows[0].id, "success", at(5, 10)).await;
+    end_run(&store, rows[1].id, "success", at(3, 10)).await;
+    end_run(&store, rows[2].id, "failed", at(4, 10)).await;
+    // b: only failed
+    end_run(&store, rows[4].id, "failed", at(1, 8)).await;
+    // c: cancelled and running: neither counts, so c is left out
+    end_run(&store, rows[5].id, "cancelled", at(2, 8)).await;
+    end_run(&store, rows[7].id, "success", at(6, 1)).await;
+
+    let ends = store.last_ends(None).await.expect("last ends");
+    type Ends = (String, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+    let got: Vec<Ends> = ends
+        .iter()
+        .map(|e| {
+            (
+                e.dag.namespace.clone(),
+                e.dag.name.clone(),
+                e.success,
+                e.failure,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("ns".into(), "a".into(), Some(at(5, 10)), Some(at(4, 10))),
+            ("ns".into(), "b".into(), None, Some(at(1, 8))),
+            ("other".into(), "a".into(), Some(at(6, 1)), None),
+        ]
+    );
+    let ns_only = store.last_ends(Some("ns")).await.expect("one namespace");
+    assert_eq!(ns_only.len(), 2);
+    assert!(ns_only.iter().all(|e| e.dag.namespace == "ns"));
+}
+
 #[tokio::test]
 async fn cancel_runs_cancels_running_runs_and_only_their_unfinished_tasks() {
     let db = TestDb::create("cancel").await;

@@ -227,6 +227,74 @@ async fn kubectl_get_shows_the_printer_columns() {
     ns.kubectl_ok(&["get", "dag,dagpool,bf"], None);
 }
 
+/// The description of a field of our CRD `crds/<file>` (`path` dotted from the root, arrays
+/// looked through; empty: the kind itself), whitespace collapsed.
+fn crd_description(file: &str, path: &str) -> String {
+    let text = std::fs::read_to_string(plane().repo.join("crds").join(file)).expect("read CRD");
+    let crd: serde_yaml::Value = serde_yaml::from_str(&text).expect("CRD YAML");
+    let mut node = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        if node["type"] == "array" {
+            node = &node["items"];
+        }
+        node = &node["properties"][part];
+    }
+    let description = node["description"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{file}: no description at {path:?}"));
+    collapse(description)
+}
+
+fn collapse(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[tokio::test]
+async fn kubectl_explain_prints_our_descriptions_for_every_kind_and_nested_fields() {
+    let ns = setup("explain");
+    let fields: [(&str, &str, &str); 21] = [
+        ("dag", "dags.yaml", ""),
+        ("dag", "dags.yaml", "spec.concurrencyPolicy"),
+        ("dag", "dags.yaml", "spec.maxActiveRuns"),
+        ("dag", "dags.yaml", "spec.catchup"),
+        ("dag", "dags.yaml", "spec.schedules"),
+        ("dag", "dags.yaml", "spec.jitter"),
+        ("dag", "dags.yaml", "spec.tasks.retries"),
+        ("dag", "dags.yaml", "spec.tasks.retryBackoff"),
+        ("dag", "dags.yaml", "spec.tasks.triggerRule"),
+        ("dag", "dags.yaml", "spec.tasks.poolSlots"),
+        ("dag", "dags.yaml", "status.conditions"),
+        ("dag", "dags.yaml", "status.nextScheduleTime"),
+        ("dag", "dags.yaml", "status.autoSuspension"),
+        ("pool", "pools.yaml", ""),
+        ("pool", "pools.yaml", "spec.slots"),
+        ("pool", "pools.yaml", "status.openSlots"),
+        ("backfill", "backfills.yaml", ""),
+        ("backfill", "backfills.yaml", "spec.reprocess"),
+        ("backfill", "backfills.yaml", "spec.concurrency"),
+        ("backfill", "backfills.yaml", "status.phase"),
+        ("backfill", "backfills.yaml", "status.progress"),
+    ];
+    for (kind, file, path) in fields {
+        let target = if path.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{path}")
+        };
+        let explain = ns.kubectl_ok(&["explain", &target], None);
+        assert!(
+            explain.contains("GROUP:      dagoperator.io"),
+            "{target}: {explain}"
+        );
+        assert!(!explain.contains("Auto-generated"), "{target}: {explain}");
+        let want = crd_description(file, path);
+        assert!(
+            collapse(&explain).contains(&want),
+            "kubectl explain {target} does not print the CRD's description {want:?}:\n{explain}"
+        );
+    }
+}
+
 async fn pod_phase_after_kwok(ns: &TestNamespace, name: &str, image: &str) -> Pod {
     let yaml = format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: Never\n  containers:\n  - {{name: main, image: {image}}}\n"

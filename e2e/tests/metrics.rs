@@ -47,4 +47,10 @@ async fn metrics_show_runs_created_schedule_delay_queue_depth_and_task_instances
     // queued runs wait behind the one running: the gate said no for the DAG's limit or the
     // queue held them back; either way none runs beside it
     assert_eq!(series(&body, "dagop_active_runs"), Some(1.0));
+    // its expected interval between runs: every second
+    let interval = format!(
+        "dagop_dag_schedule_interval_seconds{{namespace=\"{}\",dag=\"busy\"}}",
+        s.ns.name
+    );
+    assert_eq!(series(&body, &interval), Some(1.0), "{body}");
 }

@@ -96,6 +96,36 @@ async fn a_failing_dag_says_so_and_a_fixed_one_is_ready_again() {
         condition(st, "Ready").is_some_and(|c| c["status"] == "True")
     })
     .await;
+
+    // restarted, the operator reads both ends back from PostgreSQL: the gauges are not empty
+    // until a run ends in the new process (else DagNoRecentSuccess could not see the DAG)
+    let last_success =
+        format!("dagop_dag_last_success_timestamp_seconds{{namespace=\"{ns}\",dag=\"flaky\"}}");
+    let succeeded = eventually(Duration::from_secs(30), "the last-success metric", || {
+        let op = &op;
+        let last_success = last_success.clone();
+        async move { metric(op, &last_success).await }
+    })
+    .await;
+    drop(op);
+    let op = s.operator(&[]);
+    let seeded = eventually(Duration::from_secs(60), "both ends seeded", || {
+        let op = &op;
+        let (last_success, last_failure) = (last_success.clone(), last_failure.clone());
+        async move {
+            Some((
+                metric(op, &last_success).await?,
+                metric(op, &last_failure).await?,
+            ))
+        }
+    })
+    .await;
+    // PostgreSQL keeps microseconds, the gauge milliseconds
+    assert!(
+        (seeded.0 - succeeded).abs() < 0.002,
+        "{seeded:?} vs {succeeded}"
+    );
+    assert!((seeded.1 - when).abs() < 0.002, "{seeded:?} vs {when}");
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::admit::Pending;
-use super::{Engine, Output, SchedulingStatus};
+use super::{Engine, EngineTelemetry, Output, SchedulingStatus};
 use crate::api::dag::{AutoSuspension, ConcurrencyPolicy, DagSpec};
 use crate::api::{DAG, TriggerRequest};
 use crate::executor::CancelledRun;
@@ -23,6 +23,9 @@ use crate::gate::{Gate, Hold, key as gate_key};
 use crate::queue::{EntryId, RunClass};
 use crate::schedule::{CatchupPolicy, CatchupRequest, Schedule, catch_up};
 use crate::store::{DagKey, DagRecord, Position, RunRow, RunStore, RunType, StoreError};
+
+/// Schedules whose longest gap between ticks is remembered (then the memory starts afresh).
+const GAP_CACHE_SIZE: usize = 4096;
 
 /// What the controller knows of a valid DAG.
 #[derive(Clone, Debug)]
@@ -201,6 +204,8 @@ pub(super) struct DagState {
     pub auto: Option<AutoSuspension>,
     /// runs its upstreams' successes ask for (`triggeredBy`), until recorded
     pub upstream: Vec<super::chains::UpstreamRequest>,
+    /// its expected interval between runs, and what it was computed from
+    interval: Option<(String, Option<f64>)>,
 }
 
 impl DagState {
@@ -226,7 +231,56 @@ impl DagState {
             version: None,
             auto: info_auto,
             upstream: Vec::new(),
+            interval: None,
         }
+    }
+
+    /// The expected interval between its scheduled runs, in seconds: the longest gap between
+    /// its next ticks (from `startDate`, up to `endDate`) plus its jitter. `None` when
+    /// suspended (by its spec or by itself), unscheduled (trigger-only) or out of ticks.
+    /// Computed again only when the schedule changes; `gaps` shares the (up to 10 000 tick)
+    /// walk between DAGs of the same schedule.
+    pub fn expected_interval(
+        &mut self,
+        now: DateTime<Utc>,
+        gaps: &mut HashMap<String, Option<i64>>,
+    ) -> Option<f64> {
+        if self.info.spec().suspend || self.auto_suspended() {
+            return None;
+        }
+        let spec = self.info.spec();
+        let schedule_of = format!(
+            "{}|{:?}|{:?}",
+            self.info.schedule_key(),
+            spec.start_date,
+            spec.end_date
+        );
+        let of = format!("{schedule_of}|{:?}", spec.jitter);
+        if let Some((known, secs)) = &self.interval
+            && *known == of
+        {
+            return *secs;
+        }
+        let gap = match gaps.get(&schedule_of) {
+            Some(gap) => *gap,
+            None => {
+                let after = spec.start_date.map_or(now, |start| start.max(now));
+                let gap = self
+                    .info
+                    .schedule
+                    .as_ref()
+                    .and_then(|s| s.longest_gap(after, spec.end_date));
+                if gaps.len() >= GAP_CACHE_SIZE {
+                    gaps.clear();
+                }
+                gaps.insert(schedule_of, gap);
+                gap
+            }
+        };
+        let jitter = spec.jitter_duration().unwrap_or_default().as_secs_f64();
+        let secs = gap.map(|gap| gap as f64 + jitter);
+        self.interval = Some((of, secs));
+        secs
     }
 
     /// When the scheduled run of `tick` starts: the tick plus its jitter delay.
@@ -298,7 +352,14 @@ impl DagState {
 impl<S: RunStore, G: Gate> Engine<S, G> {
     /// Reads the running runs of the watched namespace(s) (at start and at each resync): they
     /// count against the limits and hold their leases.
+    /// The first time, also reads when each DAG's newest runs succeeded and failed: told to
+    /// the metrics as each DAG is taken up (so a restart does not empty those gauges).
     pub async fn load(&mut self) -> Result<(), StoreError> {
+        if !self.ends_loaded {
+            let ends = self.store.last_ends(self.cfg.namespace.as_deref()).await?;
+            self.last_ends = ends.into_iter().map(|e| (e.dag.clone(), e)).collect();
+            self.ends_loaded = true;
+        }
         self.resync_active().await
     }
 
@@ -356,6 +417,25 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     }
 
     pub(super) fn upsert(&mut self, info: DagInfo, now: DateTime<Utc>) {
+        let key = info.key.clone();
+        self.upsert_state(info, now);
+        self.report_interval(&key, now);
+    }
+
+    /// Tells the metrics a DAG's expected interval between runs (none: it has none now).
+    pub(super) fn report_interval(&mut self, key: &DagKey, now: DateTime<Utc>) {
+        let gaps = &mut self.schedule_gaps;
+        let secs = self
+            .dags
+            .get_mut(key)
+            .and_then(|s| s.expected_interval(now, gaps));
+        self.emit(Output::Telemetry(EngineTelemetry::ScheduleInterval {
+            dag: key.clone(),
+            secs,
+        }));
+    }
+
+    fn upsert_state(&mut self, info: DagInfo, now: DateTime<Utc>) {
         let key = info.key.clone();
         // a DAG re-created under the same name is a new object: the old one's runs end, and
         // the new one is taken up afresh
@@ -448,6 +528,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         }
         self.stop_planning(key);
         self.dirty.insert(key.clone());
+        self.report_interval(key, Utc::now());
     }
 
     /// Suspended: queued ticks go back to the record's position, so resuming catches them up
@@ -517,6 +598,12 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         state.planned = state.decided;
         state.last_trigger = record.last_trigger;
         state.taken_up = true;
+        if let Some(ends) = self.last_ends.remove(&key) {
+            self.emit(Output::Telemetry(EngineTelemetry::LastEnds(ends)));
+        }
+        let Some(state) = self.dags.get_mut(&key) else {
+            return;
+        };
         state.unchecked = true;
         self.dirty.insert(key.clone());
         self.plan_due(&key, now);
@@ -526,6 +613,10 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     pub(super) fn remove(&mut self, key: &DagKey) {
         self.drop_queued(key, |_| true);
         if let Some(state) = self.dags.remove(key) {
+            self.emit(Output::Telemetry(EngineTelemetry::ScheduleInterval {
+                dag: key.clone(),
+                secs: None,
+            }));
             if let Some(t) = state.next_tick {
                 self.timers.remove(&(t, key.clone()));
             }

@@ -164,6 +164,12 @@ pub struct Engine<S: RunStore, G: Gate = MemoryGate> {
     last_resync: Option<std::time::Instant>,
     /// a pass left work it capped (a Backfill's walk): the next one comes at once
     more_work: bool,
+    /// when each DAG's newest runs succeeded and failed, read at start and told to the
+    /// metrics as each DAG is taken up
+    last_ends: HashMap<DagKey, crate::store::LastEnds>,
+    ends_loaded: bool,
+    /// the longest gap between the next ticks, by schedule (shared by DAGs of one schedule)
+    schedule_gaps: HashMap<String, Option<i64>>,
 }
 
 impl<S: RunStore> Engine<S, MemoryGate> {
@@ -211,6 +217,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             backfills: HashMap::new(),
             last_resync: None,
             more_work: false,
+            last_ends: HashMap::new(),
+            ends_loaded: false,
+            schedule_gaps: HashMap::new(),
         }
     }
 

@@ -9,7 +9,7 @@ use crate::executor::{AdmittedRun, CancelledRun};
 use crate::gate::GateScope;
 use crate::key::{BackfillKey, DagKey};
 use crate::report::Notice;
-use crate::store::RunType;
+use crate::store::{LastEnds, RunType};
 
 /// The scheduling part of a DAG's status.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -56,6 +56,11 @@ pub enum EngineTelemetry {
     },
     /// a pass failed (on the store, the only error a pass returns) and is retried
     PassFailed,
+    /// a DAG's expected interval between runs in seconds (`None`: suspended, unscheduled,
+    /// invalid or gone: no series)
+    ScheduleInterval { dag: DagKey, secs: Option<f64> },
+    /// when a DAG's newest runs succeeded and failed, from the store (at start)
+    LastEnds(LastEnds),
 }
 
 /// What the engine reports.

@@ -115,6 +115,18 @@ fn engine_telemetry(t: EngineTelemetry, metrics: &Metrics) {
         }
         // a pass returns only store errors (`StoreError`)
         EngineTelemetry::PassFailed => metrics.pass_failed(PassKind::Engine, "store"),
+        EngineTelemetry::ScheduleInterval { dag, secs } => {
+            metrics.set_schedule_interval(&dag.namespace, &dag.name, secs)
+        }
+        EngineTelemetry::LastEnds(ends) => {
+            let secs = |t: chrono::DateTime<chrono::Utc>| t.timestamp_millis() as f64 / 1000.0;
+            metrics.seed_last_ends(
+                &ends.dag.namespace,
+                &ends.dag.name,
+                ends.success.map(secs),
+                ends.failure.map(secs),
+            );
+        }
     }
 }
 
@@ -327,6 +339,41 @@ mod tests {
             r.metrics
                 .encode()
                 .contains("dagop_pass_errors_total{part=\"engine\",error=\"store\"} 1")
+        );
+        route_engine(
+            Output::Telemetry(EngineTelemetry::ScheduleInterval {
+                dag: dag.clone(),
+                secs: Some(3600.0),
+            }),
+            &r,
+        );
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0);
+        route_engine(
+            Output::Telemetry(EngineTelemetry::LastEnds(crate::store::LastEnds {
+                dag: dag.clone(),
+                success: at,
+                failure: None,
+            })),
+            &r,
+        );
+        let text = r.metrics.encode();
+        for line in [
+            "dagop_dag_schedule_interval_seconds{namespace=\"ns\",dag=\"etl\"} 3600.0",
+            "dagop_dag_last_success_timestamp_seconds{namespace=\"ns\",dag=\"etl\"} 1700000000.0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        route_engine(
+            Output::Telemetry(EngineTelemetry::ScheduleInterval {
+                dag: dag.clone(),
+                secs: None,
+            }),
+            &r,
+        );
+        assert!(
+            !r.metrics
+                .encode()
+                .contains("dagop_dag_schedule_interval_seconds{")
         );
         route_engine(Output::RunsCancelled(vec![]), &r);
         assert!(matches!(

@@ -5,6 +5,7 @@
 mod civil;
 mod cron;
 mod error;
+mod interval;
 mod jitter;
 pub mod plan;
 mod set;

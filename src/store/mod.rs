@@ -16,8 +16,8 @@ pub use self::action::{
 pub use crate::graph::TaskState;
 pub use pg::{AppliedMigration, PgStore, RunQuery, StoredLog};
 pub use record::{
-    Admission, Admitted, BackfillRecord, BackfillRef, BackfillSkip, DagRecord, FailedRun, Position,
-    RefusedTrigger, TakenDate, TriggerOutcome,
+    Admission, Admitted, BackfillRecord, BackfillRef, BackfillSkip, DagRecord, FailedRun, LastEnds,
+    Position, RefusedTrigger, TakenDate, TriggerOutcome,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -299,6 +299,13 @@ pub trait RunStore: Send + Sync + 'static {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<DateTime<Utc>>, StoreError>> + Send;
+
+    /// Per DAG of one namespace or of all: when its newest successful run and its newest
+    /// failed run ended (one query; DAGs with neither are left out).
+    fn last_ends(
+        &self,
+        namespace: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<LastEnds>, StoreError>> + Send;
 
     /// Every run in state `running`, of one namespace or of all.
     fn running_runs(

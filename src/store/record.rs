@@ -32,6 +32,15 @@ pub struct DagRecord {
     pub last_trigger: Option<String>,
 }
 
+/// When a DAG's newest run that succeeded, and its newest run that failed, ended (what the
+/// `dagop_dag_last_{success,failure}_timestamp_seconds` gauges are seeded with at start).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastEnds {
+    pub dag: DagKey,
+    pub success: Option<DateTime<Utc>>,
+    pub failure: Option<DateTime<Utc>>,
+}
+
 /// A trigger value refused before it became a run (suspended DAG, malformed params).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RefusedTrigger {

@@ -167,6 +167,7 @@ pub struct Metrics {
     runs_finished: Family<DagStateLabels, Counter>,
     last_success: Family<DagLabels, F64Gauge>,
     last_failure: Family<DagLabels, F64Gauge>,
+    schedule_interval: Family<DagLabels, F64Gauge>,
     run_duration: DurationFamily,
     try_duration: DurationFamily,
     up: Family<Label1, Gauge>,
@@ -283,6 +284,13 @@ impl Metrics {
             Unit::Seconds,
             Described(last_failure.clone()),
         );
+        let schedule_interval = Family::<DagLabels, F64Gauge>::default();
+        registry.register_with_unit(
+            "dag_schedule_interval",
+            "The DAG's expected interval between scheduled runs: the longest gap between its next ticks, plus its jitter (no series while suspended or unscheduled)",
+            Unit::Seconds,
+            Described(schedule_interval.clone()),
+        );
         let run_duration: DurationFamily = Family::new_with_constructor(duration_histogram);
         registry.register_with_unit(
             "run_duration",
@@ -331,6 +339,7 @@ impl Metrics {
             runs_finished,
             last_success,
             last_failure,
+            schedule_interval,
             run_duration,
             try_duration,
             up,
@@ -483,15 +492,43 @@ impl Metrics {
             _ => None,
         };
         if let Some(family) = last {
-            let gauge = family.get_or_create(&dag_labels(namespace, dag));
-            if ended_at > gauge.get() {
-                gauge.set(ended_at);
-            }
+            raise(family, namespace, dag, ended_at);
         }
         if let Some(secs) = duration.filter(|s| !s.is_nan()) {
             self.run_duration
                 .get_or_create(&[("type", run_type.as_str())])
                 .observe(secs.max(0.0));
+        }
+    }
+
+    /// When the DAG's newest runs that succeeded and that failed ended, as the store
+    /// recorded them (at start); a newer end already reported stays.
+    pub fn seed_last_ends(
+        &self,
+        namespace: &str,
+        dag: &str,
+        success: Option<f64>,
+        failure: Option<f64>,
+    ) {
+        if let Some(t) = success {
+            raise(&self.last_success, namespace, dag, t);
+        }
+        if let Some(t) = failure {
+            raise(&self.last_failure, namespace, dag, t);
+        }
+    }
+
+    /// The DAG's expected interval between scheduled runs (`None`: it has none now, e.g.
+    /// suspended or trigger-only: no series).
+    pub fn set_schedule_interval(&self, namespace: &str, dag: &str, secs: Option<f64>) {
+        let labels = dag_labels(namespace, dag);
+        match secs.filter(|s| s.is_finite()) {
+            Some(secs) => {
+                self.schedule_interval.get_or_create(&labels).set(secs);
+            }
+            None => {
+                self.schedule_interval.remove(&labels);
+            }
         }
     }
 
@@ -512,6 +549,7 @@ impl Metrics {
         }
         self.last_success.remove(&dag_labels(namespace, dag));
         self.last_failure.remove(&dag_labels(namespace, dag));
+        self.schedule_interval.remove(&dag_labels(namespace, dag));
     }
 
     /// One reconcile of `controller` took `secs`; `error` is the failed one's `metric_label()`.
@@ -608,6 +646,14 @@ fn dag_state_labels(namespace: &str, dag: &str, state: RunState) -> DagStateLabe
     ]
 }
 
+/// Sets a timestamp gauge to `t` unless it holds a later one.
+fn raise(family: &Family<DagLabels, F64Gauge>, namespace: &str, dag: &str, t: f64) {
+    let gauge = family.get_or_create(&dag_labels(namespace, dag));
+    if t > gauge.get() {
+        gauge.set(t);
+    }
+}
+
 fn saturating_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -623,7 +669,7 @@ mod tests {
     use super::*;
 
     /// Every family of SPEC §9, as it appears in the exposition (`# TYPE` names).
-    const FAMILIES: [&str; 20] = [
+    const FAMILIES: [&str; 21] = [
         "dagop_runs_created",
         "dagop_schedule_delay_seconds",
         "dagop_queue_depth",
@@ -640,6 +686,7 @@ mod tests {
         "dagop_runs_finished",
         "dagop_dag_last_success_timestamp_seconds",
         "dagop_dag_last_failure_timestamp_seconds",
+        "dagop_dag_schedule_interval_seconds",
         "dagop_run_duration_seconds",
         "dagop_task_try_duration_seconds",
         "dagop_build_info",
@@ -675,6 +722,7 @@ mod tests {
             Some(12.0),
         );
         m.task_try_finished(TaskState::Success, 3.0);
+        m.set_schedule_interval("ns", "etl", Some(3600.0));
     }
 
     #[test]
@@ -824,6 +872,18 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+        m.set_schedule_interval("ns", "etl", Some(86_400.0));
+        m.set_schedule_interval("ns", "hourly", Some(3600.0));
+        let text = m.encode();
+        for line in [
+            "dagop_dag_schedule_interval_seconds{namespace=\"ns\",dag=\"etl\"} 86400.0",
+            "dagop_dag_schedule_interval_seconds{namespace=\"ns\",dag=\"hourly\"} 3600.0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        // suspended (or trigger-only): no series
+        m.set_schedule_interval("ns", "hourly", None);
+        assert!(!m.encode().contains("dag=\"hourly\""));
         m.remove_dag("ns", "etl");
         assert!(!m.encode().contains("dag=\"etl\""));
     }
@@ -852,6 +912,28 @@ mod tests {
             m.encode()
                 .lines()
                 .any(|l| l == "dagop_pass_errors_total{part=\"executor\",error=\"gate\"} 1")
+        );
+    }
+
+    #[test]
+    fn seeded_ends_never_move_a_gauge_back() {
+        let m = Metrics::new();
+        m.run_finished("ns", "etl", RunState::Success, RunType::Manual, 500.0, None);
+        // the store's record is older than what this process saw end
+        m.seed_last_ends("ns", "etl", Some(400.0), Some(450.0));
+        m.seed_last_ends("ns", "new", None, Some(300.0));
+        let text = m.encode();
+        for line in [
+            "dagop_dag_last_success_timestamp_seconds{namespace=\"ns\",dag=\"etl\"} 500.0",
+            "dagop_dag_last_failure_timestamp_seconds{namespace=\"ns\",dag=\"etl\"} 450.0",
+            "dagop_dag_last_failure_timestamp_seconds{namespace=\"ns\",dag=\"new\"} 300.0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(
+            !text
+                .contains("dagop_dag_last_success_timestamp_seconds{namespace=\"ns\",dag=\"new\"}"),
+            "no success known: no series"
         );
     }
 }

@@ -82,6 +82,9 @@ impl RunStore for Faulty {
     async fn running_runs(&self, ns: Option<&str>) -> Result<Vec<RunRow>, StoreError> {
         pass!(self.running_runs(ns))
     }
+    async fn last_ends(&self, ns: Option<&str>) -> Result<Vec<LastEnds>, StoreError> {
+        pass!(self.last_ends(ns))
+    }
     async fn save_specs(&self, s: &[SpecRow]) -> Result<(), StoreError> {
         pass!(self.save_specs(s))
     }

@@ -21,8 +21,8 @@ use uuid::Uuid;
 
 use super::{
     ActionWrite, ActionWritten, Admission, Admitted, Applied, BackfillCounts, BackfillRecord,
-    BackfillRef, Changes, DagKey, DagRecord, DateRun, RecentRuns, RunAction, RunFilter, RunRow,
-    RunState, RunStore, RunType, SpecRow, StoreError, TaskRow, TaskState,
+    BackfillRef, Changes, DagKey, DagRecord, DateRun, LastEnds, RecentRuns, RunAction, RunFilter,
+    RunRow, RunState, RunStore, RunType, SpecRow, StoreError, TaskRow, TaskState,
 };
 
 /// The embedded migrations (`migrations/` at the repository root).
@@ -341,6 +341,10 @@ impl RunStore for PgStore {
 
     async fn backfill_counts(&self, backfill: &BackfillRef) -> Result<BackfillCounts, StoreError> {
         self.backfill_counts_q(backfill).await
+    }
+
+    async fn last_ends(&self, namespace: Option<&str>) -> Result<Vec<LastEnds>, StoreError> {
+        self.last_ends_q(namespace).await
     }
 
     async fn running_runs(&self, namespace: Option<&str>) -> Result<Vec<RunRow>, StoreError> {

@@ -5,7 +5,8 @@ use sqlx::Row;
 
 use super::{PgStore, dag_columns, dag_key, trigger_of};
 use crate::store::{
-    BackfillCounts, BackfillRecord, BackfillRef, DagKey, DagRecord, Position, RunState, StoreError,
+    BackfillCounts, BackfillRecord, BackfillRef, DagKey, DagRecord, LastEnds, Position, RunState,
+    StoreError,
 };
 
 impl PgStore {
@@ -53,6 +54,36 @@ impl PgStore {
                     position,
                     last_scheduled: row.try_get("last_scheduled")?,
                     last_trigger: row.try_get("last_trigger")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The newest end of a successful and of a failed run, per DAG: one grouped query,
+    /// once at start (not on a hot path).
+    pub(super) async fn last_ends_q(
+        &self,
+        namespace: Option<&str>,
+    ) -> Result<Vec<LastEnds>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT namespace, dag_name, \
+                 max(ended_at) FILTER (WHERE state = 'success') AS success, \
+                 max(ended_at) FILTER (WHERE state = 'failed') AS failure \
+             FROM dag_runs \
+             WHERE state IN ('success', 'failed') AND ended_at IS NOT NULL \
+               AND ($1::text IS NULL OR namespace = $1) \
+             GROUP BY namespace, dag_name \
+             ORDER BY namespace, dag_name",
+        )
+        .bind(namespace)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LastEnds {
+                    dag: dag_key(row, "namespace", "dag_name")?,
+                    success: row.try_get("success")?,
+                    failure: row.try_get("failure")?,
                 })
             })
             .collect()
