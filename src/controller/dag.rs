@@ -159,6 +159,22 @@ fn clamped(key: &DagKey, priority: EffectivePriority) -> Option<Problem> {
     })
 }
 
+/// What the controller knows of a DAG's spec, for its status.
+fn validity(
+    dag: &DAG,
+    key: &DagKey,
+    priority: EffectivePriority,
+    problem: Option<Problem>,
+) -> Validity {
+    Validity {
+        generation: dag.meta().generation,
+        problem,
+        observed_trigger: observed_trigger(dag),
+        priority_clamped: clamped(key, priority),
+        observed_auto_suspension: dag.status.as_ref().and_then(|s| s.auto_suspension.clone()),
+    }
+}
+
 /// One DAG, in four steps.
 pub async fn reconcile(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
     // 1. dereference: which DAG, and is it going away?
@@ -175,47 +191,51 @@ pub async fn reconcile(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, Contr
             missing_pools(&dag, pools),
         ));
     }
-    // 3. validate what the schema cannot (cron, zone, graph), and tell the engine (with the
-    //    priority its namespace allows)
+    // 3. validate what the schema cannot (cron, zone, graph, cycles), and tell the engine
+    //    (with the priority its namespace allows)
     let priority = ctx
         .tenancy
         .policy(&key.namespace)
         .priority(dag.spec.priority);
-    let validated = dag
-        .spec
-        .validate(ctx.default_tz)
-        .and_then(|ok| match ctx.cycle(&dag, &key) {
-            Some(cycle) => Err(cycle),
-            None => Ok(ok),
-        });
-    let problem = match validated {
-        Ok((schedule, _graph)) => {
-            let info =
-                DagInfo::new(key.clone(), dag.clone(), schedule).with_priority(priority.value);
-            ctx.tell_engine(Command::Upsert(Box::new(info))).await?;
-            None
-        }
-        Err(e) => {
-            ctx.tell_engine(Command::Invalid(key.clone())).await?;
-            Some(problem(&e))
-        }
-    };
+    let problem = ctx.validate_and_tell(&dag, &key, priority.value).await?;
     // 4. validity into the status; an invalid spec also as an event, once per generation
     ctx.tell_status(StatusUpdate::Validity(
         key.clone(),
-        Validity {
-            generation: dag.meta().generation,
-            problem: problem.clone(),
-            observed_trigger: observed_trigger(&dag),
-            priority_clamped: clamped(&key, priority),
-            observed_auto_suspension: dag.status.as_ref().and_then(|s| s.auto_suspension.clone()),
-        },
+        validity(&dag, &key, priority, problem.clone()),
     ));
     ctx.report_problem(&dag, &key, problem).await;
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
 impl Context {
+    /// Validates what the schema cannot and tells the engine: the DAG to schedule, or that
+    /// it is invalid (its problem returned).
+    async fn validate_and_tell(
+        &self,
+        dag: &Arc<DAG>,
+        key: &DagKey,
+        priority: i32,
+    ) -> Result<Option<Problem>, ControllerError> {
+        let validated =
+            dag.spec
+                .validate(self.default_tz)
+                .and_then(|ok| match self.cycle(dag, key) {
+                    Some(cycle) => Err(cycle),
+                    None => Ok(ok),
+                });
+        match validated {
+            Ok((schedule, _graph)) => {
+                let info = DagInfo::new(key.clone(), dag.clone(), schedule).with_priority(priority);
+                self.tell_engine(Command::Upsert(Box::new(info))).await?;
+                Ok(None)
+            }
+            Err(e) => {
+                self.tell_engine(Command::Invalid(key.clone())).await?;
+                Ok(Some(problem(&e)))
+            }
+        }
+    }
+
     async fn tell_engine(&self, command: Command) -> Result<(), ControllerError> {
         self.engine
             .send(command)
