@@ -205,7 +205,15 @@ pub(super) struct DagState {
     /// runs its upstreams' successes ask for (`triggeredBy`), until recorded
     pub upstream: Vec<super::chains::UpstreamRequest>,
     /// its expected interval between runs, and what it was computed from
-    interval: Option<(String, Option<f64>)>,
+    interval: Option<KnownInterval>,
+}
+
+/// A DAG's expected interval between runs, and the schedule it was computed from.
+#[derive(Clone, Debug)]
+struct KnownInterval {
+    /// schedule, start and end dates, jitter
+    of: String,
+    secs: Option<f64>,
 }
 
 impl DagState {
@@ -256,10 +264,10 @@ impl DagState {
             spec.end_date
         );
         let of = format!("{schedule_of}|{:?}", spec.jitter);
-        if let Some((known, secs)) = &self.interval
-            && *known == of
+        if let Some(known) = &self.interval
+            && known.of == of
         {
-            return *secs;
+            return known.secs;
         }
         let gap = match gaps.get(&schedule_of) {
             Some(gap) => *gap,
@@ -279,7 +287,7 @@ impl DagState {
         };
         let jitter = spec.jitter_duration().unwrap_or_default().as_secs_f64();
         let secs = gap.map(|gap| gap as f64 + jitter);
-        self.interval = Some((of, secs));
+        self.interval = Some(KnownInterval { of, secs });
         secs
     }
 
@@ -519,7 +527,12 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     }
 
     /// The DAG suspended itself: its record in memory, in its status, and no more ticks.
-    pub(super) fn auto_suspend(&mut self, key: &DagKey, suspension: AutoSuspension) {
+    pub(super) fn auto_suspend(
+        &mut self,
+        key: &DagKey,
+        suspension: AutoSuspension,
+        now: DateTime<Utc>,
+    ) {
         if let Some(state) = self.dags.get_mut(key) {
             state.auto = Some(suspension);
             if let Some(t) = state.next_tick.take() {
@@ -528,7 +541,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         }
         self.stop_planning(key);
         self.dirty.insert(key.clone());
-        self.report_interval(key, Utc::now());
+        self.report_interval(key, now);
     }
 
     /// Suspended: queued ticks go back to the record's position, so resuming catches them up

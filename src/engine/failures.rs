@@ -88,7 +88,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 suspension.through.to_rfc3339()
             ),
         );
-        self.auto_suspend(key, suspension);
+        self.auto_suspend(key, suspension, now);
         Ok(())
     }
 }
