@@ -39,23 +39,31 @@ fn quantile_bound(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
         .map(|(le, _)| *le)
 }
 
-fn rss_mib(pid_of_port: u16) -> Option<f64> {
-    // the operator listening on the metrics port
+/// The operator listening on the metrics port `port`: its `/proc/<pid>/status`.
+fn proc_status(port: u16) -> Option<String> {
     let out = std::process::Command::new("ss")
-        .args(["-Htlnp", &format!("sport = :{pid_of_port}")])
+        .args(["-Htlnp", &format!("sport = :{port}")])
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let pid = text.split("pid=").nth(1)?.split(',').next()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
+}
+
+/// A `kB` field of a `/proc/<pid>/status` (`VmRSS`, `RssAnon`, `RssFile`), in MiB.
+fn status_mib(status: &str, field: &str) -> Option<f64> {
     let kb: f64 = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?
         .split_whitespace()
         .nth(1)?
         .parse()
         .ok()?;
     Some(kb / 1024.0)
+}
+
+fn rss_mib(pid_of_port: u16) -> Option<f64> {
+    status_mib(&proc_status(pid_of_port)?, "VmRSS")
 }
 
 #[tokio::test]
@@ -157,9 +165,14 @@ async fn rss_while_watching_10000_dags() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(20)).await;
+    let status = proc_status(op.metrics_port).unwrap_or_default();
+    let mib = |field| status_mib(&status, field).unwrap_or(f64::NAN);
     println!(
-        "scale: operator watching {DAGS} DAGs (all Ready): RSS {:.1} MiB",
-        rss_mib(op.metrics_port).unwrap_or(f64::NAN)
+        "scale: operator watching {DAGS} DAGs (all Ready): RSS {:.1} MiB (anonymous {:.1} MiB, \
+         files {:.1} MiB)",
+        mib("VmRSS"),
+        mib("RssAnon"),
+        mib("RssFile")
     );
 }
 
