@@ -66,7 +66,7 @@ pub fn route_engine(output: Output, to: &Routes) {
         Output::RunsAdmitted(runs) => deliver(&to.executor, ExecInput::Admitted(runs), "executor"),
         Output::RunsCancelled(runs) => {
             tracing::info!(count = runs.len(), "runs cancelled");
-            let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+            let now = epoch_secs(chrono::Utc::now());
             for CancelledRun { dag, .. } in &runs {
                 to.metrics.run_finished(
                     &dag.namespace,
@@ -83,6 +83,11 @@ pub fn route_engine(output: Output, to: &Routes) {
             deliver(&to.triggers, HandledTriggers { dag, values }, "triggers")
         }
     }
+}
+
+/// An instant as the metrics' timestamps are: seconds since the epoch, to the millisecond.
+fn epoch_secs(t: chrono::DateTime<chrono::Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1000.0
 }
 
 fn engine_telemetry(t: EngineTelemetry, metrics: &Metrics) {
@@ -119,12 +124,11 @@ fn engine_telemetry(t: EngineTelemetry, metrics: &Metrics) {
             metrics.set_schedule_interval(&dag.namespace, &dag.name, secs)
         }
         EngineTelemetry::LastEnds(ends) => {
-            let secs = |t: chrono::DateTime<chrono::Utc>| t.timestamp_millis() as f64 / 1000.0;
             metrics.seed_last_ends(
                 &ends.dag.namespace,
                 &ends.dag.name,
-                ends.success.map(secs),
-                ends.failure.map(secs),
+                ends.success.map(epoch_secs),
+                ends.failure.map(epoch_secs),
             );
         }
     }
@@ -171,7 +175,7 @@ fn task_telemetry(t: TaskTelemetry, metrics: &Metrics) {
             &run.dag.name,
             run.state,
             run.run_type,
-            run.ended_at.timestamp_millis() as f64 / 1000.0,
+            epoch_secs(run.ended_at),
             run.duration_secs(),
         );
     }
