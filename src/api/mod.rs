@@ -4,6 +4,7 @@
 pub mod backfill;
 pub mod conditions;
 pub mod dag;
+pub mod lean;
 pub mod pod_template;
 pub mod pool;
 mod schema;

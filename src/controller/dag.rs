@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono_tz::Tz;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller, Error as RuntimeError};
@@ -22,10 +22,11 @@ use super::relist::Change;
 use super::status::{Problem, StatusUpdate, Validity};
 use super::{ControllerError, Events, dag_reference, watch};
 use crate::api::dag::{DagSpecError, dependency_cycle};
+use crate::api::lean::{self, LeanDag};
 use crate::api::tenancy::{EffectivePriority, MAX_DAG_PRIORITY_ANNOTATION, TenancyDefaults};
 use crate::api::{DAG, Pool};
 use crate::engine::{Command, DagInfo};
-use crate::k8s::{self, trim_metadata};
+use crate::k8s;
 use crate::store::DagKey;
 use crate::telemetry::{ControllerKind, Metrics};
 
@@ -355,13 +356,13 @@ pub async fn run(
 ) {
     tokio::spawn(watch_deletions(api.clone(), ctx.clone()));
     let forget_ctx = ctx.clone();
-    // the controller's cache, trimmed before it is stored (10,000 DAGs' managedFields are
-    // hundreds of MiB)
+    // the controller's cache: DAGs decoded without managedFields (10,000 DAGs' managedFields
+    // are hundreds of MiB) and trimmed of the status the operator writes itself
     let reader = cache.as_reader();
-    let trigger = watcher(api, watcher::Config::default())
+    let trigger = watcher(LeanDag::api(&api), watcher::Config::default())
         .default_backoff()
+        .map_ok(lean::into_dags)
         .modify(|dag: &mut DAG| {
-            trim_metadata(dag);
             // of its own status the operator reads back only the last handled trigger and
             // its last suspension of itself
             if let Some(status) = dag.status.as_mut() {

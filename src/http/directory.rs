@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::api::DAG;
 use crate::api::conditions::{READY, STALLED, find};
+use crate::api::lean::{self, LeanDag};
 use crate::key::DagKey;
 
 /// A condition as the API shows it.
@@ -96,10 +97,11 @@ impl DagDirectory {
         let directory = DagDirectory::default();
         let fed = directory.clone();
         let stream = watcher(
-            crate::k8s::api::<DAG>(client, namespace),
+            crate::k8s::api::<LeanDag>(client, namespace),
             watcher::Config::default(),
         )
-        .default_backoff();
+        .default_backoff()
+        .map_ok(lean::into_dags);
         tokio::spawn(async move {
             futures::pin_mut!(stream);
             let mut relisting: Option<BTreeMap<DagKey, Arc<DagSummary>>> = None;
