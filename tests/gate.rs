@@ -2,6 +2,8 @@
 //! against the in-process gate (`memory::*`) and the Redis gate (`redis::*`); then Redis-only
 //! tests: the key layout, fail-closed behaviour (unreachable server, a server killed and
 //! restarted), a torture test of 8 contenders, and a holder process killed with SIGKILL.
+//! Holds live on sessions: a second session on the same semaphores (`replica`) stands for
+//! another process.
 //!
 //! The Redis tests need REDIS_URL (`e2e/plane up && eval "$(e2e/plane env)"`); without it they
 //! fail, never pass silently. Every test uses its own random key prefix, so they run in
@@ -13,7 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ::redis::AsyncCommands;
-use dag_operator::gate::{Claim, Gate, GateError, Grant, MemoryGate, RedisGate, Slot, key};
+use dag_operator::gate::{
+    Claim, Gate, GateError, Grant, Heartbeat, MemoryGate, RedisGate, Slot, key,
+};
 use uuid::Uuid;
 
 /// The TTL of the tests that wait for leases to expire.
@@ -48,7 +52,8 @@ async fn raw_redis(url: &str) -> ::redis::aio::MultiplexedConnection {
         .expect("raw connection to REDIS_URL")
 }
 
-/// How the suite makes a gate, and a second handle on the same semaphores (another replica).
+/// How the suite makes a gate, and a second handle on the same semaphores with a session of
+/// its own (another replica).
 trait TestGate: Gate + Sized {
     async fn make(lease_ttl: Duration) -> Self;
     async fn replica(&self) -> Self;
@@ -59,7 +64,7 @@ impl TestGate for MemoryGate {
         MemoryGate::new(lease_ttl)
     }
     async fn replica(&self) -> Self {
-        self.clone()
+        self.new_session()
     }
 }
 
@@ -88,10 +93,16 @@ async fn usage<G: Gate>(g: &G, key: &str) -> u32 {
         .unwrap_or_else(|e| panic!("usage {key}: {e}"))
 }
 
-async fn renew<G: Gate>(g: &G, key: &str, holder: &str) -> bool {
-    g.renew(key, holder)
+async fn keep_alive<G: Gate>(g: &G) -> Heartbeat {
+    g.keep_alive()
         .await
-        .unwrap_or_else(|e| panic!("renew {key} {holder}: {e}"))
+        .unwrap_or_else(|e| panic!("keep_alive: {e}"))
+}
+
+async fn let_go<G: Gate>(g: &G, key: &str, holder: &str) {
+    g.let_go(key, holder)
+        .await
+        .unwrap_or_else(|e| panic!("let_go {key} {holder}: {e}"))
 }
 
 async fn release<G: Gate>(g: &G, key: &str, holder: &str) {
@@ -208,9 +219,13 @@ async fn release_frees<G: TestGate>() {
     release(&g, k, "never-held").await;
     release(&g, "runs:dag:ns/untouched", "x").await;
     assert_eq!(usage(&g, k).await, 1, "releasing others left b alone");
-    assert!(
-        !renew(&g, k, "a").await,
-        "a released lease cannot be renewed"
+    assert_eq!(
+        keep_alive(&g).await,
+        Heartbeat {
+            ended: false,
+            kept: 1
+        },
+        "the session keeps b only"
     );
 }
 
@@ -227,9 +242,7 @@ async fn changed_limit_applies<G: TestGate>() {
         3,
         "lowering the limit evicts no holder"
     );
-    for h in ["a", "b", "c"] {
-        assert!(renew(&g, &k, h).await, "{h} still holds its lease");
-    }
+    assert_eq!(keep_alive(&g).await.kept, 3, "a, b and c still hold");
     release(&g, &k, "a").await;
     release(&g, &k, "b").await;
     assert!(!acquire(&g, &k, "d", 1, 1).await, "c still fills limit 1");
@@ -246,16 +259,18 @@ async fn changed_limit_applies<G: TestGate>() {
     assert_eq!(usage(&g, &k).await, 5);
 }
 
-async fn expired_lease_frees_slot<G: TestGate>() {
-    let g = G::make(SHORT_TTL).await;
+async fn ended_session_frees_slot<G: TestGate>() {
+    let one = G::make(SHORT_TTL).await;
+    let two = one.replica().await;
     let k = key::GLOBAL_RUNS;
     let start = Instant::now();
-    assert!(acquire(&g, k, "a", 1, 1).await);
-    assert!(!acquire(&g, k, "b", 1, 1).await, "a holds the only slot");
+    assert!(acquire(&one, k, "a", 1, 1).await);
+    assert!(!acquire(&two, k, "b", 1, 1).await, "a holds the only slot");
+    // one's session gets no heartbeat: its holds end one TTL after its last call
     let took = eventually(
-        "b admitted after a's lease expired",
+        "b admitted after a's session ended",
         SHORT_TTL + MARGIN,
-        async || acquire(&g, k, "b", 1, 1).await,
+        async || acquire(&two, k, "b", 1, 1).await,
     )
     .await;
     let since_a = start.elapsed();
@@ -263,128 +278,165 @@ async fn expired_lease_frees_slot<G: TestGate>() {
         since_a + Duration::from_millis(10) >= SHORT_TTL,
         "b was admitted {since_a:?} after a acquired, before a's TTL of {SHORT_TTL:?}"
     );
-    assert_eq!(usage(&g, k).await, 1, "only b");
-    eprintln!("slot of an expired lease reused after {took:?} of polling ({since_a:?} in all)");
+    assert_eq!(usage(&two, k).await, 1, "only b");
+    eprintln!("slot of an ended session reused after {took:?} of polling ({since_a:?} in all)");
 }
 
-async fn renew_keeps_lease_alive<G: TestGate>() {
+async fn keep_alive_keeps_holds<G: TestGate>() {
     let g = G::make(SHORT_TTL).await;
+    let other = g.replica().await;
     let k = key::pool("ns", "p");
     assert!(acquire(&g, &k, "a", 2, 2).await);
     let until = Instant::now() + SHORT_TTL * 4;
     while Instant::now() < until {
         tokio::time::sleep(g.renew_interval()).await;
-        assert!(
-            renew(&g, &k, "a").await,
-            "a renewed within its TTL keeps it"
+        assert_eq!(
+            keep_alive(&g).await,
+            Heartbeat {
+                ended: false,
+                kept: 1
+            },
+            "a session with heartbeats within its TTL keeps its holds"
         );
         assert!(
-            !acquire(&g, &k, "b", 1, 2).await,
+            !acquire(&other, &k, "b", 1, 2).await,
             "a's slots are still taken"
         );
-        assert_eq!(usage(&g, &k).await, 2);
+        assert_eq!(usage(&other, &k).await, 2);
     }
-    // renewal stops: the lease runs out one TTL later
+    // the heartbeats stop: the holds end one TTL later
     eventually(
-        "a's lease ends once it is not renewed",
+        "a's hold ends once its session gets no heartbeat",
         SHORT_TTL + MARGIN,
-        async || usage(&g, &k).await == 0,
+        async || usage(&other, &k).await == 0,
     )
     .await;
 }
 
-async fn renew_after_expiry_fails<G: TestGate>() {
+async fn ended_session_is_not_revived<G: TestGate>() {
     let g = G::make(SHORT_TTL).await;
+    let other = g.replica().await;
     let k = key::backfill_runs("ns", "bf");
     assert!(acquire(&g, &k, "a", 1, 1).await);
-    eventually("a's lease expires", SHORT_TTL + MARGIN, async || {
-        usage(&g, &k).await == 0
+    eventually("a's session ends", SHORT_TTL + MARGIN, async || {
+        usage(&other, &k).await == 0
     })
     .await;
-    assert!(!renew(&g, &k, "a").await, "an expired lease is not revived");
-    assert!(acquire(&g, &k, "b", 1, 1).await, "and a's slot is free");
-    assert!(!renew(&g, &k, "a").await);
+    let epoch = g.session_epoch();
+    let beat = keep_alive(&g).await;
+    assert!(beat.ended, "the heartbeat finds the session ended");
+    assert_eq!(beat.kept, 0, "the new session keeps nothing");
+    assert_eq!(g.session_epoch(), epoch + 1);
+    assert_eq!(usage(&other, &k).await, 0, "a's hold did not come back");
+    assert!(acquire(&other, &k, "b", 1, 1).await, "and a's slot is free");
+    assert!(!acquire(&g, &k, "a", 1, 1).await, "a is a newcomer now");
     assert!(
-        !renew(&g, &k, "never").await,
-        "a holder that never held: false"
+        acquire(&g, &k, "c", 1, 2).await,
+        "the handle goes on under its new session"
     );
-    assert!(renew(&g, &k, "b").await);
+    assert_eq!(keep_alive(&g).await.kept, 1);
 }
 
-async fn usage_counts_unexpired_weights<G: TestGate>() {
-    let g = G::make(SHORT_TTL).await;
+async fn usage_counts_live_weights<G: TestGate>() {
+    let one = G::make(SHORT_TTL).await;
+    let two = one.replica().await;
     let k = key::pool("ns", "u");
-    assert_eq!(usage(&g, &k).await, 0, "an unknown key has no holders");
-    assert!(acquire(&g, &k, "a", 3, 10).await);
-    assert!(acquire(&g, &k, "b", 1, 10).await);
-    assert_eq!(usage(&g, &k).await, 4);
-    // keep b alive, let a expire: usage drops by a's weight without any acquire
+    assert_eq!(usage(&one, &k).await, 0, "an unknown key has no holders");
+    assert!(acquire(&one, &k, "a", 3, 10).await);
+    assert!(acquire(&two, &k, "b", 1, 10).await);
+    assert_eq!(usage(&two, &k).await, 4);
+    // keep two alive, let one end: usage drops by a's weight without any acquire
     let start = Instant::now();
     eventually(
         "a's weight leaves the count",
         SHORT_TTL + MARGIN,
         async || {
-            assert!(renew(&g, &k, "b").await, "b is renewed every 10 ms");
-            usage(&g, &k).await == 1
+            assert!(!keep_alive(&two).await.ended, "two beats every 10 ms");
+            usage(&two, &k).await == 1
         },
     )
     .await;
     assert!(start.elapsed() + Duration::from_millis(10) >= SHORT_TTL);
-    release(&g, &k, "b").await;
-    assert_eq!(usage(&g, &k).await, 0);
+    release(&two, &k, "b").await;
+    assert_eq!(usage(&two, &k).await, 0);
 }
 
-async fn renew_all_in_one_call<G: TestGate>() {
+/// One heartbeat keeps every hold of the session, however many (the upkeep of 10,000 running
+/// runs is one call), and counts them.
+async fn one_heartbeat_keeps_every_hold<G: TestGate>() {
     let g = G::make(SHORT_TTL).await;
-    let (k1, k2) = (key::GLOBAL_RUNS.to_string(), key::pool("ns", "p"));
-    assert_eq!(g.renew_all(&[]).await, Ok(vec![]));
-    assert!(acquire(&g, &k1, "a", 1, 5).await);
-    assert!(acquire(&g, &k1, "b", 1, 5).await);
-    assert!(acquire(&g, &k2, "a", 2, 5).await);
-    release(&g, &k1, "b").await;
-    let leases = vec![
-        (k1.clone(), "a".to_string()),
-        (k1.clone(), "b".to_string()),
-        (k2.clone(), "a".to_string()),
-        (k2.clone(), "never".to_string()),
-    ];
-    let until = Instant::now() + SHORT_TTL * 3;
-    while Instant::now() < until {
-        let renewed = g.renew_all(&leases).await.expect("renew_all");
-        assert_eq!(renewed, vec![true, false, true, false]);
-        tokio::time::sleep(g.renew_interval()).await;
-    }
-    assert_eq!(
-        usage(&g, &k1).await,
-        1,
-        "renew_all kept a on k1 alive past its TTL"
-    );
-    assert_eq!(usage(&g, &k2).await, 2, "and a (weight 2) on k2");
-}
-
-/// Thousands of holders of a few semaphores, interleaved: each answer stands at its lease's
-/// place (the Redis gate renews a semaphore's holders in a few script calls, in chunks).
-async fn renew_all_many_holders_answers_in_order<G: TestGate>() {
-    let g = G::make(LONG_TTL).await;
     let (k1, k2) = (key::GLOBAL_RUNS.to_string(), key::pool("ns", "many"));
-    let mut leases = Vec::new();
-    let mut expected = Vec::new();
+    let mut kept = 0;
     for i in 0..2500 {
         let holder = format!("h{i}");
-        // every third holder of k1 never took a slot
-        let held = i % 3 != 0;
-        if held {
-            assert!(acquire(&g, &k1, &holder, 1, 100_000).await);
-        }
-        leases.push((k1.clone(), holder.clone()));
-        expected.push(held);
+        assert!(acquire(&g, &k1, &holder, 1, 100_000).await);
+        kept += 1;
         if i % 250 == 0 {
             assert!(acquire(&g, &k2, &holder, 2, 100_000).await);
-            leases.push((k2.clone(), holder));
-            expected.push(true);
+            kept += 1;
+        }
+        if i % 3 == 0 {
+            release(&g, &k1, &holder).await;
+            kept -= 1;
         }
     }
-    assert_eq!(g.renew_all(&leases).await.expect("renew_all"), expected);
+    assert_eq!(keep_alive(&g).await.kept, kept);
+    let until = Instant::now() + SHORT_TTL * 3;
+    while Instant::now() < until {
+        assert!(!keep_alive(&g).await.ended);
+        tokio::time::sleep(g.renew_interval()).await;
+    }
+    let other = g.replica().await;
+    assert_eq!(
+        usage(&other, &k1).await,
+        2500 - 834,
+        "every hold outlived the TTL"
+    );
+    assert_eq!(usage(&other, &k2).await, 20, "weights count");
+    assert_eq!(keep_alive(&g).await.kept, kept);
+}
+
+/// A hold let go by one session stays while another keeps it; kept by nobody it lapses one TTL
+/// later, unless acquired again.
+async fn let_go_lapses_unless_another_session_keeps<G: TestGate>() {
+    let one = G::make(SHORT_TTL).await;
+    let two = one.replica().await;
+    let k = key::dag_runs("ns", "shared");
+    assert!(acquire(&one, &k, "run", 1, 1).await);
+    assert!(acquire(&two, &k, "run", 1, 1).await, "both keep one hold");
+    assert_eq!(usage(&one, &k).await, 1);
+    let_go(&one, &k, "run").await;
+    assert_eq!(keep_alive(&one).await.kept, 0);
+    // two keeps it well past the TTL
+    let until = Instant::now() + SHORT_TTL * 2;
+    while Instant::now() < until {
+        assert_eq!(keep_alive(&two).await.kept, 1);
+        assert!(!keep_alive(&one).await.ended);
+        tokio::time::sleep(two.renew_interval()).await;
+    }
+    assert_eq!(usage(&one, &k).await, 1, "kept by two");
+    let_go(&two, &k, "run").await;
+    let let_go_at = Instant::now();
+    assert_eq!(usage(&one, &k).await, 1, "lapsing, not gone");
+    let took = eventually("the let-go hold lapses", SHORT_TTL + MARGIN, async || {
+        assert!(!keep_alive(&one).await.ended);
+        assert!(!keep_alive(&two).await.ended);
+        usage(&one, &k).await == 0
+    })
+    .await;
+    assert!(let_go_at.elapsed() + Duration::from_millis(10) >= SHORT_TTL);
+    // acquired again while lapsing: kept again
+    assert!(acquire(&one, &k, "run", 1, 1).await);
+    let_go(&one, &k, "run").await;
+    assert!(acquire(&two, &k, "run", 1, 1).await, "two takes it back up");
+    let until = Instant::now() + SHORT_TTL + Duration::from_millis(200);
+    while Instant::now() < until {
+        assert!(!keep_alive(&two).await.ended);
+        tokio::time::sleep(two.renew_interval()).await;
+    }
+    assert!(!keep_alive(&two).await.ended);
+    assert_eq!(usage(&two, &k).await, 1, "kept by two, it did not lapse");
+    eprintln!("a let-go hold lapsed after {took:?} of polling");
 }
 
 async fn replicas_share_limits<G: TestGate>() {
@@ -399,10 +451,12 @@ async fn replicas_share_limits<G: TestGate>() {
     );
     assert_eq!(usage(&two, k).await, 2);
     assert!(
-        renew(&two, k, "run-1").await,
-        "a lease is not tied to a connection"
+        acquire(&two, k, "run-1", 1, 2).await,
+        "the other replica may keep the same hold"
     );
+    assert_eq!(usage(&two, k).await, 2, "counted once");
     release(&two, k, "run-1").await;
+    assert_eq!(keep_alive(&one).await.kept, 0, "released for both");
     assert!(acquire(&one, k, "run-3", 1, 2).await);
 }
 
@@ -412,20 +466,21 @@ async fn malformed_requests_refused<G: TestGate>() {
     assert!(invalid(g.acquire("k", "h", 0, 5).await), "weight 0");
     assert!(invalid(g.acquire("", "h", 1, 5).await), "empty key");
     assert!(invalid(g.acquire("k", "", 1, 5).await), "empty holder");
-    assert!(
-        invalid(g.acquire("pool:ns/p:w", "h", 1, 5).await),
-        "key ending in :w"
-    );
-    assert!(invalid(g.renew("k", "").await));
+    for key in ["pool:ns/p:w", "pool:ns/p:k", "pool:ns/p:s"] {
+        assert!(
+            invalid(g.acquire(key, "h", 1, 5).await),
+            "{key}: the suffix of a semaphore's own keys"
+        );
+    }
+    assert!(matches!(
+        g.let_go("k", "").await,
+        Err(GateError::Invalid(_))
+    ));
     assert!(matches!(
         g.release("", "h").await,
         Err(GateError::Invalid(_))
     ));
     assert!(matches!(g.usage("").await, Err(GateError::Invalid(_))));
-    assert!(matches!(
-        g.renew_all(&[("k".into(), String::new())]).await,
-        Err(GateError::Invalid(_))
-    ));
     assert_eq!(usage(&g, "k").await, 0, "nothing was taken");
     assert_eq!(g.ping().await, Ok(()));
 }
@@ -504,12 +559,12 @@ macro_rules! conformance {
                 reacquire_idempotent,
                 release_frees,
                 changed_limit_applies,
-                expired_lease_frees_slot,
-                renew_keeps_lease_alive,
-                renew_after_expiry_fails,
-                usage_counts_unexpired_weights,
-                renew_all_in_one_call,
-                renew_all_many_holders_answers_in_order,
+                ended_session_frees_slot,
+                keep_alive_keeps_holds,
+                ended_session_is_not_revived,
+                usage_counts_live_weights,
+                one_heartbeat_keeps_every_hold,
+                let_go_lapses_unless_another_session_keeps,
                 replicas_share_limits,
                 malformed_requests_refused,
                 acquire_all_is_all_or_nothing_per_claim
@@ -531,8 +586,10 @@ conformance!(redis, RedisGate);
 
 // ------------------------------------------------------------------ Redis only
 
-/// The layout docs/GATE.md describes: `<prefix>:sem:<key>` scored by expiry in Redis time,
-/// `<prefix>:sem:<key>:w` for weights above 1, both expiring with the longest lease.
+/// The layout docs/GATE.md describes: `<prefix>:sem:<key>` with kept holds scored `+inf`,
+/// `:w` for weights above 1, `:k` for each holder's keeping sessions, `:s` for the sessions
+/// keeping something; `<prefix>:sessions` scored by the end of each session's lease in Redis
+/// time, expiring with the longest, and `<prefix>:sessions:n` counting each session's holds.
 #[tokio::test]
 async fn redis_key_layout() {
     let url = redis_url();
@@ -542,22 +599,25 @@ async fn redis_key_layout() {
         .expect("connect");
     let mut raw = raw_redis(&url).await;
     let k = key::pool("ns", "db");
-    let (set, weights) = (format!("{prefix}:sem:{k}"), format!("{prefix}:sem:{k}:w"));
+    let set = format!("{prefix}:sem:{k}");
+    let (weights, keepers, kept) = (format!("{set}:w"), format!("{set}:k"), format!("{set}:s"));
+    let (sessions, counts) = (format!("{prefix}:sessions"), format!("{prefix}:sessions:n"));
     assert_eq!(g.redis_key(&k), set);
     assert_eq!(g.weights_key(&k), weights);
+    assert_eq!(
+        (g.sessions_key(), g.counts_key()),
+        (sessions.clone(), counts.clone())
+    );
 
     assert!(acquire(&g, &k, "heavy", 3, 10).await);
     assert!(acquire(&g, &k, "light", 1, 10).await);
-    let (secs, micros): (i64, i64) = ::redis::cmd("TIME").query_async(&mut raw).await.unwrap();
-    let now_ms = secs * 1000 + micros / 1000;
+    let session = g.session();
     let members: Vec<(String, f64)> = raw.zrange_withscores(&set, 0, -1).await.unwrap();
     assert_eq!(members.len(), 2, "{members:?}");
-    let ttl_ms = LONG_TTL.as_millis() as i64;
     for (holder, score) in &members {
-        let left = *score as i64 - now_ms;
         assert!(
-            (ttl_ms - 2_000..=ttl_ms).contains(&left),
-            "{holder}: lease ends {left} ms from now (Redis time), expected ~{ttl_ms}"
+            score.is_infinite(),
+            "{holder}: a kept hold has no end of its own"
         );
     }
     let w: std::collections::HashMap<String, u32> = raw.hgetall(&weights).await.unwrap();
@@ -566,18 +626,43 @@ async fn redis_key_layout() {
         [("heavy".to_string(), 3)].into(),
         "only weights above 1 are stored"
     );
-    for key in [&set, &weights] {
-        let pttl: i64 = raw.pttl(key).await.unwrap();
-        assert!(
-            (ttl_ms - 2_000..=ttl_ms).contains(&pttl),
-            "{key} expires with its longest lease: PTTL {pttl}"
-        );
-    }
+    let k_: std::collections::HashMap<String, String> = raw.hgetall(&keepers).await.unwrap();
+    assert_eq!(
+        k_,
+        [
+            ("heavy".to_string(), session.clone()),
+            ("light".to_string(), session.clone())
+        ]
+        .into()
+    );
+    let s_: Vec<String> = raw.smembers(&kept).await.unwrap();
+    assert_eq!(s_, std::slice::from_ref(&session));
+    let n: std::collections::HashMap<String, u64> = raw.hgetall(&counts).await.unwrap();
+    assert_eq!(n, [(session.clone(), 2)].into());
+
+    let (secs, micros): (i64, i64) = ::redis::cmd("TIME").query_async(&mut raw).await.unwrap();
+    let now_ms = secs * 1000 + micros / 1000;
+    let ttl_ms = LONG_TTL.as_millis() as i64;
+    let end: f64 = raw.zscore(&sessions, &session).await.unwrap();
+    let left = end as i64 - now_ms;
+    assert!(
+        (ttl_ms - 2_000..=ttl_ms).contains(&left),
+        "the session's lease ends {left} ms from now (Redis time), expected ~{ttl_ms}"
+    );
+    let pttl: i64 = raw.pttl(&sessions).await.unwrap();
+    assert!(
+        (ttl_ms - 2_000..=ttl_ms).contains(&pttl),
+        "{sessions} expires with its longest lease: PTTL {pttl}"
+    );
 
     release(&g, &k, "heavy").await;
     release(&g, &k, "light").await;
-    let exists: u32 = raw.exists(&[&set, &weights]).await.unwrap();
+    let exists: u32 = raw
+        .exists(&[&set, &weights, &keepers, &kept])
+        .await
+        .unwrap();
     assert_eq!(exists, 0, "an empty semaphore leaves no key behind");
+    assert_eq!(keep_alive(&g).await.kept, 0);
 }
 
 /// Fail closed: an unreachable server is `Unavailable`, promptly, never an admission.
@@ -593,9 +678,7 @@ async fn redis_unreachable_is_unavailable() {
     let lazy = RedisGate::connect_lazy(&url, "dagop", LONG_TTL).expect("lazy gate");
     let r = lazy.acquire(key::GLOBAL_RUNS, "a", 1, 100).await;
     assert!(matches!(r, Err(GateError::Unavailable(_))), "{r:?}");
-    let r = lazy
-        .renew_all(&[(key::GLOBAL_RUNS.into(), "a".into())])
-        .await;
+    let r = lazy.keep_alive().await;
     assert!(matches!(r, Err(GateError::Unavailable(_))), "{r:?}");
     assert!(
         start.elapsed() < Duration::from_secs(10),
@@ -690,12 +773,18 @@ async fn redis_outage_fails_closed_and_resumes() {
         async || g.ping().await.is_ok(),
     )
     .await;
-    // the new server has neither the old holders nor the scripts: both come back by themselves
-    assert!(acquire(&g, k, "c", 1, 1).await);
+    // the new server has neither the old holds, nor the session, nor the scripts: the
+    // heartbeat finds the session ended and goes on under a new one, scripts reloaded
+    let beat = keep_alive(&g).await;
+    assert!(beat.ended, "{beat:?}");
+    assert_eq!(beat.kept, 0);
+    assert!(acquire(&g, k, "c", 1, 1).await, "a's hold is gone");
     assert_eq!(
-        g.renew_all(&[(k.into(), "c".into()), (k.into(), "a".into())])
-            .await,
-        Ok(vec![true, false])
+        keep_alive(&g).await,
+        Heartbeat {
+            ended: false,
+            kept: 1
+        }
     );
     assert_eq!(usage(&g, k).await, 1);
     eprintln!("10 calls during the outage failed in {outage_calls:?}");
@@ -833,7 +922,8 @@ async fn redis_torture_eight_contenders() {
 }
 
 /// The holder half of `redis_killed_holder_frees_slots`: run by that test as a child process
-/// (`DAGOP_GATE_CHILD=1`); takes 2 slots on each of two keys, renews them, never returns.
+/// (`DAGOP_GATE_CHILD=1`); takes 2 slots on each of two keys, keeps its session alive, never
+/// returns.
 #[tokio::test]
 #[ignore = "child process of redis_killed_holder_frees_slots"]
 async fn child_holds_slots_until_killed() {
@@ -853,15 +943,17 @@ async fn child_holds_slots_until_killed() {
     assert!(acquire(&g, runs, "child-run-1", 1, 10).await);
     assert!(acquire(&g, runs, "child-run-2", 1, 10).await);
     assert!(acquire(&g, &pool, "child-task", 2, 10).await);
-    let leases = vec![
-        (runs.to_string(), "child-run-1".to_string()),
-        (runs.to_string(), "child-run-2".to_string()),
-        (pool.clone(), "child-task".to_string()),
-    ];
     loop {
         tokio::time::sleep(g.renew_interval()).await;
-        let renewed = g.renew_all(&leases).await.expect("child renews");
-        assert_eq!(renewed, vec![true; 3], "the child kept its leases");
+        let beat = keep_alive(&g).await;
+        assert_eq!(
+            beat,
+            Heartbeat {
+                ended: false,
+                kept: 3
+            },
+            "the child kept its holds"
+        );
     }
 }
 
@@ -907,7 +999,7 @@ async fn redis_killed_holder_frees_slots() {
         async || usage(&g, runs).await == 2 && usage(&g, &pool).await == 2,
     )
     .await;
-    // renewals keep the child's slots past its TTL while it lives
+    // heartbeats keep the child's slots past its TTL while it lives
     tokio::time::sleep(ttl * 2).await;
     assert!(
         child.0.try_wait().expect("child status").is_none(),

@@ -175,7 +175,8 @@ pub struct RunArgs {
     /// A queued run moves up one priority class per period of waiting.
     #[arg(long, env = "DAGOP_PRIORITY_AGING", default_value = "5m", value_parser = duration_secs)]
     pub priority_aging: u64,
-    /// Lease TTL of gate slots; holders renew every third of it.
+    /// Lease TTL of the gate sessions that keep slots: a process sends a heartbeat every third
+    /// of it, and its slots come back one TTL after it stops.
     #[arg(long, env = "DAGOP_LEASE_TTL", default_value = "30s", value_parser = duration_secs)]
     pub lease_ttl: u64,
     /// Elect one active replica through a Lease.

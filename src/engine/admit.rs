@@ -414,6 +414,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         let grants = match self.gate.acquire_all(&claims).await {
             Ok(grants) => grants,
             Err(e) => {
+                // granted or not, nobody knows: what is not recorded by then is let go
+                self.ledger.unanswered(&claims);
                 self.gate_outcome(GateScope::GlobalRuns, false);
                 return (Vec::new(), batch, Some(e));
             }

@@ -190,7 +190,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         Engine {
             cfg,
             store,
-            gate,
+            // its holds on a session of its own: the ledger checks the gate's count of them
+            gate: gate.new_session(),
             gate_ok: true,
             store_ok: true,
             ledger: LeaseLedger::new(),

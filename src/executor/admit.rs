@@ -194,6 +194,8 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         let grants = match self.gate.acquire_all(&claims).await {
             Ok(g) => g,
             Err(e) => {
+                // granted or not, nobody knows: what is not recorded by then is let go
+                self.ledger.unanswered(&claims);
                 self.gate_errors.push(GateScope::RunningTasks);
                 return Err(e);
             }

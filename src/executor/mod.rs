@@ -238,7 +238,8 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         Executor {
             cfg,
             store,
-            gate,
+            // its holds on a session of its own: the ledger checks the gate's count of them
+            gate: gate.new_session(),
             launcher,
             pools,
             current_specs: None,

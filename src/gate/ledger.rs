@@ -1,11 +1,12 @@
-//! The leases one process holds, and their upkeep: release what ended, register what runs but
-//! is not held (after a restart, or when the gate lost it), renew everything every
-//! [`Gate::renew_interval`]. Shared by the engine (runs) and the executor (task tries).
+//! The holds one process keeps, and their upkeep: release what ended, let go of what may be
+//! another process's, register what runs but is not held (after a restart, or when the gate
+//! lost it), and the session's heartbeat every [`Gate::renew_interval`] — one call whatever is
+//! held. Shared by the engine (runs) and the executor (task tries).
 
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::{Gate, GateError, reinstate};
+use super::{Claim, Gate, GateError, reinstate};
 
 /// One semaphore a holder holds, with its weight in it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -27,11 +28,13 @@ impl Hold {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Upkeep {
     pub released: usize,
+    pub let_go: usize,
     pub reinstated: usize,
-    pub renewed: usize,
+    /// whether the session's heartbeat was sent
+    pub heartbeat: bool,
 }
 
-/// The leases of one process: holder → the semaphores it holds.
+/// The holds of one process: holder → the semaphores it holds.
 #[derive(Debug, Default)]
 pub struct LeaseLedger {
     held: HashMap<String, Vec<Hold>>,
@@ -39,7 +42,11 @@ pub struct LeaseLedger {
     adopt: Vec<(String, Vec<Hold>)>,
     /// holds to give back
     release: Vec<(String, Vec<Hold>)>,
-    last_renewal: Option<Instant>,
+    /// holds to stop keeping without ending them: `(holder, key)`
+    let_go: Vec<(String, String)>,
+    last_heartbeat: Option<Instant>,
+    /// the gate session's epoch when everything held was last registered
+    epoch: u64,
 }
 
 impl LeaseLedger {
@@ -53,6 +60,17 @@ impl LeaseLedger {
         for hold in holds {
             if !held.iter().any(|h| h.key == hold.key) {
                 held.push(hold);
+            }
+        }
+    }
+
+    /// Records claims whose answer never came (an error after they were sent): the gate may
+    /// have granted them to this session. What is not held by then is let go at the next
+    /// upkeep, so a grant nobody recorded lapses instead of living as long as the process.
+    pub fn unanswered(&mut self, claims: &[Claim]) {
+        for claim in claims {
+            for slot in &claim.slots {
+                self.let_go.push((claim.holder.clone(), slot.key.clone()));
             }
         }
     }
@@ -75,11 +93,14 @@ impl LeaseLedger {
         self.adopt.retain(|(h, _)| h != holder);
     }
 
-    /// Stops renewing a holder's holds without giving them back: they may be another
+    /// Stops keeping a holder's holds without giving them back: they may be another
     /// process's too (replicas claim a run under one name), so they lapse within one TTL
-    /// unless that process renews them.
+    /// unless that process keeps them.
     pub fn forget(&mut self, holder: &str) {
-        self.held.remove(holder);
+        if let Some(holds) = self.held.remove(holder) {
+            self.let_go
+                .extend(holds.into_iter().map(|h| (holder.to_string(), h.key)));
+        }
         self.adopt.retain(|(h, _)| h != holder);
     }
 
@@ -101,21 +122,36 @@ impl LeaseLedger {
         self.held.keys().map(String::as_str)
     }
 
-    /// Gives back what ended, registers what was adopted, and renews every lease once a
-    /// renew interval has passed (a lease the gate lost is registered again). On an error the
-    /// work left is kept for the next call.
+    /// Gives back what ended, lets go of what was forgotten (unless held again since),
+    /// registers what was adopted, sends the session's heartbeat once a renew interval has
+    /// passed, and registers everything held again when the gate says the session had ended.
+    /// On an error the work left is kept for the next call.
     pub async fn upkeep<G: Gate>(&mut self, gate: &G) -> Result<Upkeep, GateError> {
         let mut done = Upkeep::default();
         while let Some((holder, holds)) = self.release.pop() {
             let keys: Vec<String> = holds.iter().map(|h| h.key.clone()).collect();
             for key in keys {
                 if let Err(e) = gate.release(&key, &holder).await {
-                    // the lease runs out by itself within one TTL; try again next time
+                    // kept by nobody once this process stops; try again next time
                     self.release.push((holder, holds));
                     return Err(e);
                 }
             }
             done.released += 1;
+        }
+        while let Some((holder, key)) = self.let_go.pop() {
+            let held_again = self
+                .held
+                .get(&holder)
+                .is_some_and(|holds| holds.iter().any(|h| h.key == key));
+            if held_again {
+                continue;
+            }
+            if let Err(e) = gate.let_go(&key, &holder).await {
+                self.let_go.push((holder, key));
+                return Err(e);
+            }
+            done.let_go += 1;
         }
         if !self.adopt.is_empty() {
             let leases = flatten(self.adopt.iter().map(|(h, holds)| (h, holds)));
@@ -123,34 +159,40 @@ impl LeaseLedger {
             done.reinstated += self.adopt.len();
             self.adopt.clear();
         }
-        if self
-            .last_renewal
-            .is_some_and(|t| t.elapsed() < gate.renew_interval())
-        {
-            return Ok(done);
+        let due = self
+            .last_heartbeat
+            .is_none_or(|t| t.elapsed() >= gate.renew_interval());
+        let mut register_all = false;
+        if due {
+            let beat = gate.keep_alive().await?;
+            self.last_heartbeat = Some(Instant::now());
+            done.heartbeat = true;
+            let held = self.held.values().map(Vec::len).sum::<usize>();
+            if !beat.ended && usize::try_from(beat.kept).ok() != Some(held) {
+                // the gate lost holds of a live session (a failover to a replica that lags)
+                // or keeps some nobody here recorded: register what is held again
+                tracing::warn!(
+                    held,
+                    kept = beat.kept,
+                    "the gate's count of this process's holds differs; registering them again"
+                );
+                register_all = true;
+            }
         }
-        let leases = flatten(&self.held);
-        let pairs: Vec<(String, String)> = leases
-            .iter()
-            .map(|(key, holder, _)| (key.clone(), holder.clone()))
-            .collect();
-        let kept = gate.renew_all(&pairs).await?;
-        let lost: Vec<(String, String, u32)> = leases
-            .into_iter()
-            .zip(kept)
-            .filter(|(_, ok)| !ok)
-            .map(|(lease, _)| lease)
-            .collect();
-        reinstate(gate, &lost).await?;
-        done.renewed = pairs.len();
-        done.reinstated += lost.len();
-        self.last_renewal = Some(Instant::now());
+        let epoch = gate.session_epoch();
+        if epoch != self.epoch || register_all {
+            // the session had ended (its holds are gone or going), or lost some
+            reinstate(gate, &flatten(&self.held)).await?;
+            done.reinstated += self.held.len();
+            self.epoch = epoch;
+        }
         Ok(done)
     }
 
-    /// Renews at the next upkeep, whatever the interval says (e.g. after an outage).
+    /// Sends the heartbeat at the next upkeep, whatever the interval says (e.g. after an
+    /// outage).
     pub fn renew_soon(&mut self) {
-        self.last_renewal = None;
+        self.last_heartbeat = None;
     }
 }
 
@@ -192,29 +234,79 @@ mod tests {
 
     #[tokio::test]
     async fn a_forgotten_holder_keeps_its_slot_for_whoever_else_holds_it() {
-        let gate = MemoryGate::new(Duration::from_secs(30));
+        let ttl = Duration::from_millis(200);
+        let gate = MemoryGate::new(ttl);
+        let other = gate.new_session();
         let (mut one, mut two) = (LeaseLedger::new(), LeaseLedger::new());
         assert!(gate.acquire("k", "run", 1, 5).await.unwrap());
         one.granted("run", vec![Hold::new("k", 1)]);
-        assert!(gate.acquire("k", "run", 1, 5).await.unwrap());
+        assert!(other.acquire("k", "run", 1, 5).await.unwrap());
         two.granted("run", vec![Hold::new("k", 1)]);
-        // the second process finds the run is not its own: it forgets, the first keeps it
+        // the second process finds the run is not its own: it lets go, the first keeps it
         two.forget("run");
-        two.upkeep(&gate).await.unwrap();
-        assert_eq!(gate.usage("k").await.unwrap(), 1);
+        assert_eq!(two.upkeep(&other).await.unwrap().let_go, 1);
+        tokio::time::sleep(ttl * 2).await;
+        one.renew_soon();
+        one.upkeep(&gate).await.unwrap();
+        assert_eq!(gate.usage("k").await.unwrap(), 1, "kept by the first");
         assert!(one.holds("run") && !two.holds("run"));
+        // kept by nobody, it lapses one TTL later
+        one.forget("run");
+        one.upkeep(&gate).await.unwrap();
+        assert_eq!(gate.usage("k").await.unwrap(), 1, "not at once");
+        tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+        assert_eq!(gate.usage("k").await.unwrap(), 0);
     }
 
     #[tokio::test]
-    async fn a_lease_the_gate_lost_is_registered_again_at_renewal() {
+    async fn holds_the_gate_lost_are_registered_again_at_the_heartbeat() {
         let gate = MemoryGate::new(Duration::from_secs(30));
         let mut ledger = LeaseLedger::new();
         assert!(gate.acquire("k", "a", 2, 5).await.unwrap());
+        assert!(gate.acquire("k", "b", 1, 5).await.unwrap());
         ledger.granted("a", vec![Hold::new("k", 2)]);
-        gate.release("k", "a").await.unwrap(); // the gate forgot it
+        ledger.granted("b", vec![Hold::new("k", 1)]);
+        ledger.upkeep(&gate).await.unwrap();
+        // the session lives but one hold is gone (a failover to a replica that lagged)
+        gate.release("k", "a").await.unwrap();
         ledger.renew_soon();
         let done = ledger.upkeep(&gate).await.unwrap();
-        assert_eq!((done.renewed, done.reinstated), (1, 1));
-        assert_eq!(gate.usage("k").await.unwrap(), 2);
+        assert!(done.heartbeat);
+        assert_eq!(done.reinstated, 2);
+        assert_eq!(gate.usage("k").await.unwrap(), 3);
+        // everything lost (Redis restarted empty): the session ended, a new one registers all
+        gate.forget_everything();
+        ledger.renew_soon();
+        let done = ledger.upkeep(&gate).await.unwrap();
+        assert_eq!(done.reinstated, 2);
+        assert_eq!(gate.usage("k").await.unwrap(), 3);
+        assert_eq!(gate.session_epoch(), 1);
+        // at rest: a heartbeat, nothing registered
+        ledger.renew_soon();
+        let done = ledger.upkeep(&gate).await.unwrap();
+        assert_eq!((done.heartbeat, done.reinstated), (true, 0));
+    }
+
+    #[tokio::test]
+    async fn unanswered_claims_are_let_go_unless_held() {
+        let ttl = Duration::from_millis(100);
+        let gate = MemoryGate::new(ttl);
+        let mut ledger = LeaseLedger::new();
+        let claim = |holder: &str| Claim {
+            holder: holder.into(),
+            slots: vec![crate::gate::Slot::new("k", 1, 5)],
+        };
+        // granted by the gate, but the answers were lost on the way back
+        let claims = [claim("lost"), claim("kept")];
+        assert_eq!(gate.acquire_all(&claims).await.unwrap().len(), 2);
+        ledger.unanswered(&claims);
+        // the next pass claims "kept" again and records it
+        assert!(gate.acquire("k", "kept", 1, 5).await.unwrap());
+        ledger.granted("kept", vec![Hold::new("k", 1)]);
+        assert_eq!(ledger.upkeep(&gate).await.unwrap().let_go, 1);
+        tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+        ledger.renew_soon();
+        ledger.upkeep(&gate).await.unwrap();
+        assert_eq!(gate.holders("k"), ["kept"]);
     }
 }

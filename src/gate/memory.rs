@@ -1,31 +1,129 @@
 //! The in-process gate: the semantics of the Redis gate for a single replica (SPEC §7,
-//! "without `--redis-url`") and for engine tests. Leases expire on the monotonic clock.
+//! "without `--redis-url`") and for engine tests. Sessions and lapses run on the monotonic
+//! clock.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::session::{Heartbeat, Session};
 use super::{Claim, Gate, GateError, Grant, Slot, check_claim, check_holder, check_key, check_ttl};
 
-/// One holder's slots: its weight and when its lease ends.
-#[derive(Clone, Copy, Debug)]
-struct Lease {
+/// One holder's slots of a semaphore: its weight, and who keeps it — sessions, or nobody and
+/// then the instant it lapses.
+#[derive(Clone, Debug)]
+struct Hold {
     weight: u32,
-    expires: Instant,
+    keepers: Vec<String>,
+    lapses: Option<Instant>,
 }
 
-type Semaphores = HashMap<String, HashMap<String, Lease>>;
+impl Hold {
+    fn over(&mut self, now: Instant, sessions: &HashMap<String, Instant>) -> bool {
+        if let Some(t) = self.lapses {
+            return t <= now;
+        }
+        self.keepers
+            .retain(|s| sessions.get(s).is_some_and(|end| *end > now));
+        self.keepers.is_empty()
+    }
 
-/// Weighted semaphores with leases in a `Mutex<HashMap>`; cheap to clone (shared state).
+    /// `session` keeps the hold; whether it joined its keepers.
+    fn keep(&mut self, session: &str) -> bool {
+        self.lapses = None;
+        if self.keepers.iter().any(|s| s == session) {
+            return false;
+        }
+        self.keepers.push(session.to_string());
+        true
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// semaphore → holder → hold
+    semaphores: HashMap<String, HashMap<String, Hold>>,
+    /// session → the end of its lease
+    sessions: HashMap<String, Instant>,
+    /// session → how many holds it keeps
+    counts: HashMap<String, u64>,
+}
+
+impl State {
+    /// Drops the holds of `key` that are over (see [`Hold::over`]).
+    fn purge(&mut self, key: &str, now: Instant) {
+        let State {
+            semaphores,
+            sessions,
+            ..
+        } = self;
+        if let Some(holders) = semaphores.get_mut(key) {
+            holders.retain(|_, hold| !hold.over(now, sessions));
+            if holders.is_empty() {
+                semaphores.remove(key);
+            }
+        }
+    }
+
+    fn used(&self, key: &str) -> u64 {
+        self.semaphores
+            .get(key)
+            .map(|h| h.values().map(|l| u64::from(l.weight)).sum())
+            .unwrap_or(0)
+    }
+
+    /// A heartbeat of session `id` (see `lua/session.lua`): whether its lease ran (a new id
+    /// is registered and answers yes; a registered one that ended is not revived), and how
+    /// many holds it keeps.
+    fn heartbeat(
+        &mut self,
+        id: &str,
+        registered: bool,
+        ttl: Duration,
+        now: Instant,
+    ) -> (bool, u64) {
+        let alive = self.sessions.get(id).is_some_and(|end| *end > now);
+        if registered && !alive {
+            return (false, 0);
+        }
+        let State {
+            sessions, counts, ..
+        } = self;
+        sessions.retain(|s, end| {
+            let live = *end > now;
+            if !live {
+                counts.remove(s);
+            }
+            live
+        });
+        sessions.insert(id.to_string(), now + ttl);
+        (true, counts.get(id).copied().unwrap_or(0))
+    }
+
+    /// The sessions in `keepers` keep one hold less.
+    fn unkeep(&mut self, keepers: &[String]) {
+        for s in keepers {
+            if let Some(n) = self.counts.get_mut(s) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// Weighted semaphores with sessions in a `Mutex<HashMap>`; cheap to clone (clones share the
+/// state and the session; [`MemoryGate::new_session`] is another process's handle).
 #[derive(Clone, Debug)]
 pub struct MemoryGate {
     lease_ttl: Duration,
-    semaphores: Arc<Mutex<Semaphores>>,
+    state: Arc<Mutex<State>>,
+    session: Arc<Session>,
+    sessions_made: Arc<AtomicU64>,
 }
 
 impl MemoryGate {
-    /// A gate whose leases last `lease_ttl` without renewal. A TTL below one millisecond is
-    /// raised to one millisecond (the Redis gate's resolution).
+    /// A gate whose sessions last `lease_ttl` without a heartbeat. A TTL below one
+    /// millisecond is raised to one millisecond (the Redis gate's resolution).
     pub fn new(lease_ttl: Duration) -> Self {
         let lease_ttl = if check_ttl(lease_ttl).is_ok() {
             lease_ttl
@@ -34,39 +132,172 @@ impl MemoryGate {
         };
         MemoryGate {
             lease_ttl,
-            semaphores: Arc::new(Mutex::new(HashMap::new())),
+            state: Arc::new(Mutex::new(State::default())),
+            session: Arc::new(Session::new("s1".into())),
+            sessions_made: Arc::new(AtomicU64::new(1)),
         }
     }
 
-    /// Forgets every lease at once: what a Redis restarted without its data looks like to
-    /// the holders (tests of the executor's and the engine's in-process floors).
-    pub fn forget_everything(&self) {
-        self.lock().clear();
+    /// Another handle on the same semaphores with a session of its own (what another process
+    /// would have).
+    pub fn new_session(&self) -> Self {
+        let id = self.sessions_made.fetch_add(1, Ordering::SeqCst) + 1;
+        MemoryGate {
+            session: Arc::new(Session::new(format!("s{id}"))),
+            ..self.clone()
+        }
     }
 
-    /// The holders of a semaphore with an unexpired lease, sorted (for tests and diagnostics).
+    /// Forgets every hold and session at once: what a Redis restarted without its data looks
+    /// like to the holders (tests of the executor's and the engine's in-process floors).
+    pub fn forget_everything(&self) {
+        let mut state = self.lock();
+        *state = State::default();
+    }
+
+    /// The holders of a semaphore whose hold is live, sorted (for tests and diagnostics).
     pub fn holders(&self, key: &str) -> Vec<String> {
-        let now = Instant::now();
-        let mut holders: Vec<String> = self
-            .lock()
+        let mut state = self.lock();
+        state.purge(key, Instant::now());
+        let mut holders: Vec<String> = state
+            .semaphores
             .get(key)
-            .map(|h| {
-                h.iter()
-                    .filter(|(_, lease)| lease.expires > now)
-                    .map(|(holder, _)| holder.clone())
-                    .collect()
-            })
+            .map(|h| h.keys().cloned().collect())
             .unwrap_or_default();
         holders.sort();
         holders
     }
 
-    fn lock(&self) -> MutexGuard<'_, Semaphores> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // Every critical section leaves the map consistent, so a poisoned lock is still good.
-        self.semaphores.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn acquire_now(
+    fn acquire_all_now(&self, claims: &[Claim]) -> Result<Vec<Grant>, GateError> {
+        for claim in claims {
+            check_claim(claim)?;
+        }
+        let now = Instant::now();
+        let mut state = self.lock();
+        let (session, registered) = self.session.current();
+        let (alive, _) = state.heartbeat(&session, registered, self.lease_ttl, now);
+        if !self.session.observe(&session, alive) {
+            return Err(GateError::Unavailable(
+                "the gate session had ended: its holds are being registered again".into(),
+            ));
+        }
+        // each semaphore is purged once per call, its count kept up to date as claims are
+        // granted
+        let mut used: HashMap<String, u64> = HashMap::new();
+        let mut grants = Vec::with_capacity(claims.len());
+        for claim in claims {
+            let mut refused = None;
+            for (i, Slot { key, weight, limit }) in claim.slots.iter().enumerate() {
+                if !used.contains_key(key) {
+                    state.purge(key, now);
+                    used.insert(key.clone(), state.used(key));
+                }
+                let count = used.get(key).copied().unwrap_or(0);
+                let held = state
+                    .semaphores
+                    .get(key)
+                    .is_some_and(|h| h.contains_key(&claim.holder));
+                if !held && count + u64::from(*weight) > u64::from(*limit) {
+                    refused = Some(i);
+                    break;
+                }
+            }
+            if let Some(i) = refused {
+                grants.push(Grant::Refused(i));
+                continue;
+            }
+            for Slot { key, weight, .. } in &claim.slots {
+                let holders = state.semaphores.entry(key.clone()).or_default();
+                let joined = holders
+                    .entry(claim.holder.clone())
+                    .or_insert_with(|| {
+                        *used.entry(key.clone()).or_default() += u64::from(*weight);
+                        Hold {
+                            weight: *weight,
+                            keepers: Vec::new(),
+                            lapses: None,
+                        }
+                    })
+                    .keep(&session);
+                if joined {
+                    *state.counts.entry(session.clone()).or_default() += 1;
+                }
+            }
+            grants.push(Grant::Granted);
+        }
+        Ok(grants)
+    }
+
+    fn keep_alive_now(&self) -> Heartbeat {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let (id, registered) = self.session.current();
+        let (alive, kept) = state.heartbeat(&id, registered, self.lease_ttl, now);
+        if self.session.observe(&id, alive) {
+            return Heartbeat { ended: false, kept };
+        }
+        let (id, registered) = self.session.current();
+        let (alive, kept) = state.heartbeat(&id, registered, self.lease_ttl, now);
+        self.session.observe(&id, alive);
+        Heartbeat { ended: true, kept }
+    }
+
+    fn let_go_now(&self, key: &str, holder: &str) -> Result<(), GateError> {
+        check_key(key)?;
+        check_holder(holder)?;
+        let lapses = Instant::now() + self.lease_ttl;
+        let (session, _) = self.session.current();
+        let mut state = self.lock();
+        let Some(hold) = state
+            .semaphores
+            .get_mut(key)
+            .and_then(|h| h.get_mut(holder))
+        else {
+            return Ok(());
+        };
+        let Some(at) = hold.keepers.iter().position(|s| *s == session) else {
+            return Ok(());
+        };
+        hold.keepers.remove(at);
+        if hold.keepers.is_empty() {
+            hold.lapses = Some(lapses);
+        }
+        state.unkeep(std::slice::from_ref(&session));
+        Ok(())
+    }
+
+    fn release_now(&self, key: &str, holder: &str) -> Result<(), GateError> {
+        check_key(key)?;
+        check_holder(holder)?;
+        let mut state = self.lock();
+        let Some(holders) = state.semaphores.get_mut(key) else {
+            return Ok(());
+        };
+        let removed = holders.remove(holder);
+        if holders.is_empty() {
+            state.semaphores.remove(key);
+        }
+        if let Some(hold) = removed {
+            state.unkeep(&hold.keepers);
+        }
+        Ok(())
+    }
+
+    fn usage_now(&self, key: &str) -> Result<u32, GateError> {
+        check_key(key)?;
+        let mut state = self.lock();
+        state.purge(key, Instant::now());
+        Ok(u32::try_from(state.used(key)).unwrap_or(u32::MAX))
+    }
+}
+
+impl Gate for MemoryGate {
+    async fn acquire(
         &self,
         key: &str,
         holder: &str,
@@ -81,147 +312,24 @@ impl MemoryGate {
         Ok(grants.first() == Some(&Grant::Granted))
     }
 
-    fn acquire_all_now(&self, claims: &[Claim]) -> Result<Vec<Grant>, GateError> {
-        for claim in claims {
-            check_claim(claim)?;
-        }
-        let now = Instant::now();
-        let expires = now + self.lease_ttl;
-        let mut semaphores = self.lock();
-        // each semaphore's weighted count, computed once per call (after dropping expired
-        // leases) and kept up to date as claims are granted
-        let mut used: HashMap<String, u64> = HashMap::new();
-        let mut grants = Vec::with_capacity(claims.len());
-        for claim in claims {
-            let mut refused = None;
-            for (i, Slot { key, weight, limit }) in claim.slots.iter().enumerate() {
-                let holders = semaphores.entry(key.clone()).or_default();
-                let count = used.entry(key.clone()).or_insert_with(|| {
-                    holders.retain(|_, lease| lease.expires > now);
-                    holders.values().map(|l| u64::from(l.weight)).sum()
-                });
-                if holders.contains_key(&claim.holder) {
-                    continue;
-                }
-                if *count + u64::from(*weight) > u64::from(*limit) {
-                    refused = Some(i);
-                    break;
-                }
-            }
-            if let Some(i) = refused {
-                grants.push(Grant::Refused(i));
-                continue;
-            }
-            for Slot { key, weight, .. } in &claim.slots {
-                let holders = semaphores.entry(key.clone()).or_default();
-                match holders.get_mut(&claim.holder) {
-                    Some(lease) => lease.expires = expires,
-                    None => {
-                        holders.insert(
-                            claim.holder.clone(),
-                            Lease {
-                                weight: *weight,
-                                expires,
-                            },
-                        );
-                        *used.entry(key.clone()).or_default() += u64::from(*weight);
-                    }
-                }
-            }
-            grants.push(Grant::Granted);
-        }
-        semaphores.retain(|_, holders| !holders.is_empty());
-        Ok(grants)
-    }
-
-    fn renew_locked(&self, semaphores: &mut Semaphores, key: &str, holder: &str) -> bool {
-        let now = Instant::now();
-        let Some(holders) = semaphores.get_mut(key) else {
-            return false;
-        };
-        let renewed = match holders.get_mut(holder) {
-            Some(lease) if lease.expires > now => {
-                lease.expires = now + self.lease_ttl;
-                true
-            }
-            Some(_) => {
-                holders.remove(holder);
-                false
-            }
-            None => false,
-        };
-        if holders.is_empty() {
-            semaphores.remove(key);
-        }
-        renewed
-    }
-
-    fn renew_now(&self, key: &str, holder: &str) -> Result<bool, GateError> {
-        check_key(key)?;
-        check_holder(holder)?;
-        Ok(self.renew_locked(&mut self.lock(), key, holder))
-    }
-
-    fn renew_all_now(&self, leases: &[(String, String)]) -> Result<Vec<bool>, GateError> {
-        for (key, holder) in leases {
-            check_key(key)?;
-            check_holder(holder)?;
-        }
-        let mut semaphores = self.lock();
-        Ok(leases
-            .iter()
-            .map(|(key, holder)| self.renew_locked(&mut semaphores, key, holder))
-            .collect())
-    }
-
-    fn release_now(&self, key: &str, holder: &str) -> Result<(), GateError> {
-        check_key(key)?;
-        check_holder(holder)?;
-        let mut semaphores = self.lock();
-        if let Some(holders) = semaphores.get_mut(key) {
-            holders.remove(holder);
-            if holders.is_empty() {
-                semaphores.remove(key);
-            }
-        }
-        Ok(())
-    }
-
-    fn usage_now(&self, key: &str) -> Result<u32, GateError> {
-        check_key(key)?;
-        let now = Instant::now();
-        let semaphores = self.lock();
-        let used: u64 = semaphores
-            .get(key)
-            .map(|holders| {
-                holders
-                    .values()
-                    .filter(|l| l.expires > now)
-                    .map(|l| u64::from(l.weight))
-                    .sum()
-            })
-            .unwrap_or(0);
-        Ok(u32::try_from(used).unwrap_or(u32::MAX))
-    }
-}
-
-impl Gate for MemoryGate {
-    async fn acquire(
-        &self,
-        key: &str,
-        holder: &str,
-        weight: u32,
-        limit: u32,
-    ) -> Result<bool, GateError> {
-        self.acquire_now(key, holder, weight, limit)
-    }
-
     async fn acquire_all(&self, claims: &[Claim]) -> Result<Vec<Grant>, GateError> {
         self.acquire_all_now(claims)
     }
 
-    async fn renew(&self, key: &str, holder: &str) -> Result<bool, GateError> {
-        self.renew_now(key, holder)
+    async fn keep_alive(&self) -> Result<Heartbeat, GateError> {
+        Ok(self.keep_alive_now())
+    }
+
+    fn session_epoch(&self) -> u64 {
+        self.session.epoch()
+    }
+
+    fn new_session(&self) -> Self {
+        MemoryGate::new_session(self)
+    }
+
+    async fn let_go(&self, key: &str, holder: &str) -> Result<(), GateError> {
+        self.let_go_now(key, holder)
     }
 
     async fn release(&self, key: &str, holder: &str) -> Result<(), GateError> {
@@ -230,10 +338,6 @@ impl Gate for MemoryGate {
 
     async fn usage(&self, key: &str) -> Result<u32, GateError> {
         self.usage_now(key)
-    }
-
-    async fn renew_all(&self, leases: &[(String, String)]) -> Result<Vec<bool>, GateError> {
-        self.renew_all_now(leases)
     }
 
     async fn ping(&self) -> Result<(), GateError> {
@@ -249,17 +353,31 @@ impl Gate for MemoryGate {
 mod tests {
     use super::*;
 
+    fn grant(gate: &MemoryGate, key: &str, holder: &str, weight: u32, limit: u32) -> bool {
+        let claim = Claim {
+            holder: holder.into(),
+            slots: vec![Slot::new(key, weight, limit)],
+        };
+        gate.acquire_all_now(&[claim])
+            .map(|g| g == [Grant::Granted])
+            == Ok(true)
+    }
+
     #[test]
-    fn expired_semaphores_leave_no_entry() {
+    fn ended_sessions_leave_no_entry() {
         let gate = MemoryGate::new(Duration::from_millis(1));
-        assert_eq!(gate.acquire_now("k", "a", 1, 1), Ok(true));
+        assert!(grant(&gate, "k", "a", 1, 1));
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(gate.renew_now("k", "a"), Ok(false));
-        assert!(gate.lock().is_empty(), "{:?}", gate.lock());
-        assert_eq!(gate.acquire_now("k", "b", 2, 1), Ok(false));
+        let other = gate.new_session();
+        assert_eq!(other.usage_now("k"), Ok(0), "a's session ended");
+        assert!(gate.lock().semaphores.is_empty(), "{:?}", gate.lock());
+        assert!(!grant(&other, "k", "b", 2, 1));
         assert!(
-            gate.lock().is_empty(),
+            gate.lock().semaphores.is_empty(),
             "a refused acquire leaves nothing behind"
         );
+        assert!(gate.keep_alive_now().ended, "the first session had ended");
+        assert_eq!(gate.session.epoch(), 1);
+        assert!(grant(&gate, "k", "c", 1, 5), "and goes on under a new one");
     }
 }

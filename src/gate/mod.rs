@@ -13,13 +13,18 @@
 //! - A semaphore is named by a logical key (see [`key`]) and has no stored limit: the limit is
 //!   passed on every [`Gate::acquire`], so a changed limit applies at the next acquire, and
 //!   lowering it never evicts holders (they drain as they release).
-//! - A holder is admitted iff the weighted count of unexpired holders plus its weight stays
-//!   within the limit. Re-acquiring as an existing holder is idempotent: `true`, a fresh lease,
-//!   the weight it was admitted with.
-//! - Every hold is a lease of [`Gate::lease_ttl`]; a holder renews it (every
-//!   [`Gate::renew_interval`], i.e. TTL/3) or loses it one TTL after its last renewal, so the
-//!   slots of a crashed process come back by themselves. A lease that has expired is gone for
-//!   good: renewing it returns `false`.
+//! - A holder is admitted iff the weighted count of live holds plus its weight stays
+//!   within the limit. Re-acquiring as an existing holder is idempotent: `true`, the weight it
+//!   was admitted with, the session asking among its keepers.
+//! - Holds live on sessions (as ZooKeeper's ephemeral nodes do): each gate handle belongs to a
+//!   session, one per process, whose lease of [`Gate::lease_ttl`] it extends with
+//!   [`Gate::keep_alive`] every [`Gate::renew_interval`] (TTL/3) — one call whatever it holds,
+//!   so upkeep costs nothing per running run or task. A hold lasts while some session that
+//!   acquired it lives; a session that stops (crash, `kill -9`, partition) loses its holds one
+//!   TTL after its last heartbeat, so slots cannot leak. A session found ended moves its
+//!   [`Gate::session_epoch`] on: its holder registers what it holds again.
+//! - [`Gate::let_go`] stops keeping a hold without ending it (another session may keep it
+//!   too): kept by nobody, it lapses one TTL later unless acquired again.
 //! - Any error means "no decision": callers fail closed (admit nothing) and retry.
 
 mod ledger;
@@ -27,6 +32,7 @@ mod link;
 mod memory;
 mod redis;
 mod scope;
+mod session;
 
 use std::future::Future;
 use std::time::Duration;
@@ -36,6 +42,7 @@ pub use self::link::{RedisTarget, SentinelTarget};
 pub use self::memory::MemoryGate;
 pub use self::redis::{ClientCertificate, DEFAULT_PREFIX, RedisGate, RedisTls};
 pub use self::scope::GateScope;
+pub use self::session::Heartbeat;
 
 /// Why a gate operation gave no answer. Every variant means the same to a caller: no slot was
 /// granted (fail closed), try again later.
@@ -92,9 +99,10 @@ pub enum Grant {
 /// names unique among everything that can hold the same key at once, across replicas (e.g. a
 /// run id, or `<run id>/<task>/<try>`).
 pub trait Gate: Send + Sync + 'static {
-    /// Takes `weight` slots of `key` for `holder` if the weighted count of unexpired holders
-    /// plus `weight` is at most `limit`. Returns whether `holder` holds `key` afterwards. An
-    /// existing holder gets `true` and a fresh lease, whatever `weight` and `limit` say now.
+    /// Takes `weight` slots of `key` for `holder` if the weighted count of live holds plus
+    /// `weight` is at most `limit`. Returns whether `holder` holds `key` afterwards; this
+    /// session keeps the hold. An existing holder gets `true` (the session joins its keepers),
+    /// whatever `weight` and `limit` say now.
     fn acquire(
         &self,
         key: &str,
@@ -110,13 +118,28 @@ pub trait Gate: Send + Sync + 'static {
         claims: &[Claim],
     ) -> impl Future<Output = Result<Vec<Grant>, GateError>> + Send;
 
-    /// Extends `holder`'s lease on `key` to one TTL from now. `false` when the holder is gone
-    /// (released, expired, or never there); it must then acquire again.
-    fn renew(
-        &self,
-        key: &str,
-        holder: &str,
-    ) -> impl Future<Output = Result<bool, GateError>> + Send;
+    /// Extends this handle's session lease to one TTL from now: every hold the session keeps
+    /// lasts as long. When the session had ended (its holds are gone or going), the handle
+    /// goes on under a new session (the epoch moves on) and its holder must register what it
+    /// holds again. Says how many holds the session keeps, so a holder can check the gate
+    /// lost none (a failover to a replica that lags).
+    fn keep_alive(&self) -> impl Future<Output = Result<Heartbeat, GateError>> + Send;
+
+    /// How many times this handle's session was found ended, by [`Gate::keep_alive`] or by an
+    /// acquire. A holder compares it with the last it saw: a change means "register what you
+    /// hold again".
+    fn session_epoch(&self) -> u64;
+
+    /// Another handle on the same semaphores with a session of its own, as another process
+    /// would have (the engine and the executor each keep their holds on their own).
+    fn new_session(&self) -> Self
+    where
+        Self: Sized;
+
+    /// This session stops keeping `holder`'s hold of `key` without ending it: if no other
+    /// session keeps it, it lapses one TTL from now, unless acquired again.
+    fn let_go(&self, key: &str, holder: &str)
+    -> impl Future<Output = Result<(), GateError>> + Send;
 
     /// Gives back `holder`'s slots of `key`. Releasing a holder that is gone is a no-op.
     fn release(
@@ -125,23 +148,18 @@ pub trait Gate: Send + Sync + 'static {
         holder: &str,
     ) -> impl Future<Output = Result<(), GateError>> + Send;
 
-    /// The weighted count of unexpired holders of `key`.
+    /// The weighted count of live holds of `key`.
     fn usage(&self, key: &str) -> impl Future<Output = Result<u32, GateError>> + Send;
-
-    /// [`Gate::renew`] for each `(key, holder)`, in order; one round trip for Redis.
-    fn renew_all(
-        &self,
-        leases: &[(String, String)],
-    ) -> impl Future<Output = Result<Vec<bool>, GateError>> + Send;
 
     /// Cheap round trip: is the gate reachable? (Always `Ok` in process.)
     fn ping(&self) -> impl Future<Output = Result<(), GateError>> + Send;
 
-    /// How long a lease lasts without renewal.
+    /// How long a session's lease lasts without a heartbeat (and a let-go hold without a
+    /// keeper).
     fn lease_ttl(&self) -> Duration;
 
-    /// How often a holder should renew: a third of the TTL, so two renewals in a row may fail
-    /// (a Redis blip) before a live holder loses its slots.
+    /// How often a session should [`Gate::keep_alive`]: a third of the TTL, so two heartbeats
+    /// in a row may fail (a Redis blip) before a live process loses its slots.
     fn renew_interval(&self) -> Duration {
         self.lease_ttl() / 3
     }
@@ -207,10 +225,12 @@ fn check_key(key: &str) -> Result<(), GateError> {
     if key.is_empty() {
         return Err(GateError::Invalid("empty key".into()));
     }
-    // The Redis gate keeps a semaphore's weights at "<set>:w"; a key ending in ":w" would
-    // share its set with another semaphore's weights.
-    if key.ends_with(":w") {
-        return Err(GateError::Invalid(format!("key {key:?} ends in \":w\"")));
+    // The Redis gate keeps a semaphore's weights at "<set>:w" and its keepers at "<set>:k"
+    // and "<set>:s"; a key ending in one of those would share them with another semaphore.
+    if let Some(suffix) = [":w", ":k", ":s"].into_iter().find(|s| key.ends_with(s)) {
+        return Err(GateError::Invalid(format!(
+            "key {key:?} ends in {suffix:?}"
+        )));
     }
     Ok(())
 }
@@ -277,7 +297,12 @@ mod tests {
     #[test]
     fn malformed_requests_are_refused() {
         assert!(matches!(check_key(""), Err(GateError::Invalid(_))));
-        assert!(matches!(check_key("pool:x:w"), Err(GateError::Invalid(_))));
+        for key in ["pool:x:w", "pool:x:k", "pool:x:s"] {
+            assert!(
+                matches!(check_key(key), Err(GateError::Invalid(_))),
+                "{key}"
+            );
+        }
         assert!(matches!(check_holder(""), Err(GateError::Invalid(_))));
         assert!(matches!(
             check_acquire("k", "h", 0),

@@ -1,46 +1,54 @@
 //! The Redis gate (SPEC §7): one sorted set per semaphore, `<prefix>:sem:<key>`, whose members
-//! are the holders scored by lease expiry in milliseconds of Redis server time, and a hash
-//! `<prefix>:sem:<key>:w` of holder → weight for holders of weight > 1. Only the Lua scripts in
-//! `gate/lua/` change them; see docs/GATE.md.
+//! are the holders (scored `+inf` while a session keeps them, else by the instant they lapse,
+//! in milliseconds of Redis server time), a hash `<prefix>:sem:<key>:w` of holder → weight for
+//! holders of weight > 1, the keeping sessions of each holder (`:k`) and of the semaphore
+//! (`:s`); and the sessions' leases, `<prefix>:sessions`. Only the Lua scripts in `gate/lua/`
+//! change them; see docs/GATE.md.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use redis::{ErrorKind, FromRedisValue, RedisError, Script, ServerErrorKind};
 
 use super::link::{Link, RedisTarget};
+use super::session::{Heartbeat, Session};
 use super::{
-    Claim, Gate, GateError, Grant, check_acquire, check_claim, check_holder, check_key, check_ttl,
+    Claim, Gate, GateError, Grant, Slot, check_acquire, check_claim, check_holder, check_key,
+    check_ttl,
 };
 
 /// The default `--redis-key-prefix`.
 pub const DEFAULT_PREFIX: &str = "dagop";
 
-/// Most holders renewed by one script call (bounds how long one call holds Redis).
-const RENEW_CHUNK: usize = 1000;
-
 struct Scripts {
+    session: Script,
     acquire_all: Script,
-    renew: Script,
+    let_go: Script,
     release: Script,
     usage: Script,
+}
+
+/// A script with the shared functions in front (`lua/prelude.lua`).
+fn script(body: &str) -> Script {
+    Script::new(&[include_str!("lua/prelude.lua"), body].concat())
 }
 
 impl Scripts {
     fn load() -> Self {
         Scripts {
-            acquire_all: Script::new(include_str!("lua/acquire_all.lua")),
-            renew: Script::new(include_str!("lua/renew.lua")),
-            release: Script::new(include_str!("lua/release.lua")),
-            usage: Script::new(include_str!("lua/usage.lua")),
+            session: script(include_str!("lua/session.lua")),
+            acquire_all: script(include_str!("lua/acquire_all.lua")),
+            let_go: script(include_str!("lua/let_go.lua")),
+            release: script(include_str!("lua/release.lua")),
+            usage: script(include_str!("lua/usage.lua")),
         }
     }
 }
 
 /// Semaphores in Redis, shared by every replica that uses the same server and prefix. Cheap to
 /// clone: clones share one multiplexed connection, re-established by itself after a failure
-/// (through Sentinels: to the master they name then).
+/// (through Sentinels: to the master they name then), and one session: the holds they take
+/// are kept while the session's lease runs ([`Gate::keep_alive`]).
 #[derive(Clone)]
 pub struct RedisGate {
     link: Link,
@@ -48,13 +56,14 @@ pub struct RedisGate {
     lease_ttl: Duration,
     lease_ttl_ms: u64,
     scripts: Arc<Scripts>,
+    session: Arc<Session>,
 }
-
 impl std::fmt::Debug for RedisGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisGate")
             .field("prefix", &self.prefix)
             .field("lease_ttl", &self.lease_ttl)
+            .field("session", &self.session.current().0)
             .finish_non_exhaustive()
     }
 }
@@ -125,7 +134,22 @@ impl RedisGate {
             lease_ttl,
             lease_ttl_ms,
             scripts: Arc::new(Scripts::load()),
+            session: Arc::new(Session::new(uuid::Uuid::new_v4().simple().to_string())),
         })
+    }
+
+    /// Another handle on the same server and semaphores with a session of its own (what
+    /// another process would have): its holds do not live on this session's lease.
+    pub fn new_session(&self) -> Self {
+        RedisGate {
+            session: Arc::new(Session::new(uuid::Uuid::new_v4().simple().to_string())),
+            ..self.clone()
+        }
+    }
+
+    /// This handle's session id now (the member of `<prefix>:sessions`).
+    pub fn session(&self) -> String {
+        self.session.current().0
     }
 
     /// The key prefix (`--redis-key-prefix`).
@@ -143,16 +167,36 @@ impl RedisGate {
         format!("{}:sem:{key}:w", self.prefix)
     }
 
-    /// Runs `script` with the semaphore's two keys and `args`. (`invoke_async` sends EVALSHA
-    /// and loads the script on NOSCRIPT, e.g. after a Redis restart.)
+    /// The Redis key of the sessions' sorted set: `<prefix>:sessions`.
+    pub fn sessions_key(&self) -> String {
+        format!("{}:sessions", self.prefix)
+    }
+
+    /// The Redis key of the sessions' hold counts: `<prefix>:sessions:n`.
+    pub fn counts_key(&self) -> String {
+        format!("{}:sessions:n", self.prefix)
+    }
+
+    /// The four keys of a semaphore, in the scripts' order: the set, the weights, each
+    /// holder's keeping sessions, the sessions keeping something (`lua/prelude.lua`).
+    fn semaphore_keys(&self, key: &str) -> [String; 4] {
+        let set = self.redis_key(key);
+        let (keepers, kept) = (format!("{set}:k"), format!("{set}:s"));
+        [set, self.weights_key(key), keepers, kept]
+    }
+
+    /// Runs `script` with `keys` and `args`. (`invoke_async` sends EVALSHA and loads the
+    /// script on NOSCRIPT, e.g. after a Redis restart.)
     async fn run<T: redis::FromRedisValue>(
         &self,
         script: &Script,
-        key: &str,
+        keys: &[String],
         args: &[&[u8]],
     ) -> Result<T, GateError> {
-        let mut invocation = script.key(self.redis_key(key));
-        invocation.key(self.weights_key(key));
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
         for arg in args {
             invocation.arg(*arg);
         }
@@ -161,54 +205,72 @@ impl RedisGate {
         self.link.observe(&conn, answer).map_err(map_err)
     }
 
-    fn acquire_all_cmd(&self, claim: &Claim) -> redis::Cmd {
+    /// The session's heartbeat (`session.lua`) for session `id`.
+    fn session_cmd(&self, id: &str, registered: bool) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.scripts.session.get_hash())
+            .arg(2)
+            .arg(self.sessions_key())
+            .arg(self.counts_key())
+            .arg(id)
+            .arg(self.lease_ttl_ms)
+            .arg(u8::from(registered));
+        cmd
+    }
+
+    fn acquire_all_cmd(&self, claim: &Claim, session: &str) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.scripts.acquire_all.get_hash())
-            .arg(claim.slots.len() * 2);
+            .arg(2 + claim.slots.len() * 4)
+            .arg(self.sessions_key())
+            .arg(self.counts_key());
         for slot in &claim.slots {
-            cmd.arg(self.redis_key(&slot.key))
-                .arg(self.weights_key(&slot.key));
+            for key in self.semaphore_keys(&slot.key) {
+                cmd.arg(key);
+            }
         }
-        cmd.arg(&claim.holder).arg(self.lease_ttl_ms);
+        cmd.arg(&claim.holder).arg(session);
         for slot in &claim.slots {
             cmd.arg(slot.weight).arg(slot.limit);
         }
         cmd
     }
 
-    /// Sends a pipeline of EVALSHA calls of `script`; if Redis lost its script cache (a
-    /// restart), loads the script and sends the pipeline again (every script here may run
-    /// twice: acquiring or renewing again is idempotent).
+    /// One heartbeat of session `id`: whether its lease ran, and its holds.
+    async fn heartbeat(&self, id: &str, registered: bool) -> Result<(bool, u64), GateError> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(self.session_cmd(id, registered));
+        let answers: Vec<(i64, i64)> = self.pipeline(&[&self.scripts.session], &pipe).await?;
+        match answers.as_slice() {
+            [(alive, kept)] => Ok((*alive == 1, u64::try_from(*kept).unwrap_or(0))),
+            _ => Err(GateError::Backend(format!(
+                "session heartbeat: {} answers",
+                answers.len()
+            ))),
+        }
+    }
+
+    /// Sends a pipeline of EVALSHA calls of `scripts`; if Redis lost its script cache (a
+    /// restart), loads them and sends the pipeline again (every script here may run twice:
+    /// a heartbeat, acquiring again are idempotent).
     async fn pipeline<T: redis::FromRedisValue>(
         &self,
-        script: &Script,
+        scripts: &[&Script],
         pipe: &redis::Pipeline,
     ) -> Result<Vec<T>, GateError> {
         let mut conn = self.link.conn().await?;
         let first = pipe.query_async(&mut conn.manager).await;
         match self.link.observe(&conn, first) {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                let loaded = script.prepare_invoke().load_async(&mut conn.manager).await;
-                self.link.observe(&conn, loaded).map_err(map_err)?;
+                for script in scripts {
+                    let loaded = script.prepare_invoke().load_async(&mut conn.manager).await;
+                    self.link.observe(&conn, loaded).map_err(map_err)?;
+                }
                 let again = pipe.query_async(&mut conn.manager).await;
                 self.link.observe(&conn, again).map_err(map_err)
             }
             other => other.map_err(map_err),
         }
-    }
-
-    /// One renew call for many holders of one semaphore.
-    fn renew_cmd(&self, key: &str, holders: &[&str]) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.scripts.renew.get_hash())
-            .arg(2)
-            .arg(self.redis_key(key))
-            .arg(self.weights_key(key))
-            .arg(self.lease_ttl_ms);
-        for holder in holders {
-            cmd.arg(*holder);
-        }
-        cmd
     }
 }
 
@@ -242,7 +304,7 @@ pub(super) fn is_unavailable(e: &RedisError) -> bool {
 }
 
 impl Gate for RedisGate {
-    /// A claim of one semaphore (`acquire_all.lua`, the only admission script).
+    /// A claim of one semaphore.
     async fn acquire(
         &self,
         key: &str,
@@ -251,113 +313,106 @@ impl Gate for RedisGate {
         limit: u32,
     ) -> Result<bool, GateError> {
         check_acquire(key, holder, weight)?;
-        let (ttl, weight, limit) = (
-            self.lease_ttl_ms.to_string(),
-            weight.to_string(),
-            limit.to_string(),
-        );
-        let args: [&[u8]; 4] = [
-            holder.as_bytes(),
-            ttl.as_bytes(),
-            weight.as_bytes(),
-            limit.as_bytes(),
-        ];
-        let refused_at: i64 = self.run(&self.scripts.acquire_all, key, &args).await?;
-        Ok(refused_at == 0)
+        let claim = Claim {
+            holder: holder.to_string(),
+            slots: vec![Slot::new(key, weight, limit)],
+        };
+        let grants = self.acquire_all(std::slice::from_ref(&claim)).await?;
+        Ok(grants.first() == Some(&Grant::Granted))
     }
 
-    /// One pipeline of EVALSHA acquire_all calls, one per claim.
+    /// One pipeline: the session's heartbeat, then one EVALSHA acquire_all per claim
+    /// (`acquire_all.lua`, the only admission script).
     async fn acquire_all(&self, claims: &[Claim]) -> Result<Vec<Grant>, GateError> {
         if claims.is_empty() {
             return Ok(Vec::new());
         }
+        let (session, registered) = self.session.current();
         let mut pipe = redis::pipe();
+        pipe.add_command(self.session_cmd(&session, registered));
         for claim in claims {
             check_claim(claim)?;
-            pipe.add_command(self.acquire_all_cmd(claim));
+            pipe.add_command(self.acquire_all_cmd(claim, &session));
         }
-        let answers: Vec<i64> = self.pipeline(&self.scripts.acquire_all, &pipe).await?;
-        if answers.len() != claims.len() {
+        let scripts = [&self.scripts.session, &self.scripts.acquire_all];
+        let mut answers: Vec<redis::Value> = self.pipeline(&scripts, &pipe).await?;
+        if answers.len() != claims.len() + 1 {
             return Err(GateError::Backend(format!(
                 "acquire pipeline: {} answers for {} claims",
                 answers.len(),
                 claims.len()
             )));
         }
-        answers
+        let grants = answers.split_off(1);
+        let heartbeat = answers.pop().map(<(i64, i64)>::from_redis_value);
+        let alive = matches!(heartbeat, Some(Ok((1, _))));
+        if !self.session.observe(&session, alive) {
+            return Err(GateError::Unavailable(
+                "the gate session had ended: its holds are being registered again".into(),
+            ));
+        }
+        grants
             .into_iter()
-            .map(|a| match usize::try_from(a) {
-                Ok(0) => Ok(Grant::Granted),
-                Ok(i) => Ok(Grant::Refused(i - 1)),
-                Err(_) => Err(GateError::Backend(format!("acquire_all answered {a}"))),
+            .map(|v| match i64::from_redis_value(v).map(usize::try_from) {
+                Ok(Ok(0)) => Ok(Grant::Granted),
+                Ok(Ok(i)) => Ok(Grant::Refused(i - 1)),
+                other => Err(GateError::Backend(format!(
+                    "acquire_all answered {other:?}"
+                ))),
             })
             .collect()
     }
 
-    async fn renew(&self, key: &str, holder: &str) -> Result<bool, GateError> {
+    /// The session's heartbeat; if it had ended, the new session's first one right after.
+    async fn keep_alive(&self) -> Result<Heartbeat, GateError> {
+        let (id, registered) = self.session.current();
+        let (alive, kept) = self.heartbeat(&id, registered).await?;
+        if self.session.observe(&id, alive) {
+            return Ok(Heartbeat { ended: false, kept });
+        }
+        let (id, registered) = self.session.current();
+        let (alive, kept) = self.heartbeat(&id, registered).await?;
+        self.session.observe(&id, alive);
+        Ok(Heartbeat { ended: true, kept })
+    }
+
+    fn session_epoch(&self) -> u64 {
+        self.session.epoch()
+    }
+
+    fn new_session(&self) -> Self {
+        RedisGate::new_session(self)
+    }
+
+    async fn let_go(&self, key: &str, holder: &str) -> Result<(), GateError> {
         check_key(key)?;
         check_holder(holder)?;
+        let (session, _) = self.session.current();
         let ttl = self.lease_ttl_ms.to_string();
-        let args: [&[u8]; 2] = [ttl.as_bytes(), holder.as_bytes()];
-        let renewed: Vec<i64> = self.run(&self.scripts.renew, key, &args).await?;
-        Ok(renewed.first() == Some(&1))
+        let args: [&[u8]; 3] = [holder.as_bytes(), session.as_bytes(), ttl.as_bytes()];
+        let mut keys = self.semaphore_keys(key).to_vec();
+        keys.push(self.counts_key());
+        let _kept: i64 = self.run(&self.scripts.let_go, &keys, &args).await?;
+        Ok(())
     }
 
     async fn release(&self, key: &str, holder: &str) -> Result<(), GateError> {
         check_key(key)?;
         check_holder(holder)?;
+        let mut keys = self.semaphore_keys(key).to_vec();
+        keys.push(self.counts_key());
         let _removed: i64 = self
-            .run(&self.scripts.release, key, &[holder.as_bytes()])
+            .run(&self.scripts.release, &keys, &[holder.as_bytes()])
             .await?;
         Ok(())
     }
 
     async fn usage(&self, key: &str) -> Result<u32, GateError> {
         check_key(key)?;
-        let used: i64 = self.run(&self.scripts.usage, key, &[]).await?;
+        let mut keys = vec![self.sessions_key()];
+        keys.extend(self.semaphore_keys(key));
+        let used: i64 = self.run(&self.scripts.usage, &keys, &[]).await?;
         Ok(u32::try_from(used.max(0)).unwrap_or(u32::MAX))
-    }
-
-    /// One pipeline of EVALSHA renew calls, one per semaphore (in chunks of
-    /// [`RENEW_CHUNK`] holders), so renewing 10,000 leases of one limit is a handful of calls.
-    /// If Redis lost its script cache (a restart), the script is loaded and the whole pipeline
-    /// sent again: renewing twice is harmless.
-    async fn renew_all(&self, leases: &[(String, String)]) -> Result<Vec<bool>, GateError> {
-        if leases.is_empty() {
-            return Ok(Vec::new());
-        }
-        // the leases of each semaphore, by their index in `leases`
-        let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, (key, holder)) in leases.iter().enumerate() {
-            check_key(key)?;
-            check_holder(holder)?;
-            by_key.entry(key.as_str()).or_default().push(i);
-        }
-        let mut pipe = redis::pipe();
-        let mut calls: Vec<&[usize]> = Vec::new();
-        for (key, indices) in &by_key {
-            for chunk in indices.chunks(RENEW_CHUNK) {
-                let holders: Vec<&str> = chunk.iter().map(|&i| leases[i].1.as_str()).collect();
-                pipe.add_command(self.renew_cmd(key, &holders));
-                calls.push(chunk);
-            }
-        }
-        let answers: Vec<Vec<i64>> = self.pipeline(&self.scripts.renew, &pipe).await?;
-        let mut renewed = vec![false; leases.len()];
-        let mut answered = 0;
-        for (chunk, answer) in calls.iter().zip(&answers) {
-            for (&i, r) in chunk.iter().zip(answer) {
-                renewed[i] = *r == 1;
-                answered += 1;
-            }
-        }
-        if answered != leases.len() {
-            return Err(GateError::Backend(format!(
-                "renew pipeline: {answered} answers for {} leases",
-                leases.len()
-            )));
-        }
-        Ok(renewed)
     }
 
     async fn ping(&self) -> Result<(), GateError> {
