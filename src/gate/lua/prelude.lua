@@ -22,16 +22,21 @@ local function alive(sessions, session, now)
   return e and tonumber(e) > now
 end
 
+-- Removes the members of sorted set `zset` scored <= now, and their fields of hash `hash`.
+local function drop_until(zset, hash, now)
+  local over = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
+  if #over > 0 then
+    redis.call('ZREMRANGEBYSCORE', zset, '-inf', now)
+    for j = 1, #over, 1000 do
+      redis.call('HDEL', hash, unpack(over, j, math.min(j + 999, #over)))
+    end
+  end
+end
+
 -- Ends the holds of a semaphore that are over: those let go whose lapse has come, and those
 -- whose every keeping session has ended. A semaphore with no hold left leaves no key.
 local function purge(sem, weights, keepers, kept, sessions, now)
-  local lapsed = redis.call('ZRANGEBYSCORE', sem, '-inf', now)
-  if #lapsed > 0 then
-    redis.call('ZREMRANGEBYSCORE', sem, '-inf', now)
-    for j = 1, #lapsed, 1000 do
-      redis.call('HDEL', weights, unpack(lapsed, j, math.min(j + 999, #lapsed)))
-    end
-  end
+  drop_until(sem, weights, now)
   local ended, any = {}, false
   for _, s in ipairs(redis.call('SMEMBERS', kept)) do
     if not alive(sessions, s, now) then

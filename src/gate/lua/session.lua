@@ -17,13 +17,7 @@ local now = clock()
 if registered and not alive(sessions, session, now) then
   return {0, 0}
 end
-local ended = redis.call('ZRANGEBYSCORE', sessions, '-inf', now)
-if #ended > 0 then
-  redis.call('ZREMRANGEBYSCORE', sessions, '-inf', now)
-  for j = 1, #ended, 1000 do
-    redis.call('HDEL', counts, unpack(ended, j, math.min(j + 999, #ended)))
-  end
-end
+drop_until(sessions, counts, now)
 redis.call('ZADD', sessions, now + ttl, session)
 local last = redis.call('ZRANGE', sessions, -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', sessions, last[2])
