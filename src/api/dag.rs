@@ -361,28 +361,32 @@ fn default_max_retry_delay() -> i32 {
     3600
 }
 
-/// A task's core/v1 Container, kept as the JSON it was given. A `Container` is 2.3 KB before
-/// any of its contents (every optional probe, lifecycle and security context is inline), and
-/// each DAG is held by two watch caches and the engine: as JSON a typical container is a few
-/// hundred bytes. It is checked to be a valid Container when read, and becomes one only to
-/// build a Pod. A missing `name` is allowed (the task's name is used).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(transparent)]
-pub struct TaskContainer(serde_json::Value);
+/// A task's core/v1 Container, kept as the compact JSON text it was given. A `Container` is
+/// 2.3 KB before any of its contents (every optional probe, lifecycle and security context is
+/// inline), and as a JSON tree each object is a map node of ~600 bytes; as text a typical
+/// container is under a hundred bytes, and 10,000 DAGs are held by the watch cache (measured
+/// in docs/BENCHMARKS.md). It is checked to be a valid Container when read, and becomes one
+/// only to build a Pod. A missing `name` is allowed (the task's name is used).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskContainer {
+    /// the container as JSON text, keys sorted (two equal containers have equal texts)
+    json: Box<str>,
+    /// its image, if it names one
+    image: Option<Box<str>>,
+}
 
 impl TaskContainer {
     /// The Container; `name` empty when the spec left it out.
     pub fn to_container(&self) -> Container {
         // checked when it was read, so this cannot fail; an empty container if it ever did
-        Self::parse(self.0.clone()).unwrap_or_default()
+        serde_json::from_str(&self.json)
+            .and_then(Self::parse)
+            .unwrap_or_default()
     }
 
     /// The image it names, if any (an empty string is none).
     pub fn image(&self) -> Option<&str> {
-        self.0
-            .get("image")
-            .and_then(serde_json::Value::as_str)
-            .filter(|i| !i.is_empty())
+        self.image.as_deref()
     }
 
     fn parse(mut value: serde_json::Value) -> Result<Container, serde_json::Error> {
@@ -392,13 +396,33 @@ impl TaskContainer {
         }
         serde_json::from_value(value)
     }
+
+    fn from_value(value: serde_json::Value) -> Result<Self, serde_json::Error> {
+        Self::parse(value.clone())?;
+        let image = value
+            .get("image")
+            .and_then(serde_json::Value::as_str)
+            .filter(|i| !i.is_empty())
+            .map(Box::from);
+        Ok(TaskContainer {
+            json: value.to_string().into_boxed_str(),
+            image,
+        })
+    }
+}
+
+impl Serialize for TaskContainer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let value: serde_json::Value =
+            serde_json::from_str(&self.json).map_err(serde::ser::Error::custom)?;
+        value.serialize(s)
+    }
 }
 
 impl<'de> Deserialize<'de> for TaskContainer {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let value = serde_json::Value::deserialize(d)?;
-        Self::parse(value.clone()).map_err(serde::de::Error::custom)?;
-        Ok(TaskContainer(value))
+        Self::from_value(value).map_err(serde::de::Error::custom)
     }
 }
 
@@ -729,8 +753,23 @@ mod tests {
         let c = t.container.to_container();
         assert_eq!(c.name, "");
         assert_eq!(c.image.as_deref(), Some("busybox"));
-        // kept compact: the JSON it came in, not a 2.3 KB Container
+        // kept compact: the JSON text it came in, not a 2.3 KB Container nor a JSON tree
         assert!(std::mem::size_of_val(&t.container) <= 32);
+        assert_eq!(&*t.container.json, r#"{"image":"busybox"}"#);
+        assert_eq!(t.container.image(), Some("busybox"));
+        // and written back as the object it was
+        let full = serde_json::json!({"image": "x", "command": ["sh", "-c", "true"], "env": [{"name": "A", "value": "1"}]});
+        let task: TaskSpec =
+            serde_json::from_value(serde_json::json!({"name": "x", "container": full.clone()}))
+                .expect("a valid container");
+        assert_eq!(
+            serde_json::to_value(&task).expect("serializes")["container"],
+            full
+        );
+        let no_image: TaskSpec =
+            serde_json::from_value(serde_json::json!({"name": "x", "container": {"image": ""}}))
+                .expect("an empty image is read");
+        assert_eq!(no_image.container.image(), None);
         assert!(
             serde_json::from_value::<TaskSpec>(
                 serde_json::json!({"name": "x", "container": {"image": 3}})

@@ -114,10 +114,14 @@ struct LeanMeta {
 
 impl From<LeanMeta> for ObjectMeta {
     fn from(m: LeanMeta) -> Self {
-        let annotations = m.annotations.map(|mut a| {
-            a.remove(LAST_APPLIED);
-            a
-        });
+        // an emptied map would keep its node (hundreds of bytes) for nothing
+        let annotations = m
+            .annotations
+            .map(|mut a| {
+                a.remove(LAST_APPLIED);
+                a
+            })
+            .filter(|a| !a.is_empty());
         ObjectMeta {
             annotations,
             creation_timestamp: m.creation_timestamp,

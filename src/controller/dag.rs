@@ -12,7 +12,7 @@ use chrono_tz::Tz;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PartialObjectMeta};
-use kube::runtime::controller::{Action, Controller, Error as RuntimeError};
+use kube::runtime::controller::{self, Action, Controller, Error as RuntimeError};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc;
@@ -341,6 +341,11 @@ pub fn error_policy(_dag: Arc<DAG>, error: &ControllerError, _ctx: Arc<Context>)
     Action::requeue(Duration::from_secs(5))
 }
 
+/// Reconciles run at once. Each is short (validation, a message to the engine); unbounded, the
+/// 10,000 DAGs of a first list would each hold a reconcile in memory at once, waiting on the
+/// engine's queue, and the allocator keeps that peak (docs/BENCHMARKS.md).
+const RECONCILES_IN_FLIGHT: u16 = 64;
+
 /// Runs the controller until shutdown. Deleted DAGs leave the engine too: a watch of its own
 /// tells deletions, including those missed while the watch was down (found by relisting).
 /// `cache` is where the controller keeps the DAGs it watches (trimmed of managedFields); its
@@ -410,6 +415,7 @@ pub async fn run(
         });
     }
     controller
+        .with_config(controller::Config::default().concurrency(RECONCILES_IN_FLIGHT))
         .graceful_shutdown_on(shutdown)
         .run(reconcile_timed, error_policy, ctx)
         .for_each(|result| {

@@ -175,7 +175,8 @@ const COALESCE: Duration = Duration::from_millis(100);
 
 struct Writer {
     client: kube::Client,
-    dags: HashMap<DagKey, DagModel>,
+    /// boxed: a `DagModel` is large, and a map's spare capacity would hold it inline
+    dags: HashMap<DagKey, Box<DagModel>>,
     store_ok: bool,
     gate_ok: bool,
     dirty: BTreeSet<DagKey>,

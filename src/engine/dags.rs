@@ -464,7 +464,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             }
             let mut state = DagState::new(info, now);
             state.active = self.orphans.remove(&key).unwrap_or_default();
-            self.dags.insert(key.clone(), state);
+            self.dags.insert(key.clone(), Box::new(state));
             self.dirty.insert(key);
             return;
         };
@@ -908,7 +908,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         }
         let params = spec.params.clone().unwrap_or(serde_json::json!({}));
         for tick in due {
-            if self.dags.get(key).is_some_and(DagState::buffer_full) {
+            if self.dags.get(key).is_some_and(|s| s.buffer_full()) {
                 self.skip_tick(
                     key,
                     tick,

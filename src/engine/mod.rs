@@ -127,7 +127,8 @@ pub struct Engine<S: RunStore, G: Gate = MemoryGate> {
     /// the leases of the running runs this process knows
     ledger: LeaseLedger,
     out: mpsc::UnboundedSender<Output>,
-    dags: HashMap<DagKey, DagState>,
+    /// boxed: a `DagState` is large, and a map's spare capacity would hold it inline
+    dags: HashMap<DagKey, Box<DagState>>,
     timers: BTreeSet<(DateTime<Utc>, DagKey)>,
     queue: AdmissionQueue<LimitKey, Pending>,
     /// running runs of DAGs the engine does not schedule (invalid, not known yet), by DAG
