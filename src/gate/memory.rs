@@ -101,6 +101,17 @@ impl State {
         (true, counts.get(id).copied().unwrap_or(0))
     }
 
+    /// Extends a live session's lease; whether it was alive.
+    fn extend(&mut self, id: &str, ttl: Duration, now: Instant) -> bool {
+        match self.sessions.get_mut(id) {
+            Some(end) if *end > now => {
+                *end = now + ttl;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The sessions in `keepers` keep one hold less.
     fn unkeep(&mut self, keepers: &[String]) {
         for s in keepers {
@@ -180,7 +191,13 @@ impl MemoryGate {
         let now = Instant::now();
         let mut state = self.lock();
         let (session, registered) = self.session.current();
-        let (alive, _) = state.heartbeat(&session, registered, self.lease_ttl, now);
+        // a new session is registered; a registered one must be alive, and an acquire extends
+        // its lease (see `lua/acquire_all.lua`)
+        let alive = if registered {
+            state.extend(&session, self.lease_ttl, now)
+        } else {
+            state.heartbeat(&session, false, self.lease_ttl, now).0
+        };
         if !self.session.observe(&session, alive) {
             return Err(GateError::Unavailable(
                 "the gate session had ended: its holds are being registered again".into(),

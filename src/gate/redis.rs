@@ -229,7 +229,7 @@ impl RedisGate {
                 cmd.arg(key);
             }
         }
-        cmd.arg(&claim.holder).arg(session);
+        cmd.arg(&claim.holder).arg(session).arg(self.lease_ttl_ms);
         for slot in &claim.slots {
             cmd.arg(slot.weight).arg(slot.limit);
         }
@@ -321,44 +321,49 @@ impl Gate for RedisGate {
         Ok(grants.first() == Some(&Grant::Granted))
     }
 
-    /// One pipeline: the session's heartbeat, then one EVALSHA acquire_all per claim
-    /// (`acquire_all.lua`, the only admission script).
+    /// One pipeline of EVALSHA acquire_all, one per claim (`acquire_all.lua`, the only
+    /// admission script), after the heartbeat that registers the session if it is new.
     async fn acquire_all(&self, claims: &[Claim]) -> Result<Vec<Grant>, GateError> {
         if claims.is_empty() {
             return Ok(Vec::new());
         }
         let (session, registered) = self.session.current();
         let mut pipe = redis::pipe();
-        pipe.add_command(self.session_cmd(&session, registered));
+        if !registered {
+            pipe.add_command(self.session_cmd(&session, false));
+        }
         for claim in claims {
             check_claim(claim)?;
             pipe.add_command(self.acquire_all_cmd(claim, &session));
         }
         let scripts = [&self.scripts.session, &self.scripts.acquire_all];
         let mut answers: Vec<redis::Value> = self.pipeline(&scripts, &pipe).await?;
-        if answers.len() != claims.len() + 1 {
+        let heartbeats = usize::from(!registered);
+        if answers.len() != claims.len() + heartbeats {
             return Err(GateError::Backend(format!(
                 "acquire pipeline: {} answers for {} claims",
                 answers.len(),
                 claims.len()
             )));
         }
-        let grants = answers.split_off(1);
-        let heartbeat = answers.pop().map(<(i64, i64)>::from_redis_value);
-        let alive = matches!(heartbeat, Some(Ok((1, _))));
-        if !self.session.observe(&session, alive) {
+        let answers = answers.split_off(heartbeats);
+        let codes: Vec<i64> = answers
+            .into_iter()
+            .map(i64::from_redis_value)
+            .collect::<Result<_, _>>()
+            .map_err(|e| GateError::Backend(format!("acquire_all answered {e}")))?;
+        // -1: the session had ended (every claim says so, and nothing was taken)
+        if !self.session.observe(&session, !codes.contains(&-1)) {
             return Err(GateError::Unavailable(
                 "the gate session had ended: its holds are being registered again".into(),
             ));
         }
-        grants
+        codes
             .into_iter()
-            .map(|v| match i64::from_redis_value(v).map(usize::try_from) {
-                Ok(Ok(0)) => Ok(Grant::Granted),
-                Ok(Ok(i)) => Ok(Grant::Refused(i - 1)),
-                other => Err(GateError::Backend(format!(
-                    "acquire_all answered {other:?}"
-                ))),
+            .map(|a| match usize::try_from(a) {
+                Ok(0) => Ok(Grant::Granted),
+                Ok(i) => Ok(Grant::Refused(i - 1)),
+                Err(_) => Err(GateError::Backend(format!("acquire_all answered {a}"))),
             })
             .collect()
     }

@@ -22,7 +22,8 @@ local function alive(sessions, session, now)
   return e and tonumber(e) > now
 end
 
--- Removes the members of sorted set `zset` scored <= now, and their fields of hash `hash`.
+-- Removes the members of sorted set `zset` scored <= now, and their fields of hash `hash`;
+-- how many.
 local function drop_until(zset, hash, now)
   local over = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
   if #over > 0 then
@@ -31,12 +32,13 @@ local function drop_until(zset, hash, now)
       redis.call('HDEL', hash, unpack(over, j, math.min(j + 999, #over)))
     end
   end
+  return #over
 end
 
 -- Ends the holds of a semaphore that are over: those let go whose lapse has come, and those
 -- whose every keeping session has ended. A semaphore with no hold left leaves no key.
 local function purge(sem, weights, keepers, kept, sessions, now)
-  drop_until(sem, weights, now)
+  local removed = drop_until(sem, weights, now) > 0
   local ended, any = {}, false
   for _, s in ipairs(redis.call('SMEMBERS', kept)) do
     if not alive(sessions, s, now) then
@@ -52,6 +54,7 @@ local function purge(sem, weights, keepers, kept, sessions, now)
         if ended[s] then changed = true else left[#left + 1] = s end
       end
       if #left == 0 then
+        removed = true
         redis.call('ZREM', sem, holder)
         redis.call('HDEL', weights, holder)
         redis.call('HDEL', keepers, holder)
@@ -60,7 +63,7 @@ local function purge(sem, weights, keepers, kept, sessions, now)
       end
     end
   end
-  if redis.call('EXISTS', sem) == 0 then
+  if removed and redis.call('EXISTS', sem) == 0 then
     redis.call('DEL', weights, keepers, kept)
   end
 end
