@@ -241,6 +241,35 @@ async fn a_chain_runs_in_order_and_the_run_succeeds() {
     assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 0);
 }
 
+/// A try's `started_at` is when its Pod's create was answered, not when the step that
+/// launched it began (a batch of creates can take a second).
+#[tokio::test]
+async fn a_try_starts_when_the_api_server_answers_its_create() {
+    let store = common::fresh_store("exec_started_at").await;
+    let mut h = Harness::new(store, ExecutorConfig::default());
+    h.cluster
+        .answer_after(std::time::Duration::from_millis(300));
+    let run = admit(
+        &mut h,
+        "slow",
+        t0(),
+        spec("- {name: a, container: {image: x}}"),
+    )
+    .await;
+    h.step(t0()).await;
+    let tries = h.tries(&run).await;
+    let started = tries
+        .iter()
+        .find(|t| t.task_name == "a")
+        .and_then(|t| t.started_at)
+        .expect("try a started");
+    assert!(
+        started >= t0() + Duration::milliseconds(300),
+        "started_at {started} is before the create was answered (step at {})",
+        t0()
+    );
+}
+
 #[tokio::test]
 async fn trigger_rules_run_handlers_and_the_run_still_fails() {
     let store = common::fresh_store("exec_rules").await;
@@ -871,9 +900,15 @@ async fn a_pod_deleted_behind_the_executors_back_fails_its_try_and_timeouts_stop
             .unwrap_or_default()
             .contains("deleted")
     );
-    // b times out: failed, its Pod deleted
-    assert_eq!(h.exec.next_wake(), Some(t0() + Duration::seconds(60)));
-    h.step(t0() + Duration::seconds(60)).await;
+    // b times out 60 s after its Pod was created (answered just after the first step began)
+    let due = h.exec.next_wake().expect("a wake for b's timeout");
+    assert!(
+        due >= t0() + Duration::seconds(60) && due < t0() + Duration::seconds(61),
+        "{due}"
+    );
+    h.step(due - Duration::milliseconds(1)).await;
+    assert_eq!(state_of(&h.tries(&run).await, "b", 1), TaskState::Running);
+    h.step(due).await;
     assert_eq!(state_of(&h.tries(&run).await, "b", 1), TaskState::Failed);
     assert!(h.cluster.pods().is_empty());
     assert_eq!(h.run_state(&run).await, RunState::Failed);

@@ -296,6 +296,31 @@ async fn task_pod_creation_rate_beside_the_api_servers_own() {
     let first = tries.iter().map(|(_, t)| *t).min().expect("tries");
     let last = tries.iter().map(|(_, t)| *t).max().expect("tries");
     let rate = PODS as f64 / secs(admitted, last);
+    // stretches with no create answered: the executor between batches, or the API server stalled
+    let mut created: Vec<_> = tries.iter().map(|(_, t)| *t).collect();
+    created.sort();
+    let pauses: Vec<f64> = created
+        .windows(2)
+        .map(|w| secs(w[0], w[1]))
+        .filter(|gap| *gap >= 0.05)
+        .collect();
+    if std::env::var_os("DAGOP_SCALE_PAUSES").is_some() {
+        for (i, w) in created.windows(2).enumerate() {
+            let gap = secs(w[0], w[1]);
+            if gap >= 0.05 {
+                println!(
+                    "pause after create #{i} at {:.3} s: {gap:.3} s",
+                    secs(first, w[0])
+                );
+            }
+        }
+    }
+    println!(
+        "scale: pauses of 50 ms or more between two answered creates: {} totalling {:.2} s (longest {:.2} s)",
+        pauses.len(),
+        pauses.iter().sum::<f64>(),
+        pauses.iter().copied().fold(0.0, f64::max)
+    );
     println!(
         "scale: {PODS} one-task runs admitted at once: Pods created in {:.2} s from admission ({:.2} s from the first Pod) = {rate:.0} Pods/s; \
          the API server from a client with 32 requests in flight: {raw_rate:.0} Pods/s (sequential client: {serial_rate:.0} Pods/s); ratio {:.2}; operator RSS {:.1} MiB",

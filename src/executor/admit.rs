@@ -84,6 +84,13 @@ enum Launched {
     Later(String),
 }
 
+/// How a create went, and when it was answered: how long after the batch's launch began
+/// (the step's `now`), so a try's stamps tell when its Pod was created on the step's clock.
+struct Answer {
+    outcome: Launched,
+    after: std::time::Duration,
+}
+
 impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
     /// Admits what fits; true when the batch was full (more may start at once).
     pub(super) async fn admit(&mut self, now: DateTime<Utc>) -> Result<bool, super::ExecError> {
@@ -226,8 +233,9 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         Ok(out)
     }
 
-    /// Creates the Pods of the admitted tries, many at once; one outcome per try, in order.
-    async fn launch(&self, starting: &[Chosen]) -> Vec<Launched> {
+    /// Creates the Pods of the admitted tries, many at once; one answer per try, in order.
+    async fn launch(&self, starting: &[Chosen]) -> Vec<Answer> {
+        let began = std::time::Instant::now();
         let creates: Vec<_> = starting
             .iter()
             .enumerate()
@@ -246,7 +254,14 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                 let (key, owner) = (c.pod.clone(), crate::store::TryKey::of(&c.row));
                 async move {
                     let Some(pod) = pod else {
-                        return (i, Launched::Later("no spec for the task".into()));
+                        let outcome = Launched::Later("no spec for the task".into());
+                        return (
+                            i,
+                            Answer {
+                                outcome,
+                                after: began.elapsed(),
+                            },
+                        );
                     };
                     let outcome = match launcher.create(pod).await {
                         Ok(()) => Launched::Created,
@@ -256,16 +271,20 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                         )),
                         Err(LaunchError::Transient(e)) => Launched::Later(e),
                     };
-                    (i, outcome)
+                    let answer = Answer {
+                        outcome,
+                        after: began.elapsed(),
+                    };
+                    (i, answer)
                 }
             })
             .collect();
-        let mut done: Vec<(usize, Launched)> = futures::stream::iter(creates)
+        let mut done: Vec<(usize, Answer)> = futures::stream::iter(creates)
             .buffer_unordered(self.cfg.create_concurrency.max(1))
             .collect()
             .await;
         done.sort_by_key(|(i, _)| *i);
-        done.into_iter().map(|(_, outcome)| outcome).collect()
+        done.into_iter().map(|(_, answer)| answer).collect()
     }
 
     /// Writes what the launches came to: running (with the Pod's name), failed at once
@@ -273,26 +292,28 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
     async fn record_launches(
         &mut self,
         starting: Vec<Chosen>,
-        launched: Vec<Launched>,
+        launched: Vec<Answer>,
         now: DateTime<Utc>,
     ) -> Result<(), super::ExecError> {
         let mut changes = Changes::default();
         let mut effects = Vec::new();
-        for (c, outcome) in starting.into_iter().zip(launched) {
+        for (c, answer) in starting.into_iter().zip(launched) {
             let key = crate::store::TryKey::of(&c.row);
+            // when the API server answered, on the step's clock
+            let at = now + chrono::Duration::from_std(answer.after).unwrap_or_default();
             let used = self
                 .live
                 .get(&c.run)
                 .and_then(|r| r.tasks.get(c.task))
                 .map_or(1, |t| t.used);
-            match outcome {
+            match answer.outcome {
                 Launched::Created => {
-                    let mut m = TaskMove::new(key, TaskState::Queued, TaskState::Running, now);
+                    let mut m = TaskMove::new(key, TaskState::Queued, TaskState::Running, at);
                     m.stamp = Stamp::Started;
                     m.pod_name = Some(c.pod.name.clone());
                     let mut row = c.row.clone();
                     row.state = TaskState::Running;
-                    row.started_at = Some(now);
+                    row.started_at = Some(at);
                     row.pod_name = Some(c.pod.name.clone());
                     changes.moves.push(m);
                     if self.refused.remove(&c.dag).is_some() {
@@ -306,12 +327,12 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                 Launched::Refused(message) => {
                     let rules = self.live.get(&c.run).map(|r| r.spec.rules[c.task].clone());
                     let to = rules.map_or(TaskState::Failed, |r| r.after_failure(used));
-                    let mut m = TaskMove::new(key.clone(), TaskState::Queued, to, now);
+                    let mut m = TaskMove::new(key.clone(), TaskState::Queued, to, at);
                     m.stamp = Stamp::Ended;
                     m.message = Some(message.clone());
                     let mut row = c.row.clone();
                     row.state = to;
-                    row.ended_at = Some(now);
+                    row.ended_at = Some(at);
                     row.message = Some(message.clone());
                     changes.moves.push(m);
                     self.ledger.end(&state::holder(&key));
@@ -330,7 +351,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                             Some(message),
                         )));
                     }
-                    effects.push((c, row, used, PodSight::Gone { since: now }));
+                    effects.push((c, row, used, PodSight::Gone { since: at }));
                 }
                 Launched::Later(e) => {
                     tracing::warn!(pod = %c.pod, error = %e, "could not create pod; will retry");

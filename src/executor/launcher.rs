@@ -156,6 +156,8 @@ struct FakeState {
     /// creates refused with this answer while it is set
     refuse: Option<LaunchError>,
     created: usize,
+    /// how long the API server takes to answer a create
+    latency: std::time::Duration,
 }
 
 /// An in-memory cluster for executor tests: creates and deletes Pods, tells the executor
@@ -209,6 +211,11 @@ impl FakeLauncher {
 
     pub fn accept(&self) {
         self.lock().refuse = None;
+    }
+
+    /// Every create is answered `latency` after it is sent (on the tokio clock).
+    pub fn answer_after(&self, latency: std::time::Duration) {
+        self.lock().latency = latency;
     }
 
     /// Puts a Pod in place without the executor asking (e.g. another run's Pod).
@@ -307,6 +314,10 @@ fn seen(key: &PodKey, pod: &FakePod) -> PodSeen {
 
 impl PodLauncher for FakeLauncher {
     async fn create(&self, pod: Pod) -> Result<(), LaunchError> {
+        let latency = self.lock().latency;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         let key = key_of(&pod);
         let created = {
             let mut state = self.lock();
