@@ -648,6 +648,83 @@ async fn after_the_gate_forgets_everything_a_one_slot_pool_still_runs_one_task()
     assert_eq!(running, 1);
 }
 
+/// One admission claims the next batch while the last creates of the previous one are in
+/// flight (the API server is never left idle for a round trip), and the tries in flight count
+/// against `--max-running-tasks` and their Pool as if they ran.
+#[tokio::test]
+async fn one_step_admits_batch_after_batch_within_the_task_limit_and_pool_slots() {
+    let store = common::fresh_store("exec_pipelined").await;
+    let cfg = ExecutorConfig {
+        admit_batch: 2,
+        create_concurrency: 2,
+        max_running_tasks: 7,
+        admit_slice: std::time::Duration::from_secs(30),
+        ..ExecutorConfig::default()
+    };
+    let mut h = Harness::new(store, cfg);
+    h.pools.set("ns", "two", 2);
+    h.cluster.answer_after(std::time::Duration::from_millis(20));
+    let pooled = (0..4).map(|i| format!("- {{name: p{i}, pool: two, container: {{image: x}}}}"));
+    let plain = (0..6).map(|i| format!("- {{name: a{i}, container: {{image: x}}}}"));
+    let tasks: Vec<String> = pooled.chain(plain).collect();
+    let run = admit(&mut h, "wide", t0(), spec(&tasks.join("\n"))).await;
+    while let Ok(input) = h.inputs.try_recv() {
+        h.exec.apply(input, t0());
+    }
+    h.exec.step(t0()).await.expect("step");
+    assert_eq!(h.cluster.created(), 7, "one step fills --max-running-tasks");
+    let tries = h.tries(&run).await;
+    let running = |prefix: &str| {
+        tries
+            .iter()
+            .filter(|t| t.task_name.starts_with(prefix) && t.state == TaskState::Running)
+            .count()
+    };
+    assert_eq!(running("p"), 2, "the Pool's two slots: {tries:?}");
+    assert_eq!(running("a"), 5, "{tries:?}");
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 7);
+    assert_eq!(h.gate.usage(&gate_key::pool("ns", "two")).await.unwrap(), 2);
+}
+
+/// A slow API server does not hold the executor: a step gives an admission at most
+/// `admit_slice`, and the next step goes on with the creates still in flight.
+#[tokio::test]
+async fn an_admission_goes_on_over_steps_while_its_creates_are_in_flight() {
+    let store = common::fresh_store("exec_slices").await;
+    let cfg = ExecutorConfig {
+        admit_slice: std::time::Duration::from_millis(50),
+        ..ExecutorConfig::default()
+    };
+    let mut h = Harness::new(store, cfg);
+    h.cluster
+        .answer_after(std::time::Duration::from_millis(400));
+    let run = admit(
+        &mut h,
+        "slow",
+        t0(),
+        spec("- {name: a, container: {image: x}}"),
+    )
+    .await;
+    while let Ok(input) = h.inputs.try_recv() {
+        h.exec.apply(input, t0());
+    }
+    let more = h.exec.step(t0()).await.expect("step");
+    assert!(
+        more,
+        "the step returns with the create in flight, asking to go on"
+    );
+    assert_eq!(state_of(&h.tries(&run).await, "a", 1), TaskState::Queued);
+    let mut steps = 1;
+    while h.exec.step(t0()).await.expect("step") {
+        steps += 1;
+        assert!(steps < 100, "the admission never ended");
+    }
+    assert!(steps > 1, "more than one step went by");
+    let tries = h.tries(&run).await;
+    assert_eq!(state_of(&tries, "a", 1), TaskState::Running);
+    assert_eq!(h.cluster.created(), 1);
+}
+
 #[tokio::test]
 async fn max_running_tasks_holds_after_the_gate_forgets_everything() {
     let store = common::fresh_store("exec_floor_tasks").await;

@@ -218,6 +218,32 @@ async fn api_server_pod_rate(ns: &str, n: usize, in_flight: usize) -> f64 {
     n as f64 / elapsed
 }
 
+/// Waits until the plane is quiet: every Pod of `ns` has finished (kwok and the scheduler are
+/// done with them) and no namespace is still being deleted (by an earlier run), so the next
+/// measurement does not pay for the last one's tail.
+async fn plane_quiet(ns: &str) {
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    let client = plane().client().await;
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), ns);
+    let namespaces: kube::Api<Namespace> = kube::Api::all(client);
+    eventually(Duration::from_secs(300), "a quiet plane", || async {
+        let listed = pods.list(&Default::default()).await.ok()?;
+        let settled = listed.items.iter().all(|p| {
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            matches!(phase, Some("Succeeded" | "Failed"))
+        });
+        let deleting = namespaces
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .iter()
+            .any(|n| n.metadata.deletion_timestamp.is_some());
+        (settled && !deleting).then_some(())
+    })
+    .await;
+}
+
 fn held_dag(name: &str, image: &str) -> String {
     format!(
         "apiVersion: dagoperator.io/v1alpha1\nkind: DAG\nmetadata: {{name: {name}}}\nspec:\n  schedule: '0 0 * * *'\n  maxActiveRuns: 10000\n  tasks:\n  - {{name: work, container: {{image: {image}}}}}\n"
@@ -265,10 +291,15 @@ const UNLIMITED: [&str; 4] = [
 async fn task_pod_creation_rate_beside_the_api_servers_own() {
     const PODS: usize = 2000;
     plane().install_crds();
-    // the API server's own rate from a concurrent client, in the same run
+    // the API server's own rate from a concurrent client, in the same run; each measurement
+    // starts on a quiet plane
     let raw = TestNamespace::new("scale-raw");
+    plane_quiet(&raw.name).await;
     let raw_rate = api_server_pod_rate(&raw.name, PODS, 32).await;
-    let serial_rate = api_server_pod_rate(&TestNamespace::new("scale-raw1").name, 200, 1).await;
+    plane_quiet(&raw.name).await;
+    let serial = TestNamespace::new("scale-raw1");
+    let serial_rate = api_server_pod_rate(&serial.name, 200, 1).await;
+    plane_quiet(&serial.name).await;
     let ns = TestNamespace::new("scale-burst");
     let db = TestDb::create("e2e_scale_burst").await;
     // the operator migrates (an earlier build may be measured: DAGOP_E2E_OPERATOR_BIN)

@@ -4,10 +4,11 @@
 //! which the replicas share: one claim per try, a batch in one pipeline. Admitted tries get
 //! their Pods, many created at once; what the API server said is written in one transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 
 use super::launcher::LaunchError;
 use super::plan::{PodSight, PodVerdict};
@@ -75,6 +76,38 @@ struct Chosen {
     dag: DagKey,
     pod: PodKey,
     pool_limit: Option<u32>,
+    pool: Option<PoolKey>,
+    weight: u32,
+}
+
+/// Tries of the admission under way that are claimed but not yet written (their creates
+/// unsent, in flight or answered): skipped when choosing again, and counted as running.
+#[derive(Default)]
+struct Flight {
+    tries: HashMap<(uuid::Uuid, usize), Option<(PoolKey, i64)>>,
+    pools: HashMap<PoolKey, i64>,
+}
+
+impl Flight {
+    fn add(&mut self, c: &Chosen) {
+        let held = c.pool.clone().map(|p| (p, i64::from(c.weight)));
+        if let Some((pool, weight)) = &held {
+            *self.pools.entry(pool.clone()).or_default() += weight;
+        }
+        self.tries.insert((c.run, c.task), held);
+    }
+
+    fn remove(&mut self, c: &Chosen) {
+        if let Some(Some((pool, weight))) = self.tries.remove(&(c.run, c.task)) {
+            if let Some(used) = self.pools.get_mut(&pool) {
+                *used -= weight;
+            }
+        }
+    }
+
+    fn pool_used(&self, pool: &PoolKey) -> i64 {
+        self.pools.get(pool).copied().unwrap_or(0)
+    }
 }
 
 /// What creating a try's Pod came to.
@@ -91,49 +124,184 @@ struct Answer {
     after: std::time::Duration,
 }
 
-impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
-    /// Admits what fits; true when the batch was full (more may start at once).
-    pub(super) async fn admit(&mut self, now: DateTime<Utc>) -> Result<bool, super::ExecError> {
-        if !self.admit_dirty || self.admit_after.is_some_and(|t| t > now) {
-            return Ok(false);
+/// An admission under way, carried from step to step while its creates are in flight: a
+/// step gives it at most `admit_slice`, then Pod events and actions are taken in (the
+/// requests stay in flight meanwhile) and the next step goes on with it.
+pub(super) struct Admission {
+    /// the step clock when it began, and the same instant on the monotonic clock: an
+    /// answer's stamp is `now` plus the time since `began`
+    now: DateTime<Utc>,
+    began: std::time::Instant,
+    flight: Flight,
+    unsent: VecDeque<Chosen>,
+    creates: FuturesUnordered<futures::future::BoxFuture<'static, (Chosen, Answer)>>,
+    answered: Vec<(Chosen, Answer)>,
+    /// the last batch chosen was full: more may start
+    more: bool,
+}
+
+impl Admission {
+    fn new(now: DateTime<Utc>) -> Self {
+        Admission {
+            now,
+            began: std::time::Instant::now(),
+            flight: Flight::default(),
+            unsent: VecDeque::new(),
+            creates: FuturesUnordered::new(),
+            answered: Vec::new(),
+            more: true,
         }
-        self.admit_after = None;
-        self.admit_dirty = false;
-        let chosen = self.choose();
+    }
+
+    fn done(&self) -> bool {
+        self.creates.is_empty() && self.unsent.is_empty() && !self.more
+    }
+}
+
+impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
+    pub(super) fn admission_under_way(&self) -> bool {
+        self.admission.is_some()
+    }
+
+    /// Admits what fits: claims a batch, creates its Pods many at once and writes what they
+    /// came to in one transaction. While the last creates of a batch are in flight the next
+    /// batch is claimed, so the API server is never left without work for a round trip; the
+    /// admission goes on over as many steps as it takes. True while it goes on.
+    pub(super) async fn admit(&mut self, now: DateTime<Utc>) -> Result<bool, super::ExecError> {
+        let mut adm = match self.admission.take() {
+            Some(adm) => adm,
+            None => {
+                if !self.admit_dirty || self.admit_after.is_some_and(|t| t > now) {
+                    return Ok(false);
+                }
+                self.admit_after = None;
+                self.admit_dirty = false;
+                Admission::new(now)
+            }
+        };
+        let result = self.admit_slice(&mut adm).await;
+        if adm.done() {
+            if adm.more {
+                self.admit_dirty = true;
+            }
+        } else {
+            self.admission = Some(adm);
+        }
+        result.map(|()| self.admission.is_some())
+    }
+
+    /// Goes on with an admission for up to `admit_slice` (or until it is done); what was
+    /// answered by then is written.
+    async fn admit_slice(&mut self, adm: &mut Admission) -> Result<(), super::ExecError> {
+        let until = tokio::time::Instant::now() + self.cfg.admit_slice;
+        let in_flight_most = self.cfg.create_concurrency.max(1);
+        loop {
+            if adm.more && adm.unsent.is_empty() && adm.creates.len() < in_flight_most {
+                adm.more = self
+                    .claim_next(adm.now, &mut adm.flight, &mut adm.unsent)
+                    .await;
+            }
+            while adm.creates.len() < in_flight_most {
+                let Some(c) = adm.unsent.pop_front() else {
+                    break;
+                };
+                let pod = self.pod_of(&c);
+                let launcher = self.launcher.clone();
+                adm.creates
+                    .push(Box::pin(create(launcher, pod, c, adm.began)));
+            }
+            let next = tokio::time::timeout_at(until, adm.creates.next()).await;
+            let slice_over = match next {
+                Ok(Some(answer)) => {
+                    adm.answered.push(answer);
+                    false
+                }
+                Ok(None) => true,
+                Err(_elapsed) => true,
+            };
+            let all_in = adm.creates.is_empty() && adm.unsent.is_empty();
+            if slice_over || all_in || adm.answered.len() >= self.cfg.admit_batch {
+                self.write_answers(adm).await?;
+            }
+            if slice_over || (all_in && !adm.more) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes what the creates answered so far came to.
+    async fn write_answers(&mut self, adm: &mut Admission) -> Result<(), super::ExecError> {
+        let answered = std::mem::take(&mut adm.answered);
+        if answered.is_empty() {
+            return Ok(());
+        }
+        for (c, _) in &answered {
+            adm.flight.remove(c);
+        }
+        let written = self.record_launches(answered, adm.now).await;
+        if written.is_err() || self.admit_after.is_some() {
+            // nothing more is claimed in this admission (what is in flight still lands; a
+            // try whose write failed is found again, its Pod adopted): a create to try again
+            // later, the gate refused, or the database failed
+            adm.more = false;
+        }
+        written
+    }
+
+    /// Chooses and claims the next batch, taking the tries already in `flight` into account;
+    /// granted tries join `flight` and `unsent`. True when the batch was full.
+    async fn claim_next(
+        &mut self,
+        now: DateTime<Utc>,
+        flight: &mut Flight,
+        unsent: &mut VecDeque<Chosen>,
+    ) -> bool {
+        let chosen = self.choose(flight);
         if chosen.is_empty() {
-            return Ok(false);
+            return false;
         }
         let full = chosen.len() >= self.cfg.admit_batch;
-        let granted = match self.claim(&chosen).await {
-            Ok(granted) => granted,
+        match self.claim(&chosen).await {
+            Ok(granted) => {
+                self.set_gate_ok(true);
+                for (c, ok) in chosen.into_iter().zip(granted) {
+                    if ok {
+                        flight.add(&c);
+                        unsent.push_back(c);
+                    }
+                }
+                full && self.admit_after.is_none()
+            }
             Err(e) => {
                 self.gate_down(&e);
                 self.admit_dirty = true;
                 self.admit_after = Some(now + chrono::Duration::seconds(1));
-                return Ok(false);
+                false
             }
-        };
-        self.set_gate_ok(true);
-        let starting: Vec<Chosen> = chosen
-            .into_iter()
-            .zip(granted)
-            .filter_map(|(c, ok)| ok.then_some(c))
-            .collect();
-        let launched = self.launch(&starting).await;
-        self.record_launches(starting, launched, now).await?;
-        if full {
-            self.admit_dirty = true;
         }
-        Ok(full)
+    }
+
+    /// The Pod of a chosen try, or None if its run or spec is gone.
+    fn pod_of(&self, c: &Chosen) -> Option<k8s_openapi::api::core::v1::Pod> {
+        let run = self.live.get(&c.run)?;
+        let task = run.spec.task(c.task)?;
+        Some(pod::build_pod(
+            &run.run,
+            &run.spec.spec,
+            &run.spec.clock,
+            task,
+            c.row.try_number,
+        ))
     }
 
     /// Queued tries in line order that the floor lets start, at most one batch.
-    fn choose(&mut self) -> Vec<Chosen> {
+    /// Tries in `flight` (claimed, not yet written) are skipped and counted as running.
+    fn choose(&self, flight: &Flight) -> Vec<Chosen> {
         let mut floor = Floor {
             tasks_free: self
                 .cfg
                 .max_running_tasks
-                .saturating_sub(self.live.running_tasks()),
+                .saturating_sub(self.live.running_tasks() + flight.tries.len()),
             pool_free: HashMap::new(),
         };
         let mut chosen = Vec::new();
@@ -147,13 +315,17 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             let Some(task) = run.tasks.get(place.task) else {
                 continue;
             };
+            if flight.tries.contains_key(&(place.run, place.task)) {
+                continue;
+            }
             let ns = &run.run.dag.namespace;
             let pool = task.row.pool.as_ref().map(|p| PoolKey::new(ns, p));
             let limit = task.row.pool.as_ref().and_then(|p| self.pools.slots(ns, p));
-            let used = pool.as_ref().map_or(0, |p| self.live.pool_used(p));
-            match floor.take(pool.as_ref(), state::weight(&task.row), || {
-                limit.map(|l| i64::from(l) - used)
-            }) {
+            let used = pool
+                .as_ref()
+                .map_or(0, |p| self.live.pool_used(p) + flight.pool_used(p));
+            let weight = state::weight(&task.row);
+            match floor.take(pool.as_ref(), weight, || limit.map(|l| i64::from(l) - used)) {
                 Ok(()) => {}
                 Err(Wait::Tasks) => break,
                 Err(Wait::Pool) => continue,
@@ -173,6 +345,8 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                     ),
                 ),
                 pool_limit: limit.map(|l| u32::try_from(l).unwrap_or(0)),
+                pool,
+                weight,
             });
         }
         chosen
@@ -233,71 +407,16 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         Ok(out)
     }
 
-    /// Creates the Pods of the admitted tries, many at once; one answer per try, in order.
-    async fn launch(&self, starting: &[Chosen]) -> Vec<Answer> {
-        let began = std::time::Instant::now();
-        let creates: Vec<_> = starting
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let pod = self.live.get(&c.run).and_then(|run| {
-                    let task = run.spec.task(c.task)?;
-                    Some(pod::build_pod(
-                        &run.run,
-                        &run.spec.spec,
-                        &run.spec.clock,
-                        task,
-                        c.row.try_number,
-                    ))
-                });
-                let launcher = self.launcher.clone();
-                let (key, owner) = (c.pod.clone(), crate::store::TryKey::of(&c.row));
-                async move {
-                    let Some(pod) = pod else {
-                        let outcome = Launched::Later("no spec for the task".into());
-                        return (
-                            i,
-                            Answer {
-                                outcome,
-                                after: began.elapsed(),
-                            },
-                        );
-                    };
-                    let outcome = match launcher.create(pod).await {
-                        Ok(()) => Launched::Created,
-                        Err(LaunchError::Exists) => adopt(&launcher, &key, &owner).await,
-                        Err(LaunchError::Refused { code, message }) => Launched::Refused(format!(
-                            "pod refused by the API server ({code}): {message}"
-                        )),
-                        Err(LaunchError::Transient(e)) => Launched::Later(e),
-                    };
-                    let answer = Answer {
-                        outcome,
-                        after: began.elapsed(),
-                    };
-                    (i, answer)
-                }
-            })
-            .collect();
-        let mut done: Vec<(usize, Answer)> = futures::stream::iter(creates)
-            .buffer_unordered(self.cfg.create_concurrency.max(1))
-            .collect()
-            .await;
-        done.sort_by_key(|(i, _)| *i);
-        done.into_iter().map(|(_, answer)| answer).collect()
-    }
-
     /// Writes what the launches came to: running (with the Pod's name), failed at once
     /// (refused: retries apply), or still queued (try again soon).
     async fn record_launches(
         &mut self,
-        starting: Vec<Chosen>,
-        launched: Vec<Answer>,
+        launched: Vec<(Chosen, Answer)>,
         now: DateTime<Utc>,
     ) -> Result<(), super::ExecError> {
         let mut changes = Changes::default();
         let mut effects = Vec::new();
-        for (c, answer) in starting.into_iter().zip(launched) {
+        for (c, answer) in launched {
             let key = crate::store::TryKey::of(&c.row);
             // when the API server answered, on the step's clock
             let at = now + chrono::Duration::from_std(answer.after).unwrap_or_default();
@@ -418,6 +537,31 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             self.emit(ExecOutput::Status(ExecStatus::GateHealth(ok)));
         }
     }
+}
+
+/// Creates a chosen try's Pod (None: nothing to create it from) and says how it went and
+/// when, counted from `began` (the admission's start, at the step's `now`).
+async fn create<L: PodLauncher>(
+    launcher: L,
+    pod: Option<k8s_openapi::api::core::v1::Pod>,
+    c: Chosen,
+    began: std::time::Instant,
+) -> (Chosen, Answer) {
+    let outcome = match pod {
+        None => Launched::Later("no spec for the task".into()),
+        Some(pod) => match launcher.create(pod).await {
+            Ok(()) => Launched::Created,
+            Err(LaunchError::Exists) => {
+                adopt(&launcher, &c.pod, &crate::store::TryKey::of(&c.row)).await
+            }
+            Err(LaunchError::Refused { code, message }) => {
+                Launched::Refused(format!("pod refused by the API server ({code}): {message}"))
+            }
+            Err(LaunchError::Transient(e)) => Launched::Later(e),
+        },
+    };
+    let after = began.elapsed();
+    (c, Answer { outcome, after })
 }
 
 /// A Pod of the try's name exists: it is ours only if its labels name the same try (created

@@ -57,8 +57,11 @@ pub struct ExecutorConfig {
     pub unseen_grace: Duration,
     /// Pod creates (and deletes) in flight at once
     pub create_concurrency: usize,
-    /// most tries admitted in one step
+    /// most tries claimed in one pipeline and written in one transaction
     pub admit_batch: usize,
+    /// how long a step goes on with an admission before Pod events and actions are taken in
+    /// (its creates stay in flight meanwhile)
+    pub admit_slice: Duration,
     /// how often everything is read again from PostgreSQL, in case an event was missed
     pub resync_interval: Duration,
     /// the namespace watched (none: all): only its runs are adopted
@@ -79,6 +82,7 @@ impl Default for ExecutorConfig {
             unseen_grace: Duration::from_secs(10),
             create_concurrency: 64,
             admit_batch: 256,
+            admit_slice: Duration::from_millis(250),
             resync_interval: Duration::from_secs(300),
             namespace: None,
             action_poll: Duration::from_secs(1),
@@ -207,6 +211,8 @@ pub struct Executor<S: RunStore, G: Gate, L: PodLauncher> {
     /// something changed that may let a queued try start; no admission before this instant
     admit_dirty: bool,
     admit_after: Option<DateTime<Utc>>,
+    /// the admission under way, if its creates are still in flight
+    admission: Option<admit::Admission>,
     pools_dirty: bool,
     reported_pools: HashMap<crate::key::PoolKey, PoolUsage>,
     /// DAGs whose newest runs changed
@@ -257,6 +263,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             doomed_runs: Vec::new(),
             admit_dirty: true,
             admit_after: None,
+            admission: None,
             pools_dirty: true,
             reported_pools: HashMap::new(),
             dags_changed: BTreeSet::new(),

@@ -261,7 +261,8 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         if let Err(e) = &gate_result {
             self.gate_down(e);
         }
-        let more = if gate_result.is_ok() {
+        // an admission under way goes on (its creates are in flight) even without the gate
+        let more = if gate_result.is_ok() || self.admission_under_way() {
             self.admit(now).await?
         } else {
             false
