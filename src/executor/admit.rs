@@ -117,8 +117,8 @@ enum Launched {
     Later(String),
 }
 
-/// How a create went, and when it was answered: how long after the batch's launch began
-/// (the step's `now`), so a try's stamps tell when its Pod was created on the step's clock.
+/// How a create went, and when it was answered: how long after its admission began (at the
+/// step's `now`), so a try's stamps tell when its Pod was created on the step's clock.
 struct Answer {
     outcome: Launched,
     after: std::time::Duration,
@@ -153,6 +153,11 @@ impl Admission {
         }
     }
 
+    /// The current instant on the step's clock.
+    fn clock(&self) -> DateTime<Utc> {
+        self.now + chrono::Duration::from_std(self.began.elapsed()).unwrap_or_default()
+    }
+
     fn done(&self) -> bool {
         self.creates.is_empty() && self.unsent.is_empty() && !self.more
     }
@@ -180,11 +185,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             }
         };
         let result = self.admit_slice(&mut adm).await;
-        if adm.done() {
-            if adm.more {
-                self.admit_dirty = true;
-            }
-        } else {
+        if !adm.done() {
             self.admission = Some(adm);
         }
         result.map(|()| self.admission.is_some())
@@ -197,8 +198,9 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         let in_flight_most = self.cfg.create_concurrency.max(1);
         loop {
             if adm.more && adm.unsent.is_empty() && adm.creates.len() < in_flight_most {
+                let now = adm.clock();
                 adm.more = self
-                    .claim_next(adm.now, &mut adm.flight, &mut adm.unsent)
+                    .claim_next(now, &mut adm.flight, &mut adm.unsent)
                     .await;
             }
             while adm.creates.len() < in_flight_most {
@@ -238,7 +240,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         for (c, _) in &answered {
             adm.flight.remove(c);
         }
-        let written = self.record_launches(answered, adm.now).await;
+        let written = self.record_launches(answered, adm.now, adm.clock()).await;
         if written.is_err() || self.admit_after.is_some() {
             // nothing more is claimed in this admission (what is in flight still lands; a
             // try whose write failed is found again, its Pod adopted): a create to try again
@@ -408,10 +410,12 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
     }
 
     /// Writes what the launches came to: running (with the Pod's name), failed at once
-    /// (refused: retries apply), or still queued (try again soon).
+    /// (refused: retries apply), or still queued (tried again a second after `now`). Stamps
+    /// count from `began`, the admission's start on the step's clock.
     async fn record_launches(
         &mut self,
         launched: Vec<(Chosen, Answer)>,
+        began: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(), super::ExecError> {
         let mut changes = Changes::default();
@@ -419,7 +423,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         for (c, answer) in launched {
             let key = crate::store::TryKey::of(&c.row);
             // when the API server answered, on the step's clock
-            let at = now + chrono::Duration::from_std(answer.after).unwrap_or_default();
+            let at = began + chrono::Duration::from_std(answer.after).unwrap_or_default();
             let used = self
                 .live
                 .get(&c.run)
