@@ -199,9 +199,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         loop {
             if adm.more && adm.unsent.is_empty() && adm.creates.len() < in_flight_most {
                 let now = adm.clock();
-                adm.more = self
-                    .claim_next(now, &mut adm.flight, &mut adm.unsent)
-                    .await;
+                adm.more = self.claim_next(now, &mut adm.flight, &mut adm.unsent).await;
             }
             while adm.creates.len() < in_flight_most {
                 let Some(c) = adm.unsent.pop_front() else {
