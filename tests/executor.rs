@@ -97,6 +97,13 @@ impl<S: RunStore + Clone> Harness<S> {
         Ok(())
     }
 
+    /// Takes in what the fake cluster said, without stepping.
+    fn take_inputs(&mut self, now: DateTime<Utc>) {
+        while let Ok(input) = self.inputs.try_recv() {
+            self.exec.apply(input, now);
+        }
+    }
+
     async fn step(&mut self, now: DateTime<Utc>) {
         self.settle(now).await.expect("step");
     }
@@ -203,6 +210,13 @@ async fn admit<S: RunStore + Clone>(
     row
 }
 
+/// A one-task run whose Pod's create the API server answers after `latency_ms`.
+async fn one_slow_task(h: &mut Harness, latency_ms: u64) -> RunRow {
+    h.cluster
+        .answer_after(std::time::Duration::from_millis(latency_ms));
+    admit(h, "slow", t0(), spec("- {name: a, container: {image: x}}")).await
+}
+
 fn state_of(tries: &[TaskRow], task: &str, n: i32) -> TaskState {
     tries
         .iter()
@@ -247,15 +261,7 @@ async fn a_chain_runs_in_order_and_the_run_succeeds() {
 async fn a_try_starts_when_the_api_server_answers_its_create() {
     let store = common::fresh_store("exec_started_at").await;
     let mut h = Harness::new(store, ExecutorConfig::default());
-    h.cluster
-        .answer_after(std::time::Duration::from_millis(300));
-    let run = admit(
-        &mut h,
-        "slow",
-        t0(),
-        spec("- {name: a, container: {image: x}}"),
-    )
-    .await;
+    let run = one_slow_task(&mut h, 300).await;
     h.step(t0()).await;
     let tries = h.tries(&run).await;
     let started = tries
@@ -668,9 +674,7 @@ async fn one_step_admits_batch_after_batch_within_the_task_limit_and_pool_slots(
     let plain = (0..6).map(|i| format!("- {{name: a{i}, container: {{image: x}}}}"));
     let tasks: Vec<String> = pooled.chain(plain).collect();
     let run = admit(&mut h, "wide", t0(), spec(&tasks.join("\n"))).await;
-    while let Ok(input) = h.inputs.try_recv() {
-        h.exec.apply(input, t0());
-    }
+    h.take_inputs(t0());
     h.exec.step(t0()).await.expect("step");
     assert_eq!(h.cluster.created(), 7, "one step fills --max-running-tasks");
     let tries = h.tries(&run).await;
@@ -696,18 +700,8 @@ async fn an_admission_goes_on_over_steps_while_its_creates_are_in_flight() {
         ..ExecutorConfig::default()
     };
     let mut h = Harness::new(store, cfg);
-    h.cluster
-        .answer_after(std::time::Duration::from_millis(400));
-    let run = admit(
-        &mut h,
-        "slow",
-        t0(),
-        spec("- {name: a, container: {image: x}}"),
-    )
-    .await;
-    while let Ok(input) = h.inputs.try_recv() {
-        h.exec.apply(input, t0());
-    }
+    let run = one_slow_task(&mut h, 400).await;
+    h.take_inputs(t0());
     let more = h.exec.step(t0()).await.expect("step");
     assert!(
         more,
