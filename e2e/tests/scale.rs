@@ -330,27 +330,23 @@ async fn task_pod_creation_rate_beside_the_api_servers_own() {
     // stretches with no create answered: the executor between batches, or the API server stalled
     let mut created: Vec<_> = tries.iter().map(|(_, t)| *t).collect();
     created.sort();
-    let pauses: Vec<f64> = created
+    // (the create it follows: its index, and when it was answered from the first)
+    let pauses: Vec<(usize, f64, f64)> = created
         .windows(2)
-        .map(|w| secs(w[0], w[1]))
-        .filter(|gap| *gap >= 0.05)
+        .enumerate()
+        .map(|(i, w)| (i, secs(first, w[0]), secs(w[0], w[1])))
+        .filter(|(_, _, gap)| *gap >= 0.05)
         .collect();
     if std::env::var_os("DAGOP_SCALE_PAUSES").is_some() {
-        for (i, w) in created.windows(2).enumerate() {
-            let gap = secs(w[0], w[1]);
-            if gap >= 0.05 {
-                println!(
-                    "pause after create #{i} at {:.3} s: {gap:.3} s",
-                    secs(first, w[0])
-                );
-            }
+        for (i, at, gap) in &pauses {
+            println!("pause after create #{i} at {at:.3} s: {gap:.3} s");
         }
     }
     println!(
         "scale: pauses of 50 ms or more between two answered creates: {} totalling {:.2} s (longest {:.2} s)",
         pauses.len(),
-        pauses.iter().sum::<f64>(),
-        pauses.iter().copied().fold(0.0, f64::max)
+        pauses.iter().map(|(_, _, gap)| gap).sum::<f64>(),
+        pauses.iter().map(|(_, _, gap)| *gap).fold(0.0, f64::max)
     );
     println!(
         "scale: {PODS} one-task runs admitted at once: Pods created in {:.2} s from admission ({:.2} s from the first Pod) = {rate:.0} Pods/s; \

@@ -4,7 +4,7 @@
 //! which the replicas share: one claim per try, a batch in one pipeline. Admitted tries get
 //! their Pods, many created at once; what the API server said is written in one transaction.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -84,23 +84,24 @@ struct Chosen {
 /// unsent, in flight or answered): skipped when choosing again, and counted as running.
 #[derive(Default)]
 struct Flight {
-    tries: HashMap<(uuid::Uuid, usize), Option<(PoolKey, i64)>>,
+    tries: HashSet<(uuid::Uuid, usize)>,
+    /// the Pool slots they take
     pools: HashMap<PoolKey, i64>,
 }
 
 impl Flight {
     fn add(&mut self, c: &Chosen) {
-        let held = c.pool.clone().map(|p| (p, i64::from(c.weight)));
-        if let Some((pool, weight)) = &held {
-            *self.pools.entry(pool.clone()).or_default() += weight;
+        if self.tries.insert((c.run, c.task)) {
+            if let Some(pool) = &c.pool {
+                *self.pools.entry(pool.clone()).or_default() += i64::from(c.weight);
+            }
         }
-        self.tries.insert((c.run, c.task), held);
     }
 
     fn remove(&mut self, c: &Chosen) {
-        if let Some(Some((pool, weight))) = self.tries.remove(&(c.run, c.task)) {
-            if let Some(used) = self.pools.get_mut(&pool) {
-                *used -= weight;
+        if self.tries.remove(&(c.run, c.task)) {
+            if let Some(used) = c.pool.as_ref().and_then(|p| self.pools.get_mut(p)) {
+                *used -= i64::from(c.weight);
             }
         }
     }
@@ -164,10 +165,6 @@ impl Admission {
 }
 
 impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
-    pub(super) fn admission_under_way(&self) -> bool {
-        self.admission.is_some()
-    }
-
     /// Admits what fits: claims a batch, creates its Pods many at once and writes what they
     /// came to in one transaction. While the last creates of a batch are in flight the next
     /// batch is claimed, so the API server is never left without work for a round trip; the
@@ -216,8 +213,8 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                     adm.answered.push(answer);
                     false
                 }
-                Ok(None) => true,
-                Err(_elapsed) => true,
+                // nothing in flight, or the slice is used up
+                Ok(None) | Err(_) => true,
             };
             let all_in = adm.creates.is_empty() && adm.unsent.is_empty();
             if slice_over || all_in || adm.answered.len() >= self.cfg.admit_batch {
@@ -315,7 +312,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             let Some(task) = run.tasks.get(place.task) else {
                 continue;
             };
-            if flight.tries.contains_key(&(place.run, place.task)) {
+            if flight.tries.contains(&(place.run, place.task)) {
                 continue;
             }
             let ns = &run.run.dag.namespace;

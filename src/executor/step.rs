@@ -262,7 +262,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             self.gate_down(e);
         }
         // an admission under way goes on (its creates are in flight) even without the gate
-        let more = if gate_result.is_ok() || self.admission_under_way() {
+        let more = if gate_result.is_ok() || self.admission.is_some() {
             self.admit(now).await?
         } else {
             false
