@@ -250,20 +250,6 @@ impl MemoryGate {
         Ok(grants)
     }
 
-    fn keep_alive_now(&self) -> Heartbeat {
-        let now = Instant::now();
-        let mut state = self.lock();
-        let (id, registered) = self.session.current();
-        let (alive, kept) = state.heartbeat(&id, registered, self.lease_ttl, now);
-        if self.session.observe(&id, alive) {
-            return Heartbeat { ended: false, kept };
-        }
-        let (id, registered) = self.session.current();
-        let (alive, kept) = state.heartbeat(&id, registered, self.lease_ttl, now);
-        self.session.observe(&id, alive);
-        Heartbeat { ended: true, kept }
-    }
-
     fn let_go_now(&self, key: &str, holder: &str) -> Result<(), GateError> {
         check_key(key)?;
         check_holder(holder)?;
@@ -334,7 +320,13 @@ impl Gate for MemoryGate {
     }
 
     async fn keep_alive(&self) -> Result<Heartbeat, GateError> {
-        Ok(self.keep_alive_now())
+        let now = Instant::now();
+        self.session
+            .keep_alive(|id, registered| {
+                let beat = self.lock().heartbeat(&id, registered, self.lease_ttl, now);
+                std::future::ready(Ok(beat))
+            })
+            .await
     }
 
     fn session_epoch(&self) -> u64 {
@@ -380,8 +372,8 @@ mod tests {
             == Ok(true)
     }
 
-    #[test]
-    fn ended_sessions_leave_no_entry() {
+    #[tokio::test]
+    async fn ended_sessions_leave_no_entry() {
         let gate = MemoryGate::new(Duration::from_millis(1));
         assert!(grant(&gate, "k", "a", 1, 1));
         std::thread::sleep(Duration::from_millis(5));
@@ -393,7 +385,8 @@ mod tests {
             gate.lock().semaphores.is_empty(),
             "a refused acquire leaves nothing behind"
         );
-        assert!(gate.keep_alive_now().ended, "the first session had ended");
+        let beat = gate.keep_alive().await.expect("a heartbeat");
+        assert!(beat.ended, "the first session had ended");
         assert_eq!(gate.session.epoch(), 1);
         assert!(grant(&gate, "k", "c", 1, 5), "and goes on under a new one");
     }

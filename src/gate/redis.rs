@@ -368,17 +368,10 @@ impl Gate for RedisGate {
             .collect()
     }
 
-    /// The session's heartbeat; if it had ended, the new session's first one right after.
     async fn keep_alive(&self) -> Result<Heartbeat, GateError> {
-        let (id, registered) = self.session.current();
-        let (alive, kept) = self.heartbeat(&id, registered).await?;
-        if self.session.observe(&id, alive) {
-            return Ok(Heartbeat { ended: false, kept });
-        }
-        let (id, registered) = self.session.current();
-        let (alive, kept) = self.heartbeat(&id, registered).await?;
-        self.session.observe(&id, alive);
-        Ok(Heartbeat { ended: true, kept })
+        self.session
+            .keep_alive(|id, registered| async move { self.heartbeat(&id, registered).await })
+            .await
     }
 
     fn session_epoch(&self) -> u64 {

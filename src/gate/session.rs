@@ -3,6 +3,7 @@
 //! session is never revived: the holder goes on under a new id (`<base>.<epoch>`) and registers
 //! what it holds again. Shared by the Redis and the in-process gate; the lease lives in the gate.
 
+use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
 
 /// What a heartbeat ([`crate::gate::Gate::keep_alive`]) found.
@@ -65,6 +66,25 @@ impl Session {
         state.epoch += 1;
         state.registered = false;
         false
+    }
+
+    /// A heartbeat as every gate gives one: `beat(id, registered)` answers whether the lease
+    /// ran and how many holds the session keeps; when the session had ended, the new
+    /// session's first beat follows at once.
+    pub async fn keep_alive<E, F, Fut>(&self, mut beat: F) -> Result<Heartbeat, E>
+    where
+        F: FnMut(String, bool) -> Fut,
+        Fut: Future<Output = Result<(bool, u64), E>>,
+    {
+        let (id, registered) = self.current();
+        let (alive, kept) = beat(id.clone(), registered).await?;
+        if self.observe(&id, alive) {
+            return Ok(Heartbeat { ended: false, kept });
+        }
+        let (id, registered) = self.current();
+        let (alive, kept) = beat(id.clone(), registered).await?;
+        self.observe(&id, alive);
+        Ok(Heartbeat { ended: true, kept })
     }
 
     /// How many times the session was found ended.
