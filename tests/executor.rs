@@ -9,8 +9,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use dag_operator::api::DagSpec;
 use dag_operator::executor::{
-    AdmittedRun, CancelledRun, ExecInput, ExecOutput, ExecStatus, Executor, ExecutorConfig,
-    FakeLauncher, FixedPools, LaunchError, PodKey, PodVerdict, pod,
+    AdmittedRun, Admitting, CancelledRun, ExecInput, ExecOutput, ExecStatus, Executor,
+    ExecutorConfig, FakeLauncher, FixedPools, LaunchError, PodKey, PodVerdict, pod,
 };
 use dag_operator::gate::{Gate, MemoryGate, key as gate_key};
 use dag_operator::key::Subject;
@@ -42,6 +42,8 @@ struct Harness<S: RunStore = PgStore> {
     gate: MemoryGate,
     pools: FixedPools,
     store: S,
+    /// what the executor tells the writers that give way to its creates
+    admitting: Admitting,
 }
 
 impl<S: RunStore + Clone> Harness<S> {
@@ -69,6 +71,8 @@ impl<S: RunStore + Clone> Harness<S> {
             Arc::new(pools.clone()),
             out_tx,
         );
+        let admitting = Admitting::default();
+        let exec = exec.with_admitting(admitting.clone());
         cluster.watch(tx);
         Harness {
             exec,
@@ -78,6 +82,7 @@ impl<S: RunStore + Clone> Harness<S> {
             gate,
             pools,
             store,
+            admitting,
         }
     }
 
@@ -700,13 +705,19 @@ async fn an_admission_goes_on_over_steps_while_its_creates_are_in_flight() {
         ..ExecutorConfig::default()
     };
     let mut h = Harness::new(store, cfg);
+    assert!(!h.admitting.is_set(), "nothing handed over yet");
     let run = one_slow_task(&mut h, 400).await;
+    assert!(
+        h.admitting.is_set(),
+        "a run handed over: the writers give way"
+    );
     h.take_inputs(t0());
     let more = h.exec.step(t0()).await.expect("step");
     assert!(
         more,
         "the step returns with the create in flight, asking to go on"
     );
+    assert!(h.admitting.is_set(), "its create is in flight");
     assert_eq!(state_of(&h.tries(&run).await, "a", 1), TaskState::Queued);
     let mut steps = 1;
     while h.exec.step(t0()).await.expect("step") {
@@ -714,6 +725,7 @@ async fn an_admission_goes_on_over_steps_while_its_creates_are_in_flight() {
         assert!(steps < 100, "the admission never ended");
     }
     assert!(steps > 1, "more than one step went by");
+    assert!(!h.admitting.is_set(), "the admission ended");
     let tries = h.tries(&run).await;
     assert_eq!(state_of(&tries, "a", 1), TaskState::Running);
     assert_eq!(h.cluster.created(), 1);

@@ -26,6 +26,7 @@ use super::pool::PoolStatuses;
 use crate::api::conditions::Condition;
 use crate::api::{Backfill, BackfillStatus, DAG, DagStatus, Pool, PoolStatus};
 use crate::engine::{BackfillProgress, SchedulingStatus};
+use crate::executor::Admitting;
 use crate::executor::output::PoolUsage;
 use crate::key::{BackfillKey, DagKey, ObjectKey, PoolKey};
 use crate::store::RecentRuns;
@@ -173,6 +174,9 @@ const BACKOFF_LAST: Duration = Duration::from_secs(10);
 /// Updates arriving within this window of the first are written together.
 const COALESCE: Duration = Duration::from_millis(100);
 
+/// Longest the writes wait while the executor admits (its Pod creates go first).
+pub const GIVE_WAY_MOST: Duration = Duration::from_secs(5);
+
 struct Writer {
     client: kube::Client,
     /// boxed: a `DagModel` is large, and a map's spare capacity would hold it inline
@@ -193,6 +197,7 @@ pub async fn run_writer(
     client: kube::Client,
     mut updates: mpsc::UnboundedReceiver<StatusUpdate>,
     metrics: Option<Arc<Metrics>>,
+    admitting: Admitting,
 ) {
     let mut w = Writer {
         client,
@@ -210,9 +215,15 @@ pub async fn run_writer(
     loop {
         // 1. what changed (after failed writes: at the latest when the backoff is over)
         let retry = w.has_pending().then_some(w.backoff);
-        let Some(batch) = gather(&mut updates, retry).await else {
+        let Some(mut batch) = gather(&mut updates, retry).await else {
             return;
         };
+        // the executor's Pod creates go first; what arrives meanwhile joins this batch
+        if admitting.settled(GIVE_WAY_MOST).await {
+            while let Ok(update) = updates.try_recv() {
+                batch.push(update);
+            }
+        }
         // 2. into the models, and the statuses they give
         for update in batch {
             w.take(update);

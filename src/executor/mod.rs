@@ -14,6 +14,7 @@
 
 pub mod action;
 mod admit;
+pub mod admitting;
 pub mod launcher;
 pub mod output;
 pub mod plan;
@@ -30,6 +31,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+pub use self::admitting::Admitting;
 pub use self::launcher::{
     FakeLauncher, FixedPools, KubeLauncher, LaunchError, PodKey, PodLauncher,
 };
@@ -213,6 +215,8 @@ pub struct Executor<S: RunStore, G: Gate, L: PodLauncher> {
     admit_after: Option<DateTime<Utc>>,
     /// the admission under way, if its creates are still in flight
     admission: Option<admit::Admission>,
+    /// told whether runs wait to be loaded or an admission is under way (writers hold back)
+    admitting: Admitting,
     pools_dirty: bool,
     reported_pools: HashMap<crate::key::PoolKey, PoolUsage>,
     /// DAGs whose newest runs changed
@@ -264,6 +268,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             admit_dirty: true,
             admit_after: None,
             admission: None,
+            admitting: Admitting::default(),
             pools_dirty: true,
             reported_pools: HashMap::new(),
             dags_changed: BTreeSet::new(),
@@ -285,6 +290,17 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
     pub fn with_current_specs(mut self, specs: Arc<dyn CurrentSpecs>) -> Self {
         self.current_specs = Some(specs);
         self
+    }
+
+    /// Says on `admitting` whether this executor is admitting, for writers that give way.
+    pub fn with_admitting(mut self, admitting: Admitting) -> Self {
+        self.admitting = admitting;
+        self
+    }
+
+    /// Runs handed over and not loaded yet, or an admission under way.
+    fn is_admitting(&self) -> bool {
+        !self.admitted.is_empty() || self.admission.is_some()
     }
 
     /// How many runs are running (in memory).
@@ -329,6 +345,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                 self.pools_dirty = true;
             }
         }
+        self.admitting.set(self.is_admitting());
     }
 
     /// Runs the engine cancelled: out of memory, their slots back, their Pods deleted.

@@ -268,6 +268,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             false
         };
         self.delete_doomed(now).await;
+        self.admitting.set(self.is_admitting());
         self.report().await?;
         // decisions that follow from the ones just written (a task became ready) come next
         Ok(more || !self.dirty.is_empty())

@@ -27,13 +27,15 @@ pub use self::retention::RetentionPolicy;
 use self::route::{GateHealth, HandledTriggers, Routes, route_engine, route_executor};
 use crate::api::tenancy::TenancyDefaults;
 use crate::api::{Backfill, DAG, Pool};
-use crate::controller::status::{StatusUpdate, run_writer};
+use crate::controller::status::{GIVE_WAY_MOST, StatusUpdate, run_writer};
 use crate::controller::{
     Events, Throttle, backfill as backfill_controller, dag as dag_controller, namespace,
 };
 use crate::engine::{Command, Engine, EngineConfig, Output};
 use crate::executor::watch::{spawn_pod_watch, spawn_pool_watch, until_ready};
-use crate::executor::{EndedTry, ExecInput, ExecOutput, Executor, ExecutorConfig, KubeLauncher};
+use crate::executor::{
+    Admitting, EndedTry, ExecInput, ExecOutput, Executor, ExecutorConfig, KubeLauncher,
+};
 use crate::gate::Gate;
 use crate::http::{self, ApiState, DagDirectory, auth::KubeReviewer};
 use crate::k8s;
@@ -306,10 +308,18 @@ impl Parts {
     /// Steps 4–6, as the leader, until shutdown.
     async fn lead<G: Gate + Clone>(self, gate: G) {
         let w = Wires::new();
+        // the writers that can wait give way to the executor's Pod creates
+        let admitting = Admitting::default();
         // 4. watches, engine and executor
         let caches = self.start_watches(&w.exec_in.0);
         let default_tz = self.start_engine(gate.clone(), w.commands.1, w.engine_out.0);
-        self.start_executor(gate, &caches, default_tz, w.exec_in.1, w.exec_out.0);
+        self.start_executor(
+            gate,
+            &caches,
+            default_tz,
+            (w.exec_in.1, w.exec_out.0),
+            admitting.clone(),
+        );
         // 5. routers, and the consumers they feed
         let routes = Routes {
             status: w.status.0.clone(),
@@ -327,7 +337,13 @@ impl Parts {
             logs: w.tries_ended.0,
         };
         spawn_routers(routes, w.engine_out.1, w.exec_out.1);
-        let events = self.start_consumers(w.status.1, w.notices.1, w.triggers.1, w.tries_ended.1);
+        let events = self.start_consumers(
+            w.status.1,
+            w.notices.1,
+            w.triggers.1,
+            w.tries_ended.1,
+            admitting,
+        );
         // 6. controllers
         tokio::spawn(backfill_controller::run(
             k8s::api::<Backfill>(self.client.clone(), self.namespace()),
@@ -387,8 +403,11 @@ impl Parts {
         gate: G,
         caches: &Caches,
         default_tz: chrono_tz::Tz,
-        inputs: mpsc::UnboundedReceiver<ExecInput>,
-        out: mpsc::UnboundedSender<ExecOutput>,
+        (inputs, out): (
+            mpsc::UnboundedReceiver<ExecInput>,
+            mpsc::UnboundedSender<ExecOutput>,
+        ),
+        admitting: Admitting,
     ) {
         let mut exec_cfg = self.config.executor.clone();
         exec_cfg.namespace = self.config.namespace.clone();
@@ -401,7 +420,8 @@ impl Parts {
             Arc::new(caches.pools.clone()),
             out,
         )
-        .with_current_specs(Arc::new(caches.dags.clone()));
+        .with_current_specs(Arc::new(caches.dags.clone()))
+        .with_admitting(admitting);
         let (pools, dags) = (caches.pools.clone(), caches.dags.clone());
         tokio::spawn(async move {
             // a run's Pods are judged once the watches have listed what exists
@@ -419,15 +439,17 @@ impl Parts {
         notices: mpsc::UnboundedReceiver<Notice>,
         triggers: mpsc::UnboundedReceiver<HandledTriggers>,
         tries_ended: mpsc::UnboundedReceiver<Vec<EndedTry>>,
+        admitting: Admitting,
     ) -> Events {
         let client = &self.client;
         tokio::spawn(run_writer(
             client.clone(),
             status,
             Some(self.metrics.clone()),
+            admitting.clone(),
         ));
         let events = Events::new(client.clone());
-        tokio::spawn(publish_notices(events.clone(), notices));
+        tokio::spawn(publish_notices(events.clone(), notices, admitting));
         tokio::spawn(prune_triggers(client.clone(), triggers));
         let keeper = LogKeeper::new(
             Arc::new(KubeLogs::new(client.clone())),
@@ -528,18 +550,31 @@ fn spawn_routers(
 
 /// Publishes each notice as a Kubernetes Event (in the background; failures are logged),
 /// throttled per object and reason ([`Throttle`]).
-async fn publish_notices(events: Events, mut notices: mpsc::UnboundedReceiver<Notice>) {
+async fn publish_notices(
+    events: Events,
+    mut notices: mpsc::UnboundedReceiver<Notice>,
+    admitting: Admitting,
+) {
     let mut throttle = Throttle::default();
     let mut seen: u64 = 0;
-    while let Some(notice) = notices.recv().await {
-        let now = std::time::Instant::now();
-        match throttle.admit(notice, now) {
-            Some(notice) => events.spawn_notice(notice),
-            None => tracing::debug!("event held back by the throttle"),
+    while let Some(first) = notices.recv().await {
+        // the executor's Pod creates go first; what arrives meanwhile goes out with this one
+        let mut batch = vec![first];
+        if admitting.settled(GIVE_WAY_MOST).await {
+            while let Ok(notice) = notices.try_recv() {
+                batch.push(notice);
+            }
         }
-        seen += 1;
-        if seen % 1024 == 0 {
-            throttle.prune(now);
+        for notice in batch {
+            let now = std::time::Instant::now();
+            match throttle.admit(notice, now) {
+                Some(notice) => events.spawn_notice(notice),
+                None => tracing::debug!("event held back by the throttle"),
+            }
+            seen += 1;
+            if seen % 1024 == 0 {
+                throttle.prune(now);
+            }
         }
     }
 }
