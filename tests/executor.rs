@@ -695,6 +695,40 @@ async fn one_step_admits_batch_after_batch_within_the_task_limit_and_pool_slots(
     assert_eq!(h.gate.usage(&gate_key::pool("ns", "two")).await.unwrap(), 2);
 }
 
+/// The creates of an admission do not wait for the executor: while it takes in Pod events
+/// and writes between steps, the next ones go out, so the API server is not left idle.
+#[tokio::test]
+async fn an_admissions_creates_go_on_between_steps() {
+    let store = common::fresh_store("exec_between_steps").await;
+    let cfg = ExecutorConfig {
+        create_concurrency: 2,
+        admit_slice: std::time::Duration::from_millis(1),
+        ..ExecutorConfig::default()
+    };
+    let mut h = Harness::new(store, cfg);
+    h.cluster.answer_after(std::time::Duration::from_millis(20));
+    let tasks: Vec<String> = (0..6)
+        .map(|i| format!("- {{name: a{i}, container: {{image: x}}}}"))
+        .collect();
+    admit(&mut h, "wide", t0(), spec(&tasks.join("\n"))).await;
+    h.take_inputs(t0());
+    assert!(
+        h.exec.step(t0()).await.expect("step"),
+        "the step returns with the creates under way"
+    );
+    // no step now: the six creates go on by themselves, two at a time
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while h.cluster.created() < 6 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 6 Pods created without a step",
+            h.cluster.created()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(h.cluster.created() == 6);
+}
+
 /// A slow API server does not hold the executor: a step gives an admission at most
 /// `admit_slice`, and the next step goes on with the creates still in flight.
 #[tokio::test]

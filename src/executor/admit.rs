@@ -4,11 +4,12 @@
 //! which the replicas share: one claim per try, a batch in one pipeline. Admitted tries get
 //! their Pods, many created at once; what the API server said is written in one transaction.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use super::launcher::LaunchError;
 use super::plan::{PodSight, PodVerdict};
@@ -81,7 +82,7 @@ struct Chosen {
 }
 
 /// Tries of the admission under way that are claimed but not yet written (their creates
-/// unsent, in flight or answered): skipped when choosing again, and counted as running.
+/// waiting, in flight or answered): skipped when choosing again, and counted as running.
 #[derive(Default)]
 struct Flight {
     tries: HashSet<(uuid::Uuid, usize)>,
@@ -126,29 +127,32 @@ struct Answer {
 }
 
 /// An admission under way, carried from step to step while its creates are in flight: a
-/// step gives it at most `admit_slice`, then Pod events and actions are taken in (the
-/// requests stay in flight meanwhile) and the next step goes on with it.
+/// step gives it at most `admit_slice`, then Pod events and actions are taken in and the next
+/// step goes on with it. Its creates are tasks of their own, `--pod-create-concurrency` at a
+/// time: they go on while the executor does something else (dropping the admission aborts
+/// them).
 pub(super) struct Admission {
     /// the step clock when it began, and the same instant on the monotonic clock: an
     /// answer's stamp is `now` plus the time since `began`
     now: DateTime<Utc>,
     began: std::time::Instant,
     flight: Flight,
-    unsent: VecDeque<Chosen>,
-    creates: FuturesUnordered<futures::future::BoxFuture<'static, (Chosen, Answer)>>,
+    /// the creates not answered yet: in flight, or waiting for one of `permits`
+    creates: JoinSet<(Chosen, Answer)>,
+    permits: Arc<Semaphore>,
     answered: Vec<(Chosen, Answer)>,
     /// the last batch chosen was full: more may start
     more: bool,
 }
 
 impl Admission {
-    fn new(now: DateTime<Utc>) -> Self {
+    fn new(now: DateTime<Utc>, in_flight_most: usize) -> Self {
         Admission {
             now,
             began: std::time::Instant::now(),
             flight: Flight::default(),
-            unsent: VecDeque::new(),
-            creates: FuturesUnordered::new(),
+            creates: JoinSet::new(),
+            permits: Arc::new(Semaphore::new(in_flight_most)),
             answered: Vec::new(),
             more: true,
         }
@@ -160,7 +164,7 @@ impl Admission {
     }
 
     fn done(&self) -> bool {
-        self.creates.is_empty() && self.unsent.is_empty() && !self.more
+        self.creates.is_empty() && !self.more
     }
 }
 
@@ -178,7 +182,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                 }
                 self.admit_after = None;
                 self.admit_dirty = false;
-                Admission::new(now)
+                Admission::new(now, self.cfg.create_concurrency.max(1))
             }
         };
         let result = self.admit_slice(&mut adm).await;
@@ -189,34 +193,40 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
     }
 
     /// Goes on with an admission for up to `admit_slice` (or until it is done); what was
-    /// answered by then is written.
+    /// answered by then is written. The next batch is claimed while fewer creates than two
+    /// rounds of `--pod-create-concurrency` are left, so the creates never run dry between
+    /// steps.
     async fn admit_slice(&mut self, adm: &mut Admission) -> Result<(), super::ExecError> {
         let until = tokio::time::Instant::now() + self.cfg.admit_slice;
-        let in_flight_most = self.cfg.create_concurrency.max(1);
+        let refill_below = 2 * self.cfg.create_concurrency.max(1);
         loop {
-            if adm.more && adm.unsent.is_empty() && adm.creates.len() < in_flight_most {
+            if adm.more && adm.creates.len() < refill_below {
                 let now = adm.clock();
-                adm.more = self.claim_next(now, &mut adm.flight, &mut adm.unsent).await;
+                let mut granted = Vec::new();
+                adm.more = self.claim_next(now, &mut adm.flight, &mut granted).await;
+                for c in granted {
+                    let pod = self.pod_of(&c);
+                    let launcher = self.launcher.clone();
+                    let permits = adm.permits.clone();
+                    adm.creates
+                        .spawn(create(launcher, pod, c, adm.began, permits));
+                }
             }
-            while adm.creates.len() < in_flight_most {
-                let Some(c) = adm.unsent.pop_front() else {
-                    break;
-                };
-                let pod = self.pod_of(&c);
-                let launcher = self.launcher.clone();
-                adm.creates
-                    .push(Box::pin(create(launcher, pod, c, adm.began)));
-            }
-            let next = tokio::time::timeout_at(until, adm.creates.next()).await;
+            let next = tokio::time::timeout_at(until, adm.creates.join_next()).await;
             let slice_over = match next {
-                Ok(Some(answer)) => {
+                Ok(Some(Ok(answer))) => {
                     adm.answered.push(answer);
+                    false
+                }
+                Ok(Some(Err(e))) => {
+                    // its try stays queued (claimed: granted again when chosen next time)
+                    tracing::warn!(error = %e, "a Pod create task ended without an answer");
                     false
                 }
                 // nothing in flight, or the slice is used up
                 Ok(None) | Err(_) => true,
             };
-            let all_in = adm.creates.is_empty() && adm.unsent.is_empty();
+            let all_in = adm.creates.is_empty();
             if slice_over || all_in || adm.answered.len() >= self.cfg.admit_batch {
                 self.write_answers(adm).await?;
             }
@@ -246,12 +256,12 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
     }
 
     /// Chooses and claims the next batch, taking the tries already in `flight` into account;
-    /// granted tries join `flight` and `unsent`. True when the batch was full.
+    /// granted tries join `flight` and `granted`. True when the batch was full.
     async fn claim_next(
         &mut self,
         now: DateTime<Utc>,
         flight: &mut Flight,
-        unsent: &mut VecDeque<Chosen>,
+        granted: &mut Vec<Chosen>,
     ) -> bool {
         let chosen = self.choose(flight);
         if chosen.is_empty() {
@@ -259,12 +269,12 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         }
         let full = chosen.len() >= self.cfg.admit_batch;
         match self.claim(&chosen).await {
-            Ok(granted) => {
+            Ok(answers) => {
                 self.set_gate_ok(true);
-                for (c, ok) in chosen.into_iter().zip(granted) {
+                for (c, ok) in chosen.into_iter().zip(answers) {
                     if ok {
                         flight.add(&c);
-                        unsent.push_back(c);
+                        granted.push(c);
                     }
                 }
                 full && self.admit_after.is_none()
@@ -545,7 +555,10 @@ async fn create<L: PodLauncher>(
     pod: Option<k8s_openapi::api::core::v1::Pod>,
     c: Chosen,
     began: std::time::Instant,
+    permits: Arc<Semaphore>,
 ) -> (Chosen, Answer) {
+    // the semaphore is never closed (were it, the create would go ahead, not wait forever)
+    let _permit = permits.acquire_owned().await.ok();
     let outcome = match pod {
         None => Launched::Later("no spec for the task".into()),
         Some(pod) => match launcher.create(pod).await {
