@@ -2,6 +2,8 @@
 //! Pools), [`Notice`]s for events, [`TaskTelemetry`] for metrics, and the runs that ended for
 //! the engine. The controllers read these types and nothing else of the executor.
 
+/// Whether the executor is admitting: what it tells the writers that give way to its creates.
+pub use super::admitting::Admitting;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
