@@ -89,11 +89,7 @@ impl<S: RunStore + Clone> Harness<S> {
     /// Takes everything the fake cluster said, steps, and again until nothing new arrives.
     async fn settle(&mut self, now: DateTime<Utc>) -> Result<(), String> {
         for _ in 0..20 {
-            let mut any = false;
-            while let Ok(input) = self.inputs.try_recv() {
-                self.exec.apply(input, now);
-                any = true;
-            }
+            let any = self.take_inputs(now);
             let more = self.exec.step(now).await.map_err(|e| e.to_string())?;
             if !more && !any && self.inputs.is_empty() {
                 return Ok(());
@@ -102,11 +98,14 @@ impl<S: RunStore + Clone> Harness<S> {
         Ok(())
     }
 
-    /// Takes in what the fake cluster said, without stepping.
-    fn take_inputs(&mut self, now: DateTime<Utc>) {
+    /// Takes in what the fake cluster said, without stepping; whether anything arrived.
+    fn take_inputs(&mut self, now: DateTime<Utc>) -> bool {
+        let mut any = false;
         while let Ok(input) = self.inputs.try_recv() {
             self.exec.apply(input, now);
+            any = true;
         }
+        any
     }
 
     async fn step(&mut self, now: DateTime<Utc>) {

@@ -173,9 +173,6 @@ const BACKOFF_LAST: Duration = Duration::from_secs(10);
 /// Updates arriving within this window of the first are written together.
 const COALESCE: Duration = Duration::from_millis(100);
 
-/// Longest the writes wait while the executor admits (its Pod creates go first).
-pub const GIVE_WAY_MOST: Duration = Duration::from_secs(5);
-
 struct Writer {
     client: kube::Client,
     /// boxed: a `DagModel` is large, and a map's spare capacity would hold it inline
@@ -218,11 +215,7 @@ pub async fn run_writer(
             return;
         };
         // the executor's Pod creates go first; what arrives meanwhile joins this batch
-        if admitting.settled(GIVE_WAY_MOST).await {
-            while let Ok(update) = updates.try_recv() {
-                batch.push(update);
-            }
-        }
+        admitting.give_way(&mut updates, &mut batch).await;
         // 2. into the models, and the statuses they give
         for update in batch {
             w.take(update);

@@ -7,7 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+/// Longest a writer waits while the executor admits.
+pub const GIVE_WAY_MOST: Duration = Duration::from_secs(5);
 
 /// Whether the executor is admitting; shared by the executor (which says so) and the writers
 /// that wait for it.
@@ -36,6 +39,16 @@ impl Admitting {
 
     pub fn is_set(&self) -> bool {
         *self.state.borrow()
+    }
+
+    /// A writer's turn after the creates: waits while the executor admits (at most
+    /// [`GIVE_WAY_MOST`]), then takes into `batch` what arrived on `queue` meanwhile.
+    pub async fn give_way<T>(&self, queue: &mut mpsc::UnboundedReceiver<T>, batch: &mut Vec<T>) {
+        if self.settled(GIVE_WAY_MOST).await {
+            while let Ok(item) = queue.try_recv() {
+                batch.push(item);
+            }
+        }
     }
 
     /// Waits until the executor is not admitting, at most `most`. Says whether it waited.

@@ -14,7 +14,7 @@
 
 pub mod action;
 mod admit;
-pub mod admitting;
+mod admitting;
 pub mod launcher;
 pub mod output;
 pub mod plan;

@@ -27,7 +27,7 @@ pub use self::retention::RetentionPolicy;
 use self::route::{GateHealth, HandledTriggers, Routes, route_engine, route_executor};
 use crate::api::tenancy::TenancyDefaults;
 use crate::api::{Backfill, DAG, Pool};
-use crate::controller::status::{GIVE_WAY_MOST, StatusUpdate, run_writer};
+use crate::controller::status::{StatusUpdate, run_writer};
 use crate::controller::{
     Events, Throttle, backfill as backfill_controller, dag as dag_controller, namespace,
 };
@@ -560,11 +560,7 @@ async fn publish_notices(
     while let Some(first) = notices.recv().await {
         // the executor's Pod creates go first; what arrives meanwhile goes out with this one
         let mut batch = vec![first];
-        if admitting.settled(GIVE_WAY_MOST).await {
-            while let Ok(notice) = notices.try_recv() {
-                batch.push(notice);
-            }
-        }
+        admitting.give_way(&mut notices, &mut batch).await;
         for notice in batch {
             let now = std::time::Instant::now();
             match throttle.admit(notice, now) {
