@@ -181,7 +181,11 @@ fn the_pod_template_example_builds_its_pods() {
         let spec = pod.spec.as_ref().expect("spec");
         assert!(spec.security_context.is_some());
         let c = &spec.containers[0];
-        let image = if i == 2 { "busybox:1.36" } else { "busybox" };
+        let image = if i == 2 {
+            "docker.io/library/busybox:1.35"
+        } else {
+            "busybox:1.35"
+        };
         assert_eq!(c.image.as_deref(), Some(image));
         assert_eq!(c.volume_mounts.as_ref().map(Vec::len), Some(1));
         assert!(c.args.iter().flatten().any(|a| a.contains("$(")));

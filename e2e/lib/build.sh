@@ -7,7 +7,9 @@
 # how it is built lands in a new cache directory; an old one is never patched.
 
 PLANE_CACHE_ROOT="${DAGOP_PLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dag-operator/plane}"
-PLANE_BINS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm kwok)
+# kubelet and pause: the real node (containerd runs its containers; pause is the sandbox image's
+# one binary, compiled from the Kubernetes module's own build/pause/linux/pause.c)
+PLANE_BINS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm kwok kubelet pause)
 
 # mod_version FILE MODULE: the version MODULE is required at in go.mod FILE.
 mod_version() {
@@ -44,7 +46,8 @@ plane_resolve() {
 # version_cmd BIN: the command line that prints BIN's version (used to prove it runs).
 version_cmd() {
   case "$1" in
-    etcd | kube-apiserver | kube-controller-manager | kube-scheduler | kwok) echo "$1 --version" ;;
+    etcd | kube-apiserver | kube-controller-manager | kube-scheduler | kwok | kubelet) echo "$1 --version" ;;
+    pause) echo "pause -v" ;;
     kubectl) echo "kubectl version --client" ;;
     helm) echo "helm version --short" ;;
     *) return 1 ;;
@@ -126,7 +129,7 @@ plane_build() {
   (
     set -e
     cd "$E2E_DIR/go"
-    echo "plane: go build kube-apiserver kube-controller-manager kube-scheduler kubectl helm"
+    echo "plane: go build kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet helm"
     # One invocation so the shared k8s.io/* packages compile once. An -X naming a
     # package absent from a binary is ignored by the linker, so one flag set serves all.
     env "${env[@]}" nice -n 19 "$gobin" build -trimpath -ldflags "$ldk$ldhelm" -o "$tmp/bin/" \
@@ -134,7 +137,13 @@ plane_build() {
       k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler \
       k8s.io/kubernetes/cmd/kubectl \
+      k8s.io/kubernetes/cmd/kubelet \
       helm.sh/helm/v3/cmd/helm
+    # the sandbox ("pause") container's binary, from the same release's source: static, so the
+    # image that holds it needs nothing else (scripts/images)
+    k8s_src=$(env "${env[@]}" "$gobin" list -m -f '{{.Dir}}' k8s.io/kubernetes)
+    echo "plane: cc pause ($k8s_src/build/pause/linux/pause.c)"
+    cc -Os -static -Wall -Werror -DVERSION="$K8S_VERSION" -o "$tmp/bin/pause" "$k8s_src/build/pause/linux/pause.c"
     cd "$E2E_DIR/go/etcd"
     echo "plane: go build etcd"
     env "${env[@]}" nice -n 19 "$gobin" build -trimpath -ldflags "$ldetcd" -o "$tmp/bin/etcd" go.etcd.io/etcd/server/v3

@@ -3,6 +3,7 @@
 //! Everything is driven as a user would: kubectl, and the kube client where it reads better.
 
 pub mod chart;
+pub mod node;
 pub mod operator;
 pub mod scenario;
 pub mod sentinel;
@@ -33,6 +34,21 @@ pub struct Plane {
     pub other_ca: PathBuf,
     /// Redis's TLS port (`rediss://`), its certificate from `ca`
     pub redis_tls_url: String,
+    /// the real node (containerd, a kubelet: real containers), when the plane has one
+    pub real_node: Option<RealNode>,
+}
+
+/// The plane's real node, as `e2e/plane env` describes it (see [`node`]).
+#[derive(Debug)]
+pub struct RealNode {
+    /// the Node's name
+    pub name: String,
+    /// its containerd's socket (`ctr --address`)
+    pub containerd: PathBuf,
+    /// PostgreSQL as the node's Pods reach it
+    pub pod_database_url: String,
+    /// Redis as the node's Pods reach it
+    pub pod_redis_url: String,
 }
 
 fn repo_root() -> PathBuf {
@@ -58,7 +74,7 @@ pub fn plane() -> &'static Plane {
         // evaluate the exports in a shell and print them one per line, whatever the quoting
         let out = Command::new("bash")
             .arg("-c")
-            .arg(r#"eval "$("$0" env)" && printf '%s\n' "$KUBECONFIG" "$DATABASE_URL" "$REDIS_URL" "$PATH" "$DAGOP_PLANE_CA" "$DAGOP_PLANE_OTHER_CA" "$DAGOP_PLANE_REDIS_TLS_URL""#)
+            .arg(r#"eval "$("$0" env)" && printf '%s\n' "$KUBECONFIG" "$DATABASE_URL" "$REDIS_URL" "$PATH" "$DAGOP_PLANE_CA" "$DAGOP_PLANE_OTHER_CA" "$DAGOP_PLANE_REDIS_TLS_URL" "${DAGOP_PLANE_REAL_NODE:-}" "${DAGOP_PLANE_CONTAINERD:-}" "${DAGOP_PLANE_POD_DATABASE_URL:-}" "${DAGOP_PLANE_POD_REDIS_URL:-}""#)
             .arg(&script)
             .output()
             .expect("e2e/plane env runs");
@@ -66,14 +82,32 @@ pub fn plane() -> &'static Plane {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let mut lines = text.lines().map(str::to_string);
         let mut next = |what: &str| lines.next().filter(|l| !l.is_empty()).unwrap_or_else(|| panic!("e2e/plane env gave no {what}"));
+        let kubeconfig = PathBuf::from(next("KUBECONFIG"));
+        let database_url = next("DATABASE_URL");
+        let redis_url = next("REDIS_URL");
+        let path = next("PATH");
+        let ca = PathBuf::from(next("DAGOP_PLANE_CA"));
+        let other_ca = PathBuf::from(next("DAGOP_PLANE_OTHER_CA"));
+        let redis_tls_url = next("DAGOP_PLANE_REDIS_TLS_URL");
+        let rest: Vec<String> = lines.collect();
+        let real_node = match rest.as_slice() {
+            [name, containerd, db, redis, ..] if !name.is_empty() => Some(RealNode {
+                name: name.clone(),
+                containerd: PathBuf::from(containerd),
+                pod_database_url: db.clone(),
+                pod_redis_url: redis.clone(),
+            }),
+            _ => None,
+        };
         Plane {
-            kubeconfig: PathBuf::from(next("KUBECONFIG")),
-            database_url: next("DATABASE_URL"),
-            redis_url: next("REDIS_URL"),
-            path: next("PATH"),
-            ca: PathBuf::from(next("DAGOP_PLANE_CA")),
-            other_ca: PathBuf::from(next("DAGOP_PLANE_OTHER_CA")),
-            redis_tls_url: next("DAGOP_PLANE_REDIS_TLS_URL"),
+            kubeconfig,
+            database_url,
+            redis_url,
+            path,
+            ca,
+            other_ca,
+            redis_tls_url,
+            real_node,
             repo,
         }
     })

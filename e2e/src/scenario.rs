@@ -24,6 +24,17 @@ pub async fn setup(prefix: &str) -> Setup {
     Setup { ns, db, store }
 }
 
+/// A scenario whose Pods run in real containers on the plane's real node (`crate::node`),
+/// with the task image loaded there.
+pub async fn setup_on_real_node(prefix: &str) -> Setup {
+    plane().install_crds();
+    crate::node::task_image();
+    let ns = crate::node::real_namespace(prefix);
+    let db = TestDb::create(&format!("e2e_{}", prefix.replace('-', "_"))).await;
+    let store = db.migrated().await;
+    Setup { ns, db, store }
+}
+
 impl Setup {
     pub fn operator(&self, extra: &[&str]) -> Operator {
         Operator::start(&self.ns.name, &self.db.url, extra)

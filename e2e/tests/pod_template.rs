@@ -73,8 +73,8 @@ async fn task_pods_carry_the_template_the_defaults_and_the_dates() {
     }
     // the defaults' image and variable, unless the task has its own
     let image = |task: &str| by_task(task)["spec"]["containers"][0]["image"].clone();
-    assert_eq!(image("extract"), "busybox");
-    assert_eq!(image("publish"), "busybox:1.36");
+    assert_eq!(image("extract"), "busybox:1.35");
+    assert_eq!(image("publish"), "docker.io/library/busybox:1.35");
     assert_eq!(env_of(&by_task("extract"))["OUTPUT"], "/scratch/$(DS)");
     assert_eq!(
         env_of(&by_task("publish"))["OUTPUT"],

@@ -213,6 +213,11 @@ pub struct RunArgs {
     /// them for `kubectl logs` and `kubectl describe`.
     #[arg(long, env = "DAGOP_FAILED_POD_RETENTION", value_parser = duration_secs)]
     pub failed_pod_retention: Option<u64>,
+    /// How long a task's Pod may stay Pending on a problem that does not go away by itself
+    /// (an image that cannot be pulled, a container that cannot be created, no node to
+    /// schedule it on) before its try fails with the kubelet's or the scheduler's reason.
+    #[arg(long, env = "DAGOP_POD_PENDING_TIMEOUT", default_value = "5m", value_parser = duration_secs)]
+    pub pod_pending_timeout: u64,
     /// Finished runs that ended longer ago than this are deleted (with their tries, logs and
     /// actions), e.g. 30d; default: kept for ever.
     #[arg(long, env = "DAGOP_RUN_RETENTION", value_parser = duration_secs)]

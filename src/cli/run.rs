@@ -123,6 +123,7 @@ fn config(args: &RunArgs) -> Result<OperatorConfig, CliError> {
                 args.failed_pod_retention.unwrap_or(args.pod_retention),
             ),
             create_concurrency: args.pod_create_concurrency.max(1),
+            pending_grace: Duration::from_secs(args.pod_pending_timeout),
             resync_interval,
             namespace: args.namespace.clone(),
             ..ExecutorConfig::default()

@@ -64,28 +64,32 @@ pub fn verdict(pod: &Pod) -> PodVerdict {
         Some("Succeeded") => PodVerdict::Succeeded,
         Some("Failed") => PodVerdict::Failed {
             exit_code: terminated.map(|t| t.exit_code),
+            // the container's reason (Error, OOMKilled, StartError, ...) and what it said:
+            // its termination message, or the end of its log (FallbackToLogsOnError)
             message: terminated
-                .and_then(|t| t.reason.clone())
-                .or_else(|| status.reason.clone())
-                .or_else(|| status.message.clone())
+                .and_then(|t| described(t.reason.as_deref(), t.message.as_deref()))
+                .or_else(|| described(status.reason.as_deref(), status.message.as_deref()))
                 .unwrap_or_else(|| "pod failed".to_string()),
         },
         Some("Pending") => {
-            let waiting = status.container_statuses.as_ref().and_then(|cs| {
-                cs.iter()
-                    .find_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
-            });
-            if let Some(reason) = waiting.filter(|r| {
+            let waiting = status
+                .container_statuses
+                .as_ref()
+                .and_then(|cs| cs.iter().find_map(|c| c.state.as_ref()?.waiting.as_ref()));
+            if let Some(waiting) = waiting.filter(|w| {
                 matches!(
-                    r.as_str(),
-                    "ErrImagePull"
-                        | "ImagePullBackOff"
-                        | "InvalidImageName"
-                        | "CreateContainerConfigError"
-                        | "CreateContainerError"
+                    w.reason.as_deref(),
+                    Some(
+                        "ErrImagePull"
+                            | "ImagePullBackOff"
+                            | "InvalidImageName"
+                            | "CreateContainerConfigError"
+                            | "CreateContainerError"
+                    )
                 )
             }) {
-                return PodVerdict::Stuck(reason);
+                let said = described(waiting.reason.as_deref(), waiting.message.as_deref());
+                return PodVerdict::Stuck(said.unwrap_or_default());
             }
             let unschedulable = status.conditions.as_ref().is_some_and(|cs| {
                 cs.iter().any(|c| {
@@ -102,6 +106,27 @@ pub fn verdict(pod: &Pod) -> PodVerdict {
         }
         _ => PodVerdict::Running,
     }
+}
+
+/// "reason: message" of a container or Pod state, as much of it as is there (the message's
+/// surrounding whitespace trimmed, bounded to what a try's row keeps).
+fn described(reason: Option<&str>, message: Option<&str>) -> Option<String> {
+    const MOST: usize = 2048;
+    let message = message.map(str::trim).filter(|m| !m.is_empty());
+    let text = match (reason.filter(|r| !r.is_empty()), message) {
+        (Some(r), Some(m)) => format!("{r}: {m}"),
+        (Some(r), None) => r.to_string(),
+        (None, Some(m)) => m.to_string(),
+        (None, None) => return None,
+    };
+    if text.len() <= MOST {
+        return Some(text);
+    }
+    let mut end = MOST;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(format!("{}…", &text[..end]))
 }
 
 /// When a Pod finished, if it did.
@@ -312,6 +337,11 @@ pub fn build_pod(
         .collect();
     ours.extend(theirs);
     container.env = Some(ours);
+    // a failed container's try records why: its termination message, else the end of its
+    // log (Kubernetes keeps 80 lines or 2 KiB of it); a task's own policy wins
+    if container.termination_message_policy.is_none() {
+        container.termination_message_policy = Some("FallbackToLogsOnError".to_string());
+    }
     let template = dag.pod_template.as_deref();
     let mut labels = user_keys(template.and_then(|t| t.labels.as_ref()));
     labels.extend([
@@ -794,5 +824,96 @@ tasks:
         let clock = DagClock::of(&spec, chrono_tz::Asia::Tokyo);
         let vars = clock.variables("2024-01-01T23:00:00Z".parse().unwrap());
         assert_eq!(vars[0].value.as_deref(), Some("2024-01-02"));
+    }
+
+    fn pod_with_status(status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "status": status
+        }))
+        .expect("a Pod")
+    }
+
+    #[test]
+    fn a_failed_container_gives_its_exit_code_reason_and_message() {
+        // exit 3 with the end of its log as the message (FallbackToLogsOnError)
+        let pod = pod_with_status(
+            serde_json::json!({"phase": "Failed", "containerStatuses": [{
+            "name": "t", "image": "busybox", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 3, "reason": "Error", "message": "bad input\n"}}}]}),
+        );
+        assert_eq!(
+            verdict(&pod),
+            PodVerdict::Failed {
+                exit_code: Some(3),
+                message: "Error: bad input".into()
+            }
+        );
+        // the kernel's OOM killer: the reason alone
+        let pod = pod_with_status(
+            serde_json::json!({"phase": "Failed", "containerStatuses": [{
+            "name": "t", "image": "busybox", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}),
+        );
+        assert_eq!(
+            verdict(&pod),
+            PodVerdict::Failed {
+                exit_code: Some(137),
+                message: "OOMKilled".into()
+            }
+        );
+        // an eviction: the Pod's own reason and message
+        let pod = pod_with_status(serde_json::json!({"phase": "Failed", "reason": "Evicted",
+            "message": "The node was low on resource: memory."}));
+        assert_eq!(
+            verdict(&pod),
+            PodVerdict::Failed {
+                exit_code: None,
+                message: "Evicted: The node was low on resource: memory.".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_pending_pod_that_cannot_pull_is_stuck_with_the_kubelets_words() {
+        let pod = pod_with_status(
+            serde_json::json!({"phase": "Pending", "containerStatuses": [{
+            "name": "t", "image": "nope", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ErrImagePull", "message": "failed to resolve reference"}}}]}),
+        );
+        assert_eq!(
+            verdict(&pod),
+            PodVerdict::Stuck("ErrImagePull: failed to resolve reference".into())
+        );
+        // waiting to start is not stuck
+        let pod = pod_with_status(
+            serde_json::json!({"phase": "Pending", "containerStatuses": [{
+            "name": "t", "image": "busybox", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ContainerCreating"}}}]}),
+        );
+        assert_eq!(verdict(&pod), PodVerdict::Running);
+    }
+
+    #[test]
+    fn a_long_message_is_cut_on_a_character_boundary() {
+        let long = "é".repeat(3000);
+        let text = described(Some("Error"), Some(&long)).expect("some text");
+        assert!(text.len() <= 2048 + "…".len(), "{}", text.len());
+        assert!(text.starts_with("Error: é") && text.ends_with('…'));
+    }
+
+    #[test]
+    fn a_tasks_pod_falls_back_to_its_log_for_the_message_unless_it_says_otherwise() {
+        let pod = pod_of("tasks: [{name: t, container: {image: x}}]", "t");
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        assert_eq!(
+            c.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+        let pod = pod_of(
+            "tasks: [{name: t, container: {image: x, terminationMessagePolicy: File}}]",
+            "t",
+        );
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        assert_eq!(c.termination_message_policy.as_deref(), Some("File"));
     }
 }
