@@ -60,6 +60,24 @@ pub fn verdict(pod: &Pod) -> PodVerdict {
         cs.iter()
             .find_map(|c| c.state.as_ref()?.terminated.as_ref())
     });
+    // Kubernetes is taking the Pod away from an unfinished task (the taint manager from a node
+    // gone NotReady or unreachable, a drain's eviction, preemption): the try has failed even
+    // if its kubelet can no longer say so, as for a Job's podFailurePolicy
+    let disrupted = pod.metadata.deletion_timestamp.is_some()
+        && !matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+    if disrupted
+        && let Some(c) = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+    {
+        return PodVerdict::Failed {
+            exit_code: None,
+            message: described(c.reason.as_deref(), c.message.as_deref())
+                .unwrap_or_else(|| "DisruptionTarget".to_string()),
+        };
+    }
     match status.phase.as_deref() {
         Some("Succeeded") => PodVerdict::Succeeded,
         Some("Failed") => PodVerdict::Failed {
@@ -891,6 +909,34 @@ tasks:
             "state": {"waiting": {"reason": "ContainerCreating"}}}]}),
         );
         assert_eq!(verdict(&pod), PodVerdict::Running);
+    }
+
+    #[test]
+    fn a_pod_taken_away_by_kubernetes_fails_its_try_with_the_reason() {
+        // the node stopped reporting: the taint manager deletes the Pod, its kubelet cannot
+        let mut pod = pod_with_status(serde_json::json!({"phase": "Running", "conditions": [{
+            "type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager",
+            "message": "Taint manager: deleting due to NoExecute taint"}]}));
+        assert_eq!(verdict(&pod), PodVerdict::Running, "not yet deleted");
+        pod.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-01-01T00:00:00Z".parse().unwrap(),
+            ));
+        assert_eq!(
+            verdict(&pod),
+            PodVerdict::Failed {
+                exit_code: None,
+                message: "DeletionByTaintManager: Taint manager: deleting due to NoExecute taint"
+                    .into()
+            }
+        );
+        // a task that finished before keeps its outcome
+        pod.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        assert_eq!(verdict(&pod), PodVerdict::Succeeded);
+        // our own delete (a timeout, a cancel) is no disruption
+        let mut ours = pod_with_status(serde_json::json!({"phase": "Running"}));
+        ours.metadata.deletion_timestamp = pod.metadata.deletion_timestamp.clone();
+        assert_eq!(verdict(&ours), PodVerdict::Running);
     }
 
     #[test]
