@@ -8,7 +8,6 @@
 //!   by default, 5 s here through the DAG's podTemplate), and the operator fails the try with
 //!   that reason (docs/SEMANTICS.md): nothing holds a slot for ever.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use dag_operator::graph::TaskState;
@@ -18,7 +17,8 @@ use dag_operator_e2e::scenario::{dag_with_spec, setup_on_real_node};
 use dag_operator_e2e::{eventually, plane, plane_cmd};
 use serde_json::Value;
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// Each test runs on its own Tokio runtime, so the lock is tokio's (held across awaits).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn container_running(ns: &str, pod: &str) -> bool {
     let out = plane().kubectl_ok(&["-n", ns, "get", "pod", pod, "-o", "json"], None);
@@ -39,7 +39,7 @@ impl Drop for Restore {
 
 #[tokio::test]
 async fn containerd_stopped_for_10s_loses_and_doubles_no_try() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let s = setup_on_real_node("real-ctrd").await;
     s.apply(&dag_with_spec(
         "steady",
@@ -79,7 +79,7 @@ async fn containerd_stopped_for_10s_loses_and_doubles_no_try() {
 
 #[tokio::test]
 async fn a_stopped_kubelet_ends_its_tries_by_kubernetes_eviction_and_holds_no_slot() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let s = setup_on_real_node("real-kubelet").await;
     s.apply(
         "apiVersion: dagoperator.io/v1alpha1\nkind: Pool\nmetadata: {name: one}\nspec: {slots: 1}\n",
