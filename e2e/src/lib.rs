@@ -259,6 +259,16 @@ pub fn assert_one_run_per_tick(
     dates
 }
 
+/// Quantile `q` of `values` (sorted in place), nearest rank; NaN when there are none.
+pub fn quantile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
+}
+
 /// Runs `e2e/plane <args>` (e.g. `stop redis`, `up`); panics if it fails.
 pub fn plane_cmd(args: &[&str]) {
     let status = std::process::Command::new(plane().repo.join("e2e/plane"))

@@ -78,6 +78,21 @@ impl Setup {
         obj["status"].clone()
     }
 
+    /// `spec.holderIdentity` of the operator's Lease ("" when free or not there yet).
+    pub fn lease_holder(&self) -> String {
+        let out = self.ns.kubectl(
+            &[
+                "get",
+                "lease",
+                "dag-operator",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
+            None,
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// Polls the DAG's status until `f` accepts it.
     pub async fn status_until(&self, dag: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
         eventually(Duration::from_secs(60), what, || {

@@ -183,23 +183,10 @@ async fn the_chart_runs_two_replicas_on_the_real_node_and_a_killed_leader_hands_
         );
     }
     // one of them leads, through the Lease, with in-cluster config
-    let holder = || {
-        s.ns.kubectl(
-            &[
-                "get",
-                "lease",
-                "dag-operator",
-                "-o",
-                "jsonpath={.spec.holderIdentity}",
-            ],
-            None,
-        )
-    };
     // the holder is "<Pod name>_<a random id of the process>"
     let pod_of = |holder: &str| holder.split('_').next().unwrap_or_default().to_string();
     let leader = eventually(Duration::from_secs(60), "a leader", || {
-        let out = holder();
-        let name = pod_of(String::from_utf8_lossy(&out.stdout).trim());
+        let name = pod_of(&s.lease_holder());
         async move { (!name.is_empty()).then_some(name) }
     })
     .await;
@@ -230,8 +217,7 @@ async fn the_chart_runs_two_replicas_on_the_real_node_and_a_killed_leader_hands_
         None,
     );
     let next = eventually(Duration::from_secs(60), "a new leader", || {
-        let out = holder();
-        let name = pod_of(String::from_utf8_lossy(&out.stdout).trim());
+        let name = pod_of(&s.lease_holder());
         let leader = leader.clone();
         async move { (!name.is_empty() && name != leader).then_some(name) }
     })

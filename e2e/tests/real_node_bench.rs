@@ -13,17 +13,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use dag_operator_e2e::node::{TASK_IMAGE, real_namespace, task_image};
 use dag_operator_e2e::operator::Operator;
-use dag_operator_e2e::{TestNamespace, db::TestDb, plane};
+use dag_operator_e2e::{TestNamespace, db::TestDb, plane, quantile};
 use serde_json::Value;
-
-fn quantile(values: &mut [f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let i = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1;
-    values[i]
-}
 
 fn at(v: &Value) -> Option<DateTime<Utc>> {
     v.as_str()?.parse().ok()

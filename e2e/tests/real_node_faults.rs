@@ -13,7 +13,7 @@ use std::time::Duration;
 use dag_operator::graph::TaskState;
 use dag_operator::store::RunState;
 use dag_operator_e2e::node::{TASK_IMAGE, containers_of_pod};
-use dag_operator_e2e::scenario::{dag_with_spec, setup_on_real_node};
+use dag_operator_e2e::scenario::{Setup, dag_with_spec, setup_on_real_node};
 use dag_operator_e2e::{eventually, plane, plane_cmd};
 use serde_json::Value;
 
@@ -24,6 +24,18 @@ fn container_running(ns: &str, pod: &str) -> bool {
     let out = plane().kubectl_ok(&["-n", ns, "get", "pod", pod, "-o", "json"], None);
     let p: Value = serde_json::from_str(&out).expect("json");
     p["status"]["containerStatuses"][0]["state"]["running"].is_object()
+}
+
+/// Triggers `dag` and waits until the container of its task `work` runs; its Pod's name.
+async fn started(s: &Setup, dag: &str) -> String {
+    s.cli(&["trigger", dag, "-n", &s.ns.name]);
+    let pod = s.pod_of(dag, "work", 1).await;
+    eventually(Duration::from_secs(60), "the container running", || {
+        let running = container_running(&s.ns.name, &pod);
+        async move { running.then_some(()) }
+    })
+    .await;
+    pod
 }
 
 /// The plane is whole again, whatever the test did (`up` restarts what is stopped).
@@ -48,13 +60,7 @@ async fn containerd_stopped_for_10s_loses_and_doubles_no_try() {
         ),
     ));
     let _op = s.operator(&[]);
-    s.cli(&["trigger", "steady", "-n", &s.ns.name]);
-    let pod = s.pod_of("steady", "work", 1).await;
-    eventually(Duration::from_secs(60), "the container running", || {
-        let running = container_running(&s.ns.name, &pod);
-        async move { running.then_some(()) }
-    })
-    .await;
+    let pod = started(&s, "steady").await;
     let restore = Restore;
     plane_cmd(&["stop", "containerd"]);
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -92,13 +98,7 @@ async fn a_stopped_kubelet_ends_its_tries_by_kubernetes_eviction_and_holds_no_sl
         ),
     ));
     let op = s.operator(&[]);
-    s.cli(&["trigger", "stranded", "-n", &s.ns.name]);
-    let pod = s.pod_of("stranded", "work", 1).await;
-    eventually(Duration::from_secs(60), "the container running", || {
-        let running = container_running(&s.ns.name, &pod);
-        async move { running.then_some(()) }
-    })
-    .await;
+    let pod = started(&s, "stranded").await;
     let restore = Restore;
     plane_cmd(&["stop", "kubelet"]);
     // the node controller marks the node unknown after its grace period (50 s), the taint

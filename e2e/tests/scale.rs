@@ -10,7 +10,7 @@ use chrono::TimeZone;
 use dag_operator::store::{RunFilter, RunStore};
 use dag_operator_e2e::db::TestDb;
 use dag_operator_e2e::operator::Operator;
-use dag_operator_e2e::{TestNamespace, eventually, plane};
+use dag_operator_e2e::{TestNamespace, eventually, plane, quantile};
 
 /// `le` bucket bounds and cumulative counts of a histogram in OpenMetrics text.
 fn histogram(metrics: &str, name: &str) -> Vec<(f64, f64)> {
@@ -174,16 +174,6 @@ async fn rss_while_watching_10000_dags() {
         mib("RssAnon"),
         mib("RssFile")
     );
-}
-
-/// Quantile `q` of `values` (sorted in place), nearest rank.
-fn quantile(values: &mut [f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
-    values[rank - 1]
 }
 
 /// Seconds between two instants.

@@ -5,22 +5,7 @@ use std::time::Duration;
 
 use dag_operator_e2e::eventually;
 use dag_operator_e2e::operator::Operator;
-use dag_operator_e2e::scenario::{Setup, setup};
-
-/// `spec.holderIdentity` of the operator's Lease ("" when free or not there yet).
-fn lease_holder(s: &Setup) -> String {
-    let out = s.ns.kubectl(
-        &[
-            "get",
-            "lease",
-            "dag-operator",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ],
-        None,
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use dag_operator_e2e::scenario::setup;
 
 #[tokio::test]
 async fn sigterm_ends_a_leader_promptly_and_frees_its_lease() {
@@ -35,7 +20,7 @@ async fn sigterm_ends_a_leader_promptly_and_frees_its_lease() {
     ];
     let mut op = s.operator(&args);
     let holder = eventually(Duration::from_secs(60), "the Lease held", || {
-        let holder = lease_holder(&s);
+        let holder = s.lease_holder();
         async move { (!holder.is_empty()).then_some(holder) }
     })
     .await;
@@ -45,7 +30,7 @@ async fn sigterm_ends_a_leader_promptly_and_frees_its_lease() {
         async move { (!alive).then_some(()) }
     })
     .await;
-    let out = lease_holder(&s);
+    let out = s.lease_holder();
     assert!(out.is_empty(), "{holder} still holds the Lease: {out:?}");
     // a standby takes over at once, not after the 60 s lease
     let next = s.operator(&args);
