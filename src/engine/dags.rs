@@ -448,6 +448,11 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         // a DAG re-created under the same name is a new object: the old one's runs end, and
         // the new one is taken up afresh
         let uid = info.uid().to_string();
+        // the object exists: the listing is kept current between relists (a DAG created since
+        // and then made invalid is not taken for a deleted one)
+        if let Some(listed) = self.listed.as_mut() {
+            listed.insert(key.clone(), uid.clone());
+        }
         self.doom(&key, "the DAG was deleted and created again", |run| {
             !run.dag_uid.is_empty() && run.dag_uid != uid
         });
@@ -641,6 +646,11 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
 
     /// The DAG object `uid` was deleted: off the schedule, its running runs cancelled.
     pub(super) fn deleted(&mut self, key: &DagKey, uid: &str) {
+        if let Some(listed) = self.listed.as_mut() {
+            if listed.get(key).is_some_and(|u| u == uid) {
+                listed.remove(key);
+            }
+        }
         if self.dags.get(key).is_some_and(|s| s.info.uid() == uid) {
             self.remove(key);
         }

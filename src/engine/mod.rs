@@ -137,7 +137,7 @@ pub struct Engine<S: RunStore, G: Gate = MemoryGate> {
     namespace_limits: HashMap<String, Option<u32>>,
     /// running runs to cancel (their DAG object is gone), with why
     doomed: HashMap<Uuid, &'static str>,
-    /// the DAG objects that exist, as last listed
+    /// the DAG objects that exist: as last listed, kept current by upserts and deletions
     listed: Option<HashMap<DagKey, String>>,
     /// decisions to record with the next admission: schedule positions moved (ticks
     /// skipped, schedules changed), triggers refused, Backfill dates skipped
