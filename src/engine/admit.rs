@@ -357,6 +357,10 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                     continue;
                 }
                 DependencyWait::TimedOut(message) => {
+                    if let (Some(t), Some(state)) = (&p.trigger, self.dags.get_mut(&p.dag)) {
+                        // recorded with its failed run below
+                        state.in_flight.insert(t.clone());
+                    }
                     self.dependency_failed.push((p, message));
                     continue;
                 }
@@ -459,11 +463,33 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             Ok(admitted) => {
                 self.positions.clear();
                 self.refused.clear();
+                let failed: std::collections::HashSet<(DagKey, DateTime<Utc>)> = admitted
+                    .failed
+                    .iter()
+                    .map(|r| (r.dag.clone(), r.logical_date))
+                    .collect();
                 for (p, message) in std::mem::take(&mut self.dependency_failed) {
                     if p.run_type == RunType::Scheduled
                         && let Some(state) = self.dags.get_mut(&p.dag)
                     {
                         state.decided = state.decided.max(Some(p.logical_date));
+                    }
+                    if let (Some(bf), Some(uid)) = (&p.backfill, &p.backfill_uid) {
+                        if failed.contains(&(p.dag.clone(), micros(p.logical_date))) {
+                            self.backfill_progressed(&p.dag.backfill(bf));
+                        } else {
+                            // the date is another run's: skipped, recorded with the next pass
+                            self.skips.push(BackfillSkip {
+                                backfill: BackfillRef {
+                                    namespace: p.dag.namespace.clone(),
+                                    name: bf.clone(),
+                                    uid: uid.clone(),
+                                },
+                                logical_date: p.logical_date,
+                            });
+                            self.backfill_date_taken(&p.dag, bf);
+                            continue;
+                        }
                     }
                     self.event(
                         &p.dag,
@@ -489,6 +515,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 let dates: HashMap<Uuid, DateTime<Utc>> = admitted
                     .runs
                     .iter()
+                    .chain(&admitted.failed)
                     .map(|r| (r.id, r.logical_date))
                     .collect();
                 self.triggers_recorded(admitted.triggers, &dates);
@@ -545,10 +572,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             let Some(state) = self.dags.get(&p.dag) else {
                 continue;
             };
-            let mut run = new_run(state, p);
-            run.trigger = None;
             failed.push(FailedRun {
-                run,
+                run: new_run(state, p),
                 message: message.clone(),
             });
             if p.run_type == RunType::Scheduled {

@@ -127,7 +127,10 @@ impl Admission {
 /// because its logical date was taken, whether the run holding that date is running.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Admitted {
+    /// the runs created (running) and re-run in place
     pub runs: Vec<RunRow>,
+    /// the runs created failed (`Admission::failed` whose date was free)
+    pub failed: Vec<RunRow>,
     pub triggers: Vec<(DagKey, String, TriggerOutcome)>,
     pub taken: Vec<TakenDate>,
 }

@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use super::{PgStore, dag_columns, dag_key, insert_specs, run_from_row, trigger_of};
 use crate::store::{
-    Admission, Admitted, DagKey, NewRun, NewTask, RefusedTrigger, Rerun, RunRow, StoreError,
-    TakenDate, TriggerOutcome,
+    Admission, Admitted, DagKey, NewRun, NewTask, RefusedTrigger, Rerun, RunRow, RunState,
+    StoreError, TakenDate, TriggerOutcome,
 };
 
 const INSERT_RUNS: &str = concat!(
@@ -107,35 +107,57 @@ impl PgStore {
         if !a.specs.is_empty() {
             Self::save_specs_tx(&mut tx, &a.specs).await?;
         }
-        let claimed = Self::claim_triggers(&mut tx, &a.runs).await?;
-        let mut triggers = Vec::new();
-        let runs: Vec<&NewRun> = a
+        // runs created failed (a dependsOn wait timed out) go the way of any run — their
+        // trigger value claimed and settled, their Backfill date recorded — then fail
+        let all: Vec<&NewRun> = a
             .runs
             .iter()
-            .filter(|r| match &r.trigger {
-                None => true,
-                Some(value) => {
-                    let fresh = claimed.contains(&(r.dag.clone(), value.clone()));
-                    if !fresh {
-                        triggers.push((r.dag.clone(), value.clone(), TriggerOutcome::Known));
-                    }
-                    fresh
-                }
-            })
+            .chain(a.failed.iter().map(|f| &f.run))
             .collect();
+        let claimed = Self::claim_triggers(&mut tx, &all).await?;
+        let mut triggers = Vec::new();
+        let mut fail_as: Vec<Option<&str>> = Vec::new();
+        let mut runs: Vec<&NewRun> = Vec::new();
+        for (i, r) in all.iter().enumerate() {
+            if let Some(value) = &r.trigger {
+                if !claimed.contains(&(r.dag.clone(), value.clone())) {
+                    triggers.push((r.dag.clone(), value.clone(), TriggerOutcome::Known));
+                    continue;
+                }
+            }
+            runs.push(r);
+            fail_as.push(
+                i.checked_sub(a.runs.len())
+                    .and_then(|k| a.failed.get(k))
+                    .map(|f| f.message.as_str()),
+            );
+        }
         let inserted = Self::insert_runs_tx(&mut tx, &runs).await?;
         let taken = Self::taken_dates(&mut tx, &runs, &inserted).await?;
         triggers.extend(Self::settle_triggers(&mut tx, &runs, &inserted).await?);
         triggers.extend(Self::refuse_triggers(&mut tx, &a.refused).await?);
-        Self::insert_failed_tx(&mut tx, &a.failed).await?;
         let rerun = Self::rerun_tx(&mut tx, &a.reruns).await?;
         Self::record_backfill_dates(&mut tx, a, &runs, &inserted, &rerun).await?;
+        let mut out: Vec<RunRow> = Vec::new();
+        let mut failed: Vec<(RunRow, &str)> = Vec::new();
+        for (row, why) in inserted.into_iter().zip(fail_as) {
+            match (row, why) {
+                (Some(mut row), Some(why)) => {
+                    row.state = RunState::Failed;
+                    failed.push((row, why));
+                }
+                (Some(row), None) => out.push(row),
+                (None, _) => {}
+            }
+        }
+        Self::fail_runs_tx(&mut tx, &failed).await?;
         Self::move_positions(&mut tx, a).await?;
         tx.commit().await?;
-        let mut out: Vec<RunRow> = inserted.into_iter().flatten().collect();
         out.extend(rerun);
+        let failed = failed.into_iter().map(|(row, _)| row).collect();
         Ok(Admitted {
             runs: out,
+            failed,
             triggers,
             taken,
         })
@@ -189,9 +211,13 @@ impl PgStore {
     /// Claims the trigger values of the runs that carry one; returns those claimed.
     async fn claim_triggers(
         tx: &mut PgConnection,
-        runs: &[NewRun],
+        runs: &[&NewRun],
     ) -> Result<HashSet<(DagKey, String)>, StoreError> {
-        let with: Vec<&NewRun> = runs.iter().filter(|r| r.trigger.is_some()).collect();
+        let with: Vec<&NewRun> = runs
+            .iter()
+            .copied()
+            .filter(|r| r.trigger.is_some())
+            .collect();
         if with.is_empty() {
             return Ok(HashSet::new());
         }
@@ -312,27 +338,17 @@ impl PgStore {
             .collect())
     }
 
-    /// Inserts runs with their task instances; returns, for each run given, the row if it
-    /// was created (none when its logical date was taken, also within the batch).
-    /// Runs created failed: inserted as any run, then failed with their tasks in the same
-    /// transaction (a date already taken keeps its run).
-    async fn insert_failed_tx(
+    /// Runs created failed, never started: the run and its tasks (`upstream_failed`, with
+    /// why) end at once.
+    async fn fail_runs_tx(
         tx: &mut PgConnection,
-        failed: &[crate::store::FailedRun],
+        failed: &[(RunRow, &str)],
     ) -> Result<(), StoreError> {
         if failed.is_empty() {
             return Ok(());
         }
-        let runs: Vec<&NewRun> = failed.iter().map(|f| &f.run).collect();
-        let inserted = Self::insert_runs_tx(tx, &runs).await?;
-        let mut ids = Vec::new();
-        let mut messages = Vec::new();
-        for (row, f) in inserted.iter().zip(failed) {
-            if let Some(row) = row {
-                ids.push(row.id);
-                messages.push(f.message.clone());
-            }
-        }
+        let ids: Vec<Uuid> = failed.iter().map(|(row, _)| row.id).collect();
+        let messages: Vec<&str> = failed.iter().map(|(_, why)| *why).collect();
         sqlx::query(
             "UPDATE dag_runs SET state = 'failed', ended_at = now() WHERE id = ANY($1::uuid[])",
         )
@@ -352,6 +368,8 @@ impl PgStore {
         Ok(())
     }
 
+    /// Inserts runs with their task instances; returns, for each run given, the row if it
+    /// was created (none when its logical date was taken, also within the batch).
     async fn insert_runs_tx(
         tx: &mut PgConnection,
         runs: &[&NewRun],
