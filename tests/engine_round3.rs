@@ -12,7 +12,9 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use dag_operator::engine::{Command, EngineConfig};
+use dag_operator::store::RunStore;
 use dag_operator::store::{DagKey, RunState, RunType};
+use faulty::Faulty;
 use support::{Harness, info, spec, utc};
 
 fn t0() -> DateTime<Utc> {
@@ -154,4 +156,116 @@ async fn a_backfill_date_that_timed_out_on_its_upstream_is_done_and_the_backfill
     let progress = h.backfill_progress("bf").expect("reported");
     assert_eq!(progress.phase, dag_operator::engine::BackfillPhase::Failed);
     assert_eq!(progress.skipped, 0, "{progress:?}");
+}
+
+/// An engine on a store that fails on demand.
+async fn faulty_harness(name: &str) -> (Harness<Faulty>, Faulty) {
+    let db = common::fresh_store(name).await;
+    let store = Faulty::new(db.clone());
+    let h = Harness::on(db, store.clone(), EngineConfig::default()).await;
+    (h, store)
+}
+
+/// Defect 7 (rule: nothing leaves memory until the write that records it has succeeded): a
+/// Backfill's dates were taken off its plan before the queries that can fail; a failed pass
+/// lost them, and the Backfill finished without them.
+#[tokio::test]
+async fn backfill_dates_taken_off_the_plan_survive_a_failed_query() {
+    let (mut h, store) = faulty_harness("r3_walk_error").await;
+    h.upsert(info("d", t0(), spec("schedule: '0 * * * *'")), t0());
+    let start = utc("2024-06-01T00:00:00Z");
+    h.backfill(
+        support::backfill(
+            "bf",
+            "d",
+            start,
+            start + Duration::hours(3),
+            "concurrency: 3",
+        ),
+        t0(),
+    );
+    store.fail_on(&["backfill_done"]);
+    assert!(h.engine.tick(t0()).await.is_err());
+    store.fail_on(&[]);
+    let mut now = t0();
+    for _ in 0..6 {
+        now += Duration::seconds(10);
+        h.tick(now).await;
+        h.finish_all(RunState::Success, now).await;
+    }
+    let dates: Vec<_> = h
+        .runs("d")
+        .await
+        .into_iter()
+        .filter(|r| r.backfill_name.is_some())
+        .map(|r| r.logical_date)
+        .collect();
+    assert_eq!(
+        dates,
+        support::every(start, Duration::hours(1), 3),
+        "every date of the plan runs"
+    );
+}
+
+/// Defect 7: Replace took the newest tick out of the queue before cancelling the running run;
+/// when the cancel failed, the tick was never queued again.
+#[tokio::test]
+async fn replace_keeps_the_newest_tick_when_cancelling_fails() {
+    let (mut h, store) = faulty_harness("r3_replace_error").await;
+    let created = t0() - Duration::seconds(30);
+    h.upsert(
+        info(
+            "r",
+            created,
+            spec("schedule: '* * * * *'\nconcurrencyPolicy: Replace"),
+        ),
+        t0(),
+    );
+    h.tick(t0()).await;
+    assert_eq!(h.runs("r").await.len(), 1);
+    store.fail_on(&["cancel_runs"]);
+    let next = t0() + Duration::minutes(1);
+    assert!(h.engine.tick(next).await.is_err());
+    store.fail_on(&[]);
+    h.tick(next + Duration::seconds(1)).await;
+    let runs = h.runs("r").await;
+    assert_eq!(
+        runs.iter().map(|r| r.logical_date).collect::<Vec<_>>(),
+        vec![t0(), next],
+        "the newest tick replaces the running run"
+    );
+    assert_eq!(runs[0].state, RunState::Cancelled);
+    assert_eq!(runs[1].state, RunState::Running);
+}
+
+/// Defect 7: a Backfill's `dirty` mark was cleared before its record was saved; when the save
+/// failed, its completion was never reported nor recorded.
+#[tokio::test]
+async fn a_backfill_whose_completion_failed_to_save_completes_on_the_next_pass() {
+    let (mut h, store) = faulty_harness("r3_save_error").await;
+    h.upsert(info("d", t0(), spec("schedule: '0 * * * *'")), t0());
+    let start = utc("2024-06-01T00:00:00Z");
+    h.backfill(
+        support::backfill("bf", "d", start, start + Duration::hours(1), ""),
+        t0(),
+    );
+    h.tick(t0()).await;
+    h.finish_all(RunState::Success, t0()).await;
+    store.fail_on(&["save_backfill"]);
+    let now = t0() + Duration::seconds(10);
+    assert!(h.engine.tick(now).await.is_err());
+    store.fail_on(&[]);
+    h.tick(now + Duration::seconds(10)).await;
+    let record = h
+        .store
+        .backfill_record(&dag_operator::store::BackfillRef {
+            namespace: "ns".into(),
+            name: "bf".into(),
+            uid: "uid-bf-bf".into(),
+        })
+        .await
+        .expect("record")
+        .expect("saved");
+    assert!(record.completed_at.is_some(), "{record:?}");
+    assert_eq!(h.events("BackfillSucceeded").len(), 1);
 }

@@ -216,7 +216,12 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 .unwrap_or_default();
             if !active.is_empty() {
                 let ids: Vec<Uuid> = active.iter().map(|run| run.id).collect();
-                self.store.cancel_runs(&ids).await?;
+                if let Err(e) = self.store.cancel_runs(&ids).await {
+                    // not cancelled: the newest tick waits again, the next pass retries
+                    let priority = self.dags.get(&key).map(|s| s.info.priority);
+                    self.enqueue(newest, RunClass::Scheduled, priority.unwrap_or_default());
+                    return Err(e);
+                }
                 self.runs_ended(&ids);
                 self.event(
                     &key,

@@ -554,19 +554,27 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 *window.iter().min().unwrap_or(&window[0]),
                 *window.iter().max().unwrap_or(&window[0]),
             );
-            let done: HashSet<DateTime<Utc>> = self
-                .store
-                .backfill_done(&reference, lo, hi)
-                .await?
-                .into_iter()
-                .collect();
-            let existing: HashMap<DateTime<Utc>, DateRun> = self
-                .store
-                .runs_between(&dag, lo, hi + chrono::Duration::microseconds(1))
-                .await?
-                .into_iter()
-                .map(|r| (r.logical_date, r))
-                .collect();
+            let looked_up = match self.store.backfill_done(&reference, lo, hi).await {
+                Ok(done) => self
+                    .store
+                    .runs_between(&dag, lo, hi + chrono::Duration::microseconds(1))
+                    .await
+                    .map(|existing| (done, existing)),
+                Err(e) => Err(e),
+            };
+            let (done, existing) = match looked_up {
+                Ok(found) => found,
+                Err(e) => {
+                    // not decided: the window's dates are decided again first next pass
+                    if let Some(state) = self.backfills.get_mut(key) {
+                        state.returned.extend(window);
+                    }
+                    return Err(e);
+                }
+            };
+            let done: HashSet<DateTime<Utc>> = done.into_iter().collect();
+            let existing: HashMap<DateTime<Utc>, DateRun> =
+                existing.into_iter().map(|r| (r.logical_date, r)).collect();
             let Some(state) = self.backfills.get_mut(key) else {
                 return Ok(());
             };
@@ -725,7 +733,13 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 new_record.would_skip = Some(report.skipped);
             }
             if new_record != record {
-                self.store.save_backfill(&reference, &new_record).await?;
+                if let Err(e) = self.store.save_backfill(&reference, &new_record).await {
+                    // not recorded: reported again (and saved) by the next pass
+                    if let Some(state) = self.backfills.get_mut(&key) {
+                        state.dirty = true;
+                    }
+                    return Err(e);
+                }
             }
             let Some(state) = self.backfills.get_mut(&key) else {
                 continue;

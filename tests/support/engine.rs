@@ -50,18 +50,31 @@ pub fn trigger(value: &str, params: Option<&str>) -> TriggerRequest {
     }
 }
 
-pub struct Harness {
-    pub engine: Engine<PgStore>,
+/// The engine on `S` (the database itself, or a store that fails on demand around it), and the
+/// database read directly.
+pub struct Harness<S: RunStore = PgStore> {
+    pub engine: Engine<S>,
     pub store: PgStore,
     pub out: mpsc::UnboundedReceiver<Output>,
 }
 
 impl Harness {
     pub async fn new(store: PgStore, cfg: EngineConfig) -> Self {
+        Harness::on(store.clone(), store, cfg).await
+    }
+}
+
+impl<S: RunStore> Harness<S> {
+    /// An engine on `engine_store`, over the database `db`.
+    pub async fn on(db: PgStore, engine_store: S, cfg: EngineConfig) -> Self {
         let (tx, out) = mpsc::unbounded_channel();
-        let mut engine = Engine::new(cfg, store.clone(), tx);
+        let mut engine = Engine::new(cfg, engine_store, tx);
         engine.load().await.expect("load");
-        Harness { engine, store, out }
+        Harness {
+            engine,
+            store: db,
+            out,
+        }
     }
 
     pub fn upsert(&mut self, info: DagInfo, now: DateTime<Utc>) {
@@ -138,7 +151,7 @@ pub fn every(start: DateTime<Utc>, step: Duration, n: i64) -> Vec<DateTime<Utc>>
     (0..n).map(|k| start + step * k as i32).collect()
 }
 
-impl Harness {
+impl<S: RunStore> Harness<S> {
     /// Ends every running run in `state` (as the executor would), and tells the engine.
     pub async fn finish_all(&mut self, state: RunState, at: DateTime<Utc>) {
         let running = self.store.running_runs(None).await.expect("running");
@@ -158,11 +171,6 @@ impl Harness {
         self.engine.runs_ended(&ids);
     }
 
-    /// The process restarts: a new engine on the same database (and `gate`, when given).
-    pub async fn restart(self, cfg: EngineConfig) -> Harness {
-        Harness::new(self.store, cfg).await
-    }
-
     pub fn backfill(&mut self, info: BackfillInfo, now: DateTime<Utc>) {
         self.engine
             .apply(Command::UpsertBackfill(Box::new(info)), now);
@@ -180,6 +188,13 @@ impl Harness {
                 _ => None,
             })
             .last()
+    }
+}
+
+impl Harness {
+    /// The process restarts: a new engine on the same database.
+    pub async fn restart(self, cfg: EngineConfig) -> Harness {
+        Harness::new(self.store, cfg).await
     }
 }
 

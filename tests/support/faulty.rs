@@ -1,8 +1,11 @@
 //! A PostgreSQL store that fails on demand: from a countdown of calls (the database gone in
 //! the middle of a pass) or at once, until told otherwise.
 
-use std::sync::Arc;
+#![allow(dead_code)] // each test target uses its own part of this module
+
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use dag_operator::store::*;
@@ -15,6 +18,8 @@ pub struct Faulty {
     /// calls left before failing; negative: never
     pub countdown: Arc<AtomicI64>,
     pub failing: Arc<AtomicBool>,
+    /// calls that fail (by method name) while named here, whatever the countdown says
+    pub fail_on: Arc<Mutex<HashSet<&'static str>>>,
 }
 
 impl Faulty {
@@ -23,10 +28,21 @@ impl Faulty {
             inner,
             countdown: Arc::new(AtomicI64::new(-1)),
             failing: Arc::new(AtomicBool::new(false)),
+            fail_on: Arc::new(Mutex::new(HashSet::new())),
         }
     }
 
-    fn check(&self) -> Result<(), StoreError> {
+    /// Makes `calls` fail (or, empty, none).
+    pub fn fail_on(&self, calls: &[&'static str]) {
+        if let Ok(mut set) = self.fail_on.lock() {
+            *set = calls.iter().copied().collect();
+        }
+    }
+
+    fn check(&self, call: &'static str) -> Result<(), StoreError> {
+        if self.fail_on.lock().is_ok_and(|set| set.contains(call)) {
+            return Err(StoreError::Database(sqlx::Error::PoolTimedOut));
+        }
         if self.failing.load(Ordering::SeqCst) {
             return Err(StoreError::Database(sqlx::Error::PoolTimedOut));
         }
@@ -44,7 +60,7 @@ impl Faulty {
 
 macro_rules! pass {
     ($self:ident . $name:ident ( $($arg:expr),* )) => {{
-        $self.check()?;
+        $self.check(stringify!($name))?;
         $self.inner.$name($($arg),*).await
     }};
 }
