@@ -269,3 +269,57 @@ async fn a_backfill_whose_completion_failed_to_save_completes_on_the_next_pass()
     assert!(record.completed_at.is_some(), "{record:?}");
     assert_eq!(h.events("BackfillSucceeded").len(), 1);
 }
+
+fn buffer_one() -> std::sync::Arc<dag_operator::api::DagSpec> {
+    spec("schedule: '* * * * *'\nconcurrencyPolicy: BufferOne")
+}
+
+/// A BufferOne DAG at 00:02: its 00:00 run runs, 00:01 waits, 00:02 was skipped.
+async fn one_running_one_waiting(h: &mut Harness) {
+    h.upsert(info("b", t0() - Duration::seconds(30), buffer_one()), t0());
+    h.tick(t0()).await;
+    h.tick(t0() + Duration::minutes(1)).await;
+    h.tick(t0() + Duration::minutes(2)).await;
+    assert_eq!(h.runs("b").await.len(), 1, "00:00 runs, 00:01 waits");
+    assert_eq!(h.events("RunSkipped").len(), 1, "00:02 skipped");
+}
+
+/// Defect 5: BufferOne's skip of a newer tick moved the schedule position past the waiting
+/// one; a restart planned from there and the waiting tick was lost, with no event.
+#[tokio::test]
+async fn buffer_one_keeps_its_waiting_tick_across_a_restart() {
+    let store = common::fresh_store("r3_buffer_restart").await;
+    let mut h = Harness::new(store, EngineConfig::default()).await;
+    one_running_one_waiting(&mut h).await;
+    let now = t0() + Duration::minutes(2) + Duration::seconds(10);
+    let mut h = h.restart(EngineConfig::default()).await;
+    h.upsert(info("b", t0() - Duration::seconds(30), buffer_one()), now);
+    h.tick(now).await;
+    h.finish_all(RunState::Success, now).await;
+    h.tick(now + Duration::seconds(1)).await;
+    assert_eq!(
+        h.dates("b").await,
+        vec![t0(), t0() + Duration::minutes(1)],
+        "the waiting 00:01 runs once 00:00 ended"
+    );
+}
+
+/// Defect 5, suspended and resumed: the waiting tick runs after the resume.
+#[tokio::test]
+async fn buffer_one_keeps_its_waiting_tick_across_a_suspension() {
+    let store = common::fresh_store("r3_buffer_suspend").await;
+    let mut h = Harness::new(store, EngineConfig::default()).await;
+    one_running_one_waiting(&mut h).await;
+    let now = t0() + Duration::minutes(2) + Duration::seconds(10);
+    let suspended = spec("schedule: '* * * * *'\nconcurrencyPolicy: BufferOne\nsuspend: true");
+    h.upsert(info("b", t0() - Duration::seconds(30), suspended), now);
+    h.tick(now).await;
+    h.finish_all(RunState::Success, now).await;
+    h.upsert(info("b", t0() - Duration::seconds(30), buffer_one()), now);
+    h.tick(now + Duration::seconds(1)).await;
+    assert_eq!(
+        h.dates("b").await,
+        vec![t0(), t0() + Duration::minutes(1)],
+        "the waiting 00:01 runs after the resume"
+    );
+}

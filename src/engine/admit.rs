@@ -103,7 +103,7 @@ impl Pending {
 impl<S: RunStore, G: Gate> Engine<S, G> {
     pub(super) fn enqueue(&mut self, pending: Pending, class: RunClass, priority: i32) {
         let key = pending.dag.clone();
-        let scheduled = pending.run_type == RunType::Scheduled;
+        let scheduled = (pending.run_type == RunType::Scheduled).then_some(pending.logical_date);
         let enqueued = pending.enqueued_ms;
         let date = pending.logical_date.timestamp();
         let mut keys = vec![
@@ -126,8 +126,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         );
         if let Some(state) = self.dags.get_mut(&key) {
             state.queued += 1;
-            if scheduled {
-                state.queued_scheduled += 1;
+            if let Some(tick) = scheduled {
+                state.waiting.insert(tick);
             }
         }
         self.dirty.insert(key);
@@ -138,7 +138,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         if let Some(state) = self.dags.get_mut(&p.dag) {
             state.queued = state.queued.saturating_sub(1);
             if p.run_type == RunType::Scheduled {
-                state.queued_scheduled = state.queued_scheduled.saturating_sub(1);
+                state.waiting.remove(&p.logical_date);
             }
             if let Some(t) = &p.trigger {
                 // dropped (DAG invalid or deleted): asked again when the DAG comes back
@@ -478,6 +478,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                         && let Some(state) = self.dags.get_mut(&p.dag)
                     {
                         state.decided = state.decided.max(Some(p.logical_date));
+                        if state.buffered == Some(p.logical_date) {
+                            state.buffered = None;
+                        }
                     }
                     if let (Some(bf), Some(uid)) = (&p.backfill, &p.backfill_uid) {
                         if failed.contains(&(p.dag.clone(), micros(p.logical_date))) {
@@ -514,6 +517,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 for p in batch.iter().filter(|p| p.run_type == RunType::Scheduled) {
                     if let Some(state) = self.dags.get_mut(&p.dag) {
                         state.decided = state.decided.max(Some(p.logical_date));
+                        if state.buffered == Some(p.logical_date) {
+                            state.buffered = None;
+                        }
                     }
                 }
                 self.mark_specs_saved(&admission.specs);
@@ -569,6 +575,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                     .entry(p.dag.clone())
                     .or_insert_with(|| state.position());
                 position.last_tick = position.last_tick.max(Some(p.logical_date));
+                if position.buffered == Some(p.logical_date) {
+                    position.buffered = None;
+                }
             }
         }
         // runs whose dependsOn wait timed out: created failed (their ticks decided too)
@@ -586,6 +595,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                     .entry(p.dag.clone())
                     .or_insert_with(|| state.position());
                 position.last_tick = position.last_tick.max(Some(p.logical_date));
+                if position.buffered == Some(p.logical_date) {
+                    position.buffered = None;
+                }
             }
         }
         Admission {

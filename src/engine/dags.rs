@@ -8,7 +8,7 @@
 //! tick already run or skipped is created again, and a schedule changed meanwhile never
 //! creates past ticks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -186,8 +186,12 @@ pub(super) struct DagState {
     pub next_tick: Option<DateTime<Utc>>,
     pub active: Vec<ActiveRun>,
     pub queued: usize,
-    /// of which scheduled ticks (BufferOne lets one wait)
-    pub queued_scheduled: usize,
+    /// of which scheduled ticks, by tick (BufferOne lets one wait)
+    pub waiting: BTreeSet<DateTime<Utc>>,
+    /// BufferOne: the tick waiting in the buffer once the position moved past it (a newer
+    /// tick skipped); recorded with the position, queued again when it was dropped (a
+    /// restart, a suspension, the DAG invalid for a while) until it is decided
+    pub buffered: Option<DateTime<Utc>>,
     pub last_trigger: Option<String>,
     /// trigger values known recorded, and those in the queue or being refused now
     pub handled: HashSet<String>,
@@ -229,7 +233,8 @@ impl DagState {
             next_tick: None,
             active: Vec::new(),
             queued: 0,
-            queued_scheduled: 0,
+            waiting: BTreeSet::new(),
+            buffered: None,
             last_trigger: None,
             handled: HashSet::new(),
             in_flight: HashSet::new(),
@@ -318,7 +323,7 @@ impl DagState {
     /// BufferOne: a run is active and another scheduled one waits already.
     fn buffer_full(&self) -> bool {
         self.info.spec().concurrency_policy == ConcurrencyPolicy::BufferOne
-            && self.active.len() + self.queued_scheduled >= 2
+            && self.active.len() + self.waiting.len() >= 2
     }
 
     /// Ticks before this are never caught up: the DAG's creation, its current schedule's
@@ -339,6 +344,7 @@ impl DagState {
             schedule: self.schedule_key.clone(),
             since: self.since,
             last_tick: self.decided,
+            buffered: self.buffered,
         }
     }
 
@@ -592,6 +598,10 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         match position.filter(|p| p.dag_uid == uid) {
             Some(p) => {
                 state.decided = p.last_tick.max(record.last_scheduled);
+                // a run of the buffered tick decided it
+                state.buffered = p
+                    .buffered
+                    .filter(|b| record.last_scheduled.is_none_or(|last| *b > last));
                 if p.schedule == state.schedule_key {
                     state.since = p.since;
                 } else {
@@ -861,6 +871,18 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         if !state.taken_up || spec.suspend || state.auto_suspended() {
             return;
         }
+        // the buffered tick, dropped from the queue (suspended, invalid, a restart): first
+        if let Some(tick) = state.buffered.filter(|t| !state.waiting.contains(t)) {
+            let params = spec.params.clone().unwrap_or(serde_json::json!({}));
+            self.enqueue(
+                Pending::scheduled(key.clone(), tick, params, now),
+                RunClass::Scheduled,
+                priority,
+            );
+        }
+        let Some(state) = self.dags.get_mut(key) else {
+            return;
+        };
         let policy = CatchupPolicy::from_spec(
             spec.catchup.unwrap_or(cfg.enable_catchup),
             spec.max_catchup_runs.unwrap_or(cfg.max_catchup_runs),
@@ -918,7 +940,11 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         }
         let params = spec.params.clone().unwrap_or(serde_json::json!({}));
         for tick in due {
-            if self.dags.get(key).is_some_and(|s| s.buffer_full()) {
+            if let Some(state) = self.dags.get_mut(key).filter(|s| s.buffer_full()) {
+                // the waiting tick stays in the buffer as the position moves past it
+                if state.buffered.is_none() {
+                    state.buffered = state.waiting.first().copied();
+                }
                 self.skip_tick(
                     key,
                     tick,
@@ -938,6 +964,10 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     /// A scheduled tick was decided without a run (skipped): the position moves past it.
     pub(super) fn tick_decided(&mut self, key: &DagKey, tick: DateTime<Utc>) {
         if let Some(state) = self.dags.get_mut(key) {
+            if state.buffered == Some(tick) {
+                state.buffered = None;
+                self.positions.insert(key.clone(), state.position());
+            }
             if state.decided < Some(tick) {
                 state.decided = Some(tick);
                 self.positions.insert(key.clone(), state.position());

@@ -19,6 +19,9 @@ pub struct Position {
     pub since: DateTime<Utc>,
     /// the latest scheduled tick decided: a run created, or the tick skipped
     pub last_tick: Option<DateTime<Utc>>,
+    /// BufferOne: the tick waiting in the buffer while `last_tick` moved past it (a newer
+    /// tick skipped); queued again when the DAG is taken up, unless a run has it
+    pub buffered: Option<DateTime<Utc>>,
 }
 
 /// What the store knows of a DAG when the scheduler takes it up.

@@ -67,12 +67,12 @@ const BACKFILL_DATES: &str = "INSERT INTO backfill_dates \
 
 /// Moves schedule positions forward (a re-created DAG's object starts its own).
 const POSITIONS: &str = "INSERT INTO dag_positions \
-         (namespace, dag_name, dag_uid, schedule, schedule_since, last_tick) \
+         (namespace, dag_name, dag_uid, schedule, schedule_since, last_tick, buffered) \
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], \
-         $6::timestamptz[]) ORDER BY 1, 2 \
+         $6::timestamptz[], $7::timestamptz[]) ORDER BY 1, 2 \
      ON CONFLICT (namespace, dag_name) DO UPDATE SET \
          dag_uid = EXCLUDED.dag_uid, schedule = EXCLUDED.schedule, \
-         schedule_since = EXCLUDED.schedule_since, \
+         schedule_since = EXCLUDED.schedule_since, buffered = EXCLUDED.buffered, \
          last_tick = CASE WHEN dag_positions.dag_uid = EXCLUDED.dag_uid \
              THEN GREATEST(dag_positions.last_tick, EXCLUDED.last_tick) \
              ELSE EXCLUDED.last_tick END";
@@ -490,6 +490,7 @@ impl PgStore {
             .bind(p.iter().map(|x| x.schedule.as_str()).collect::<Vec<_>>())
             .bind(p.iter().map(|x| x.since).collect::<Vec<_>>())
             .bind(p.iter().map(|x| x.last_tick).collect::<Vec<_>>())
+            .bind(p.iter().map(|x| x.buffered).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
         Ok(())

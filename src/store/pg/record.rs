@@ -21,7 +21,7 @@ impl PgStore {
         let (namespaces, names) = dag_columns(dags.iter());
         // trigger: dag_triggers_handled_idx
         let rows = sqlx::query(
-            "SELECT k.ns, k.name, p.dag_uid, p.schedule, p.schedule_since, p.last_tick, \
+            "SELECT k.ns, k.name, p.dag_uid, p.schedule, p.schedule_since, p.last_tick, p.buffered, \
                  (SELECT d.logical_date FROM dag_runs d WHERE d.namespace = k.ns \
                      AND d.dag_name = k.name AND d.run_type = 'scheduled' \
                      ORDER BY d.logical_date DESC LIMIT 1) AS last_scheduled, \
@@ -47,6 +47,7 @@ impl PgStore {
                         schedule: row.try_get("schedule")?,
                         since: row.try_get("schedule_since")?,
                         last_tick: row.try_get("last_tick")?,
+                        buffered: row.try_get("buffered")?,
                     }),
                 };
                 Ok(DagRecord {
