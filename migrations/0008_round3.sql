@@ -5,3 +5,4 @@ ALTER TABLE dag_positions ADD COLUMN buffered timestamptz;
 -- A Backfill date's run outcome, kept when retention deletes the run (the Backfill counts the
 -- date by it, never as cancelled).
 ALTER TABLE backfill_dates ADD COLUMN run_state text;
+CREATE INDEX backfill_dates_run_idx ON backfill_dates (run_id) WHERE run_id IS NOT NULL;

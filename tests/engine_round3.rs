@@ -323,3 +323,93 @@ async fn buffer_one_keeps_its_waiting_tick_across_a_suspension() {
         "the waiting 00:01 runs after the resume"
     );
 }
+
+/// Ends the running runs and passes until nothing runs (at most `rounds` passes).
+async fn run_out(h: &mut Harness, mut now: DateTime<Utc>, rounds: usize) -> DateTime<Utc> {
+    for _ in 0..rounds {
+        now += Duration::seconds(10);
+        h.tick(now).await;
+        h.finish_all(RunState::Success, now).await;
+    }
+    now
+}
+
+/// Defect 6: a run deleted by `--keep-runs-per-dag` (oldest logical dates first: exactly a
+/// Backfill's) was counted as cancelled, and cancelled as failed: a Backfill whose every run
+/// succeeded ended Failed. A deleted run counts by its recorded outcome.
+#[tokio::test]
+async fn retention_deleting_a_backfills_runs_leaves_it_succeeded() {
+    let store = common::fresh_store("r3_retention_bf").await;
+    let mut h = Harness::new(store.clone(), EngineConfig::default()).await;
+    h.upsert(info("d", t0(), spec("schedule: '0 * * * *'")), t0());
+    let start = utc("2024-06-01T00:00:00Z");
+    h.backfill(
+        support::backfill("bf", "d", start, start + Duration::hours(3), ""),
+        t0(),
+    );
+    let mut now = t0();
+    for _ in 0..2 {
+        now += Duration::seconds(10);
+        h.tick(now).await;
+        h.finish_all(RunState::Success, now).await;
+        // retention keeps the newest run of the DAG
+        store
+            .prune_beyond(&DagKey::new("ns", "d"), 1, 100)
+            .await
+            .expect("prune");
+    }
+    run_out(&mut h, now, 4).await;
+    let progress = h.backfill_progress("bf").expect("reported");
+    assert_eq!(
+        progress.phase,
+        dag_operator::engine::BackfillPhase::Succeeded,
+        "{progress:?}"
+    );
+    assert_eq!(
+        (progress.succeeded, progress.failed),
+        (3, 0),
+        "{progress:?}"
+    );
+}
+
+/// Defect 6: a date a Backfill decided to re-run whose run retention deleted before it was
+/// admitted was recorded as skipped and never ran; it is created afresh.
+#[tokio::test]
+async fn a_rerun_of_a_date_whose_run_retention_deleted_runs_afresh() {
+    let store = common::fresh_store("r3_retention_rerun").await;
+    let mut h = Harness::new(store.clone(), EngineConfig::default()).await;
+    h.upsert(info("d", t0(), spec("schedule: '0 * * * *'")), t0());
+    let start = utc("2024-06-01T00:00:00Z");
+    let end = start + Duration::hours(2);
+    h.backfill(support::backfill("first", "d", start, end, ""), t0());
+    let now = run_out(&mut h, t0(), 4).await;
+    let backfilled = |runs: Vec<dag_operator::store::RunRow>| -> Vec<_> {
+        runs.into_iter().filter(|r| r.logical_date < end).collect()
+    };
+    assert_eq!(backfilled(h.runs("d").await).len(), 2);
+    h.backfill(
+        support::backfill("again", "d", start, end, "reprocess: All\nconcurrency: 1"),
+        now,
+    );
+    let now = now + Duration::seconds(10);
+    h.tick(now).await;
+    // the first date re-runs; retention deletes the finished run of the second
+    store
+        .prune_older(now + Duration::days(365), 100)
+        .await
+        .expect("prune");
+    run_out(&mut h, now, 4).await;
+    let runs = backfilled(h.runs("d").await);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(
+        runs.iter()
+            .all(|r| r.backfill_name.as_deref() == Some("again") && r.state == RunState::Success),
+        "{runs:?}"
+    );
+    let progress = h.backfill_progress("again").expect("reported");
+    assert_eq!(progress.skipped, 0, "{progress:?}");
+    assert_eq!(
+        progress.phase,
+        dag_operator::engine::BackfillPhase::Succeeded
+    );
+}

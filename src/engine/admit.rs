@@ -686,12 +686,23 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             .iter()
             .map(|r| ((r.dag.clone(), r.logical_date), r))
             .collect();
+        let mut retry = Vec::new();
         for p in &batch {
             let here = by_date.get(&(p.dag.clone(), p.logical_date));
             let mine = here.is_some_and(|r| {
                 p.rerun == Some(r.id) || (r.run_type == p.run_type && r.backfill_name == p.backfill)
             });
             if mine {
+                continue;
+            }
+            if p.rerun.is_some() && here.is_none() {
+                // the run to re-run is gone (retention) or running: the date is asked for
+                // afresh (a run holding it makes that a skip)
+                self.ledger.end(&p.holder());
+                retry.push(Pending {
+                    rerun: None,
+                    ..p.clone()
+                });
                 continue;
             }
             if let (Some(bf), Some(uid)) = (&p.backfill, &p.backfill_uid) {
@@ -717,6 +728,9 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             } else {
                 self.ledger.end(&p.holder());
             }
+        }
+        for p in retry {
+            self.requeue(p);
         }
         let mut metrics: HashMap<RunType, (usize, Vec<f64>)> = HashMap::new();
         for run in &created {

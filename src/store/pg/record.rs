@@ -188,10 +188,11 @@ impl PgStore {
         b: &BackfillRef,
     ) -> Result<BackfillCounts, StoreError> {
         let rows = sqlx::query(
-            "SELECT d.outcome, r.state, count(*) AS n FROM backfill_dates d \
+            "SELECT d.outcome, COALESCE(r.state, d.run_state) AS state, count(*) AS n \
+             FROM backfill_dates d \
              LEFT JOIN dag_runs r ON r.id = d.run_id \
              WHERE d.namespace = $1 AND d.backfill = $2 AND d.backfill_uid = $3 \
-             GROUP BY d.outcome, r.state",
+             GROUP BY 1, 2",
         )
         .bind(&b.namespace)
         .bind(&b.name)
@@ -211,7 +212,7 @@ impl PgStore {
                 Some(RunState::Running) => counts.running += n,
                 Some(RunState::Success) => counts.success += n,
                 Some(RunState::Failed) => counts.failed += n,
-                // a run removed since (retention) counts as it ended: cancelled
+                // a run deleted by retention counts as it ended (`run_state`)
                 Some(RunState::Cancelled) | None => counts.cancelled += n,
             }
         }

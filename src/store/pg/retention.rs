@@ -2,7 +2,8 @@
 //! are deleted a batch at a time — the run, its tries, their kept logs and the actions asked
 //! of it together (one statement each batch: the foreign keys cascade) — so no batch holds
 //! locks for long. Running runs are never deleted; runs of DAGs that no longer exist go by
-//! age like the others.
+//! age like the others. A deleted run's outcome stays with the Backfill dates it did
+//! (`backfill_dates.run_state`): a Backfill counts it as it ended, never as cancelled.
 
 use chrono::{DateTime, Utc};
 
@@ -18,6 +19,8 @@ impl PgStore {
                  SELECT id FROM dag_runs \
                  WHERE ended_at IS NOT NULL AND ended_at < $1 AND state <> 'running' \
                  ORDER BY ended_at LIMIT $2), \
+             outcomes AS (UPDATE backfill_dates b SET run_state = r.state FROM dag_runs r \
+                 WHERE r.id IN (SELECT id FROM doomed) AND b.run_id = r.id), \
              actions AS (DELETE FROM run_actions WHERE run_id IN (SELECT id FROM doomed)), \
              runs AS (DELETE FROM dag_runs WHERE id IN (SELECT id FROM doomed) RETURNING 1) \
              SELECT count(*) FROM runs",
@@ -60,6 +63,8 @@ impl PgStore {
                  WHERE namespace = $1 AND dag_name = $2 AND state <> 'running' \
                    AND logical_date <= (SELECT logical_date FROM kept) \
                  ORDER BY logical_date LIMIT $4), \
+             outcomes AS (UPDATE backfill_dates b SET run_state = r.state FROM dag_runs r \
+                 WHERE r.id IN (SELECT id FROM doomed) AND b.run_id = r.id), \
              actions AS (DELETE FROM run_actions WHERE run_id IN (SELECT id FROM doomed)), \
              runs AS (DELETE FROM dag_runs WHERE id IN (SELECT id FROM doomed) RETURNING 1) \
              SELECT count(*) FROM runs",
