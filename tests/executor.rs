@@ -990,6 +990,126 @@ async fn cancelled_runs_lose_their_pods_and_slots() {
     );
 }
 
+/// Polls `cond` until it holds, for at most ten seconds (real time).
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+impl<S: RunStore + Clone> Harness<S> {
+    /// Steps at `now` until the admission under way has answered every create and nothing
+    /// is left to do (at most ten seconds, real time).
+    async fn catch_up(&mut self, now: DateTime<Utc>) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let any = self.take_inputs(now);
+            let more = self.exec.step(now).await.expect("step");
+            if !more && !any && !self.admitting.is_set() && self.inputs.is_empty() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the executor never caught up"
+            );
+        }
+    }
+}
+
+/// A create in flight when its run is cancelled (Replace, DAG deleted) lands after the run's
+/// Pods were deleted: once the executor has caught up, that Pod is gone too, and its slot is
+/// free.
+#[tokio::test]
+async fn a_create_in_flight_when_its_run_is_cancelled_leaves_no_pod() {
+    let store = common::fresh_store("exec_cancel_in_flight").await;
+    let cfg = ExecutorConfig {
+        admit_slice: std::time::Duration::from_millis(20),
+        ..ExecutorConfig::default()
+    };
+    let mut h = Harness::new(store.clone(), cfg);
+    h.cluster.hold_creates();
+    let run = admit(
+        &mut h,
+        "late",
+        t0(),
+        spec("- {name: a, container: {image: x}}"),
+    )
+    .await;
+    h.take_inputs(t0());
+    assert!(
+        h.exec.step(t0()).await.expect("step"),
+        "its create in flight"
+    );
+    let cluster = h.cluster.clone();
+    wait_for("the create is held", || cluster.held_creates() == 1).await;
+    store.cancel_runs(&[run.id]).await.unwrap();
+    h.exec.apply(
+        ExecInput::Cancelled(vec![CancelledRun {
+            dag: run.dag.clone(),
+            run: run.id,
+        }]),
+        t0() + Duration::seconds(1),
+    );
+    h.step(t0() + Duration::seconds(1)).await;
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 0);
+    // the API server answers the create only now: the Pod exists after the run's delete
+    h.cluster.release_creates();
+    wait_for("the held create reaches the cluster", || {
+        cluster.created() == 1
+    })
+    .await;
+    h.catch_up(t0() + Duration::seconds(2)).await;
+    assert!(
+        h.cluster.pods().is_empty(),
+        "a Pod of the cancelled run survives: {:?}",
+        h.cluster.pods().keys().collect::<Vec<_>>()
+    );
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 0);
+    assert_eq!(state_of(&h.tries(&run).await, "a", 1), TaskState::Cancelled);
+}
+
+/// The same when the run ends by its runTimeoutSeconds while a create is in flight.
+#[tokio::test]
+async fn a_create_in_flight_when_its_run_times_out_leaves_no_pod() {
+    let store = common::fresh_store("exec_timeout_in_flight").await;
+    let cfg = ExecutorConfig {
+        admit_slice: std::time::Duration::from_millis(20),
+        ..ExecutorConfig::default()
+    };
+    let mut h = Harness::new(store.clone(), cfg);
+    h.cluster.hold_creates();
+    let spec = Arc::new(
+        serde_yaml::from_str::<DagSpec>(
+            "runTimeoutSeconds: 60\ntasks:\n- {name: a, container: {image: x}}",
+        )
+        .expect("valid spec"),
+    );
+    let run = admit(&mut h, "late", t0(), spec).await;
+    let started = run.started_at.expect("a run starts when admitted");
+    h.take_inputs(started);
+    assert!(
+        h.exec.step(started).await.expect("step"),
+        "its create in flight"
+    );
+    let cluster = h.cluster.clone();
+    wait_for("the create is held", || cluster.held_creates() == 1).await;
+    h.step(started + Duration::seconds(60)).await;
+    assert_eq!(h.run_state(&run).await, RunState::Failed);
+    h.cluster.release_creates();
+    wait_for("the held create reaches the cluster", || {
+        cluster.created() == 1
+    })
+    .await;
+    h.catch_up(started + Duration::seconds(61)).await;
+    assert!(
+        h.cluster.pods().is_empty(),
+        "a Pod of the timed-out run survives"
+    );
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 0);
+}
+
 #[tokio::test]
 async fn a_pod_deleted_behind_the_executors_back_fails_its_try_and_timeouts_stop_pods() {
     let store = common::fresh_store("exec_gone").await;

@@ -119,6 +119,22 @@ enum Launched {
     Later(String),
 }
 
+impl Launched {
+    /// Whether a Pod of the try may exist after this answer: created (or adopted), or an
+    /// error that may have come after the API server took the create (a reset connection).
+    fn may_have_created(&self) -> bool {
+        matches!(self, Launched::Created | Launched::Later(_))
+    }
+}
+
+/// Whether the answer to a create still concerns a try that may start: `latest` is what memory
+/// holds of the task now (none: its run left — cancelled, replaced, marked, timed out, gone at
+/// a resync), `try_number` the try the create was for. An answer that does not is not
+/// written, and a Pod it may have made is deleted: nothing of an ended run runs.
+fn still_wanted(latest: Option<&TaskRow>, try_number: i32) -> bool {
+    latest.is_some_and(|row| row.try_number == try_number && row.state == TaskState::Queued)
+}
+
 /// How a create went, and when it was answered: how long after its admission began (at the
 /// step's `now`), so a try's stamps tell when its Pod was created on the step's clock.
 struct Answer {
@@ -426,6 +442,20 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         let mut changes = Changes::default();
         let mut effects = Vec::new();
         for (c, answer) in launched {
+            let latest = self
+                .live
+                .get(&c.run)
+                .and_then(|r| r.tasks.get(c.task))
+                .map(|t| &t.row);
+            if !still_wanted(latest, c.row.try_number) {
+                // its run ended while the create was in flight (its slots went back then, and
+                // its Pods were deleted before this one was made)
+                if answer.outcome.may_have_created() {
+                    tracing::info!(pod = %c.pod, "a create landed after its run ended; deleting the pod");
+                    self.doomed_pods.push(c.pod.clone());
+                }
+                continue;
+            }
             let key = crate::store::TryKey::of(&c.row);
             // when the API server answered, on the step's clock
             let at = began + chrono::Duration::from_std(answer.after).unwrap_or_default();
@@ -506,6 +536,10 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                 // the try left `queued` meanwhile (its run was cancelled): nothing runs
                 self.ledger
                     .end(&state::holder(&crate::store::TryKey::of(&c.row)));
+                if row.state == TaskState::Running {
+                    // ... and the Pod just made must not run either
+                    self.doomed_pods.push(c.pod.clone());
+                }
                 continue;
             }
             let running = row.state == TaskState::Running;
@@ -606,6 +640,34 @@ mod tests {
 
     fn pool(name: &str) -> PoolKey {
         PoolKey::new("ns", name)
+    }
+
+    #[test]
+    fn an_answer_counts_only_for_the_same_try_still_queued() {
+        let row = |try_number, state| TaskRow {
+            run_id: uuid::Uuid::from_u128(1),
+            task_name: "a".into(),
+            try_number,
+            state,
+            pool: None,
+            pool_slots: 1,
+            pod_name: None,
+            exit_code: None,
+            message: None,
+            queued_at: None,
+            started_at: None,
+            ended_at: None,
+            attempt: 1,
+        };
+        assert!(still_wanted(Some(&row(2, TaskState::Queued)), 2));
+        // the run left memory (cancelled, ended, gone at a resync)
+        assert!(!still_wanted(None, 2));
+        // the try was abandoned (runTimeoutSeconds) or another try came meanwhile
+        assert!(!still_wanted(Some(&row(2, TaskState::Skipped)), 2));
+        assert!(!still_wanted(Some(&row(3, TaskState::Queued)), 2));
+        assert!(Launched::Created.may_have_created());
+        assert!(Launched::Later("reset".into()).may_have_created());
+        assert!(!Launched::Refused("invalid".into()).may_have_created());
     }
 
     #[test]
