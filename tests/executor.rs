@@ -1110,6 +1110,59 @@ async fn a_create_in_flight_when_its_run_times_out_leaves_no_pod() {
     assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 0);
 }
 
+/// A delete that keeps failing is retried on its own timer: it does not hold admission back,
+/// however often the executor steps.
+#[tokio::test]
+async fn failing_deletes_do_not_hold_admission_back() {
+    let store = common::fresh_store("exec_failing_deletes").await;
+    let mut h = Harness::new(store.clone(), ExecutorConfig::default());
+    let doomed = admit(
+        &mut h,
+        "doomed",
+        t0(),
+        spec("- {name: a, container: {image: x}}"),
+    )
+    .await;
+    h.step(t0()).await;
+    h.cluster.fail_deletes(true);
+    store.cancel_runs(&[doomed.id]).await.unwrap();
+    h.exec.apply(
+        ExecInput::Cancelled(vec![CancelledRun {
+            dag: doomed.dag.clone(),
+            run: doomed.id,
+        }]),
+        t0() + Duration::seconds(1),
+    );
+    h.step(t0() + Duration::seconds(1)).await;
+    assert_eq!(h.cluster.pods().len(), 1, "its delete failed");
+    let next = admit(
+        &mut h,
+        "next",
+        t0() + Duration::seconds(1),
+        spec("- {name: a, container: {image: x}}"),
+    )
+    .await;
+    // steps come twice a second (Pod events, actions), for three seconds
+    for i in 1..=6 {
+        h.step(t0() + Duration::seconds(1) + Duration::milliseconds(500 * i))
+            .await;
+    }
+    assert_eq!(
+        state_of(&h.tries(&next).await, "a", 1),
+        TaskState::Running,
+        "admission starved by a failing delete"
+    );
+    // the delete is tried again and goes through once the API server takes it
+    h.cluster.fail_deletes(false);
+    let due = h.exec.next_wake().expect("a wake to retry the delete");
+    assert!(due <= t0() + Duration::seconds(35), "{due}");
+    h.step(due).await;
+    assert!(
+        !h.cluster.pods().contains_key(&pod_key(&doomed, "a", 1)),
+        "the cancelled run's Pod is deleted at last"
+    );
+}
+
 #[tokio::test]
 async fn a_pod_deleted_behind_the_executors_back_fails_its_try_and_timeouts_stop_pods() {
     let store = common::fresh_store("exec_gone").await;

@@ -177,6 +177,17 @@ impl ExecError {
     }
 }
 
+/// Deletes that failed, waiting for their retry.
+#[derive(Debug, Default)]
+struct DeletesFailed {
+    pods: Vec<PodKey>,
+    runs: Vec<CancelledRun>,
+    /// when they are tried again
+    retry_at: Option<DateTime<Utc>>,
+    /// rounds of deletes in a row that had a failure (the backoff)
+    rounds: u32,
+}
+
 /// What the executor keeps of a task Pod.
 #[derive(Clone, Debug)]
 struct PodRecord {
@@ -210,6 +221,9 @@ pub struct Executor<S: RunStore, G: Gate, L: PodLauncher> {
     /// Pods to delete, and runs whose Pods all go
     doomed_pods: Vec<PodKey>,
     doomed_runs: Vec<CancelledRun>,
+    /// deletes that failed: tried again at their own time, not at every step (and never
+    /// holding admission back)
+    deletes_failed: DeletesFailed,
     /// something changed that may let a queued try start; no admission before this instant
     admit_dirty: bool,
     admit_after: Option<DateTime<Utc>>,
@@ -265,6 +279,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             retention: BTreeSet::new(),
             doomed_pods: Vec::new(),
             doomed_runs: Vec::new(),
+            deletes_failed: DeletesFailed::default(),
             admit_dirty: true,
             admit_after: None,
             admission: None,
@@ -320,10 +335,16 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         let resync = self
             .last_load
             .map(|t| t + chrono::Duration::from_std(self.cfg.resync_interval).unwrap_or_default());
-        [timer, retention, resync, self.admit_after]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            timer,
+            retention,
+            resync,
+            self.admit_after,
+            self.deletes_failed.retry_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn emit(&self, output: ExecOutput) {

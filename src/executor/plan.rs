@@ -99,6 +99,13 @@ pub fn retry_delay(backoff: RetryBackoff, base: i32, max: i32, failed_try: i32) 
     Duration::from_secs(secs.min(max.max(0) as u64))
 }
 
+/// How long after a round of deletes that failed they are tried again: 1 s after the first
+/// such round, doubling with each further round that fails in a row, at most 30 s.
+pub fn delete_retry_delay(rounds_failed: u32) -> Duration {
+    let exp = rounds_failed.saturating_sub(1).min(5);
+    Duration::from_secs((1u64 << exp).min(30))
+}
+
 /// The latest try of one task, as the planner sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TryView {
@@ -425,6 +432,14 @@ mod tests {
 
     fn plan(tries: &[TryView], r: &[TaskRules], now: &str) -> RunPlan {
         plan_run(&chain(), r, tries, PATIENCE, t(now))
+    }
+
+    #[test]
+    fn failed_deletes_back_off_to_thirty_seconds() {
+        let secs: Vec<u64> = (1..=7).map(|n| delete_retry_delay(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(delete_retry_delay(0).as_secs(), 1);
+        assert_eq!(delete_retry_delay(u32::MAX).as_secs(), 30);
     }
 
     #[test]
