@@ -1163,6 +1163,54 @@ async fn failing_deletes_do_not_hold_admission_back() {
     );
 }
 
+/// A Pod deleted before its try is written `running` (the watch reports the create and the
+/// delete while the create's answer waits to be written): the try fails within the deleted
+/// Pod's grace, not at the next resync.
+#[tokio::test]
+async fn a_pod_deleted_before_its_try_is_recorded_running_fails_the_try() {
+    let store = common::fresh_store("exec_deleted_early").await;
+    let cfg = ExecutorConfig {
+        admit_slice: std::time::Duration::from_millis(20),
+        ..ExecutorConfig::default()
+    };
+    let mut h = Harness::new(store, cfg);
+    h.cluster.hold_creates();
+    let run = admit(
+        &mut h,
+        "early",
+        t0(),
+        spec("- {name: a, container: {image: x}}"),
+    )
+    .await;
+    h.take_inputs(t0());
+    assert!(
+        h.exec.step(t0()).await.expect("step"),
+        "its create in flight"
+    );
+    let cluster = h.cluster.clone();
+    wait_for("the create is held", || cluster.held_creates() == 1).await;
+    h.cluster.release_creates();
+    let key = pod_key(&run, "a", 1);
+    wait_for("the Pod is created", || cluster.pods().contains_key(&key)).await;
+    // deleted before the executor wrote its try running: the watch says so at once
+    h.cluster.remove(&key);
+    h.take_inputs(t0() + Duration::seconds(1));
+    h.catch_up(t0() + Duration::seconds(1)).await;
+    assert_eq!(state_of(&h.tries(&run).await, "a", 1), TaskState::Running);
+    h.step(t0() + Duration::seconds(12)).await;
+    let tries = h.tries(&run).await;
+    assert_eq!(state_of(&tries, "a", 1), TaskState::Failed, "{tries:?}");
+    assert!(
+        tries[0]
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("deleted"),
+        "{tries:?}"
+    );
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 0);
+}
+
 #[tokio::test]
 async fn a_pod_deleted_behind_the_executors_back_fails_its_try_and_timeouts_stop_pods() {
     let store = common::fresh_store("exec_gone").await;

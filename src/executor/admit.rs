@@ -12,9 +12,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::launcher::LaunchError;
-use super::plan::{PodSight, PodVerdict};
+use super::plan::{self, PodSight, PodVerdict};
 use super::state;
-use super::{ExecOutput, ExecStatus, Executor, PodKey, PodLauncher, pod, pod_key};
+use super::{ExecOutput, ExecStatus, Executor, PodKey, PodLauncher, pod};
 use crate::gate::{Claim, Gate, GateError, GateScope, Grant, Slot, key as gate_key};
 use crate::graph::TaskState;
 use crate::key::{PoolKey, Subject};
@@ -442,6 +442,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         let mut changes = Changes::default();
         let mut effects = Vec::new();
         for (c, answer) in launched {
+            let deleted_since = self.deleted_early.remove(&c.pod).map(|(_, at)| at);
             let latest = self
                 .live
                 .get(&c.run)
@@ -480,7 +481,12 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                             None,
                         )));
                     }
-                    effects.push((c, row, used, PodSight::Seen(PodVerdict::Running)));
+                    // the watch may have told of the Pod already, even of its deletion
+                    let sight = plan::sight_at_start(
+                        self.pods.get(&c.pod).map(|record| &record.verdict),
+                        deleted_since,
+                    );
+                    effects.push((c, row, used, sight));
                 }
                 Launched::Refused(message) => {
                     let rules = self.live.get(&c.run).map(|r| r.spec.rules[c.task].clone());
@@ -542,21 +548,13 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                 }
                 continue;
             }
-            let running = row.state == TaskState::Running;
+            // not started, or a Pod the watch told of before its try was written running
+            // (finished, stuck or deleted already): the run is decided again
+            let decide = sight != PodSight::Seen(PodVerdict::Running);
             self.transitions.push(row.state);
             self.live.set_try(&c.run, c.task, row, used, sight);
-            if !running {
+            if decide {
                 self.dirty.insert(c.run);
-            } else if let Some(run) = self.live.get(&c.run) {
-                // a Pod seen before its try was written running (the watch is fast)
-                let key = pod_key(&run.run, &run.tasks[c.task]);
-                if let Some(record) = self.pods.get(&key) {
-                    let verdict = record.verdict.clone();
-                    if verdict != PodVerdict::Running {
-                        self.live.set_pod(&c.run, c.task, PodSight::Seen(verdict));
-                        self.dirty.insert(c.run);
-                    }
-                }
             }
         }
         Ok(())

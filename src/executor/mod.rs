@@ -216,6 +216,9 @@ pub struct Executor<S: RunStore, G: Gate, L: PodLauncher> {
     /// task Pods the watch reported, and whether the first list arrived
     pods: HashMap<PodKey, PodRecord>,
     pods_listed: bool,
+    /// Pods the watch said were deleted while their try was still `queued` here (its create
+    /// answered but not written yet): the try, and when
+    deleted_early: HashMap<PodKey, (TryKey, DateTime<Utc>)>,
     /// (when, Pod): finished Pods past their retention
     retention: BTreeSet<(DateTime<Utc>, PodKey)>,
     /// Pods to delete, and runs whose Pods all go
@@ -276,6 +279,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             admitted: Vec::new(),
             pods: HashMap::new(),
             pods_listed: false,
+            deleted_early: HashMap::new(),
             retention: BTreeSet::new(),
             doomed_pods: Vec::new(),
             doomed_runs: Vec::new(),
@@ -391,6 +395,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
     fn pod_event(&mut self, event: PodEvent, now: DateTime<Utc>) {
         match event {
             PodEvent::Applied(seen) => {
+                self.deleted_early.remove(&seen.key);
                 self.record_pod(&seen);
                 if let Some(owner) = &seen.owner {
                     self.sight(owner, plan::PodSight::Seen(seen.verdict));
@@ -404,6 +409,11 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                     }
                 }
                 if let Some(owner) = &seen.owner {
+                    if self.is_queued(owner) {
+                        // its create's answer is not written yet: the try is told once it is
+                        self.deleted_early
+                            .insert(seen.key.clone(), (owner.clone(), now));
+                    }
                     self.sight(owner, plan::PodSight::Gone { since: now });
                 }
             }
@@ -470,6 +480,19 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             Some(record) => plan::PodSight::Seen(record.verdict.clone()),
             None => plan::PodSight::Unseen { since: now },
         }
+    }
+
+    /// Whether `owner` is the latest try of its task and still `queued` here.
+    fn is_queued(&self, owner: &TryKey) -> bool {
+        self.live
+            .get(&owner.run_id)
+            .and_then(|run| {
+                let index = run.spec.graph.index_of(&owner.task_name)?;
+                run.tasks.get(index)
+            })
+            .is_some_and(|t| {
+                t.row.try_number == owner.try_number && t.row.state == TaskState::Queued
+            })
     }
 
     /// A Pod of `owner` said something: the run is decided again if the try still runs.

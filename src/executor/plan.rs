@@ -42,6 +42,17 @@ pub enum PodSight {
     },
 }
 
+/// How a try's Pod is seen when the try is written `running` (its create answered): what
+/// the watch said of the Pod meanwhile (it may be quicker than the answer) — `seen`, or
+/// `deleted_since` when it reported the Pod deleted before the try was written — else running.
+pub fn sight_at_start(seen: Option<&PodVerdict>, deleted_since: Option<DateTime<Utc>>) -> PodSight {
+    match (seen, deleted_since) {
+        (Some(verdict), _) => PodSight::Seen(verdict.clone()),
+        (None, Some(since)) => PodSight::Gone { since },
+        (None, None) => PodSight::Seen(PodVerdict::Running),
+    }
+}
+
 /// A task's retry and timeout rules, from its spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskRules {
@@ -432,6 +443,25 @@ mod tests {
 
     fn plan(tries: &[TryView], r: &[TaskRules], now: &str) -> RunPlan {
         plan_run(&chain(), r, tries, PATIENCE, t(now))
+    }
+
+    #[test]
+    fn a_try_starts_seeing_what_the_watch_said_of_its_pod_meanwhile() {
+        let at = t("2025-01-01T00:00:01Z");
+        let failed = PodVerdict::Failed {
+            exit_code: Some(1),
+            message: "Error".into(),
+        };
+        assert_eq!(
+            sight_at_start(None, None),
+            PodSight::Seen(PodVerdict::Running)
+        );
+        assert_eq!(
+            sight_at_start(Some(&failed), None),
+            PodSight::Seen(failed.clone())
+        );
+        // deleted before the try was written: gone since then (its grace runs from there)
+        assert_eq!(sight_at_start(None, Some(at)), PodSight::Gone { since: at });
     }
 
     #[test]

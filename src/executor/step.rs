@@ -294,6 +294,12 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             }
         }
         self.add_runs(rows, HashMap::new(), now).await?;
+        // what is remembered of Pods deleted early concerns only tries still queued
+        let early = std::mem::take(&mut self.deleted_early);
+        self.deleted_early = early
+            .into_iter()
+            .filter(|(_, (owner, _))| self.is_queued(owner))
+            .collect();
         self.loaded = true;
         self.last_load = Some(now);
         Ok(())
