@@ -1211,6 +1211,32 @@ async fn a_pod_deleted_before_its_try_is_recorded_running_fails_the_try() {
     assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 0);
 }
 
+/// The gate refuses a try the floor lets start (another replica holds the Pool's slot): it
+/// is looked at again a second later on the step's clock, not the wall clock.
+#[tokio::test]
+async fn a_gate_refusal_is_retried_a_second_later_on_the_step_clock() {
+    let store = common::fresh_store("exec_refusal_clock").await;
+    let mut h = Harness::new(store, ExecutorConfig::default());
+    h.pools.set("ns", "p", 1);
+    let other = h.gate.new_session();
+    let pool = gate_key::pool("ns", "p");
+    assert!(other.acquire(&pool, "another-replica", 1, 1).await.unwrap());
+    let run = admit(
+        &mut h,
+        "refused",
+        t0(),
+        spec("- {name: a, pool: p, container: {image: x}}"),
+    )
+    .await;
+    h.step(t0()).await;
+    assert_eq!(state_of(&h.tries(&run).await, "a", 1), TaskState::Queued);
+    let due = h.exec.next_wake().expect("a wake to look again");
+    assert!(due <= t0() + Duration::seconds(2), "{due}");
+    other.release(&pool, "another-replica").await.unwrap();
+    h.step(t0() + Duration::seconds(2)).await;
+    assert_eq!(state_of(&h.tries(&run).await, "a", 1), TaskState::Running);
+}
+
 #[tokio::test]
 async fn a_pod_deleted_behind_the_executors_back_fails_its_try_and_timeouts_stop_pods() {
     let store = common::fresh_store("exec_gone").await;

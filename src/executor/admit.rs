@@ -284,7 +284,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             return false;
         }
         let full = chosen.len() >= self.cfg.admit_batch;
-        match self.claim(&chosen).await {
+        match self.claim(&chosen, now).await {
             Ok(answers) => {
                 self.set_gate_ok(true);
                 for (c, ok) in chosen.into_iter().zip(answers) {
@@ -375,8 +375,13 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         chosen
     }
 
-    /// Asks the gate for every chosen try's slots in one pipeline; true where granted.
-    async fn claim(&mut self, chosen: &[Chosen]) -> Result<Vec<bool>, GateError> {
+    /// Asks the gate for every chosen try's slots in one pipeline at `now` (the step's
+    /// clock); true where granted.
+    async fn claim(
+        &mut self,
+        chosen: &[Chosen],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<bool>, GateError> {
         let tasks_limit = u32::try_from(self.cfg.max_running_tasks).unwrap_or(u32::MAX);
         let claims: Vec<Claim> = chosen
             .iter()
@@ -422,7 +427,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                     // another replica holds the slots: its tries' ends are not seen here,
                     // so look again in a moment
                     self.admit_dirty = true;
-                    self.admit_after = Some(chrono::Utc::now() + chrono::Duration::seconds(1));
+                    self.admit_after = Some(now + chrono::Duration::seconds(1));
                     out.push(false);
                 }
             }
