@@ -1070,6 +1070,46 @@ async fn a_create_in_flight_when_its_run_is_cancelled_leaves_no_pod() {
     assert_eq!(state_of(&h.tries(&run).await, "a", 1), TaskState::Cancelled);
 }
 
+/// The run is cancelled in PostgreSQL (by the engine, or another replica) before the
+/// executor hears of it, and a create in flight lands: its try's `queued → running` write
+/// loses, and the Pod it made is deleted.
+#[tokio::test]
+async fn a_create_whose_running_write_loses_leaves_no_pod() {
+    let store = common::fresh_store("exec_lost_write").await;
+    let cfg = ExecutorConfig {
+        admit_slice: std::time::Duration::from_millis(20),
+        ..ExecutorConfig::default()
+    };
+    let mut h = Harness::new(store.clone(), cfg);
+    h.cluster.hold_creates();
+    let run = admit(
+        &mut h,
+        "late",
+        t0(),
+        spec("- {name: a, container: {image: x}}"),
+    )
+    .await;
+    h.take_inputs(t0());
+    assert!(
+        h.exec.step(t0()).await.expect("step"),
+        "its create in flight"
+    );
+    let cluster = h.cluster.clone();
+    wait_for("the create is held", || cluster.held_creates() == 1).await;
+    store.cancel_runs(&[run.id]).await.unwrap();
+    h.cluster.release_creates();
+    wait_for("the held create reaches the cluster", || {
+        cluster.created() == 1
+    })
+    .await;
+    h.catch_up(t0() + Duration::seconds(1)).await;
+    assert!(
+        h.cluster.pods().is_empty(),
+        "the Pod of the lost write survives"
+    );
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 0);
+}
+
 /// The same when the run ends by its runTimeoutSeconds while a create is in flight.
 #[tokio::test]
 async fn a_create_in_flight_when_its_run_times_out_leaves_no_pod() {
