@@ -1107,7 +1107,7 @@ async fn a_create_whose_running_write_loses_leaves_no_pod() {
         h.cluster.pods().is_empty(),
         "the Pod of the lost write survives"
     );
-    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 0);
+    // (what becomes of the slot of a lost write is the gate's rule, tested there)
 }
 
 /// The same when the run ends by its runTimeoutSeconds while a create is in flight.
