@@ -990,6 +990,293 @@ async fn cancelled_runs_lose_their_pods_and_slots() {
     );
 }
 
+/// Polls `cond` until it holds, for at most ten seconds (real time).
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+impl<S: RunStore + Clone> Harness<S> {
+    /// Steps at `now` until the admission under way has answered every create and nothing
+    /// is left to do (at most ten seconds, real time).
+    async fn catch_up(&mut self, now: DateTime<Utc>) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let any = self.take_inputs(now);
+            let more = self.exec.step(now).await.expect("step");
+            if !more && !any && !self.admitting.is_set() && self.inputs.is_empty() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the executor never caught up"
+            );
+        }
+    }
+}
+
+/// A create in flight when its run is cancelled (Replace, DAG deleted) lands after the run's
+/// Pods were deleted: once the executor has caught up, that Pod is gone too, and its slot is
+/// free.
+#[tokio::test]
+async fn a_create_in_flight_when_its_run_is_cancelled_leaves_no_pod() {
+    let store = common::fresh_store("exec_cancel_in_flight").await;
+    let cfg = ExecutorConfig {
+        admit_slice: std::time::Duration::from_millis(20),
+        ..ExecutorConfig::default()
+    };
+    let mut h = Harness::new(store.clone(), cfg);
+    h.cluster.hold_creates();
+    let run = admit(
+        &mut h,
+        "late",
+        t0(),
+        spec("- {name: a, container: {image: x}}"),
+    )
+    .await;
+    h.take_inputs(t0());
+    assert!(
+        h.exec.step(t0()).await.expect("step"),
+        "its create in flight"
+    );
+    let cluster = h.cluster.clone();
+    wait_for("the create is held", || cluster.held_creates() == 1).await;
+    store.cancel_runs(&[run.id]).await.unwrap();
+    h.exec.apply(
+        ExecInput::Cancelled(vec![CancelledRun {
+            dag: run.dag.clone(),
+            run: run.id,
+        }]),
+        t0() + Duration::seconds(1),
+    );
+    h.step(t0() + Duration::seconds(1)).await;
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 0);
+    // the API server answers the create only now: the Pod exists after the run's delete
+    h.cluster.release_creates();
+    wait_for("the held create reaches the cluster", || {
+        cluster.created() == 1
+    })
+    .await;
+    h.catch_up(t0() + Duration::seconds(2)).await;
+    assert!(
+        h.cluster.pods().is_empty(),
+        "a Pod of the cancelled run survives: {:?}",
+        h.cluster.pods().keys().collect::<Vec<_>>()
+    );
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 0);
+    assert_eq!(state_of(&h.tries(&run).await, "a", 1), TaskState::Cancelled);
+}
+
+/// The run is cancelled in PostgreSQL (by the engine, or another replica) before the
+/// executor hears of it, and a create in flight lands: its try's `queued → running` write
+/// loses, and the Pod it made is deleted.
+#[tokio::test]
+async fn a_create_whose_running_write_loses_leaves_no_pod() {
+    let store = common::fresh_store("exec_lost_write").await;
+    let cfg = ExecutorConfig {
+        admit_slice: std::time::Duration::from_millis(20),
+        ..ExecutorConfig::default()
+    };
+    let mut h = Harness::new(store.clone(), cfg);
+    h.cluster.hold_creates();
+    let run = admit(
+        &mut h,
+        "late",
+        t0(),
+        spec("- {name: a, container: {image: x}}"),
+    )
+    .await;
+    h.take_inputs(t0());
+    assert!(
+        h.exec.step(t0()).await.expect("step"),
+        "its create in flight"
+    );
+    let cluster = h.cluster.clone();
+    wait_for("the create is held", || cluster.held_creates() == 1).await;
+    store.cancel_runs(&[run.id]).await.unwrap();
+    h.cluster.release_creates();
+    wait_for("the held create reaches the cluster", || {
+        cluster.created() == 1
+    })
+    .await;
+    h.catch_up(t0() + Duration::seconds(1)).await;
+    assert!(
+        h.cluster.pods().is_empty(),
+        "the Pod of the lost write survives"
+    );
+    // (what becomes of the slot of a lost write is the gate's rule, tested there)
+}
+
+/// The same when the run ends by its runTimeoutSeconds while a create is in flight.
+#[tokio::test]
+async fn a_create_in_flight_when_its_run_times_out_leaves_no_pod() {
+    let store = common::fresh_store("exec_timeout_in_flight").await;
+    let cfg = ExecutorConfig {
+        admit_slice: std::time::Duration::from_millis(20),
+        ..ExecutorConfig::default()
+    };
+    let mut h = Harness::new(store.clone(), cfg);
+    h.cluster.hold_creates();
+    let spec = Arc::new(
+        serde_yaml::from_str::<DagSpec>(
+            "runTimeoutSeconds: 60\ntasks:\n- {name: a, container: {image: x}}",
+        )
+        .expect("valid spec"),
+    );
+    let run = admit(&mut h, "late", t0(), spec).await;
+    let started = run.started_at.expect("a run starts when admitted");
+    h.take_inputs(started);
+    assert!(
+        h.exec.step(started).await.expect("step"),
+        "its create in flight"
+    );
+    let cluster = h.cluster.clone();
+    wait_for("the create is held", || cluster.held_creates() == 1).await;
+    h.step(started + Duration::seconds(60)).await;
+    assert_eq!(h.run_state(&run).await, RunState::Failed);
+    h.cluster.release_creates();
+    wait_for("the held create reaches the cluster", || {
+        cluster.created() == 1
+    })
+    .await;
+    h.catch_up(started + Duration::seconds(61)).await;
+    assert!(
+        h.cluster.pods().is_empty(),
+        "a Pod of the timed-out run survives"
+    );
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 0);
+}
+
+/// A delete that keeps failing is retried on its own timer: it does not hold admission back,
+/// however often the executor steps.
+#[tokio::test]
+async fn failing_deletes_do_not_hold_admission_back() {
+    let store = common::fresh_store("exec_failing_deletes").await;
+    let mut h = Harness::new(store.clone(), ExecutorConfig::default());
+    let doomed = admit(
+        &mut h,
+        "doomed",
+        t0(),
+        spec("- {name: a, container: {image: x}}"),
+    )
+    .await;
+    h.step(t0()).await;
+    h.cluster.fail_deletes(true);
+    store.cancel_runs(&[doomed.id]).await.unwrap();
+    h.exec.apply(
+        ExecInput::Cancelled(vec![CancelledRun {
+            dag: doomed.dag.clone(),
+            run: doomed.id,
+        }]),
+        t0() + Duration::seconds(1),
+    );
+    h.step(t0() + Duration::seconds(1)).await;
+    assert_eq!(h.cluster.pods().len(), 1, "its delete failed");
+    let next = admit(
+        &mut h,
+        "next",
+        t0() + Duration::seconds(1),
+        spec("- {name: a, container: {image: x}}"),
+    )
+    .await;
+    // steps come twice a second (Pod events, actions), for three seconds
+    for i in 1..=6 {
+        h.step(t0() + Duration::seconds(1) + Duration::milliseconds(500 * i))
+            .await;
+    }
+    assert_eq!(
+        state_of(&h.tries(&next).await, "a", 1),
+        TaskState::Running,
+        "admission starved by a failing delete"
+    );
+    // the delete is tried again and goes through once the API server takes it
+    h.cluster.fail_deletes(false);
+    let due = h.exec.next_wake().expect("a wake to retry the delete");
+    assert!(due <= t0() + Duration::seconds(35), "{due}");
+    h.step(due).await;
+    assert!(
+        !h.cluster.pods().contains_key(&pod_key(&doomed, "a", 1)),
+        "the cancelled run's Pod is deleted at last"
+    );
+}
+
+/// A Pod deleted before its try is written `running` (the watch reports the create and the
+/// delete while the create's answer waits to be written): the try fails within the deleted
+/// Pod's grace, not at the next resync.
+#[tokio::test]
+async fn a_pod_deleted_before_its_try_is_recorded_running_fails_the_try() {
+    let store = common::fresh_store("exec_deleted_early").await;
+    let cfg = ExecutorConfig {
+        admit_slice: std::time::Duration::from_millis(20),
+        ..ExecutorConfig::default()
+    };
+    let mut h = Harness::new(store, cfg);
+    h.cluster.hold_creates();
+    let run = admit(
+        &mut h,
+        "early",
+        t0(),
+        spec("- {name: a, container: {image: x}}"),
+    )
+    .await;
+    h.take_inputs(t0());
+    assert!(
+        h.exec.step(t0()).await.expect("step"),
+        "its create in flight"
+    );
+    let cluster = h.cluster.clone();
+    wait_for("the create is held", || cluster.held_creates() == 1).await;
+    h.cluster.release_creates();
+    let key = pod_key(&run, "a", 1);
+    wait_for("the Pod is created", || cluster.pods().contains_key(&key)).await;
+    // deleted before the executor wrote its try running: the watch says so at once
+    h.cluster.remove(&key);
+    h.take_inputs(t0() + Duration::seconds(1));
+    h.catch_up(t0() + Duration::seconds(1)).await;
+    assert_eq!(state_of(&h.tries(&run).await, "a", 1), TaskState::Running);
+    h.step(t0() + Duration::seconds(12)).await;
+    let tries = h.tries(&run).await;
+    assert_eq!(state_of(&tries, "a", 1), TaskState::Failed, "{tries:?}");
+    assert!(
+        tries[0]
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("deleted"),
+        "{tries:?}"
+    );
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 0);
+}
+
+/// The gate refuses a try the floor lets start (another replica holds the Pool's slot): it
+/// is looked at again a second later on the step's clock, not the wall clock.
+#[tokio::test]
+async fn a_gate_refusal_is_retried_a_second_later_on_the_step_clock() {
+    let store = common::fresh_store("exec_refusal_clock").await;
+    let mut h = Harness::new(store, ExecutorConfig::default());
+    h.pools.set("ns", "p", 1);
+    let other = h.gate.new_session();
+    let pool = gate_key::pool("ns", "p");
+    assert!(other.acquire(&pool, "another-replica", 1, 1).await.unwrap());
+    let run = admit(
+        &mut h,
+        "refused",
+        t0(),
+        spec("- {name: a, pool: p, container: {image: x}}"),
+    )
+    .await;
+    h.step(t0()).await;
+    assert_eq!(state_of(&h.tries(&run).await, "a", 1), TaskState::Queued);
+    let due = h.exec.next_wake().expect("a wake to look again");
+    assert!(due <= t0() + Duration::seconds(2), "{due}");
+    other.release(&pool, "another-replica").await.unwrap();
+    h.step(t0() + Duration::seconds(2)).await;
+    assert_eq!(state_of(&h.tries(&run).await, "a", 1), TaskState::Running);
+}
+
 #[tokio::test]
 async fn a_pod_deleted_behind_the_executors_back_fails_its_try_and_timeouts_stop_pods() {
     let store = common::fresh_store("exec_gone").await;

@@ -12,9 +12,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::launcher::LaunchError;
-use super::plan::{PodSight, PodVerdict};
+use super::plan::{self, PodSight, PodVerdict};
 use super::state;
-use super::{ExecOutput, ExecStatus, Executor, PodKey, PodLauncher, pod, pod_key};
+use super::{ExecOutput, ExecStatus, Executor, PodKey, PodLauncher, pod};
 use crate::gate::{Claim, Gate, GateError, GateScope, Grant, Slot, key as gate_key};
 use crate::graph::TaskState;
 use crate::key::{PoolKey, Subject};
@@ -117,6 +117,22 @@ enum Launched {
     Created,
     Refused(String),
     Later(String),
+}
+
+impl Launched {
+    /// Whether a Pod of the try may exist after this answer: created (or adopted), or an
+    /// error that may have come after the API server took the create (a reset connection).
+    fn may_have_created(&self) -> bool {
+        matches!(self, Launched::Created | Launched::Later(_))
+    }
+}
+
+/// Whether the answer to a create still concerns a try that may start: `latest` is what memory
+/// holds of the task now (none: its run left — cancelled, replaced, marked, timed out, gone at
+/// a resync), `try_number` the try the create was for. An answer that does not is not
+/// written, and a Pod it may have made is deleted: nothing of an ended run runs.
+fn still_wanted(latest: Option<&TaskRow>, try_number: i32) -> bool {
+    latest.is_some_and(|row| row.try_number == try_number && row.state == TaskState::Queued)
 }
 
 /// How a create went, and when it was answered: how long after its admission began (at the
@@ -268,7 +284,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             return false;
         }
         let full = chosen.len() >= self.cfg.admit_batch;
-        match self.claim(&chosen).await {
+        match self.claim(&chosen, now).await {
             Ok(answers) => {
                 self.set_gate_ok(true);
                 for (c, ok) in chosen.into_iter().zip(answers) {
@@ -359,8 +375,13 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         chosen
     }
 
-    /// Asks the gate for every chosen try's slots in one pipeline; true where granted.
-    async fn claim(&mut self, chosen: &[Chosen]) -> Result<Vec<bool>, GateError> {
+    /// Asks the gate for every chosen try's slots in one pipeline at `now` (the step's
+    /// clock); true where granted.
+    async fn claim(
+        &mut self,
+        chosen: &[Chosen],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<bool>, GateError> {
         let tasks_limit = u32::try_from(self.cfg.max_running_tasks).unwrap_or(u32::MAX);
         let claims: Vec<Claim> = chosen
             .iter()
@@ -406,7 +427,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                     // another replica holds the slots: its tries' ends are not seen here,
                     // so look again in a moment
                     self.admit_dirty = true;
-                    self.admit_after = Some(chrono::Utc::now() + chrono::Duration::seconds(1));
+                    self.admit_after = Some(now + chrono::Duration::seconds(1));
                     out.push(false);
                 }
             }
@@ -426,6 +447,21 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         let mut changes = Changes::default();
         let mut effects = Vec::new();
         for (c, answer) in launched {
+            let deleted_since = self.deleted_early.remove(&c.pod).map(|(_, at)| at);
+            let latest = self
+                .live
+                .get(&c.run)
+                .and_then(|r| r.tasks.get(c.task))
+                .map(|t| &t.row);
+            if !still_wanted(latest, c.row.try_number) {
+                // its run ended while the create was in flight (its slots went back then, and
+                // its Pods were deleted before this one was made)
+                if answer.outcome.may_have_created() {
+                    tracing::info!(pod = %c.pod, "a create landed after its run ended; deleting the pod");
+                    self.doomed_pods.push(c.pod.clone());
+                }
+                continue;
+            }
             let key = crate::store::TryKey::of(&c.row);
             // when the API server answered, on the step's clock
             let at = began + chrono::Duration::from_std(answer.after).unwrap_or_default();
@@ -450,7 +486,12 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                             None,
                         )));
                     }
-                    effects.push((c, row, used, PodSight::Seen(PodVerdict::Running)));
+                    // the watch may have told of the Pod already, even of its deletion
+                    let sight = plan::sight_at_start(
+                        self.pods.get(&c.pod).map(|record| &record.verdict),
+                        deleted_since,
+                    );
+                    effects.push((c, row, used, sight));
                 }
                 Launched::Refused(message) => {
                     let rules = self.live.get(&c.run).map(|r| r.spec.rules[c.task].clone());
@@ -506,23 +547,19 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                 // the try left `queued` meanwhile (its run was cancelled): nothing runs
                 self.ledger
                     .end(&state::holder(&crate::store::TryKey::of(&c.row)));
+                if row.state == TaskState::Running {
+                    // ... and the Pod just made must not run either
+                    self.doomed_pods.push(c.pod.clone());
+                }
                 continue;
             }
-            let running = row.state == TaskState::Running;
+            // not started, or a Pod the watch told of before its try was written running
+            // (finished, stuck or deleted already): the run is decided again
+            let decide = sight != PodSight::Seen(PodVerdict::Running);
             self.transitions.push(row.state);
             self.live.set_try(&c.run, c.task, row, used, sight);
-            if !running {
+            if decide {
                 self.dirty.insert(c.run);
-            } else if let Some(run) = self.live.get(&c.run) {
-                // a Pod seen before its try was written running (the watch is fast)
-                let key = pod_key(&run.run, &run.tasks[c.task]);
-                if let Some(record) = self.pods.get(&key) {
-                    let verdict = record.verdict.clone();
-                    if verdict != PodVerdict::Running {
-                        self.live.set_pod(&c.run, c.task, PodSight::Seen(verdict));
-                        self.dirty.insert(c.run);
-                    }
-                }
             }
         }
         Ok(())
@@ -606,6 +643,34 @@ mod tests {
 
     fn pool(name: &str) -> PoolKey {
         PoolKey::new("ns", name)
+    }
+
+    #[test]
+    fn an_answer_counts_only_for_the_same_try_still_queued() {
+        let row = |try_number, state| TaskRow {
+            run_id: uuid::Uuid::from_u128(1),
+            task_name: "a".into(),
+            try_number,
+            state,
+            pool: None,
+            pool_slots: 1,
+            pod_name: None,
+            exit_code: None,
+            message: None,
+            queued_at: None,
+            started_at: None,
+            ended_at: None,
+            attempt: 1,
+        };
+        assert!(still_wanted(Some(&row(2, TaskState::Queued)), 2));
+        // the run left memory (cancelled, ended, gone at a resync)
+        assert!(!still_wanted(None, 2));
+        // the try was abandoned (runTimeoutSeconds) or another try came meanwhile
+        assert!(!still_wanted(Some(&row(2, TaskState::Skipped)), 2));
+        assert!(!still_wanted(Some(&row(3, TaskState::Queued)), 2));
+        assert!(Launched::Created.may_have_created());
+        assert!(Launched::Later("reset".into()).may_have_created());
+        assert!(!Launched::Refused("invalid".into()).may_have_created());
     }
 
     #[test]

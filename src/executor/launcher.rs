@@ -158,6 +158,10 @@ struct FakeState {
     created: usize,
     /// how long the API server takes to answer a create
     latency: std::time::Duration,
+    /// deletes fail (transiently) while set
+    fail_deletes: bool,
+    /// creates waiting for [`FakeLauncher::release_creates`]
+    held_creates: usize,
 }
 
 /// An in-memory cluster for executor tests: creates and deletes Pods, tells the executor
@@ -167,6 +171,8 @@ struct FakeState {
 pub struct FakeLauncher {
     state: Arc<Mutex<FakeState>>,
     events: Arc<Mutex<mpsc::UnboundedSender<ExecInput>>>,
+    /// while true, creates wait before they reach the cluster (held in flight)
+    hold: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl FakeLauncher {
@@ -174,6 +180,7 @@ impl FakeLauncher {
         FakeLauncher {
             state: Arc::new(Mutex::new(FakeState::default())),
             events: Arc::new(Mutex::new(events)),
+            hold: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
     }
 
@@ -216,6 +223,26 @@ impl FakeLauncher {
     /// Every create is answered `latency` after it is sent (on the tokio clock).
     pub fn answer_after(&self, latency: std::time::Duration) {
         self.lock().latency = latency;
+    }
+
+    /// Creates sent from now on wait, in flight, until [`Self::release_creates`].
+    pub fn hold_creates(&self) {
+        self.hold.send_replace(true);
+    }
+
+    /// The held creates go on to the cluster (and later ones are not held).
+    pub fn release_creates(&self) {
+        self.hold.send_replace(false);
+    }
+
+    /// How many creates are held in flight now.
+    pub fn held_creates(&self) -> usize {
+        self.lock().held_creates
+    }
+
+    /// Deletes fail as a broken connection would, until told otherwise.
+    pub fn fail_deletes(&self, fail: bool) {
+        self.lock().fail_deletes = fail;
     }
 
     /// Puts a Pod in place without the executor asking (e.g. another run's Pod).
@@ -318,6 +345,13 @@ impl PodLauncher for FakeLauncher {
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
+        let mut hold = self.hold.subscribe();
+        if *hold.borrow_and_update() {
+            self.lock().held_creates += 1;
+            // the sender lives as long as `self`: the wait ends when the test releases
+            let _ = hold.wait_for(|held| !held).await;
+            self.lock().held_creates -= 1;
+        }
         let key = key_of(&pod);
         let created = {
             let mut state = self.lock();
@@ -349,11 +383,17 @@ impl PodLauncher for FakeLauncher {
     }
 
     async fn delete(&self, key: &PodKey) -> Result<(), LaunchError> {
+        if self.lock().fail_deletes {
+            return Err(LaunchError::Transient("connection reset".into()));
+        }
         self.remove(key);
         Ok(())
     }
 
     async fn delete_run(&self, namespace: &str, run: Uuid) -> Result<(), LaunchError> {
+        if self.lock().fail_deletes {
+            return Err(LaunchError::Transient("connection reset".into()));
+        }
         let id = run.to_string();
         let keys: Vec<PodKey> = self
             .lock()

@@ -177,6 +177,17 @@ impl ExecError {
     }
 }
 
+/// Deletes that failed, waiting for their retry.
+#[derive(Debug, Default)]
+struct DeletesFailed {
+    pods: Vec<PodKey>,
+    runs: Vec<CancelledRun>,
+    /// when they are tried again
+    retry_at: Option<DateTime<Utc>>,
+    /// rounds of deletes in a row that had a failure (the backoff)
+    rounds: u32,
+}
+
 /// What the executor keeps of a task Pod.
 #[derive(Clone, Debug)]
 struct PodRecord {
@@ -205,11 +216,17 @@ pub struct Executor<S: RunStore, G: Gate, L: PodLauncher> {
     /// task Pods the watch reported, and whether the first list arrived
     pods: HashMap<PodKey, PodRecord>,
     pods_listed: bool,
+    /// Pods the watch said were deleted while their try was still `queued` here (its create
+    /// answered but not written yet): the try, and when
+    deleted_early: HashMap<PodKey, (TryKey, DateTime<Utc>)>,
     /// (when, Pod): finished Pods past their retention
     retention: BTreeSet<(DateTime<Utc>, PodKey)>,
     /// Pods to delete, and runs whose Pods all go
     doomed_pods: Vec<PodKey>,
     doomed_runs: Vec<CancelledRun>,
+    /// deletes that failed: tried again at their own time, not at every step (and never
+    /// holding admission back)
+    deletes_failed: DeletesFailed,
     /// something changed that may let a queued try start; no admission before this instant
     admit_dirty: bool,
     admit_after: Option<DateTime<Utc>>,
@@ -262,9 +279,11 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             admitted: Vec::new(),
             pods: HashMap::new(),
             pods_listed: false,
+            deleted_early: HashMap::new(),
             retention: BTreeSet::new(),
             doomed_pods: Vec::new(),
             doomed_runs: Vec::new(),
+            deletes_failed: DeletesFailed::default(),
             admit_dirty: true,
             admit_after: None,
             admission: None,
@@ -320,10 +339,16 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         let resync = self
             .last_load
             .map(|t| t + chrono::Duration::from_std(self.cfg.resync_interval).unwrap_or_default());
-        [timer, retention, resync, self.admit_after]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            timer,
+            retention,
+            resync,
+            self.admit_after,
+            self.deletes_failed.retry_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn emit(&self, output: ExecOutput) {
@@ -370,6 +395,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
     fn pod_event(&mut self, event: PodEvent, now: DateTime<Utc>) {
         match event {
             PodEvent::Applied(seen) => {
+                self.deleted_early.remove(&seen.key);
                 self.record_pod(&seen);
                 if let Some(owner) = &seen.owner {
                     self.sight(owner, plan::PodSight::Seen(seen.verdict));
@@ -383,6 +409,11 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                     }
                 }
                 if let Some(owner) = &seen.owner {
+                    if self.is_queued(owner) {
+                        // its create's answer is not written yet: the try is told once it is
+                        self.deleted_early
+                            .insert(seen.key.clone(), (owner.clone(), now));
+                    }
                     self.sight(owner, plan::PodSight::Gone { since: now });
                 }
             }
@@ -449,6 +480,19 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             Some(record) => plan::PodSight::Seen(record.verdict.clone()),
             None => plan::PodSight::Unseen { since: now },
         }
+    }
+
+    /// Whether `owner` is the latest try of its task and still `queued` here.
+    fn is_queued(&self, owner: &TryKey) -> bool {
+        self.live
+            .get(&owner.run_id)
+            .and_then(|run| {
+                let index = run.spec.graph.index_of(&owner.task_name)?;
+                run.tasks.get(index)
+            })
+            .is_some_and(|t| {
+                t.row.try_number == owner.try_number && t.row.state == TaskState::Queued
+            })
     }
 
     /// A Pod of `owner` said something: the run is decided again if the try still runs.

@@ -42,6 +42,17 @@ pub enum PodSight {
     },
 }
 
+/// How a try's Pod is seen when the try is written `running` (its create answered): what
+/// the watch said of the Pod meanwhile (it may be quicker than the answer) — `seen`, or
+/// `deleted_since` when it reported the Pod deleted before the try was written — else running.
+pub fn sight_at_start(seen: Option<&PodVerdict>, deleted_since: Option<DateTime<Utc>>) -> PodSight {
+    match (seen, deleted_since) {
+        (Some(verdict), _) => PodSight::Seen(verdict.clone()),
+        (None, Some(since)) => PodSight::Gone { since },
+        (None, None) => PodSight::Seen(PodVerdict::Running),
+    }
+}
+
 /// A task's retry and timeout rules, from its spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskRules {
@@ -97,6 +108,13 @@ pub fn retry_delay(backoff: RetryBackoff, base: i32, max: i32, failed_try: i32) 
         }
     };
     Duration::from_secs(secs.min(max.max(0) as u64))
+}
+
+/// How long after a round of deletes that failed they are tried again: 1 s after the first
+/// such round, doubling with each further round that fails in a row, at most 30 s.
+pub fn delete_retry_delay(rounds_failed: u32) -> Duration {
+    let exp = rounds_failed.saturating_sub(1).min(5);
+    Duration::from_secs((1u64 << exp).min(30))
 }
 
 /// The latest try of one task, as the planner sees it.
@@ -425,6 +443,33 @@ mod tests {
 
     fn plan(tries: &[TryView], r: &[TaskRules], now: &str) -> RunPlan {
         plan_run(&chain(), r, tries, PATIENCE, t(now))
+    }
+
+    #[test]
+    fn a_try_starts_seeing_what_the_watch_said_of_its_pod_meanwhile() {
+        let at = t("2025-01-01T00:00:01Z");
+        let failed = PodVerdict::Failed {
+            exit_code: Some(1),
+            message: "Error".into(),
+        };
+        assert_eq!(
+            sight_at_start(None, None),
+            PodSight::Seen(PodVerdict::Running)
+        );
+        assert_eq!(
+            sight_at_start(Some(&failed), None),
+            PodSight::Seen(failed.clone())
+        );
+        // deleted before the try was written: gone since then (its grace runs from there)
+        assert_eq!(sight_at_start(None, Some(at)), PodSight::Gone { since: at });
+    }
+
+    #[test]
+    fn failed_deletes_back_off_to_thirty_seconds() {
+        let secs: Vec<u64> = (1..=7).map(|n| delete_retry_delay(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(delete_retry_delay(0).as_secs(), 1);
+        assert_eq!(delete_retry_delay(u32::MAX).as_secs(), 30);
     }
 
     #[test]

@@ -294,6 +294,12 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             }
         }
         self.add_runs(rows, HashMap::new(), now).await?;
+        // what is remembered of Pods deleted early concerns only tries still queued
+        let early = std::mem::take(&mut self.deleted_early);
+        self.deleted_early = early
+            .into_iter()
+            .filter(|(_, (owner, _))| self.is_queued(owner))
+            .collect();
         self.loaded = true;
         self.last_load = Some(now);
         Ok(())
@@ -584,7 +590,8 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
     }
 
     /// Deletes stopped Pods, the Pods of cancelled runs, and finished Pods past their
-    /// retention, many at a time; a failed delete is tried again later.
+    /// retention, many at a time; failed deletes are tried again at their own time, backing
+    /// off ([`plan::delete_retry_delay`]) while they keep failing.
     async fn delete_doomed(&mut self, now: DateTime<Utc>) {
         while let Some((t, key)) = self.retention.first().cloned() {
             if t > now {
@@ -593,8 +600,14 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             self.retention.remove(&(t, key.clone()));
             self.doomed_pods.push(key);
         }
-        let pods = std::mem::take(&mut self.doomed_pods);
-        let runs = std::mem::take(&mut self.doomed_runs);
+        let mut pods = std::mem::take(&mut self.doomed_pods);
+        let mut runs = std::mem::take(&mut self.doomed_runs);
+        let retrying = self.deletes_failed.retry_at.is_some_and(|t| t <= now);
+        if retrying {
+            self.deletes_failed.retry_at = None;
+            pods.append(&mut self.deletes_failed.pods);
+            runs.append(&mut self.deletes_failed.runs);
+        }
         if pods.is_empty() && runs.is_empty() {
             return;
         }
@@ -629,11 +642,21 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             .filter_map(futures::future::ready)
             .collect()
             .await;
-        if !failed_pods.is_empty() || !failed_runs.is_empty() {
-            self.doomed_pods.extend(failed_pods);
-            self.doomed_runs.extend(failed_runs);
-            self.admit_after =
-                Some(self.admit_after.map_or(now, |t| t.min(now)) + chrono::Duration::seconds(1));
+        let failed = &mut self.deletes_failed;
+        if failed_pods.is_empty() && failed_runs.is_empty() {
+            if retrying {
+                failed.rounds = 0;
+            }
+            return;
+        }
+        failed.pods.extend(failed_pods);
+        failed.runs.extend(failed_runs);
+        // one retry time for all of them, set by the first failure after the last retry:
+        // later failures wait for it rather than pushing it on
+        if failed.retry_at.is_none() {
+            failed.rounds = failed.rounds.saturating_add(1);
+            let delay = plan::delete_retry_delay(failed.rounds);
+            failed.retry_at = Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
         }
     }
 
