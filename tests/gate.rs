@@ -455,9 +455,42 @@ async fn replicas_share_limits<G: TestGate>() {
         "the other replica may keep the same hold"
     );
     assert_eq!(usage(&two, k).await, 2, "counted once");
+    release(&one, k, "run-1").await;
     release(&two, k, "run-1").await;
-    assert_eq!(keep_alive(&one).await.kept, 0, "released for both");
+    assert_eq!(keep_alive(&one).await.kept, 0, "released by both keepers");
     assert!(acquire(&one, k, "run-3", 1, 2).await);
+}
+
+/// A release cannot take a hold another live session keeps (a replica that lost the write of
+/// a run or a try releasing the winner's slot): it only lets go; the last keeper's release
+/// ends the hold at once.
+async fn release_leaves_a_hold_another_session_keeps<G: TestGate>() {
+    let one = G::make(LONG_TTL).await;
+    let two = one.replica().await;
+    let k = key::pool("ns", "one-slot");
+    assert!(acquire(&one, &k, "try", 1, 1).await);
+    assert!(acquire(&two, &k, "try", 1, 1).await, "both keep one hold");
+    release(&two, &k, "try").await;
+    assert_eq!(usage(&one, &k).await, 1, "still one's");
+    assert_eq!(keep_alive(&two).await.kept, 0, "two let go");
+    assert_eq!(keep_alive(&one).await.kept, 1, "one keeps it");
+    assert!(
+        !acquire(&two, &k, "other", 1, 1).await,
+        "the one slot is still taken"
+    );
+    // a session keeping nothing cannot release it either
+    let three = one.replica().await;
+    release(&three, &k, "try").await;
+    assert_eq!(usage(&one, &k).await, 1, "kept by one");
+    // the only keeper's release ends it at once
+    release(&one, &k, "try").await;
+    assert_eq!(usage(&one, &k).await, 0);
+    assert_eq!(keep_alive(&one).await.kept, 0);
+    // a hold nobody keeps (let go, lapsing) is released by anyone
+    assert!(acquire(&one, &k, "lapsing", 1, 1).await);
+    let_go(&one, &k, "lapsing").await;
+    release(&two, &k, "lapsing").await;
+    assert_eq!(usage(&one, &k).await, 0, "released while lapsing");
 }
 
 async fn malformed_requests_refused<G: TestGate>() {
@@ -566,6 +599,7 @@ macro_rules! conformance {
                 one_heartbeat_keeps_every_hold,
                 let_go_lapses_unless_another_session_keeps,
                 replicas_share_limits,
+                release_leaves_a_hold_another_session_keeps,
                 malformed_requests_refused,
                 acquire_all_is_all_or_nothing_per_claim
             );

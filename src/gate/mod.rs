@@ -25,6 +25,8 @@
 //!   [`Gate::session_epoch`] on: its holder registers what it holds again.
 //! - [`Gate::let_go`] stops keeping a hold without ending it (another session may keep it
 //!   too): kept by nobody, it lapses one TTL later unless acquired again.
+//! - [`Gate::release`] ends a hold at once, but only when no other live session keeps it;
+//!   otherwise it only lets go: a release never takes another live session's hold.
 //! - Any error means "no decision": callers fail closed (admit nothing) and retry.
 
 mod ledger;
@@ -141,7 +143,10 @@ pub trait Gate: Send + Sync + 'static {
     fn let_go(&self, key: &str, holder: &str)
     -> impl Future<Output = Result<(), GateError>> + Send;
 
-    /// Gives back `holder`'s slots of `key`. Releasing a holder that is gone is a no-op.
+    /// Gives back `holder`'s slots of `key`, unless another live session keeps the hold: then
+    /// this session only lets go of it (as [`Gate::let_go`]), so a replica that lost the
+    /// write of a run or a try cannot free the winner's slot. Releasing a holder that is gone
+    /// is a no-op.
     fn release(
         &self,
         key: &str,

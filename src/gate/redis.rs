@@ -397,11 +397,12 @@ impl Gate for RedisGate {
     async fn release(&self, key: &str, holder: &str) -> Result<(), GateError> {
         check_key(key)?;
         check_holder(holder)?;
+        let (session, _) = self.session.current();
         let mut keys = self.semaphore_keys(key).to_vec();
         keys.push(self.counts_key());
-        let _removed: i64 = self
-            .run(&self.scripts.release, &keys, &[holder.as_bytes()])
-            .await?;
+        keys.push(self.sessions_key());
+        let args: [&[u8]; 2] = [holder.as_bytes(), session.as_bytes()];
+        let _removed: i64 = self.run(&self.scripts.release, &keys, &args).await?;
         Ok(())
     }
 
