@@ -503,9 +503,10 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         };
         for ((c, row, used, sight), took) in effects.into_iter().zip(applied.moves) {
             if !took {
-                // the try left `queued` meanwhile (its run was cancelled): nothing runs
+                // the try left `queued` meanwhile (its run was cancelled, or another replica
+                // started it): let go, not released, the winner may hold the same name
                 self.ledger
-                    .end(&state::holder(&crate::store::TryKey::of(&c.row)));
+                    .forget(&state::holder(&crate::store::TryKey::of(&c.row)));
                 continue;
             }
             let running = row.state == TaskState::Running;
