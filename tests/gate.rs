@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ::redis::AsyncCommands;
 use dag_operator::gate::{
-    Claim, Gate, GateError, Grant, Heartbeat, MemoryGate, RedisGate, Slot, key,
+    Claim, Gate, GateError, Grant, Heartbeat, Hold, LeaseLedger, MemoryGate, RedisGate, Slot, key,
 };
 use uuid::Uuid;
 
@@ -581,6 +581,54 @@ async fn acquire_all_is_all_or_nothing_per_claim<G: TestGate>() {
     ));
 }
 
+/// A hold the session keeps but its ledger does not (a release or a let-go acknowledged but lost
+/// in a failover to a replica that lagged comes back) is let go at the next heartbeat: it
+/// lapses within one TTL instead of living as long as the session (issue 27).
+async fn surplus_hold_is_let_go_at_the_heartbeat<G: TestGate>() {
+    let g = G::make(SHORT_TTL).await;
+    let other = g.replica().await;
+    let k = key::dag_runs("ns", "one-run-at-a-time");
+    let mut ledger = LeaseLedger::new();
+    assert!(acquire(&g, &k, "run-1", 1, 1).await);
+    ledger.granted("run-1", vec![Hold::new(k.clone(), 1)]);
+    assert!(acquire(&g, &k, "run-2", 1, 5).await);
+    ledger.granted("run-2", vec![Hold::new(k.clone(), 1)]);
+    ledger.end("run-1");
+    ledger.upkeep(&g).await.expect("upkeep");
+    assert_eq!(usage(&g, &k).await, 1);
+    // the release of run-1 is lost: the session keeps it again, the ledger does not know it
+    assert!(acquire(&g, &k, "run-1", 1, 5).await);
+    assert_eq!(keep_alive(&g).await.kept, 2);
+    ledger.renew_soon();
+    ledger.upkeep(&g).await.expect("upkeep");
+    assert_eq!(
+        keep_alive(&g).await.kept,
+        1,
+        "the session keeps what the ledger holds, run-2"
+    );
+    assert_eq!(
+        g.kept().await.expect("kept"),
+        [(k.clone(), "run-2".to_string())],
+        "run-1 let go"
+    );
+    eventually("the surplus hold lapses", SHORT_TTL + MARGIN, async || {
+        ledger.renew_soon();
+        ledger.upkeep(&g).await.expect("upkeep");
+        assert!(!keep_alive(&other).await.ended);
+        usage(&other, &k).await == 1
+    })
+    .await;
+    assert!(
+        acquire(&other, &k, "run-3", 1, 2).await,
+        "run-1's slot is free again"
+    );
+    assert_eq!(
+        usage(&g, &k).await,
+        2,
+        "run-2 stays, kept by the ledger's session"
+    );
+}
+
 /// Runs every conformance case against one gate type, as `<module>::<case>`.
 macro_rules! conformance {
     ($module:ident, $gate:ty) => {
@@ -600,6 +648,7 @@ macro_rules! conformance {
                 let_go_lapses_unless_another_session_keeps,
                 replicas_share_limits,
                 release_leaves_a_hold_another_session_keeps,
+                surplus_hold_is_let_go_at_the_heartbeat,
                 malformed_requests_refused,
                 acquire_all_is_all_or_nothing_per_claim
             );

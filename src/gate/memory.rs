@@ -311,6 +311,23 @@ impl MemoryGate {
         Ok(())
     }
 
+    fn kept_now(&self) -> Vec<(String, String)> {
+        let (session, _) = self.session.current();
+        let state = self.lock();
+        let mut kept: Vec<(String, String)> = state
+            .semaphores
+            .iter()
+            .flat_map(|(key, holders)| {
+                holders
+                    .iter()
+                    .filter(|(_, hold)| hold.keepers.contains(&session))
+                    .map(move |(holder, _)| (key.clone(), holder.clone()))
+            })
+            .collect();
+        kept.sort();
+        kept
+    }
+
     fn usage_now(&self, key: &str) -> Result<u32, GateError> {
         check_key(key)?;
         let mut state = self.lock();
@@ -347,6 +364,10 @@ impl Gate for MemoryGate {
                 std::future::ready(Ok(beat))
             })
             .await
+    }
+
+    async fn kept(&self) -> Result<Vec<(String, String)>, GateError> {
+        Ok(self.kept_now())
     }
 
     fn session_epoch(&self) -> u64 {
