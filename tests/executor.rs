@@ -955,6 +955,79 @@ async fn a_transient_create_error_keeps_the_try_queued_and_its_slot_until_the_re
     assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 1);
 }
 
+/// Two replicas' executors start the same try (a split brain or a handover overlap): the one
+/// that loses the queued→running write only lets go of the try's slots, it must not free the
+/// winner's (issue 27).
+#[tokio::test]
+async fn the_loser_of_the_running_write_leaves_the_winners_slot() {
+    let store = common::fresh_store("exec_loser").await;
+    let mut winner = Harness::new(store.clone(), ExecutorConfig::default());
+    // the loser's create is slow: its try is chosen and its slot taken, the write not yet sent
+    let mut loser = Harness::with(
+        store.clone(),
+        ExecutorConfig {
+            admit_slice: std::time::Duration::from_millis(50),
+            ..ExecutorConfig::default()
+        },
+        winner.gate.new_session(),
+    );
+    loser
+        .cluster
+        .answer_after(std::time::Duration::from_millis(400));
+    let run = admit(
+        &mut loser,
+        "twice",
+        t0(),
+        spec("- {name: a, container: {image: x}}"),
+    )
+    .await;
+    loser.take_inputs(t0());
+    assert!(
+        loser.exec.step(t0()).await.expect("step"),
+        "the loser's create is in flight"
+    );
+    assert_eq!(
+        state_of(&loser.tries(&run).await, "a", 1),
+        TaskState::Queued
+    );
+    // meanwhile the winner, handed the same run, starts the try and writes it running first
+    winner.exec.apply(
+        ExecInput::Admitted(vec![AdmittedRun {
+            run: run.clone(),
+            spec: spec("- {name: a, container: {image: x}}"),
+        }]),
+        t0(),
+    );
+    winner.step(t0()).await;
+    assert_eq!(
+        state_of(&winner.tries(&run).await, "a", 1),
+        TaskState::Running
+    );
+    assert_eq!(winner.cluster.created(), 1);
+    // the loser's create answers, its queued→running write takes nothing
+    let mut steps = 0;
+    while loser.exec.step(t0()).await.expect("step") {
+        steps += 1;
+        assert!(steps < 100, "the loser's admission never ended");
+    }
+    assert_eq!(loser.cluster.created(), 1);
+    // its next upkeep gives back or lets go of what it ended
+    loser.step(t0() + Duration::seconds(1)).await;
+    assert_eq!(
+        winner.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(),
+        1,
+        "the winner's try still holds its slot"
+    );
+    assert!(
+        !winner
+            .gate
+            .acquire(gate_key::RUNNING_TASKS, "newcomer", 1, 1)
+            .await
+            .unwrap(),
+        "a limit of one is full"
+    );
+}
+
 #[tokio::test]
 async fn cancelled_runs_lose_their_pods_and_slots() {
     let store = common::fresh_store("exec_cancel").await;

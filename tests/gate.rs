@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ::redis::AsyncCommands;
 use dag_operator::gate::{
-    Claim, Gate, GateError, Grant, Heartbeat, MemoryGate, RedisGate, Slot, key,
+    Claim, Gate, GateError, Grant, Heartbeat, Hold, LeaseLedger, MemoryGate, RedisGate, Slot, key,
 };
 use uuid::Uuid;
 
@@ -455,9 +455,42 @@ async fn replicas_share_limits<G: TestGate>() {
         "the other replica may keep the same hold"
     );
     assert_eq!(usage(&two, k).await, 2, "counted once");
+    release(&one, k, "run-1").await;
     release(&two, k, "run-1").await;
-    assert_eq!(keep_alive(&one).await.kept, 0, "released for both");
+    assert_eq!(keep_alive(&one).await.kept, 0, "released by both keepers");
     assert!(acquire(&one, k, "run-3", 1, 2).await);
+}
+
+/// A release cannot take a hold another live session keeps (a replica that lost the write of
+/// a run or a try releasing the winner's slot): it only lets go; the last keeper's release
+/// ends the hold at once.
+async fn release_leaves_a_hold_another_session_keeps<G: TestGate>() {
+    let one = G::make(LONG_TTL).await;
+    let two = one.replica().await;
+    let k = key::pool("ns", "one-slot");
+    assert!(acquire(&one, &k, "try", 1, 1).await);
+    assert!(acquire(&two, &k, "try", 1, 1).await, "both keep one hold");
+    release(&two, &k, "try").await;
+    assert_eq!(usage(&one, &k).await, 1, "still one's");
+    assert_eq!(keep_alive(&two).await.kept, 0, "two let go");
+    assert_eq!(keep_alive(&one).await.kept, 1, "one keeps it");
+    assert!(
+        !acquire(&two, &k, "other", 1, 1).await,
+        "the one slot is still taken"
+    );
+    // a session keeping nothing cannot release it either
+    let three = one.replica().await;
+    release(&three, &k, "try").await;
+    assert_eq!(usage(&one, &k).await, 1, "kept by one");
+    // the only keeper's release ends it at once
+    release(&one, &k, "try").await;
+    assert_eq!(usage(&one, &k).await, 0);
+    assert_eq!(keep_alive(&one).await.kept, 0);
+    // a hold nobody keeps (let go, lapsing) is released by anyone
+    assert!(acquire(&one, &k, "lapsing", 1, 1).await);
+    let_go(&one, &k, "lapsing").await;
+    release(&two, &k, "lapsing").await;
+    assert_eq!(usage(&one, &k).await, 0, "released while lapsing");
 }
 
 async fn malformed_requests_refused<G: TestGate>() {
@@ -548,6 +581,54 @@ async fn acquire_all_is_all_or_nothing_per_claim<G: TestGate>() {
     ));
 }
 
+/// A hold the session keeps but its ledger does not (a release or a let-go acknowledged but lost
+/// in a failover to a replica that lagged comes back) is let go at the next heartbeat: it
+/// lapses within one TTL instead of living as long as the session (issue 27).
+async fn surplus_hold_is_let_go_at_the_heartbeat<G: TestGate>() {
+    let g = G::make(SHORT_TTL).await;
+    let other = g.replica().await;
+    let k = key::dag_runs("ns", "one-run-at-a-time");
+    let mut ledger = LeaseLedger::new();
+    assert!(acquire(&g, &k, "run-1", 1, 1).await);
+    ledger.granted("run-1", vec![Hold::new(k.clone(), 1)]);
+    assert!(acquire(&g, &k, "run-2", 1, 5).await);
+    ledger.granted("run-2", vec![Hold::new(k.clone(), 1)]);
+    ledger.end("run-1");
+    ledger.upkeep(&g).await.expect("upkeep");
+    assert_eq!(usage(&g, &k).await, 1);
+    // the release of run-1 is lost: the session keeps it again, the ledger does not know it
+    assert!(acquire(&g, &k, "run-1", 1, 5).await);
+    assert_eq!(keep_alive(&g).await.kept, 2);
+    ledger.renew_soon();
+    ledger.upkeep(&g).await.expect("upkeep");
+    assert_eq!(
+        keep_alive(&g).await.kept,
+        1,
+        "the session keeps what the ledger holds, run-2"
+    );
+    assert_eq!(
+        g.kept().await.expect("kept"),
+        [(k.clone(), "run-2".to_string())],
+        "run-1 let go"
+    );
+    eventually("the surplus hold lapses", SHORT_TTL + MARGIN, async || {
+        ledger.renew_soon();
+        ledger.upkeep(&g).await.expect("upkeep");
+        assert!(!keep_alive(&other).await.ended);
+        usage(&other, &k).await == 1
+    })
+    .await;
+    assert!(
+        acquire(&other, &k, "run-3", 1, 2).await,
+        "run-1's slot is free again"
+    );
+    assert_eq!(
+        usage(&g, &k).await,
+        2,
+        "run-2 stays, kept by the ledger's session"
+    );
+}
+
 /// Runs every conformance case against one gate type, as `<module>::<case>`.
 macro_rules! conformance {
     ($module:ident, $gate:ty) => {
@@ -566,6 +647,8 @@ macro_rules! conformance {
                 one_heartbeat_keeps_every_hold,
                 let_go_lapses_unless_another_session_keeps,
                 replicas_share_limits,
+                release_leaves_a_hold_another_session_keeps,
+                surplus_hold_is_let_go_at_the_heartbeat,
                 malformed_requests_refused,
                 acquire_all_is_all_or_nothing_per_claim
             );

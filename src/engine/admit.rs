@@ -667,21 +667,16 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     }
 
     /// Books what the store created: active runs, Backfill progress, metrics, and the runs
-    /// handed to the executor. A run the store did not create (its date was taken) gives its
-    /// slots back, unless a running run holds that date (here, or in a replica: the slots are
-    /// held under one name); a Backfill's date taken that way counts as skipped.
+    /// handed to the executor. A run the store did not create (its date, trigger or re-run
+    /// was taken) lets go of its slots, never releases them: the winner may be a replica's run
+    /// holding them under the same name; a Backfill's date taken that way counts as skipped.
     fn book(
         &mut self,
         now: DateTime<Utc>,
         batch: Vec<Pending>,
         created: Vec<RunRow>,
-        taken: Vec<crate::store::TakenDate>,
+        _taken: Vec<crate::store::TakenDate>,
     ) -> usize {
-        let running_elsewhere: std::collections::HashSet<(DagKey, DateTime<Utc>)> = taken
-            .into_iter()
-            .filter(|t| t.running)
-            .map(|t| (t.dag, t.logical_date))
-            .collect();
         let by_date: HashMap<(DagKey, DateTime<Utc>), &RunRow> = created
             .iter()
             .map(|r| ((r.dag.clone(), r.logical_date), r))
@@ -717,17 +712,14 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 });
                 self.backfill_date_taken(&p.dag, bf);
             }
-            // a running run at that date holds the slots under this name: they stay its (here
-            // or in a replica); else nobody's, they go back
+            // a running run at that date here holds the slots under this name: they stay its;
+            // else released — while a replica that won keeps the same name, the gate makes
+            // that a let-go (a loser never takes the winner's slot)
             let held = here.is_some() || self.is_active(&p.dag, p.logical_date);
             if held {
                 continue;
             }
-            if running_elsewhere.contains(&(p.dag.clone(), p.logical_date)) {
-                self.ledger.forget(&p.holder());
-            } else {
-                self.ledger.end(&p.holder());
-            }
+            self.ledger.end(&p.holder());
         }
         for p in retry {
             self.requeue(p);

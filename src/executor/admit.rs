@@ -544,7 +544,9 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
         };
         for ((c, row, used, sight), took) in effects.into_iter().zip(applied.moves) {
             if !took {
-                // the try left `queued` meanwhile (its run was cancelled): nothing runs
+                // the try left `queued` meanwhile (its run was cancelled, or another replica
+                // started it): released — while the winner keeps the same name, the gate makes
+                // that a let-go; else the slot is free at once
                 self.ledger
                     .end(&state::holder(&crate::store::TryKey::of(&c.row)));
                 if row.state == TaskState::Running {

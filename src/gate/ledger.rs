@@ -1,6 +1,7 @@
 //! The holds one process keeps, and their upkeep: release what ended, let go of what may be
 //! another process's, register what runs but is not held (after a restart, or when the gate
-//! lost it), and the session's heartbeat every [`Gate::renew_interval`] — one call whatever is
+//! lost it), let go of what the session keeps but nothing here holds (a release the gate
+//! lost), and the session's heartbeat every [`Gate::renew_interval`] — one call whatever is
 //! held. Shared by the engine (runs) and the executor (task tries).
 
 use std::collections::HashMap;
@@ -29,6 +30,9 @@ impl Hold {
 pub struct Upkeep {
     pub released: usize,
     pub let_go: usize,
+    /// holds the session kept that nothing here held (a release or a let-go the gate lost in
+    /// a failover), let go
+    pub surplus: usize,
     pub reinstated: usize,
     /// whether the session's heartbeat was sent
     pub heartbeat: bool,
@@ -169,14 +173,16 @@ impl LeaseLedger {
             done.heartbeat = true;
             let held = self.held.values().map(Vec::len).sum::<usize>();
             if !beat.ended && usize::try_from(beat.kept).ok() != Some(held) {
-                // the gate lost holds of a live session (a failover to a replica that lags)
-                // or keeps some nobody here recorded: register what is held again
+                // a failover to a replica that lags: the gate lost holds of a live session,
+                // or brought back a release or a let-go it had acknowledged
                 tracing::warn!(
                     held,
                     kept = beat.kept,
-                    "the gate's count of this process's holds differs; registering them again"
+                    "the gate's count of this process's holds differs; reconciling"
                 );
-                register_all = true;
+                let (surplus, lost) = self.reconcile(gate).await?;
+                done.surplus += surplus;
+                register_all = lost;
             }
         }
         let epoch = gate.session_epoch();
@@ -187,6 +193,34 @@ impl LeaseLedger {
             self.epoch = epoch;
         }
         Ok(done)
+    }
+
+    /// Compares what the session keeps with what is held: lets go of each hold the session
+    /// keeps that nothing here holds (not released: it may be another process's under the
+    /// same name, so it lapses one TTL later unless that process keeps it); returns how many,
+    /// and whether some hold held here is not kept.
+    async fn reconcile<G: Gate>(&self, gate: &G) -> Result<(usize, bool), GateError> {
+        let kept = gate.kept().await?;
+        let mut surplus = 0;
+        for (key, holder) in &kept {
+            let known = self
+                .held
+                .get(holder)
+                .is_some_and(|holds| holds.iter().any(|h| h.key == *key));
+            if !known {
+                tracing::warn!(%key, %holder, "the gate keeps a hold not held here; letting it go");
+                gate.let_go(key, holder).await?;
+                surplus += 1;
+            }
+        }
+        let lost = self.held.iter().any(|(holder, holds)| {
+            holds.iter().any(|h| {
+                !kept
+                    .iter()
+                    .any(|(key, kept_holder)| *key == h.key && kept_holder == holder)
+            })
+        });
+        Ok((surplus, lost))
     }
 
     /// Sends the heartbeat at the next upkeep, whatever the interval says (e.g. after an
@@ -285,6 +319,39 @@ mod tests {
         ledger.renew_soon();
         let done = ledger.upkeep(&gate).await.unwrap();
         assert_eq!((done.heartbeat, done.reinstated), (true, 0));
+    }
+
+    #[tokio::test]
+    async fn holds_the_ledger_does_not_know_are_let_go_at_the_heartbeat() {
+        let ttl = Duration::from_millis(200);
+        let gate = MemoryGate::new(ttl);
+        let mut ledger = LeaseLedger::new();
+        assert!(gate.acquire("k", "a", 1, 1).await.unwrap());
+        ledger.granted("a", vec![Hold::new("k", 1)]);
+        ledger.end("a");
+        ledger.upkeep(&gate).await.unwrap();
+        assert!(gate.acquire("p", "b", 1, 5).await.unwrap());
+        ledger.granted("b", vec![Hold::new("p", 1)]);
+        // a's release comes back (a failover to a replica that lagged): the session keeps it
+        assert!(gate.acquire("k", "a", 1, 1).await.unwrap());
+        ledger.renew_soon();
+        let done = ledger.upkeep(&gate).await.unwrap();
+        assert!(done.heartbeat);
+        assert_eq!(done.surplus, 1);
+        assert_eq!(gate.keep_alive().await.unwrap().kept, 1, "b only");
+        assert_eq!(gate.kept().await.unwrap(), [("p".into(), "b".into())]);
+        // a lapses one TTL later, b stays while the session lives
+        let deadline = Instant::now() + ttl * 10;
+        while !gate.holders("k").is_empty() {
+            assert!(Instant::now() < deadline, "a never lapsed");
+            assert!(!gate.keep_alive().await.unwrap().ended);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(gate.holders("p"), ["b"]);
+        assert!(
+            gate.acquire("k", "c", 1, 1).await.unwrap(),
+            "the one slot is free"
+        );
     }
 
     #[tokio::test]

@@ -112,6 +112,21 @@ impl State {
         }
     }
 
+    /// `session` stops keeping `holder`'s hold of `key`; kept by nobody, it lapses at `lapses`.
+    fn let_go(&mut self, key: &str, holder: &str, session: &str, lapses: Instant) {
+        let Some(hold) = self.semaphores.get_mut(key).and_then(|h| h.get_mut(holder)) else {
+            return;
+        };
+        let Some(at) = hold.keepers.iter().position(|s| s == session) else {
+            return;
+        };
+        hold.keepers.remove(at);
+        if hold.keepers.is_empty() {
+            hold.lapses = Some(lapses);
+        }
+        self.unkeep(&[session.to_string()]);
+    }
+
     /// The sessions in `keepers` keep one hold less.
     fn unkeep(&mut self, keepers: &[String]) {
         for s in keepers {
@@ -255,29 +270,34 @@ impl MemoryGate {
         check_holder(holder)?;
         let lapses = Instant::now() + self.lease_ttl;
         let (session, _) = self.session.current();
-        let mut state = self.lock();
-        let Some(hold) = state
-            .semaphores
-            .get_mut(key)
-            .and_then(|h| h.get_mut(holder))
-        else {
-            return Ok(());
-        };
-        let Some(at) = hold.keepers.iter().position(|s| *s == session) else {
-            return Ok(());
-        };
-        hold.keepers.remove(at);
-        if hold.keepers.is_empty() {
-            hold.lapses = Some(lapses);
-        }
-        state.unkeep(std::slice::from_ref(&session));
+        self.lock().let_go(key, holder, &session, lapses);
         Ok(())
     }
 
     fn release_now(&self, key: &str, holder: &str) -> Result<(), GateError> {
         check_key(key)?;
         check_holder(holder)?;
+        let now = Instant::now();
+        let (session, _) = self.session.current();
         let mut state = self.lock();
+        let State {
+            semaphores,
+            sessions,
+            ..
+        } = &mut *state;
+        // another live session keeps it: this one only lets go (see `lua/release.lua`)
+        let kept_by_another = semaphores
+            .get(key)
+            .and_then(|h| h.get(holder))
+            .is_some_and(|hold| {
+                hold.keepers
+                    .iter()
+                    .any(|s| *s != session && sessions.get(s).is_some_and(|end| *end > now))
+            });
+        if kept_by_another {
+            state.let_go(key, holder, &session, now + self.lease_ttl);
+            return Ok(());
+        }
         let Some(holders) = state.semaphores.get_mut(key) else {
             return Ok(());
         };
@@ -289,6 +309,23 @@ impl MemoryGate {
             state.unkeep(&hold.keepers);
         }
         Ok(())
+    }
+
+    fn kept_now(&self) -> Vec<(String, String)> {
+        let (session, _) = self.session.current();
+        let state = self.lock();
+        let mut kept: Vec<(String, String)> = state
+            .semaphores
+            .iter()
+            .flat_map(|(key, holders)| {
+                holders
+                    .iter()
+                    .filter(|(_, hold)| hold.keepers.contains(&session))
+                    .map(move |(holder, _)| (key.clone(), holder.clone()))
+            })
+            .collect();
+        kept.sort();
+        kept
     }
 
     fn usage_now(&self, key: &str) -> Result<u32, GateError> {
@@ -327,6 +364,10 @@ impl Gate for MemoryGate {
                 std::future::ready(Ok(beat))
             })
             .await
+    }
+
+    async fn kept(&self) -> Result<Vec<(String, String)>, GateError> {
+        Ok(self.kept_now())
     }
 
     fn session_epoch(&self) -> u64 {

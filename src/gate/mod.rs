@@ -25,6 +25,11 @@
 //!   [`Gate::session_epoch`] on: its holder registers what it holds again.
 //! - [`Gate::let_go`] stops keeping a hold without ending it (another session may keep it
 //!   too): kept by nobody, it lapses one TTL later unless acquired again.
+//! - A heartbeat counts the holds the session keeps; when that differs from what its holder
+//!   holds, [`Gate::kept`] says which, and [`LeaseLedger`] lets go of those it does not hold
+//!   and registers again those it holds but the session lost.
+//! - [`Gate::release`] ends a hold at once, but only when no other live session keeps it;
+//!   otherwise it only lets go: a release never takes another live session's hold.
 //! - Any error means "no decision": callers fail closed (admit nothing) and retry.
 
 mod ledger;
@@ -125,6 +130,13 @@ pub trait Gate: Send + Sync + 'static {
     /// lost none (a failover to a replica that lags).
     fn keep_alive(&self) -> impl Future<Output = Result<Heartbeat, GateError>> + Send;
 
+    /// Which holds this session keeps, `(key, holder)` sorted: what a holder reconciles with
+    /// when a heartbeat's count differs from what it holds (a failover to a replica that lags
+    /// can lose holds, or bring back a release or a let-go that was acknowledged). Not
+    /// atomic with acquires of the same session made meanwhile; for Redis, a scan of the
+    /// semaphores' keepers, so only sent when the counts differ.
+    fn kept(&self) -> impl Future<Output = Result<Vec<(String, String)>, GateError>> + Send;
+
     /// How many times this handle's session was found ended, by [`Gate::keep_alive`] or by an
     /// acquire. A holder compares it with the last it saw: a change means "register what you
     /// hold again".
@@ -141,7 +153,10 @@ pub trait Gate: Send + Sync + 'static {
     fn let_go(&self, key: &str, holder: &str)
     -> impl Future<Output = Result<(), GateError>> + Send;
 
-    /// Gives back `holder`'s slots of `key`. Releasing a holder that is gone is a no-op.
+    /// Gives back `holder`'s slots of `key`, unless another live session keeps the hold: then
+    /// this session only lets go of it (as [`Gate::let_go`]), so a replica that lost the
+    /// write of a run or a try cannot free the winner's slot. Releasing a holder that is gone
+    /// is a no-op.
     fn release(
         &self,
         key: &str,

@@ -274,6 +274,18 @@ impl RedisGate {
     }
 }
 
+/// `text` as a literal in a `SCAN MATCH` pattern.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Unreachable, slow or not-serving-writes servers are [`GateError::Unavailable`]; other
 /// errors Redis answers with are [`GateError::Backend`].
 fn map_err(e: RedisError) -> GateError {
@@ -374,6 +386,56 @@ impl Gate for RedisGate {
             .await
     }
 
+    /// `SCAN` for the keepers hashes `<prefix>:sem:*:k`, then each one's keepers: the holders
+    /// whose list names this session.
+    async fn kept(&self) -> Result<Vec<(String, String)>, GateError> {
+        let (session, _) = self.session.current();
+        let head = format!("{}:sem:", self.prefix);
+        let pattern = format!("{}*:k", glob_escape(&head));
+        let mut conn = self.link.conn().await?;
+        let mut found: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let answer: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn.manager)
+                .await;
+            let (next, keys) = self.link.observe(&conn, answer).map_err(map_err)?;
+            found.extend(keys);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        found.sort();
+        found.dedup();
+        let mut kept = Vec::new();
+        for keepers in found {
+            let answer: Result<Vec<(String, String)>, _> = redis::cmd("HGETALL")
+                .arg(&keepers)
+                .query_async(&mut conn.manager)
+                .await;
+            let holders = self.link.observe(&conn, answer).map_err(map_err)?;
+            let Some(key) = keepers
+                .strip_prefix(&head)
+                .and_then(|k| k.strip_suffix(":k"))
+            else {
+                continue;
+            };
+            for (holder, list) in holders {
+                if list.split(' ').any(|s| s == session) {
+                    kept.push((key.to_string(), holder));
+                }
+            }
+        }
+        kept.sort();
+        Ok(kept)
+    }
+
     fn session_epoch(&self) -> u64 {
         self.session.epoch()
     }
@@ -397,11 +459,12 @@ impl Gate for RedisGate {
     async fn release(&self, key: &str, holder: &str) -> Result<(), GateError> {
         check_key(key)?;
         check_holder(holder)?;
+        let (session, _) = self.session.current();
         let mut keys = self.semaphore_keys(key).to_vec();
         keys.push(self.counts_key());
-        let _removed: i64 = self
-            .run(&self.scripts.release, &keys, &[holder.as_bytes()])
-            .await?;
+        keys.push(self.sessions_key());
+        let args: [&[u8]; 2] = [holder.as_bytes(), session.as_bytes()];
+        let _removed: i64 = self.run(&self.scripts.release, &keys, &args).await?;
         Ok(())
     }
 
