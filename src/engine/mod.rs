@@ -87,7 +87,7 @@ impl Default for EngineConfig {
 }
 
 /// Changes the controllers hand to the engine.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Command {
     Upsert(Box<DagInfo>),
     /// the DAG became invalid: no new runs; its running runs go on with the spec they were
@@ -248,6 +248,12 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     /// How many runs wait in the queue, by class [backfill, scheduled, manual].
     pub fn queue_depth(&self) -> [usize; 3] {
         self.queue.depth_by_class()
+    }
+
+    /// The leases are renewed (and checked against the gate) at the next pass, whenever the
+    /// last renewal was: what the renewal timer does (tests drive it with their clock).
+    pub fn renew_leases_soon(&mut self) {
+        self.ledger.renew_soon();
     }
 
     /// Running runs the engine counts against `--max-concurrent-runs`.

@@ -40,7 +40,7 @@ impl Hold {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct State {
     /// semaphore → holder → hold
     semaphores: HashMap<String, HashMap<String, Hold>>,
@@ -145,7 +145,14 @@ pub struct MemoryGate {
     state: Arc<Mutex<State>>,
     session: Arc<Session>,
     sessions_made: Arc<AtomicU64>,
+    /// how far the gate's clock is ahead of the process's (tests: leases lapse on demand)
+    skew_ms: Arc<AtomicU64>,
 }
+
+/// The semaphores and sessions of a [`MemoryGate`] at one instant: what a replica that lags
+/// holds (restored by [`MemoryGate::restore`]).
+#[derive(Clone, Debug)]
+pub struct GateSnapshot(State);
 
 impl MemoryGate {
     /// A gate whose sessions last `lease_ttl` without a heartbeat. A TTL below one
@@ -161,7 +168,49 @@ impl MemoryGate {
             state: Arc::new(Mutex::new(State::default())),
             session: Arc::new(Session::new("s1".into())),
             sessions_made: Arc::new(AtomicU64::new(1)),
+            skew_ms: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.skew_ms.load(Ordering::SeqCst))
+    }
+
+    /// Moves the gate's clock forward: leases and let-go holds lapse as if `by` had passed.
+    pub fn advance(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.skew_ms.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    /// Everything the gate holds now.
+    pub fn snapshot(&self) -> GateSnapshot {
+        GateSnapshot(self.lock().clone())
+    }
+
+    /// Goes back to `snapshot`: a failover to a replica that lagged (releases and let-gos
+    /// since come back, holds taken since are gone).
+    pub fn restore(&self, snapshot: &GateSnapshot) {
+        *self.lock() = snapshot.0.clone();
+    }
+
+    /// The holders of a semaphore some live session keeps (let-go holds, lapsing, left out),
+    /// sorted.
+    pub fn kept_holders(&self, key: &str) -> Vec<String> {
+        let now = self.now();
+        let mut state = self.lock();
+        state.purge(key, now);
+        let mut holders: Vec<String> = state
+            .semaphores
+            .get(key)
+            .map(|h| {
+                h.iter()
+                    .filter(|(_, hold)| hold.lapses.is_none() && !hold.keepers.is_empty())
+                    .map(|(holder, _)| holder.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        holders.sort();
+        holders
     }
 
     /// Another handle on the same semaphores with a session of its own (what another process
@@ -184,7 +233,7 @@ impl MemoryGate {
     /// The holders of a semaphore whose hold is live, sorted (for tests and diagnostics).
     pub fn holders(&self, key: &str) -> Vec<String> {
         let mut state = self.lock();
-        state.purge(key, Instant::now());
+        state.purge(key, self.now());
         let mut holders: Vec<String> = state
             .semaphores
             .get(key)
@@ -203,7 +252,7 @@ impl MemoryGate {
         for claim in claims {
             check_claim(claim)?;
         }
-        let now = Instant::now();
+        let now = self.now();
         let mut state = self.lock();
         let (session, registered) = self.session.current();
         // a new session is registered; a registered one must be alive, and an acquire extends
@@ -268,7 +317,7 @@ impl MemoryGate {
     fn let_go_now(&self, key: &str, holder: &str) -> Result<(), GateError> {
         check_key(key)?;
         check_holder(holder)?;
-        let lapses = Instant::now() + self.lease_ttl;
+        let lapses = self.now() + self.lease_ttl;
         let (session, _) = self.session.current();
         self.lock().let_go(key, holder, &session, lapses);
         Ok(())
@@ -277,7 +326,7 @@ impl MemoryGate {
     fn release_now(&self, key: &str, holder: &str) -> Result<(), GateError> {
         check_key(key)?;
         check_holder(holder)?;
-        let now = Instant::now();
+        let now = self.now();
         let (session, _) = self.session.current();
         let mut state = self.lock();
         let State {
@@ -331,7 +380,7 @@ impl MemoryGate {
     fn usage_now(&self, key: &str) -> Result<u32, GateError> {
         check_key(key)?;
         let mut state = self.lock();
-        state.purge(key, Instant::now());
+        state.purge(key, self.now());
         Ok(u32::try_from(state.used(key)).unwrap_or(u32::MAX))
     }
 }
@@ -357,7 +406,7 @@ impl Gate for MemoryGate {
     }
 
     async fn keep_alive(&self) -> Result<Heartbeat, GateError> {
-        let now = Instant::now();
+        let now = self.now();
         self.session
             .keep_alive(|id, registered| {
                 let beat = self.lock().heartbeat(&id, registered, self.lease_ttl, now);

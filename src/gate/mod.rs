@@ -44,7 +44,7 @@ use std::time::Duration;
 
 pub use self::ledger::{Hold, LeaseLedger, Upkeep};
 pub use self::link::{RedisTarget, SentinelTarget};
-pub use self::memory::MemoryGate;
+pub use self::memory::{GateSnapshot, MemoryGate};
 pub use self::redis::{ClientCertificate, DEFAULT_PREFIX, RedisGate, RedisTls};
 pub use self::scope::GateScope;
 pub use self::session::Heartbeat;
