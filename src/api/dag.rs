@@ -324,7 +324,8 @@ pub struct TaskSpec {
     pub timeout_seconds: Option<i64>,
     /// The container to run (core/v1 Container); `name` defaults to the task name, `image` to
     /// `taskDefaults.image`, and `taskDefaults` fill in env, envFrom, resources and
-    /// volumeMounts.
+    /// volumeMounts. Resource requests and limits must be non-negative quantities (`500m`,
+    /// `2Gi`) and env names printable ASCII other than `=`: both refused at apply otherwise.
     #[schemars(schema_with = "schema::container_name_optional")]
     pub container: TaskContainer,
     /// The task Pod's service account (default: the namespace's `default`).
