@@ -447,7 +447,9 @@ pub struct DagStatus {
     /// The logical date of the newest scheduled run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_schedule_time: Option<DateTime<Utc>>,
-    /// The logical date of the newest run that succeeded.
+    /// When the newest successful run ended (any run type), as CronJob's field is when its
+    /// last successful Job finished — not a logical date: a Backfill run for two years ago
+    /// that just succeeded makes it now. The logical dates are in `recentRuns`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_time: Option<DateTime<Utc>>,
     /// Runs admitted and not finished.

@@ -39,7 +39,7 @@ pub enum StatusUpdate {
     StoreHealth(bool),
     /// reachability of the gate (Redis)
     GateHealth(bool),
-    /// a DAG's newest runs and its last successful logical date
+    /// a DAG's newest runs and when its newest success ended
     Runs(RecentRuns),
     /// Pools the DAG's tasks name that do not exist (empty: none missing)
     MissingPools(DagKey, Vec<String>),
