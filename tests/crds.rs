@@ -345,3 +345,33 @@ fn pod_template_and_task_defaults() {
         })
     }));
 }
+
+/// Issue 27: resource quantities and environment variable names are checked at apply, in
+/// `taskDefaults` and in every task's container (a bad one used to surface only when the
+/// first Pod was refused). e2e/tests/input.rs applies them to the real API server.
+#[test]
+fn quantities_and_env_names_are_checked_at_apply() {
+    let spec = &schema("dags")["properties"]["spec"];
+    let defaults = &spec["properties"]["taskDefaults"];
+    let container = &spec["properties"]["tasks"]["items"]["properties"]["container"];
+    for (what, owner) in [("taskDefaults", defaults), ("container", container)] {
+        let resources = &owner["properties"]["resources"]["properties"];
+        for field in ["requests", "limits"] {
+            let map = &resources[field];
+            // bounded, so the rule's estimated cost fits the API server's budget
+            assert!(num(&map["maxProperties"]) > 0.0, "{what}.{field}");
+            let value = &map["additionalProperties"];
+            assert!(num(&value["maxLength"]) > 0.0, "{what}.{field}");
+            let rule = &value["x-kubernetes-validations"][0];
+            assert!(
+                rule["rule"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("isQuantity(")),
+                "{what}.{field}: {rule}"
+            );
+            assert!(rule["message"].is_string(), "{what}.{field}");
+        }
+        let name = &owner["properties"]["env"]["items"]["properties"]["name"];
+        assert_eq!(name["pattern"], "^[ -<>-~]+$", "{what}.env[].name");
+    }
+}

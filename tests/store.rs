@@ -564,6 +564,36 @@ async fn last_ends_give_each_dags_newest_success_and_failure_in_one_query() {
     assert!(ns_only.iter().all(|e| e.dag.namespace == "ns"));
 }
 
+/// Issue 27: `status.lastSuccessfulTime` is when the newest success happened (like CronJob's
+/// field), not the logical date of the newest-dated success: a Backfill run for two years
+/// ago that just succeeded makes it now, and an old success ending later than a newer-dated
+/// one wins.
+#[tokio::test]
+async fn recent_runs_give_when_the_last_success_ended_not_its_logical_date() {
+    let db = TestDb::create("last_success_end").await;
+    let store = db.migrated().await;
+    let rows = store
+        .insert_runs(&[
+            scheduled("a", day(20)),
+            run("ns", "a", day(1), RunType::Backfill, &["t"]),
+            scheduled("a", day(21)),
+            scheduled("b", day(5)),
+        ])
+        .await
+        .expect("insert");
+    let at = |d: u32, h: u32| Utc.with_ymd_and_hms(2024, 2, d, h, 0, 0).unwrap();
+    end_run(&store, rows[0].id, "success", at(1, 10)).await;
+    // the backfill run of an older day succeeded later
+    end_run(&store, rows[1].id, "success", at(2, 10)).await;
+    // the newest-dated run failed even later: not a success
+    end_run(&store, rows[2].id, "failed", at(3, 10)).await;
+    let keys = [DagKey::new("ns", "a"), DagKey::new("ns", "b")];
+    let recent = store.recent_runs(&keys, 5).await.expect("recent runs");
+    assert_eq!(recent[0].last_success, Some(at(2, 10)));
+    // b has no finished run
+    assert_eq!(recent[1].last_success, None);
+}
+
 #[tokio::test]
 async fn cancel_runs_cancels_running_runs_and_only_their_unfinished_tasks() {
     let db = TestDb::create("cancel").await;

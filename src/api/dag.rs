@@ -119,14 +119,16 @@ pub struct DagSpec {
     /// DAGs of this namespace whose successful runs each create one run of this DAG, with
     /// the upstream run's logical date and data interval: an asset-style chain, usually
     /// without a schedule. Exactly once per upstream run (recorded like a trigger). A cycle
-    /// through `triggeredBy` is refused: `Ready=False`, reason `DependencyCycle`.
+    /// through `triggeredBy` is refused: `Ready=False`, reason `DependencyCycle`. Naming a
+    /// DAG that does not exist: `Ready=False`, reason `UpstreamNotFound`, until it does.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub triggered_by: Vec<DagRef>,
     /// DAGs of this namespace whose data this DAG's runs need: a run waits in the queue
     /// (counted in `status.queuedRuns`) until each has a successful run whose data interval
     /// ends at or after this run's data interval end. A cycle is refused like one through
-    /// `triggeredBy`.
+    /// `triggeredBy`. Naming a DAG that does not exist: `Ready=False`, reason
+    /// `UpstreamNotFound` (and a Warning event), cleared when it appears.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub depends_on: Vec<DagRef>,
@@ -139,7 +141,10 @@ pub struct DagSpec {
     /// Each scheduled run starts up to this long after its tick (e.g. `30s`, `5m`, `1h`): a
     /// delay random across DAGs but the same for a DAG and logical date on every replica, so
     /// DAGs sharing a schedule do not all start at once. The logical date and data interval
-    /// stay the tick's; `startingDeadlineSeconds` counts from the delayed start.
+    /// stay the tick's; `startingDeadlineSeconds` counts from the delayed start. At most the
+    /// shortest gap between two ticks (an hourly schedule takes up to `1h`), so each run
+    /// starts before the next tick: a longer one makes the DAG `Ready=False`, reason
+    /// `InvalidJitter`, naming the two ticks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+[dhms])+$"))]
     pub jitter: Option<String>,
@@ -324,7 +329,8 @@ pub struct TaskSpec {
     pub timeout_seconds: Option<i64>,
     /// The container to run (core/v1 Container); `name` defaults to the task name, `image` to
     /// `taskDefaults.image`, and `taskDefaults` fill in env, envFrom, resources and
-    /// volumeMounts.
+    /// volumeMounts. Resource requests and limits must be non-negative quantities (`500m`,
+    /// `2Gi`) and env names printable ASCII other than `=`: both refused at apply otherwise.
     #[schemars(schema_with = "schema::container_name_optional")]
     pub container: TaskContainer,
     /// The task Pod's service account (default: the namespace's `default`).
@@ -446,7 +452,9 @@ pub struct DagStatus {
     /// The logical date of the newest scheduled run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_schedule_time: Option<DateTime<Utc>>,
-    /// The logical date of the newest run that succeeded.
+    /// When the newest successful run ended (any run type), as CronJob's field is when its
+    /// last successful Job finished — not a logical date: a Backfill run for two years ago
+    /// that just succeeded makes it now. The logical dates are in `recentRuns`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_time: Option<DateTime<Utc>>,
     /// Runs admitted and not finished.
@@ -560,6 +568,19 @@ pub enum DagSpecError {
     MissingImage { task: String },
     #[error("jitter {0:?}: expected a duration such as 30s, 5m or 1h30m")]
     Jitter(String),
+    #[error(
+        "jitter {jitter} is longer than the {gap} between the ticks {from} and {to}: a run \
+         would start after the next tick; use at most {gap}",
+        gap = crate::schedule::format_duration(*gap_secs),
+        from = from.to_rfc3339(),
+        to = to.to_rfc3339()
+    )]
+    JitterTooLong {
+        jitter: String,
+        gap_secs: i64,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
     #[error("triggeredBy/dependsOn make a cycle: {}", .0.join(" <- "))]
     DependencyCycle(Vec<String>),
 }
@@ -573,7 +594,7 @@ impl DagSpecError {
             DagSpecError::DateRange { .. } => "InvalidDateRange",
             DagSpecError::ReservedKey { .. } => "InvalidPodTemplate",
             DagSpecError::MissingImage { .. } => "MissingImage",
-            DagSpecError::Jitter(_) => "InvalidJitter",
+            DagSpecError::Jitter(_) | DagSpecError::JitterTooLong { .. } => "InvalidJitter",
             DagSpecError::DependencyCycle(_) => "DependencyCycle",
         }
     }
@@ -605,6 +626,33 @@ impl DagSpec {
                 .and_then(|s| u64::try_from(s).ok())
                 .map(std::time::Duration::from_secs)
                 .ok_or_else(|| DagSpecError::Jitter(text.to_string())),
+        }
+    }
+
+    /// Whether the `jitter` fits the schedule: no longer than the shortest gap between two
+    /// consecutive ticks (over a year of ticks after `now`, or after `startDate` if later),
+    /// so every scheduled run starts before the next tick. A longer jitter would start runs
+    /// after later ticks (a `jitter: 400d` on an every-minute schedule: the next run months
+    /// away) — refused, reason `InvalidJitter`. No schedule: nothing to delay.
+    pub fn check_jitter(
+        &self,
+        schedule: Option<&Schedule>,
+        now: DateTime<Utc>,
+    ) -> Result<(), DagSpecError> {
+        let jitter = self.jitter_duration()?;
+        let (Some(schedule), Some(text)) = (schedule, self.jitter.as_deref()) else {
+            return Ok(());
+        };
+        let secs = i64::try_from(jitter.as_secs()).unwrap_or(i64::MAX);
+        let after = self.start_date.map_or(now, |start| start.max(now));
+        match schedule.ticks_closer_than(secs, after, self.end_date) {
+            Some((from, to)) => Err(DagSpecError::JitterTooLong {
+                jitter: text.to_string(),
+                gap_secs: (to - from).num_seconds(),
+                from,
+                to,
+            }),
+            None => Ok(()),
         }
     }
 
@@ -810,6 +858,46 @@ mod tests {
             Some(chrono_tz::Europe::Berlin)
         );
         assert_eq!(graph.len(), 1);
+    }
+
+    /// Issue 27: `jitter: 400d` on an every-minute schedule was accepted, its next run months
+    /// away.
+    #[test]
+    fn a_jitter_longer_than_the_gap_between_ticks_is_invalid() {
+        let now: DateTime<Utc> = "2026-05-04T10:00:30Z".parse().expect("an instant");
+        let check = |yaml: &str| {
+            let s = spec(yaml);
+            let (schedule, _) = s.validate(Tz::UTC).expect("valid otherwise");
+            s.check_jitter(schedule.as_ref(), now)
+        };
+        let task = "tasks: [{name: a, container: {image: x}}]";
+        let err = check(&format!("schedule: '* * * * *'\njitter: 400d\n{task}"))
+            .expect_err("400 days of jitter on an every-minute schedule");
+        assert_eq!(err.reason(), "InvalidJitter");
+        let message = err.to_string();
+        for part in [
+            "400d",
+            "1m",
+            "2026-05-04T10:01:00+00:00",
+            "2026-05-04T10:02:00+00:00",
+        ] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+        assert!(check(&format!("schedule: '@hourly'\njitter: 1h\n{task}")).is_ok());
+        assert!(check(&format!("schedule: '@hourly'\njitter: 1h1m\n{task}")).is_err());
+        assert!(check(&format!("schedule: '* * * * *'\njitter: 30s\n{task}")).is_ok());
+        // weekdays: a day, not the weekend
+        assert!(check(&format!("schedule: '0 9 * * 1-5'\njitter: 2d\n{task}")).is_err());
+        // no schedule, no jitter: nothing to check
+        assert!(check(&format!("jitter: 400d\n{task}")).is_ok());
+        assert!(check(&format!("schedule: '* * * * *'\n{task}")).is_ok());
+        // only ticks up to endDate count: one tick left, nothing to run into
+        assert!(
+            check(&format!(
+                "schedule: '0 0 * * *'\nendDate: 2026-05-05T00:00:00Z\njitter: 3d\n{task}"
+            ))
+            .is_ok()
+        );
     }
 
     #[test]

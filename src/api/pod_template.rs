@@ -76,17 +76,21 @@ pub struct PodTemplate {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = schema::brief_below_properties)]
+#[schemars(transform = schema::container_rules)]
 pub struct TaskDefaults {
     /// The image of tasks whose container names none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Environment variables of every task; a task's variable of the same name wins.
+    /// Environment variables of every task; a task's variable of the same name wins. A name
+    /// is printable ASCII other than `=` (what the Pod API takes), refused at apply otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<Vec<EnvVar>>,
     /// Sources of environment variables, before the task's own (later sources win).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_from: Option<Vec<EnvFromSource>>,
-    /// Resource requests and limits; a task's own request or limit of a resource wins.
+    /// Resource requests and limits; a task's own request or limit of a resource wins. Each
+    /// is a non-negative quantity (`500m`, `2Gi`), refused at apply otherwise (at most 32
+    /// resources, 64 characters each).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Volume mounts of every task; a task's mount at the same `mountPath` wins.

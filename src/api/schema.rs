@@ -22,7 +22,69 @@ pub fn container_name_optional(generator: &mut SchemaGenerator) -> Schema {
             schema.remove("required");
         }
     }
+    container_rules(&mut schema);
     schema
+}
+
+/// What a resource request or limit must be: a quantity the Pod API takes (`500m`, `2Gi`,
+/// `1.5`, `1e3`), not negative. CEL's `isQuantity` (Kubernetes ≥ 1.29) checks it at apply.
+pub const QUANTITY_RULE: &str =
+    "isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))";
+/// The message of [`QUANTITY_RULE`].
+pub const QUANTITY_MESSAGE: &str =
+    "must be a non-negative quantity such as 500m, 2Gi or 1.5 (as a Pod's resources take)";
+/// Resources a request or limit map may name, and the length of one quantity: bounds that
+/// let the API server accept the CEL rule's estimated cost for 500 tasks.
+pub const MAX_RESOURCES: u32 = 32;
+pub const MAX_QUANTITY_LENGTH: u32 = 64;
+/// An environment variable name as the Pod API takes it since Kubernetes 1.34
+/// (`RelaxedEnvironmentVariableValidation`): printable ASCII other than `=`, not empty.
+pub const ENV_NAME_PATTERN: &str = "^[ -<>-~]+$";
+
+/// Checks, at apply, what a container's (or `taskDefaults`') fields would otherwise make the
+/// API server refuse only when the task's Pod is created: every quantity of
+/// `resources.requests` and `resources.limits`, and every `env[].name`.
+pub fn container_rules(schema: &mut Schema) {
+    let Some(props) = schema
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return;
+    };
+    if let Some(resources) = props
+        .get_mut("resources")
+        .and_then(|r| r.get_mut("properties"))
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        for field in ["requests", "limits"] {
+            let Some(map) = resources
+                .get_mut(field)
+                .and_then(serde_json::Value::as_object_mut)
+            else {
+                continue;
+            };
+            map.insert("maxProperties".into(), MAX_RESOURCES.into());
+            if let Some(value) = map
+                .get_mut("additionalProperties")
+                .and_then(serde_json::Value::as_object_mut)
+            {
+                value.insert("maxLength".into(), MAX_QUANTITY_LENGTH.into());
+                value.insert(
+                    "x-kubernetes-validations".into(),
+                    serde_json::json!([{"rule": QUANTITY_RULE, "message": QUANTITY_MESSAGE}]),
+                );
+            }
+        }
+    }
+    if let Some(name) = props
+        .get_mut("env")
+        .and_then(|e| e.get_mut("items"))
+        .and_then(|i| i.get_mut("properties"))
+        .and_then(|p| p.get_mut("name"))
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        name.insert("pattern".into(), ENV_NAME_PATTERN.into());
+    }
 }
 
 /// Cuts every description below the struct's own properties to its first sentence (see

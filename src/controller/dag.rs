@@ -46,7 +46,18 @@ pub struct Context {
     pub tenancy: Tenancy,
     /// the DAGs watched (a `triggeredBy` cycle is looked for among them)
     pub dags: Option<reflector::Store<DAG>>,
+    /// whether a jitter fits its schedule, by schedule and jitter: a year of an hourly
+    /// schedule's ticks is walked once, not at every reconcile of every DAG sharing it
+    jitter_checks: Mutex<HashMap<String, Result<(), DagSpecError>>>,
+    /// the upstream DAGs each DAG names that do not exist (yet), as (field, name): a DAG
+    /// appearing nudges the DAGs waiting for it, and a new set is told once as an event
+    waiting: Mutex<HashMap<DagKey, Vec<(&'static str, String)>>>,
+    /// reconciles asked for by [`Context::nudge_dependents`] (set by [`run`])
+    nudge: std::sync::OnceLock<futures::channel::mpsc::UnboundedSender<reflector::ObjectRef<DAG>>>,
 }
+
+/// Jitter checks remembered (then the memory starts afresh).
+const JITTER_CHECKS_KEPT: usize = 4096;
 
 impl Context {
     pub fn new(
@@ -65,7 +76,127 @@ impl Context {
             pools: None,
             tenancy: Tenancy::defaults(TenancyDefaults::default()),
             dags: None,
+            jitter_checks: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::new()),
+            nudge: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The upstream DAGs (`dependsOn`, then `triggeredBy`) `dag` names that do not exist in
+    /// its namespace, as (field, name), each once; and whether that set is new (to be told
+    /// as an event). Remembered while any is missing, so the DAG is looked at again when one
+    /// appears: the set is computed under the same lock [`Context::nudge_dependents`] takes
+    /// after the watch cache has the new DAG, so an upstream appearing meanwhile is either
+    /// seen here or nudges this DAG.
+    fn missing_upstreams(&self, dag: &DAG, key: &DagKey) -> (Vec<(&'static str, String)>, bool) {
+        let Some(dags) = &self.dags else {
+            return (Vec::new(), false);
+        };
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut missing: Vec<(&'static str, String)> = Vec::new();
+        let named = dag
+            .spec
+            .depends_on
+            .iter()
+            .map(|r| ("dependsOn", r))
+            .chain(dag.spec.triggered_by.iter().map(|r| ("triggeredBy", r)));
+        for (field, upstream) in named {
+            let exists = dags
+                .get(&reflector::ObjectRef::<DAG>::new(&upstream.dag).within(&key.namespace))
+                .is_some();
+            if !exists
+                && !missing
+                    .iter()
+                    .any(|(f, n)| *f == field && *n == upstream.dag)
+            {
+                missing.push((field, upstream.dag.clone()));
+            }
+        }
+        if missing.is_empty() {
+            waiting.remove(key);
+            return (missing, false);
+        }
+        let new = waiting.insert(key.clone(), missing.clone()).as_ref() != Some(&missing);
+        (missing, new)
+    }
+
+    /// A DAG was applied or deleted (the watch cache already says so): the DAGs waiting for
+    /// it as an upstream, or naming it, are reconciled again — at once, not at their next
+    /// periodic requeue — so `UpstreamNotFound` clears when the upstream appears and comes
+    /// when it goes.
+    fn nudge_dependents(&self, event: &watcher::Event<DAG>) {
+        let Some(nudge) = self.nudge.get() else {
+            return;
+        };
+        let dependents: Vec<reflector::ObjectRef<DAG>> = match event {
+            watcher::Event::Apply(dag) | watcher::Event::InitApply(dag) => {
+                let (Some(ns), Some(name)) = (dag.namespace(), dag.metadata.name.as_deref()) else {
+                    return;
+                };
+                let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                waiting
+                    .iter()
+                    .filter(|(k, missing)| {
+                        k.namespace == ns && missing.iter().any(|(_, n)| n == name)
+                    })
+                    .map(|(k, _)| reflector::ObjectRef::new(&k.name).within(&k.namespace))
+                    .collect()
+            }
+            watcher::Event::Delete(dag) => {
+                let (Some(ns), Some(name), Some(dags)) =
+                    (dag.namespace(), dag.metadata.name.as_deref(), &self.dags)
+                else {
+                    return;
+                };
+                dags.state()
+                    .into_iter()
+                    .filter(|d| d.metadata.namespace.as_deref() == Some(ns.as_str()))
+                    .filter(|d| d.spec.upstream_dags().any(|u| u == name))
+                    .map(|d| reflector::ObjectRef::from_obj(&*d))
+                    .collect()
+            }
+            _ => return,
+        };
+        for dependent in dependents {
+            // gone only while shutting down
+            let _ = nudge.unbounded_send(dependent);
+        }
+    }
+
+    /// Whether the DAG's jitter fits its schedule ([`DagSpec::check_jitter`]), remembered
+    /// by schedule and jitter (the answer covers a year of ticks: it does not change as time
+    /// passes).
+    fn check_jitter(
+        &self,
+        spec: &crate::api::DagSpec,
+        schedule: Option<&crate::schedule::Schedule>,
+    ) -> Result<(), DagSpecError> {
+        // nothing to walk without a jitter or a schedule
+        if spec.jitter.is_none() || schedule.is_none() {
+            return spec.check_jitter(schedule, chrono::Utc::now());
+        }
+        let key = format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}",
+            spec.schedule_exprs(),
+            spec.exclude,
+            spec.timezone,
+            spec.start_date,
+            spec.end_date,
+            spec.jitter,
+            self.default_tz
+        );
+        let checks = || self.jitter_checks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(result) = checks().get(&key) {
+            return result.clone();
+        }
+        // walked without the lock: other reconciles go on meanwhile
+        let result = spec.check_jitter(schedule, chrono::Utc::now());
+        let mut known = checks();
+        if known.len() >= JITTER_CHECKS_KEPT {
+            known.clear();
+        }
+        known.insert(key, result.clone());
+        result
     }
 
     pub fn with_dags(mut self, dags: reflector::Store<DAG>) -> Self {
@@ -185,13 +316,27 @@ pub async fn reconcile(dag: Arc<DAG>, ctx: Arc<Context>) -> Result<Action, Contr
         forget(&ctx, key, uid).await?;
         return Ok(Action::await_change());
     }
-    // 2. the Pools its tasks name
+    // 2. the Pools its tasks name, the upstream DAGs it names
     if let Some(pools) = &ctx.pools {
         ctx.tell_status(StatusUpdate::MissingPools(
             key.clone(),
             missing_pools(&dag, pools),
         ));
     }
+    let (missing, new) = ctx.missing_upstreams(&dag, &key);
+    let upstreams = upstreams_problem(&missing);
+    if new && let Some(Problem { reason, message }) = &upstreams {
+        tracing::warn!(dag = %key, %message, "upstream DAG not found");
+        ctx.events
+            .publish(
+                &dag_reference(&key, dag.meta().uid.as_deref()),
+                true,
+                reason,
+                message.clone(),
+            )
+            .await;
+    }
+    ctx.tell_status(StatusUpdate::MissingUpstreams(key.clone(), upstreams));
     // 3. validate what the schema cannot (cron, zone, graph, cycles), and tell the engine
     //    (with the priority its namespace allows)
     let priority = ctx
@@ -217,13 +362,17 @@ impl Context {
         key: &DagKey,
         priority: i32,
     ) -> Result<Option<Problem>, ControllerError> {
-        let validated =
-            dag.spec
-                .validate(self.default_tz)
-                .and_then(|ok| match self.cycle(dag, key) {
-                    Some(cycle) => Err(cycle),
-                    None => Ok(ok),
-                });
+        let validated = dag
+            .spec
+            .validate(self.default_tz)
+            .and_then(|ok| match self.cycle(dag, key) {
+                Some(cycle) => Err(cycle),
+                None => Ok(ok),
+            })
+            .and_then(|(schedule, graph)| {
+                self.check_jitter(&dag.spec, schedule.as_ref())?;
+                Ok((schedule, graph))
+            });
         match validated {
             Ok((schedule, _graph)) => {
                 let info = DagInfo::new(key.clone(), dag.clone(), schedule).with_priority(priority);
@@ -326,9 +475,42 @@ fn missing_pools(dag: &DAG, pools: &reflector::Store<Pool>) -> Vec<String> {
         .collect()
 }
 
+/// The condition of upstream DAGs that do not exist (`None`: all exist).
+fn upstreams_problem(missing: &[(&'static str, String)]) -> Option<Problem> {
+    if missing.is_empty() {
+        return None;
+    }
+    let named = missing
+        .iter()
+        .map(|(field, name)| format!("{field} {name:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut what = Vec::new();
+    if missing.iter().any(|(f, _)| *f == "dependsOn") {
+        what.push(
+            "its runs wait in the queue until it exists and has succeeded \
+             (dependencyTimeoutSeconds, if set, fails them)",
+        );
+    }
+    if missing.iter().any(|(f, _)| *f == "triggeredBy") {
+        what.push("no run is triggered by it until it exists");
+    }
+    Some(Problem::new(
+        "UpstreamNotFound",
+        format!(
+            "{named}: no such DAG in this namespace; {}",
+            what.join("; ")
+        ),
+    ))
+}
+
 /// The DAG object `uid` was deleted: its status model goes, and the engine cancels its runs.
 async fn forget(ctx: &Context, key: DagKey, uid: String) -> Result<(), ControllerError> {
     ctx.reported
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&key);
+    ctx.waiting
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&key);
@@ -379,8 +561,16 @@ pub async fn run(
             }
         })
         .reflect(cache)
+        .inspect_ok({
+            let ctx = ctx.clone();
+            move |event| ctx.nudge_dependents(event)
+        })
         .applied_objects();
-    let mut controller = Controller::for_stream(trigger, reader.clone());
+    let (nudge, nudged) = futures::channel::mpsc::unbounded();
+    if ctx.nudge.set(nudge).is_err() {
+        tracing::debug!("the DAG controller's context is already running");
+    }
+    let mut controller = Controller::for_stream(trigger, reader.clone()).reconcile_on(nudged);
     if let Some(pools) = pools {
         // a Pool created or deleted: the DAGs of its namespace naming it look again
         let reader = reader.clone();
@@ -458,4 +648,98 @@ async fn watch_deletions(api: Api<DAG>, ctx: Arc<Context>) {
         ControlFlow::Continue(())
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dag(name: &str, spec: &str) -> DAG {
+        let spec = serde_yaml::from_str(&format!(
+            "{spec}\ntasks: [{{name: a, container: {{image: x}}}}]"
+        ))
+        .expect("a DAG spec");
+        let mut d = DAG::new(name, spec);
+        d.metadata.namespace = Some("ns".into());
+        d
+    }
+
+    fn context(dags: reflector::Store<DAG>) -> Context {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("a URL"));
+        let client = kube::Client::try_from(config).expect("a client, never connected");
+        let (engine, _) = mpsc::channel(1);
+        let (status, _) = mpsc::unbounded_channel();
+        Context::new(engine, status, Events::new(client), Tz::UTC).with_dags(dags)
+    }
+
+    /// Issue 27: `dependsOn` naming a DAG that does not exist was silent (Ready=True, runs
+    /// only ever timing out).
+    #[tokio::test]
+    async fn missing_upstreams_are_reported_until_they_appear() {
+        let (reader, mut writer) = reflector::store::<DAG>();
+        let down = dag(
+            "down",
+            "dependsOn: [{dag: up}]\ntriggeredBy: [{dag: other}, {dag: other}]",
+        );
+        writer.apply_watcher_event(&watcher::Event::Apply(down.clone()));
+        let ctx = context(reader);
+        let (nudge, mut nudged) = futures::channel::mpsc::unbounded();
+        assert!(ctx.nudge.set(nudge).is_ok());
+        let key = DagKey::new("ns", "down");
+
+        let (missing, new) = ctx.missing_upstreams(&down, &key);
+        let both = vec![
+            ("dependsOn", "up".to_string()),
+            ("triggeredBy", "other".into()),
+        ];
+        assert_eq!((missing.clone(), new), (both.clone(), true));
+        let problem = upstreams_problem(&missing).expect("a condition");
+        assert_eq!(problem.reason, "UpstreamNotFound");
+        for part in [
+            "dependsOn \"up\"",
+            "triggeredBy \"other\"",
+            "wait in the queue",
+        ] {
+            assert!(
+                problem.message.contains(part),
+                "{part}: {}",
+                problem.message
+            );
+        }
+        // told once: the same set again is not new
+        assert_eq!(ctx.missing_upstreams(&down, &key), (both, false));
+
+        // `up` appears: `down` is nudged, and only `other` is missing
+        let up = dag("up", "");
+        writer.apply_watcher_event(&watcher::Event::Apply(up.clone()));
+        ctx.nudge_dependents(&watcher::Event::Apply(up.clone()));
+        assert_eq!(
+            nudged.try_recv().ok(),
+            Some(reflector::ObjectRef::from_obj(&down))
+        );
+        let (missing, new) = ctx.missing_upstreams(&down, &key);
+        assert_eq!(
+            (missing, new),
+            (vec![("triggeredBy", "other".into())], true)
+        );
+        // a DAG nobody waits for nudges nobody
+        ctx.nudge_dependents(&watcher::Event::Apply(dag("unrelated", "")));
+        assert!(nudged.try_recv().is_err(), "nothing queued");
+
+        // `other` too: nothing missing, nothing remembered
+        let other = dag("other", "");
+        writer.apply_watcher_event(&watcher::Event::Apply(other.clone()));
+        assert_eq!(ctx.missing_upstreams(&down, &key), (Vec::new(), false));
+        assert!(upstreams_problem(&[]).is_none());
+
+        // `up` deleted: the DAGs naming it look again, and miss it
+        writer.apply_watcher_event(&watcher::Event::Delete(up.clone()));
+        ctx.nudge_dependents(&watcher::Event::Delete(up));
+        assert_eq!(
+            nudged.try_recv().ok(),
+            Some(reflector::ObjectRef::from_obj(&down))
+        );
+        let (missing, new) = ctx.missing_upstreams(&down, &key);
+        assert_eq!((missing, new), (vec![("dependsOn", "up".into())], true));
+    }
 }

@@ -38,6 +38,8 @@ pub(super) struct DagModel {
     pub(super) recent_runs: Vec<RunSummary>,
     pub(super) last_successful_time: Option<DateTime<Utc>>,
     pub(super) missing_pools: Vec<String>,
+    /// upstream DAGs named that do not exist (`UpstreamNotFound`)
+    pub(super) missing_upstreams: Option<Problem>,
     pub(super) launch_refused: Option<String>,
 }
 
@@ -116,6 +118,9 @@ fn verdict(model: &DagModel, store_ok: bool, gate_ok: bool) -> Verdict {
             format!("tasks naming {named} wait: no such Pool in this namespace"),
         )
         .reconciling();
+    }
+    if let Some(Problem { reason, message }) = &model.missing_upstreams {
+        return Verdict::new(false, reason, message.clone()).reconciling();
     }
     if let Some(refused) = &model.launch_refused {
         return Verdict::new(
@@ -372,6 +377,40 @@ mod tests {
             s.conditions[0].message
         );
         assert!(!s.conditions[0].is_true());
+    }
+
+    /// Issue 27: an upstream DAG that does not exist is `Ready=False`, reason
+    /// `UpstreamNotFound`, and `Reconciling` (it may yet be applied), not silently Ready.
+    #[test]
+    fn a_missing_upstream_is_not_ready_until_it_appears() {
+        let now = Utc::now();
+        let mut m = DagModel {
+            validity: Some(Validity {
+                generation: Some(1),
+                problem: None,
+                observed_trigger: None,
+                priority_clamped: None,
+                observed_auto_suspension: None,
+            }),
+            scheduling: Some(SchedulingStatus::default()),
+            missing_upstreams: Some(Problem::new(
+                "UpstreamNotFound",
+                "dependsOn \"up\": no such DAG in this namespace".into(),
+            )),
+            ..Default::default()
+        };
+        let s = render(&mut m, true, true, now);
+        let ready = condition(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "UpstreamNotFound")
+        );
+        assert!(ready.message.contains("\"up\""), "{}", ready.message);
+        assert!(condition(&s, RECONCILING).is_true());
+        assert!(!condition(&s, STALLED).is_true());
+        m.missing_upstreams = None;
+        let s = render(&mut m, true, true, now);
+        assert!(condition(&s, READY).is_true());
     }
 
     fn condition<'a>(s: &'a DagStatus, type_: &str) -> &'a Condition {

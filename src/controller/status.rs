@@ -39,10 +39,13 @@ pub enum StatusUpdate {
     StoreHealth(bool),
     /// reachability of the gate (Redis)
     GateHealth(bool),
-    /// a DAG's newest runs and its last successful logical date
+    /// a DAG's newest runs and when its newest success ended
     Runs(RecentRuns),
     /// Pools the DAG's tasks name that do not exist (empty: none missing)
     MissingPools(DagKey, Vec<String>),
+    /// upstream DAGs it names (`dependsOn`, `triggeredBy`) that do not exist: the
+    /// `UpstreamNotFound` condition (`None`: all exist)
+    MissingUpstreams(DagKey, Option<Problem>),
     /// the API server refuses the DAG's task Pods (the last message), or creates them again
     Launch(DagKey, Option<String>),
     /// a Pool's usage (written to the Pool's status)
@@ -300,6 +303,13 @@ impl Writer {
                 let model = self.dags.entry(key.clone()).or_default();
                 if model.missing_pools != missing {
                     model.missing_pools = missing;
+                    self.dirty.insert(key);
+                }
+            }
+            StatusUpdate::MissingUpstreams(key, problem) => {
+                let model = self.dags.entry(key.clone()).or_default();
+                if model.missing_upstreams != problem {
+                    model.missing_upstreams = problem;
                     self.dirty.insert(key);
                 }
             }

@@ -39,6 +39,44 @@ impl Schedule {
     }
 }
 
+/// Ticks looked at for two closer than a jitter: a year and a day of them (every DST change,
+/// every weekday and month pattern, whenever asked)...
+const YEAR_SPAN_SECS: i64 = 366 * 86_400;
+
+impl Schedule {
+    /// The first two consecutive ticks after `after` (and not after `until`) less than `secs`
+    /// apart: over a year and a day of ticks, at most 10 000 of them (an every-minute
+    /// schedule's week). `None` when there are none — at once when no two ticks can be that
+    /// close (a minute-granular schedule and `secs` ≤ 60).
+    pub fn ticks_closer_than(
+        &self,
+        secs: i64,
+        after: DateTime<Utc>,
+        until: Option<DateTime<Utc>>,
+    ) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        let finest = if self.has_seconds() { 1 } else { 60 };
+        if secs <= finest {
+            return None;
+        }
+        let mut ticks = self
+            .ticks_after(after)
+            .take_while(|t| until.is_none_or(|end| *t <= end))
+            .take(MAX_TICKS);
+        let first = ticks.next()?;
+        let mut prev = first;
+        for t in ticks {
+            if (t - prev).num_seconds() < secs {
+                return Some((prev, t));
+            }
+            if (t - first).num_seconds() >= YEAR_SPAN_SECS {
+                break;
+            }
+            prev = t;
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +172,54 @@ mod tests {
         assert_eq!(
             s.longest_gap(after, Some(utc("2026-03-01T00:00:00Z"))),
             None
+        );
+    }
+
+    fn closer(expr: &str, tz: &str, secs: i64) -> Option<(String, String)> {
+        let tz = parse_timezone(tz).expect("a zone");
+        let s = Schedule::parse(expr, tz, None).expect("a schedule");
+        s.ticks_closer_than(secs, utc("2026-01-10T00:00:00Z"), None)
+            .map(|(a, b)| (a.to_rfc3339(), b.to_rfc3339()))
+    }
+
+    #[test]
+    fn ticks_closer_than_a_jitter() {
+        // every minute: 400 days is far too long, 1m fits exactly, 30s at once (no walk)
+        assert_eq!(
+            closer("* * * * *", "UTC", 400 * 86_400),
+            Some((
+                "2026-01-10T00:01:00+00:00".into(),
+                "2026-01-10T00:02:00+00:00".into()
+            ))
+        );
+        assert_eq!(closer("* * * * *", "UTC", 60), None);
+        assert_eq!(closer("* * * * *", "UTC", 30), None);
+        assert!(closer("* * * * * *", "UTC", 2).is_some());
+        // hourly: a whole hour of jitter fits, a minute more does not
+        assert_eq!(closer("0 * * * *", "UTC", 3600), None);
+        assert!(closer("0 * * * *", "UTC", 3660).is_some());
+        // weekdays: the gap that counts is a day, not the weekend
+        assert!(closer("0 9 * * 1-5", "UTC", 2 * 86_400).is_some());
+        assert_eq!(closer("0 9 * * 1-5", "UTC", 86_400), None);
+        // a day in a DST zone: the 23-hour day of spring is found in January too
+        assert_eq!(closer("0 9 * * *", "UTC", 86_400), None);
+        assert_eq!(
+            closer("0 9 * * *", "Europe/Berlin", 86_400),
+            Some((
+                "2026-03-28T08:00:00+00:00".into(),
+                "2026-03-29T07:00:00+00:00".into()
+            ))
+        );
+        assert_eq!(closer("0 9 * * *", "Europe/Berlin", 23 * 3600), None);
+        // monthly: February is the shortest
+        assert!(closer("0 0 1 * *", "UTC", 29 * 86_400).is_some());
+        assert_eq!(closer("0 0 1 * *", "UTC", 28 * 86_400), None);
+        // two schedules together: 09:00 and 09:30 are 30 minutes apart
+        let tz = parse_timezone("UTC").expect("UTC");
+        let set = Schedule::parse_set(&["0 9 * * *", "30 9 * * *"], &[], tz, None).expect("a set");
+        assert!(
+            set.ticks_closer_than(3600, utc("2026-01-10T00:00:00Z"), None)
+                .is_some()
         );
     }
 }

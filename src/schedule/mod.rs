@@ -364,9 +364,40 @@ pub fn parse_duration(text: &str) -> Option<i64> {
     (number.is_empty() && total > 0).then_some(total)
 }
 
+/// `secs` as [`parse_duration`] reads it back: `1d2h`, `1m`, `90s` → `1m30s`; `0s` for zero
+/// or less.
+pub fn format_duration(secs: i64) -> String {
+    if secs <= 0 {
+        return "0s".to_string();
+    }
+    let mut out = String::new();
+    let mut rest = secs;
+    for (unit, size) in [('d', 86_400), ('h', 3600), ('m', 60), ('s', 1)] {
+        if rest >= size {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_format_as_they_parse() {
+        for (secs, text) in [
+            (60, "1m"),
+            (90, "1m30s"),
+            (82_800, "23h"),
+            (90_061, "1d1h1m1s"),
+        ] {
+            assert_eq!(format_duration(secs), text);
+            assert_eq!(parse_duration(text), Some(secs));
+        }
+        assert_eq!(format_duration(0), "0s");
+    }
 
     fn utc(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()

@@ -369,7 +369,7 @@ pub trait RunStore: Send + Sync + 'static {
         changes: &Changes,
     ) -> impl Future<Output = Result<Applied, StoreError>> + Send;
 
-    /// The newest `limit` runs of each DAG, and its latest successful logical date.
+    /// The newest `limit` runs of each DAG, and when its newest successful run ended.
     fn recent_runs(
         &self,
         dags: &[DagKey],
@@ -513,7 +513,7 @@ pub struct Applied {
     pub run_ends: Vec<bool>,
 }
 
-/// The newest runs of a DAG (newest first) and its latest successful logical date.
+/// The newest runs of a DAG (newest first) and when its newest successful run ended.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RecentRuns {
     pub dag: DagKey,

@@ -507,9 +507,12 @@ impl RunStore for PgStore {
         .fetch_all(&self.pool)
         .await?;
         let successes = sqlx::query(
-            "SELECT k.ns, k.name, (SELECT d.logical_date FROM dag_runs d \
+            // when the newest success ended (not its logical date: a Backfill run's is
+            // years back); served by dag_runs_last_success_idx
+            "SELECT k.ns, k.name, (SELECT d.ended_at FROM dag_runs d \
                  WHERE d.namespace = k.ns AND d.dag_name = k.name AND d.state = 'success' \
-                 ORDER BY d.logical_date DESC LIMIT 1) AS last_success \
+                   AND d.ended_at IS NOT NULL \
+                 ORDER BY d.ended_at DESC LIMIT 1) AS last_success \
              FROM UNNEST($1::text[], $2::text[]) AS k(ns, name)",
         )
         .bind(&namespaces)
