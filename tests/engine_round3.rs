@@ -413,3 +413,38 @@ async fn a_rerun_of_a_date_whose_run_retention_deleted_runs_afresh() {
         dag_operator::engine::BackfillPhase::Succeeded
     );
 }
+
+/// Auto-suspension was persisted only by the status writer (which may hold a write for up to
+/// 5 s): a crash in that window cost one more run. A DAG with `maxConsecutiveFailures` taken
+/// up is checked before its ticks are admitted.
+#[tokio::test]
+async fn an_auto_suspension_not_written_yet_holds_across_a_restart() {
+    let store = common::fresh_store("r3_auto_suspend").await;
+    let mut h = Harness::new(store, EngineConfig::default()).await;
+    let flaky = || {
+        info(
+            "flaky",
+            t0(),
+            spec("schedule: '* * * * *'\nmaxConsecutiveFailures: 2\ncatchup: false"),
+        )
+    };
+    h.upsert(flaky(), t0());
+    for m in 0..2 {
+        let now = t0() + Duration::minutes(m);
+        h.tick(now).await;
+        h.finish_all(RunState::Failed, now + Duration::seconds(5))
+            .await;
+    }
+    // the process dies before the suspension reached the DAG's status
+    let mut h = h.restart(EngineConfig::default()).await;
+    let now = t0() + Duration::minutes(2);
+    h.upsert(flaky(), now);
+    h.tick(now).await;
+    h.tick(now + Duration::minutes(1)).await;
+    assert_eq!(
+        h.runs("flaky").await.len(),
+        2,
+        "no run after the second failure in a row"
+    );
+    assert_eq!(h.events("AutoSuspended").len(), 1);
+}

@@ -626,6 +626,11 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
         state.planned = state.decided;
         state.last_trigger = record.last_trigger;
         state.taken_up = true;
+        if state.info.spec().max_consecutive_failures.is_some() {
+            // its runs may have failed in a row before a suspension reached its status (a
+            // crash, a new leader): checked before its ticks are admitted
+            self.failure_checks.insert(key.clone());
+        }
         if let Some(ends) = self.last_ends.remove(&key) {
             self.emit(Output::Telemetry(EngineTelemetry::LastEnds(ends)));
         }
