@@ -1117,3 +1117,33 @@ async fn redis_killed_holder_frees_slots() {
         "slots of a SIGKILLed holder returned {since_kill:?} after the kill (polled {took:?})"
     );
 }
+
+/// Measurement (issue 27), not a timed assertion: one pass claiming slots for `GATE_CLAIMS`
+/// runs due at once (default 100,000) — does the Redis gate answer within its 1 s response
+/// timeout? `cargo test --test gate -- --ignored --nocapture a_pass_of_many_claims`
+#[tokio::test]
+#[ignore = "measurement: run by hand, see docs/BENCHMARKS.md"]
+async fn a_pass_of_many_claims_is_answered() {
+    let n: usize = std::env::var("GATE_CLAIMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let g = RedisGate::make(Duration::from_secs(30)).await;
+    let claims: Vec<Claim> = (0..n)
+        .map(|i| Claim {
+            holder: format!("ns/d{}@2025-01-01T00:00:00+00:00", i),
+            slots: vec![
+                Slot::new(key::GLOBAL_RUNS, 1, u32::MAX),
+                Slot::new(key::dag_runs("ns", &format!("d{i}")), 1, 1),
+            ],
+        })
+        .collect();
+    let start = Instant::now();
+    let grants = g.acquire_all(&claims).await;
+    let took = start.elapsed();
+    let granted = grants
+        .as_ref()
+        .map(|g| g.iter().filter(|x| matches!(x, Grant::Granted)).count());
+    eprintln!("{n} claims in one pass: {took:?}, granted {granted:?}");
+    assert_eq!(granted.expect("answered"), n);
+}
