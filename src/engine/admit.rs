@@ -468,11 +468,18 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             Ok(admitted) => {
                 self.positions.clear();
                 self.refused.clear();
-                let failed: std::collections::HashSet<(DagKey, DateTime<Utc>)> = admitted
-                    .failed
-                    .iter()
-                    .map(|r| (r.dag.clone(), r.logical_date))
-                    .collect();
+                // the skips just recorded (those decided below wait for the next admission)
+                for skip in std::mem::take(&mut self.skips) {
+                    let dag = BackfillKey::new(&skip.backfill.namespace, &skip.backfill.name);
+                    self.backfill_progressed(&dag);
+                }
+                // each failed run created, by its date and the Backfill that asked for it
+                let failed: std::collections::HashSet<(DagKey, DateTime<Utc>, Option<&str>)> =
+                    admitted
+                        .failed
+                        .iter()
+                        .map(|r| (r.dag.clone(), r.logical_date, r.backfill_name.as_deref()))
+                        .collect();
                 for (p, message) in std::mem::take(&mut self.dependency_failed) {
                     if p.run_type == RunType::Scheduled
                         && let Some(state) = self.dags.get_mut(&p.dag)
@@ -483,7 +490,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                         }
                     }
                     if let (Some(bf), Some(uid)) = (&p.backfill, &p.backfill_uid) {
-                        if failed.contains(&(p.dag.clone(), micros(p.logical_date))) {
+                        let mine = (p.dag.clone(), micros(p.logical_date), Some(bf.as_str()));
+                        if failed.contains(&mine) {
                             self.backfill_progressed(&p.dag.backfill(bf));
                         } else {
                             // the date is another run's: skipped, recorded with the next pass
@@ -508,10 +516,6 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                             p.logical_date.to_rfc3339()
                         ),
                     );
-                }
-                for skip in std::mem::take(&mut self.skips) {
-                    let dag = BackfillKey::new(&skip.backfill.namespace, &skip.backfill.name);
-                    self.backfill_progressed(&dag);
                 }
                 // the scheduled ticks admitted are decided (their runs may exist already)
                 for p in batch.iter().filter(|p| p.run_type == RunType::Scheduled) {
