@@ -489,21 +489,12 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                             state.buffered = None;
                         }
                     }
-                    if let (Some(bf), Some(uid)) = (&p.backfill, &p.backfill_uid) {
+                    if let Some(bf) = &p.backfill {
                         let mine = (p.dag.clone(), micros(p.logical_date), Some(bf.as_str()));
                         if failed.contains(&mine) {
                             self.backfill_progressed(&p.dag.backfill(bf));
                         } else {
-                            // the date is another run's: skipped, recorded with the next pass
-                            self.skips.push(BackfillSkip {
-                                backfill: BackfillRef {
-                                    namespace: p.dag.namespace.clone(),
-                                    name: bf.clone(),
-                                    uid: uid.clone(),
-                                },
-                                logical_date: p.logical_date,
-                            });
-                            self.backfill_date_taken(&p.dag, bf);
+                            self.skip_taken_date(&p);
                             continue;
                         }
                     }
@@ -704,18 +695,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 });
                 continue;
             }
-            if let (Some(bf), Some(uid)) = (&p.backfill, &p.backfill_uid) {
-                // the date is another run's: recorded as skipped with the next admission
-                self.skips.push(BackfillSkip {
-                    backfill: BackfillRef {
-                        namespace: p.dag.namespace.clone(),
-                        name: bf.clone(),
-                        uid: uid.clone(),
-                    },
-                    logical_date: p.logical_date,
-                });
-                self.backfill_date_taken(&p.dag, bf);
-            }
+            self.skip_taken_date(p);
             // a running run at that date here holds the slots under this name: they stay its;
             // else released — while a replica that won keeps the same name, the gate makes
             // that a let-go (a loser never takes the winner's slot)
@@ -775,6 +755,22 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
 }
 
 impl<S: RunStore, G: Gate> Engine<S, G> {
+    /// A Backfill's date another run has (created first, here or by a replica): recorded as
+    /// skipped with the next admission.
+    fn skip_taken_date(&mut self, p: &Pending) {
+        if let (Some(bf), Some(uid)) = (&p.backfill, &p.backfill_uid) {
+            self.skips.push(BackfillSkip {
+                backfill: BackfillRef {
+                    namespace: p.dag.namespace.clone(),
+                    name: bf.clone(),
+                    uid: uid.clone(),
+                },
+                logical_date: p.logical_date,
+            });
+            self.backfill_date_taken(&p.dag, bf);
+        }
+    }
+
     /// Whether the engine counts a running run of `dag` at `date`.
     fn is_active(&self, dag: &DagKey, date: DateTime<Utc>) -> bool {
         self.dags
