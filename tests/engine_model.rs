@@ -965,25 +965,6 @@ impl Sim {
             "the gate counts exactly the running runs: {:?}",
             self.gate.holders(gate_key::GLOBAL_RUNS)
         );
-        if std::env::var("MODEL_DEBUG").is_ok() {
-            let rows: Vec<(String, String, DateTime<Utc>, String, Option<uuid::Uuid>)> =
-                sqlx::query_as(
-                    "SELECT backfill, backfill_uid, logical_date, outcome, run_id \
-                     FROM backfill_dates ORDER BY 1, 3",
-                )
-                .fetch_all(self.pg.pool())
-                .await
-                .expect("dates");
-            for row in rows {
-                eprintln!("date {row:?}");
-            }
-            for r in self.all_runs().await {
-                eprintln!(
-                    "run {} {} {:?} {:?} {:?}",
-                    r.id, r.dag, r.logical_date, r.backfill_name, r.state
-                );
-            }
-        }
         for (slot, b) in &self.world.backfills {
             let dag_live = self.world.dags.get(&b.dag).is_some_and(|m| m.valid);
             if !b.suspended && dag_live {
