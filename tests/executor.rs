@@ -1467,6 +1467,41 @@ async fn ask(store: &PgStore, run: &RunRow, kind: ActionKind) -> i64 {
         .id
 }
 
+/// Issue 28, finding 9: an action is authorized when it is asked for; one not carried out
+/// within ten minutes (the operator down, no leader) is refused as expired, never carried out
+/// on a right its requester may have lost since.
+#[tokio::test]
+async fn an_action_not_carried_out_within_ten_minutes_expires() {
+    let store = common::fresh_store("exec_action_expiry").await;
+    let mut h = Harness::new(store.clone(), ExecutorConfig::default());
+    let run = admit(
+        &mut h,
+        "held",
+        t0(),
+        spec("- {name: a, container: {image: x}}"),
+    )
+    .await;
+    h.step(t0()).await;
+    let id = ask(&store, &run, ActionKind::Cancel).await;
+    let asked = store
+        .action(id)
+        .await
+        .unwrap()
+        .expect("recorded")
+        .requested_at;
+    h.step(asked + Duration::minutes(11)).await;
+    let action = store.action(id).await.unwrap().expect("recorded");
+    assert_eq!(action.outcome, Some(ActionOutcome::Refused), "{action:?}");
+    assert!(
+        action
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("expired")),
+        "{action:?}"
+    );
+    assert_eq!(h.run_state(&run).await, RunState::Running, "not cancelled");
+}
+
 #[tokio::test]
 async fn a_cancel_action_deletes_the_runs_pods_frees_its_slots_and_is_recorded() {
     let store = common::fresh_store("exec_action_cancel").await;

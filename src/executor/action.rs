@@ -36,15 +36,34 @@ fn rerun_wanted(state: TaskState) -> bool {
     )
 }
 
-/// Decides an action from its run as it is now (`None`: no such run of the action's DAG) and
-/// the latest try of each of the run's tasks.
-pub fn decide(action: &RunAction, run: Option<&RunRow>, latest: &[TaskRow]) -> ActionWrite {
+/// How long an action may wait to be carried out. It was authorized (by the caller's own
+/// Kubernetes rights) when it was asked for; one still pending later than this (the operator
+/// down, no leader) is refused as expired rather than carried out on a right its requester may
+/// have lost since.
+pub const ACTION_EXPIRY: chrono::Duration = chrono::Duration::minutes(10);
+
+/// Decides an action at `now` from its run as it is now (`None`: no such run of the action's
+/// DAG) and the latest try of each of the run's tasks.
+pub fn decide(
+    action: &RunAction,
+    run: Option<&RunRow>,
+    latest: &[TaskRow],
+    now: DateTime<Utc>,
+) -> ActionWrite {
     let refuse = |message: String| ActionWrite {
         action: action.id,
         outcome: ActionOutcome::Refused,
         message,
         change: None,
     };
+    if now - action.requested_at > ACTION_EXPIRY {
+        return refuse(format!(
+            "expired: asked for at {} and not carried out within {} minutes (the operator was \
+             down or without a leader); ask again",
+            action.requested_at.to_rfc3339(),
+            ACTION_EXPIRY.num_minutes()
+        ));
+    }
     let Some(run) = run.filter(|r| r.dag == action.dag) else {
         return refuse(format!(
             "no run {} of DAG {}",
@@ -183,7 +202,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                 }
             },
         };
-        let write = decide(action, run.as_ref(), &latest);
+        let write = decide(action, run.as_ref(), &latest, now);
         let ActionWritten::Recorded(changed) = self.store.write_action(&write).await? else {
             // the run changed under the decision (or another leader did it): next poll
             return Ok(());
@@ -292,11 +311,24 @@ mod tests {
     }
 
     #[test]
+    fn an_action_waiting_longer_than_its_expiry_is_refused() {
+        let asked = action(ActionKind::Cancel);
+        let late = asked.requested_at + ACTION_EXPIRY + chrono::Duration::seconds(1);
+        let w = decide(&asked, Some(&run(RunState::Running)), &[], late);
+        assert_eq!((w.outcome, w.change), (ActionOutcome::Refused, None));
+        assert!(w.message.starts_with("expired"), "{}", w.message);
+        let on_time = asked.requested_at + ACTION_EXPIRY;
+        let w = decide(&asked, Some(&run(RunState::Running)), &[], on_time);
+        assert_eq!(w.outcome, ActionOutcome::Done);
+    }
+
+    #[test]
     fn cancel_ends_a_running_run_and_refuses_a_finished_one() {
         let w = decide(
             &action(ActionKind::Cancel),
             Some(&run(RunState::Running)),
             &[],
+            at(),
         );
         assert_eq!(w.outcome, ActionOutcome::Done);
         assert_eq!(w.message, "cancelled by alice");
@@ -313,6 +345,7 @@ mod tests {
             &action(ActionKind::Cancel),
             Some(&run(RunState::Success)),
             &[],
+            at(),
         );
         assert_eq!((w.outcome, w.change), (ActionOutcome::Refused, None));
     }
@@ -321,10 +354,10 @@ mod tests {
     fn a_run_of_another_dag_is_not_found() {
         let mut other = run(RunState::Running);
         other.dag = DagKey::new("b", "etl");
-        let w = decide(&action(ActionKind::Cancel), Some(&other), &[]);
+        let w = decide(&action(ActionKind::Cancel), Some(&other), &[], at());
         assert_eq!(w.outcome, ActionOutcome::Refused);
         assert!(w.message.starts_with("no run"), "{}", w.message);
-        let w = decide(&action(ActionKind::Cancel), None, &[]);
+        let w = decide(&action(ActionKind::Cancel), None, &[], at());
         assert_eq!(w.outcome, ActionOutcome::Refused);
     }
 
@@ -339,6 +372,7 @@ mod tests {
             &action(ActionKind::Rerun),
             Some(&run(RunState::Failed)),
             &latest,
+            at(),
         );
         assert_eq!(w.outcome, ActionOutcome::Done);
         let Some(RunChange::Rerun { tasks, from, .. }) = w.change else {
@@ -357,12 +391,14 @@ mod tests {
             &action(ActionKind::Rerun),
             Some(&run(RunState::Success)),
             &ok,
+            at(),
         );
         assert_eq!(w.outcome, ActionOutcome::Refused);
         let w = decide(
             &action(ActionKind::Rerun),
             Some(&run(RunState::Running)),
             &latest,
+            at(),
         );
         assert_eq!(w.outcome, ActionOutcome::Refused);
     }
@@ -373,6 +409,7 @@ mod tests {
             &action(ActionKind::MarkSuccess),
             Some(&run(RunState::Failed)),
             &[],
+            at(),
         );
         assert_eq!(w.message, "marked success by alice");
         assert!(matches!(
@@ -387,6 +424,7 @@ mod tests {
             &action(ActionKind::MarkFailed),
             Some(&run(RunState::Failed)),
             &[],
+            at(),
         );
         assert_eq!(w.outcome, ActionOutcome::Refused);
         let n = notice(&action(ActionKind::MarkFailed), &w);
