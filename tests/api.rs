@@ -526,7 +526,7 @@ async fn every_api_error_is_a_kubernetes_status() {
         ),
     ] {
         let (code, response) = get(port, &path, Some("alice")).await;
-        eprintln!("{path}");
+        assert!(code == want, "{path}: {response}");
         assert_status(code, &response, want);
     }
     let actions = format!("/api/v1/namespaces/a/runs/{run}/actions");
