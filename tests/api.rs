@@ -14,7 +14,7 @@ use dag_operator::logs::{LogError, LogKeeper, LogSource, LogStream, LogTail};
 use dag_operator::store::TryKey;
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use support::{dag, exchange, get, post, start, start_with};
+use support::{dag, exchange, get, post, start, start_counting, start_with};
 
 #[tokio::test]
 async fn only_readable_namespaces_show() {
@@ -338,4 +338,223 @@ async fn the_ui_posts_actions_from_its_own_pages_only() {
         page.contains("id=\"asked\"") && page.contains("pending"),
         "{page}"
     );
+}
+
+/// A Kubernetes `Status` answer with `code`: the whole response (headers and body).
+fn assert_status(code: u16, response: &str, want: u16) {
+    assert_eq!(code, want, "{response}");
+    assert!(
+        response.contains("content-type: application/json"),
+        "{response}"
+    );
+    for part in [
+        "\"kind\":\"Status\"",
+        "\"apiVersion\":\"v1\"",
+        "\"status\":\"Failure\"",
+        "\"message\":",
+        "\"reason\":",
+        &format!("\"code\":{want}"),
+    ] {
+        assert!(response.contains(part), "{part} missing: {response}");
+    }
+}
+
+/// Sends `request` and reads one response (head and `content-length` body) without waiting
+/// for the connection to close: a server refusing a body it never read may keep it open.
+async fn exchange_one(port: u16, request: String) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Duration::from_secs(20);
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|l| l.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                let code = text
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                return (code, text);
+            }
+        }
+        let n = tokio::time::timeout(deadline, stream.read(&mut buf))
+            .await
+            .expect("a response in time")
+            .expect("read");
+        assert!(n > 0, "closed mid-response: {text}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn login_request(body: &str) -> String {
+    format!(
+        "POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test]
+async fn oversized_tokens_are_refused_before_any_review() {
+    let store = common::fresh_store("api_big_tokens").await;
+    let (port, _stop, reviews) = start_counting(
+        store,
+        vec![dag("a", "etl", &["t"])],
+        None,
+        dag_operator::http::HEADER_READ_TIMEOUT,
+    )
+    .await;
+    let big = "x".repeat(20 * 1024);
+
+    let (code, response) = get(port, "/api/v1/dags", Some(&big)).await;
+    assert_status(code, &response, 400);
+    let (code, response) = exchange(
+        port,
+        format!(
+            "GET /api/v1/dags HTTP/1.1\r\nHost: x\r\nCookie: dagop_token={big}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_status(code, &response, 400);
+    let (code, response) = exchange(port, login_request(&format!("token={big}"))).await;
+    assert_status(code, &response, 400);
+    // a login body far past any token is refused on its length alone, unread
+    let (code, response) = exchange_one(
+        port,
+        format!(
+            "POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            2 * 1024 * 1024
+        ),
+    )
+    .await;
+    assert_status(code, &response, 413);
+    assert_eq!(reviews.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // a token of a sane length is still reviewed
+    let (code, _) = get(port, "/api/v1/dags", Some("alice")).await;
+    assert_eq!(code, 200);
+    assert_eq!(reviews.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn failed_logins_from_one_source_are_limited() {
+    let store = common::fresh_store("api_login_limit").await;
+    let (port, _stop, reviews) = start_counting(
+        store,
+        vec![dag("a", "etl", &["t"])],
+        None,
+        dag_operator::http::HEADER_READ_TIMEOUT,
+    )
+    .await;
+    let mut limited = None;
+    for n in 0..100 {
+        let (code, response) = exchange(port, login_request(&format!("token=guess{n}"))).await;
+        if code == 429 {
+            limited = Some((n, response));
+            break;
+        }
+        assert_eq!(code, 401, "{response}");
+    }
+    let (n, response) = limited.expect("no 429 after 100 failed logins");
+    assert_status(429, &response, 429);
+    assert!(n <= 20, "limited only after {n} failures");
+    let asked = reviews.load(std::sync::atomic::Ordering::SeqCst);
+    // the bearer header is the same door
+    let (code, response) = get(port, "/api/v1/dags", Some("guess-again")).await;
+    assert_status(code, &response, 429);
+    assert_eq!(
+        reviews.load(std::sync::atomic::Ordering::SeqCst),
+        asked,
+        "a limited source's token is not reviewed"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_in_its_request_head_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let store = common::fresh_store("api_slow_head").await;
+    let timeout = std::time::Duration::from_secs(1);
+    let (port, _stop, _) = start_counting(store, vec![], None, timeout).await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /api/v1/dags HT")
+        .await
+        .expect("send");
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(timeout * 10, stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "still connected after {:?}", timeout * 10);
+    assert!(
+        started.elapsed() >= timeout / 2,
+        "closed before the timeout: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn every_api_error_is_a_kubernetes_status() {
+    let store = common::fresh_store("api_statuses").await;
+    let run = stored_run(&store, "a", "etl").await;
+    let (port, _stop) = start(store, vec![dag("a", "etl", &["t"])]).await;
+    for (path, want) in [
+        ("/api/v1/namespaces/a/runs/not-a-uuid".to_string(), 404),
+        ("/api/v1/namespaces/a/runs/..".to_string(), 404),
+        ("/api/v1/namespaces/a/../b/dags".to_string(), 404),
+        ("/api/v1/nothing/here".to_string(), 404),
+        ("/api/v1/namespaces/a/actions/not-a-number".to_string(), 400),
+        (
+            format!("/api/v1/namespaces/a/runs/{run}/tasks/t/tries/x/log"),
+            400,
+        ),
+        (
+            "/api/v1/namespaces/a/dags/etl/runs?limit=abc".to_string(),
+            400,
+        ),
+        (
+            format!("/api/v1/namespaces/a/runs/{run}/tasks/t/tries/1/log?follow=perhaps"),
+            400,
+        ),
+    ] {
+        let (code, response) = get(port, &path, Some("alice")).await;
+        assert!(code == want, "{path}: {response}");
+        assert_status(code, &response, want);
+    }
+    let actions = format!("/api/v1/namespaces/a/runs/{run}/actions");
+    let (code, response) = post(port, &actions, Some("bob"), "{not json").await;
+    assert_status(code, &response, 400);
+    let (code, response) = post(port, &actions, Some("bob"), r#"{"action": 3}"#).await;
+    assert_status(code, &response, 422);
+    let (code, response) = exchange(
+        port,
+        format!(
+            "POST {actions} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer bob\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        ),
+    )
+    .await;
+    assert_status(code, &response, 415);
+    let (code, response) = exchange_one(
+        port,
+        format!(
+            "POST {actions} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer bob\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            8 * 1024 * 1024
+        ),
+    )
+    .await;
+    assert_status(code, &response, 413);
+    let (code, response) = exchange(
+        port,
+        "DELETE /api/v1/dags HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer alice\r\nConnection: close\r\n\r\n".to_string(),
+    )
+    .await;
+    assert_status(code, &response, 405);
 }

@@ -27,6 +27,7 @@ async fn the_operator_starts_in_process_and_stops_when_told() {
         log_tail_bytes: 65536,
         retention: Default::default(),
         tenancy: Default::default(),
+        review_client: None,
     };
     let (trigger, shutdown) = Shutdown::new();
     let running = Operator::start(

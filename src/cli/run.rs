@@ -8,7 +8,8 @@ use dag_operator::engine::EngineConfig;
 use dag_operator::executor::ExecutorConfig;
 use dag_operator::gate::{MemoryGate, RedisGate};
 use dag_operator::operator::{
-    LeaderSettings, Operator, OperatorConfig, RetentionPolicy, Shutdown, ShutdownTrigger,
+    LeaderSettings, Operator, OperatorConfig, RetentionPolicy, ReviewClient, Shutdown,
+    ShutdownTrigger,
 };
 use dag_operator::schedule::parse_timezone;
 use dag_operator::store::PgStore;
@@ -138,6 +139,7 @@ fn config(args: &RunArgs) -> Result<OperatorConfig, CliError> {
         },
         leader: args.leader_election.then(|| leader_settings(args)),
         tenancy: tenancy(args),
+        review_client: None,
     })
 }
 
@@ -153,10 +155,12 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
     let (trigger, shutdown) = Shutdown::new();
     shut_down_on_signal(trigger);
     telemetry::init_tracing(args.log_format == LogFormat::Json);
-    let config = config(&args)?;
+    let mut config = config(&args)?;
     check_lease_ttl(args.lease_ttl)?;
     let url = args.database.url()?;
     let client = kube_client(&args.kube).await?;
+    // the API's reviews on a client of their own: its own connections and request queue
+    config.review_client = Some(ReviewClient(kube_client(&args.kube).await?));
     let store = PgStore::connect_lazy(&url).map_err(CliError::runtime)?;
     let lease_ttl = Duration::from_secs(args.lease_ttl);
     let running = match args.redis.target()? {

@@ -173,10 +173,13 @@ pub fn finished_at(pod: &Pod) -> Option<DateTime<Utc>> {
         })
 }
 
+/// A variable the operator sets. Its value is escaped for Kubernetes' `$(NAME)` expansion
+/// (`$` → `$$`): values built from user data (a run's params, names) reach the container as
+/// they are, never pulling in another variable — e.g. one from a Secret (issue 28).
 fn env(name: &str, value: String) -> EnvVar {
     EnvVar {
         name: name.to_string(),
-        value: Some(value),
+        value: Some(value.replace('$', "$$")),
         value_from: None,
     }
 }
@@ -549,6 +552,31 @@ mod tests {
         assert_eq!(env["DS"], "2024-01-02");
         assert_eq!(env["PREV_LOGICAL_DATE"], "");
         assert_eq!(env["NEXT_LOGICAL_DATE"], "");
+    }
+
+    #[test]
+    fn values_from_user_data_are_not_expanded_by_kubernetes() {
+        let spec: DagSpec = serde_yaml::from_str(
+            "tasks:\n- name: load\n  container: {image: busybox, env: [{name: MINE, value: $(DS)}]}",
+        )
+        .expect("valid DagSpec");
+        let mut r = run();
+        r.params = serde_json::json!({"x": "$(DB_PASSWORD)", "y": "$$(Z)"});
+        let pod = build_pod(&r, &spec, &DagClock::of(&spec, Tz::UTC), &spec.tasks[0], 1);
+        let env = env_map(&pod);
+        assert_eq!(
+            env["DAG_RUN_PARAMS"],
+            r#"{"x":"$$(DB_PASSWORD)","y":"$$$$(Z)"}"#
+        );
+        // every value the operator builds is escaped (a `$` left alone only in the task's own)
+        for (name, value) in env_of(&pod) {
+            if name == "MINE" {
+                assert_eq!(value, "$(DS)", "the task's own variables still expand");
+                continue;
+            }
+            let unescaped = value.replace("$$", "");
+            assert!(!unescaped.contains('$'), "{name}={value}");
+        }
     }
 
     const TEMPLATED: &str = "\

@@ -6,7 +6,7 @@
 //! action that reaches a standby is not lost.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use kube::api::{Api, Patch, PatchParams};
@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::api::{ApiError, ApiState, find_dag, reader, run_in};
 use super::auth::{Access, Caller};
+use super::extract::{JsonBody, Path};
 use crate::api::DAG;
 use crate::api::trigger::{new_trigger_id, trigger_patch};
 use crate::key::DagKey;
@@ -139,12 +140,12 @@ pub async fn post_trigger(
     State(s): State<ApiState>,
     headers: HeaderMap,
     Path((ns, name)): Path<(String, String)>,
-    body: Option<Json<TriggerBody>>,
+    body: Option<JsonBody<TriggerBody>>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let dag = DagKey::new(&ns, &name);
     let who = actor(&s, &headers, &dag).await?;
     find_dag(&s, &ns, &name)?;
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let body = body.map(|JsonBody(b)| b).unwrap_or_default();
     let action = trigger(&s, &who, &dag, &body).await?;
     Ok((StatusCode::CREATED, Json(action_view(&action))))
 }
@@ -195,7 +196,7 @@ pub async fn post_action(
     State(s): State<ApiState>,
     headers: HeaderMap,
     Path((ns, id)): Path<(String, String)>,
-    Json(body): Json<ActionBody>,
+    JsonBody(body): JsonBody<ActionBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let action = request(&s, &headers, &ns, &id, &body.action).await?;
     Ok((StatusCode::ACCEPTED, Json(action_view(&action))))

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -17,6 +17,8 @@ use uuid::Uuid;
 
 use super::auth::{Access, Caller, ReviewError, Reviewer, token_of};
 use super::directory::{ConditionSummary, DagDirectory, DagSummary};
+use super::extract::{Path, Query};
+use super::guard::AuthenticationFailed;
 use crate::key::DagKey;
 use crate::store::{PgStore, RunQuery, RunRow, RunStore, StoreError, TaskRow, latest_tries};
 
@@ -48,6 +50,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Unavailable(String),
+    /// a request axum's extractors refused, or a limit: the code and why
+    #[error("{1}")]
+    Rejected(StatusCode, String),
     #[error(transparent)]
     Review(#[from] ReviewError),
     #[error(transparent)]
@@ -61,6 +66,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Rejected(code, _) => *code,
             ApiError::Unavailable(_) | ApiError::Review(_) | ApiError::Store(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -76,7 +82,7 @@ impl IntoResponse for ApiError {
             "apiVersion": "v1",
             "status": "Failure",
             "message": self.to_string(),
-            "reason": code.canonical_reason().unwrap_or_default().replace(' ', ""),
+            "reason": reason(code),
             "code": code.as_u16(),
         });
         let mut response = (code, Json(body)).into_response();
@@ -84,8 +90,21 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+            response.extensions_mut().insert(AuthenticationFailed);
         }
         response
+    }
+}
+
+/// The `reason` of a `Status` with `code`, as the API server names it.
+fn reason(code: StatusCode) -> String {
+    match code.as_u16() {
+        413 => "RequestEntityTooLarge".into(),
+        422 => "Invalid".into(),
+        other => code
+            .canonical_reason()
+            .map(|r| r.replace([' ', '-'], ""))
+            .unwrap_or_else(|| other.to_string()),
     }
 }
 

@@ -1,6 +1,8 @@
 //! Who is asking, and may they: a bearer token is checked with a TokenReview, each access with
 //! a SubjectAccessReview in the object's namespace — the API server decides, by the caller's
-//! own RBAC. Answers are cached for a few seconds (a UI page makes many requests).
+//! own RBAC. Answers are cached for a few seconds (a UI page makes many requests): tokens by
+//! their SHA-256, refusals for less time, at most [`CACHE_CAP`] answers each; at most
+//! [`REVIEWS_IN_FLIGHT`] reviews are sent at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -15,6 +17,17 @@ use kube::api::{Api, PostParams};
 
 /// How long a review's answer is reused.
 pub const REVIEW_TTL: Duration = Duration::from_secs(10);
+
+/// How long a token's refusal is reused (shorter: a token may become valid).
+pub const REFUSAL_TTL: Duration = Duration::from_secs(2);
+
+/// Answers kept at most per cache (tokens; accesses): a full cache drops what has expired,
+/// then the answers nearest to expiry.
+pub const CACHE_CAP: usize = 4096;
+
+/// TokenReviews and SubjectAccessReviews in flight at once: the rest wait, so reviews never
+/// fill the client's request queue that the leader's Lease renewal goes through.
+pub const REVIEWS_IN_FLIGHT: usize = 4;
 
 /// The caller, as the TokenReview names them.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -71,14 +84,16 @@ pub trait Reviewer: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<bool, ReviewError>>;
 }
 
-/// Answers kept for [`REVIEW_TTL`].
+/// Answers kept until their time is up, at most `cap` of them.
 struct Cache<K, V> {
+    cap: usize,
     entries: Mutex<HashMap<K, (Instant, V)>>,
 }
 
-impl<K: Eq + std::hash::Hash, V: Clone> Cache<K, V> {
-    fn new() -> Self {
+impl<K: Eq + std::hash::Hash + Clone, V: Clone> Cache<K, V> {
+    fn new(cap: usize) -> Self {
         Cache {
+            cap,
             entries: Mutex::new(HashMap::new()),
         }
     }
@@ -87,39 +102,73 @@ impl<K: Eq + std::hash::Hash, V: Clone> Cache<K, V> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
             .get(key)
-            .filter(|(at, _)| at.elapsed() < REVIEW_TTL)
+            .filter(|(until, _)| Instant::now() < *until)
             .map(|(_, v)| v.clone())
     }
 
-    fn put(&self, key: K, value: V) {
+    /// Keeps `value` for `ttl`; when full, drops the expired answers, then (still full) the
+    /// eighth nearest to expiry: a scan of `cap` entries at most once every `cap / 8` puts.
+    fn put(&self, key: K, value: V, ttl: Duration) {
+        let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() > 10_000 {
-            entries.retain(|_, (at, _)| at.elapsed() < REVIEW_TTL);
+        if entries.len() >= self.cap && !entries.contains_key(&key) {
+            entries.retain(|_, (until, _)| now < *until);
+            if entries.len() >= self.cap {
+                let mut by_expiry: Vec<(Instant, K)> = entries
+                    .iter()
+                    .map(|(k, (until, _))| (*until, k.clone()))
+                    .collect();
+                let drop = (self.cap / 8).max(1).min(by_expiry.len());
+                if let Some(last) = drop.checked_sub(1) {
+                    by_expiry.select_nth_unstable_by_key(last, |(until, _)| *until);
+                    for (_, k) in &by_expiry[..drop] {
+                        entries.remove(k);
+                    }
+                }
+            }
         }
-        entries.insert(key, (Instant::now(), value));
+        entries.insert(key, (now + ttl, value));
     }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.lock().map(|e| e.len()).unwrap_or_default()
+    }
+}
+
+/// A token's key in the cache: its SHA-256, so the cache never holds a token (nor its length).
+fn token_key(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
 }
 
 /// The API server as the reviewer.
 pub struct KubeReviewer {
     client: kube::Client,
-    tokens: Cache<String, Option<Caller>>,
+    tokens: Cache<[u8; 32], Option<Caller>>,
     accesses: Cache<(Caller, Access), bool>,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl KubeReviewer {
     pub fn new(client: kube::Client) -> Self {
         KubeReviewer {
             client,
-            tokens: Cache::new(),
-            accesses: Cache::new(),
+            tokens: Cache::new(CACHE_CAP),
+            accesses: Cache::new(CACHE_CAP),
+            in_flight: tokio::sync::Semaphore::new(REVIEWS_IN_FLIGHT),
         }
     }
 
     async fn review_token(&self, token: &str) -> Result<Option<Caller>, ReviewError> {
-        if let Some(known) = self.tokens.get(&token.to_string()) {
+        if token.is_empty() || token.len() > super::guard::MAX_TOKEN_BYTES {
+            return Ok(None);
+        }
+        let key = token_key(token);
+        if let Some(known) = self.tokens.get(&key) {
             return Ok(known);
         }
+        let _turn = self.in_flight.acquire().await;
         let api: Api<TokenReview> = Api::all(self.client.clone());
         let review = TokenReview {
             spec: TokenReviewSpec {
@@ -141,7 +190,12 @@ impl KubeReviewer {
                     extra: u.extra.unwrap_or_default().into_iter().collect(),
                 })
             });
-        self.tokens.put(token.to_string(), caller.clone());
+        let ttl = if caller.is_some() {
+            REVIEW_TTL
+        } else {
+            REFUSAL_TTL
+        };
+        self.tokens.put(key, caller.clone(), ttl);
         Ok(caller)
     }
 
@@ -150,6 +204,7 @@ impl KubeReviewer {
         if let Some(known) = self.accesses.get(&key) {
             return Ok(known);
         }
+        let _turn = self.in_flight.acquire().await;
         let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
@@ -172,7 +227,7 @@ impl KubeReviewer {
         };
         let answer = api.create(&PostParams::default(), &review).await?;
         let allowed = answer.status.is_some_and(|s| s.allowed);
-        self.accesses.put(key, allowed);
+        self.accesses.put(key, allowed, REVIEW_TTL);
         Ok(allowed)
     }
 }
@@ -248,13 +303,29 @@ mod tests {
 
     #[test]
     fn the_cache_forgets_after_its_ttl() {
-        let c: Cache<&str, bool> = Cache::new();
-        c.put("k", true);
+        let c: Cache<&str, bool> = Cache::new(10);
+        c.put("k", true, REVIEW_TTL);
         assert_eq!(c.get(&"k"), Some(true));
-        c.entries.lock().unwrap().insert(
-            "old",
-            (Instant::now() - REVIEW_TTL - Duration::from_secs(1), true),
-        );
-        assert_eq!(c.get(&"old"), None);
+        c.put("gone", true, Duration::ZERO);
+        assert_eq!(c.get(&"gone"), None);
+    }
+
+    #[test]
+    fn the_token_cache_holds_at_most_its_cap_of_hashes() {
+        let c: Cache<[u8; 32], Option<Caller>> = Cache::new(CACHE_CAP);
+        let mut garbage = String::new();
+        for n in 0..CACHE_CAP * 3 {
+            garbage.clear();
+            garbage.push_str(&format!("garbage-{n}-"));
+            garbage.push_str(&"x".repeat(1000));
+            c.put(token_key(&garbage), None, REFUSAL_TTL);
+            assert!(c.len() <= CACHE_CAP, "{} after {n}", c.len());
+        }
+        // the newest answers are the ones kept
+        assert_eq!(c.get(&token_key(&garbage)), Some(None));
+        let first = format!("garbage-0-{}", "x".repeat(1000));
+        assert_eq!(c.get(&token_key(&first)), None);
+        // a key is 32 bytes, whatever the token's length
+        assert_eq!(token_key(&garbage).len(), 32);
     }
 }

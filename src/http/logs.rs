@@ -5,13 +5,14 @@
 //! says so with `X-Dagop-Log-Complete: false`.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Deserialize;
 
 use super::api::{ApiError, ApiState, run_with_tries};
+use super::extract::{Path, Query};
 use crate::executor::PodKey;
 use crate::store::{RunRow, TaskRow, TryKey};
 

@@ -18,6 +18,8 @@ pub mod actions;
 pub mod api;
 pub mod auth;
 pub mod directory;
+pub mod extract;
+pub mod guard;
 pub mod logs;
 pub mod resources;
 pub mod ui;
@@ -26,10 +28,19 @@ pub mod ui_actions;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
+
+use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit};
+use axum::http::Request;
 use axum::routing::get;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 
 pub use self::api::ApiState;
 pub use self::directory::DagDirectory;
@@ -68,7 +79,12 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/ui/namespaces/{ns}/pools", get(resources::pools_page))
         .route("/", get(ui::index))
-        .route("/login", get(ui::login_form).post(ui::login))
+        .route(
+            "/login",
+            get(ui::login_form)
+                .post(ui::login)
+                .layer(DefaultBodyLimit::max(guard::LOGIN_BODY_LIMIT)),
+        )
         .route("/logout", get(ui::logout))
         .route("/ui/namespaces/{ns}/dags/{name}", get(ui::dag_grid))
         .route("/ui/namespaces/{ns}/runs/{id}", get(ui::run_page))
@@ -84,12 +100,36 @@ pub fn router(state: ApiState) -> Router {
             "/ui/namespaces/{ns}/runs/{id}/tasks/{task}/tries/{n}/log",
             get(logs::log_page),
         )
+        .fallback(extract::no_route)
+        .method_not_allowed_fallback(extract::no_method)
+        .layer(DefaultBodyLimit::max(guard::BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(guard::FailureLimit::default()),
+            guard::guard,
+        ))
         .with_state(state)
 }
+
+/// How long a client may take to send a request's head (request line and headers).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds `addr` (`host:port`, `:port`) and serves the API until `shutdown` completes; returns
 /// the bound address.
 pub async fn serve<F>(addr: &str, state: ApiState, shutdown: F) -> io::Result<SocketAddr>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    serve_with(addr, state, HEADER_READ_TIMEOUT, shutdown).await
+}
+
+/// [`serve`], closing a connection whose request head has not arrived within
+/// `header_read_timeout`.
+pub async fn serve_with<F>(
+    addr: &str,
+    state: ApiState,
+    header_read_timeout: Duration,
+    shutdown: F,
+) -> io::Result<SocketAddr>
 where
     F: Future<Output = ()> + Send + 'static,
 {
@@ -101,14 +141,51 @@ where
         )
     })?;
     let bound = listener.local_addr()?;
-    let app = router(state);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "the API server stopped");
-        }
-    });
+    tokio::spawn(accept(
+        listener,
+        router(state),
+        header_read_timeout,
+        shutdown,
+    ));
     Ok(bound)
+}
+
+/// Serves connections on `listener` until `shutdown`, then waits for those open to end. Each
+/// request carries its peer's address ([`ConnectInfo`], for [`guard`]).
+async fn accept<F>(listener: TcpListener, app: Router, header_read_timeout: Duration, shutdown: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // out of file descriptors and the like: a pause, not a spin
+                    tracing::warn!(error = %e, "cannot accept an API connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(req)
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "API connection ended");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }

@@ -7,7 +7,7 @@
 //! - `GET /api/v1/namespaces/{ns}/pools`, `/ui/namespaces/{ns}/pools` — slots used, queued, open
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use kube::api::{Api, ListParams};
@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::api::{ApiError, ApiState, caller};
 use super::auth::Access;
+use super::extract::Path;
 use super::ui::{page, refused, time};
 use crate::api::backfill::BackfillPhase;
 use crate::api::{Backfill, Pool};

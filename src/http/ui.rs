@@ -15,8 +15,7 @@
 
 use std::collections::HashMap;
 
-use axum::Form;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::{DateTime, Utc};
@@ -28,6 +27,8 @@ use super::ApiState;
 use super::api::{ApiError, caller, dags_in, find_dag, readable_dags, reader, run_with_tries};
 use super::auth::SESSION_COOKIE;
 use super::directory::DagSummary;
+use super::extract::{Form, Path, Query};
+use super::guard::{AuthenticationFailed, MAX_TOKEN_BYTES, too_long};
 use crate::graph::TaskState;
 use crate::key::DagKey;
 use crate::store::{RunQuery, RunRow, RunState, RunStore, RunType, latest_tries};
@@ -100,7 +101,11 @@ pub(super) fn page(title: &str, body: Markup) -> Markup {
 /// A failed page: to the login page when the caller is not known, else the error.
 pub(super) fn refused(e: ApiError) -> Response {
     match e {
-        ApiError::Unauthorized => Redirect::to("/login").into_response(),
+        ApiError::Unauthorized => {
+            let mut response = Redirect::to("/login").into_response();
+            response.extensions_mut().insert(AuthenticationFailed);
+            response
+        }
         ApiError::Forbidden(m) => (
             StatusCode::FORBIDDEN,
             page("Forbidden", html! { p.bad { (m) } }),
@@ -162,7 +167,15 @@ pub struct LoginForm {
 /// `POST /login`: the token is reviewed before it is kept.
 pub async fn login(State(s): State<ApiState>, Form(form): Form<LoginForm>) -> Response {
     let token = form.token.trim().to_string();
-    match s.reviewer.authenticate(&token).await {
+    if token.len() > MAX_TOKEN_BYTES {
+        return too_long().into_response();
+    }
+    let answer = if token.is_empty() {
+        Ok(None)
+    } else {
+        s.reviewer.authenticate(&token).await
+    };
+    match answer {
         Ok(Some(_)) => {
             let cookie = format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict");
             let mut response = Redirect::to("/").into_response();
@@ -178,11 +191,15 @@ pub async fn login(State(s): State<ApiState>, Form(form): Form<LoginForm>) -> Re
                     .into_response(),
             }
         }
-        Ok(None) => (
-            StatusCode::UNAUTHORIZED,
-            login_page(Some("the API server does not accept this token")),
-        )
-            .into_response(),
+        Ok(None) => {
+            let mut response = (
+                StatusCode::UNAUTHORIZED,
+                login_page(Some("the API server does not accept this token")),
+            )
+                .into_response();
+            response.extensions_mut().insert(AuthenticationFailed);
+            response
+        }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             login_page(Some(&e.to_string())),

@@ -4,8 +4,7 @@
 //! `SameSite=Strict`, actions are POST only, and a request whose `Origin` or
 //! `Sec-Fetch-Site` says it comes from another site is refused.
 
-use axum::Form;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
@@ -13,6 +12,7 @@ use serde::Deserialize;
 use super::ApiState;
 use super::actions::{TriggerBody, actor, request, trigger};
 use super::api::{ApiError, find_dag};
+use super::extract::{Form, Path};
 use super::ui::refused;
 use crate::key::DagKey;
 

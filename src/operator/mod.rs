@@ -66,6 +66,19 @@ pub struct OperatorConfig {
     pub retention: RetentionPolicy,
     /// what a namespace may take unless its annotations say otherwise
     pub tenancy: TenancyDefaults,
+    /// the client the API's TokenReviews and SubjectAccessReviews go through (none: the
+    /// operator's); its own, so reviews never queue before the Lease renewal (issue 28)
+    pub review_client: Option<ReviewClient>,
+}
+
+/// A Kubernetes client for the API's reviews.
+#[derive(Clone)]
+pub struct ReviewClient(pub kube::Client);
+
+impl std::fmt::Debug for ReviewClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReviewClient")
+    }
 }
 
 /// Why the operator could not start or stopped.
@@ -164,7 +177,12 @@ impl Operator {
                 let state = ApiState {
                     store: store.clone(),
                     dags: DagDirectory::watch(client.clone(), config.namespace.as_deref()),
-                    reviewer: Arc::new(KubeReviewer::new(client.clone())),
+                    reviewer: Arc::new(KubeReviewer::new(
+                        config
+                            .review_client
+                            .as_ref()
+                            .map_or_else(|| client.clone(), |c| c.0.clone()),
+                    )),
                     kube: Some(client.clone()),
                     logs: Some(Arc::new(KubeLogs::new(client.clone()))),
                 };

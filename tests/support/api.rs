@@ -5,22 +5,29 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use dag_operator::api::{DAG, DagSpec};
 use dag_operator::http::auth::{Access, Caller, ReviewError, Reviewer};
-use dag_operator::http::{ApiState, DagDirectory, serve};
+use dag_operator::http::{ApiState, DagDirectory, HEADER_READ_TIMEOUT, serve_with};
 use dag_operator::store::PgStore;
 use futures::future::BoxFuture;
 use kube::runtime::watcher::Event;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub struct Table;
+/// The table; `reviews` counts the tokens it was asked about (each would be a TokenReview).
+#[derive(Default)]
+pub struct Table {
+    pub reviews: Arc<AtomicUsize>,
+}
 
 impl Reviewer for Table {
     fn authenticate<'a>(
         &'a self,
         token: &'a str,
     ) -> BoxFuture<'a, Result<Option<Caller>, ReviewError>> {
+        self.reviews.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             Ok((token == "alice" || token == "bob").then(|| Caller {
                 user: token.into(),
@@ -73,6 +80,18 @@ pub async fn start_with(
     dags: Vec<DAG>,
     logs: Option<Arc<dyn dag_operator::logs::LogSource>>,
 ) -> (u16, tokio::sync::oneshot::Sender<()>) {
+    let (port, stop, _) = start_counting(store, dags, logs, HEADER_READ_TIMEOUT).await;
+    (port, stop)
+}
+
+/// [`start_with`], waiting `header_read_timeout` for a request's head; also the count of
+/// tokens the table was asked about.
+pub async fn start_counting(
+    store: PgStore,
+    dags: Vec<DAG>,
+    logs: Option<Arc<dyn dag_operator::logs::LogSource>>,
+    header_read_timeout: Duration,
+) -> (u16, tokio::sync::oneshot::Sender<()>, Arc<AtomicUsize>) {
     let directory = DagDirectory::default();
     let mut relisting = None;
     directory.observe(Event::Init, &mut relisting);
@@ -80,20 +99,23 @@ pub async fn start_with(
         directory.observe(Event::InitApply(d), &mut relisting);
     }
     directory.observe(Event::InitDone, &mut relisting);
+    let reviews = Arc::new(AtomicUsize::new(0));
     let state = ApiState {
         store,
         dags: directory,
-        reviewer: Arc::new(Table),
+        reviewer: Arc::new(Table {
+            reviews: reviews.clone(),
+        }),
         kube: None,
         logs,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let addr = serve("127.0.0.1:0", state, async move {
+    let addr = serve_with("127.0.0.1:0", state, header_read_timeout, async move {
         let _ = stopped.await;
     })
     .await
     .expect("serve");
-    (addr.port(), stop)
+    (addr.port(), stop, reviews)
 }
 
 /// Sends one raw HTTP/1.1 request; the status and the whole response (headers and body).
