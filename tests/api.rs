@@ -558,3 +558,57 @@ async fn every_api_error_is_a_kubernetes_status() {
     .await;
     assert_status(code, &response, 405);
 }
+
+/// The security headers of issue 28, finding 6, in `response` (headers lower-cased by hyper).
+fn assert_security_headers(what: &str, response: &str) {
+    let head = response.split("\r\n\r\n").next().unwrap_or_default();
+    for want in [
+        "x-frame-options: DENY",
+        "x-content-type-options: nosniff",
+        "referrer-policy: same-origin",
+    ] {
+        assert!(head.contains(want), "{what}: no {want} in {head}");
+    }
+    let csp = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-security-policy: "))
+        .unwrap_or_else(|| panic!("{what}: no CSP in {head}"));
+    for want in [
+        "default-src 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+    ] {
+        assert!(csp.contains(want), "{what}: no {want} in {csp}");
+    }
+    assert!(
+        !csp.contains("script-src 'unsafe-inline'")
+            && !csp.contains("script-src 'self' 'unsafe-inline'"),
+        "{what}: inline scripts allowed: {csp}"
+    );
+}
+
+#[tokio::test]
+async fn every_answer_carries_the_security_headers() {
+    let store = common::fresh_store("api_security_headers").await;
+    let (port, _stop) = start(store, vec![dag("a", "etl", &["t"])]).await;
+    let (code, response) = get(port, "/login", None).await;
+    assert_eq!(code, 200, "{response}");
+    assert_security_headers("a page", &response);
+    let (code, response) = get(port, "/ui/namespaces/a/dags/etl", Some("alice")).await;
+    assert_eq!(code, 200, "{response}");
+    assert_security_headers("a DAG's page", &response);
+    let (code, response) = get(port, "/api/v1/namespaces/a/dags", Some("alice")).await;
+    assert_eq!(code, 200, "{response}");
+    assert_security_headers("an API answer", &response);
+    let (code, response) = get(port, "/api/v1/dags", None).await;
+    assert_eq!(code, 401, "{response}");
+    assert_security_headers("a refusal", &response);
+    let (code, response) = get(port, "/nowhere", Some("alice")).await;
+    assert_eq!(code, 404, "{response}");
+    assert_security_headers("no route", &response);
+    let big = "x".repeat(20 * 1024);
+    let (code, response) = get(port, "/api/v1/dags", Some(&big)).await;
+    assert_eq!(code, 400, "{response}");
+    assert_security_headers("the guard's refusal", &response);
+}

@@ -20,6 +20,7 @@ pub mod auth;
 pub mod directory;
 pub mod extract;
 pub mod guard;
+pub mod headers;
 pub mod logs;
 pub mod resources;
 pub mod ui;
@@ -107,6 +108,7 @@ pub fn router(state: ApiState) -> Router {
             Arc::new(guard::FailureLimit::default()),
             guard::guard,
         ))
+        .layer(axum::middleware::from_fn(headers::secure))
         .with_state(state)
 }
 
