@@ -206,6 +206,11 @@ pub struct RunArgs {
     /// server; empty: no API.
     #[arg(long, env = "DAGOP_UI_ADDR", default_value = ":8081")]
     pub ui_addr: String,
+    /// Mark the UI's session cookie `Secure` on every login, not only when the request came
+    /// over HTTPS (`X-Forwarded-Proto: https`): set it when the UI is reached over HTTPS only.
+    #[arg(long, env = "DAGOP_UI_SECURE_COOKIES", default_value_t = false, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub ui_secure_cookies: bool,
     /// How long finished task Pods are kept.
     #[arg(long, env = "DAGOP_POD_RETENTION", default_value = "1h", value_parser = duration_secs)]
     pub pod_retention: u64,
@@ -436,6 +441,7 @@ mod tests {
         );
         assert_eq!(run.metrics_addr, ":8080");
         assert_eq!(run.ui_addr, ":8081");
+        assert!(!run.ui_secure_cookies);
         let cmd = Cli::command();
         let run_cmd = cmd.find_subcommand("run").unwrap();
         let env_of = |id: &str| {
@@ -503,5 +509,14 @@ mod tests {
             panic!()
         };
         assert!(!run.enable_catchup && !run.leader_election);
+    }
+
+    #[test]
+    fn the_ui_secure_cookies_flag() {
+        let cli = Cli::try_parse_from(["dag-operator", "run", "--ui-secure-cookies"]).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!()
+        };
+        assert!(run.ui_secure_cookies);
     }
 }

@@ -132,6 +132,9 @@ fn config(args: &RunArgs) -> Result<OperatorConfig, CliError> {
         namespace: args.namespace.clone(),
         metrics_addr: args.metrics_addr.clone(),
         ui_addr: Some(args.ui_addr.clone()).filter(|a| !a.trim().is_empty()),
+        ui_security: dag_operator::http::UiSecurity {
+            secure_cookies: args.ui_secure_cookies,
+        },
         log_tail_bytes: args.log_tail_bytes,
         retention: RetentionPolicy {
             max_age: args.run_retention.map(Duration::from_secs),

@@ -115,6 +115,14 @@ pub fn router(state: ApiState) -> Router {
 /// How long a client may take to send a request's head (request line and headers).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The UI's session settings (issue 28, finding 6; `dag-operator run --ui-*`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UiSecurity {
+    /// every session cookie `Secure`, whatever the request came over (the UI is reached over
+    /// HTTPS only, e.g. through an Ingress that does not send `X-Forwarded-Proto`)
+    pub secure_cookies: bool,
+}
+
 /// Binds `addr` (`host:port`, `:port`) and serves the API until `shutdown` completes; returns
 /// the bound address.
 pub async fn serve<F>(addr: &str, state: ApiState, shutdown: F) -> io::Result<SocketAddr>
@@ -124,11 +132,45 @@ where
     serve_with(addr, state, HEADER_READ_TIMEOUT, shutdown).await
 }
 
+/// [`serve`] with the UI's session settings.
+pub async fn serve_ui<F>(
+    addr: &str,
+    state: ApiState,
+    security: UiSecurity,
+    shutdown: F,
+) -> io::Result<SocketAddr>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    serve_configured(addr, state, security, HEADER_READ_TIMEOUT, shutdown).await
+}
+
 /// [`serve`], closing a connection whose request head has not arrived within
 /// `header_read_timeout`.
 pub async fn serve_with<F>(
     addr: &str,
     state: ApiState,
+    header_read_timeout: Duration,
+    shutdown: F,
+) -> io::Result<SocketAddr>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    serve_configured(
+        addr,
+        state,
+        UiSecurity::default(),
+        header_read_timeout,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_with`] and [`serve_ui`] in one.
+pub async fn serve_configured<F>(
+    addr: &str,
+    state: ApiState,
+    security: UiSecurity,
     header_read_timeout: Duration,
     shutdown: F,
 ) -> io::Result<SocketAddr>
@@ -145,7 +187,7 @@ where
     let bound = listener.local_addr()?;
     tokio::spawn(accept(
         listener,
-        router(state),
+        router(state).layer(axum::Extension(security)),
         header_read_timeout,
         shutdown,
     ));
