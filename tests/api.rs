@@ -702,6 +702,7 @@ async fn with_secure_cookies_on_every_session_cookie_is_secure() {
         dag_operator::http::HEADER_READ_TIMEOUT,
         dag_operator::http::UiSecurity {
             secure_cookies: true,
+            ..Default::default()
         },
     )
     .await;

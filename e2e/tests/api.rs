@@ -519,3 +519,30 @@ async fn backfills_and_pools_show_progress_and_slots_to_who_may_list_them() {
     }
     drop(op);
 }
+
+/// `--ui-token-audience` (issue 28, finding 6): the TokenReview asks for the audience, and a
+/// token minted for the API server — valid, but not for that audience — is refused.
+#[tokio::test]
+async fn a_required_audience_refuses_tokens_minted_for_the_api_server() {
+    let s = setup("api-aud").await;
+    s.ns.kubectl_ok(&["create", "serviceaccount", "viewer"], None);
+    let plain = s.ns.kubectl_ok(&["create", "token", "viewer"], None);
+    let minted = s.ns.kubectl_ok(
+        &["create", "token", "viewer", "--audience", "dag-operator-ui"],
+        None,
+    );
+    let op = s.operator(&["--ui-token-audience", "dag-operator-ui"]);
+    let (code, body) = eventually(Duration::from_secs(30), "the API answers", || {
+        let op = &op;
+        let minted = minted.trim().to_string();
+        async move { op.api("/api/v1/dags", Some(&minted)).await }
+    })
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = op
+        .api("/api/v1/dags", Some(plain.trim()))
+        .await
+        .expect("an answer");
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(json(&body)["kind"], "Status", "{body}");
+}

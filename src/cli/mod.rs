@@ -211,6 +211,11 @@ pub struct RunArgs {
     #[arg(long, env = "DAGOP_UI_SECURE_COOKIES", default_value_t = false, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true")]
     pub ui_secure_cookies: bool,
+    /// Accept on the API and UI only tokens minted for this audience
+    /// (`kubectl create token <sa> --audience <aud>`): a token for the API server itself is
+    /// refused, so a leaked UI token cannot be used against the cluster. Empty: any token.
+    #[arg(long, env = "DAGOP_UI_TOKEN_AUDIENCE")]
+    pub ui_token_audience: Option<String>,
     /// How long finished task Pods are kept.
     #[arg(long, env = "DAGOP_POD_RETENTION", default_value = "1h", value_parser = duration_secs)]
     pub pod_retention: u64,
@@ -518,5 +523,12 @@ mod tests {
             panic!()
         };
         assert!(run.ui_secure_cookies);
+        assert_eq!(run.ui_token_audience, None);
+        let cli =
+            Cli::try_parse_from(["dag-operator", "run", "--ui-token-audience", "dagop"]).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!()
+        };
+        assert_eq!(run.ui_token_audience.as_deref(), Some("dagop"));
     }
 }

@@ -134,6 +134,10 @@ fn config(args: &RunArgs) -> Result<OperatorConfig, CliError> {
         ui_addr: Some(args.ui_addr.clone()).filter(|a| !a.trim().is_empty()),
         ui_security: dag_operator::http::UiSecurity {
             secure_cookies: args.ui_secure_cookies,
+            token_audience: args
+                .ui_token_audience
+                .clone()
+                .filter(|a| !a.trim().is_empty()),
         },
         log_tail_bytes: args.log_tail_bytes,
         retention: RetentionPolicy {

@@ -121,6 +121,10 @@ pub struct UiSecurity {
     /// every session cookie `Secure`, whatever the request came over (the UI is reached over
     /// HTTPS only, e.g. through an Ingress that does not send `X-Forwarded-Proto`)
     pub secure_cookies: bool,
+    /// the audience every token must be minted for (`kubectl create token --audience`):
+    /// asked for in each TokenReview and refused unless the review confirms it (none: any
+    /// token the API server accepts)
+    pub token_audience: Option<String>,
 }
 
 /// Binds `addr` (`host:port`, `:port`) and serves the API until `shutdown` completes; returns

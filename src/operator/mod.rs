@@ -179,12 +179,15 @@ impl Operator {
                 let state = ApiState {
                     store: store.clone(),
                     dags: DagDirectory::watch(client.clone(), config.namespace.as_deref()),
-                    reviewer: Arc::new(KubeReviewer::new(
-                        config
-                            .review_client
-                            .as_ref()
-                            .map_or_else(|| client.clone(), |c| c.0.clone()),
-                    )),
+                    reviewer: Arc::new(
+                        KubeReviewer::new(
+                            config
+                                .review_client
+                                .as_ref()
+                                .map_or_else(|| client.clone(), |c| c.0.clone()),
+                        )
+                        .with_audience(config.ui_security.token_audience.clone()),
+                    ),
                     kube: Some(client.clone()),
                     logs: Some(Arc::new(KubeLogs::new(client.clone()))),
                 };
