@@ -216,6 +216,13 @@ pub struct RunArgs {
     /// refused, so a leaked UI token cannot be used against the cluster. Empty: any token.
     #[arg(long, env = "DAGOP_UI_TOKEN_AUDIENCE")]
     pub ui_token_audience: Option<String>,
+    /// Serve the UI and API over HTTPS only, with this PEM certificate chain (leaf first);
+    /// needs --ui-tls-key-file. Session cookies are then always `Secure`.
+    #[arg(long, env = "DAGOP_UI_TLS_CERT_FILE", requires = "ui_tls_key_file")]
+    pub ui_tls_cert_file: Option<std::path::PathBuf>,
+    /// The PEM private key of --ui-tls-cert-file.
+    #[arg(long, env = "DAGOP_UI_TLS_KEY_FILE", requires = "ui_tls_cert_file")]
+    pub ui_tls_key_file: Option<std::path::PathBuf>,
     /// How long finished task Pods are kept.
     #[arg(long, env = "DAGOP_POD_RETENTION", default_value = "1h", value_parser = duration_secs)]
     pub pod_retention: u64,
@@ -530,5 +537,9 @@ mod tests {
             panic!()
         };
         assert_eq!(run.ui_token_audience.as_deref(), Some("dagop"));
+        assert!(
+            Cli::try_parse_from(["dag-operator", "run", "--ui-tls-cert-file", "c.pem"]).is_err(),
+            "a certificate without its key"
+        );
     }
 }

@@ -138,6 +138,13 @@ fn config(args: &RunArgs) -> Result<OperatorConfig, CliError> {
                 .ui_token_audience
                 .clone()
                 .filter(|a| !a.trim().is_empty()),
+            tls: match (&args.ui_tls_cert_file, &args.ui_tls_key_file) {
+                (Some(cert), Some(key)) => Some(dag_operator::http::UiTls {
+                    cert_file: cert.clone(),
+                    key_file: key.clone(),
+                }),
+                _ => None,
+            },
         },
         log_tail_bytes: args.log_tail_bytes,
         retention: RetentionPolicy {
