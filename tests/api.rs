@@ -558,3 +558,155 @@ async fn every_api_error_is_a_kubernetes_status() {
     .await;
     assert_status(code, &response, 405);
 }
+
+/// The security headers of issue 28, finding 6, in `response` (headers lower-cased by hyper).
+fn assert_security_headers(what: &str, response: &str) {
+    let head = response.split("\r\n\r\n").next().unwrap_or_default();
+    for want in [
+        "x-frame-options: DENY",
+        "x-content-type-options: nosniff",
+        "referrer-policy: same-origin",
+    ] {
+        assert!(head.contains(want), "{what}: no {want} in {head}");
+    }
+    let csp = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-security-policy: "))
+        .unwrap_or_else(|| panic!("{what}: no CSP in {head}"));
+    for want in [
+        "default-src 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+    ] {
+        assert!(csp.contains(want), "{what}: no {want} in {csp}");
+    }
+    assert!(
+        !csp.contains("script-src 'unsafe-inline'")
+            && !csp.contains("script-src 'self' 'unsafe-inline'"),
+        "{what}: inline scripts allowed: {csp}"
+    );
+}
+
+#[tokio::test]
+async fn every_answer_carries_the_security_headers() {
+    let store = common::fresh_store("api_security_headers").await;
+    let (port, _stop) = start(store, vec![dag("a", "etl", &["t"])]).await;
+    let (code, response) = get(port, "/login", None).await;
+    assert_eq!(code, 200, "{response}");
+    assert_security_headers("a page", &response);
+    let (code, response) = get(port, "/ui/namespaces/a/dags/etl", Some("alice")).await;
+    assert_eq!(code, 200, "{response}");
+    assert_security_headers("a DAG's page", &response);
+    let (code, response) = get(port, "/api/v1/namespaces/a/dags", Some("alice")).await;
+    assert_eq!(code, 200, "{response}");
+    assert_security_headers("an API answer", &response);
+    let (code, response) = get(port, "/api/v1/dags", None).await;
+    assert_eq!(code, 401, "{response}");
+    assert_security_headers("a refusal", &response);
+    let (code, response) = get(port, "/nowhere", Some("alice")).await;
+    assert_eq!(code, 404, "{response}");
+    assert_security_headers("no route", &response);
+    let big = "x".repeat(20 * 1024);
+    let (code, response) = get(port, "/api/v1/dags", Some(&big)).await;
+    assert_eq!(code, 400, "{response}");
+    assert_security_headers("the guard's refusal", &response);
+}
+
+/// A `POST /login` of `token` with `extra` header lines; the status, and the session cookie
+/// set (if any).
+async fn log_in(port: u16, token: &str, extra: &str) -> (u16, Option<String>, String) {
+    let body = format!("token={token}");
+    let (code, response) = exchange(
+        port,
+        format!(
+            "POST /login HTTP/1.1\r\nHost: x\r\n{extra}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    let cookie = response
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .map(str::to_string);
+    (code, cookie, response)
+}
+
+#[tokio::test]
+async fn the_session_cookie_is_secure_over_https_and_cross_site_logins_are_refused() {
+    let store = common::fresh_store("api_login_cookie").await;
+    let (port, _stop) = start(store, vec![dag("a", "etl", &["t"])]).await;
+    // plain HTTP (a port-forward to localhost): HttpOnly and SameSite, not Secure, or the
+    // browser would never send it back
+    let (code, cookie, response) = log_in(port, "alice", "").await;
+    assert_eq!(code, 303, "{response}");
+    let cookie = cookie.expect("a cookie");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    // through a TLS-terminating proxy
+    for https in [
+        "X-Forwarded-Proto: https\r\n",
+        "Forwarded: for=10.0.0.1;proto=https\r\n",
+    ] {
+        let (code, cookie, response) = log_in(port, "alice", https).await;
+        assert_eq!(code, 303, "{response}");
+        let cookie = cookie.expect("a cookie");
+        assert!(
+            cookie.contains("; Secure")
+                && cookie.contains("HttpOnly")
+                && cookie.contains("SameSite=Strict"),
+            "{https}: {cookie}"
+        );
+    }
+    let (_, response) = exchange(
+        port,
+        "GET /logout HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n"
+            .to_string(),
+    )
+    .await;
+    assert!(
+        response.contains("Max-Age=0") && response.contains("; Secure"),
+        "{response}"
+    );
+    // login CSRF: a form posted from another site is refused, its token unreviewed and no
+    // cookie set
+    for foreign in [
+        "Origin: https://evil.example\r\n",
+        "Sec-Fetch-Site: cross-site\r\n",
+        "Sec-Fetch-Site: same-site\r\n",
+    ] {
+        let (code, cookie, response) = log_in(port, "alice", foreign).await;
+        assert_eq!(code, 403, "{foreign}: {response}");
+        assert_eq!(cookie, None, "{foreign}");
+    }
+    let (code, cookie, response) = log_in(
+        port,
+        "alice",
+        "Origin: http://x\r\nSec-Fetch-Site: same-origin\r\n",
+    )
+    .await;
+    assert_eq!(code, 303, "{response}");
+    assert!(cookie.is_some());
+}
+
+#[tokio::test]
+async fn with_secure_cookies_on_every_session_cookie_is_secure() {
+    let store = common::fresh_store("api_secure_cookies").await;
+    let (port, _stop, _) = support::start_secured(
+        store,
+        vec![dag("a", "etl", &["t"])],
+        None,
+        dag_operator::http::HEADER_READ_TIMEOUT,
+        dag_operator::http::UiSecurity {
+            secure_cookies: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (code, cookie, response) = log_in(port, "alice", "").await;
+    assert_eq!(code, 303, "{response}");
+    assert!(cookie.expect("a cookie").contains("; Secure"));
+}

@@ -519,3 +519,92 @@ async fn backfills_and_pools_show_progress_and_slots_to_who_may_list_them() {
     }
     drop(op);
 }
+
+/// `--ui-token-audience` (issue 28, finding 6): the TokenReview asks for the audience, and a
+/// token minted for the API server — valid, but not for that audience — is refused.
+#[tokio::test]
+async fn a_required_audience_refuses_tokens_minted_for_the_api_server() {
+    let s = setup("api-aud").await;
+    s.ns.kubectl_ok(&["create", "serviceaccount", "viewer"], None);
+    let plain = s.ns.kubectl_ok(&["create", "token", "viewer"], None);
+    let minted = s.ns.kubectl_ok(
+        &["create", "token", "viewer", "--audience", "dag-operator-ui"],
+        None,
+    );
+    let op = s.operator(&["--ui-token-audience", "dag-operator-ui"]);
+    let (code, body) = eventually(Duration::from_secs(30), "the API answers", || {
+        let op = &op;
+        let minted = minted.trim().to_string();
+        async move { op.api("/api/v1/dags", Some(&minted)).await }
+    })
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = op
+        .api("/api/v1/dags", Some(plain.trim()))
+        .await
+        .expect("an answer");
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(json(&body)["kind"], "Status", "{body}");
+}
+
+/// `curl -sS -i --cacert <plane CA> <args>`: its output, or `None` when it failed.
+fn curl(args: &[&str]) -> Option<String> {
+    let ca = dag_operator_e2e::plane().ca.to_string_lossy().into_owned();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "10", "--cacert", &ca])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `--ui-tls-cert-file`/`--ui-tls-key-file` (issue 28, finding 6): the UI and API speak HTTPS
+/// only, with every session cookie `Secure`.
+#[tokio::test]
+async fn the_ui_speaks_https_when_given_a_certificate() {
+    let s = setup("api-tls").await;
+    s.ns.kubectl_ok(&["create", "serviceaccount", "viewer"], None);
+    let token = s.ns.kubectl_ok(&["create", "token", "viewer"], None);
+    // the plane's certificate for 127.0.0.1 and localhost, from the plane's CA
+    let dir = dag_operator_e2e::plane()
+        .ca
+        .parent()
+        .expect("the CA's directory")
+        .to_path_buf();
+    let cert = dir.join("postgres.crt").to_string_lossy().into_owned();
+    let key = dir.join("postgres.key").to_string_lossy().into_owned();
+    let op = s.operator(&["--ui-tls-cert-file", &cert, "--ui-tls-key-file", &key]);
+    let https = format!("https://127.0.0.1:{}/login", op.ui_port);
+    let page = eventually(Duration::from_secs(30), "the UI answers over HTTPS", || {
+        let https = https.clone();
+        async move { curl(&[&https]) }
+    })
+    .await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("content-security-policy: "), "{page}");
+    let login = curl(&[
+        "--data-urlencode",
+        &format!("token={}", token.trim()),
+        &https,
+    ])
+    .expect("a login");
+    assert!(login.starts_with("HTTP/1.1 303"), "{login}");
+    let cookie = login
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie: {login}"));
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    // plain HTTP to the same port gets no page
+    let plain = curl(&[&format!("http://127.0.0.1:{}/login", op.ui_port)]);
+    assert!(
+        plain
+            .as_deref()
+            .is_none_or(|p| !p.starts_with("HTTP/1.1 200")),
+        "{plain:?}"
+    );
+}

@@ -24,6 +24,7 @@ async fn the_operator_starts_in_process_and_stops_when_told() {
         metrics_addr: "127.0.0.1:0".to_string(),
         leader: None,
         ui_addr: Some("127.0.0.1:0".to_string()),
+        ui_security: Default::default(),
         log_tail_bytes: 65536,
         retention: Default::default(),
         tenancy: Default::default(),

@@ -1106,3 +1106,41 @@ fn sentinel_and_tenancy_values_become_flags_and_variables() {
         assert!(args.contains(&flag), "{flag}: {args:?}");
     }
 }
+
+/// `ui.secureCookies` and `ui.tokenAudience` (issue 28, finding 6): flags only when set, so
+/// the default rendering (and manifests/install) is unchanged; a blank-containing audience is
+/// refused by the schema.
+#[test]
+fn the_ui_session_values_become_flags_only_when_set() {
+    let args = |sets: &[&str]| -> Vec<String> {
+        find(&render(sets), "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .filter(|a| a.starts_with("--ui-"))
+            .collect()
+    };
+    assert_eq!(args(&[]), vec!["--ui-addr=:8081"]);
+    assert_eq!(
+        args(&["ui.secureCookies=true", "ui.tokenAudience=dag-operator-ui"]),
+        vec![
+            "--ui-addr=:8081",
+            "--ui-secure-cookies=true",
+            "--ui-token-audience=dag-operator-ui"
+        ]
+    );
+    let refused = helm(&[
+        "template",
+        "dag-operator",
+        &chart(),
+        "--set",
+        "ui.tokenAudience=a b",
+    ]);
+    assert!(
+        !refused.status.success() && text(&refused.stderr).contains("tokenAudience"),
+        "{}",
+        text(&refused.stderr)
+    );
+}

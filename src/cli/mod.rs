@@ -206,6 +206,23 @@ pub struct RunArgs {
     /// server; empty: no API.
     #[arg(long, env = "DAGOP_UI_ADDR", default_value = ":8081")]
     pub ui_addr: String,
+    /// Mark the UI's session cookie `Secure` on every login, not only when the request came
+    /// over HTTPS (`X-Forwarded-Proto: https`): set it when the UI is reached over HTTPS only.
+    #[arg(long, env = "DAGOP_UI_SECURE_COOKIES", default_value_t = false, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub ui_secure_cookies: bool,
+    /// Accept on the API and UI only tokens minted for this audience
+    /// (`kubectl create token <sa> --audience <aud>`): a token for the API server itself is
+    /// refused, so a leaked UI token cannot be used against the cluster. Empty: any token.
+    #[arg(long, env = "DAGOP_UI_TOKEN_AUDIENCE")]
+    pub ui_token_audience: Option<String>,
+    /// Serve the UI and API over HTTPS only, with this PEM certificate chain (leaf first);
+    /// needs --ui-tls-key-file. Session cookies are then always `Secure`.
+    #[arg(long, env = "DAGOP_UI_TLS_CERT_FILE", requires = "ui_tls_key_file")]
+    pub ui_tls_cert_file: Option<std::path::PathBuf>,
+    /// The PEM private key of --ui-tls-cert-file.
+    #[arg(long, env = "DAGOP_UI_TLS_KEY_FILE", requires = "ui_tls_cert_file")]
+    pub ui_tls_key_file: Option<std::path::PathBuf>,
     /// How long finished task Pods are kept.
     #[arg(long, env = "DAGOP_POD_RETENTION", default_value = "1h", value_parser = duration_secs)]
     pub pod_retention: u64,
@@ -436,6 +453,7 @@ mod tests {
         );
         assert_eq!(run.metrics_addr, ":8080");
         assert_eq!(run.ui_addr, ":8081");
+        assert!(!run.ui_secure_cookies);
         let cmd = Cli::command();
         let run_cmd = cmd.find_subcommand("run").unwrap();
         let env_of = |id: &str| {
@@ -503,5 +521,25 @@ mod tests {
             panic!()
         };
         assert!(!run.enable_catchup && !run.leader_election);
+    }
+
+    #[test]
+    fn the_ui_secure_cookies_flag() {
+        let cli = Cli::try_parse_from(["dag-operator", "run", "--ui-secure-cookies"]).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!()
+        };
+        assert!(run.ui_secure_cookies);
+        assert_eq!(run.ui_token_audience, None);
+        let cli =
+            Cli::try_parse_from(["dag-operator", "run", "--ui-token-audience", "dagop"]).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!()
+        };
+        assert_eq!(run.ui_token_audience.as_deref(), Some("dagop"));
+        assert!(
+            Cli::try_parse_from(["dag-operator", "run", "--ui-tls-cert-file", "c.pem"]).is_err(),
+            "a certificate without its key"
+        );
     }
 }

@@ -132,6 +132,20 @@ fn config(args: &RunArgs) -> Result<OperatorConfig, CliError> {
         namespace: args.namespace.clone(),
         metrics_addr: args.metrics_addr.clone(),
         ui_addr: Some(args.ui_addr.clone()).filter(|a| !a.trim().is_empty()),
+        ui_security: dag_operator::http::UiSecurity {
+            secure_cookies: args.ui_secure_cookies,
+            token_audience: args
+                .ui_token_audience
+                .clone()
+                .filter(|a| !a.trim().is_empty()),
+            tls: match (&args.ui_tls_cert_file, &args.ui_tls_key_file) {
+                (Some(cert), Some(key)) => Some(dag_operator::http::UiTls {
+                    cert_file: cert.clone(),
+                    key_file: key.clone(),
+                }),
+                _ => None,
+            },
+        },
         log_tail_bytes: args.log_tail_bytes,
         retention: RetentionPolicy {
             max_age: args.run_retention.map(Duration::from_secs),

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -142,9 +142,41 @@ fn token_key(token: &str) -> [u8; 32] {
     sha2::Sha256::digest(token.as_bytes()).into()
 }
 
+/// The TokenReview of `token`, asking for `audience` when one is required.
+fn review_of(token: &str, audience: Option<&str>) -> TokenReview {
+    TokenReview {
+        spec: TokenReviewSpec {
+            token: token.to_string(),
+            audiences: audience.map(|a| vec![a.to_string()]),
+        },
+        ..Default::default()
+    }
+}
+
+/// The caller a TokenReview's answer names: authenticated, with a user name, and — when
+/// `audience` is required — that audience among those the review confirms. An empty
+/// `status.audiences` means an authenticator that ignores audiences accepted a token meant for
+/// the API server itself: refused when an audience is required.
+fn caller_of(status: Option<TokenReviewStatus>, audience: Option<&str>) -> Option<Caller> {
+    let status = status.filter(|s| s.authenticated == Some(true))?;
+    if let Some(want) = audience {
+        if !status.audiences.iter().flatten().any(|a| a == want) {
+            return None;
+        }
+    }
+    let u = status.user?;
+    Some(Caller {
+        user: u.username?,
+        uid: u.uid,
+        groups: u.groups.unwrap_or_default(),
+        extra: u.extra.unwrap_or_default().into_iter().collect(),
+    })
+}
+
 /// The API server as the reviewer.
 pub struct KubeReviewer {
     client: kube::Client,
+    audience: Option<String>,
     tokens: Cache<[u8; 32], Option<Caller>>,
     accesses: Cache<(Caller, Access), bool>,
     in_flight: tokio::sync::Semaphore,
@@ -154,10 +186,18 @@ impl KubeReviewer {
     pub fn new(client: kube::Client) -> Self {
         KubeReviewer {
             client,
+            audience: None,
             tokens: Cache::new(CACHE_CAP),
             accesses: Cache::new(CACHE_CAP),
             in_flight: tokio::sync::Semaphore::new(REVIEWS_IN_FLIGHT),
         }
+    }
+
+    /// Accepts only tokens minted for `audience` (`kubectl create token --audience`): each
+    /// TokenReview asks for it, and a review that does not confirm it refuses the token.
+    pub fn with_audience(mut self, audience: Option<String>) -> Self {
+        self.audience = audience.filter(|a| !a.is_empty());
+        self
     }
 
     async fn review_token(&self, token: &str) -> Result<Option<Caller>, ReviewError> {
@@ -170,26 +210,9 @@ impl KubeReviewer {
         }
         let _turn = self.in_flight.acquire().await;
         let api: Api<TokenReview> = Api::all(self.client.clone());
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: token.to_string(),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let review = review_of(token, self.audience.as_deref());
         let answer = api.create(&PostParams::default(), &review).await?;
-        let caller = answer
-            .status
-            .filter(|s| s.authenticated == Some(true))
-            .and_then(|s| s.user)
-            .and_then(|u| {
-                Some(Caller {
-                    user: u.username?,
-                    uid: u.uid,
-                    groups: u.groups.unwrap_or_default(),
-                    extra: u.extra.unwrap_or_default().into_iter().collect(),
-                })
-            });
+        let caller = caller_of(answer.status, self.audience.as_deref());
         let ttl = if caller.is_some() {
             REVIEW_TTL
         } else {
@@ -281,6 +304,7 @@ pub fn bearer(header: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::authentication::v1::UserInfo;
 
     #[test]
     fn tokens_from_the_header_or_the_session_cookie() {
@@ -290,6 +314,56 @@ mod tests {
         assert_eq!(token_of(&h).as_deref(), Some("tok"));
         h.insert("authorization", "Bearer hdr".parse().unwrap());
         assert_eq!(token_of(&h).as_deref(), Some("hdr"));
+    }
+
+    fn reviewed(authenticated: bool, audiences: Option<&[&str]>) -> TokenReviewStatus {
+        TokenReviewStatus {
+            authenticated: Some(authenticated),
+            audiences: audiences.map(|a| a.iter().map(|s| s.to_string()).collect()),
+            user: Some(UserInfo {
+                username: Some("alice".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_required_audience_must_be_confirmed_by_the_review() {
+        // no audience required: any authenticated token
+        let alice = caller_of(Some(reviewed(true, None)), None).expect("alice");
+        assert_eq!(alice.user, "alice");
+        assert_eq!(caller_of(Some(reviewed(false, None)), None), None);
+        assert_eq!(caller_of(None, None), None);
+        // required: the review must name it among the token's audiences
+        let aud = Some("dag-operator");
+        assert!(caller_of(Some(reviewed(true, Some(&["dag-operator"]))), aud).is_some());
+        assert!(caller_of(Some(reviewed(true, Some(&["x", "dag-operator"]))), aud).is_some());
+        // an authenticator that ignores audiences answers none: the token is one for the API
+        // server, refused
+        assert_eq!(caller_of(Some(reviewed(true, None)), aud), None);
+        assert_eq!(caller_of(Some(reviewed(true, Some(&[]))), aud), None);
+        assert_eq!(
+            caller_of(
+                Some(reviewed(true, Some(&["https://kubernetes.default.svc"]))),
+                aud
+            ),
+            None
+        );
+        assert_eq!(
+            caller_of(Some(reviewed(false, Some(&["dag-operator"]))), aud),
+            None
+        );
+    }
+
+    #[test]
+    fn the_review_asks_for_the_required_audience() {
+        assert_eq!(review_of("t", None).spec.audiences, None);
+        assert_eq!(
+            review_of("t", Some("dag-operator")).spec.audiences,
+            Some(vec!["dag-operator".to_string()])
+        );
+        assert_eq!(review_of("t", None).spec.token, "t");
     }
 
     #[test]

@@ -138,7 +138,7 @@ pub async fn log_page(
 }
 
 /// Streams the API's log into `#log` as it grows.
-const FOLLOW_SCRIPT: &str = r#"
+pub(super) const FOLLOW_SCRIPT: &str = r#"
 const pre = document.getElementById('log');
 fetch(pre.dataset.src, {credentials: 'same-origin'}).then(async (r) => {
   document.getElementById('source').textContent = r.headers.get('x-dagop-log-source') || '';

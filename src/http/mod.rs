@@ -20,8 +20,10 @@ pub mod auth;
 pub mod directory;
 pub mod extract;
 pub mod guard;
+pub mod headers;
 pub mod logs;
 pub mod resources;
+pub mod tls;
 pub mod ui;
 pub mod ui_actions;
 
@@ -107,11 +109,34 @@ pub fn router(state: ApiState) -> Router {
             Arc::new(guard::FailureLimit::default()),
             guard::guard,
         ))
+        .layer(axum::middleware::from_fn(headers::secure))
         .with_state(state)
 }
 
 /// How long a client may take to send a request's head (request line and headers).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The UI's session settings (issue 28, finding 6; `dag-operator run --ui-*`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UiSecurity {
+    /// every session cookie `Secure`, whatever the request came over (the UI is reached over
+    /// HTTPS only, e.g. through an Ingress that does not send `X-Forwarded-Proto`)
+    pub secure_cookies: bool,
+    /// the audience every token must be minted for (`kubectl create token --audience`):
+    /// asked for in each TokenReview and refused unless the review confirms it (none: any
+    /// token the API server accepts)
+    pub token_audience: Option<String>,
+    /// HTTPS only, with this PEM certificate chain and key (`tls.rs`); every session cookie is
+    /// then `Secure`
+    pub tls: Option<UiTls>,
+}
+
+/// The UI's certificate and key files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UiTls {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+}
 
 /// Binds `addr` (`host:port`, `:port`) and serves the API until `shutdown` completes; returns
 /// the bound address.
@@ -120,6 +145,19 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     serve_with(addr, state, HEADER_READ_TIMEOUT, shutdown).await
+}
+
+/// [`serve`] with the UI's session settings.
+pub async fn serve_ui<F>(
+    addr: &str,
+    state: ApiState,
+    security: UiSecurity,
+    shutdown: F,
+) -> io::Result<SocketAddr>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    serve_configured(addr, state, security, HEADER_READ_TIMEOUT, shutdown).await
 }
 
 /// [`serve`], closing a connection whose request head has not arrived within
@@ -133,6 +171,33 @@ pub async fn serve_with<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    serve_configured(
+        addr,
+        state,
+        UiSecurity::default(),
+        header_read_timeout,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_with`] and [`serve_ui`] in one.
+pub async fn serve_configured<F>(
+    addr: &str,
+    state: ApiState,
+    security: UiSecurity,
+    header_read_timeout: Duration,
+    shutdown: F,
+) -> io::Result<SocketAddr>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let mut security = security;
+    let tls = match &security.tls {
+        Some(files) => Some(tls::acceptor(&files.cert_file, &files.key_file)?),
+        None => None,
+    };
+    security.secure_cookies |= tls.is_some();
     let target = crate::telemetry::resolve_addr(addr, "API").await?;
     let listener = TcpListener::bind(target).await.map_err(|e| {
         io::Error::new(
@@ -143,7 +208,8 @@ where
     let bound = listener.local_addr()?;
     tokio::spawn(accept(
         listener,
-        router(state),
+        router(state).layer(axum::Extension(security)),
+        tls,
         header_read_timeout,
         shutdown,
     ));
@@ -152,8 +218,13 @@ where
 
 /// Serves connections on `listener` until `shutdown`, then waits for those open to end. Each
 /// request carries its peer's address ([`ConnectInfo`], for [`guard`]).
-async fn accept<F>(listener: TcpListener, app: Router, header_read_timeout: Duration, shutdown: F)
-where
+async fn accept<F>(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    header_read_timeout: Duration,
+    shutdown: F,
+) where
     F: Future<Output = ()> + Send + 'static,
 {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -179,9 +250,36 @@ where
             req.extensions_mut().insert(ConnectInfo(peer));
             app.clone().oneshot(req)
         });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let http = http.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let ended = match tls {
+                None => {
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                Some(tls) => {
+                    // the handshake is part of the request head's time
+                    let stream =
+                        match tokio::time::timeout(header_read_timeout, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, %peer, "API connection ended");
             }
         });

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -23,12 +24,12 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::ApiState;
 use super::api::{ApiError, caller, dags_in, find_dag, readable_dags, reader, run_with_tries};
 use super::auth::SESSION_COOKIE;
 use super::directory::DagSummary;
 use super::extract::{Form, Path, Query};
 use super::guard::{AuthenticationFailed, MAX_TOKEN_BYTES, too_long};
+use super::{ApiState, UiSecurity};
 use crate::graph::TaskState;
 use crate::key::DagKey;
 use crate::store::{RunQuery, RunRow, RunState, RunStore, RunType, latest_tries};
@@ -165,7 +166,17 @@ pub struct LoginForm {
 }
 
 /// `POST /login`: the token is reviewed before it is kept.
-pub async fn login(State(s): State<ApiState>, Form(form): Form<LoginForm>) -> Response {
+pub async fn login(
+    State(s): State<ApiState>,
+    security: Option<Extension<UiSecurity>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    // login CSRF: another site must not log the browser in under its own token
+    if let Err(e) = super::ui_actions::same_site(&headers) {
+        return refused(e);
+    }
+    let secure = security.is_some_and(|Extension(s)| s.secure_cookies) || over_https(&headers);
     let token = form.token.trim().to_string();
     if token.len() > MAX_TOKEN_BYTES {
         return too_long().into_response();
@@ -177,7 +188,7 @@ pub async fn login(State(s): State<ApiState>, Form(form): Form<LoginForm>) -> Re
     };
     match answer {
         Ok(Some(_)) => {
-            let cookie = format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict");
+            let cookie = session_cookie(&token, secure, false);
             let mut response = Redirect::to("/").into_response();
             match HeaderValue::from_str(&cookie) {
                 Ok(v) => {
@@ -209,13 +220,53 @@ pub async fn login(State(s): State<ApiState>, Form(form): Form<LoginForm>) -> Re
 }
 
 /// `GET /logout`
-pub async fn logout() -> Response {
+pub async fn logout(security: Option<Extension<UiSecurity>>, headers: HeaderMap) -> Response {
+    let secure = security.is_some_and(|Extension(s)| s.secure_cookies) || over_https(&headers);
     let mut response = Redirect::to("/login").into_response();
-    let gone = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    let gone = session_cookie("", secure, true);
     if let Ok(v) = HeaderValue::from_str(&gone) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
     response
+}
+
+/// The session cookie's `Set-Cookie` value: HttpOnly (no page script reads it),
+/// SameSite=Strict (no other site's request carries it), no expiry (gone with the browser
+/// session; `gone`: expired now), and `Secure` when `secure`.
+fn session_cookie(token: &str, secure: bool, gone: bool) -> String {
+    let mut cookie = format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict");
+    if secure {
+        cookie.push_str("; Secure");
+    }
+    if gone {
+        cookie.push_str("; Max-Age=0");
+    }
+    cookie
+}
+
+/// Whether the browser reached us over HTTPS, as a TLS-terminating proxy says
+/// (`X-Forwarded-Proto: https`, `Forwarded: proto=https`). Trusted although anyone can send
+/// it: it can only add `Secure` to the sender's own cookie.
+pub(super) fn over_https(headers: &HeaderMap) -> bool {
+    let values = |name| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+    };
+    values("x-forwarded-proto")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("https"))
+        || values("forwarded")
+            .iter()
+            .flat_map(|v| v.split([',', ';']))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .any(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("proto")
+                    && v.trim().trim_matches('"').eq_ignore_ascii_case("https")
+            })
 }
 
 #[derive(Deserialize)]

@@ -60,6 +60,8 @@ pub struct OperatorConfig {
     pub leader: Option<LeaderSettings>,
     /// where the HTTP API listens (`host:port`; none: no API)
     pub ui_addr: Option<String>,
+    /// the UI's session settings
+    pub ui_security: http::UiSecurity,
     /// the end of each try's log kept in PostgreSQL, in bytes (0: none)
     pub log_tail_bytes: usize,
     /// which finished runs are deleted (default: none)
@@ -177,19 +179,24 @@ impl Operator {
                 let state = ApiState {
                     store: store.clone(),
                     dags: DagDirectory::watch(client.clone(), config.namespace.as_deref()),
-                    reviewer: Arc::new(KubeReviewer::new(
-                        config
-                            .review_client
-                            .as_ref()
-                            .map_or_else(|| client.clone(), |c| c.0.clone()),
-                    )),
+                    reviewer: Arc::new(
+                        KubeReviewer::new(
+                            config
+                                .review_client
+                                .as_ref()
+                                .map_or_else(|| client.clone(), |c| c.0.clone()),
+                        )
+                        .with_audience(config.ui_security.token_audience.clone()),
+                    ),
                     kube: Some(client.clone()),
                     logs: Some(Arc::new(KubeLogs::new(client.clone()))),
                 };
                 let stop = shutdown.clone();
-                let bound = http::serve(addr, state, async move { stop.wait().await })
-                    .await
-                    .map_err(OperatorError::Api)?;
+                let bound = http::serve_ui(addr, state, config.ui_security.clone(), async move {
+                    stop.wait().await
+                })
+                .await
+                .map_err(OperatorError::Api)?;
                 tracing::info!(addr = %bound, "API up");
                 Some(bound)
             }

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use dag_operator::api::{DAG, DagSpec};
 use dag_operator::http::auth::{Access, Caller, ReviewError, Reviewer};
-use dag_operator::http::{ApiState, DagDirectory, HEADER_READ_TIMEOUT, serve_with};
+use dag_operator::http::{
+    ApiState, DagDirectory, HEADER_READ_TIMEOUT, UiSecurity, serve_configured,
+};
 use dag_operator::store::PgStore;
 use futures::future::BoxFuture;
 use kube::runtime::watcher::Event;
@@ -92,6 +94,24 @@ pub async fn start_counting(
     logs: Option<Arc<dyn dag_operator::logs::LogSource>>,
     header_read_timeout: Duration,
 ) -> (u16, tokio::sync::oneshot::Sender<()>, Arc<AtomicUsize>) {
+    start_secured(
+        store,
+        dags,
+        logs,
+        header_read_timeout,
+        UiSecurity::default(),
+    )
+    .await
+}
+
+/// [`start_counting`] with the UI's session settings.
+pub async fn start_secured(
+    store: PgStore,
+    dags: Vec<DAG>,
+    logs: Option<Arc<dyn dag_operator::logs::LogSource>>,
+    header_read_timeout: Duration,
+    security: UiSecurity,
+) -> (u16, tokio::sync::oneshot::Sender<()>, Arc<AtomicUsize>) {
     let directory = DagDirectory::default();
     let mut relisting = None;
     directory.observe(Event::Init, &mut relisting);
@@ -110,9 +130,15 @@ pub async fn start_counting(
         logs,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let addr = serve_with("127.0.0.1:0", state, header_read_timeout, async move {
-        let _ = stopped.await;
-    })
+    let addr = serve_configured(
+        "127.0.0.1:0",
+        state,
+        security,
+        header_read_timeout,
+        async move {
+            let _ = stopped.await;
+        },
+    )
     .await
     .expect("serve");
     (addr.port(), stop, reviews)
