@@ -201,22 +201,41 @@ async fn actions_need_update_on_dags_runs_and_are_recorded_pending_for_the_leade
 
 /// Pod logs from a table the test controls (e2e/tests/api.rs reads real ones, served by kwok
 /// through the API server).
-#[derive(Default, Clone)]
-struct TableLogs(Arc<Mutex<HashMap<String, String>>>);
+/// A followed log stays open until `ended` is set (the Pod ended).
+#[derive(Clone)]
+struct TableLogs(
+    Arc<Mutex<HashMap<String, String>>>,
+    Arc<tokio::sync::watch::Sender<bool>>,
+);
+
+impl Default for TableLogs {
+    fn default() -> Self {
+        TableLogs(
+            Arc::default(),
+            Arc::new(tokio::sync::watch::channel(false).0),
+        )
+    }
+}
 
 impl LogSource for TableLogs {
     fn stream<'a>(
         &'a self,
         pod: &'a PodKey,
-        _follow: bool,
+        follow: bool,
     ) -> BoxFuture<'a, Result<Option<LogStream>, LogError>> {
         let log = self.0.lock().unwrap().get(&pod.name).cloned();
+        let mut ended = self.1.subscribe();
         Box::pin(async move {
-            Ok(
-                log.map(|l| {
-                    futures::stream::iter([Ok(bytes::Bytes::from(l.into_bytes()))]).boxed()
-                }),
-            )
+            Ok(log.map(|l| {
+                let now = futures::stream::iter([Ok(bytes::Bytes::from(l.into_bytes()))]);
+                let rest = futures::stream::once(async move {
+                    if follow {
+                        let _ = ended.wait_for(|e| *e).await;
+                    }
+                })
+                .filter_map(|()| async { None });
+                now.chain(rest).boxed()
+            }))
         })
     }
 
@@ -709,4 +728,232 @@ async fn with_secure_cookies_on_every_session_cookie_is_secure() {
     let (code, cookie, response) = log_in(port, "alice", "").await;
     assert_eq!(code, 303, "{response}");
     assert!(cookie.expect("a cookie").contains("; Secure"));
+}
+
+#[tokio::test]
+async fn task_logs_need_get_pods_log_of_the_caller_too() {
+    let store = common::fresh_store("api_logs_rbac").await;
+    let run = stored_run(&store, "a", "etl").await;
+    sqlx::query(
+        "UPDATE task_instances SET state = 'failed', pod_name = 'etl-pod-1' WHERE run_id = $1",
+    )
+    .bind(run)
+    .execute(store.pool())
+    .await
+    .expect("a failed try with a Pod");
+    let logs = TableLogs::default();
+    logs.0
+        .lock()
+        .unwrap()
+        .insert("etl-pod-1".into(), "password=hunter2\n".into());
+    let (port, _stop) = start_with(
+        store.clone(),
+        vec![dag("a", "etl", &["t"])],
+        Some(Arc::new(logs.clone())),
+    )
+    .await;
+    let api = format!("/api/v1/namespaces/a/runs/{run}/tasks/t/tries/1/log");
+    let ui = format!("/ui/namespaces/a/runs/{run}/tasks/t/tries/1/log");
+
+    // carol may get dags in a, not pods/log
+    let (code, body) = get(
+        port,
+        &format!("/api/v1/namespaces/a/runs/{run}"),
+        Some("carol"),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    for path in [api.clone(), format!("{api}?follow=true")] {
+        let (code, response) = get(port, &path, Some("carol")).await;
+        assert_status(code, &response, 403);
+        assert!(response.contains("pods/log"), "{response}");
+        assert!(!response.contains("hunter2"), "{response}");
+    }
+    let (code, page) = get(port, &ui, Some("carol")).await;
+    assert_eq!(code, 403, "{page}");
+    assert!(!page.contains("hunter2"), "{page}");
+    // the kept tail is the same log
+    let keeper = LogKeeper::new(Arc::new(logs.clone()), store.clone(), 1024);
+    keeper
+        .keep(&EndedTry {
+            key: TryKey {
+                run_id: run,
+                task_name: "t".into(),
+                try_number: 1,
+            },
+            pod: PodKey::new("a", "etl-pod-1"),
+        })
+        .await;
+    logs.0.lock().unwrap().clear();
+    let (code, response) = get(port, &api, Some("carol")).await;
+    assert_status(code, &response, 403);
+    assert!(!response.contains("hunter2"), "{response}");
+    // with both rights it works
+    let (code, body) = get(port, &api, Some("alice")).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("hunter2"), "{body}");
+    let (code, page) = get(port, &ui, Some("alice")).await;
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("hunter2"), "{page}");
+}
+
+/// Number of actions recorded on `run`, as bob reads them.
+async fn actions_on(port: u16, run: uuid::Uuid) -> usize {
+    let (code, body) = get(
+        port,
+        &format!("/api/v1/namespaces/a/runs/{run}/actions"),
+        Some("bob"),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    body.matches("\"kind\":\"RunAction\"").count()
+}
+
+#[tokio::test]
+async fn state_changes_by_session_cookie_must_come_from_the_same_origin() {
+    let store = common::fresh_store("api_csrf").await;
+    let run = stored_run(&store, "a", "etl").await;
+    let (port, _stop) = start(store, vec![dag("a", "etl", &["t"])]).await;
+    let actions = format!("/api/v1/namespaces/a/runs/{run}/actions");
+    let trigger = "/api/v1/namespaces/a/dags/etl/runs";
+    let ui_action = format!("/ui/namespaces/a/runs/{run}/actions");
+    let request = |path: &str, auth: &str, extra: &str, kind: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost:8081\r\n{auth}{extra}{kind}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let cookie = "Cookie: dagop_token=bob\r\n";
+    let bearer = "Authorization: Bearer bob\r\n";
+    let json = "Content-Type: application/json\r\n";
+    let form = "Content-Type: application/x-www-form-urlencoded\r\n";
+    let cancel = r#"{"action":"cancel"}"#;
+    for extra in [
+        "Origin: https://evil.example\r\n",
+        "Origin: http://localhost:3000\r\n",
+        "Origin: null\r\n",
+        "Sec-Fetch-Site: same-site\r\n",
+        "Sec-Fetch-Site: cross-site\r\n",
+        "",
+    ] {
+        let (code, response) = exchange(port, request(&actions, cookie, extra, json, cancel)).await;
+        assert_status(code, &response, 403);
+        let (code, response) = exchange(port, request(trigger, cookie, extra, "", "")).await;
+        assert_status(code, &response, 403);
+        let (code, response) = exchange(port, request(trigger, cookie, extra, json, "{}")).await;
+        assert_status(code, &response, 403);
+        let (code, response) = exchange(
+            port,
+            request(&ui_action, cookie, extra, form, "action=cancel"),
+        )
+        .await;
+        assert_eq!(code, 403, "{extra}: {response}");
+    }
+    assert_eq!(
+        actions_on(port, run).await,
+        0,
+        "a refused request recorded an action"
+    );
+
+    // a bearer header is no browser's ambient credential
+    let (code, response) = exchange(port, request(&actions, bearer, "", json, cancel)).await;
+    assert_eq!(code, 202, "{response}");
+    // the trigger passes the check (this server has no Kubernetes client to write with)
+    let (code, response) = exchange(port, request(trigger, bearer, "", json, "{}")).await;
+    assert_status(code, &response, 503);
+    // the cookie from the UI's own origin
+    for extra in [
+        "Origin: http://localhost:8081\r\n",
+        "Sec-Fetch-Site: same-origin\r\n",
+    ] {
+        let (code, response) = exchange(port, request(&actions, cookie, extra, json, cancel)).await;
+        assert_eq!(code, 202, "{extra}: {response}");
+        let (code, response) = exchange(port, request(trigger, cookie, extra, json, "{}")).await;
+        assert_status(code, &response, 503);
+        let (code, response) = exchange(
+            port,
+            request(&ui_action, cookie, extra, form, "action=cancel"),
+        )
+        .await;
+        assert_eq!(code, 303, "{extra}: {response}");
+    }
+    assert_eq!(actions_on(port, run).await, 5);
+}
+
+/// Opens `GET path` with `token` and reads the response head; the connection stays open.
+async fn open(port: u16, path: &str, token: &str) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(20), stream.read(&mut buf))
+            .await
+            .expect("a response head in time")
+            .expect("read");
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&buf[..n]);
+    }
+    (stream, String::from_utf8_lossy(&got).to_string())
+}
+
+#[tokio::test]
+async fn followed_logs_are_capped_per_caller() {
+    use dag_operator::http::logs::FOLLOWS_PER_USER;
+    use tokio::io::AsyncReadExt;
+    let store = common::fresh_store("api_follow_cap").await;
+    let run = stored_run(&store, "a", "etl").await;
+    sqlx::query("UPDATE task_instances SET pod_name = 'etl-pod-1' WHERE run_id = $1")
+        .bind(run)
+        .execute(store.pool())
+        .await
+        .expect("a running try with a Pod");
+    let logs = TableLogs::default();
+    logs.0
+        .lock()
+        .unwrap()
+        .insert("etl-pod-1".into(), "working\n".into());
+    let (port, _stop) = start_with(
+        store,
+        vec![dag("a", "etl", &["t"])],
+        Some(Arc::new(logs.clone())),
+    )
+    .await;
+    let path = format!("/api/v1/namespaces/a/runs/{run}/tasks/t/tries/1/log?follow=true");
+    let mut open_streams = Vec::new();
+    for _ in 0..FOLLOWS_PER_USER {
+        let (stream, head) = open(port, &path, "alice").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        open_streams.push(stream);
+    }
+    let (code, response) = get(port, &path, Some("alice")).await;
+    assert_status(code, &response, 429);
+    // another caller has slots of their own; a log not followed is not capped
+    let (bob, head) = open(port, &path, "bob").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let unfollowed = format!("/api/v1/namespaces/a/runs/{run}/tasks/t/tries/1/log");
+    let (code, body) = get(port, &unfollowed, Some("alice")).await;
+    assert_eq!(code, 200, "{body}");
+    // the Pod ends: its streams end and give their slots back
+    logs.1.send_replace(true);
+    for mut stream in open_streams.into_iter().chain([bob]) {
+        let mut rest = Vec::new();
+        stream
+            .read_to_end(&mut rest)
+            .await
+            .expect("the stream ends");
+    }
+    let (code, body) = get(port, &path, Some("alice")).await;
+    assert_eq!(code, 200, "{body}");
 }

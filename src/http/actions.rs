@@ -30,6 +30,7 @@ impl Access {
     pub fn act(namespace: &str, name: &str) -> Self {
         Access {
             namespace: Some(namespace.to_string()),
+            group: crate::api::GROUP,
             verb: ACTION_VERB,
             resource: "dags",
             subresource: Some(ACTION_SUBRESOURCE),

@@ -38,11 +38,12 @@ pub struct Caller {
     pub extra: BTreeMap<String, Vec<String>>,
 }
 
-/// One access to check: `verb` on `resource` (of group dagoperator.io) in `namespace`
-/// (`None`: cluster-wide).
+/// One access to check: `verb` on `resource` of API `group` (dagoperator.io; `""` the core
+/// group) in `namespace` (`None`: cluster-wide).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Access {
     pub namespace: Option<String>,
+    pub group: &'static str,
     pub verb: &'static str,
     pub resource: &'static str,
     pub subresource: Option<&'static str>,
@@ -54,9 +55,23 @@ impl Access {
     pub fn read(namespace: &str) -> Self {
         Access {
             namespace: Some(namespace.to_string()),
+            group: crate::api::GROUP,
             verb: "get",
             resource: "dags",
             subresource: None,
+            name: None,
+        }
+    }
+
+    /// Reading the logs of Pods in `namespace`: `get pods/log` (core group), the right
+    /// `kubectl logs` needs — task logs often hold what only their readers should see.
+    pub fn pod_logs(namespace: &str) -> Self {
+        Access {
+            namespace: Some(namespace.to_string()),
+            group: "",
+            verb: "get",
+            resource: "pods",
+            subresource: Some("log"),
             name: None,
         }
     }
@@ -236,7 +251,7 @@ impl KubeReviewer {
                 groups: Some(caller.groups.clone()),
                 extra: Some(caller.extra.clone().into_iter().collect()),
                 resource_attributes: Some(ResourceAttributes {
-                    group: Some(crate::api::GROUP.to_string()),
+                    group: Some(access.group.to_string()),
                     namespace: access.namespace.clone(),
                     resource: Some(access.resource.to_string()),
                     subresource: access.subresource.map(str::to_string),

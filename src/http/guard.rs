@@ -1,6 +1,8 @@
 //! What stands before the reviews (issue 28): a token longer than any the API server issues is
 //! refused unreviewed, and a source (client address) whose tokens keep failing is answered 429
 //! for a while, so no one without a token makes the operator send TokenReviews at will.
+//! And against forged requests ([`forgery`]): a state-changing request authenticated by the
+//! UI's session cookie must show it comes from the UI's own origin.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -13,7 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::api::ApiError;
-use super::auth::token_of;
+use super::auth::{SESSION_COOKIE, bearer, token_of};
 
 /// The longest token reviewed (service-account tokens are ~1 KiB; OIDC ones a few).
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -160,6 +162,60 @@ pub async fn guard(State(limit): State<Arc<FailureLimit>>, req: Request, next: N
     response
 }
 
+/// Refuses a state change a browser may have been made to send (issue 28): one carrying the
+/// session cookie and no `Authorization: Bearer` header (which no other page can make a
+/// browser add) must come from the UI's own origin — `Sec-Fetch-Site: same-origin`, or an
+/// `Origin` naming the `Host` it was sent to. `SameSite=Strict` alone does not do: another
+/// port of the same host (the documented port-forward) or a sibling subdomain is the same
+/// site. A request saying it comes from elsewhere is refused whatever it carries.
+pub fn not_forged(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    super::ui_actions::same_site(headers)?;
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if value(header::AUTHORIZATION.as_str())
+        .and_then(bearer)
+        .is_some()
+    {
+        return Ok(());
+    }
+    let session = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .any(|(k, v)| k == SESSION_COOKIE && !v.is_empty());
+    if !session {
+        // no credential at all: the handler answers 401
+        return Ok(());
+    }
+    let same_origin = value("sec-fetch-site") == Some("same-origin")
+        || matches!(
+            (value(header::ORIGIN.as_str()), value(header::HOST.as_str())),
+            (Some(origin), Some(host)) if origin.split_once("://").map(|(_, h)| h) == Some(host)
+        );
+    if same_origin {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "a request that changes something, authenticated by the session cookie, must come \
+             from the UI's own origin (Origin, or Sec-Fetch-Site: same-origin); send \
+             `Authorization: Bearer <token>` from anything else"
+                .into(),
+        ))
+    }
+}
+
+/// The middleware: every request but `GET`, `HEAD` and `OPTIONS` [`not_forged`].
+pub async fn forgery(req: Request, next: Next) -> Response {
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !reads {
+        if let Err(e) = not_forged(req.headers()) {
+            return e.into_response();
+        }
+    }
+    next.run(req).await
+}
+
 /// The answer to a token too long to be one.
 pub fn too_long() -> ApiError {
     ApiError::BadRequest(format!(
@@ -170,6 +226,50 @@ pub fn too_long() -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> axum::http::HeaderMap {
+        let mut h = axum::http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn cookie_state_changes_must_come_from_the_same_origin() {
+        let cookie = ("cookie", "dagop_token=t");
+        let host = ("host", "localhost:8081");
+        assert!(not_forged(&headers(&[])).is_ok());
+        assert!(not_forged(&headers(&[("authorization", "Bearer t"), host])).is_ok());
+        assert!(not_forged(&headers(&[cookie, host])).is_err());
+        assert!(
+            not_forged(&headers(&[
+                cookie,
+                host,
+                ("origin", "http://localhost:3000")
+            ]))
+            .is_err()
+        );
+        assert!(not_forged(&headers(&[cookie, host, ("sec-fetch-site", "same-site")])).is_err());
+        assert!(not_forged(&headers(&[cookie, host, ("sec-fetch-site", "none")])).is_err());
+        assert!(
+            not_forged(&headers(&[
+                cookie,
+                host,
+                ("origin", "http://localhost:8081")
+            ]))
+            .is_ok()
+        );
+        assert!(not_forged(&headers(&[cookie, host, ("sec-fetch-site", "same-origin")])).is_ok());
+        assert!(
+            not_forged(&headers(&[
+                ("authorization", "Bearer t"),
+                host,
+                ("origin", "https://evil.example")
+            ]))
+            .is_err()
+        );
+    }
 
     #[test]
     fn a_source_is_limited_after_its_burst_and_the_table_stays_bounded() {

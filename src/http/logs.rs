@@ -3,18 +3,119 @@
 //! when asked), else the end of the log the operator kept when the try ended. The header
 //! `X-Dagop-Log-Source` says which (`pod` or `kept`); a kept tail that is not the whole log
 //! says so with `X-Dagop-Log-Complete: false`.
+//!
+//! Reading a log needs the caller's own `get pods/log` in the namespace as well as
+//! `get dags` (issue 28): the operator reads Pods' logs with its own right, so without this a
+//! viewer of DAGs would read what `kubectl logs` would refuse them — the kept tails the same.
+//! A caller may follow at most [`FOLLOWS_PER_USER`] logs at once, and the server
+//! [`FOLLOWS`] in all (429 past either); a slot is given back when its stream ends or its
+//! client goes.
 
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use serde::Deserialize;
 
-use super::api::{ApiError, ApiState, run_with_tries};
+use super::api::{ApiError, ApiState, reader, run_with_tries};
+use super::auth::{Access, Caller};
 use super::extract::{Path, Query};
 use crate::executor::PodKey;
 use crate::store::{RunRow, TaskRow, TryKey};
+
+/// Followed logs (`?follow=true`) open at once per caller (by the user name the
+/// TokenReview gives) …
+pub const FOLLOWS_PER_USER: usize = 4;
+
+/// … and in all, on one server.
+pub const FOLLOWS: usize = 64;
+
+/// The followed logs open: in all, and per user.
+#[derive(Default)]
+pub struct FollowLimit {
+    open: Mutex<(usize, HashMap<String, usize>)>,
+}
+
+/// One followed log's place in a [`FollowLimit`], given back when dropped.
+pub struct FollowSlot {
+    limit: Arc<FollowLimit>,
+    user: String,
+}
+
+impl FollowLimit {
+    /// A slot for `user`, or 429 when they (or the server) follow as many logs as allowed.
+    pub fn take(self: &Arc<Self>, user: &str) -> Result<FollowSlot, ApiError> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let (all, users) = &mut *open;
+        let mine = users.get(user).copied().unwrap_or(0);
+        if mine >= FOLLOWS_PER_USER {
+            return Err(ApiError::Rejected(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "user {user:?} follows {mine} logs already: at most {FOLLOWS_PER_USER} at once"
+                ),
+            ));
+        }
+        if *all >= FOLLOWS {
+            return Err(ApiError::Rejected(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("this server follows {FOLLOWS} logs already: try again later"),
+            ));
+        }
+        *all += 1;
+        users.insert(user.to_string(), mine + 1);
+        Ok(FollowSlot {
+            limit: self.clone(),
+            user: user.to_string(),
+        })
+    }
+
+    /// The followed logs open: in all, and of `user`.
+    pub fn open(&self, user: &str) -> (usize, usize) {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        (open.0, open.1.get(user).copied().unwrap_or(0))
+    }
+}
+
+impl Drop for FollowSlot {
+    fn drop(&mut self) {
+        let mut open = self.limit.open.lock().unwrap_or_else(|p| p.into_inner());
+        let (all, users) = &mut *open;
+        *all = all.saturating_sub(1);
+        if let Some(mine) = users.get_mut(&self.user) {
+            *mine = mine.saturating_sub(1);
+            if *mine == 0 {
+                users.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// A followed log: its slot is given back as soon as the log ends (before the response's
+/// end reaches the client), or when the response is dropped (the client went).
+struct Followed {
+    inner: crate::logs::LogStream,
+    slot: Option<FollowSlot>,
+}
+
+impl Stream for Followed {
+    type Item = <crate::logs::LogStream as Stream>::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = self.inner.poll_next_unpin(cx);
+        if let Poll::Ready(None) = next {
+            self.slot = None;
+        }
+        next
+    }
+}
 
 /// The header naming where a log came from.
 pub const LOG_SOURCE_HEADER: &str = "x-dagop-log-source";
@@ -32,7 +133,22 @@ pub enum TryLog {
     Kept { text: String, complete: bool },
 }
 
-/// The try `n` of `task` of run `id` in namespace `ns`, checked like every read.
+/// The caller, allowed to read DAGs and Pods' logs in `ns` (403 otherwise).
+async fn log_reader(s: &ApiState, headers: &HeaderMap, ns: &str) -> Result<Caller, ApiError> {
+    let who = reader(s, headers, ns).await?;
+    if s.reviewer.allowed(&who, &Access::pod_logs(ns)).await? {
+        Ok(who)
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "user {:?} cannot get pods/log in namespace {ns:?}: task logs are read with the \
+             caller's own right to Pod logs",
+            who.user
+        )))
+    }
+}
+
+/// The try `n` of `task` of run `id` in namespace `ns`, for a caller who may read it and
+/// its log.
 pub(super) async fn try_of(
     s: &ApiState,
     headers: &HeaderMap,
@@ -40,13 +156,14 @@ pub(super) async fn try_of(
     id: &str,
     task: &str,
     n: i32,
-) -> Result<(RunRow, TaskRow), ApiError> {
+) -> Result<(Caller, RunRow, TaskRow), ApiError> {
+    let who = log_reader(s, headers, ns).await?;
     let (run, tries) = run_with_tries(s, headers, ns, id).await?;
     let t = tries
         .into_iter()
         .find(|t| t.task_name == task && t.try_number == n)
         .ok_or_else(|| ApiError::NotFound(format!("run {id} has no try {n} of task {task:?}")))?;
-    Ok((run, t))
+    Ok((who, run, t))
 }
 
 /// The log of a try: from its Pod if it exists, else the kept tail.
@@ -88,15 +205,25 @@ pub(super) async fn log_of(
 /// `GET …/runs/{id}/tasks/{task}/tries/{n}/log`
 pub async fn get_log(
     State(s): State<ApiState>,
+    Extension(follows): Extension<Arc<FollowLimit>>,
     headers: HeaderMap,
     Path((ns, id, task, n)): Path<(String, String, String, i32)>,
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
-    let (run, t) = try_of(&s, &headers, &ns, &id, &task, n).await?;
+    let (who, run, t) = try_of(&s, &headers, &ns, &id, &task, n).await?;
+    let slot = if q.follow {
+        Some(follows.take(&who.user)?)
+    } else {
+        None
+    };
     let log = log_of(&s, &run, &t, q.follow).await?;
     let text = HeaderValue::from_static("text/plain; charset=utf-8");
     Ok(match log {
         TryLog::Pod(stream) => {
+            let stream = Followed {
+                inner: stream,
+                slot,
+            };
             let body = Body::from_stream(stream.map(|chunk| chunk.map_err(std::io::Error::other)));
             let mut r = body.into_response();
             r.headers_mut().insert(header::CONTENT_TYPE, text);
@@ -162,7 +289,7 @@ async fn log_markup(
     n: i32,
 ) -> Result<maud::Markup, ApiError> {
     use maud::{PreEscaped, html};
-    let (run, t) = try_of(s, headers, ns, id, task, n).await?;
+    let (_, run, t) = try_of(s, headers, ns, id, task, n).await?;
     let title = format!("{task} try {n}");
     let back = super::ui::run_link(&run);
     let running = t.state == crate::graph::TaskState::Running;
@@ -207,4 +334,31 @@ async fn log_markup(
             pre id="log" { (text) }
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follow_slots_are_capped_per_user_and_in_all_and_given_back() {
+        let limit = Arc::new(FollowLimit::default());
+        let mine: Vec<_> = (0..FOLLOWS_PER_USER)
+            .map(|_| limit.take("alice").expect("a slot"))
+            .collect();
+        assert!(limit.take("alice").is_err());
+        drop(mine);
+        assert_eq!(limit.open("alice"), (0, 0));
+        let all: Vec<_> = (0..FOLLOWS)
+            .map(|n| limit.take(&format!("user{n}")).expect("a slot"))
+            .collect();
+        assert!(limit.take("alice").is_err());
+        drop(all);
+        assert!(limit.take("alice").is_ok());
+        assert_eq!(
+            limit.open("alice"),
+            (0, 0),
+            "an unused slot is given back too"
+        );
+    }
 }

@@ -104,7 +104,9 @@ pub fn router(state: ApiState) -> Router {
         )
         .fallback(extract::no_route)
         .method_not_allowed_fallback(extract::no_method)
+        .layer(axum::Extension(Arc::new(logs::FollowLimit::default())))
         .layer(DefaultBodyLimit::max(guard::BODY_LIMIT))
+        .layer(axum::middleware::from_fn(guard::forgery))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(guard::FailureLimit::default()),
             guard::guard,

@@ -31,6 +31,7 @@ async fn lister(
     let who = caller(s, headers).await?;
     let access = Access {
         namespace: Some(ns.to_string()),
+        group: crate::api::GROUP,
         verb: "list",
         resource,
         subresource: None,

@@ -1,8 +1,9 @@
 //! The UI's actions: a trigger form on a DAG's page, and cancel / re-run / mark buttons on a
 //! run's page. Plain HTML forms posted with the session cookie; each is checked like the API
 //! (`update dags/runs`) and recorded the same way. Against cross-site requests: the cookie is
-//! `SameSite=Strict`, actions are POST only, and a request whose `Origin` or
-//! `Sec-Fetch-Site` says it comes from another site is refused.
+//! `SameSite=Strict`, actions are POST only, a request whose `Origin` or `Sec-Fetch-Site`
+//! says it comes from another site is refused, and one by the session cookie that does not
+//! show it comes from the UI's own origin is refused (`guard::forgery`, for the API too).
 
 use axum::extract::State;
 use axum::http::HeaderMap;

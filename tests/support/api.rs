@@ -1,6 +1,7 @@
 //! The HTTP API on a free local port, with a table in place of the API server's reviews:
-//! token "alice" is alice, who may `get` in namespace "a" and "bench" only; token "bob" is
-//! bob, who may also act (`update dags/runs`) in "a". Shared by tests/api.rs and
+//! token "alice" is alice, who may `get` in namespace "a" and "bench" only (Pod logs too);
+//! token "bob" is bob, who may also act (`update dags/runs`) in "a"; token "carol" is carol,
+//! who may `get` DAGs there but not Pod logs (`pods/log`). Shared by tests/api.rs and
 //! benches/api.rs.
 
 use std::collections::BTreeMap;
@@ -31,12 +32,14 @@ impl Reviewer for Table {
     ) -> BoxFuture<'a, Result<Option<Caller>, ReviewError>> {
         self.reviews.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
-            Ok((token == "alice" || token == "bob").then(|| Caller {
-                user: token.into(),
-                uid: None,
-                groups: vec![],
-                extra: BTreeMap::new(),
-            }))
+            Ok(
+                (token == "alice" || token == "bob" || token == "carol").then(|| Caller {
+                    user: token.into(),
+                    uid: None,
+                    groups: vec![],
+                    extra: BTreeMap::new(),
+                }),
+            )
         })
     }
 
@@ -47,7 +50,9 @@ impl Reviewer for Table {
     ) -> BoxFuture<'a, Result<bool, ReviewError>> {
         Box::pin(async move {
             let ns = access.namespace.as_deref();
-            let reads = (ns == Some("a") || ns == Some("bench")) && access.verb == "get";
+            let reads = (ns == Some("a") || ns == Some("bench"))
+                && access.verb == "get"
+                && (access.resource != "pods" || caller.user != "carol");
             let acts = caller.user == "bob"
                 && ns == Some("a")
                 && access.verb == "update"
