@@ -193,13 +193,15 @@ fn account(ns: &TestNamespace, name: &str, rules: &[&[&str]]) -> String {
 }
 
 const READ: &[&str] = &["--verb=get,list,watch", "--resource=dags.dagoperator.io"];
+/// Task logs also need the caller's own `get pods/log` (issue 28).
+const LOGS: &[&str] = &["--verb=get", "--resource=pods/log"];
 const ACT: &[&str] = &["--verb=update", "--resource=dags.dagoperator.io/runs"];
 
 #[tokio::test]
 async fn a_runner_triggers_cancels_and_reruns_and_a_viewer_may_not() {
     let s = setup("api-act").await;
     let a = s.ns.name.clone();
-    let viewer = account(&s.ns, "viewer", &[READ]);
+    let viewer = account(&s.ns, "viewer", &[READ, LOGS]);
     let runner = account(&s.ns, "runner", &[READ, ACT]);
     s.apply(
         "apiVersion: dagoperator.io/v1alpha1\nkind: Pool\nmetadata: {name: one}\nspec:\n  slots: 1\n",

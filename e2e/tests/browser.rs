@@ -79,7 +79,7 @@ fn runner(ns: &TestNamespace) -> String {
             "role",
             "ui-user",
             "--verb=get,list,watch,update",
-            "--resource=dags.dagoperator.io,dags.dagoperator.io/runs",
+            "--resource=dags.dagoperator.io,dags.dagoperator.io/runs,pods/log",
         ],
         None,
     );
