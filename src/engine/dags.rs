@@ -514,6 +514,8 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
             state.schedule_key = schedule_key;
             state.since = now;
             state.planned = state.decided;
+            // BufferOne's waiting tick is the old schedule's: skipped with the others below
+            state.buffered = None;
             self.positions.insert(key.clone(), state.position());
             for p in self.drop_queued(&key, |p| p.run_type == RunType::Scheduled) {
                 self.event(
