@@ -525,7 +525,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                     .map(|r| (r.id, r.logical_date))
                     .collect();
                 self.triggers_recorded(admitted.triggers, &dates);
-                Ok(self.book(now, batch, admitted.runs, admitted.taken))
+                Ok(self.book(now, batch, admitted.runs))
             }
             Err(e) => {
                 // nothing recorded: the slots are not given back (a replica may hold the same
@@ -663,15 +663,10 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
 
     /// Books what the store created: active runs, Backfill progress, metrics, and the runs
     /// handed to the executor. A run the store did not create (its date, trigger or re-run
-    /// was taken) lets go of its slots, never releases them: the winner may be a replica's run
-    /// holding them under the same name; a Backfill's date taken that way counts as skipped.
-    fn book(
-        &mut self,
-        now: DateTime<Utc>,
-        batch: Vec<Pending>,
-        created: Vec<RunRow>,
-        _taken: Vec<crate::store::TakenDate>,
-    ) -> usize {
+    /// was taken) releases its slots unless a run here holds that date — the gate turns the
+    /// release into a let-go while a replica's winning run keeps the same name; a Backfill's
+    /// date taken that way counts as skipped, a re-run whose run is gone is asked for afresh.
+    fn book(&mut self, now: DateTime<Utc>, batch: Vec<Pending>, created: Vec<RunRow>) -> usize {
         let by_date: HashMap<(DagKey, DateTime<Utc>), &RunRow> = created
             .iter()
             .map(|r| ((r.dag.clone(), r.logical_date), r))

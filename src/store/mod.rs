@@ -17,7 +17,7 @@ pub use crate::graph::TaskState;
 pub use pg::{AppliedMigration, PgStore, RunQuery, StoredLog};
 pub use record::{
     Admission, Admitted, BackfillRecord, BackfillRef, BackfillSkip, DagRecord, FailedRun, LastEnds,
-    Position, RefusedTrigger, TakenDate, TriggerOutcome,
+    Position, RefusedTrigger, TriggerOutcome,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -125,9 +125,8 @@ impl Admission {
     }
 }
 
-/// What an admission wrote: the runs created or re-run (in the order given), what became of
-/// each trigger value it carried (runs' and refused ones), and, for each new run not created
-/// because its logical date was taken, whether the run holding that date is running.
+/// What an admission wrote: the runs created or re-run (in the order given), the runs created
+/// failed, and what became of each trigger value it carried (runs' and refused ones).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Admitted {
     /// the runs created (running) and re-run in place
@@ -135,14 +134,4 @@ pub struct Admitted {
     /// the runs created failed (`Admission::failed` whose date was free)
     pub failed: Vec<RunRow>,
     pub triggers: Vec<(DagKey, String, TriggerOutcome)>,
-    pub taken: Vec<TakenDate>,
-}
-
-/// A logical date a new run could not have: another run holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TakenDate {
-    pub dag: DagKey,
-    pub logical_date: DateTime<Utc>,
-    /// the run holding it is running (its slots are held under the same name)
-    pub running: bool,
 }

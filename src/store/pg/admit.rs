@@ -12,10 +12,10 @@ use sqlx::Row;
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
-use super::{PgStore, dag_columns, dag_key, insert_specs, run_from_row, trigger_of};
+use super::{PgStore, dag_columns, insert_specs, run_from_row, trigger_of};
 use crate::store::{
     Admission, Admitted, DagKey, NewRun, NewTask, RefusedTrigger, Rerun, RunRow, RunState,
-    StoreError, TakenDate, TriggerOutcome,
+    StoreError, TriggerOutcome,
 };
 
 const INSERT_RUNS: &str = concat!(
@@ -133,7 +133,6 @@ impl PgStore {
             );
         }
         let inserted = Self::insert_runs_tx(&mut tx, &runs).await?;
-        let taken = Self::taken_dates(&mut tx, &runs, &inserted).await?;
         triggers.extend(Self::settle_triggers(&mut tx, &runs, &inserted).await?);
         triggers.extend(Self::refuse_triggers(&mut tx, &a.refused).await?);
         let rerun = Self::rerun_tx(&mut tx, &a.reruns).await?;
@@ -159,46 +158,7 @@ impl PgStore {
             runs: out,
             failed,
             triggers,
-            taken,
         })
-    }
-
-    /// For each run not created (its date taken): whether the run holding the date runs.
-    async fn taken_dates(
-        tx: &mut PgConnection,
-        runs: &[&NewRun],
-        inserted: &[Option<RunRow>],
-    ) -> Result<Vec<TakenDate>, StoreError> {
-        let missing: Vec<&NewRun> = runs
-            .iter()
-            .zip(inserted)
-            .filter(|(_, row)| row.is_none())
-            .map(|(run, _)| *run)
-            .collect();
-        if missing.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (namespaces, names) = dag_columns(missing.iter().map(|r| &r.dag));
-        let rows = sqlx::query(
-            "SELECT d.namespace, d.dag_name, d.logical_date, d.state FROM dag_runs d \
-             JOIN UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS k(ns, name, date) \
-               ON d.namespace = k.ns AND d.dag_name = k.name AND d.logical_date = k.date",
-        )
-        .bind(namespaces)
-        .bind(names)
-        .bind(missing.iter().map(|r| r.logical_date).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let state: String = row.try_get("state")?;
-                Ok(TakenDate {
-                    dag: dag_key(row, "namespace", "dag_name")?,
-                    logical_date: row.try_get("logical_date")?,
-                    running: state == "running",
-                })
-            })
-            .collect()
     }
 
     async fn save_specs_tx(
