@@ -484,10 +484,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                     if p.run_type == RunType::Scheduled
                         && let Some(state) = self.dags.get_mut(&p.dag)
                     {
-                        state.decided = state.decided.max(Some(p.logical_date));
-                        if state.buffered == Some(p.logical_date) {
-                            state.buffered = None;
-                        }
+                        state.decide(p.logical_date);
                     }
                     if let Some(bf) = &p.backfill {
                         let mine = (p.dag.clone(), micros(p.logical_date), Some(bf.as_str()));
@@ -511,10 +508,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 // the scheduled ticks admitted are decided (their runs may exist already)
                 for p in batch.iter().filter(|p| p.run_type == RunType::Scheduled) {
                     if let Some(state) = self.dags.get_mut(&p.dag) {
-                        state.decided = state.decided.max(Some(p.logical_date));
-                        if state.buffered == Some(p.logical_date) {
-                            state.buffered = None;
-                        }
+                        state.decide(p.logical_date);
                     }
                 }
                 self.mark_specs_saved(&admission.specs);
@@ -569,10 +563,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 let position = positions
                     .entry(p.dag.clone())
                     .or_insert_with(|| state.position());
-                position.last_tick = position.last_tick.max(Some(p.logical_date));
-                if position.buffered == Some(p.logical_date) {
-                    position.buffered = None;
-                }
+                position.decide(p.logical_date);
             }
         }
         // runs whose dependsOn wait timed out: created failed (their ticks decided too)
@@ -589,10 +580,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 let position = positions
                     .entry(p.dag.clone())
                     .or_insert_with(|| state.position());
-                position.last_tick = position.last_tick.max(Some(p.logical_date));
-                if position.buffered == Some(p.logical_date) {
-                    position.buffered = None;
-                }
+                position.decide(p.logical_date);
             }
         }
         Admission {

@@ -554,15 +554,13 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
                 *window.iter().min().unwrap_or(&window[0]),
                 *window.iter().max().unwrap_or(&window[0]),
             );
-            let looked_up = match self.store.backfill_done(&reference, lo, hi).await {
-                Ok(done) => self
-                    .store
-                    .runs_between(&dag, lo, hi + chrono::Duration::microseconds(1))
-                    .await
-                    .map(|existing| (done, existing)),
-                Err(e) => Err(e),
+            let store = &self.store;
+            let looked_up = async {
+                let done = store.backfill_done(&reference, lo, hi).await?;
+                let end = hi + chrono::Duration::microseconds(1);
+                Ok::<_, StoreError>((done, store.runs_between(&dag, lo, end).await?))
             };
-            let (done, existing) = match looked_up {
+            let (done, existing) = match looked_up.await {
                 Ok(found) => found,
                 Err(e) => {
                     // not decided: the window's dates are decided again first next pass

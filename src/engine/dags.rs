@@ -337,6 +337,20 @@ impl DagState {
             .unwrap_or(self.since)
     }
 
+    /// Its scheduled tick `tick` was decided (a run created, or skipped): the position moves
+    /// to it, and a buffered tick decided is no longer buffered. Whether anything changed.
+    pub fn decide(&mut self, tick: DateTime<Utc>) -> bool {
+        let unbuffered = self.buffered == Some(tick);
+        if unbuffered {
+            self.buffered = None;
+        }
+        let moved = self.decided < Some(tick);
+        if moved {
+            self.decided = Some(tick);
+        }
+        unbuffered || moved
+    }
+
     pub fn position(&self) -> Position {
         Position {
             dag: self.info.key.clone(),
@@ -971,12 +985,7 @@ impl<S: RunStore, G: Gate> Engine<S, G> {
     /// A scheduled tick was decided without a run (skipped): the position moves past it.
     pub(super) fn tick_decided(&mut self, key: &DagKey, tick: DateTime<Utc>) {
         if let Some(state) = self.dags.get_mut(key) {
-            if state.buffered == Some(tick) {
-                state.buffered = None;
-                self.positions.insert(key.clone(), state.position());
-            }
-            if state.decided < Some(tick) {
-                state.decided = Some(tick);
+            if state.decide(tick) {
                 self.positions.insert(key.clone(), state.position());
             }
         }

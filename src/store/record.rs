@@ -24,6 +24,17 @@ pub struct Position {
     pub buffered: Option<DateTime<Utc>>,
 }
 
+impl Position {
+    /// Tick `tick` was decided: the position is at least there, and a buffered tick decided
+    /// is no longer buffered.
+    pub fn decide(&mut self, tick: DateTime<Utc>) {
+        self.last_tick = self.last_tick.max(Some(tick));
+        if self.buffered == Some(tick) {
+            self.buffered = None;
+        }
+    }
+}
+
 /// What the store knows of a DAG when the scheduler takes it up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DagRecord {
