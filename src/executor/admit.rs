@@ -131,7 +131,7 @@ impl Launched {
 /// holds of the task now (none: its run left — cancelled, replaced, marked, timed out, gone at
 /// a resync), `try_number` the try the create was for. An answer that does not is not
 /// written, and a Pod it may have made is deleted: nothing of an ended run runs.
-fn still_wanted(latest: Option<&TaskRow>, try_number: i32) -> bool {
+pub(super) fn still_wanted(latest: Option<&TaskRow>, try_number: i32) -> bool {
     latest.is_some_and(|row| row.try_number == try_number && row.state == TaskState::Queued)
 }
 

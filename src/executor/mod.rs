@@ -484,15 +484,11 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
 
     /// Whether `owner` is the latest try of its task and still `queued` here.
     fn is_queued(&self, owner: &TryKey) -> bool {
-        self.live
-            .get(&owner.run_id)
-            .and_then(|run| {
-                let index = run.spec.graph.index_of(&owner.task_name)?;
-                run.tasks.get(index)
-            })
-            .is_some_and(|t| {
-                t.row.try_number == owner.try_number && t.row.state == TaskState::Queued
-            })
+        let latest = self.live.get(&owner.run_id).and_then(|run| {
+            let index = run.spec.graph.index_of(&owner.task_name)?;
+            run.tasks.get(index).map(|t| &t.row)
+        });
+        admit::still_wanted(latest, owner.try_number)
     }
 
     /// A Pod of `owner` said something: the run is decided again if the try still runs.

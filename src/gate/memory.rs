@@ -196,21 +196,9 @@ impl MemoryGate {
     /// The holders of a semaphore some live session keeps (let-go holds, lapsing, left out),
     /// sorted.
     pub fn kept_holders(&self, key: &str) -> Vec<String> {
-        let now = self.now();
-        let mut state = self.lock();
-        state.purge(key, now);
-        let mut holders: Vec<String> = state
-            .semaphores
-            .get(key)
-            .map(|h| {
-                h.iter()
-                    .filter(|(_, hold)| hold.lapses.is_none() && !hold.keepers.is_empty())
-                    .map(|(holder, _)| holder.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        holders.sort();
-        holders
+        self.holders_where(key, |hold| {
+            hold.lapses.is_none() && !hold.keepers.is_empty()
+        })
     }
 
     /// Another handle on the same semaphores with a session of its own (what another process
@@ -232,12 +220,23 @@ impl MemoryGate {
 
     /// The holders of a semaphore whose hold is live, sorted (for tests and diagnostics).
     pub fn holders(&self, key: &str) -> Vec<String> {
+        self.holders_where(key, |_| true)
+    }
+
+    /// The holders of a semaphore whose live hold `pick` takes, sorted.
+    fn holders_where(&self, key: &str, pick: impl Fn(&Hold) -> bool) -> Vec<String> {
+        let now = self.now();
         let mut state = self.lock();
-        state.purge(key, self.now());
+        state.purge(key, now);
         let mut holders: Vec<String> = state
             .semaphores
             .get(key)
-            .map(|h| h.keys().cloned().collect())
+            .map(|h| {
+                h.iter()
+                    .filter(|(_, hold)| pick(hold))
+                    .map(|(holder, _)| holder.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         holders.sort();
         holders
