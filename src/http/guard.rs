@@ -169,7 +169,7 @@ pub async fn guard(State(limit): State<Arc<FailureLimit>>, req: Request, next: N
 /// port of the same host (the documented port-forward) or a sibling subdomain is the same
 /// site. A request saying it comes from elsewhere is refused whatever it carries.
 pub fn not_forged(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    super::ui_actions::same_site(headers)?;
+    same_site(headers)?;
     let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if value(header::AUTHORIZATION.as_str())
         .and_then(bearer)
@@ -203,6 +203,28 @@ pub fn not_forged(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
                 .into(),
         ))
     }
+}
+
+/// Refuses a request whose `Sec-Fetch-Site` or `Origin` says it comes from another site
+/// (whatever credential it carries).
+fn same_site(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = value("sec-fetch-site") {
+        if site != "same-origin" && site != "none" {
+            return Err(ApiError::Forbidden(format!(
+                "a form posted from another site ({site}) is refused"
+            )));
+        }
+    }
+    if let (Some(origin), Some(host)) = (value("origin"), value("host")) {
+        let origin_host = origin.split("://").nth(1).unwrap_or(origin);
+        if origin_host != host {
+            return Err(ApiError::Forbidden(format!(
+                "a form posted from {origin} to {host} is refused"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The middleware: every request but `GET`, `HEAD` and `OPTIONS` [`not_forged`].
@@ -290,5 +312,26 @@ mod tests {
             limit.failed(IpAddr::V4(n.into()));
         }
         assert!(limit.len() <= MAX_SOURCES);
+    }
+
+    #[test]
+    fn forms_from_another_site_are_refused() {
+        assert!(same_site(&headers(&[])).is_ok());
+        assert!(same_site(&headers(&[("sec-fetch-site", "same-origin")])).is_ok());
+        assert!(same_site(&headers(&[("sec-fetch-site", "cross-site")])).is_err());
+        assert!(
+            same_site(&headers(&[
+                ("origin", "http://ui:8081"),
+                ("host", "ui:8081")
+            ]))
+            .is_ok()
+        );
+        assert!(
+            same_site(&headers(&[
+                ("origin", "https://evil.example"),
+                ("host", "ui:8081")
+            ]))
+            .is_err()
+        );
     }
 }

@@ -172,10 +172,7 @@ pub async fn login(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    // login CSRF: another site must not log the browser in under its own token
-    if let Err(e) = super::ui_actions::same_site(&headers) {
-        return refused(e);
-    }
+    // login CSRF (another site logging the browser in under its own token): `guard::forgery`
     let secure = security.is_some_and(|Extension(s)| s.secure_cookies) || over_https(&headers);
     let token = form.token.trim().to_string();
     if token.len() > MAX_TOKEN_BYTES {
