@@ -381,11 +381,17 @@ fn assert_status(code: u16, response: &str, want: u16) {
 /// Sends `request` and reads one response (head and `content-length` body) without waiting
 /// for the connection to close: a server refusing a body it never read may keep it open.
 async fn exchange_one(port: u16, request: String) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
     stream.write_all(request.as_bytes()).await.expect("send");
+    read_answer(&mut stream).await
+}
+
+/// Reads one response (head and `content-length` body) from `stream`, within 20 s.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = std::time::Duration::from_secs(20);
@@ -518,6 +524,51 @@ async fn a_client_that_stalls_in_its_request_head_is_disconnected() {
         "closed before the timeout: {:?}",
         started.elapsed()
     );
+}
+
+/// A client that sends its head and then stalls in the body it declared holds no handler: it
+/// is answered 408 once the body deadline passes.
+#[tokio::test]
+async fn a_client_that_stalls_in_its_body_is_answered_408() {
+    use tokio::io::AsyncWriteExt;
+    let store = common::fresh_store("api_slow_body").await;
+    let (port, _stop, reviews) = start_counting(
+        store,
+        vec![dag("a", "etl", &["t"])],
+        None,
+        dag_operator::http::HEADER_READ_TIMEOUT,
+    )
+    .await;
+    for (path, auth) in [
+        ("/login", ""),
+        (
+            "/api/v1/namespaces/a/dags/etl/runs",
+            "Authorization: Bearer alice\r\n",
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        stream
+            .write_all(
+                format!(
+                    "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\nConnection: close\r\n\r\ntoken=",
+                )
+                .as_bytes(),
+            )
+            .await
+            .expect("send");
+        let started = std::time::Instant::now();
+        let (code, response) = read_answer(&mut stream).await;
+        assert_status(code, &response, 408);
+        assert!(
+            started.elapsed() >= dag_operator::http::guard::BODY_READ_TIMEOUT / 2,
+            "answered before the deadline: {:?}",
+            started.elapsed()
+        );
+    }
+    // nothing was reviewed for a body that never came
+    assert_eq!(reviews.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
 #[tokio::test]

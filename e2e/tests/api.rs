@@ -547,6 +547,13 @@ async fn a_required_audience_refuses_tokens_minted_for_the_api_server() {
         .expect("an answer");
     assert_eq!(code, 401, "{body}");
     assert_eq!(json(&body)["kind"], "Status", "{body}");
+    // the login page says how to mint a token this UI takes
+    let (code, page) = op.api("/login", None).await.expect("an answer");
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains("kubectl create token &lt;service-account&gt; --audience dag-operator-ui"),
+        "{page}"
+    );
 }
 
 /// `curl -sS -i --cacert <plane CA> <args>`: its output, or `None` when it failed.

@@ -249,6 +249,7 @@ fn chart_lints_clean_and_its_values_are_checked() {
                 &["get", "list", "watch"]
             ),
             ("dagoperator.io", &["dags/runs"], &["update"]),
+            ("", &["pods/log"], &["get"]),
         ])
     );
     assert_eq!(

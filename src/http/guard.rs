@@ -105,7 +105,8 @@ impl FailureLimit {
 }
 
 /// The middleware: bodies declared too long refused (413), oversized tokens refused (400),
-/// limited sources answered 429, failures counted.
+/// bodies read whole within [`BODY_READ_TIMEOUT`] (else 408), limited sources answered 429,
+/// failures counted.
 pub async fn guard(State(limit): State<Arc<FailureLimit>>, req: Request, next: Next) -> Response {
     let raw_authorization = req
         .headers()
@@ -133,6 +134,10 @@ pub async fn guard(State(limit): State<Arc<FailureLimit>>, req: Request, next: N
         )
         .into_response();
     }
+    let req = match read_body(req, most).await {
+        Ok(req) => req,
+        Err(refused) => return refused.into_response(),
+    };
     let reviews = token.is_some() || login;
     let source = req
         .extensions()
@@ -160,6 +165,45 @@ pub async fn guard(State(limit): State<Arc<FailureLimit>>, req: Request, next: N
         limit.failed(source);
     }
     response
+}
+
+/// How long a client may take to send a request's body, once its head has arrived.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads the body of a request that may carry one (up to `most` bytes, within
+/// [`BODY_READ_TIMEOUT`]) before any handler runs, so a client that declares a body and then
+/// stalls, or trickles it, holds no handler and is answered 408.
+async fn read_body(req: Request, most: usize) -> Result<Request, ApiError> {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(req);
+    }
+    let (parts, body) = req.into_parts();
+    let bytes =
+        match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, most)).await {
+            Err(_) => {
+                return Err(ApiError::Rejected(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request body did not arrive within {}s",
+                        BODY_READ_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+            Ok(Err(e)) => {
+                let too_long = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                return Err(if too_long {
+                    ApiError::Rejected(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("the request body is longer than {most} bytes"),
+                    )
+                } else {
+                    ApiError::BadRequest(format!("the request body could not be read: {e}"))
+                });
+            }
+            Ok(Ok(bytes)) => bytes,
+        };
+    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
 }
 
 /// Refuses a state change a browser may have been made to send (issue 28): one carrying the

@@ -140,15 +140,27 @@ pub(super) fn run_link(r: &RunRow) -> String {
 }
 
 /// `GET /login`
-pub async fn login_form() -> Markup {
-    login_page(None)
+pub async fn login_form(security: Option<Extension<UiSecurity>>) -> Markup {
+    login_page(audience(&security), None)
 }
 
-fn login_page(error: Option<&str>) -> Markup {
+/// The audience UI tokens must be minted for, if one is required.
+fn audience(security: &Option<Extension<UiSecurity>>) -> Option<&str> {
+    security
+        .as_ref()
+        .and_then(|Extension(s)| s.token_audience.as_deref())
+}
+
+fn login_page(audience: Option<&str>, error: Option<&str>) -> Markup {
+    let mint = match audience {
+        Some(a) => format!("kubectl create token <service-account> --audience {a}"),
+        None => "kubectl create token <service-account>".to_string(),
+    };
     page(
         "Log in",
         html! {
-            p { "Paste a Kubernetes token, e.g. from " code { "kubectl create token <service-account>" } ". "
+            p { "Paste a Kubernetes token, e.g. from " code { (mint) } ". "
+                @if audience.is_some() { "This UI takes only tokens minted for that audience. " }
                 "It is kept for this browser session only; what you see is what its RBAC allows." }
             @if let Some(e) = error { p.bad { (e) } }
             form method="post" action="/login" {
@@ -173,7 +185,10 @@ pub async fn login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     // login CSRF (another site logging the browser in under its own token): `guard::forgery`
-    let secure = security.is_some_and(|Extension(s)| s.secure_cookies) || over_https(&headers);
+    let secure = security
+        .as_ref()
+        .is_some_and(|Extension(s)| s.secure_cookies)
+        || over_https(&headers);
     let token = form.token.trim().to_string();
     if token.len() > MAX_TOKEN_BYTES {
         return too_long().into_response();
@@ -194,7 +209,7 @@ pub async fn login(
                 }
                 Err(_) => (
                     StatusCode::BAD_REQUEST,
-                    login_page(Some("that is not a token")),
+                    login_page(audience(&security), Some("that is not a token")),
                 )
                     .into_response(),
             }
@@ -202,7 +217,10 @@ pub async fn login(
         Ok(None) => {
             let mut response = (
                 StatusCode::UNAUTHORIZED,
-                login_page(Some("the API server does not accept this token")),
+                login_page(
+                    audience(&security),
+                    Some("the API server does not accept this token"),
+                ),
             )
                 .into_response();
             response.extensions_mut().insert(AuthenticationFailed);
@@ -210,7 +228,7 @@ pub async fn login(
         }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            login_page(Some(&e.to_string())),
+            login_page(audience(&security), Some(&e.to_string())),
         )
             .into_response(),
     }
