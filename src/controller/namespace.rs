@@ -2,7 +2,9 @@
 //! its cap on running runs (told to the engine, which enforces it through the gate) and its
 //! ceiling on `spec.priority` (read by the DAG controller from the cache kept here). An
 //! annotation that cannot be read keeps the default and says so in a Warning event on the
-//! Namespace, once per value.
+//! Namespace, once per value. What it sees is also told to the history keeper
+//! (`operator/history.rs`): the history of a namespace deleted, or deleted and created again,
+//! is not the current namespace's.
 
 use std::collections::{HashMap, HashSet};
 
@@ -17,6 +19,7 @@ use tokio::sync::mpsc;
 use super::Events;
 use crate::api::tenancy::{NamespacePolicy, TenancyDefaults};
 use crate::engine::Command;
+use crate::operator::history::{Sighting, Sightings, incarnation};
 
 /// The policies of the namespaces, read from the watch cache.
 #[derive(Clone)]
@@ -57,7 +60,8 @@ impl Tenancy {
 
 /// Keeps `cache` current, tells the engine each namespace's cap when it changes, and reports
 /// annotations that cannot be read. `config` selects the namespaces (one, by field selector,
-/// when the operator watches only one).
+/// when the operator watches only one). Every namespace seen, listed or gone is told to
+/// `history`.
 pub async fn run(
     api: Api<Namespace>,
     config: watcher::Config,
@@ -65,6 +69,7 @@ pub async fn run(
     engine: mpsc::Sender<Command>,
     events: Events,
     defaults: TenancyDefaults,
+    history: Sightings,
 ) {
     let stream = watcher(api, config)
         .default_backoff()
@@ -73,14 +78,46 @@ pub async fn run(
     futures::pin_mut!(stream);
     let mut told: HashMap<String, Option<u32>> = HashMap::new();
     let mut reported: HashSet<(String, String)> = HashSet::new();
+    // the uid told to `history` per namespace, and the list being read
+    let mut uids: HashMap<String, String> = HashMap::new();
+    let mut listing: Vec<crate::store::NamespaceIncarnation> = Vec::new();
+    let mut listed_once = false;
     while let Some(event) = stream.next().await {
         let event = match event {
             Ok(event) => event,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch Namespaces: tenancy annotations are not read (the defaults apply)");
+                if !listed_once {
+                    history.tell(Sighting::Unavailable);
+                }
                 continue;
             }
         };
+        match &event {
+            watcher::Event::Init => listing.clear(),
+            watcher::Event::InitApply(ns) => listing.extend(incarnation(ns)),
+            watcher::Event::InitDone => {
+                listed_once = true;
+                uids = listing
+                    .iter()
+                    .map(|n| (n.name.clone(), n.uid.clone()))
+                    .collect();
+                history.tell(Sighting::Listed(std::mem::take(&mut listing)));
+            }
+            watcher::Event::Apply(ns) => {
+                if let Some(n) = incarnation(ns)
+                    && uids.get(&n.name) != Some(&n.uid)
+                {
+                    uids.insert(n.name.clone(), n.uid.clone());
+                    history.tell(Sighting::Seen(n));
+                }
+            }
+            watcher::Event::Delete(ns) => {
+                let name = ns.name_any();
+                uids.remove(&name);
+                history.tell(Sighting::Gone(name));
+            }
+        }
         let command = match event {
             watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
                 let name = ns.name_any();

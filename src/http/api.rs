@@ -33,6 +33,8 @@ pub struct ApiState {
     pub kube: Option<kube::Client>,
     /// where Pod logs are read (the kept tails come from `store`)
     pub logs: Option<Arc<dyn crate::logs::LogSource>>,
+    /// the namespaces' current incarnations: no history from before one is served
+    pub namespaces: Arc<super::epoch::NamespaceEpochs>,
 }
 
 /// Why a request was not answered; rendered as a Kubernetes `Status`.
@@ -128,6 +130,7 @@ pub(super) async fn reader(
     let who = caller(s, headers).await?;
     let access = Access::read(namespace);
     if s.reviewer.allowed(&who, &access).await? {
+        s.namespaces.confirm(&s.store, namespace).await?;
         Ok(who)
     } else {
         Err(ApiError::Forbidden(format!(
@@ -253,7 +256,9 @@ pub(super) async fn readable_dags(
 ) -> Result<Vec<Arc<DagSummary>>, ApiError> {
     let mut dags = Vec::new();
     for ns in s.dags.namespaces() {
-        if s.reviewer.allowed(who, &Access::read(&ns)).await? {
+        if s.reviewer.allowed(who, &Access::read(&ns)).await?
+            && s.namespaces.confirm(&s.store, &ns).await.is_ok()
+        {
             dags.extend(dags_in(s, &ns));
         }
     }

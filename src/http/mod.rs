@@ -18,6 +18,7 @@ pub mod actions;
 pub mod api;
 pub mod auth;
 pub mod directory;
+pub mod epoch;
 pub mod extract;
 pub mod guard;
 pub mod headers;

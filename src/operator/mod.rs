@@ -11,6 +11,7 @@
 //! `dag-operator run` parses flags into an [`OperatorConfig`] and calls it; tests can start
 //! an operator in process the same way.
 
+pub mod history;
 mod leadership;
 pub mod retention;
 pub mod route;
@@ -37,7 +38,7 @@ use crate::executor::{
     Admitting, EndedTry, ExecInput, ExecOutput, Executor, ExecutorConfig, KubeLauncher,
 };
 use crate::gate::Gate;
-use crate::http::{self, ApiState, DagDirectory, auth::KubeReviewer};
+use crate::http::{self, ApiState, DagDirectory, auth::KubeReviewer, epoch::NamespaceEpochs};
 use crate::k8s;
 use crate::logs::{KubeLogs, LogKeeper};
 use crate::report::Notice;
@@ -176,20 +177,21 @@ impl Operator {
         // every replica serves the API: reads need no leadership
         let ui_addr = match &config.ui_addr {
             Some(addr) => {
+                let reviews = config
+                    .review_client
+                    .as_ref()
+                    .map_or_else(|| client.clone(), |c| c.0.clone());
                 let state = ApiState {
                     store: store.clone(),
                     dags: DagDirectory::watch(client.clone(), config.namespace.as_deref()),
                     reviewer: Arc::new(
-                        KubeReviewer::new(
-                            config
-                                .review_client
-                                .as_ref()
-                                .map_or_else(|| client.clone(), |c| c.0.clone()),
-                        )
-                        .with_audience(config.ui_security.token_audience.clone()),
+                        KubeReviewer::new(reviews.clone())
+                            .with_audience(config.ui_security.token_audience.clone()),
                     ),
                     kube: Some(client.clone()),
                     logs: Some(Arc::new(KubeLogs::new(client.clone()))),
+                    // on the reviews' client: never queued before the Lease renewal
+                    namespaces: Arc::new(NamespaceEpochs::new(reviews)),
                 };
                 let stop = shutdown.clone();
                 let bound = http::serve_ui(addr, state, config.ui_security.clone(), async move {
@@ -375,7 +377,10 @@ impl Parts {
             w.commands.0.clone(),
             self.metrics.clone(),
         ));
-        let (tenancy, namespaces_config) = self.watch_namespaces(w.commands.0.clone(), &events);
+        let (tenancy, namespaces_config, recorded) =
+            self.watch_namespaces(w.commands.0.clone(), &events);
+        // an earlier incarnation's positions and trigger values are never the scheduler's
+        history::first_list(recorded).await;
         let ctx = Arc::new(
             dag_controller::Context::new(w.commands.0, w.status.0, events, default_tz)
                 .with_metrics(self.metrics.clone())
@@ -491,12 +496,17 @@ impl Parts {
     }
 
     /// Tenancy: the namespaces' annotations (one namespace when only one is watched), told to
-    /// the engine and kept for the DAG controller. Returns the tenancy and the watch's config.
+    /// the engine and kept for the DAG controller; what it sees goes to the history keeper too.
+    /// Returns the tenancy, the watch's config and the keeper's "first list recorded".
     fn watch_namespaces(
         &self,
         commands: mpsc::Sender<Command>,
         events: &Events,
-    ) -> (namespace::Tenancy, kube::runtime::watcher::Config) {
+    ) -> (
+        namespace::Tenancy,
+        kube::runtime::watcher::Config,
+        watch::Receiver<bool>,
+    ) {
         let config = match self.namespace() {
             Some(name) => {
                 kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}"))
@@ -504,6 +514,13 @@ impl Parts {
             None => kube::runtime::watcher::Config::default(),
         };
         let (namespace_cache, namespace_writer) = kube::runtime::reflector::store();
+        let (sightings, keeper, recorded) = history::channel();
+        tokio::spawn(keeper.run(
+            self.store.clone(),
+            self.config.namespace.clone(),
+            retention::PAUSE,
+            self.shutdown.clone(),
+        ));
         tokio::spawn(namespace::run(
             kube::Api::all(self.client.clone()),
             config.clone(),
@@ -511,9 +528,10 @@ impl Parts {
             commands,
             events.clone(),
             self.config.tenancy,
+            sightings,
         ));
         let tenancy = namespace::Tenancy::with_namespaces(self.config.tenancy, namespace_cache);
-        (tenancy, config)
+        (tenancy, config, recorded)
     }
 
     /// Runs the DAG controller until shutdown (or the grace period after it).

@@ -20,7 +20,7 @@ pub const BATCH: i64 = 1000;
 pub const PAUSE: Duration = Duration::from_millis(50);
 
 /// The rest after a batch that took `took`.
-fn rest(pause: Duration, took: Duration) -> Duration {
+pub(super) fn rest(pause: Duration, took: Duration) -> Duration {
     if pause.is_zero() {
         Duration::ZERO
     } else {

@@ -133,6 +133,7 @@ pub async fn start_secured(
         }),
         kube: None,
         logs,
+        namespaces: Arc::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let addr = serve_configured(

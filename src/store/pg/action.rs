@@ -5,6 +5,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{Connection, Row};
 use uuid::Uuid;
 
+use super::epoch::current;
 use super::{PgStore, dag_key, run_from_row};
 use crate::store::action::{
     ActionKind, ActionOutcome, ActionWrite, ActionWritten, NewAction, RunAction, RunChange,
@@ -73,7 +74,8 @@ impl PgStore {
         let row = sqlx::query(concat!(
             "SELECT ",
             action_columns!(),
-            " FROM run_actions WHERE id = $1"
+            " FROM run_actions a WHERE id = $1 AND ",
+            current!("a", "requested_at")
         ))
         .bind(id)
         .fetch_optional(&self.pool)

@@ -182,6 +182,9 @@ macro_rules! run_columns {
 
 mod action;
 mod admit;
+mod epoch;
+use self::epoch::current;
+pub use self::epoch::{NamespaceIncarnation, PurgeDue, PurgeStep};
 mod logs;
 pub use self::logs::StoredLog;
 mod read;
@@ -498,8 +501,9 @@ impl RunStore for PgStore {
             "SELECT r.* FROM UNNEST($1::text[], $2::text[]) AS k(ns, name) \
              CROSS JOIN LATERAL (SELECT ",
             run_columns!(),
-            " FROM dag_runs d WHERE d.namespace = k.ns AND d.dag_name = k.name \
-               ORDER BY d.logical_date DESC LIMIT $3) r"
+            " FROM dag_runs d WHERE d.namespace = k.ns AND d.dag_name = k.name AND ",
+            current!("d", "created_at"),
+            " ORDER BY d.logical_date DESC LIMIT $3) r"
         ))
         .bind(&namespaces)
         .bind(&names)
@@ -509,11 +513,14 @@ impl RunStore for PgStore {
         let successes = sqlx::query(
             // when the newest success ended (not its logical date: a Backfill run's is
             // years back); served by dag_runs_last_success_idx
-            "SELECT k.ns, k.name, (SELECT d.ended_at FROM dag_runs d \
-                 WHERE d.namespace = k.ns AND d.dag_name = k.name AND d.state = 'success' \
-                   AND d.ended_at IS NOT NULL \
-                 ORDER BY d.ended_at DESC LIMIT 1) AS last_success \
-             FROM UNNEST($1::text[], $2::text[]) AS k(ns, name)",
+            concat!(
+                "SELECT k.ns, k.name, (SELECT d.ended_at FROM dag_runs d \
+                     WHERE d.namespace = k.ns AND d.dag_name = k.name AND d.state = 'success' \
+                       AND d.ended_at IS NOT NULL AND ",
+                current!("d", "created_at"),
+                " ORDER BY d.ended_at DESC LIMIT 1) AS last_success \
+                 FROM UNNEST($1::text[], $2::text[]) AS k(ns, name)"
+            ),
         )
         .bind(&namespaces)
         .bind(&names)

@@ -1,11 +1,13 @@
 //! Reads for the HTTP API and the UI: one run by id, a DAG's runs newest first, a page at a
 //! time, optionally filtered. Served by indexes (the primary key; the run identity index
 //! (namespace, dag_name, logical_date) walked backwards), so a page costs about the same with a
-//! hundred runs as with a million.
+//! hundred runs as with a million. Rows from before the namespace's current incarnation are not
+//! read (`epoch.rs`).
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::epoch::current;
 use super::{PgStore, run_from_row};
 use crate::store::{DagKey, RunRow, RunState, RunType, StoreError};
 
@@ -28,7 +30,8 @@ impl PgStore {
         let row = sqlx::query(concat!(
             "SELECT ",
             run_columns!(),
-            " FROM dag_runs WHERE id = $1"
+            " FROM dag_runs d WHERE id = $1 AND ",
+            current!("d", "created_at")
         ))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -41,8 +44,9 @@ impl PgStore {
         let rows = sqlx::query(concat!(
             "SELECT ",
             run_columns!(),
-            " FROM dag_runs WHERE namespace = $1 AND dag_name = $2 \
-               AND ($3::timestamptz IS NULL OR logical_date < $3) \
+            " FROM dag_runs d WHERE namespace = $1 AND dag_name = $2 AND ",
+            current!("d", "created_at"),
+            " AND ($3::timestamptz IS NULL OR logical_date < $3) \
                AND ($4::timestamptz IS NULL OR logical_date >= $4) \
                AND ($5::text IS NULL OR state = $5) \
                AND ($6::text IS NULL OR run_type = $6) \

@@ -1,8 +1,10 @@
 //! Reading the scheduler's record: DAG positions and triggers, Backfill lifetimes and dates.
+//! What a namespace's earlier incarnation recorded is not read (`epoch.rs`).
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
+use super::epoch::current;
 use super::{PgStore, dag_columns, dag_key, trigger_of};
 use crate::store::{
     BackfillCounts, BackfillRecord, BackfillRef, DagKey, DagRecord, LastEnds, Position, RunState,
@@ -20,17 +22,21 @@ impl PgStore {
         // the last scheduled run: the partial index dag_runs_last_scheduled_idx; the last
         let (namespaces, names) = dag_columns(dags.iter());
         // trigger: dag_triggers_handled_idx
-        let rows = sqlx::query(
-            "SELECT k.ns, k.name, p.dag_uid, p.schedule, p.schedule_since, p.last_tick, p.buffered, \
-                 (SELECT d.logical_date FROM dag_runs d WHERE d.namespace = k.ns \
-                     AND d.dag_name = k.name AND d.run_type = 'scheduled' \
-                     ORDER BY d.logical_date DESC LIMIT 1) AS last_scheduled, \
-                 (SELECT t.value FROM dag_triggers t WHERE t.namespace = k.ns \
-                     AND t.dag_name = k.name ORDER BY t.handled_at DESC, t.value DESC LIMIT 1) \
-                     AS last_trigger \
-             FROM UNNEST($1::text[], $2::text[]) AS k(ns, name) \
-             LEFT JOIN dag_positions p ON p.namespace = k.ns AND p.dag_name = k.name",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT k.ns, k.name, p.dag_uid, p.schedule, p.schedule_since, p.last_tick, \
+                     p.buffered, \
+                     (SELECT d.logical_date FROM dag_runs d WHERE d.namespace = k.ns \
+                         AND d.dag_name = k.name AND d.run_type = 'scheduled' AND ",
+            current!("d", "created_at"),
+            " ORDER BY d.logical_date DESC LIMIT 1) AS last_scheduled, \
+                     (SELECT t.value FROM dag_triggers t WHERE t.namespace = k.ns \
+                         AND t.dag_name = k.name AND ",
+            current!("t", "handled_at"),
+            " ORDER BY t.handled_at DESC, t.value DESC LIMIT 1) AS last_trigger \
+                 FROM UNNEST($1::text[], $2::text[]) AS k(ns, name) \
+                 LEFT JOIN dag_positions p ON p.namespace = k.ns AND p.dag_name = k.name AND ",
+            current!("p", "schedule_since")
+        ))
         .bind(namespaces)
         .bind(names)
         .fetch_all(&self.pool)
@@ -98,11 +104,13 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let (namespaces, names) = dag_columns(values.iter().map(|(d, _)| d));
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT t.namespace, t.dag_name, t.value FROM dag_triggers t \
-             JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(ns, name, value) \
-               ON t.namespace = k.ns AND t.dag_name = k.name AND t.value = k.value",
-        )
+                 JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(ns, name, value) \
+                   ON t.namespace = k.ns AND t.dag_name = k.name AND t.value = k.value \
+                 WHERE ",
+            current!("t", "handled_at")
+        ))
         .bind(namespaces)
         .bind(names)
         .bind(values.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>())
