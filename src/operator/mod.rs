@@ -37,7 +37,8 @@ use crate::executor::{
     Admitting, EndedTry, ExecInput, ExecOutput, Executor, ExecutorConfig, KubeLauncher,
 };
 use crate::gate::Gate;
-use crate::http::{self, ApiState, DagDirectory, auth::KubeReviewer};
+use crate::http::auth::{KubeReviewer, MetricsReaders};
+use crate::http::{self, ApiState, DagDirectory};
 use crate::k8s;
 use crate::logs::{KubeLogs, LogKeeper};
 use crate::report::Notice;
@@ -56,6 +57,8 @@ pub struct OperatorConfig {
     pub namespace: Option<String>,
     /// where `/metrics`, `/healthz` and `/readyz` listen (`host:port`; port 0: any)
     pub metrics_addr: String,
+    /// `/metrics` only for callers whose token may `get` the non-resource URL `/metrics`
+    pub metrics_auth: bool,
     /// leader election (none: this replica leads at once)
     pub leader: Option<LeaderSettings>,
     /// where the HTTP API listens (`host:port`; none: no API)
@@ -164,10 +167,20 @@ impl Operator {
         });
         metrics.set_leader(leads_alone);
         let stop = shutdown.clone();
+        let review_client = config
+            .review_client
+            .as_ref()
+            .map_or_else(|| client.clone(), |c| c.0.clone());
+        // its own reviewer: the UI's may require an audience a scraper's token does not carry
+        let metrics_access = config.metrics_auth.then(|| {
+            let reviewer = Arc::new(KubeReviewer::new(review_client.clone()));
+            Arc::new(MetricsReaders::new(reviewer)) as Arc<dyn telemetry::MetricsAccess>
+        });
         let metrics_addr = telemetry::serve(
             &config.metrics_addr,
             metrics.clone(),
             health.clone(),
+            metrics_access,
             async move { stop.wait().await },
         )
         .await
@@ -180,13 +193,8 @@ impl Operator {
                     store: store.clone(),
                     dags: DagDirectory::watch(client.clone(), config.namespace.as_deref()),
                     reviewer: Arc::new(
-                        KubeReviewer::new(
-                            config
-                                .review_client
-                                .as_ref()
-                                .map_or_else(|| client.clone(), |c| c.0.clone()),
-                        )
-                        .with_audience(config.ui_security.token_audience.clone()),
+                        KubeReviewer::new(review_client)
+                            .with_audience(config.ui_security.token_audience.clone()),
                     ),
                     kube: Some(client.clone()),
                     logs: Some(Arc::new(KubeLogs::new(client.clone()))),
