@@ -437,6 +437,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_that_never_finishes_its_headers_is_dropped() {
+        let (addr, _metrics, _health, _stop) = start().await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .expect("write");
+        // the server closes the connection after HEADER_READ_TIMEOUT (the deadline here is
+        // only there to fail instead of hanging)
+        let mut rest = Vec::new();
+        let read =
+            tokio::time::timeout(HEADER_READ_TIMEOUT * 3, stream.read_to_end(&mut rest)).await;
+        assert!(
+            read.is_ok(),
+            "the connection is still open after {:?}",
+            HEADER_READ_TIMEOUT * 3
+        );
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(!rest.contains("dagop_"), "{rest}");
+    }
+
+    #[tokio::test]
     async fn keep_alive_serves_several_requests_on_one_connection() {
         let (addr, _metrics, _health, _stop) = start().await;
         let mut stream = TcpStream::connect(addr).await.expect("connect");
