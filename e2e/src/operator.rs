@@ -177,6 +177,11 @@ impl Operator {
         http_get(self.metrics_port, path, None).await
     }
 
+    /// GET a path of the metrics server with `Authorization: Bearer <token>` when given.
+    pub async fn get_as(&self, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+        http_get(self.metrics_port, path, token).await
+    }
+
     /// `GET path` of its HTTP API with `Authorization: Bearer <token>` when given.
     pub async fn api(&self, path: &str, token: Option<&str>) -> Option<(u16, String)> {
         http_get(self.ui_port, path, token).await

@@ -22,6 +22,7 @@ async fn the_operator_starts_in_process_and_stops_when_told() {
         executor: ExecutorConfig::default(),
         namespace: Some(s.ns.name.clone()),
         metrics_addr: "127.0.0.1:0".to_string(),
+        metrics_auth: false,
         leader: None,
         ui_addr: Some("127.0.0.1:0".to_string()),
         ui_security: Default::default(),

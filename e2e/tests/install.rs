@@ -203,12 +203,14 @@ fn chart_lints_clean_and_its_values_are_checked() {
             "ClusterRole",
             "ClusterRole",
             "ClusterRole",
+            "ClusterRole",
             "ClusterRoleBinding",
             "ClusterRoleBinding",
             "CustomResourceDefinition",
             "CustomResourceDefinition",
             "CustomResourceDefinition",
             "Deployment",
+            "NetworkPolicy",
             "Role",
             "RoleBinding",
             "Service",
@@ -290,7 +292,8 @@ fn chart_lints_clean_and_its_values_are_checked() {
     // namespace's annotations
     let objects = render(&["watchNamespace=team-a"]);
     // cluster-wide only what cannot be otherwise: the watched namespace's annotations (a
-    // Namespace is cluster-scoped), the API's reviews and the example role
+    // Namespace is cluster-scoped), the API's reviews, the metrics reader (a non-resource URL)
+    // and the example roles
     let cluster_wide: Vec<&str> = objects
         .iter()
         .filter(|o| o["kind"].as_str().is_some_and(|k| k.starts_with("Cluster")))
@@ -299,6 +302,7 @@ fn chart_lints_clean_and_its_values_are_checked() {
     assert_eq!(
         cluster_wide,
         [
+            "dag-operator-metrics-reader",
             "dag-operator-namespace",
             "dag-operator-reviews",
             "dag-operator-viewer",
@@ -541,6 +545,9 @@ async fn helm_install_then_the_charts_rbac_runs_a_dag_end_to_end() {
             "-n",
             &release.namespace,
         ],
+        // the reviews behind the API and --metrics-auth
+        &["create", "tokenreviews.authentication.k8s.io"],
+        &["create", "subjectaccessreviews.authorization.k8s.io"],
     ] {
         assert!(
             can_i(&kubeconfig, args),
@@ -735,17 +742,19 @@ fn chart_renders_the_crds_kept_on_uninstall() {
 }
 
 #[test]
-fn network_policy_renders_when_enabled() {
+fn network_policy_renders_by_default() {
     let policies = |sets: &[&str]| -> Vec<Value> {
         render(sets)
             .into_iter()
             .filter(|o| o["kind"] == "NetworkPolicy")
             .collect()
     };
-    // off by default
-    assert!(policies(&[]).is_empty());
+    // on by default (issue 28), off when asked
+    assert_eq!(policies(&[]).len(), 1);
+    assert!(policies(&["networkPolicy.enabled=false"]).is_empty());
+    assert_eq!(policies(&[]), policies(&["networkPolicy.enabled=true"]));
 
-    // on: it selects the operator's Pods, and allows nothing but the operator's traffic
+    // it selects the operator's Pods, and allows nothing but the operator's traffic
     let objects = render(&["networkPolicy.enabled=true", "redis.host=cache"]);
     let policy = find(&objects, "NetworkPolicy");
     assert_eq!(policy["metadata"]["name"], "dag-operator");
@@ -1144,4 +1153,223 @@ fn the_ui_session_values_become_flags_only_when_set() {
         "{}",
         text(&refused.stderr)
     );
+}
+
+/// Issue 28: `/metrics` is guarded by default (`--metrics-auth=true`); the chart grants the
+/// reviews it needs, a `<release>-metrics-reader` ClusterRole for scrapers, and a
+/// ServiceMonitor that sends a token allowed to read.
+#[test]
+fn metrics_auth_is_on_by_default_and_the_service_monitor_sends_a_token() {
+    let args = |objects: &[Value]| -> Vec<String> {
+        find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .filter(|a| a.starts_with("--metrics-"))
+            .collect()
+    };
+    let reader_rules = serde_json::json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]);
+    let objects = render(&[]);
+    assert_eq!(
+        args(&objects),
+        ["--metrics-addr=:8080", "--metrics-auth=true"]
+    );
+    assert_eq!(
+        named(&objects, "ClusterRole", "dag-operator-metrics-reader")["rules"],
+        reader_rules
+    );
+    // nobody is bound to it until asked; no ServiceMonitor, no scraper
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["metadata"]["name"] == "dag-operator-metrics-reader"
+                && o["kind"] == "ClusterRoleBinding")
+    );
+    assert!(!kinds(&objects).contains(&"ServiceMonitor".to_string()));
+
+    // the reviews are granted for /metrics even without the UI
+    let objects = render(&["ui.enabled=false"]);
+    assert_eq!(
+        grants(named(&objects, "ClusterRole", "dag-operator-reviews")),
+        triples(&[
+            ("authentication.k8s.io", &["tokenreviews"], &["create"]),
+            (
+                "authorization.k8s.io",
+                &["subjectaccessreviews"],
+                &["create"]
+            ),
+        ])
+    );
+    // … and not at all with neither
+    let objects = render(&["ui.enabled=false", "metrics.auth.enabled=false"]);
+    assert_eq!(
+        args(&objects),
+        ["--metrics-addr=:8080", "--metrics-auth=false"]
+    );
+    for o in &objects {
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        assert!(
+            !name.ends_with("-reviews") && !name.contains("metrics-reader"),
+            "{name} rendered"
+        );
+    }
+
+    // the ServiceMonitor sends the token of the chart's own scraper, which may only get
+    // /metrics
+    let objects = render(&["serviceMonitor.enabled=true"]);
+    let endpoint = &find(&objects, "ServiceMonitor")["spec"]["endpoints"][0];
+    assert_eq!(endpoint["scheme"], "http");
+    assert_eq!(
+        endpoint["authorization"],
+        serde_json::json!({"type": "Bearer", "credentials": {
+            "name": "dag-operator-metrics-scraper-token", "key": "token"}})
+    );
+    let token = named(&objects, "Secret", "dag-operator-metrics-scraper-token");
+    assert_eq!(token["type"], "kubernetes.io/service-account-token");
+    assert_eq!(
+        token["metadata"]["annotations"]["kubernetes.io/service-account.name"],
+        "dag-operator-metrics-scraper"
+    );
+    named(&objects, "ServiceAccount", "dag-operator-metrics-scraper");
+    let binding = named(
+        &objects,
+        "ClusterRoleBinding",
+        "dag-operator-metrics-reader",
+    );
+    assert_eq!(binding["roleRef"]["name"], "dag-operator-metrics-reader");
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "dag-operator-metrics-scraper",
+            "namespace": "dag-operator"}])
+    );
+
+    // a token Secret of one's own instead, and a Prometheus's ServiceAccount as a reader
+    let objects = render(&[
+        "serviceMonitor.enabled=true",
+        "serviceMonitor.tokenSecret.name=prometheus-token",
+        "metrics.auth.readers[0].kind=ServiceAccount",
+        "metrics.auth.readers[0].name=prometheus-k8s",
+        "metrics.auth.readers[0].namespace=monitoring",
+    ]);
+    let endpoint = &find(&objects, "ServiceMonitor")["spec"]["endpoints"][0];
+    assert_eq!(
+        endpoint["authorization"]["credentials"],
+        serde_json::json!({"name": "prometheus-token", "key": "token"})
+    );
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["metadata"]["name"] == "dag-operator-metrics-scraper")
+    );
+    assert_eq!(
+        named(
+            &objects,
+            "ClusterRoleBinding",
+            "dag-operator-metrics-reader"
+        )["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "prometheus-k8s",
+            "namespace": "monitoring"}])
+    );
+    // without auth the ServiceMonitor sends nothing
+    let objects = render(&["serviceMonitor.enabled=true", "metrics.auth.enabled=false"]);
+    assert!(find(&objects, "ServiceMonitor")["spec"]["endpoints"][0]["authorization"].is_null());
+    // a reader must say what it is
+    let refused = helm(&[
+        "template",
+        "dag-operator",
+        &chart(),
+        "--set",
+        "metrics.auth.readers[0].name=x",
+    ]);
+    assert!(
+        !refused.status.success() && text(&refused.stderr).contains("kind"),
+        "{}",
+        text(&refused.stderr)
+    );
+}
+
+/// Issue 28: the optional admission policy renders only when asked, with the chart's defaults
+/// in its expressions (its effect is e2e/tests/admission_policy.rs).
+#[test]
+fn the_admission_policy_renders_only_when_enabled() {
+    let policy_kinds = |objects: &[Value]| -> Vec<String> {
+        kinds(objects)
+            .into_iter()
+            .filter(|k| k.starts_with("ValidatingAdmissionPolicy"))
+            .collect()
+    };
+    assert!(policy_kinds(&render(&[])).is_empty());
+    let objects = render(&[
+        "admissionPolicy.enabled=true",
+        "admissionPolicy.defaults.imagePrefixes[0]=registry.example.com/",
+        "admissionPolicy.namespaceSelector.matchLabels.dags=guarded",
+    ]);
+    assert_eq!(
+        policy_kinds(&objects),
+        [
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
+        ]
+    );
+    let policy = named(&objects, "ValidatingAdmissionPolicy", "dag-operator-dags");
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    assert_eq!(
+        policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"],
+        serde_json::json!(["dags"])
+    );
+    let variable = |name: &str| -> String {
+        policy["spec"]["variables"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|v| v["name"] == name))
+            .and_then(|v| v["expression"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        variable("serviceAccounts").ends_with(": [\"default\"]"),
+        "{}",
+        variable("serviceAccounts")
+    );
+    assert!(
+        variable("imagePrefixes").ends_with(": [\"registry.example.com/\"]"),
+        "{}",
+        variable("imagePrefixes")
+    );
+    let binding = named(
+        &objects,
+        "ValidatingAdmissionPolicyBinding",
+        "dag-operator-dags",
+    );
+    assert_eq!(binding["spec"]["policyName"], "dag-operator-dags");
+    assert_eq!(
+        binding["spec"]["validationActions"],
+        serde_json::json!(["Deny"])
+    );
+    assert_eq!(
+        binding["spec"]["matchResources"]["namespaceSelector"],
+        serde_json::json!({"matchLabels": {"dags": "guarded"}})
+    );
+    // a rollout in audit mode; a typo is refused
+    let objects = render(&[
+        "admissionPolicy.enabled=true",
+        "admissionPolicy.validationActions={Warn,Audit}",
+    ]);
+    assert_eq!(
+        named(
+            &objects,
+            "ValidatingAdmissionPolicyBinding",
+            "dag-operator-dags"
+        )["spec"]["validationActions"],
+        serde_json::json!(["Warn", "Audit"])
+    );
+    let refused = helm(&[
+        "template",
+        "dag-operator",
+        &chart(),
+        "--set",
+        "admissionPolicy.validationActions={Refuse}",
+    ]);
+    assert!(!refused.status.success(), "an unknown action was accepted");
 }

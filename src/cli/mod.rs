@@ -202,6 +202,12 @@ pub struct RunArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "DAGOP_METRICS_ADDR", default_value = ":8080")]
     pub metrics_addr: String,
+    /// Serve /metrics only to callers with `Authorization: Bearer <token>` whose token the API
+    /// server accepts (TokenReview) and who may `get` the non-resource URL /metrics
+    /// (SubjectAccessReview); 401 / 403 otherwise. /healthz and /readyz stay open.
+    #[arg(long, env = "DAGOP_METRICS_AUTH", default_value_t = false, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_auth: bool,
     /// Address of the HTTP API (`/api/v1/...`), authenticated and authorized by the API
     /// server; empty: no API.
     #[arg(long, env = "DAGOP_UI_ADDR", default_value = ":8081")]
@@ -452,6 +458,7 @@ mod tests {
             (None, 65536)
         );
         assert_eq!(run.metrics_addr, ":8080");
+        assert!(!run.metrics_auth);
         assert_eq!(run.ui_addr, ":8081");
         assert!(!run.ui_secure_cookies);
         let cmd = Cli::command();

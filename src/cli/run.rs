@@ -131,6 +131,7 @@ fn config(args: &RunArgs) -> Result<OperatorConfig, CliError> {
         },
         namespace: args.namespace.clone(),
         metrics_addr: args.metrics_addr.clone(),
+        metrics_auth: args.metrics_auth,
         ui_addr: Some(args.ui_addr.clone()).filter(|a| !a.trim().is_empty()),
         ui_security: dag_operator::http::UiSecurity {
             secure_cookies: args.ui_secure_cookies,

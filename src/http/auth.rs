@@ -2,18 +2,23 @@
 //! a SubjectAccessReview in the object's namespace — the API server decides, by the caller's
 //! own RBAC. Answers are cached for a few seconds (a UI page makes many requests): tokens by
 //! their SHA-256, refusals for less time, at most [`CACHE_CAP`] answers each; at most
-//! [`REVIEWS_IN_FLIGHT`] reviews are sent at once.
+//! [`REVIEWS_IN_FLIGHT`] reviews are sent at once. The same reviews guard `/metrics` with
+//! `--metrics-auth` ([`MetricsReaders`]): a non-resource URL, as RBAC's `nonResourceURLs`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    NonResourceAttributes, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use kube::api::{Api, PostParams};
+
+use super::guard::{FailureLimit, source_of};
+use crate::telemetry::{MetricsAccess, Verdict};
 
 /// How long a review's answer is reused.
 pub const REVIEW_TTL: Duration = Duration::from_secs(10);
@@ -77,6 +82,23 @@ impl Access {
     }
 }
 
+/// One request to a URL of the operator's own that names no API object, as RBAC's
+/// `nonResourceURLs` rules grant it: `verb` on `path`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PathAccess {
+    pub path: &'static str,
+    pub verb: &'static str,
+}
+
+impl PathAccess {
+    /// Reading the operator's metrics: `get` on `/metrics`, what kube-rbac-proxy and
+    /// controller-runtime's metrics filter ask for.
+    pub const METRICS: PathAccess = PathAccess {
+        path: "/metrics",
+        verb: "get",
+    };
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
     #[error("the API server could not review the request: {0}")]
@@ -96,6 +118,13 @@ pub trait Reviewer: Send + Sync + 'static {
         &'a self,
         caller: &'a Caller,
         access: &'a Access,
+    ) -> BoxFuture<'a, Result<bool, ReviewError>>;
+
+    /// Whether `caller` may do `access` on a non-resource URL.
+    fn allowed_path<'a>(
+        &'a self,
+        caller: &'a Caller,
+        access: &'a PathAccess,
     ) -> BoxFuture<'a, Result<bool, ReviewError>>;
 }
 
@@ -194,6 +223,7 @@ pub struct KubeReviewer {
     audience: Option<String>,
     tokens: Cache<[u8; 32], Option<Caller>>,
     accesses: Cache<(Caller, Access), bool>,
+    paths: Cache<(Caller, PathAccess), bool>,
     in_flight: tokio::sync::Semaphore,
 }
 
@@ -204,6 +234,7 @@ impl KubeReviewer {
             audience: None,
             tokens: Cache::new(CACHE_CAP),
             accesses: Cache::new(CACHE_CAP),
+            paths: Cache::new(CACHE_CAP),
             in_flight: tokio::sync::Semaphore::new(REVIEWS_IN_FLIGHT),
         }
     }
@@ -242,31 +273,67 @@ impl KubeReviewer {
         if let Some(known) = self.accesses.get(&key) {
             return Ok(known);
         }
-        let _turn = self.in_flight.acquire().await;
-        let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
-        let review = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: Some(caller.user.clone()),
-                uid: caller.uid.clone(),
-                groups: Some(caller.groups.clone()),
-                extra: Some(caller.extra.clone().into_iter().collect()),
-                resource_attributes: Some(ResourceAttributes {
-                    group: Some(access.group.to_string()),
-                    namespace: access.namespace.clone(),
-                    resource: Some(access.resource.to_string()),
-                    subresource: access.subresource.map(str::to_string),
-                    name: access.name.clone(),
-                    verb: Some(access.verb.to_string()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let answer = api.create(&PostParams::default(), &review).await?;
-        let allowed = answer.status.is_some_and(|s| s.allowed);
+        let allowed = self.ask(&resource_review(caller, access)).await?;
         self.accesses.put(key, allowed, REVIEW_TTL);
         Ok(allowed)
+    }
+
+    async fn review_path(&self, caller: &Caller, access: &PathAccess) -> Result<bool, ReviewError> {
+        let key = (caller.clone(), access.clone());
+        if let Some(known) = self.paths.get(&key) {
+            return Ok(known);
+        }
+        let allowed = self.ask(&path_review(caller, access)).await?;
+        self.paths.put(key, allowed, REVIEW_TTL);
+        Ok(allowed)
+    }
+
+    /// Sends one SubjectAccessReview (in turn with the others); whether it was allowed.
+    async fn ask(&self, review: &SubjectAccessReview) -> Result<bool, ReviewError> {
+        let _turn = self.in_flight.acquire().await;
+        let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
+        let answer = api.create(&PostParams::default(), review).await?;
+        Ok(answer.status.is_some_and(|s| s.allowed))
+    }
+}
+
+/// The SubjectAccessReview of `access` by `caller`.
+fn resource_review(caller: &Caller, access: &Access) -> SubjectAccessReview {
+    let mut review = review_for(caller);
+    review.spec.resource_attributes = Some(ResourceAttributes {
+        group: Some(access.group.to_string()),
+        namespace: access.namespace.clone(),
+        resource: Some(access.resource.to_string()),
+        subresource: access.subresource.map(str::to_string),
+        name: access.name.clone(),
+        verb: Some(access.verb.to_string()),
+        ..Default::default()
+    });
+    review
+}
+
+/// The SubjectAccessReview of `access` (a non-resource URL) by `caller`.
+fn path_review(caller: &Caller, access: &PathAccess) -> SubjectAccessReview {
+    let mut review = review_for(caller);
+    review.spec.non_resource_attributes = Some(NonResourceAttributes {
+        path: Some(access.path.to_string()),
+        verb: Some(access.verb.to_string()),
+    });
+    review
+}
+
+/// A SubjectAccessReview for `caller` (user, uid, groups, extra, as the TokenReview named
+/// them) with no attributes yet.
+fn review_for(caller: &Caller) -> SubjectAccessReview {
+    SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(caller.user.clone()),
+            uid: caller.uid.clone(),
+            groups: Some(caller.groups.clone()),
+            extra: Some(caller.extra.clone().into_iter().collect()),
+            ..Default::default()
+        },
+        ..Default::default()
     }
 }
 
@@ -284,6 +351,64 @@ impl Reviewer for KubeReviewer {
         access: &'a Access,
     ) -> BoxFuture<'a, Result<bool, ReviewError>> {
         Box::pin(self.review_access(caller, access))
+    }
+
+    fn allowed_path<'a>(
+        &'a self,
+        caller: &'a Caller,
+        access: &'a PathAccess,
+    ) -> BoxFuture<'a, Result<bool, ReviewError>> {
+        Box::pin(self.review_path(caller, access))
+    }
+}
+
+/// Who may read `/metrics` with `--metrics-auth`: a bearer token the reviewer accepts, whose
+/// owner may `get` the non-resource URL `/metrics` ([`PathAccess::METRICS`]). A source whose
+/// tokens keep failing is answered "too many" for a while, as on the API ([`FailureLimit`]).
+pub struct MetricsReaders {
+    reviewer: Arc<dyn Reviewer>,
+    failures: FailureLimit,
+}
+
+impl MetricsReaders {
+    pub fn new(reviewer: Arc<dyn Reviewer>) -> Self {
+        MetricsReaders {
+            reviewer,
+            failures: FailureLimit::default(),
+        }
+    }
+
+    async fn verdict(&self, authorization: Option<&str>, peer: IpAddr) -> Verdict {
+        let Some(token) = authorization.and_then(bearer) else {
+            return Verdict::NoToken;
+        };
+        let source = source_of(peer);
+        if !self.failures.allows(source) {
+            return Verdict::Limited;
+        }
+        let caller = match self.reviewer.authenticate(token).await {
+            Ok(Some(caller)) => caller,
+            Ok(None) => {
+                self.failures.failed(source);
+                return Verdict::Unauthenticated;
+            }
+            Err(e) => return Verdict::Unavailable(e.to_string()),
+        };
+        match self
+            .reviewer
+            .allowed_path(&caller, &PathAccess::METRICS)
+            .await
+        {
+            Ok(true) => Verdict::Allowed,
+            Ok(false) => Verdict::Forbidden(caller.user),
+            Err(e) => Verdict::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl MetricsAccess for MetricsReaders {
+    fn check<'a>(&'a self, authorization: Option<&'a str>, peer: IpAddr) -> BoxFuture<'a, Verdict> {
+        Box::pin(self.verdict(authorization, peer))
     }
 }
 
@@ -379,6 +504,37 @@ mod tests {
             Some(vec!["dag-operator".to_string()])
         );
         assert_eq!(review_of("t", None).spec.token, "t");
+    }
+
+    #[test]
+    fn the_metrics_review_asks_for_the_non_resource_url_as_the_caller() {
+        let caller = Caller {
+            user: "system:serviceaccount:monitoring:prometheus".into(),
+            uid: Some("u-1".into()),
+            groups: vec!["system:serviceaccounts".into()],
+            extra: BTreeMap::from([("k".to_string(), vec!["v".to_string()])]),
+        };
+        let spec = path_review(&caller, &PathAccess::METRICS).spec;
+        let attrs = spec
+            .non_resource_attributes
+            .expect("non-resource attributes");
+        assert_eq!(attrs.path.as_deref(), Some("/metrics"));
+        assert_eq!(attrs.verb.as_deref(), Some("get"));
+        assert!(spec.resource_attributes.is_none());
+        assert_eq!(spec.user.as_deref(), Some(caller.user.as_str()));
+        assert_eq!(spec.uid.as_deref(), Some("u-1"));
+        assert_eq!(spec.groups, Some(caller.groups.clone()));
+        assert_eq!(
+            spec.extra.and_then(|e| e.get("k").cloned()),
+            Some(vec!["v".to_string()])
+        );
+        // a resource review names no URL
+        let spec = resource_review(&caller, &Access::read("a")).spec;
+        assert!(spec.non_resource_attributes.is_none());
+        assert_eq!(
+            spec.resource_attributes.and_then(|r| r.resource),
+            Some("dags".to_string())
+        );
     }
 
     #[test]

@@ -38,7 +38,8 @@ use crate::executor::{
     Admitting, EndedTry, ExecInput, ExecOutput, Executor, ExecutorConfig, KubeLauncher,
 };
 use crate::gate::Gate;
-use crate::http::{self, ApiState, DagDirectory, auth::KubeReviewer, epoch::NamespaceEpochs};
+use crate::http::auth::{KubeReviewer, MetricsReaders};
+use crate::http::{self, ApiState, DagDirectory, epoch::NamespaceEpochs};
 use crate::k8s;
 use crate::logs::{KubeLogs, LogKeeper};
 use crate::report::Notice;
@@ -57,6 +58,8 @@ pub struct OperatorConfig {
     pub namespace: Option<String>,
     /// where `/metrics`, `/healthz` and `/readyz` listen (`host:port`; port 0: any)
     pub metrics_addr: String,
+    /// `/metrics` only for callers whose token may `get` the non-resource URL `/metrics`
+    pub metrics_auth: bool,
     /// leader election (none: this replica leads at once)
     pub leader: Option<LeaderSettings>,
     /// where the HTTP API listens (`host:port`; none: no API)
@@ -165,10 +168,20 @@ impl Operator {
         });
         metrics.set_leader(leads_alone);
         let stop = shutdown.clone();
+        let review_client = config
+            .review_client
+            .as_ref()
+            .map_or_else(|| client.clone(), |c| c.0.clone());
+        // its own reviewer: the UI's may require an audience a scraper's token does not carry
+        let metrics_access = config.metrics_auth.then(|| {
+            let reviewer = Arc::new(KubeReviewer::new(review_client.clone()));
+            Arc::new(MetricsReaders::new(reviewer)) as Arc<dyn telemetry::MetricsAccess>
+        });
         let metrics_addr = telemetry::serve(
             &config.metrics_addr,
             metrics.clone(),
             health.clone(),
+            metrics_access,
             async move { stop.wait().await },
         )
         .await
@@ -177,21 +190,17 @@ impl Operator {
         // every replica serves the API: reads need no leadership
         let ui_addr = match &config.ui_addr {
             Some(addr) => {
-                let reviews = config
-                    .review_client
-                    .as_ref()
-                    .map_or_else(|| client.clone(), |c| c.0.clone());
                 let state = ApiState {
                     store: store.clone(),
                     dags: DagDirectory::watch(client.clone(), config.namespace.as_deref()),
                     reviewer: Arc::new(
-                        KubeReviewer::new(reviews.clone())
+                        KubeReviewer::new(review_client.clone())
                             .with_audience(config.ui_security.token_audience.clone()),
                     ),
                     kube: Some(client.clone()),
                     logs: Some(Arc::new(KubeLogs::new(client.clone()))),
                     // on the reviews' client: never queued before the Lease renewal
-                    namespaces: Arc::new(NamespaceEpochs::new(reviews)),
+                    namespaces: Arc::new(NamespaceEpochs::new(review_client)),
                 };
                 let stop = shutdown.clone();
                 let bound = http::serve_ui(addr, state, config.ui_security.clone(), async move {

@@ -1,5 +1,7 @@
 //! The HTTP endpoint on `--metrics-addr` (SPEC §9): `/metrics`, `/healthz`, `/readyz`.
-//! HTTP/1.1 only, hyper 1 on tokio; no routing library.
+//! HTTP/1.1 only, hyper 1 on tokio; no routing library. With an [`MetricsAccess`] (the
+//! operator's `--metrics-auth`), `/metrics` answers only callers it allows; the probes stay
+//! open (the kubelet brings no token).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,7 +12,9 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::header::{
+    ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -18,6 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use super::access::MetricsAccess;
 use super::health::Health;
 use super::metrics::{self, Metrics};
 
@@ -28,7 +33,8 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds `addr`, then serves `/metrics`, `/healthz` and `/readyz` on a spawned task until
-/// `shutdown` completes. Returns the bound address (useful with port 0).
+/// `shutdown` completes. Returns the bound address (useful with port 0). With `access`,
+/// `/metrics` answers only the callers it allows (401, 403 otherwise).
 ///
 /// `addr` is `HOST:PORT`, `[IPv6]:PORT` or `:PORT` (all IPv4 interfaces, like `0.0.0.0:PORT`).
 /// Must be called inside a tokio runtime. An unparsable address fails with
@@ -38,6 +44,7 @@ pub async fn serve<F>(
     addr: &str,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    access: Option<Arc<dyn MetricsAccess>>,
     shutdown: F,
 ) -> io::Result<SocketAddr>
 where
@@ -51,8 +58,17 @@ where
         )
     })?;
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, "serving /metrics, /healthz and /readyz");
-    tokio::spawn(accept_loop(listener, metrics, health, shutdown));
+    tracing::info!(
+        addr = %local,
+        metrics_auth = access.is_some(),
+        "serving /metrics, /healthz and /readyz"
+    );
+    let served = Arc::new(Served {
+        metrics,
+        health,
+        access,
+    });
+    tokio::spawn(accept_loop(listener, served, shutdown));
     Ok(local)
 }
 
@@ -87,12 +103,15 @@ pub async fn resolve_addr(addr: &str, what: &str) -> io::Result<SocketAddr> {
         .ok_or_else(|| invalid("the host name resolves to no address".into()))
 }
 
-async fn accept_loop<F>(
-    listener: TcpListener,
+/// What the endpoint serves, and who may read `/metrics`.
+struct Served {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    shutdown: F,
-) where
+    access: Option<Arc<dyn MetricsAccess>>,
+}
+
+async fn accept_loop<F>(listener: TcpListener, served: Arc<Served>, shutdown: F)
+where
     F: Future<Output = ()> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
@@ -105,11 +124,11 @@ async fn accept_loop<F>(
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let (metrics, health) = (metrics.clone(), health.clone());
+                Ok((stream, peer)) => {
+                    let served = served.clone();
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let resp = respond(req.method(), req.uri().path(), &metrics, &health);
-                        async move { Ok::<_, Infallible>(resp) }
+                        let served = served.clone();
+                        async move { Ok::<_, Infallible>(answer(&req, peer, &served).await) }
                     });
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     let conn = graceful.watch(conn);
@@ -135,6 +154,35 @@ async fn accept_loop<F>(
         tracing::debug!("metrics server: connections still open after the drain timeout");
     }
     tracing::debug!("metrics server stopped");
+}
+
+/// `/metrics` asked of the access check when there is one; then [`respond`].
+async fn answer(
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    served: &Served,
+) -> Response<Full<Bytes>> {
+    let (method, path) = (req.method(), req.uri().path());
+    let reads_metrics = path == "/metrics" && (method == Method::GET || method == Method::HEAD);
+    if let (true, Some(access)) = (reads_metrics, &served.access) {
+        let authorization = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let verdict = access.check(authorization, peer.ip()).await;
+        if let Some((status, message)) = verdict.refusal() {
+            tracing::debug!(%peer, ?verdict, "metrics request refused");
+            let mut resp = plain(status, message);
+            if status == StatusCode::UNAUTHORIZED {
+                resp.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"dag-operator metrics\""),
+                );
+            }
+            return resp;
+        }
+    }
+    respond(method, path, &served.metrics, &served.health)
 }
 
 /// Routing, separate from the transport.
@@ -244,9 +292,15 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Health::new());
         let (tx, rx) = oneshot::channel::<()>();
-        let addr = serve("127.0.0.1:0", metrics.clone(), health.clone(), async move {
-            let _ = rx.await;
-        })
+        let addr = serve(
+            "127.0.0.1:0",
+            metrics.clone(),
+            health.clone(),
+            None,
+            async move {
+                let _ = rx.await;
+            },
+        )
         .await
         .expect("serve");
         assert_ne!(addr.port(), 0);
@@ -307,6 +361,101 @@ mod tests {
         assert_eq!((r.status, r.body.as_str()), (200, ""));
         // The query string does not change the route.
         assert_eq!(request(addr, "GET", "/healthz?verbose=1").await.status, 200);
+    }
+
+    /// Token "reader" may read; "other" is known but may not; anything else is unknown.
+    struct Readers;
+
+    impl MetricsAccess for Readers {
+        fn check<'a>(
+            &'a self,
+            authorization: Option<&'a str>,
+            _peer: std::net::IpAddr,
+        ) -> futures::future::BoxFuture<'a, super::super::Verdict> {
+            use super::super::Verdict;
+            let verdict = match authorization {
+                None => Verdict::NoToken,
+                Some("Bearer reader") => Verdict::Allowed,
+                Some("Bearer other") => Verdict::Forbidden("other".into()),
+                Some(_) => Verdict::Unauthenticated,
+            };
+            Box::pin(async move { verdict })
+        }
+    }
+
+    async fn request_with(addr: SocketAddr, path: &str, token: &str) -> u16 {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+             Connection: close\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.expect("write");
+        let mut raw = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut raw))
+            .await
+            .expect("in time")
+            .expect("read");
+        raw.get(9..12)
+            .and_then(|code| code.parse().ok())
+            .expect("a status line")
+    }
+
+    #[tokio::test]
+    async fn with_access_metrics_answers_only_allowed_callers_and_probes_stay_open() {
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::new());
+        health.set_store_ok(true);
+        health.set_gate_ok(true);
+        health.set_role(Role::Standby);
+        let access: Arc<dyn MetricsAccess> = Arc::new(Readers);
+        let addr = serve(
+            "127.0.0.1:0",
+            metrics,
+            health,
+            Some(access),
+            std::future::pending(),
+        )
+        .await
+        .expect("serve");
+        let r = request(addr, "GET", "/metrics").await;
+        assert_eq!(r.status, 401);
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|v| v.starts_with("Bearer"))
+        );
+        assert!(!r.body.contains("dagop_"), "{}", r.body);
+        assert_eq!(request(addr, "HEAD", "/metrics").await.status, 401);
+        assert_eq!(request_with(addr, "/metrics", "garbage").await, 401);
+        assert_eq!(request_with(addr, "/metrics", "other").await, 403);
+        assert_eq!(request_with(addr, "/metrics", "reader").await, 200);
+        // the probes ask for no token
+        assert_eq!(request(addr, "GET", "/healthz").await.status, 200);
+        assert_eq!(request(addr, "GET", "/readyz").await.status, 200);
+        // unknown paths and methods are answered as before
+        assert_eq!(request(addr, "GET", "/nope").await.status, 404);
+        assert_eq!(request(addr, "POST", "/metrics").await.status, 405);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_finishes_its_headers_is_dropped() {
+        let (addr, _metrics, _health, _stop) = start().await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .expect("write");
+        // the server closes the connection after HEADER_READ_TIMEOUT (the deadline here is
+        // only there to fail instead of hanging)
+        let mut rest = Vec::new();
+        let read =
+            tokio::time::timeout(HEADER_READ_TIMEOUT * 3, stream.read_to_end(&mut rest)).await;
+        assert!(
+            read.is_ok(),
+            "the connection is still open after {:?}",
+            HEADER_READ_TIMEOUT * 3
+        );
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(!rest.contains("dagop_"), "{rest}");
     }
 
     #[tokio::test]
@@ -374,6 +523,7 @@ mod tests {
             "bogus",
             metrics.clone(),
             health.clone(),
+            None,
             std::future::pending(),
         )
         .await
@@ -383,7 +533,7 @@ mod tests {
         // A port in use fails with AddrInUse and names the address.
         let taken = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = taken.local_addr().expect("addr").to_string();
-        let err = serve(&addr, metrics, health, std::future::pending())
+        let err = serve(&addr, metrics, health, None, std::future::pending())
             .await
             .expect_err("in use");
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);

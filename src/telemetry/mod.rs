@@ -3,13 +3,16 @@
 //! docs/METRICS.md.
 //!
 //! Wiring, in `run`: `init_tracing(json)` first; one `Arc<Metrics>` and one `Arc<Health>`
-//! handed to the engine, gate, store and controllers; `serve(addr, metrics, health, shutdown)`
-//! before leader election so that probes answer while the replica starts.
+//! handed to the engine, gate, store and controllers; `serve(addr, metrics, health, access,
+//! shutdown)` before leader election so that probes answer while the replica starts (`access`:
+//! who may read `/metrics` with `--metrics-auth`, see [`MetricsAccess`]).
 
+mod access;
 mod health;
 mod http;
 mod metrics;
 
+pub use access::{MetricsAccess, Verdict};
 pub use health::{Health, Role};
 pub use http::{resolve_addr, serve};
 pub use metrics::{
