@@ -28,6 +28,8 @@ pub struct ConditionSummary {
 pub struct TaskSummary {
     pub name: String,
     pub depends_on: Vec<String>,
+    /// its trigger rule, when not the default `AllSuccess`
+    pub trigger_rule: Option<String>,
 }
 
 /// What the API and the UI show of one DAG.
@@ -72,6 +74,8 @@ impl DagSummary {
                 .map(|t| TaskSummary {
                     name: t.name.clone(),
                     depends_on: t.depends_on.clone(),
+                    trigger_rule: (t.trigger_rule != crate::api::dag::TriggerRule::default())
+                        .then(|| format!("{:?}", t.trigger_rule)),
                 })
                 .collect(),
             ready: condition(READY),

@@ -48,7 +48,9 @@ th,td{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-alig
 .cell{display:block;width:16px;height:16px;border:1px solid #999}
 .msg{color:#555;max-width:40em}
 .bad{color:#b00}
-.task{display:inline-block;padding:4px 8px;margin:2px;border:2px solid #999;border-radius:4px}
+.graph-scroll{overflow-x:auto;max-width:100%}
+svg.graph text{font-family:system-ui,sans-serif;fill:#222}
+svg.graph a:focus rect,svg.graph a:hover rect{stroke-width:5}
 form.filters{margin:8px 0;display:flex;gap:8px;align-items:end}
 pre{background:#f6f6f6;padding:8px}
 "#;
@@ -449,15 +451,11 @@ async fn grid_page(
                 " " button { "Trigger a run" }
             }
             h3 { "Tasks" @if let Some(r) = newest { " (states of the run for " (r.logical_date.to_rfc3339()) ")" } }
-            div {
-                @for t in &dag.tasks {
-                    @let state = newest.and_then(|r| latest.get(&(r.id, t.name.as_str()))).map(|t| t.state);
-                    @let st = state.map(TaskState::as_str).unwrap_or("none");
-                    span.task style=(format!("border-color:{}", task_colour(state))) title=(st) {
-                        (t.name)
-                        @if !t.depends_on.is_empty() { small { " ← " (t.depends_on.join(", ")) } }
-                    }
-                }
+            div.graph-scroll {
+                (super::svg::task_graph(&dag.tasks, |task| super::svg::TaskMark {
+                    state: newest.and_then(|r| latest.get(&(r.id, task))).map(|t| t.state),
+                    link: newest.map(|r| format!("{}#task-{task}", run_link(r))),
+                }))
             }
             h3 { "Grid" }
             form.filters method="get" action=(here) {
