@@ -99,8 +99,13 @@ pub fn layout<'a>(tasks: &[(&'a str, Vec<&'a str>)]) -> Layout {
         rows[layer].push(Node::Task(task));
     }
     for (e, &(from, to)) in edges.iter().enumerate() {
-        for layer in layers[from] + 1..layers[to] {
-            rows[layer].push(Node::Waypoint { edge: e, layer });
+        for (layer, row) in rows
+            .iter_mut()
+            .enumerate()
+            .take(layers[to])
+            .skip(layers[from] + 1)
+        {
+            row.push(Node::Waypoint { edge: e, layer });
         }
     }
     // each node's neighbours in the layers before and after it
@@ -490,8 +495,13 @@ mod tests {
         for (to, ups) in upstream.iter().enumerate() {
             for &from in ups {
                 let mut chain = vec![Node::Task(from)];
-                for layer in layers[from] + 1..layers[to] {
-                    rows[layer].push(Node::Waypoint { edge: e, layer });
+                for (layer, row) in rows
+                    .iter_mut()
+                    .enumerate()
+                    .take(layers[to])
+                    .skip(layers[from] + 1)
+                {
+                    row.push(Node::Waypoint { edge: e, layer });
                     chain.push(Node::Waypoint { edge: e, layer });
                 }
                 chain.push(Node::Task(to));
