@@ -291,6 +291,62 @@ async fn the_ui_in_a_real_browser() {
     );
     save_screenshot(&c, "grid.png").await;
 
+    // the task graph: a box per task, an arrow per dependency, coloured and labelled by the
+    // newest run (11-28: every task succeeded); a box opens the task's tries in that run
+    let boxes = c
+        .find_all(Locator::Css("svg.graph g.task[data-state=success]"))
+        .await
+        .expect("graph boxes");
+    assert_eq!(boxes.len(), 4, "every task of the newest run succeeded");
+    let arrows = c
+        .find_all(Locator::Css("svg.graph path.edge"))
+        .await
+        .expect("graph edges");
+    assert_eq!(arrows.len(), 3, "extract → transform → load → report");
+    let graph = c
+        .find(Locator::Css("svg.graph"))
+        .await
+        .expect("the graph")
+        .text()
+        .await
+        .expect("its text");
+    assert!(graph.contains("✓ success"), "{graph}");
+    c.find(Locator::Css("svg.graph a g.task[data-task=transform]"))
+        .await
+        .expect("the transform box")
+        .click()
+        .await
+        .expect("open its tries");
+    arrive(&c, "#task-transform").await;
+    c.goto(&format!("{ui}/ui/namespaces/{ns}/dags/etl"))
+        .await
+        .expect("etl grid again");
+    arrive(&c, "#grid").await;
+    // the durations of the five runs, the failed one marked; the calendar's days
+    let runs_drawn = c
+        .find_all(Locator::Css("svg.durations g.run"))
+        .await
+        .expect("duration bars");
+    assert_eq!(runs_drawn.len(), 5);
+    let failed_drawn = c
+        .find_all(Locator::Css("svg.durations g.run[data-state=failed]"))
+        .await
+        .expect("failed bars");
+    assert_eq!(failed_drawn.len(), 1);
+    let failed_day = c
+        .find(Locator::Css("svg.calendar g.day[data-date='2026-11-26']"))
+        .await
+        .expect("the calendar's 11-26")
+        .attr("data-outcome")
+        .await
+        .expect("its outcome");
+    assert_eq!(failed_day.as_deref(), Some("failed"));
+    let good_days = c
+        .find_all(Locator::Css("svg.calendar g.day[data-outcome=success]"))
+        .await
+        .expect("good days");
+    assert_eq!(good_days.len(), 4);
+
     // a failed try: its run page, then its log (from the Pod, through kwok)
     c.find(Locator::Css("#grid a.cell[data-state=failed]"))
         .await
@@ -299,6 +355,17 @@ async fn the_ui_in_a_real_browser() {
         .await
         .expect("open its run");
     let run_page = arrive(&c, "#tries").await;
+    // the run's Gantt: a bar per try, the failed transform among them
+    let bars = c
+        .find_all(Locator::Css("svg.gantt g.bar"))
+        .await
+        .expect("Gantt bars");
+    assert_eq!(bars.len(), 4, "a row per try of the four tasks");
+    c.find(Locator::Css(
+        "svg.gantt g.bar[data-task=transform][data-state=failed] rect.running",
+    ))
+    .await
+    .expect("the failed transform ran");
     let text = run_page.text().await.expect("text");
     assert!(
         text.contains("failed") && text.contains("upstream_failed"),

@@ -121,7 +121,7 @@ async fn a_namespace_created_again_sees_none_of_the_old_tenants_history() {
     let old_id = old[0].id.to_string();
     assert_eq!(
         listed_runs(&op, &ns, "etl", &old_token).await,
-        [old_id.clone()]
+        std::slice::from_ref(&old_id)
     );
 
     // the namespace goes (the plane's namespace controller empties it), and comes back
@@ -159,7 +159,11 @@ async fn a_namespace_created_again_sees_none_of_the_old_tenants_history() {
     .await;
     assert_ne!(new_id, old_id);
     let listed = listed_runs(&op, &ns, "etl", &new_token).await;
-    assert_eq!(listed, [new_id.clone()], "only the new run is listed");
+    assert_eq!(
+        listed,
+        std::slice::from_ref(&new_id),
+        "only the new run is listed"
+    );
 
     // and the old rows are purged by the leader
     let pool = s.store.pool().clone();

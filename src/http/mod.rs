@@ -17,6 +17,7 @@
 pub mod actions;
 pub mod api;
 pub mod auth;
+pub mod charts;
 pub mod directory;
 pub mod epoch;
 pub mod extract;

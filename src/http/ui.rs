@@ -37,6 +37,9 @@ use crate::store::{RunQuery, RunRow, RunState, RunStore, RunType, latest_tries};
 /// Runs per page of the grid, and squares per DAG in the list.
 const GRID_RUNS: i64 = 25;
 
+/// Weeks the calendar of daily outcomes shows.
+const CALENDAR_WEEKS: u32 = 12;
+
 const STYLE: &str = r#"
 body{font:14px system-ui,sans-serif;margin:0;color:#222}
 header{background:#017cee;color:#fff;padding:8px 16px;display:flex;gap:16px;align-items:center}
@@ -426,6 +429,17 @@ async fn grid_page(
         .then(|| runs.last().map(|r| r.logical_date))
         .flatten();
     let here = format!("/ui/namespaces/{ns}/dags/{name}");
+    let now = Utc::now();
+    let (durations, longest) = super::charts::durations(&runs, now);
+    let zone = dag.timezone.clone().unwrap_or_else(|| "UTC".to_string());
+    let today = super::charts::today_in(&zone, now);
+    let first = super::charts::calendar_start(today, CALENDAR_WEEKS);
+    let since = super::charts::day_start(&zone, first);
+    let counts = s
+        .store
+        .daily_outcomes(&DagKey::new(ns, name), since, &zone)
+        .await?;
+    let calendar = super::charts::calendar(&counts, today, CALENDAR_WEEKS);
     let keep = |before: DateTime<Utc>| {
         let mut q = format!("?before={}", before.to_rfc3339().replace('+', "%2B"));
         if let Some(v) = state {
@@ -455,6 +469,19 @@ async fn grid_page(
                 (super::svg::task_graph(&dag.tasks, |task| super::svg::TaskMark {
                     state: newest.and_then(|r| latest.get(&(r.id, task))).map(|t| t.state),
                     link: newest.map(|r| format!("{}#task-{task}", run_link(r))),
+                }))
+            }
+            @if !durations.is_empty() {
+                h3 { "Durations" }
+                div.graph-scroll {
+                    (super::svg::durations_chart(&durations, longest, |b| format!("/ui/namespaces/{ns}/runs/{}", b.run)))
+                }
+            }
+            h3 { "Calendar " small { "(dates in " (zone) ")" } }
+            div.graph-scroll {
+                (super::svg::calendar_chart(&calendar, |date| {
+                    let end = super::charts::day_start(&zone, date.succ_opt().unwrap_or(date));
+                    format!("{here}{}", keep(end))
                 }))
             }
             h3 { "Grid" }
@@ -553,6 +580,12 @@ async fn run_view(
             }
             h3 { "Params" }
             pre { (params) }
+            @if let Some(g) = super::charts::gantt(&tries, Utc::now()) {
+                h3 { "Gantt" }
+                div.graph-scroll {
+                    (super::svg::gantt_chart(&g, |task, n| format!("{here}/tasks/{task}/tries/{n}/log")))
+                }
+            }
             h3 { "Tasks and tries" }
             table id="tries" {
                 tr { th { "task" } th { "try" } th { "state" } th { "started" } th { "ended" } th { "duration" }

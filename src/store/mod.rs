@@ -15,7 +15,8 @@ pub use self::action::{
 };
 pub use crate::graph::TaskState;
 pub use pg::{
-    AppliedMigration, NamespaceIncarnation, PgStore, PurgeDue, PurgeStep, RunQuery, StoredLog,
+    AppliedMigration, DailyCount, NamespaceIncarnation, PgStore, PurgeDue, PurgeStep, RunQuery,
+    StoredLog,
 };
 pub use record::{
     Admission, Admitted, BackfillRecord, BackfillRef, BackfillSkip, DagRecord, FailedRun, LastEnds,

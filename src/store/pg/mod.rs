@@ -189,7 +189,7 @@ mod logs;
 pub use self::logs::StoredLog;
 mod read;
 mod retention;
-pub use self::read::RunQuery;
+pub use self::read::{DailyCount, RunQuery};
 mod record;
 mod tasks;
 

@@ -4,12 +4,21 @@
 //! hundred runs as with a million. Rows from before the namespace's current incarnation are not
 //! read (`epoch.rs`).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::Row;
 use uuid::Uuid;
 
 use super::epoch::current;
 use super::{PgStore, run_from_row};
 use crate::store::{DagKey, RunRow, RunState, RunType, StoreError};
+
+/// How many runs of a DAG ended (or stand) in `state` on one date (the calendar's cell).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DailyCount {
+    pub date: NaiveDate,
+    pub state: RunState,
+    pub runs: i64,
+}
 
 /// Which runs of a DAG, newest first.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -62,5 +71,40 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(run_from_row).collect()
+    }
+
+    /// The runs of `dag` with a logical date at or after `since`, counted per date in `zone`
+    /// (an IANA name) and state: the calendar's data, however many runs a day has.
+    pub async fn daily_outcomes(
+        &self,
+        dag: &DagKey,
+        since: DateTime<Utc>,
+        zone: &str,
+    ) -> Result<Vec<DailyCount>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT (logical_date AT TIME ZONE $3)::date AS day, state, count(*) AS runs \
+             FROM dag_runs d WHERE namespace = $1 AND dag_name = $2 AND logical_date >= $4 AND ",
+            current!("d", "created_at"),
+            " GROUP BY 1, 2 ORDER BY 1"
+        ))
+        .bind(&dag.namespace)
+        .bind(&dag.name)
+        .bind(zone)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                Ok(DailyCount {
+                    date: row.try_get("day")?,
+                    state: RunState::parse(&state).ok_or(StoreError::Corrupt {
+                        column: "state",
+                        value: state.clone(),
+                    })?,
+                    runs: row.try_get("runs")?,
+                })
+            })
+            .collect()
     }
 }
