@@ -1008,3 +1008,43 @@ async fn followed_logs_are_capped_per_caller() {
     let (code, body) = get(port, &path, Some("alice")).await;
     assert_eq!(code, 200, "{body}");
 }
+
+/// Live pages (issue 29, item 2): a page answers with its ETag, a `304` without a body when
+/// the caller has that copy, and a new copy once something it shows changed.
+#[tokio::test]
+async fn pages_answer_304_until_what_they_show_changes() {
+    let store = common::fresh_store("api_live").await;
+    let (port, _stop) = start(store.clone(), vec![dag("a", "etl", &["t"])]).await;
+    let page = |etag: Option<String>| async move {
+        let if_none = etag
+            .map(|e| format!("If-None-Match: {e}\r\n"))
+            .unwrap_or_default();
+        exchange(
+            port,
+            format!(
+                "GET /ui/namespaces/a/dags/etl HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer alice\r\n{if_none}Connection: close\r\n\r\n"
+            ),
+        )
+        .await
+    };
+    let etag_of = |response: &str| {
+        response
+            .lines()
+            .find_map(|l| l.strip_prefix("etag: "))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no ETag: {response}"))
+    };
+    let (code, first) = page(None).await;
+    assert_eq!(code, 200, "{first}");
+    assert!(first.contains("data-live"), "{first}");
+    let etag = etag_of(&first);
+    let (code, same) = page(Some(etag.clone())).await;
+    assert_eq!(code, 304, "{same}");
+    assert!(same.ends_with("\r\n\r\n"), "a 304 has no body: {same}");
+    // a run appears: the page changed
+    let run = stored_run(&store, "a", "etl").await;
+    let (code, changed) = page(Some(etag.clone())).await;
+    assert_eq!(code, 200, "{changed}");
+    assert_ne!(etag_of(&changed), etag);
+    assert!(changed.contains(&run.to_string()), "{changed}");
+}

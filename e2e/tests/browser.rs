@@ -134,6 +134,16 @@ async fn reload_until(c: &Client, what: &str, css: &str) -> String {
     .await
 }
 
+/// Waits, without reloading, until the open page shows an element `css` (live pages poll
+/// themselves: issue 29, item 2); the body's text then.
+async fn live_until(c: &Client, what: &str, css: &str) -> String {
+    eventually(Duration::from_secs(60), what, || async {
+        c.find(Locator::Css(css)).await.ok()?;
+        c.find(Locator::Css("body")).await.ok()?.text().await.ok()
+    })
+    .await
+}
+
 /// Triggers `dag` at each logical date and waits for the runs to end.
 async fn history(s: &Setup, dag: &str, dates: &[&str]) {
     for d in dates {
@@ -409,7 +419,8 @@ async fn the_ui_in_a_real_browser() {
             .unwrap_or_default()
             .contains("Triggered")
     );
-    reload_until(
+    // the page follows: the run appears in the grid without a reload
+    live_until(
         &c,
         "the triggered run in the grid",
         "#grid th a.cell[href*='/runs/']",
@@ -437,7 +448,7 @@ async fn the_ui_in_a_real_browser() {
         .await
         .expect("cancel");
     arrive(&c, "#notice").await;
-    let page = reload_until(&c, "the run cancelled", "#asked").await;
+    let page = live_until(&c, "the cancel in the run's actions", "#asked").await;
     let page = if page.contains("cancelled by") {
         page
     } else {

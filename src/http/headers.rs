@@ -1,8 +1,8 @@
 //! Security headers on every response of the UI and the API (issue 28, finding 6): a Content
 //! Security Policy that lets a page load nothing but its own origin — the pages' inline
 //! `style` attributes and `<style>` element are allowed (`style-src 'unsafe-inline'`; maud
-//! escapes every value written into them), and the one inline script, the log follower, by its
-//! SHA-256 only — no framing (`frame-ancestors 'none'`, `X-Frame-Options: DENY`), no content
+//! escapes every value written into them), and the two inline scripts, the log follower and
+//! the live pages' poller (`live.rs`), by their SHA-256 only — no framing (`frame-ancestors 'none'`, `X-Frame-Options: DENY`), no content
 //! sniffing, and no Referer sent to other sites. A header a handler set is left as it is.
 
 use std::sync::LazyLock;
@@ -12,13 +12,15 @@ use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
-/// The policy, with the hash of the log page's script.
+/// The policy, with the hashes of the pages' two scripts: the log follower and the live
+/// pages' poller.
 pub static CONTENT_SECURITY_POLICY: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "default-src 'self'; script-src 'sha256-{}'; style-src 'self' 'unsafe-inline'; \
+        "default-src 'self'; script-src 'sha256-{}' 'sha256-{}'; style-src 'self' 'unsafe-inline'; \
          img-src 'self'; connect-src 'self'; object-src 'none'; frame-ancestors 'none'; \
          base-uri 'none'; form-action 'self'",
-        script_hash(super::logs::FOLLOW_SCRIPT)
+        script_hash(super::logs::FOLLOW_SCRIPT),
+        script_hash(super::live::LIVE_SCRIPT)
     )
 });
 
@@ -77,7 +79,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_log_followers_script_is_the_only_inline_script_allowed() {
+    fn the_log_follower_and_the_live_poller_are_the_only_inline_scripts_allowed() {
         let policy = CONTENT_SECURITY_POLICY.as_str();
         let script_src = policy
             .split(';')
@@ -87,8 +89,9 @@ mod tests {
         assert_eq!(
             script_src,
             format!(
-                "script-src 'sha256-{}'",
-                script_hash(super::super::logs::FOLLOW_SCRIPT)
+                "script-src 'sha256-{}' 'sha256-{}'",
+                script_hash(super::super::logs::FOLLOW_SCRIPT),
+                script_hash(super::super::live::LIVE_SCRIPT)
             )
         );
     }

@@ -24,6 +24,7 @@ pub mod extract;
 pub mod guard;
 pub mod headers;
 pub mod layout;
+pub mod live;
 pub mod logs;
 pub mod resources;
 pub mod svg;

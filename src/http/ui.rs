@@ -83,6 +83,13 @@ pub(super) fn run_colour(state: RunState) -> &'static str {
     }))
 }
 
+/// The live pages' poller (`live.rs`), as a page ends with it.
+fn live_script() -> Markup {
+    html! {
+        script data-every=(super::live::LIVE_INTERVAL_SECONDS) { (PreEscaped(super::live::LIVE_SCRIPT)) }
+    }
+}
+
 pub(super) fn page(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
@@ -388,7 +395,7 @@ pub async fn dag_grid(
     Query(filter): Query<GridFilter>,
 ) -> Response {
     match grid_page(&s, &headers, &ns, &name, filter).await {
-        Ok(m) => m.into_response(),
+        Ok(m) => super::live::conditional(&headers, m),
         Err(e) => refused(e),
     }
 }
@@ -459,11 +466,12 @@ async fn grid_page(
                 " in " (dag.timezone.clone().unwrap_or_else(|| "the operator's zone".into()))
                 @if dag.suspend { " · suspended" } }
             (condition_cell(&dag))
-            @if let Some(id) = filter.triggered { p id="notice" { "Triggered (action " (id) "): the run appears once the operator handles the trigger." } }
+            @if let Some(id) = filter.triggered { p id="notice" { "Triggered (action " (id) "): the run appears here once the operator handles the trigger." } }
             form id="trigger" method="post" action=(format!("{here}/trigger")) {
                 label { "params (JSON object) " input name="params" placeholder=r#"{"key": "value"}"# size="40"; }
                 " " button { "Trigger a run" }
             }
+            div id="graph" data-live {
             h3 { "Tasks" @if let Some(r) = newest { " (states of the run for " (r.logical_date.to_rfc3339()) ")" } }
             div.graph-scroll {
                 (super::svg::task_graph(&dag.tasks, |task| super::svg::TaskMark {
@@ -471,14 +479,17 @@ async fn grid_page(
                     link: newest.map(|r| format!("{}#task-{task}", run_link(r))),
                 }))
             }
-            @if !durations.is_empty() {
-                h3 { "Durations" }
-                div.graph-scroll {
-                    (super::svg::durations_chart(&durations, longest, |b| format!("/ui/namespaces/{ns}/runs/{}", b.run)))
+            }
+            div id="durations" data-live {
+                @if !durations.is_empty() {
+                    h3 { "Durations" }
+                    div.graph-scroll {
+                        (super::svg::durations_chart(&durations, longest, |b| format!("/ui/namespaces/{ns}/runs/{}", b.run)))
+                    }
                 }
             }
             h3 { "Calendar " small { "(dates in " (zone) ")" } }
-            div.graph-scroll {
+            div.graph-scroll id="calendar" data-live {
                 (super::svg::calendar_chart(&calendar, |date| {
                     let end = super::charts::day_start(&zone, date.succ_opt().unwrap_or(date));
                     format!("{here}{}", keep(end))
@@ -497,7 +508,7 @@ async fn grid_page(
                 label { "since " input name="since" placeholder="2024-01-01T00:00:00Z" value=(filter.since.map(|t| t.to_rfc3339()).unwrap_or_default()); }
                 button { "filter" }
             }
-            table id="grid" {
+            table id="grid" data-live {
                 tr {
                     th { "task \\ run" }
                     @for r in runs.iter().rev() {
@@ -520,6 +531,7 @@ async fn grid_page(
             }
             @if runs.is_empty() { p { "No runs." } }
             @if let Some(b) = next { p { a href=(format!("{here}{}", keep(b))) { "older runs →" } } }
+            (live_script())
         },
     ))
 }
@@ -538,7 +550,7 @@ pub async fn run_page(
     Query(q): Query<RunPageQuery>,
 ) -> Response {
     match run_view(&s, &headers, &ns, &id, q).await {
-        Ok(m) => m.into_response(),
+        Ok(m) => super::live::conditional(&headers, m),
         Err(e) => refused(e),
     }
 }
@@ -559,8 +571,8 @@ async fn run_view(
         &format!("run {}", run.id),
         html! {
             p { "DAG " a href=(dag_link) { (run.dag) } }
-            @if let Some(a) = q.asked { p id="notice" { "Asked (action " (a) "): the operator carries it out in a moment; reload to see it." } }
-            form id="actions" method="post" action=(format!("{here}/actions")) {
+            @if let Some(a) = q.asked { p id="notice" { "Asked (action " (a) "): the operator carries it out in a moment, and this page follows." } }
+            form id="actions" data-live method="post" action=(format!("{here}/actions")) {
                 @if run.state == RunState::Running {
                     button name="action" value="cancel" { "Cancel run" } " "
                 } @else {
@@ -569,7 +581,7 @@ async fn run_view(
                 @if run.state != RunState::Success { button name="action" value="mark_success" { "Mark success" } " " }
                 @if run.state != RunState::Failed { button name="action" value="mark_failed" { "Mark failed" } }
             }
-            table {
+            table id="summary" data-live {
                 tr { th { "state" } td { span.sq style=(format!("background:{}", run_colour(run.state))) {} " " (run.state.as_str()) } }
                 tr { th { "type" } td { (run.run_type.as_str()) @if let Some(b) = &run.backfill_name { " (Backfill " (b) ")" } } }
                 tr { th { "logical date" } td { (run.logical_date.to_rfc3339()) } }
@@ -580,14 +592,16 @@ async fn run_view(
             }
             h3 { "Params" }
             pre { (params) }
-            @if let Some(g) = super::charts::gantt(&tries, Utc::now()) {
-                h3 { "Gantt" }
-                div.graph-scroll {
-                    (super::svg::gantt_chart(&g, |task, n| format!("{here}/tasks/{task}/tries/{n}/log")))
+            div id="gantt" data-live {
+                @if let Some(g) = super::charts::gantt(&tries, Utc::now()) {
+                    h3 { "Gantt" }
+                    div.graph-scroll {
+                        (super::svg::gantt_chart(&g, |task, n| format!("{here}/tasks/{task}/tries/{n}/log")))
+                    }
                 }
             }
             h3 { "Tasks and tries" }
-            table id="tries" {
+            table id="tries" data-live {
                 tr { th { "task" } th { "try" } th { "state" } th { "started" } th { "ended" } th { "duration" }
                      th { "Pod" } th { "exit code" } th { "message" } th { "log" } }
                 @for t in &tries {
@@ -605,7 +619,7 @@ async fn run_view(
                     }
                 }
             }
-            @if !actions.is_empty() {
+            div id="asked-actions" data-live { @if !actions.is_empty() {
                 h3 { "Actions" }
                 table id="asked" {
                     tr { th { "asked" } th { "by" } th { "action" } th { "outcome" } th { "message" } }
@@ -620,6 +634,8 @@ async fn run_view(
                     }
                 }
             }
+            }
+            (live_script())
         },
     ))
 }
