@@ -23,6 +23,9 @@ pub struct ActArgs {
     /// Return once the action is recorded, without waiting for its outcome.
     #[arg(long)]
     pub no_wait: bool,
+    /// Namespace of the run (default: the kubeconfig context's).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -54,11 +57,14 @@ pub struct LogsArgs {
     /// Keep following the log while the Pod runs.
     #[arg(long, short = 'f')]
     pub follow: bool,
+    /// Namespace of the run (default: the kubeconfig context's).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
     #[command(flatten)]
     pub server: ServerArgs,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -68,7 +74,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 /// Asks for `action` on a run and (unless `--no-wait`) waits for its outcome.
 pub fn act(args: &ActArgs, action: &str) -> Result<(), CliError> {
     runtime()?.block_on(async {
-        let server = Server::connect(&args.server).await?;
+        let server = Server::connect(&args.server, args.namespace.as_deref()).await?;
         let ns = server.namespace.clone();
         let asked = server
             .send(
@@ -136,7 +142,7 @@ pub fn mark(args: &MarkArgs) -> Result<(), CliError> {
 /// Prints a try's log (its latest try by default), following it with `-f`.
 pub fn logs(args: &LogsArgs) -> Result<(), CliError> {
     runtime()?.block_on(async {
-        let server = Server::connect(&args.server).await?;
+        let server = Server::connect(&args.server, args.namespace.as_deref()).await?;
         let ns = server.namespace.clone();
         let try_number = match args.try_number {
             Some(n) => n,

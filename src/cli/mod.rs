@@ -10,9 +10,11 @@ mod kube;
 mod migrate;
 mod run;
 mod runs;
+mod runs_api;
 mod schedule;
 mod server;
 mod trigger;
+mod ui;
 
 use std::fmt;
 
@@ -79,7 +81,8 @@ pub enum Command {
     Trigger(TriggerArgs),
     /// Create a Backfill of a DAG over a past range, optionally following it to the end.
     Backfill(BackfillArgs),
-    /// List runs from PostgreSQL.
+    /// List runs: through the operator's API when --server (DAGOP_SERVER) is set, else from
+    /// PostgreSQL.
     Runs(RunsArgs),
     /// Cancel a running run through the operator's API (its Pods deleted, its slots freed).
     Cancel(act::ActArgs),
@@ -89,6 +92,9 @@ pub enum Command {
     Mark(act::MarkArgs),
     /// Print a task try's log: from its Pod while it exists, else the end the operator kept.
     Logs(act::LogsArgs),
+    /// Open the UI in a browser, logged in as the kubeconfig's user, through a port-forward to
+    /// the chart's UI Service.
+    Ui(ui::UiArgs),
     /// Print a shell completion script: `source <(dag-operator completion bash)`.
     Completion(CompletionArgs),
 }
@@ -349,7 +355,8 @@ pub enum OutputFormat {
 pub struct RunsArgs {
     /// Only runs of this DAG.
     pub name: Option<String>,
-    /// Only runs in this namespace.
+    /// Only runs in this namespace (default: through the API, the kubeconfig context's; from
+    /// PostgreSQL, every namespace).
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
     /// Only runs in this state (running, success, failed, cancelled).
@@ -361,6 +368,10 @@ pub struct RunsArgs {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// The operator's API and the caller's credentials: when --server (DAGOP_SERVER) is set,
+    /// runs are read through it and the database flags are not used.
+    #[command(flatten)]
+    pub server: server::ServerArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }
@@ -392,6 +403,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Rerun(args) => act::act(&args, "rerun"),
         Command::Mark(args) => act::mark(&args),
         Command::Logs(args) => act::logs(&args),
+        Command::Ui(args) => ui::run(&args),
         Command::Completion(args) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let name = invoked_as();

@@ -1,5 +1,6 @@
-//! `dag-operator runs`: runs from PostgreSQL, newest logical date first, as a table or as
-//! JSON with every column and the task instances.
+//! `dag-operator runs`: runs newest logical date first, as a table or as JSON. Through the
+//! operator's API when `--server` (`DAGOP_SERVER`) is set (`runs_api.rs`: the API's JSON, the
+//! latest try of each task), else from PostgreSQL (every column and every task instance).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,6 +14,14 @@ use super::migrate::{block_on, open, store_error};
 use super::{CliError, OutputFormat, RunsArgs};
 
 pub fn run(args: &RunsArgs) -> Result<(), CliError> {
+    if args
+        .server
+        .server
+        .as_deref()
+        .is_some_and(|s| !s.trim().is_empty())
+    {
+        return super::runs_api::run(args);
+    }
     let state = match args.state.as_deref() {
         None => None,
         Some(s) => Some(RunState::parse(s).ok_or_else(|| {
@@ -64,14 +73,19 @@ pub fn run(args: &RunsArgs) -> Result<(), CliError> {
             eprintln!("No runs found.");
             String::new()
         }
-        OutputFormat::Table => table(&runs, &by_run, false),
-        OutputFormat::Wide => table(&runs, &by_run, true),
+        OutputFormat::Table | OutputFormat::Wide => {
+            let lines: Vec<Line> = runs
+                .iter()
+                .map(|r| line(r, by_run.get(&r.id).map(Vec::as_slice).unwrap_or(&[])))
+                .collect();
+            table(&lines, args.output == OutputFormat::Wide)
+        }
     };
     print!("{out}");
     Ok(())
 }
 
-fn time(t: DateTime<Utc>) -> String {
+pub(super) fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
@@ -88,14 +102,19 @@ fn task_summary(tasks: &[TaskRow]) -> String {
             *slot = t;
         }
     }
+    summary_of(latest.values().map(|t| t.state))
+}
+
+/// `success=3 running=1`: tasks counted by state, in lifecycle order ("-" for none).
+pub(super) fn summary_of(states: impl IntoIterator<Item = TaskState>) -> String {
     let mut counts: BTreeMap<(usize, &str), usize> = BTreeMap::new();
-    for t in latest.values() {
+    for state in states {
         // lifecycle order (TaskState::ALL) is the order of the TASKS column
         let rank = TaskState::ALL
             .iter()
-            .position(|s| *s == t.state)
+            .position(|s| *s == state)
             .unwrap_or(TaskState::ALL.len());
-        *counts.entry((rank, t.state.as_str())).or_default() += 1;
+        *counts.entry((rank, state.as_str())).or_default() += 1;
     }
     if counts.is_empty() {
         return "-".into();
@@ -107,9 +126,40 @@ fn task_summary(tasks: &[TaskRow]) -> String {
         .join(" ")
 }
 
+/// One run's cells: the table's, then the wide table's.
+pub(super) struct Line {
+    pub cells: [String; 9],
+    pub wide: [String; 4],
+}
+
+fn line(r: &RunRow, tasks: &[TaskRow]) -> Line {
+    Line {
+        cells: [
+            r.dag.namespace.clone(),
+            r.dag.name.clone(),
+            r.id.to_string(),
+            r.run_type.as_str().to_string(),
+            time(r.logical_date),
+            r.state.as_str().to_string(),
+            opt_time(r.started_at),
+            opt_time(r.ended_at),
+            task_summary(tasks),
+        ],
+        wide: [
+            r.attempt.to_string(),
+            r.priority.to_string(),
+            r.backfill_name.clone().unwrap_or_else(|| "-".into()),
+            r.spec_hash
+                .as_deref()
+                .map(|h| h.chars().take(12).collect())
+                .unwrap_or_else(|| "-".into()),
+        ],
+    }
+}
+
 /// The table; `wide` adds the attempt, priority, Backfill and spec version (as kubectl's
 /// `-o wide`).
-fn table(runs: &[RunRow], tasks: &HashMap<Uuid, Vec<TaskRow>>, wide: bool) -> String {
+pub(super) fn table(lines: &[Line], wide: bool) -> String {
     let mut header = vec![
         "NAMESPACE",
         "DAG",
@@ -125,28 +175,10 @@ fn table(runs: &[RunRow], tasks: &HashMap<Uuid, Vec<TaskRow>>, wide: bool) -> St
         header.extend(["ATTEMPT", "PRIORITY", "BACKFILL", "SPEC"]);
     }
     let mut rows: Vec<Vec<String>> = vec![header.into_iter().map(String::from).collect()];
-    for r in runs {
-        let mut row = vec![
-            r.dag.namespace.clone(),
-            r.dag.name.clone(),
-            r.id.to_string(),
-            r.run_type.as_str().to_string(),
-            time(r.logical_date),
-            r.state.as_str().to_string(),
-            opt_time(r.started_at),
-            opt_time(r.ended_at),
-            task_summary(tasks.get(&r.id).map(Vec::as_slice).unwrap_or(&[])),
-        ];
+    for l in lines {
+        let mut row = l.cells.to_vec();
         if wide {
-            row.extend([
-                r.attempt.to_string(),
-                r.priority.to_string(),
-                r.backfill_name.clone().unwrap_or_else(|| "-".into()),
-                r.spec_hash
-                    .as_deref()
-                    .map(|h| h.chars().take(12).collect())
-                    .unwrap_or_else(|| "-".into()),
-            ]);
+            row.extend(l.wide.iter().cloned());
         }
         rows.push(row);
     }
@@ -273,8 +305,9 @@ mod wide_tests {
             ended_at: Some(at),
             spec_hash: Some("0123456789abcdef".into()),
         };
-        let narrow = table(std::slice::from_ref(&run), &HashMap::new(), false);
-        let wide = table(std::slice::from_ref(&run), &HashMap::new(), true);
+        let lines = [line(&run, &[])];
+        let narrow = table(&lines, false);
+        let wide = table(&lines, true);
         assert!(!narrow.contains("ATTEMPT"), "{narrow}");
         let lines: Vec<&str> = wide.lines().collect();
         assert!(

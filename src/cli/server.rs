@@ -1,6 +1,7 @@
 //! The CLI's client of the operator's HTTP API (`--server`): for users with a kubeconfig but no
-//! database credentials. Requests carry the kubeconfig's bearer token (or `--token`), so the
-//! API server's RBAC decides, as for the UI.
+//! database credentials. Requests carry `--token`, else the bearer token kube takes from the
+//! kubeconfig (`kube.rs`: exec plugins, OIDC, token files, `--context`), so the API server's
+//! RBAC decides, as for the UI.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -8,10 +9,10 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use secrecy::ExposeSecret;
 use serde_json::Value;
 
-use super::CliError;
+use super::kube::{bearer_token, kube_config};
+use super::{CliError, KubeArgs};
 
 /// Where the API is and who calls it.
 #[derive(clap::Args, Debug, Clone)]
@@ -20,15 +21,12 @@ pub struct ServerArgs {
     /// port-forward svc/dag-operator-ui 8081`) or its Ingress URL.
     #[arg(long, env = "DAGOP_SERVER")]
     pub server: Option<String>,
-    /// Bearer token (default: the kubeconfig's user token; e.g. `kubectl create token <sa>`).
+    /// Bearer token (default: the one kube sends the API server for the kubeconfig's user,
+    /// exec plugins and OIDC included; e.g. `kubectl create token <sa>`).
     #[arg(long, env = "DAGOP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Path to a kubeconfig (default: in-cluster config, then ~/.kube/config).
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: Option<String>,
-    /// Namespace of the run (default: the kubeconfig's).
-    #[arg(long, short = 'n')]
-    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 /// An answer of the API: its status and body.
@@ -68,36 +66,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// From the flags and the kubeconfig.
-    pub async fn connect(args: &ServerArgs) -> Result<Self, CliError> {
-        let base = args
-            .server
-            .clone()
-            .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| {
-                CliError::usage(
-                    "no --server (or DAGOP_SERVER): the operator's API address, e.g. \
-                     http://localhost:8081 after `kubectl -n dag-operator port-forward \
-                     svc/dag-operator-ui 8081`",
-                )
-            })?
-            .trim_end_matches('/')
-            .to_string();
-        let config = kube_config(args.kubeconfig.as_deref()).await;
-        let namespace = args
-            .namespace
-            .clone()
-            .or_else(|| config.as_ref().map(|c| c.default_namespace.clone()))
+    /// From the flags and the kubeconfig; `namespace` (`-n`) else the kubeconfig context's.
+    pub async fn connect(args: &ServerArgs, namespace: Option<&str>) -> Result<Self, CliError> {
+        let base = base_of(args)?;
+        let (token, context_namespace) = credentials(args).await?;
+        let namespace = namespace
+            .map(str::to_string)
+            .or(context_namespace)
             .unwrap_or_else(|| "default".to_string());
-        let token = match &args.token {
-            Some(t) => t.clone(),
-            None => config.as_ref().and_then(token_of).ok_or_else(|| {
-                CliError::usage(
-                    "no token: the kubeconfig's user has no bearer token; pass --token \
-                         (e.g. $(kubectl create token <serviceaccount>))",
-                )
-            })?,
-        };
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
             .map_err(|e| CliError::runtime(format!("no TLS root certificates: {e}")))?
@@ -153,25 +129,42 @@ impl Server {
     }
 }
 
-async fn kube_config(kubeconfig: Option<&str>) -> Option<kube::Config> {
-    match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).ok()?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .ok()
-        }
-        None => kube::Config::infer().await.ok(),
-    }
+/// `--server` (or `DAGOP_SERVER`) without its trailing slash.
+pub fn base_of(args: &ServerArgs) -> Result<String, CliError> {
+    Ok(args
+        .server
+        .clone()
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| {
+            CliError::usage(
+                "no --server (or DAGOP_SERVER): the operator's API address, e.g. \
+                 http://localhost:8081 after `kubectl -n dag-operator port-forward \
+                 svc/dag-operator-ui 8081`",
+            )
+        })?
+        .trim()
+        .trim_end_matches('/')
+        .to_string())
 }
 
-/// The kubeconfig user's bearer token (inline or from its file).
-fn token_of(config: &kube::Config) -> Option<String> {
-    if let Some(t) = &config.auth_info.token {
-        return Some(t.expose_secret().to_string());
+/// The caller's bearer token (`--token`, else the kubeconfig's as kube sends it) and the
+/// kubeconfig context's namespace (when there is a kubeconfig).
+pub async fn credentials(args: &ServerArgs) -> Result<(String, Option<String>), CliError> {
+    if let Some(token) = args.token.clone().filter(|t| !t.trim().is_empty()) {
+        // a kubeconfig is optional then: only its namespace is wanted
+        let namespace = kube_config(&args.kube)
+            .await
+            .ok()
+            .map(|c| c.default_namespace);
+        return Ok((token.trim().to_string(), namespace));
     }
-    let file = config.auth_info.token_file.as_ref()?;
-    std::fs::read_to_string(file)
-        .ok()
-        .map(|t| t.trim().to_string())
+    let config = kube_config(&args.kube).await?;
+    let token = bearer_token(&config).await?.ok_or_else(|| {
+        CliError::usage(
+            "the kubeconfig's user has no bearer token (it proves who it is with a client \
+             certificate or a password, which the operator's API cannot review): pass --token \
+             (or DAGOP_TOKEN), e.g. $(kubectl create token <serviceaccount>)",
+        )
+    })?;
+    Ok((token, Some(config.default_namespace)))
 }
