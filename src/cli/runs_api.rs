@@ -63,21 +63,34 @@ pub fn run(args: &RunsArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The names of the namespace's DAGs, following the list's pages (`metadata.continue`).
 async fn dag_names(server: &Server, ns: &str) -> Result<Vec<String>, CliError> {
-    let list = server
-        .send(Method::GET, &format!("/api/v1/namespaces/{ns}/dags"), None)
-        .await?
-        .ok()?
-        .json()?;
-    Ok(list["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|d| d["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default())
+    let mut names = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let path = match &next {
+            Some(token) => format!(
+                "/api/v1/namespaces/{ns}/dags?continue={}",
+                super::connection::percent_encode(token)
+            ),
+            None => format!("/api/v1/namespaces/{ns}/dags"),
+        };
+        let list = server.send(Method::GET, &path, None).await?.ok()?.json()?;
+        names.extend(
+            list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d["name"].as_str().map(str::to_string)),
+        );
+        next = list["metadata"]["continue"]
+            .as_str()
+            .filter(|c| !c.is_empty())
+            .map(str::to_string);
+        if next.is_none() {
+            return Ok(names);
+        }
+    }
 }
 
 /// Up to `--limit` runs of one DAG in `--state`, newest first.

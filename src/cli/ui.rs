@@ -193,7 +193,7 @@ async fn session(upstream: &str, token: &str) -> Result<HeaderValue, String> {
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(Full::new(Bytes::from(format!(
             "token={}",
-            form_encode(token)
+            super::connection::percent_encode(token)
         ))))
         .map_err(|e| format!("cannot ask the UI at {upstream}: {e}"))?;
     let response = client
@@ -285,19 +285,6 @@ fn is_loopback(base: &str) -> bool {
     matches!(host, "127.0.0.1" | "localhost" | "::1")
 }
 
-/// `application/x-www-form-urlencoded` of a value.
-fn form_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// `xdg-open` (Linux) or `open` (macOS); whether one started.
 fn open_browser(link: &str) -> bool {
     let opener = if cfg!(target_os = "macos") {
@@ -355,7 +342,13 @@ mod tests {
 
     #[test]
     fn a_token_is_form_encoded() {
-        assert_eq!(form_encode("eyJ.a-b_c~"), "eyJ.a-b_c~");
-        assert_eq!(form_encode("a+b/c= d"), "a%2Bb%2Fc%3D%20d");
+        assert_eq!(
+            super::super::connection::percent_encode("eyJ.a-b_c~"),
+            "eyJ.a-b_c~"
+        );
+        assert_eq!(
+            super::super::connection::percent_encode("a+b/c= d"),
+            "a%2Bb%2Fc%3D%20d"
+        );
     }
 }
