@@ -1048,3 +1048,157 @@ async fn pages_answer_304_until_what_they_show_changes() {
     assert_ne!(etag_of(&changed), etag);
     assert!(changed.contains(&run.to_string()), "{changed}");
 }
+
+/// A failed run of DAG `a/etl` (a → b → c; a succeeded, b failed, c upstream-failed) with its
+/// spec version stored.
+async fn failed_chain_run(store: &dag_operator::store::PgStore) -> uuid::Uuid {
+    use dag_operator::store::{DagKey, NewRun, NewTask, RunStore, RunType, SpecRow};
+    let spec: dag_operator::api::DagSpec = serde_yaml::from_str(
+        "tasks:\n- {name: a, container: {image: x}}\n- {name: b, dependsOn: [a], container: {image: x}}\n- {name: c, dependsOn: [b], container: {image: x}}",
+    )
+    .expect("spec");
+    let (hash, json) = spec.content_hash().expect("hash");
+    store
+        .save_specs(&[SpecRow {
+            hash: hash.clone(),
+            spec: json,
+        }])
+        .await
+        .expect("spec saved");
+    let at: chrono::DateTime<chrono::Utc> = "2026-01-01T02:00:00Z".parse().expect("time");
+    let task = |name: &str| NewTask {
+        task_name: name.into(),
+        pool: None,
+        pool_slots: 1,
+    };
+    let run = NewRun {
+        dag: DagKey::new("a", "etl"),
+        dag_uid: "uid".into(),
+        run_type: RunType::Scheduled,
+        backfill_name: None,
+        backfill_uid: None,
+        trigger: None,
+        logical_date: at,
+        data_interval_start: at,
+        data_interval_end: at,
+        priority: 0,
+        params: serde_json::json!({}),
+        spec_hash: Some(hash),
+        tasks: vec![task("a"), task("b"), task("c")],
+    };
+    let id = store.insert_runs(&[run]).await.expect("insert")[0].id;
+    sqlx::query("UPDATE dag_runs SET state = 'failed', ended_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(store.pool())
+        .await
+        .expect("run failed");
+    sqlx::query(
+        "UPDATE task_instances SET state = CASE task_name WHEN 'a' THEN 'success' \
+             WHEN 'b' THEN 'failed' ELSE 'upstream_failed' END, \
+             pod_name = CASE WHEN task_name = 'c' THEN NULL ELSE 'pod-' || task_name END \
+         WHERE run_id = $1",
+    )
+    .bind(id)
+    .execute(store.pool())
+    .await
+    .expect("tries");
+    id
+}
+
+/// Issue 29, item 3: a task action's dry run lists exactly what would change and records
+/// nothing; it needs the right to act as the action does; bad task actions are 400.
+#[tokio::test]
+async fn a_task_actions_dry_run_lists_its_changes_and_records_nothing() {
+    let store = common::fresh_store("api_task_dry_run").await;
+    let run = failed_chain_run(&store).await;
+    let (port, _stop) = start(store, vec![dag("a", "etl", &["a", "b", "c"])]).await;
+    let path = format!("/api/v1/namespaces/a/runs/{run}/actions");
+    let dry = format!("{path}?dryRun=true");
+    let clear = r#"{"action":"clear_task","task":"b","downstream":true}"#;
+    let (code, body) = post(port, &dry, Some("alice"), clear).await;
+    assert_eq!(code, 403, "a viewer may not even preview: {body}");
+    let (code, body) = post(port, &dry, Some("bob"), clear).await;
+    assert_eq!(code, 200, "{body}");
+    let json = body
+        .find('{')
+        .and_then(|a| body.rfind('}').map(|b| &body[a..=b]))
+        .expect("a JSON body");
+    let preview: serde_json::Value = serde_json::from_str(json).expect("json");
+    assert_eq!(preview["kind"], "RunActionPreview");
+    assert_eq!(preview["allowed"], true, "{body}");
+    assert_eq!(preview["runState"]["from"], "failed");
+    assert_eq!(preview["runState"]["to"], "running");
+    let changes: Vec<(String, String, String, bool)> = preview["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| {
+            (
+                c["task"].as_str().unwrap_or_default().to_string(),
+                c["from"].as_str().unwrap_or_default().to_string(),
+                c["to"].as_str().unwrap_or_default().to_string(),
+                c["newTry"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("b".into(), "failed".into(), "pending".into(), true),
+            ("c".into(), "upstream_failed".into(), "pending".into(), true),
+        ]
+    );
+    // marking a success: nothing to do, said so
+    let (code, body) = post(
+        port,
+        &dry,
+        Some("bob"),
+        r#"{"action":"mark_task_success","task":"a"}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("\"allowed\":false") && body.contains("success already"),
+        "{body}"
+    );
+    assert_eq!(actions_on(port, run).await, 0, "a dry run records nothing");
+    for bad in [
+        r#"{"action":"clear_task"}"#,
+        r#"{"action":"clear_task","task":"nope"}"#,
+        r#"{"action":"cancel","task":"b"}"#,
+    ] {
+        let (code, body) = post(port, &path, Some("bob"), bad).await;
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+    let sideways = r#"{"action":"clear_task","task":"b","sideways":true}"#;
+    let (code, body) = post(port, &path, Some("bob"), sideways).await;
+    assert_eq!(code, 422, "an unknown field, as every body: {body}");
+    assert_eq!(actions_on(port, run).await, 0);
+    let (code, body) = post(port, &path, Some("bob"), clear).await;
+    assert_eq!(code, 202, "{body}");
+    assert!(
+        body.contains(r#""task":{"downstream":true,"name":"b","upstream":false}"#),
+        "{body}"
+    );
+    assert_eq!(actions_on(port, run).await, 1);
+    // the UI's confirmation page lists the same changes, with the button that asks
+    let (code, page) = get(
+        port,
+        &format!("/ui/namespaces/a/runs/{run}/confirm?action=clear_task&task=b&downstream=on"),
+        Some("bob"),
+    )
+    .await;
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains("id=\"change-b\"")
+            && page.contains("id=\"change-c\"")
+            && !page.contains("id=\"change-a\"")
+            && page.contains("Confirm"),
+        "{page}"
+    );
+    assert_eq!(
+        actions_on(port, run).await,
+        1,
+        "the confirmation records nothing"
+    );
+}

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use dag_operator::api::DagSpec;
+use dag_operator::executor::action::{decide, latest_of_run};
 use dag_operator::executor::{
     AdmittedRun, Admitting, CancelledRun, ExecInput, ExecOutput, ExecStatus, Executor,
     ExecutorConfig, FakeLauncher, FixedPools, LaunchError, PodKey, PodVerdict, pod,
@@ -16,8 +17,8 @@ use dag_operator::gate::{Gate, MemoryGate, key as gate_key};
 use dag_operator::key::Subject;
 use dag_operator::report::Notice;
 use dag_operator::store::{
-    ActionKind, ActionOutcome, Changes, DagKey, NewAction, NewRun, NewTask, PgStore, RunRow,
-    RunState, RunStore, RunType, SpecRow, StoreError, TaskRow, TaskState,
+    ActionKind, ActionOutcome, Changes, DagKey, NewAction, NewRun, NewTask, PgStore, RunChange,
+    RunRow, RunState, RunStore, RunType, SpecRow, StoreError, TaskRow, TaskState, TaskTarget,
 };
 use tokio::sync::mpsc;
 
@@ -1459,6 +1460,7 @@ async fn ask(store: &PgStore, run: &RunRow, kind: ActionKind) -> i64 {
             run_id: Some(run.id),
             kind,
             detail: serde_json::json!({}),
+            task: None,
             requested_by: "alice".into(),
             done: None,
         })
@@ -1609,6 +1611,174 @@ async fn a_rerun_action_runs_failed_tasks_again_and_keeps_the_successful_ones() 
             .as_deref(),
         Some("marked failed by alice")
     );
+}
+
+/// Records a task action on `run` as user alice would through the API.
+async fn ask_task(store: &PgStore, run: &RunRow, kind: ActionKind, task: &str, down: bool) -> i64 {
+    store
+        .record_action(&NewAction {
+            dag: run.dag.clone(),
+            run_id: Some(run.id),
+            kind,
+            detail: serde_json::json!({}),
+            task: Some(TaskTarget {
+                task: task.into(),
+                downstream: down,
+                upstream: false,
+            }),
+            requested_by: "alice".into(),
+            done: None,
+        })
+        .await
+        .expect("record")
+        .id
+}
+
+/// a → b → c, b fails: the run fails with c upstream-failed.
+async fn failed_chain(h: &mut Harness, name: &str) -> (RunRow, Arc<DagSpec>) {
+    let dag = spec(
+        "- {name: a, container: {image: x}}\n- {name: b, dependsOn: [a], container: {image: x}}\n- {name: c, dependsOn: [b], container: {image: x}}",
+    );
+    let run = admit(h, name, t0(), dag.clone()).await;
+    h.step(t0()).await;
+    assert!(h.pod_does(&run, "a", 1, PodVerdict::Succeeded));
+    h.step(t0() + Duration::seconds(1)).await;
+    let failed = PodVerdict::Failed {
+        exit_code: Some(1),
+        message: "Error".into(),
+    };
+    assert!(h.pod_does(&run, "b", 1, failed));
+    h.step(t0() + Duration::seconds(2)).await;
+    assert_eq!(h.run_state(&run).await, RunState::Failed);
+    assert_eq!(
+        state_of(&h.tries(&run).await, "c", 1),
+        TaskState::UpstreamFailed
+    );
+    (run, dag)
+}
+
+/// Issue 29, item 3: clearing a task with its downstream in a finished failed run makes new
+/// tries of exactly what the preview listed, and the run runs again to success.
+#[tokio::test]
+async fn clearing_a_task_with_downstream_runs_it_again_in_the_same_run() {
+    let store = common::fresh_store("exec_task_clear").await;
+    let mut h = Harness::new(store.clone(), ExecutorConfig::default());
+    let (run, dag) = failed_chain(&mut h, "chain").await;
+    let created = h.cluster.created();
+    let id = ask_task(&store, &run, ActionKind::ClearTask, "b", true).await;
+    // the preview: the very decision, from what is stored now
+    let asked = store.action(id).await.unwrap().expect("recorded");
+    let now_run = store.run(run.id).await.unwrap().expect("run");
+    let latest = latest_of_run(&h.tries(&run).await);
+    let graph = dag.graph().expect("graph");
+    let preview = decide(&asked, Some(&now_run), Some(&graph), &latest, t0());
+    let Some(RunChange::Tasks { changes, .. }) = &preview.change else {
+        panic!("not a task change: {preview:?}");
+    };
+    let listed: Vec<(&str, i32, TaskState)> = changes
+        .iter()
+        .map(|c| (c.task.as_str(), c.try_number + 1, c.to()))
+        .collect();
+    assert_eq!(
+        listed,
+        [("b", 2, TaskState::Pending), ("c", 2, TaskState::Pending)]
+    );
+    h.step(t0() + Duration::seconds(4)).await;
+    let action = store.action(id).await.unwrap().expect("recorded");
+    assert_eq!(action.outcome, Some(ActionOutcome::Done), "{action:?}");
+    assert_eq!(action.message, Some(preview.message.clone()));
+    assert_eq!(h.run_state(&run).await, RunState::Running);
+    let tries = h.tries(&run).await;
+    // what was applied is what was listed: a new try of b and c, nothing of a
+    let new: Vec<(&str, i32)> = tries
+        .iter()
+        .filter(|t| t.try_number > 1)
+        .map(|t| (t.task_name.as_str(), t.try_number))
+        .collect();
+    assert_eq!(new, [("b", 2), ("c", 2)]);
+    assert_eq!(state_of(&tries, "b", 1), TaskState::Failed, "history kept");
+    assert_eq!(state_of(&tries, "b", 2), TaskState::Running);
+    assert_eq!(state_of(&tries, "c", 2), TaskState::Pending);
+    assert_eq!(h.cluster.created(), created + 1, "only b starts");
+    assert!(h.pod_does(&run, "b", 2, PodVerdict::Succeeded));
+    h.step(t0() + Duration::seconds(5)).await;
+    assert!(h.pod_does(&run, "c", 2, PodVerdict::Succeeded));
+    h.step(t0() + Duration::seconds(6)).await;
+    assert_eq!(h.run_state(&run).await, RunState::Success);
+}
+
+/// Issue 29, item 3: marking a failed task success lets its downstream run, and the run ends
+/// with the graph's outcome.
+#[tokio::test]
+async fn marking_a_failed_task_success_lets_its_downstream_run() {
+    let store = common::fresh_store("exec_task_mark").await;
+    let mut h = Harness::new(store.clone(), ExecutorConfig::default());
+    let (run, _) = failed_chain(&mut h, "chain").await;
+    let id = ask_task(&store, &run, ActionKind::MarkTaskSuccess, "b", false).await;
+    h.step(t0() + Duration::seconds(4)).await;
+    let action = store.action(id).await.unwrap().expect("recorded");
+    assert_eq!(action.outcome, Some(ActionOutcome::Done), "{action:?}");
+    let tries = h.tries(&run).await;
+    assert_eq!(state_of(&tries, "b", 1), TaskState::Success);
+    assert!(
+        tries
+            .iter()
+            .all(|t| t.task_name != "b" || t.try_number == 1),
+        "no new try of b"
+    );
+    assert_eq!(
+        state_of(&tries, "c", 2),
+        TaskState::Running,
+        "c decided again and started"
+    );
+    assert_eq!(h.run_state(&run).await, RunState::Running);
+    assert!(h.pod_does(&run, "c", 2, PodVerdict::Succeeded));
+    h.step(t0() + Duration::seconds(5)).await;
+    assert_eq!(h.run_state(&run).await, RunState::Success);
+    // marking it failed afterwards: the run's outcome follows
+    ask_task(&store, &run, ActionKind::MarkTaskFailed, "c", false).await;
+    h.step(t0() + Duration::seconds(7)).await;
+    h.step(t0() + Duration::seconds(8)).await;
+    assert_eq!(state_of(&h.tries(&run).await, "c", 2), TaskState::Failed);
+    assert_eq!(h.run_state(&run).await, RunState::Failed);
+}
+
+/// Issue 29, item 3: clearing a running task deletes its Pod and runs it again; an unknown
+/// task is refused with the reason.
+#[tokio::test]
+async fn clearing_a_running_task_deletes_its_pod_and_starts_a_new_try() {
+    let store = common::fresh_store("exec_task_clear_running").await;
+    let mut h = Harness::new(store.clone(), ExecutorConfig::default());
+    let run = admit(
+        &mut h,
+        "busy",
+        t0(),
+        spec("- {name: a, container: {image: x}}\n- {name: b, container: {image: x}}"),
+    )
+    .await;
+    h.step(t0()).await;
+    assert_eq!(h.cluster.live().len(), 2);
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 2);
+    ask_task(&store, &run, ActionKind::ClearTask, "a", false).await;
+    h.step(t0() + Duration::seconds(2)).await;
+    let tries = h.tries(&run).await;
+    assert_eq!(state_of(&tries, "a", 1), TaskState::Cancelled);
+    assert_eq!(state_of(&tries, "a", 2), TaskState::Running);
+    assert_eq!(state_of(&tries, "b", 1), TaskState::Running, "b untouched");
+    assert!(
+        !h.cluster.live().contains(&pod_key(&run, "a", 1)),
+        "the cleared try's Pod is deleted"
+    );
+    assert_eq!(h.gate.usage(gate_key::RUNNING_TASKS).await.unwrap(), 2);
+    let bad = ask_task(&store, &run, ActionKind::ClearTask, "nope", false).await;
+    h.step(t0() + Duration::seconds(4)).await;
+    let action = store.action(bad).await.unwrap().expect("recorded");
+    assert_eq!(action.outcome, Some(ActionOutcome::Refused));
+    assert!(action.message.unwrap().contains("no task \"nope\""));
+    assert!(h.pod_does(&run, "a", 2, PodVerdict::Succeeded));
+    assert!(h.pod_does(&run, "b", 1, PodVerdict::Succeeded));
+    h.step(t0() + Duration::seconds(5)).await;
+    assert_eq!(h.run_state(&run).await, RunState::Success);
 }
 
 #[tokio::test]

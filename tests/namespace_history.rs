@@ -84,6 +84,7 @@ async fn old_tenant(store: &PgStore, ns: &str) -> uuid::Uuid {
             run_id: Some(old),
             kind: ActionKind::MarkFailed,
             detail: json!({}),
+            task: None,
             requested_by: "old".into(),
             done: Some("done".into()),
         })

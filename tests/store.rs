@@ -1240,6 +1240,7 @@ async fn retention_deletes_old_and_surplus_finished_runs_with_their_tries_logs_a
             run_id: Some(doomed.id),
             kind: ActionKind::MarkFailed,
             detail: json!({}),
+            task: None,
             requested_by: "alice".into(),
             done: Some("marked failed by alice".into()),
         })

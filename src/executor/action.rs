@@ -1,4 +1,5 @@
-//! Carrying out what users ask of runs (cancel, re-run, mark): the leader's executor polls the
+//! Carrying out what users ask of runs (cancel, re-run, mark) and of their tasks (clear, mark:
+//! [`super::task_action`]): the leader's executor polls the
 //! pending actions, decides each from the run as it is ([`decide`], pure), writes the change
 //! and the outcome in one transaction, then changes memory to match — Pods of an ended run are
 //! deleted and its slots freed; a re-run run joins the running ones.
@@ -8,9 +9,10 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use super::state;
+use super::task_action::{self, TaskVerb};
 use super::{ExecError, ExecOutput, Executor, PodLauncher, RunFinished};
 use crate::gate::Gate;
-use crate::graph::TaskState;
+use crate::graph::{TaskGraph, TaskState};
 use crate::key::Subject;
 use crate::report::Notice;
 use crate::store::{
@@ -22,7 +24,7 @@ use crate::store::{
 const ACTIONS_PER_STEP: i64 = 64;
 
 /// The latest try of each task of a run, by task name.
-fn latest_of_run(tries: &[TaskRow]) -> Vec<TaskRow> {
+pub fn latest_of_run(tries: &[TaskRow]) -> Vec<TaskRow> {
     let mut out: Vec<TaskRow> = latest_tries(tries).into_values().cloned().collect();
     out.sort_by(|a, b| a.task_name.cmp(&b.task_name));
     out
@@ -43,10 +45,13 @@ fn rerun_wanted(state: TaskState) -> bool {
 pub const ACTION_EXPIRY: chrono::Duration = chrono::Duration::minutes(10);
 
 /// Decides an action at `now` from its run as it is now (`None`: no such run of the action's
-/// DAG) and the latest try of each of the run's tasks.
+/// DAG), the task graph of the spec version the run executes (`None`: not known; a task
+/// action is then refused) and the latest try of each of the run's tasks. The API's dry run
+/// and the UI's confirmation show what this decides, before it is asked for.
 pub fn decide(
     action: &RunAction,
     run: Option<&RunRow>,
+    graph: Option<&TaskGraph>,
     latest: &[TaskRow],
     now: DateTime<Utc>,
 ) -> ActionWrite {
@@ -107,6 +112,43 @@ pub fn decide(
                 set(to, tries_to, what)
             }
         }
+        ActionKind::ClearTask | ActionKind::MarkTaskSuccess | ActionKind::MarkTaskFailed => {
+            let (verb, what) = match action.kind {
+                ActionKind::ClearTask => (TaskVerb::Clear, "cleared"),
+                ActionKind::MarkTaskSuccess => {
+                    (TaskVerb::Mark(TaskState::Success), "marked success")
+                }
+                _ => (TaskVerb::Mark(TaskState::Failed), "marked failed"),
+            };
+            let Some(target) = &action.task else {
+                return refuse("a task action names no task".into());
+            };
+            let Some(graph) = graph else {
+                return refuse(format!(
+                    "the spec version of run {} is not stored: its tasks are not known",
+                    run.id
+                ));
+            };
+            match task_action::plan(verb, target, graph, latest) {
+                Err(why) => refuse(why),
+                Ok(changes) => {
+                    let names: Vec<String> = changes
+                        .iter()
+                        .map(|c| format!("{} ({} → {})", c.task, c.from, c.to()))
+                        .collect();
+                    ActionWrite {
+                        action: action.id,
+                        outcome: ActionOutcome::Done,
+                        message: format!("{what} by {by}: {}", names.join(", ")),
+                        change: Some(RunChange::Tasks {
+                            run: run.id,
+                            from: run.state,
+                            changes,
+                        }),
+                    }
+                }
+            }
+        }
         ActionKind::Rerun => {
             if run.state == RunState::Running {
                 return refuse(format!(
@@ -163,6 +205,12 @@ pub fn notice(action: &RunAction, write: &ActionWrite) -> Notice {
         (ActionOutcome::Done, ActionKind::Trigger) => {
             Notice::normal(subject, "RunTriggered", message)
         }
+        (ActionOutcome::Done, ActionKind::ClearTask) => {
+            Notice::normal(subject, "TaskCleared", message)
+        }
+        (ActionOutcome::Done, ActionKind::MarkTaskSuccess | ActionKind::MarkTaskFailed) => {
+            Notice::normal(subject, "TaskMarked", message)
+        }
     }
 }
 
@@ -185,12 +233,13 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
     }
 
     async fn carry_out(&mut self, action: &RunAction, now: DateTime<Utc>) -> Result<(), ExecError> {
-        let (run, latest) = match action.run_id {
-            None => (None, Vec::new()),
+        let (run, latest, graph) = match action.run_id {
+            None => (None, Vec::new(), None),
             Some(id) => match self.live.get(&id) {
                 Some(live) => (
                     Some(live.run.clone()),
                     live.tasks.iter().map(|t| t.row.clone()).collect(),
+                    Some(live.spec.clone()),
                 ),
                 None => {
                     let run = self.store.run(id).await?;
@@ -198,11 +247,27 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
                         Some(_) => self.store.task_instances(&[id]).await?,
                         None => Vec::new(),
                     };
-                    (run, latest_of_run(&tries))
+                    let mut spec = None;
+                    if let Some(r) = run.as_ref().filter(|_| action.kind.is_task_action()) {
+                        self.resolve_specs(std::slice::from_ref(r), HashMap::new())
+                            .await?;
+                        spec = r
+                            .spec_hash
+                            .as_ref()
+                            .and_then(|h| self.specs.get(h))
+                            .cloned();
+                    }
+                    (run, latest_of_run(&tries), spec)
                 }
             },
         };
-        let write = decide(action, run.as_ref(), &latest, now);
+        let write = decide(
+            action,
+            run.as_ref(),
+            graph.as_ref().map(|s| &s.graph),
+            &latest,
+            now,
+        );
         let ActionWritten::Recorded(changed) = self.store.write_action(&write).await? else {
             // the run changed under the decision (or another leader did it): next poll
             return Ok(());
@@ -219,9 +284,39 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
             (Some(RunChange::Rerun { .. }), Some(row)) => {
                 self.add_runs(vec![*row], HashMap::new(), now).await?;
             }
+            (Some(RunChange::Tasks { changes, .. }), Some(row)) => {
+                self.tasks_changed(&row, changes);
+                self.add_runs(vec![*row], HashMap::new(), now).await?;
+            }
             _ => {}
         }
         Ok(())
+    }
+
+    /// A task action changed tries of a run: a running run leaves memory (to be read again
+    /// with its new tries); the holds of the tries it changed go back and their Pods go. The
+    /// tries it left running keep their holds (re-adopted as they are).
+    fn tasks_changed(&mut self, row: &RunRow, changes: &[crate::store::TaskChange]) {
+        let Some(run) = self.live.remove(&row.id) else {
+            return;
+        };
+        for c in changes {
+            let Some(index) = run.spec.graph.index_of(&c.task) else {
+                continue;
+            };
+            let Some(task) = run.tasks.get(index) else {
+                continue;
+            };
+            if task.row.try_number != c.try_number {
+                continue;
+            }
+            self.ledger.end(&state::holder(&task.key()));
+            if c.kills() {
+                self.doomed_pods.push(super::pod_key(&run.run, task));
+            }
+        }
+        self.dirty.remove(&row.id);
+        self.admit_dirty = true;
     }
 
     /// A running run an action ended: out of memory, its slots back, its Pods deleted.
@@ -284,6 +379,7 @@ mod tests {
             run_id: Some(Uuid::from_u128(7)),
             kind,
             detail: serde_json::json!({}),
+            task: None,
             requested_by: "alice".into(),
             requested_at: at(),
             done_at: None,
@@ -314,11 +410,11 @@ mod tests {
     fn an_action_waiting_longer_than_its_expiry_is_refused() {
         let asked = action(ActionKind::Cancel);
         let late = asked.requested_at + ACTION_EXPIRY + chrono::Duration::seconds(1);
-        let w = decide(&asked, Some(&run(RunState::Running)), &[], late);
+        let w = decide(&asked, Some(&run(RunState::Running)), None, &[], late);
         assert_eq!((w.outcome, w.change), (ActionOutcome::Refused, None));
         assert!(w.message.starts_with("expired"), "{}", w.message);
         let on_time = asked.requested_at + ACTION_EXPIRY;
-        let w = decide(&asked, Some(&run(RunState::Running)), &[], on_time);
+        let w = decide(&asked, Some(&run(RunState::Running)), None, &[], on_time);
         assert_eq!(w.outcome, ActionOutcome::Done);
     }
 
@@ -327,6 +423,7 @@ mod tests {
         let w = decide(
             &action(ActionKind::Cancel),
             Some(&run(RunState::Running)),
+            None,
             &[],
             at(),
         );
@@ -344,6 +441,7 @@ mod tests {
         let w = decide(
             &action(ActionKind::Cancel),
             Some(&run(RunState::Success)),
+            None,
             &[],
             at(),
         );
@@ -354,10 +452,10 @@ mod tests {
     fn a_run_of_another_dag_is_not_found() {
         let mut other = run(RunState::Running);
         other.dag = DagKey::new("b", "etl");
-        let w = decide(&action(ActionKind::Cancel), Some(&other), &[], at());
+        let w = decide(&action(ActionKind::Cancel), Some(&other), None, &[], at());
         assert_eq!(w.outcome, ActionOutcome::Refused);
         assert!(w.message.starts_with("no run"), "{}", w.message);
-        let w = decide(&action(ActionKind::Cancel), None, &[], at());
+        let w = decide(&action(ActionKind::Cancel), None, None, &[], at());
         assert_eq!(w.outcome, ActionOutcome::Refused);
     }
 
@@ -371,6 +469,7 @@ mod tests {
         let w = decide(
             &action(ActionKind::Rerun),
             Some(&run(RunState::Failed)),
+            None,
             &latest,
             at(),
         );
@@ -390,6 +489,7 @@ mod tests {
         let w = decide(
             &action(ActionKind::Rerun),
             Some(&run(RunState::Success)),
+            None,
             &ok,
             at(),
         );
@@ -397,6 +497,7 @@ mod tests {
         let w = decide(
             &action(ActionKind::Rerun),
             Some(&run(RunState::Running)),
+            None,
             &latest,
             at(),
         );
@@ -408,6 +509,7 @@ mod tests {
         let w = decide(
             &action(ActionKind::MarkSuccess),
             Some(&run(RunState::Failed)),
+            None,
             &[],
             at(),
         );
@@ -423,6 +525,7 @@ mod tests {
         let w = decide(
             &action(ActionKind::MarkFailed),
             Some(&run(RunState::Failed)),
+            None,
             &[],
             at(),
         );

@@ -21,6 +21,7 @@ pub mod plan;
 pub mod pod;
 mod state;
 mod step;
+pub mod task_action;
 pub mod watch;
 
 use std::collections::{BTreeSet, HashMap};

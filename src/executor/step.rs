@@ -376,7 +376,7 @@ impl<S: RunStore, G: Gate, L: PodLauncher> Executor<S, G, L> {
     /// Makes sure every run names a spec version held in memory: given by the engine, read
     /// from PostgreSQL, or — for runs admitted before versions existed — the DAG's current
     /// spec, pinned to the run.
-    async fn resolve_specs(
+    pub(super) async fn resolve_specs(
         &mut self,
         runs: &[RunRow],
         given: HashMap<String, Arc<crate::api::DagSpec>>,

@@ -8,7 +8,8 @@
 //!   with the latest try of every task (the grid), paged by logical date
 //! - `GET /api/v1/namespaces/{ns}/runs/{id}` — one run with every try
 //! - `POST /api/v1/namespaces/{ns}/dags/{name}/runs` — trigger a run (`actions.rs`)
-//! - `POST /api/v1/namespaces/{ns}/runs/{id}/actions` — cancel, re-run, mark a run;
+//! - `POST /api/v1/namespaces/{ns}/runs/{id}/actions` — cancel, re-run, mark a run; clear or
+//!   mark one of its tasks (`?dryRun=true`: what it would change, nothing recorded);
 //!   `GET …/runs/{id}/actions`, `GET /api/v1/namespaces/{ns}/actions/{id}` — what was asked
 //! - `GET …/runs/{id}/tasks/{task}/tries/{n}/log[?follow=true]` — a try's log (`logs.rs`)
 //! - `GET /api/v1/namespaces/{ns}/backfills`, `…/pools` — with their progress and slots
@@ -98,6 +99,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/ui/namespaces/{ns}/runs/{id}/actions",
             axum::routing::post(ui_actions::post_action),
+        )
+        .route(
+            "/ui/namespaces/{ns}/runs/{id}/confirm",
+            get(ui_actions::confirm),
         )
         .route(
             "/ui/namespaces/{ns}/dags/{name}/trigger",

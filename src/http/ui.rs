@@ -555,6 +555,21 @@ pub async fn run_page(
     }
 }
 
+/// A task row's actions: clear or mark it (with its downstream / upstream tasks), each
+/// leading to a confirmation page that lists what will change (nothing changes before).
+fn task_actions(here: &str, task: &str) -> Markup {
+    html! {
+        form.task-actions method="get" action=(format!("{here}/confirm")) {
+            input type="hidden" name="task" value=(task);
+            label { input type="checkbox" name="downstream"; " downstream" } " "
+            label { input type="checkbox" name="upstream"; " upstream" } " "
+            button name="action" value="clear_task" { "Clear" } " "
+            button name="action" value="mark_task_success" { "Mark success" } " "
+            button name="action" value="mark_task_failed" { "Mark failed" }
+        }
+    }
+}
+
 async fn run_view(
     s: &ApiState,
     headers: &HeaderMap,
@@ -563,6 +578,7 @@ async fn run_view(
     q: RunPageQuery,
 ) -> Result<Markup, ApiError> {
     let (run, tries) = run_with_tries(s, headers, ns, id).await?;
+    let latest = latest_tries(&tries);
     let actions = s.store.actions_of_run(run.id).await?;
     let params = serde_json::to_string_pretty(&run.params).unwrap_or_default();
     let dag_link = format!("/ui/namespaces/{}/dags/{}", run.dag.namespace, run.dag.name);
@@ -603,7 +619,7 @@ async fn run_view(
             h3 { "Tasks and tries" }
             table id="tries" data-live {
                 tr { th { "task" } th { "try" } th { "state" } th { "started" } th { "ended" } th { "duration" }
-                     th { "Pod" } th { "exit code" } th { "message" } th { "log" } }
+                     th { "Pod" } th { "exit code" } th { "message" } th { "log" } th { "task actions" } }
                 @for t in &tries {
                     tr id=(format!("task-{}", t.task_name)) {
                         td { (t.task_name) }
@@ -616,6 +632,7 @@ async fn run_view(
                         td { (t.exit_code.map(|c| c.to_string()).unwrap_or_default()) }
                         td.msg { (t.message.clone().unwrap_or_default()) }
                         td { @if t.pod_name.is_some() { a href=(format!("{here}/tasks/{}/tries/{}/log", t.task_name, t.try_number)) { "log" } } }
+                        td { @if latest.get(&(t.run_id, t.task_name.as_str())).is_some_and(|l| l.try_number == t.try_number) { (task_actions(&here, &t.task_name)) } }
                     }
                 }
             }

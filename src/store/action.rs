@@ -1,4 +1,5 @@
-//! What users ask of runs (issue 16): trigger, cancel, re-run, mark. Each request is recorded
+//! What users ask of runs (issue 16): trigger, cancel, re-run, mark — and of one task of a run
+//! (issue 29): clear it, mark it success or failed. Each request is recorded
 //! (who, when, what) by the replica that received it; the leader's executor carries out the
 //! pending ones and records the outcome in the same transaction as its change.
 
@@ -20,15 +21,24 @@ pub enum ActionKind {
     MarkSuccess,
     /// the run ends (or is re-labelled) `failed`
     MarkFailed,
+    /// one task (and the chosen relatives) runs again in the same run: a new `pending` try
+    ClearTask,
+    /// one task's (and the chosen relatives') latest try takes `success`
+    MarkTaskSuccess,
+    /// one task's (and the chosen relatives') latest try takes `failed`
+    MarkTaskFailed,
 }
 
 impl ActionKind {
-    pub const ALL: [ActionKind; 5] = [
+    pub const ALL: [ActionKind; 8] = [
         ActionKind::Trigger,
         ActionKind::Cancel,
         ActionKind::Rerun,
         ActionKind::MarkSuccess,
         ActionKind::MarkFailed,
+        ActionKind::ClearTask,
+        ActionKind::MarkTaskSuccess,
+        ActionKind::MarkTaskFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,7 +48,18 @@ impl ActionKind {
             ActionKind::Rerun => "rerun",
             ActionKind::MarkSuccess => "mark_success",
             ActionKind::MarkFailed => "mark_failed",
+            ActionKind::ClearTask => "clear_task",
+            ActionKind::MarkTaskSuccess => "mark_task_success",
+            ActionKind::MarkTaskFailed => "mark_task_failed",
         }
+    }
+
+    /// Whether it acts on one task of a run (and names it).
+    pub fn is_task_action(self) -> bool {
+        matches!(
+            self,
+            ActionKind::ClearTask | ActionKind::MarkTaskSuccess | ActionKind::MarkTaskFailed
+        )
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -69,6 +90,16 @@ impl ActionOutcome {
     }
 }
 
+/// The task a task action acts on, and which of its relatives (transitively) go with it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskTarget {
+    pub task: String,
+    /// every task below it too
+    pub downstream: bool,
+    /// every task above it too
+    pub upstream: bool,
+}
+
 /// An action to record.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewAction {
@@ -77,6 +108,8 @@ pub struct NewAction {
     pub kind: ActionKind,
     /// a trigger's id and params
     pub detail: serde_json::Value,
+    /// the task of a task action (none for a run action)
+    pub task: Option<TaskTarget>,
     /// the user, as the TokenReview names them
     pub requested_by: String,
     /// recorded as already carried out (a trigger), with this message
@@ -91,6 +124,7 @@ pub struct RunAction {
     pub run_id: Option<Uuid>,
     pub kind: ActionKind,
     pub detail: serde_json::Value,
+    pub task: Option<TaskTarget>,
     pub requested_by: String,
     pub requested_at: DateTime<Utc>,
     pub done_at: Option<DateTime<Utc>>,
@@ -116,6 +150,75 @@ pub enum RunChange {
         from: RunState,
         tasks: Vec<NewTask>,
     },
+    /// tasks of a run change one by one (a task action): the run is (or goes back to)
+    /// `running` with `attempt` + 1 — so a cleared task has its retries again — and each
+    /// change is guarded by the latest try it was decided from
+    Tasks {
+        run: Uuid,
+        from: RunState,
+        changes: Vec<TaskChange>,
+    },
+}
+
+/// What a task action does to one task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskEffect {
+    /// a new `pending` try after the latest, which — when unfinished — ends `cancelled` first
+    /// (its Pod deleted when it has one)
+    NewTry,
+    /// the latest try takes this state (ended now; its Pod deleted when it has one)
+    Set(super::TaskState),
+}
+
+/// One task's change by a task action, decided from its latest try.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskChange {
+    pub task: String,
+    /// the latest try decided from (0: the task has none)
+    pub try_number: i32,
+    /// its state
+    pub from: super::TaskState,
+    pub effect: TaskEffect,
+    /// the Pool of a new try
+    pub pool: Option<String>,
+    pub pool_slots: i32,
+    /// why: `selected` (the task or a chosen relative) or `redecided` (below a changed task,
+    /// it never ran: its trigger rule decides it again)
+    pub why: ChangeReason,
+}
+
+/// Why a task changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeReason {
+    Selected,
+    Redecided,
+}
+
+impl ChangeReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeReason::Selected => "selected",
+            ChangeReason::Redecided => "redecided",
+        }
+    }
+}
+
+impl TaskChange {
+    /// Its state afterwards (`pending` for a new try).
+    pub fn to(&self) -> super::TaskState {
+        match &self.effect {
+            TaskEffect::NewTry => super::TaskState::Pending,
+            TaskEffect::Set(s) => *s,
+        }
+    }
+
+    /// Whether its latest try may have a Pod to delete (queued or running).
+    pub fn kills(&self) -> bool {
+        matches!(
+            self.from,
+            super::TaskState::Queued | super::TaskState::Running
+        )
+    }
 }
 
 /// One action carried out: its outcome, and the change that does it (applied in the same

@@ -11,7 +11,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use self::action::{
-    ActionKind, ActionOutcome, ActionWrite, ActionWritten, NewAction, RunAction, RunChange,
+    ActionKind, ActionOutcome, ActionWrite, ActionWritten, ChangeReason, NewAction, RunAction,
+    RunChange, TaskChange, TaskEffect, TaskTarget,
 };
 pub use crate::graph::TaskState;
 pub use pg::{

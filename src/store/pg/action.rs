@@ -9,20 +9,30 @@ use super::epoch::current;
 use super::{PgStore, dag_key, run_from_row};
 use crate::store::action::{
     ActionKind, ActionOutcome, ActionWrite, ActionWritten, NewAction, RunAction, RunChange,
+    TaskEffect, TaskTarget,
 };
 use crate::store::{NewTask, StoreError};
 
 macro_rules! action_columns {
     () => {
-        "id, namespace, dag_name, run_id, action, detail, requested_by, requested_at, done_at, \
-         outcome, message"
+        "id, namespace, dag_name, run_id, action, detail, task_name, downstream, upstream, \
+         requested_by, requested_at, done_at, outcome, message"
     };
 }
 
 fn action_from_row(row: &PgRow) -> Result<RunAction, StoreError> {
     let kind: String = row.try_get("action")?;
     let outcome: Option<String> = row.try_get("outcome")?;
+    let task: Option<String> = row.try_get("task_name")?;
     Ok(RunAction {
+        task: match task {
+            None => None,
+            Some(task) => Some(TaskTarget {
+                task,
+                downstream: row.try_get("downstream")?,
+                upstream: row.try_get("upstream")?,
+            }),
+        },
         id: row.try_get("id")?,
         dag: dag_key(row, "namespace", "dag_name")?,
         run_id: row.try_get("run_id")?,
@@ -50,10 +60,10 @@ impl PgStore {
     pub async fn record_action(&self, action: &NewAction) -> Result<RunAction, StoreError> {
         let row = sqlx::query(concat!(
             "INSERT INTO run_actions (namespace, dag_name, run_id, action, detail, requested_by, \
-                 done_at, outcome, message) \
+                 done_at, outcome, message, task_name, downstream, upstream) \
              VALUES ($1, $2, $3, $4, $5, $6, \
                  CASE WHEN $7::text IS NULL THEN NULL ELSE now() END, \
-                 CASE WHEN $7::text IS NULL THEN NULL ELSE 'done' END, $7) \
+                 CASE WHEN $7::text IS NULL THEN NULL ELSE 'done' END, $7, $8, $9, $10) \
              RETURNING ",
             action_columns!()
         ))
@@ -64,6 +74,9 @@ impl PgStore {
         .bind(&action.detail)
         .bind(&action.requested_by)
         .bind(action.done.as_deref())
+        .bind(action.task.as_ref().map(|t| t.task.as_str()))
+        .bind(action.task.as_ref().is_some_and(|t| t.downstream))
+        .bind(action.task.as_ref().is_some_and(|t| t.upstream))
         .fetch_one(&self.pool)
         .await?;
         action_from_row(&row)
@@ -175,6 +188,68 @@ impl PgStore {
                 let tries: Vec<(Uuid, &NewTask)> = tasks.iter().map(|t| (*run, t)).collect();
                 Self::insert_next_tries(&mut tx, &tries).await?;
                 Some(restarted)
+            }
+            Some(RunChange::Tasks { run, from, changes }) => {
+                let row = sqlx::query(concat!(
+                    "UPDATE dag_runs SET state = 'running', attempt = attempt + 1, \
+                         started_at = CASE WHEN state = 'running' THEN started_at ELSE now() END, \
+                         ended_at = NULL \
+                     WHERE id = $1 AND state = $2 RETURNING ",
+                    run_columns!()
+                ))
+                .bind(run)
+                .bind(from.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else {
+                    return Ok(ActionWritten::Stale);
+                };
+                let changed = run_from_row(&row)?;
+                let mut next = Vec::new();
+                for c in changes {
+                    // the latest try must still be the one decided from, in the same state;
+                    // an unfinished one a clear replaces ends `cancelled`
+                    let to = match &c.effect {
+                        TaskEffect::Set(to) => *to,
+                        TaskEffect::NewTry if c.from.is_terminal() => c.from,
+                        TaskEffect::NewTry => crate::graph::TaskState::Cancelled,
+                    };
+                    if c.try_number > 0 {
+                        let done = sqlx::query(
+                            "UPDATE task_instances i SET state = $5, \
+                                 ended_at = CASE WHEN $4 = $5 THEN ended_at \
+                                     ELSE coalesce(ended_at, now()) END, \
+                                 message = CASE WHEN $4 = $5 THEN message ELSE $6 END \
+                             WHERE run_id = $1 AND task_name = $2 AND try_number = $3 \
+                               AND state = $4 \
+                               AND NOT EXISTS (SELECT 1 FROM task_instances j \
+                                   WHERE j.run_id = i.run_id AND j.task_name = i.task_name \
+                                     AND j.try_number > i.try_number)",
+                        )
+                        .bind(run)
+                        .bind(&c.task)
+                        .bind(c.try_number)
+                        .bind(c.from.as_str())
+                        .bind(to.as_str())
+                        .bind(&w.message)
+                        .execute(&mut *tx)
+                        .await?;
+                        if done.rows_affected() != 1 {
+                            // the task moved on since the decision: nothing is written
+                            return Ok(ActionWritten::Stale);
+                        }
+                    }
+                    if c.effect == TaskEffect::NewTry {
+                        next.push(NewTask {
+                            task_name: c.task.clone(),
+                            pool: c.pool.clone(),
+                            pool_slots: c.pool_slots,
+                        });
+                    }
+                }
+                let tries: Vec<(Uuid, &NewTask)> = next.iter().map(|t| (*run, t)).collect();
+                Self::insert_next_tries(&mut tx, &tries).await?;
+                Some(changed)
             }
         };
         let done = sqlx::query(
