@@ -209,6 +209,41 @@ impl TestNamespace {
         full.extend_from_slice(args);
         plane().kubectl_ok(&full, stdin)
     }
+
+    /// A ServiceAccount `name` of this namespace bound to a Role per rule (`kubectl create
+    /// role` arguments, e.g. [`rights::READ`]); its token.
+    pub fn account(&self, name: &str, rules: &[&[&str]]) -> String {
+        self.kubectl_ok(&["create", "serviceaccount", name], None);
+        for (i, rule) in rules.iter().enumerate() {
+            let role = format!("{name}-{i}");
+            let mut args = vec!["create", "role", role.as_str()];
+            args.extend_from_slice(rule);
+            self.kubectl_ok(&args, None);
+            self.kubectl_ok(
+                &[
+                    "create",
+                    "rolebinding",
+                    &role,
+                    &format!("--role={role}"),
+                    &format!("--serviceaccount={}:{name}", self.name),
+                ],
+                None,
+            );
+        }
+        self.kubectl_ok(&["create", "token", name], None)
+            .trim()
+            .to_string()
+    }
+}
+
+/// The rights the tests give people, as `kubectl create role` arguments.
+pub mod rights {
+    /// read DAGs, their runs and tries
+    pub const READ: &[&str] = &["--verb=get,list,watch", "--resource=dags.dagoperator.io"];
+    /// read task logs too (issue 28)
+    pub const LOGS: &[&str] = &["--verb=get", "--resource=pods/log"];
+    /// trigger, cancel, re-run, mark; task actions
+    pub const ACT: &[&str] = &["--verb=update", "--resource=dags.dagoperator.io/runs"];
 }
 
 impl Drop for TestNamespace {

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use dag_operator_e2e::rights::{ACT, LOGS, READ};
 use dag_operator_e2e::scenario::{dag_with_spec, dag_yaml, setup};
 use dag_operator_e2e::{TestNamespace, eventually};
 use serde_json::{Value, json};
@@ -172,37 +173,12 @@ async fn a_viewer_reads_its_namespace_and_nothing_else() {
     assert_eq!(code, 403);
 }
 
-/// A ServiceAccount of `ns` bound to a Role of `rules` (kubectl `create role` arguments).
-fn account(ns: &TestNamespace, name: &str, rules: &[&[&str]]) -> String {
-    ns.kubectl_ok(&["create", "serviceaccount", name], None);
-    for (i, rule) in rules.iter().enumerate() {
-        let role = format!("{name}-{i}");
-        let mut args = vec!["create", "role", role.as_str()];
-        args.extend_from_slice(rule);
-        ns.kubectl_ok(&args, None);
-        let subject = format!("--serviceaccount={}:{name}", ns.name);
-        let binding_role = format!("--role={role}");
-        ns.kubectl_ok(
-            &["create", "rolebinding", &role, &binding_role, &subject],
-            None,
-        );
-    }
-    ns.kubectl_ok(&["create", "token", name], None)
-        .trim()
-        .to_string()
-}
-
-const READ: &[&str] = &["--verb=get,list,watch", "--resource=dags.dagoperator.io"];
-/// Task logs also need the caller's own `get pods/log` (issue 28).
-const LOGS: &[&str] = &["--verb=get", "--resource=pods/log"];
-const ACT: &[&str] = &["--verb=update", "--resource=dags.dagoperator.io/runs"];
-
 #[tokio::test]
 async fn a_runner_triggers_cancels_and_reruns_and_a_viewer_may_not() {
     let s = setup("api-act").await;
     let a = s.ns.name.clone();
-    let viewer = account(&s.ns, "viewer", &[READ, LOGS]);
-    let runner = account(&s.ns, "runner", &[READ, ACT]);
+    let viewer = s.ns.account("viewer", &[READ, LOGS]);
+    let runner = s.ns.account("runner", &[READ, ACT]);
     s.apply(
         "apiVersion: dagoperator.io/v1alpha1\nkind: Pool\nmetadata: {name: one}\nspec:\n  slots: 1\n",
     );
@@ -436,9 +412,8 @@ async fn a_runner_triggers_cancels_and_reruns_and_a_viewer_may_not() {
 async fn backfills_and_pools_show_progress_and_slots_to_who_may_list_them() {
     let s = setup("api-bf").await;
     let a = s.ns.name.clone();
-    let dags_only = account(&s.ns, "dags-only", &[READ]);
-    let viewer = account(
-        &s.ns,
+    let dags_only = s.ns.account("dags-only", &[READ]);
+    let viewer = s.ns.account(
         "viewer",
         &[&[
             "--verb=get,list,watch",

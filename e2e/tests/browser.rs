@@ -9,9 +9,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use dag_operator_e2e::eventually;
 use dag_operator_e2e::operator::free_port;
+use dag_operator_e2e::rights::{ACT, LOGS, READ};
 use dag_operator_e2e::scenario::{Setup, dag_with_spec, setup};
-use dag_operator_e2e::{TestNamespace, eventually};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 
@@ -68,34 +69,6 @@ async fn browser(driver: &Driver) -> Client {
         },
     )
     .await
-}
-
-/// A ServiceAccount that may read DAGs and act on their runs in `ns`; its token.
-fn runner(ns: &TestNamespace) -> String {
-    ns.kubectl_ok(&["create", "serviceaccount", "ui-user"], None);
-    ns.kubectl_ok(
-        &[
-            "create",
-            "role",
-            "ui-user",
-            "--verb=get,list,watch,update",
-            "--resource=dags.dagoperator.io,dags.dagoperator.io/runs,pods/log",
-        ],
-        None,
-    );
-    ns.kubectl_ok(
-        &[
-            "create",
-            "rolebinding",
-            "ui-user",
-            "--role=ui-user",
-            &format!("--serviceaccount={}:ui-user", ns.name),
-        ],
-        None,
-    );
-    ns.kubectl_ok(&["create", "token", "ui-user"], None)
-        .trim()
-        .to_string()
 }
 
 fn screenshot_dirs() -> Vec<PathBuf> {
@@ -164,7 +137,7 @@ async fn history(s: &Setup, dag: &str, dates: &[&str]) {
 async fn the_ui_in_a_real_browser() {
     let s = setup("browser").await;
     let ns = s.ns.name.clone();
-    let token = runner(&s.ns);
+    let token = s.ns.account("ui-user", &[READ, LOGS, ACT]);
     s.apply(&dag_with_spec(
         "etl",
         "  schedule: '0 2 * * *'\n  tasks:\n  - {name: extract, container: {image: busybox}}\n  - {name: transform, dependsOn: [extract], container: {image: e2e.local/hold}}\n  - {name: load, dependsOn: [transform], container: {image: busybox}}\n  - {name: report, dependsOn: [load], container: {image: busybox}}\n",

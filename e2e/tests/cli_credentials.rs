@@ -8,33 +8,10 @@ use std::process::Output;
 use std::time::Duration;
 
 use dag_operator::store::{RunRow, RunState};
+use dag_operator_e2e::rights::{ACT, LOGS, READ};
 use dag_operator_e2e::scenario::{Setup, dag_with_spec, setup};
-use dag_operator_e2e::{TestNamespace, eventually, plane};
+use dag_operator_e2e::{eventually, plane};
 use serde_json::json;
-
-/// A ServiceAccount with these Roles in `ns`; its token.
-fn account(ns: &TestNamespace, name: &str, rules: &[&[&str]]) -> String {
-    ns.kubectl_ok(&["create", "serviceaccount", name], None);
-    for (i, rule) in rules.iter().enumerate() {
-        let role = format!("{name}-{i}");
-        let mut args = vec!["create", "role", role.as_str()];
-        args.extend_from_slice(rule);
-        ns.kubectl_ok(&args, None);
-        let subject = format!("--serviceaccount={}:{name}", ns.name);
-        let binding_role = format!("--role={role}");
-        ns.kubectl_ok(
-            &["create", "rolebinding", &role, &binding_role, &subject],
-            None,
-        );
-    }
-    ns.kubectl_ok(&["create", "token", name], None)
-        .trim()
-        .to_string()
-}
-
-const READ: &[&str] = &["--verb=get,list,watch", "--resource=dags.dagoperator.io"];
-const LOGS: &[&str] = &["--verb=get", "--resource=pods/log"];
-const ACT: &[&str] = &["--verb=update", "--resource=dags.dagoperator.io/runs"];
 
 /// The plane's API server: its URL and CA (base64), from the plane's kubeconfig.
 fn cluster() -> (String, String) {
@@ -195,7 +172,7 @@ async fn runs_logs_cancel(s: &Setup, kubeconfig: &str, server: &str, extra: &[&s
 async fn the_cli_takes_exec_plugins_contexts_and_merged_kubeconfigs() {
     let s = setup("cli-cred").await;
     let ns = s.ns.name.clone();
-    let token = account(&s.ns, "engineer", &[READ, LOGS, ACT]);
+    let token = s.ns.account("engineer", &[READ, LOGS, ACT]);
     s.apply(&dag_with_spec(
         "etl",
         "  maxActiveRuns: 5\n  tasks:\n  - {name: a, container: {image: busybox}}\n  - {name: b, dependsOn: [a], container: {image: e2e.local/hold}}\n",

@@ -11,8 +11,9 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use dag_operator::store::{RunRow, RunState, RunType};
+use dag_operator_e2e::eventually;
+use dag_operator_e2e::rights::{ACT, READ};
 use dag_operator_e2e::scenario::{Setup, dag_with_spec, setup};
-use dag_operator_e2e::{TestNamespace, eventually};
 use serde_json::Value;
 
 /// Checks `f` every 200 ms for the whole of `span`, panicking at the first time it fails: the
@@ -147,34 +148,6 @@ async fn a_dag_created_after_the_listing_and_made_invalid_keeps_its_running_run(
     assert!(s.events("RunCancelled").is_empty());
 }
 
-/// A ServiceAccount of `ns` allowed to read DAGs and act on runs; its token.
-fn runner(ns: &TestNamespace) -> String {
-    ns.kubectl_ok(&["create", "serviceaccount", "runner"], None);
-    let rules: [&[&str]; 2] = [
-        &["--verb=get,list,watch", "--resource=dags.dagoperator.io"],
-        &["--verb=update", "--resource=dags.dagoperator.io/runs"],
-    ];
-    for (i, rule) in rules.iter().enumerate() {
-        let role = format!("runner-{i}");
-        let mut args = vec!["create", "role", role.as_str()];
-        args.extend_from_slice(rule);
-        ns.kubectl_ok(&args, None);
-        ns.kubectl_ok(
-            &[
-                "create",
-                "rolebinding",
-                &role,
-                &format!("--role={role}"),
-                &format!("--serviceaccount={}:runner", ns.name),
-            ],
-            None,
-        );
-    }
-    ns.kubectl_ok(&["create", "token", "runner"], None)
-        .trim()
-        .to_string()
-}
-
 /// The run-id labels of the namespace's task Pods.
 fn pod_runs(s: &Setup, dag: &str) -> Vec<String> {
     s.pods(dag)
@@ -195,7 +168,7 @@ fn pod_runs(s: &Setup, dag: &str) -> Vec<String> {
 async fn pods_whose_creates_were_in_flight_when_their_run_was_cancelled_are_deleted() {
     const TASKS: usize = 150;
     let s = setup("r3-late-create").await;
-    let token = runner(&s.ns);
+    let token = s.ns.account("runner", &[READ, ACT]);
     let tasks: String = (0..TASKS)
         .map(|i| format!("  - {{name: t{i:03}, container: {{image: e2e.local/hold}}}}\n"))
         .collect();

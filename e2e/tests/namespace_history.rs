@@ -6,40 +6,13 @@
 
 use std::time::Duration;
 
+use dag_operator_e2e::rights::{ACT, READ};
 use dag_operator_e2e::scenario::{dag_with_spec, setup};
-use dag_operator_e2e::{TestNamespace, eventually, plane};
+use dag_operator_e2e::{eventually, plane};
 use serde_json::Value;
 
 fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
-}
-
-/// A ServiceAccount of `ns` that may read DAGs and their runs and act on runs: its token.
-fn runner(ns: &TestNamespace) -> String {
-    ns.kubectl_ok(&["create", "serviceaccount", "runner"], None);
-    ns.kubectl_ok(
-        &[
-            "create",
-            "role",
-            "runner",
-            "--verb=get,list,watch,update",
-            "--resource=dags.dagoperator.io,dags.dagoperator.io/runs",
-        ],
-        None,
-    );
-    ns.kubectl_ok(
-        &[
-            "create",
-            "rolebinding",
-            "runner",
-            "--role=runner",
-            &format!("--serviceaccount={}:runner", ns.name),
-        ],
-        None,
-    );
-    ns.kubectl_ok(&["create", "token", "runner"], None)
-        .trim()
-        .to_string()
 }
 
 const DATE: &str = "2026-03-01T00:00:00Z";
@@ -113,7 +86,7 @@ async fn a_namespace_created_again_sees_none_of_the_old_tenants_history() {
     let op = s.operator(&[]);
 
     // the old tenant: one run, on DATE
-    let old_token = runner(&s.ns);
+    let old_token = s.ns.account("runner", &[READ, ACT]);
     trigger(&op, &ns, "etl", &old_token).await;
     let old = s
         .runs_until("etl", "the old tenant's run", |r| !r.is_empty())
@@ -131,7 +104,7 @@ async fn a_namespace_created_again_sees_none_of_the_old_tenants_history() {
     );
     plane().kubectl_ok(&["create", "namespace", &ns], None);
     s.apply(&dag);
-    let new_token = runner(&s.ns);
+    let new_token = s.ns.account("runner", &[READ, ACT]);
 
     // the new tenant's API shows none of the old history, at once
     assert!(

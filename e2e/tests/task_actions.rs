@@ -6,47 +6,21 @@
 use std::time::Duration;
 
 use dag_operator::store::RunState;
+use dag_operator_e2e::eventually;
+use dag_operator_e2e::rights::{ACT, READ};
 use dag_operator_e2e::scenario::{dag_with_spec, setup};
-use dag_operator_e2e::{TestNamespace, eventually};
 use serde_json::Value;
 
 fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
-/// A ServiceAccount of `ns` with `rules` (kubectl `create role` arguments): its token.
-fn account(ns: &TestNamespace, name: &str, rules: &[&[&str]]) -> String {
-    ns.kubectl_ok(&["create", "serviceaccount", name], None);
-    for (i, rule) in rules.iter().enumerate() {
-        let role = format!("{name}-{i}");
-        let mut args = vec!["create", "role", role.as_str()];
-        args.extend_from_slice(rule);
-        ns.kubectl_ok(&args, None);
-        ns.kubectl_ok(
-            &[
-                "create",
-                "rolebinding",
-                &role,
-                &format!("--role={role}"),
-                &format!("--serviceaccount={}:{name}", ns.name),
-            ],
-            None,
-        );
-    }
-    ns.kubectl_ok(&["create", "token", name], None)
-        .trim()
-        .to_string()
-}
-
-const READ: &[&str] = &["--verb=get,list,watch", "--resource=dags.dagoperator.io"];
-const ACT: &[&str] = &["--verb=update", "--resource=dags.dagoperator.io/runs"];
-
 #[tokio::test]
 async fn a_runner_clears_and_marks_tasks_and_a_viewer_may_not() {
     let s = setup("task-act").await;
     let ns = s.ns.name.clone();
-    let viewer = account(&s.ns, "viewer", &[READ]);
-    let runner = account(&s.ns, "runner", &[READ, ACT]);
+    let viewer = s.ns.account("viewer", &[READ]);
+    let runner = s.ns.account("runner", &[READ, ACT]);
     s.apply(&dag_with_spec(
         "chain",
         "  tasks:\n  - {name: a, container: {image: busybox}}\n  - {name: b, dependsOn: [a], container: {image: e2e.local/hold}}\n  - {name: c, dependsOn: [b], container: {image: busybox}}\n",
