@@ -78,6 +78,21 @@ async fn a_runner_clears_and_marks_tasks_and_a_viewer_may_not() {
         "{listed}"
     );
 
+    // the same preview through the CLI
+    let server = format!("http://127.0.0.1:{}", op.ui_port);
+    let id = run.id.to_string();
+    let as_runner = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["-n", &ns, "--server", &server, "--token", &runner]);
+        s.cli(&all)
+    };
+    let said = as_runner(&["clear", &id, "--task", "b", "--downstream", "--dry-run"]);
+    assert!(
+        said.contains("b (try 1): failed → pending")
+            && said.contains("c (try 1): upstream_failed → pending"),
+        "{said}"
+    );
+
     // the clear: b runs again (try 2), succeeds, c runs, the run succeeds
     let (code, answer) = op
         .api_post(&actions, Some(&runner), clear)
@@ -103,11 +118,8 @@ async fn a_runner_clears_and_marks_tasks_and_a_viewer_may_not() {
         .await
         .expect("an answer");
     assert_eq!(code, 403, "{answer}");
-    let (code, answer) = op
-        .api_post(&actions, Some(&runner), mark)
-        .await
-        .expect("an answer");
-    assert_eq!(code, 202, "{answer}");
+    // the runner marks through the CLI, which waits for the outcome
+    as_runner(&["mark", &id, "--task", "c", "--state", "failed"]);
     eventually(Duration::from_secs(60), "the run marked failed", || async {
         (s.runs("chain").await[0].state == RunState::Failed).then_some(())
     })

@@ -40,9 +40,47 @@ pub enum MarkState {
 pub struct MarkArgs {
     #[command(flatten)]
     pub act: ActArgs,
-    /// The state the run takes.
+    /// The state the run (or, with --task, the task) takes.
     #[arg(long, value_enum)]
     pub state: MarkState,
+    /// Mark one task of the run instead of the whole run; its downstream tasks are then
+    /// decided by their trigger rules.
+    #[arg(long)]
+    pub task: Option<String>,
+    #[command(flatten)]
+    pub scope: TaskScope,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClearArgs {
+    #[command(flatten)]
+    pub act: ActArgs,
+    /// The task to run again in the same run (a running one is stopped first).
+    #[arg(long)]
+    pub task: String,
+    #[command(flatten)]
+    pub scope: TaskScope,
+}
+
+/// Which tasks besides the one named a task action takes, and whether only to preview it.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TaskScope {
+    /// Also every task downstream of it.
+    #[arg(long)]
+    pub downstream: bool,
+    /// Also every task upstream of it.
+    #[arg(long)]
+    pub upstream: bool,
+    /// Print what would change (the API's dry run) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl TaskScope {
+    /// The API's body of a task action.
+    fn body(&self, action: &str, task: &str) -> Value {
+        json!({"action": action, "task": task, "downstream": self.downstream, "upstream": self.upstream})
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -73,15 +111,34 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 
 /// Asks for `action` on a run and (unless `--no-wait`) waits for its outcome.
 pub fn act(args: &ActArgs, action: &str) -> Result<(), CliError> {
+    ask(args, action, json!({ "action": action }), false)
+}
+
+/// Asks for the action `body` on a run — or, with `dry_run`, prints what it would change —
+/// and (unless `--no-wait`) waits for its outcome.
+fn ask(args: &ActArgs, action: &str, body: Value, dry_run: bool) -> Result<(), CliError> {
     runtime()?.block_on(async {
         let server = Server::connect(&args.server, args.namespace.as_deref()).await?;
         let ns = server.namespace.clone();
+        let path = format!("/api/v1/namespaces/{ns}/runs/{}/actions", args.run);
+        if dry_run {
+            let preview = server
+                .send(Method::POST, &format!("{path}?dryRun=true"), Some(&body))
+                .await?
+                .ok()?
+                .json()?;
+            print!("{}", preview_text(&preview));
+            return if preview["allowed"] == true {
+                Ok(())
+            } else {
+                Err(CliError::runtime(format!(
+                    "run {}: {action} would be refused",
+                    args.run
+                )))
+            };
+        }
         let asked = server
-            .send(
-                Method::POST,
-                &format!("/api/v1/namespaces/{ns}/runs/{}/actions", args.run),
-                Some(&json!({ "action": action })),
-            )
+            .send(Method::POST, &path, Some(&body))
             .await?
             .ok()?
             .json()?;
@@ -132,11 +189,75 @@ async fn wait_for(server: &Server, ns: &str, id: i64) -> Result<Value, CliError>
 }
 
 pub fn mark(args: &MarkArgs) -> Result<(), CliError> {
-    let action = match args.state {
-        MarkState::Success => "mark_success",
-        MarkState::Failed => "mark_failed",
-    };
-    act(&args.act, action)
+    match (&args.task, args.state) {
+        (None, _) if args.scope.downstream || args.scope.upstream || args.scope.dry_run => Err(
+            CliError::usage("--downstream, --upstream and --dry-run go with --task"),
+        ),
+        (None, MarkState::Success) => act(&args.act, "mark_success"),
+        (None, MarkState::Failed) => act(&args.act, "mark_failed"),
+        (Some(task), state) => {
+            let action = match state {
+                MarkState::Success => "mark_task_success",
+                MarkState::Failed => "mark_task_failed",
+            };
+            ask(
+                &args.act,
+                action,
+                args.scope.body(action, task),
+                args.scope.dry_run,
+            )
+        }
+    }
+}
+
+/// `dag-operator clear`: one task (and its relatives) runs again in the same run.
+pub fn clear(args: &ClearArgs) -> Result<(), CliError> {
+    ask(
+        &args.act,
+        "clear_task",
+        args.scope.body("clear_task", &args.task),
+        args.scope.dry_run,
+    )
+}
+
+/// A dry run's answer as lines: what it would say, then each task's change.
+fn preview_text(preview: &Value) -> String {
+    let mut out = format!(
+        "{}{}\n",
+        if preview["allowed"] == true {
+            "would: "
+        } else {
+            "refused: "
+        },
+        preview["message"].as_str().unwrap_or_default()
+    );
+    if let (Some(from), Some(to)) = (
+        preview["runState"]["from"].as_str(),
+        preview["runState"]["to"].as_str(),
+    ) {
+        out.push_str(&format!("run: {from} → {to}\n"));
+    }
+    for c in preview["changes"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {} (try {}): {} → {}{}{} [{}]\n",
+            c["task"].as_str().unwrap_or_default(),
+            c["try"],
+            c["from"].as_str().unwrap_or_default(),
+            c["to"].as_str().unwrap_or_default(),
+            if c["newTry"] == true {
+                ", a new try"
+            } else {
+                ""
+            },
+            if c["podDeleted"] == true {
+                ", its Pod deleted"
+            } else {
+                ""
+            },
+            c["reason"].as_str().unwrap_or_default(),
+        ));
+    }
+    out
 }
 
 /// Prints a try's log (its latest try by default), following it with `-f`.
@@ -213,6 +334,23 @@ fn latest_try(run: &Value, task: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_preview_reads_as_lines() {
+        let preview = json!({
+            "allowed": true,
+            "message": "clear b and 1 task below it",
+            "runState": {"from": "failed", "to": "running"},
+            "changes": [
+                {"task": "b", "try": 1, "from": "failed", "to": "pending", "newTry": true, "podDeleted": false, "reason": "selected"},
+                {"task": "c", "try": 1, "from": "upstream_failed", "to": "pending", "newTry": true, "podDeleted": false, "reason": "redecided"}
+            ]
+        });
+        assert_eq!(
+            preview_text(&preview),
+            "would: clear b and 1 task below it\nrun: failed → running\n  b (try 1): failed → pending, a new try [selected]\n  c (try 1): upstream_failed → pending, a new try [redecided]\n"
+        );
+    }
 
     #[test]
     fn the_latest_try_of_a_task() {

@@ -88,8 +88,12 @@ pub enum Command {
     Cancel(act::ActArgs),
     /// Re-run a finished run's failed, upstream-failed and cancelled tasks in place.
     Rerun(act::ActArgs),
-    /// Mark a run success or failed.
+    /// Mark a run success or failed — or, with --task, one task (and, with --downstream or
+    /// --upstream, its relatives), like Airflow's Mark.
     Mark(act::MarkArgs),
+    /// Run one task (and, with --downstream or --upstream, its relatives) again in the same
+    /// run, like Airflow's Clear; --dry-run prints what would change.
+    Clear(act::ClearArgs),
     /// Print a task try's log: from its Pod while it exists, else the end the operator kept.
     Logs(act::LogsArgs),
     /// Open the UI in a browser, logged in as the kubeconfig's user, through a port-forward to
@@ -402,6 +406,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Cancel(args) => act::act(&args, "cancel"),
         Command::Rerun(args) => act::act(&args, "rerun"),
         Command::Mark(args) => act::mark(&args),
+        Command::Clear(args) => act::clear(&args),
         Command::Logs(args) => act::logs(&args),
         Command::Ui(args) => ui::run(&args),
         Command::Completion(args) => {
