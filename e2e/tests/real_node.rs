@@ -450,3 +450,42 @@ async fn a_pool_of_one_and_max_running_tasks_hold_with_real_containers() {
     assert_eq!(capped.len(), 3);
     assert_one_at_a_time(&capped);
 }
+
+/// Params are data (issue 28, finding 4): a trigger's `$(DB_PASSWORD)` reaches a real
+/// container as those very characters, though the task takes `DB_PASSWORD` from a Secret
+/// (`envFrom`) and the kubelet expands `$(VAR)` in the values it is given.
+#[tokio::test]
+async fn params_reach_a_real_container_as_written_never_expanded_from_a_secret() {
+    let s = setup_on_real_node("real-params").await;
+    let token = reader(&s);
+    s.ns.kubectl_ok(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "db",
+            "--from-literal=DB_PASSWORD=hunter2-from-the-secret",
+        ],
+        None,
+    );
+    let spec = format!(
+        "  tasks:\n  - name: show\n    container:\n      image: {TASK_IMAGE}\n      envFrom: [{{secretRef: {{name: db}}}}]\n      command: [sh, -c, {}]\n",
+        serde_json::to_string(r#"echo "params=$DAG_RUN_PARAMS""#).expect("a JSON string")
+    );
+    s.apply(&dag_with_spec("leak", &spec));
+    let op = s.operator(&[]);
+    trigger(&s, "leak", Some(r#"{"x":"$(DB_PASSWORD)"}"#));
+    let run = ended(&s, "leak", Duration::from_secs(90)).await;
+    assert_eq!(run.state, RunState::Success);
+    let path = format!(
+        "/api/v1/namespaces/{}/runs/{}/tasks/show/tries/1/log",
+        s.ns.name, run.id
+    );
+    let (code, body) = op.api(&path, Some(&token)).await.expect("an answer");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, "params={\"x\":\"$(DB_PASSWORD)\"}\n");
+    assert!(
+        !body.contains("hunter2"),
+        "the Secret's value leaked: {body}"
+    );
+}
