@@ -2,8 +2,10 @@
 //! Reads come from the replica's own DAG watch cache and from PostgreSQL; callers are
 //! authenticated and authorized by the API server (`auth.rs`). Paths follow Kubernetes' shape:
 //!
-//! - `GET /api/v1/dags` — the DAGs of every namespace the caller may read
-//! - `GET /api/v1/namespaces/{ns}/dags`, `…/dags/{name}` — DAGs with their newest 25 runs
+//! - `GET /api/v1/dags?limit=&continue=` — the DAGs of every namespace the caller may read, a
+//!   page at a time (`page.rs`)
+//! - `GET /api/v1/namespaces/{ns}/dags?limit=&continue=`, `…/dags/{name}` — DAGs with their
+//!   newest 25 runs
 //! - `GET /api/v1/namespaces/{ns}/dags/{name}/runs?before=&limit=` — runs, newest first, each
 //!   with the latest try of every task (the grid), paged by logical date
 //! - `GET /api/v1/namespaces/{ns}/runs/{id}` — one run with every try
@@ -21,7 +23,9 @@ pub mod directory;
 pub mod extract;
 pub mod guard;
 pub mod headers;
+pub mod limit;
 pub mod logs;
+pub mod page;
 pub mod resources;
 pub mod tls;
 pub mod ui;
@@ -105,6 +109,7 @@ pub fn router(state: ApiState) -> Router {
         .fallback(extract::no_route)
         .method_not_allowed_fallback(extract::no_method)
         .layer(axum::Extension(Arc::new(logs::FollowLimit::default())))
+        .layer(axum::middleware::from_fn(limit::scope))
         .layer(DefaultBodyLimit::max(guard::BODY_LIMIT))
         .layer(axum::middleware::from_fn(guard::forgery))
         .layer(axum::middleware::from_fn_with_state(

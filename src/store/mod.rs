@@ -14,7 +14,7 @@ pub use self::action::{
     ActionKind, ActionOutcome, ActionWrite, ActionWritten, NewAction, RunAction, RunChange,
 };
 pub use crate::graph::TaskState;
-pub use pg::{AppliedMigration, PgStore, RunQuery, StoredLog};
+pub use pg::{AppliedMigration, PgStore, PoolSettings, RunQuery, StoredLog};
 pub use record::{
     Admission, Admitted, BackfillRecord, BackfillRef, BackfillSkip, DagRecord, FailedRun, LastEnds,
     Position, RefusedTrigger, TriggerOutcome,
