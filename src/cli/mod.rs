@@ -261,17 +261,17 @@ pub struct RunArgs {
     pub api_statement_timeout: u64,
     /// API and UI requests served at once, all users together; one more waits up to a second
     /// for a place, then is answered 429 with `Retry-After`.
-    #[arg(long, env = "DAGOP_API_MAX_REQUESTS", default_value_t = 16,
+    #[arg(long, env = "DAGOP_API_MAX_REQUESTS", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub api_max_requests: u32,
     /// API and UI requests served at once for one user (by the name the API server gives).
     #[arg(long, env = "DAGOP_API_MAX_REQUESTS_PER_USER", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub api_max_requests_per_user: u32,
-    /// The API reads through the scheduler's own pool, as before it had its own: only to
-    /// measure the difference (docs/BENCHMARKS.md).
+    /// The API reads through the scheduler's pool and runs on the scheduler's threads, as
+    /// before it had its own: only to measure the difference (docs/BENCHMARKS.md).
     #[arg(long, hide = true, default_value_t = false)]
-    pub api_shares_operator_pool: bool,
+    pub api_beside_scheduler: bool,
     /// Task Pods created (or deleted) at once: requests in flight to the API server.
     #[arg(long, env = "DAGOP_POD_CREATE_CONCURRENCY", default_value_t = 64)]
     pub pod_create_concurrency: usize,

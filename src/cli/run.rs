@@ -172,7 +172,7 @@ fn api_limits(args: &RunArgs) -> ApiLimits {
             per_caller: args.api_max_requests_per_user as usize,
             ..QueryBounds::default()
         },
-        share_operator_pool: args.api_shares_operator_pool,
+        beside_scheduler: args.api_beside_scheduler,
     }
 }
 

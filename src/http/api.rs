@@ -413,17 +413,16 @@ pub async fn list_runs(
         .flatten();
     let ids: Vec<Uuid> = runs.iter().map(|r| r.id).collect();
     let tries = s.store.task_instances(&ids).await?;
-    let latest = latest_tries(&tries);
+    // the latest try of each task, by run: the grid's cells (one pass, not one per run)
+    let mut cells_of: HashMap<Uuid, Vec<&TaskRow>> = HashMap::new();
+    for ((run, _), t) in latest_tries(&tries) {
+        cells_of.entry(run).or_default().push(t);
+    }
     let items: Vec<Value> = runs
         .iter()
         .map(|r| {
             let mut v = run_view(r);
-            // the latest try of each task: the grid's cells
-            let mut cells: Vec<&TaskRow> = latest
-                .iter()
-                .filter(|((run, _), _)| *run == r.id)
-                .map(|(_, t)| *t)
-                .collect();
+            let mut cells = cells_of.remove(&r.id).unwrap_or_default();
             cells.sort_by(|a, b| a.task_name.cmp(&b.task_name));
             v["tasks"] = cells.into_iter().map(try_view).collect();
             v

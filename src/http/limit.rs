@@ -33,7 +33,7 @@ pub struct QueryBounds {
 impl Default for QueryBounds {
     fn default() -> Self {
         QueryBounds {
-            overall: 16,
+            overall: 8,
             per_caller: 4,
             wait: Duration::from_secs(1),
         }

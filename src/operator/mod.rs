@@ -85,10 +85,10 @@ pub struct ApiLimits {
     pub pool: PoolSettings,
     /// requests served at once (`--api-max-requests`, `--api-max-requests-per-user`)
     pub requests: QueryBounds,
-    /// the API reads through the operator's own pool, as before issue 28: only to measure
-    /// what its own pool changes (`--api-shares-operator-pool`, a hidden flag;
-    /// docs/BENCHMARKS.md)
-    pub share_operator_pool: bool,
+    /// the API reads through the scheduler's pool and runs on the scheduler's runtime, as
+    /// before issue 28: only to measure what its own pool and thread change
+    /// (`--api-beside-scheduler`, a hidden flag; docs/BENCHMARKS.md)
+    pub beside_scheduler: bool,
 }
 
 impl Default for ApiLimits {
@@ -100,7 +100,7 @@ impl Default for ApiLimits {
                 statement_timeout: Some(Duration::from_secs(5)),
             },
             requests: QueryBounds::default(),
-            share_operator_pool: false,
+            beside_scheduler: false,
         }
     }
 }
@@ -208,7 +208,7 @@ impl Operator {
         // every replica serves the API: reads need no leadership
         let ui_addr = match &config.ui_addr {
             Some(addr) => {
-                let api_store = if config.api.share_operator_pool {
+                let api_store = if config.api.beside_scheduler {
                     store.clone()
                 } else {
                     store.sibling(&config.api.pool)
@@ -230,10 +230,15 @@ impl Operator {
                     logs: Some(Arc::new(KubeLogs::new(client.clone()))),
                 };
                 let stop = shutdown.clone();
-                let bound = http::serve_ui(addr, state, config.ui_security.clone(), async move {
-                    stop.wait().await
-                })
-                .await
+                let security = config.ui_security.clone();
+                let until = async move { stop.wait().await };
+                let bound = if config.api.beside_scheduler {
+                    http::serve_configured(addr, state, security, http::HEADER_READ_TIMEOUT, until)
+                        .await
+                } else {
+                    // a thread of its own
+                    http::serve_ui(addr, state, security, until).await
+                }
                 .map_err(OperatorError::Api)?;
                 tracing::info!(addr = %bound, "API up");
                 Some(bound)
