@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -74,8 +74,8 @@ impl From<Busy> for ApiError {
     }
 }
 
-/// What a client is told to wait before asking again when the database had no connection.
-const RETRY_UNAVAILABLE: &str = "1";
+/// Seconds a client is told to wait before asking again when the database had no connection.
+const RETRY_UNAVAILABLE: u64 = 1;
 
 impl ApiError {
     pub(super) fn status(&self) -> StatusCode {
@@ -105,9 +105,9 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let retry_after = match &self {
-            ApiError::Busy(b) => Some(b.retry_after.as_secs().max(1).to_string()),
+            ApiError::Busy(b) => Some(b.retry_after.as_secs().max(1)),
             ApiError::Store(StoreError::Database(sqlx::Error::PoolTimedOut)) => {
-                Some(RETRY_UNAVAILABLE.to_string())
+                Some(RETRY_UNAVAILABLE)
             }
             _ => None,
         };
@@ -120,13 +120,15 @@ impl IntoResponse for ApiError {
             "reason": reason(code),
             "code": code.as_u16(),
         });
-        if let Some(secs) = &retry_after {
+        if let Some(secs) = retry_after {
             // as the API server says it
-            body["details"] = json!({"retryAfterSeconds": secs.parse::<u64>().unwrap_or(1)});
+            body["details"] = json!({"retryAfterSeconds": secs});
         }
         let mut response = (code, Json(body)).into_response();
-        if let Some(value) = retry_after.and_then(|s| s.parse().ok()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if code == StatusCode::UNAUTHORIZED {
             response
