@@ -1202,3 +1202,268 @@ async fn a_task_actions_dry_run_lists_its_changes_and_records_nothing() {
         "the confirmation records nothing"
     );
 }
+
+// Issue 28, finding 2: readers never starve the scheduler's database pool.
+
+/// The JSON body of a response `get` returned.
+fn json_body(response: &str) -> serde_json::Value {
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {response}"))
+}
+
+/// The API's own pool over the database of `store`.
+fn api_pool(
+    store: &dag_operator::store::PgStore,
+    connections: u32,
+    statement_timeout: Option<std::time::Duration>,
+) -> dag_operator::store::PgStore {
+    store.sibling(&dag_operator::store::PoolSettings {
+        max_connections: connections,
+        acquire_timeout: std::time::Duration::from_secs(30),
+        statement_timeout,
+    })
+}
+
+/// A connection of its own holding `dag_runs` locked, so every read of it waits until the
+/// connection drops.
+async fn lock_runs(store: &dag_operator::store::PgStore) -> sqlx::PgConnection {
+    use sqlx::{Connection, Executor};
+    let options = store.pool().connect_options();
+    let mut conn = sqlx::PgConnection::connect_with(&options)
+        .await
+        .expect("a connection for the lock");
+    conn.execute("BEGIN; LOCK TABLE dag_runs IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    conn
+}
+
+/// Waits (polling, 30 s at most) until `n` statements of this database wait for a lock.
+async fn waiting_for_lock(store: &dag_operator::store::PgStore, n: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .expect("pg_stat_activity");
+        if waiting >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{waiting} statements wait for the lock, not {n}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_query_past_the_statement_timeout_answers_a_status_in_time() {
+    let store = common::fresh_store("api_stmt_timeout").await;
+    let api = api_pool(&store, 2, Some(std::time::Duration::from_millis(300)));
+    let (port, _stop) = start(api, vec![dag("a", "etl", &["t"])]).await;
+    let lock = lock_runs(&store).await;
+    let (code, response) = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        get(
+            port,
+            "/api/v1/namespaces/a/dags/etl/runs?limit=500",
+            Some("alice"),
+        ),
+    )
+    .await
+    .expect("an answer while the table stays locked, not a hang");
+    assert_eq!(code, 504, "{response}");
+    let status = json_body(&response);
+    assert_eq!(status["kind"], "Status", "{response}");
+    assert_eq!(status["reason"], "Timeout", "{response}");
+    drop(lock);
+}
+
+#[tokio::test]
+async fn readers_past_the_bounds_are_told_to_come_back() {
+    use dag_operator::http::limit::QueryBounds;
+    let store = common::fresh_store("api_bounds").await;
+    let api = api_pool(&store, 4, None);
+    let bounds = QueryBounds {
+        overall: 2,
+        per_caller: 1,
+        wait: std::time::Duration::from_millis(200),
+    };
+    let (port, _stop) = support::start_limited(api, vec![dag("a", "etl", &["t"])], bounds).await;
+    let runs = "/api/v1/namespaces/a/dags/etl/runs?limit=500";
+    let lock = lock_runs(&store).await;
+    let first = tokio::spawn(async move { get(port, runs, Some("alice")).await });
+    waiting_for_lock(&store, 1).await;
+    // alice's second request: over her own bound (bounded here: without a bound it would
+    // wait for the lock)
+    let (code, response) = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        get(port, runs, Some("alice")),
+    )
+    .await
+    .expect("an answer while the first request holds alice's place");
+    assert_eq!(code, 429, "{response}");
+    assert!(response.contains("retry-after: 1"), "{response}");
+    let status = json_body(&response);
+    assert_eq!(
+        (&status["kind"], &status["reason"]),
+        (
+            &serde_json::json!("Status"),
+            &serde_json::json!("TooManyRequests")
+        ),
+        "{response}"
+    );
+    // bob has a place of his own; then the overall bound is reached
+    let second = tokio::spawn(async move { get(port, runs, Some("bob")).await });
+    waiting_for_lock(&store, 2).await;
+    let (code, response) = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        get(port, "/api/v1/dags", Some("carol")),
+    )
+    .await
+    .expect("an answer while alice and bob hold every place");
+    assert_eq!(code, 429, "over the overall bound: {response}");
+    drop(lock);
+    for (who, held) in [("alice", first), ("bob", second)] {
+        let (code, response) = held.await.expect("the request");
+        assert_eq!(code, 200, "{who}: {response}");
+    }
+    // the places are back
+    let (code, response) = get(port, runs, Some("alice")).await;
+    assert_eq!(code, 200, "{response}");
+}
+
+#[tokio::test]
+async fn readers_holding_every_api_connection_leave_the_engines_pool_free() {
+    use dag_operator::http::limit::QueryBounds;
+    let store = common::fresh_store("api_own_pool").await;
+    let api = api_pool(&store, 5, None);
+    let bounds = QueryBounds {
+        overall: 64,
+        per_caller: 64,
+        wait: std::time::Duration::from_secs(1),
+    };
+    let (port, _stop) = support::start_limited(api, vec![dag("a", "etl", &["t"])], bounds).await;
+    let lock = lock_runs(&store).await;
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                get(
+                    port,
+                    "/api/v1/namespaces/a/dags/etl/runs?limit=500",
+                    Some("alice"),
+                )
+                .await
+            })
+        })
+        .collect();
+    // every connection the API may open waits for the lock
+    waiting_for_lock(&store, 5).await;
+    let engine: Result<i32, _> = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        sqlx::query_scalar("SELECT 1").fetch_one(store.pool()),
+    )
+    .await
+    .expect("the engine's pool answers");
+    assert_eq!(engine.expect("the engine's query"), 1);
+    drop(lock);
+    for reader in readers {
+        let (code, response) = reader.await.expect("a reader");
+        assert_eq!(code, 200, "{response}");
+    }
+}
+
+#[tokio::test]
+async fn the_dag_list_pages_without_duplicates_or_gaps() {
+    let store = common::fresh_store("api_paging").await;
+    let mut dags = Vec::new();
+    for i in 0..130 {
+        dags.push(dag("a", &format!("d{i:03}"), &["t"]));
+    }
+    for i in 0..40 {
+        dags.push(dag("bench", &format!("b{i:02}"), &["t"]));
+    }
+    for i in 0..5 {
+        dags.push(dag("b", &format!("secret{i}"), &["t"]));
+    }
+    let (port, _stop) = start(store, dags).await;
+    // every readable DAG, 7 a page
+    let mut seen: Vec<String> = Vec::new();
+    let mut path = "/api/v1/dags?limit=7".to_string();
+    let mut pages = 0;
+    loop {
+        let (code, response) = get(port, &path, Some("alice")).await;
+        assert_eq!(code, 200, "{response}");
+        let list = json_body(&response);
+        let items = list["items"].as_array().expect("items");
+        assert!(items.len() <= 7, "{}", items.len());
+        seen.extend(items.iter().map(|d| {
+            format!(
+                "{}/{}",
+                d["namespace"].as_str().unwrap_or(""),
+                d["name"].as_str().unwrap_or("")
+            )
+        }));
+        pages += 1;
+        assert!(pages <= 100, "the pages never end");
+        match list["metadata"]["continue"].as_str() {
+            Some(token) => path = format!("/api/v1/dags?limit=7&continue={token}"),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = (0..130).map(|i| format!("a/d{i:03}")).collect();
+    expected.extend((0..40).map(|i| format!("bench/b{i:02}")));
+    assert_eq!(seen, expected, "every readable DAG once, in order");
+    assert_eq!(pages, 170_usize.div_ceil(7));
+
+    // a namespace, at the default page size
+    let (code, response) = get(port, "/api/v1/namespaces/a/dags", Some("alice")).await;
+    assert_eq!(code, 200, "{response}");
+    let list = json_body(&response);
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(100));
+    let token = list["metadata"]["continue"]
+        .as_str()
+        .expect("a continue token")
+        .to_string();
+    let (code, response) = get(
+        port,
+        &format!("/api/v1/namespaces/a/dags?continue={token}"),
+        Some("alice"),
+    )
+    .await;
+    assert_eq!(code, 200, "{response}");
+    let list = json_body(&response);
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(30));
+    assert_eq!(list["items"][0]["name"], "d100");
+    assert!(list["metadata"]["continue"].is_null(), "{response}");
+
+    // limits and tokens it did not give are refused with a Status
+    for bad in ["?limit=0", "?limit=501", "?continue=zz", "?continue=6e6f"] {
+        let (code, response) = get(port, &format!("/api/v1/dags{bad}"), Some("alice")).await;
+        assert_eq!(code, 400, "{bad}: {response}");
+        assert_eq!(json_body(&response)["kind"], "Status", "{response}");
+    }
+
+    // the UI's index: a page, and a link to the next
+    let (code, page) = get(port, "/?namespace=a", Some("alice")).await;
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("/ui/namespaces/a/dags/d099\""), "{page}");
+    assert!(!page.contains("/ui/namespaces/a/dags/d100\""), "{page}");
+    let more = page
+        .split("id=\"more\" href=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a link to more DAGs")
+        .replace("&amp;", "&");
+    let (code, page) = get(port, &more, Some("alice")).await;
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("/ui/namespaces/a/dags/d129\""), "{page}");
+    assert!(!page.contains("id=\"more\""), "{page}");
+}

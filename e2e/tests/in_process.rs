@@ -30,6 +30,7 @@ async fn the_operator_starts_in_process_and_stops_when_told() {
         retention: Default::default(),
         tenancy: Default::default(),
         review_client: None,
+        api: Default::default(),
     };
     let (trigger, shutdown) = Shutdown::new();
     let running = Operator::start(

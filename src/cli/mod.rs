@@ -263,6 +263,31 @@ pub struct RunArgs {
     /// the API and UI once the Pod is gone); 0: none kept.
     #[arg(long, env = "DAGOP_LOG_TAIL_BYTES", default_value_t = 65536)]
     pub log_tail_bytes: usize,
+    /// Connections in the API's and UI's own PostgreSQL pool (apart from the scheduler's 5, so
+    /// readers never delay scheduling).
+    #[arg(long, env = "DAGOP_API_DB_CONNECTIONS", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub api_db_connections: u32,
+    /// How long an API request waits for one of those connections before it is answered 503.
+    #[arg(long, env = "DAGOP_API_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = duration_secs)]
+    pub api_db_acquire_timeout: u64,
+    /// PostgreSQL cancels any statement of the API's running longer (`statement_timeout`);
+    /// the request is answered 504.
+    #[arg(long, env = "DAGOP_API_STATEMENT_TIMEOUT", default_value = "5s", value_parser = duration_secs)]
+    pub api_statement_timeout: u64,
+    /// API and UI requests served at once, all users together; one more waits up to a second
+    /// for a place, then is answered 429 with `Retry-After`.
+    #[arg(long, env = "DAGOP_API_MAX_REQUESTS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_max_requests: u32,
+    /// API and UI requests served at once for one user (by the name the API server gives).
+    #[arg(long, env = "DAGOP_API_MAX_REQUESTS_PER_USER", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_max_requests_per_user: u32,
+    /// The API reads through the scheduler's pool and runs on the scheduler's threads, as
+    /// before it had its own: only to measure the difference (docs/BENCHMARKS.md).
+    #[arg(long, hide = true, default_value_t = false)]
+    pub api_beside_scheduler: bool,
     /// Task Pods created (or deleted) at once: requests in flight to the API server.
     #[arg(long, env = "DAGOP_POD_CREATE_CONCURRENCY", default_value_t = 64)]
     pub pod_create_concurrency: usize,

@@ -7,12 +7,13 @@ use dag_operator::api::tenancy::TenancyDefaults;
 use dag_operator::engine::EngineConfig;
 use dag_operator::executor::ExecutorConfig;
 use dag_operator::gate::{MemoryGate, RedisGate};
+use dag_operator::http::limit::QueryBounds;
 use dag_operator::operator::{
-    LeaderSettings, Operator, OperatorConfig, RetentionPolicy, ReviewClient, Shutdown,
+    ApiLimits, LeaderSettings, Operator, OperatorConfig, RetentionPolicy, ReviewClient, Shutdown,
     ShutdownTrigger,
 };
 use dag_operator::schedule::parse_timezone;
-use dag_operator::store::PgStore;
+use dag_operator::store::{PgStore, PoolSettings};
 use dag_operator::telemetry;
 
 use super::kube::kube_client;
@@ -155,7 +156,25 @@ fn config(args: &RunArgs) -> Result<OperatorConfig, CliError> {
         leader: args.leader_election.then(|| leader_settings(args)),
         tenancy: tenancy(args),
         review_client: None,
+        api: api_limits(args),
     })
+}
+
+/// The API's own pool and request bounds from the flags.
+fn api_limits(args: &RunArgs) -> ApiLimits {
+    ApiLimits {
+        pool: PoolSettings {
+            max_connections: args.api_db_connections,
+            acquire_timeout: Duration::from_secs(args.api_db_acquire_timeout.max(1)),
+            statement_timeout: Some(Duration::from_secs(args.api_statement_timeout.max(1))),
+        },
+        requests: QueryBounds {
+            overall: args.api_max_requests as usize,
+            per_caller: args.api_max_requests_per_user as usize,
+            ..QueryBounds::default()
+        },
+        beside_scheduler: args.api_beside_scheduler,
+    }
 }
 
 /// What a namespace may take unless its annotations say otherwise.
@@ -203,6 +222,34 @@ async fn operate(args: RunArgs) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::check_lease_ttl;
+
+    #[test]
+    fn the_api_flags_default_to_the_documented_limits() {
+        use super::super::{Cli, Command};
+        use clap::Parser;
+        let cli = Cli::try_parse_from(["dag-operator", "run"]).expect("parse");
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(super::api_limits(&run), super::ApiLimits::default());
+        let cli = Cli::try_parse_from([
+            "dag-operator",
+            "run",
+            "--api-statement-timeout=30s",
+            "--api-db-connections=2",
+        ])
+        .expect("parse");
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        let limits = super::api_limits(&run);
+        assert_eq!(
+            limits.pool.statement_timeout,
+            Some(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(limits.pool.max_connections, 2);
+        assert!(Cli::try_parse_from(["dag-operator", "run", "--api-db-connections=0"]).is_err());
+    }
 
     #[test]
     fn a_lease_ttl_below_three_seconds_is_refused() {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -19,6 +19,8 @@ use super::auth::{Access, Caller, ReviewError, Reviewer, token_of};
 use super::directory::{ConditionSummary, DagDirectory, DagSummary};
 use super::extract::{Path, Query};
 use super::guard::AuthenticationFailed;
+use super::limit::{self, Busy, QueryLimit};
+use super::page::{DagPage, DagPageQuery};
 use crate::key::DagKey;
 use crate::store::{PgStore, RunQuery, RunRow, RunStore, StoreError, TaskRow, latest_tries};
 
@@ -35,6 +37,8 @@ pub struct ApiState {
     pub logs: Option<Arc<dyn crate::logs::LogSource>>,
     /// the namespaces' current incarnations: no history from before one is served
     pub namespaces: Arc<super::epoch::NamespaceEpochs>,
+    /// how many requests are served at once, per caller and overall (`limit.rs`)
+    pub queries: Arc<QueryLimit>,
 }
 
 /// Why a request was not answered; rendered as a Kubernetes `Status`.
@@ -52,6 +56,11 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error(
+        "too many requests at once (of this user, or of all): try again in {}s",
+        .0.retry_after.as_secs()
+    )]
+    Busy(Busy),
     /// a request axum's extractors refused, or a limit: the code and why
     #[error("{1}")]
     Rejected(StatusCode, String),
@@ -61,9 +70,21 @@ pub enum ApiError {
     Store(#[from] StoreError),
 }
 
+impl From<Busy> for ApiError {
+    fn from(b: Busy) -> Self {
+        ApiError::Busy(b)
+    }
+}
+
+/// Seconds a client is told to wait before asking again when the database had no connection.
+const RETRY_UNAVAILABLE: u64 = 1;
+
 impl ApiError {
-    fn status(&self) -> StatusCode {
+    pub(super) fn status(&self) -> StatusCode {
         match self {
+            ApiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            // the statement ran past --api-statement-timeout
+            ApiError::Store(e) if e.timed_out() => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -79,15 +100,38 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.status();
-        let body = json!({
+        let message = match &self {
+            ApiError::Store(e) if e.timed_out() => format!(
+                "the query took longer than the API allows (--api-statement-timeout): ask for less (a smaller limit) ({e})"
+            ),
+            other => other.to_string(),
+        };
+        let retry_after = match &self {
+            ApiError::Busy(b) => Some(b.retry_after.as_secs().max(1)),
+            ApiError::Store(StoreError::Database(sqlx::Error::PoolTimedOut)) => {
+                Some(RETRY_UNAVAILABLE)
+            }
+            _ => None,
+        };
+        let mut body = json!({
             "kind": "Status",
             "apiVersion": "v1",
+            "metadata": {},
             "status": "Failure",
-            "message": self.to_string(),
+            "message": message,
             "reason": reason(code),
             "code": code.as_u16(),
         });
+        if let Some(secs) = retry_after {
+            // as the API server says it
+            body["details"] = json!({"retryAfterSeconds": secs});
+        }
         let mut response = (code, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if code == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -102,6 +146,7 @@ impl IntoResponse for ApiError {
 fn reason(code: StatusCode) -> String {
     match code.as_u16() {
         413 => "RequestEntityTooLarge".into(),
+        504 => "Timeout".into(),
         422 => "Invalid".into(),
         other => code
             .canonical_reason()
@@ -112,13 +157,19 @@ fn reason(code: StatusCode) -> String {
 
 type Answer = Result<Json<Value>, ApiError>;
 
-/// The caller of a request (401 without a valid token).
+/// The caller of a request (401 without a valid token), holding one of the places
+/// `limit.rs` bounds for the rest of the request (429 when none frees in time).
 pub(super) async fn caller(s: &ApiState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let token = token_of(headers).ok_or(ApiError::Unauthorized)?;
-    s.reviewer
+    let who = s
+        .reviewer
         .authenticate(&token)
         .await?
-        .ok_or(ApiError::Unauthorized)
+        .ok_or(ApiError::Unauthorized)?;
+    if !limit::holds_place() {
+        limit::keep(s.queries.enter(&who.user).await?);
+    }
+    Ok(who)
 }
 
 /// The caller, allowed to read DAGs in `namespace` (403 otherwise).
@@ -219,7 +270,9 @@ pub(super) fn dags_in(s: &ApiState, namespace: &str) -> Vec<Arc<DagSummary>> {
 /// How many runs each DAG of a listing shows.
 const LISTED_RUNS: i64 = 25;
 
-async fn listing(s: &ApiState, dags: Vec<Arc<DagSummary>>) -> Answer {
+/// A page of DAGs with their newest runs (one query for the whole page) and the token of the
+/// next page.
+async fn listing(s: &ApiState, dags: Vec<Arc<DagSummary>>, next: Option<String>) -> Answer {
     let keys: Vec<DagKey> = dags.iter().map(|d| d.key.clone()).collect();
     let recent = s.store.recent_runs(&keys, LISTED_RUNS).await?;
     let runs_of: HashMap<&DagKey, &[RunRow]> =
@@ -228,41 +281,85 @@ async fn listing(s: &ApiState, dags: Vec<Arc<DagSummary>>) -> Answer {
         .iter()
         .map(|d| dag_view(d, runs_of.get(&d.key).copied().unwrap_or_default()))
         .collect();
-    Ok(Json(json!({"kind": "DAGList", "items": items})))
+    let mut metadata = json!({});
+    if let Some(token) = next {
+        metadata["continue"] = Value::String(token);
+    }
+    Ok(Json(
+        json!({"kind": "DAGList", "apiVersion": "v1", "metadata": metadata, "items": items}),
+    ))
 }
 
-/// `GET /api/v1/namespaces/{ns}/dags`
+/// The page `query` asks for (400 when malformed).
+pub(super) fn page_of(query: &DagPageQuery) -> Result<DagPage, ApiError> {
+    query.page().map_err(ApiError::BadRequest)
+}
+
+/// `GET /api/v1/namespaces/{ns}/dags?limit=&continue=`
 pub async fn list_dags(
     State(s): State<ApiState>,
     headers: HeaderMap,
     Path(ns): Path<String>,
+    Query(query): Query<DagPageQuery>,
 ) -> Answer {
+    let page = page_of(&query)?;
     reader(&s, &headers, &ns).await?;
-    let dags = dags_in(&s, &ns);
-    listing(&s, dags).await
+    let (dags, next) = namespace_page(&s, &ns, &page);
+    listing(&s, dags, next).await
 }
 
-/// `GET /api/v1/dags`: the DAGs of every namespace the caller may read.
-pub async fn list_all_dags(State(s): State<ApiState>, headers: HeaderMap) -> Answer {
+/// `GET /api/v1/dags?limit=&continue=`: the DAGs of every namespace the caller may read.
+pub async fn list_all_dags(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Query(query): Query<DagPageQuery>,
+) -> Answer {
+    let page = page_of(&query)?;
     let who = caller(&s, &headers).await?;
-    let dags = readable_dags(&s, &who).await?;
-    listing(&s, dags).await
+    let (dags, next) = readable_page(&s, &who, &page).await?;
+    listing(&s, dags, next).await
 }
 
-/// The DAGs of every namespace `who` may read, by namespace and name.
-pub(super) async fn readable_dags(
+/// A page of the DAGs of `namespace`, by name, and the next page's token.
+pub(super) fn namespace_page(
+    s: &ApiState,
+    namespace: &str,
+    page: &DagPage,
+) -> (Vec<Arc<DagSummary>>, Option<String>) {
+    let dags: Vec<Arc<DagSummary>> = dags_in(s, namespace)
+        .into_iter()
+        .filter(|d| page.admits(&d.key))
+        .take(page.limit + 1)
+        .collect();
+    page.cut(dags, |d| &d.key)
+}
+
+/// A page of the DAGs of every namespace `who` may read, by namespace and name, and the next
+/// page's token. Namespaces before the page's start are not asked about.
+pub(super) async fn readable_page(
     s: &ApiState,
     who: &Caller,
-) -> Result<Vec<Arc<DagSummary>>, ApiError> {
+    page: &DagPage,
+) -> Result<(Vec<Arc<DagSummary>>, Option<String>), ApiError> {
     let mut dags = Vec::new();
     for ns in s.dags.namespaces() {
-        if s.reviewer.allowed(who, &Access::read(&ns)).await?
-            && s.namespaces.confirm(&s.store, &ns).await.is_ok()
-        {
-            dags.extend(dags_in(s, &ns));
+        if dags.len() > page.limit {
+            break;
         }
+        if !page.reaches(&ns)
+            || !s.reviewer.allowed(who, &Access::read(&ns)).await?
+            || s.namespaces.confirm(&s.store, &ns).await.is_err()
+        {
+            continue;
+        }
+        dags.extend(
+            dags_in(s, &ns)
+                .into_iter()
+                .filter(|d| page.admits(&d.key))
+                .take(page.limit + 1 - dags.len()),
+        );
     }
-    Ok(dags)
+    Ok(page.cut(dags, |d| &d.key))
 }
 
 pub(super) fn find_dag(s: &ApiState, ns: &str, name: &str) -> Result<Arc<DagSummary>, ApiError> {
@@ -324,17 +421,16 @@ pub async fn list_runs(
         .flatten();
     let ids: Vec<Uuid> = runs.iter().map(|r| r.id).collect();
     let tries = s.store.task_instances(&ids).await?;
-    let latest = latest_tries(&tries);
+    // the latest try of each task, by run: the grid's cells (one pass, not one per run)
+    let mut cells_of: HashMap<Uuid, Vec<&TaskRow>> = HashMap::new();
+    for ((run, _), t) in latest_tries(&tries) {
+        cells_of.entry(run).or_default().push(t);
+    }
     let items: Vec<Value> = runs
         .iter()
         .map(|r| {
             let mut v = run_view(r);
-            // the latest try of each task: the grid's cells
-            let mut cells: Vec<&TaskRow> = latest
-                .iter()
-                .filter(|((run, _), _)| *run == r.id)
-                .map(|(_, t)| *t)
-                .collect();
+            let mut cells = cells_of.remove(&r.id).unwrap_or_default();
             cells.sort_by(|a, b| a.task_name.cmp(&b.task_name));
             v["tasks"] = cells.into_iter().map(try_view).collect();
             v

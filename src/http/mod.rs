@@ -2,8 +2,10 @@
 //! Reads come from the replica's own DAG watch cache and from PostgreSQL; callers are
 //! authenticated and authorized by the API server (`auth.rs`). Paths follow Kubernetes' shape:
 //!
-//! - `GET /api/v1/dags` — the DAGs of every namespace the caller may read
-//! - `GET /api/v1/namespaces/{ns}/dags`, `…/dags/{name}` — DAGs with their newest 25 runs
+//! - `GET /api/v1/dags?limit=&continue=` — the DAGs of every namespace the caller may read, a
+//!   page at a time (`page.rs`)
+//! - `GET /api/v1/namespaces/{ns}/dags?limit=&continue=`, `…/dags/{name}` — DAGs with their
+//!   newest 25 runs
 //! - `GET /api/v1/namespaces/{ns}/dags/{name}/runs?before=&limit=` — runs, newest first, each
 //!   with the latest try of every task (the grid), paged by logical date
 //! - `GET /api/v1/namespaces/{ns}/runs/{id}` — one run with every try
@@ -25,8 +27,10 @@ pub mod extract;
 pub mod guard;
 pub mod headers;
 pub mod layout;
+pub mod limit;
 pub mod live;
 pub mod logs;
+pub mod page;
 pub mod resources;
 pub mod svg;
 pub mod tls;
@@ -115,6 +119,7 @@ pub fn router(state: ApiState) -> Router {
         .fallback(extract::no_route)
         .method_not_allowed_fallback(extract::no_method)
         .layer(axum::Extension(Arc::new(logs::FollowLimit::default())))
+        .layer(axum::middleware::from_fn(limit::scope))
         .layer(DefaultBodyLimit::max(guard::BODY_LIMIT))
         .layer(axum::middleware::from_fn(guard::forgery))
         .layer(axum::middleware::from_fn_with_state(
@@ -159,7 +164,10 @@ where
     serve_with(addr, state, HEADER_READ_TIMEOUT, shutdown).await
 }
 
-/// [`serve`] with the UI's session settings.
+/// [`serve`] with the UI's session settings, on a runtime of its own: one thread named
+/// `dagop-api` runs every connection and handler, so however much CPU readers make the API
+/// spend (building a 500-run answer), the workers the engine and executor run on are never
+/// held by it (issue 28, finding 2; docs/BENCHMARKS.md). Returns once the listener is bound.
 pub async fn serve_ui<F>(
     addr: &str,
     state: ApiState,
@@ -169,7 +177,36 @@ pub async fn serve_ui<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    serve_configured(addr, state, security, HEADER_READ_TIMEOUT, shutdown).await
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let addr = addr.to_string();
+    std::thread::Builder::new()
+        .name("dagop-api".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = bound_tx.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match listen(&addr, state, security, HEADER_READ_TIMEOUT, shutdown).await {
+                    Ok((bound, serving)) => {
+                        let _ = bound_tx.send(Ok(bound));
+                        serving.await;
+                    }
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(e));
+                    }
+                }
+            });
+        })?;
+    bound_rx
+        .await
+        .map_err(|_| io::Error::other("the API's thread ended before it listened"))?
 }
 
 /// [`serve`], closing a connection whose request head has not arrived within
@@ -193,7 +230,7 @@ where
     .await
 }
 
-/// [`serve_with`] and [`serve_ui`] in one.
+/// [`serve_with`] and [`serve_ui`] in one (on the current runtime).
 pub async fn serve_configured<F>(
     addr: &str,
     state: ApiState,
@@ -201,6 +238,22 @@ pub async fn serve_configured<F>(
     header_read_timeout: Duration,
     shutdown: F,
 ) -> io::Result<SocketAddr>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let (bound, serving) = listen(addr, state, security, header_read_timeout, shutdown).await?;
+    tokio::spawn(serving);
+    Ok(bound)
+}
+
+/// Binds `addr`; the bound address and the future that serves it until `shutdown`.
+async fn listen<F>(
+    addr: &str,
+    state: ApiState,
+    security: UiSecurity,
+    header_read_timeout: Duration,
+    shutdown: F,
+) -> io::Result<(SocketAddr, impl Future<Output = ()> + Send + 'static)>
 where
     F: Future<Output = ()> + Send + 'static,
 {
@@ -218,14 +271,14 @@ where
         )
     })?;
     let bound = listener.local_addr()?;
-    tokio::spawn(accept(
+    let serving = accept(
         listener,
         router(state).layer(axum::Extension(security)),
         tls,
         header_read_timeout,
         shutdown,
-    ));
-    Ok(bound)
+    );
+    Ok((bound, serving))
 }
 
 /// Serves connections on `listener` until `shutdown`, then waits for those open to end. Each

@@ -24,11 +24,14 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::api::{ApiError, caller, dags_in, find_dag, readable_dags, reader, run_with_tries};
+use super::api::{
+    ApiError, caller, find_dag, namespace_page, page_of, readable_page, reader, run_with_tries,
+};
 use super::auth::SESSION_COOKIE;
 use super::directory::DagSummary;
 use super::extract::{Form, Path, Query};
 use super::guard::{AuthenticationFailed, MAX_TOKEN_BYTES, too_long};
+use super::page::DagPageQuery;
 use super::{ApiState, UiSecurity};
 use crate::graph::TaskState;
 use crate::key::DagKey;
@@ -134,11 +137,25 @@ pub(super) fn refused(e: ApiError) -> Response {
             page("Bad request", html! { p.bad { (m) } }),
         )
             .into_response(),
-        other => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            page("Unavailable", html! { p.bad { (other.to_string()) } }),
-        )
-            .into_response(),
+        other => {
+            // 429 (with when to come back), 504 for a query too slow, else 503
+            let code = other.status();
+            let retry = match &other {
+                ApiError::Busy(b) => {
+                    HeaderValue::from_str(&b.retry_after.as_secs().to_string()).ok()
+                }
+                _ => None,
+            };
+            let mut response = (
+                code,
+                page("Unavailable", html! { p.bad { (other.to_string()) } }),
+            )
+                .into_response();
+            if let Some(secs) = retry {
+                response.headers_mut().insert(header::RETRY_AFTER, secs);
+            }
+            response
+        }
     }
 }
 
@@ -299,6 +316,9 @@ pub(super) fn over_https(headers: &HeaderMap) -> bool {
 #[derive(Deserialize)]
 pub struct ListFilter {
     namespace: Option<String>,
+    /// the next page's token (`page.rs`)
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
 }
 
 fn condition_cell(dag: &DagSummary) -> Markup {
@@ -330,16 +350,28 @@ async fn index_page(
     headers: &HeaderMap,
     filter: ListFilter,
 ) -> Result<Markup, ApiError> {
-    let dags = match filter.namespace.as_deref().filter(|n| !n.is_empty()) {
+    let wanted = page_of(&DagPageQuery {
+        limit: None,
+        continue_token: filter.continue_token.clone(),
+    })?;
+    let (dags, next) = match filter.namespace.as_deref().filter(|n| !n.is_empty()) {
         Some(ns) => {
             reader(s, headers, ns).await?;
-            dags_in(s, ns)
+            namespace_page(s, ns, &wanted)
         }
         None => {
             let who = caller(s, headers).await?;
-            readable_dags(s, &who).await?
+            readable_page(s, &who, &wanted).await?
         }
     };
+    // the next page keeps the namespace filter (a namespace's name and the token, hex, are
+    // both safe in a URL)
+    let more = next.map(
+        |token| match filter.namespace.as_deref().filter(|n| !n.is_empty()) {
+            Some(ns) => format!("/?namespace={ns}&continue={token}"),
+            None => format!("/?continue={token}"),
+        },
+    );
     let keys: Vec<DagKey> = dags.iter().map(|d| d.key.clone()).collect();
     let recent = s.store.recent_runs(&keys, GRID_RUNS).await?;
     let runs_of: HashMap<&DagKey, &Vec<RunRow>> =
@@ -371,6 +403,9 @@ async fn index_page(
                         }
                     }
                 }
+            }
+            @if let Some(more) = more {
+                p { a #more href=(more) { "more DAGs →" } }
             }
         },
     ))

@@ -39,11 +39,12 @@ use crate::executor::{
 };
 use crate::gate::Gate;
 use crate::http::auth::{KubeReviewer, MetricsReaders};
+use crate::http::limit::{QueryBounds, QueryLimit};
 use crate::http::{self, ApiState, DagDirectory, epoch::NamespaceEpochs};
 use crate::k8s;
 use crate::logs::{KubeLogs, LogKeeper};
 use crate::report::Notice;
-use crate::store::PgStore;
+use crate::store::{PgStore, PoolSettings};
 use crate::telemetry::{self, Health, Metrics, Role};
 
 /// How long a graceful shutdown may take before the operator just stops.
@@ -75,6 +76,37 @@ pub struct OperatorConfig {
     /// the client the API's TokenReviews and SubjectAccessReviews go through (none: the
     /// operator's); its own, so reviews never queue before the Lease renewal (issue 28)
     pub review_client: Option<ReviewClient>,
+    /// the API's own database pool and how many requests it serves at once
+    pub api: ApiLimits,
+}
+
+/// The HTTP API's database pool and request bounds (issue 28, finding 2): readers never take
+/// the connections the engine, the executor and the controllers work with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// the API's own pool (`--api-db-connections`, `--api-db-acquire-timeout`,
+    /// `--api-statement-timeout`)
+    pub pool: PoolSettings,
+    /// requests served at once (`--api-max-requests`, `--api-max-requests-per-user`)
+    pub requests: QueryBounds,
+    /// the API reads through the scheduler's pool and runs on the scheduler's runtime, as
+    /// before issue 28: only to measure what its own pool and thread change
+    /// (`--api-beside-scheduler`, a hidden flag; docs/BENCHMARKS.md)
+    pub beside_scheduler: bool,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            pool: PoolSettings {
+                max_connections: 4,
+                acquire_timeout: Duration::from_secs(2),
+                statement_timeout: Some(Duration::from_secs(5)),
+            },
+            requests: QueryBounds::default(),
+            beside_scheduler: false,
+        }
+    }
 }
 
 /// A Kubernetes client for the API's reviews.
@@ -190,8 +222,14 @@ impl Operator {
         // every replica serves the API: reads need no leadership
         let ui_addr = match &config.ui_addr {
             Some(addr) => {
+                let api_store = if config.api.beside_scheduler {
+                    store.clone()
+                } else {
+                    store.sibling(&config.api.pool)
+                };
                 let state = ApiState {
-                    store: store.clone(),
+                    store: api_store,
+                    queries: Arc::new(QueryLimit::new(config.api.requests)),
                     dags: DagDirectory::watch(client.clone(), config.namespace.as_deref()),
                     reviewer: Arc::new(
                         KubeReviewer::new(review_client.clone())
@@ -203,10 +241,15 @@ impl Operator {
                     namespaces: Arc::new(NamespaceEpochs::new(review_client)),
                 };
                 let stop = shutdown.clone();
-                let bound = http::serve_ui(addr, state, config.ui_security.clone(), async move {
-                    stop.wait().await
-                })
-                .await
+                let security = config.ui_security.clone();
+                let until = async move { stop.wait().await };
+                let bound = if config.api.beside_scheduler {
+                    http::serve_configured(addr, state, security, http::HEADER_READ_TIMEOUT, until)
+                        .await
+                } else {
+                    // a thread of its own
+                    http::serve_ui(addr, state, security, until).await
+                }
                 .map_err(OperatorError::Api)?;
                 tracing::info!(addr = %bound, "API up");
                 Some(bound)

@@ -16,8 +16,8 @@ pub use self::action::{
 };
 pub use crate::graph::TaskState;
 pub use pg::{
-    AppliedMigration, DailyCount, NamespaceIncarnation, PgStore, PurgeDue, PurgeStep, RunQuery,
-    StoredLog,
+    AppliedMigration, DailyCount, NamespaceIncarnation, PgStore, PoolSettings, PurgeDue, PurgeStep,
+    RunQuery, StoredLog,
 };
 pub use record::{
     Admission, Admitted, BackfillRecord, BackfillRef, BackfillSkip, DagRecord, FailedRun, LastEnds,

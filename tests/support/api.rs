@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use dag_operator::api::{DAG, DagSpec};
 use dag_operator::http::auth::{Access, Caller, PathAccess, ReviewError, Reviewer};
+use dag_operator::http::limit::{QueryBounds, QueryLimit};
 use dag_operator::http::{
     ApiState, DagDirectory, HEADER_READ_TIMEOUT, UiSecurity, serve_configured,
 };
@@ -125,6 +126,45 @@ pub async fn start_secured(
     header_read_timeout: Duration,
     security: UiSecurity,
 ) -> (u16, tokio::sync::oneshot::Sender<()>, Arc<AtomicUsize>) {
+    start_bounded(
+        store,
+        dags,
+        logs,
+        header_read_timeout,
+        security,
+        QueryBounds::default(),
+    )
+    .await
+}
+
+/// [`start`], serving at most as many requests at once as `bounds` allow.
+#[allow(dead_code)] // tests/api.rs bounds; the bench does not
+pub async fn start_limited(
+    store: PgStore,
+    dags: Vec<DAG>,
+    bounds: QueryBounds,
+) -> (u16, tokio::sync::oneshot::Sender<()>) {
+    let (port, stop, _) = start_bounded(
+        store,
+        dags,
+        None,
+        HEADER_READ_TIMEOUT,
+        UiSecurity::default(),
+        bounds,
+    )
+    .await;
+    (port, stop)
+}
+
+/// [`start_secured`] with request bounds.
+async fn start_bounded(
+    store: PgStore,
+    dags: Vec<DAG>,
+    logs: Option<Arc<dyn dag_operator::logs::LogSource>>,
+    header_read_timeout: Duration,
+    security: UiSecurity,
+    bounds: QueryBounds,
+) -> (u16, tokio::sync::oneshot::Sender<()>, Arc<AtomicUsize>) {
     let directory = DagDirectory::default();
     let mut relisting = None;
     directory.observe(Event::Init, &mut relisting);
@@ -135,6 +175,7 @@ pub async fn start_secured(
     let reviews = Arc::new(AtomicUsize::new(0));
     let state = ApiState {
         store,
+        queries: Arc::new(QueryLimit::new(bounds)),
         dags: directory,
         reviewer: Arc::new(Table {
             reviews: reviews.clone(),

@@ -36,6 +36,44 @@ const MAX_CONNECTIONS: u32 = 5;
 /// How long a query waits for a connection (and so for an unreachable server) before failing.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A pool's size and timeouts: the operator's own ([`PoolSettings::OPERATOR`]) and the HTTP
+/// API's (its own pool, so readers never take the scheduler's connections; issue 28).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// most connections open at once
+    pub max_connections: u32,
+    /// how long a query waits for a connection before failing with
+    /// [`sqlx::Error::PoolTimedOut`]
+    pub acquire_timeout: Duration,
+    /// the server cancels any statement running longer (PostgreSQL's `statement_timeout`, set
+    /// for each connection when it opens); none: no limit
+    pub statement_timeout: Option<Duration>,
+}
+
+impl PoolSettings {
+    /// The engine's, executor's and controllers' pool.
+    pub const OPERATOR: PoolSettings = PoolSettings {
+        max_connections: MAX_CONNECTIONS,
+        acquire_timeout: ACQUIRE_TIMEOUT,
+        statement_timeout: None,
+    };
+}
+
+/// PostgreSQL's SQLSTATE for a statement cancelled (by `statement_timeout`, among others).
+const QUERY_CANCELED: &str = "57014";
+
+impl StoreError {
+    /// The server cancelled the statement: it ran past the pool's `statement_timeout`.
+    pub fn timed_out(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(e)) => {
+                e.code().as_deref() == Some(QUERY_CANCELED)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A migration this process applied (see [`PgStore::migrate_report`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppliedMigration {
@@ -60,13 +98,35 @@ impl PgStore {
     /// query after [`ACQUIRE_TIMEOUT`] with [`sqlx::Error::PoolTimedOut`].
     pub fn connect_lazy(url: &str) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name("dag-operator");
+        Ok(Self::lazy_pool(options, &PoolSettings::OPERATOR))
+    }
+
+    /// Another pool to the same database, with `settings` of its own (and connections named
+    /// `dag-operator-api` in `pg_stat_activity`): what this one's users do never waits for
+    /// its connections, nor the other way round. Built without connecting.
+    pub fn sibling(&self, settings: &PoolSettings) -> PgStore {
+        let options = self
+            .pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .application_name("dag-operator-api");
+        Self::lazy_pool(options, settings)
+    }
+
+    fn lazy_pool(options: PgConnectOptions, settings: &PoolSettings) -> PgStore {
+        let options = match settings.statement_timeout {
+            // in milliseconds, PostgreSQL's unit when none is given; 0 would mean no limit
+            Some(t) => options.options([("statement_timeout", t.as_millis().max(1))]),
+            None => options,
+        };
         let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
+            .max_connections(settings.max_connections.max(1))
             .min_connections(0)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .acquire_timeout(settings.acquire_timeout)
             .idle_timeout(Duration::from_secs(300))
             .connect_lazy_with(options);
-        Ok(PgStore { pool })
+        PgStore { pool }
     }
 
     pub fn pool(&self) -> &PgPool {
