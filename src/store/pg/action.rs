@@ -128,6 +128,27 @@ impl PgStore {
         rows.iter().map(action_from_row).collect()
     }
 
+    /// Runs `run` again in a new attempt, if it is still `from` (none: it moved on): it is
+    /// `running`, its start kept if it was running, now if it had ended.
+    async fn run_again(
+        tx: &mut sqlx::PgConnection,
+        run: Uuid,
+        from: crate::store::RunState,
+    ) -> Result<Option<crate::store::RunRow>, StoreError> {
+        let row = sqlx::query(concat!(
+            "UPDATE dag_runs SET state = 'running', attempt = attempt + 1, \
+                 started_at = CASE WHEN state = 'running' THEN started_at ELSE now() END, \
+                 ended_at = NULL \
+             WHERE id = $1 AND state = $2 RETURNING ",
+            run_columns!()
+        ))
+        .bind(run)
+        .bind(from.as_str())
+        .fetch_optional(tx)
+        .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
     pub(super) async fn write_action_tx(
         &self,
         w: &ActionWrite,
@@ -171,40 +192,17 @@ impl PgStore {
                 }
             }
             Some(RunChange::Rerun { run, from, tasks }) => {
-                let row = sqlx::query(concat!(
-                    "UPDATE dag_runs SET state = 'running', attempt = attempt + 1, \
-                         started_at = now(), ended_at = NULL \
-                     WHERE id = $1 AND state = $2 RETURNING ",
-                    run_columns!()
-                ))
-                .bind(run)
-                .bind(from.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(row) = row else {
+                let Some(restarted) = Self::run_again(&mut tx, *run, *from).await? else {
                     return Ok(ActionWritten::Stale);
                 };
-                let restarted = run_from_row(&row)?;
                 let tries: Vec<(Uuid, &NewTask)> = tasks.iter().map(|t| (*run, t)).collect();
                 Self::insert_next_tries(&mut tx, &tries).await?;
                 Some(restarted)
             }
             Some(RunChange::Tasks { run, from, changes }) => {
-                let row = sqlx::query(concat!(
-                    "UPDATE dag_runs SET state = 'running', attempt = attempt + 1, \
-                         started_at = CASE WHEN state = 'running' THEN started_at ELSE now() END, \
-                         ended_at = NULL \
-                     WHERE id = $1 AND state = $2 RETURNING ",
-                    run_columns!()
-                ))
-                .bind(run)
-                .bind(from.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(row) = row else {
+                let Some(changed) = Self::run_again(&mut tx, *run, *from).await? else {
                     return Ok(ActionWritten::Stale);
                 };
-                let changed = run_from_row(&row)?;
                 let mut next = Vec::new();
                 for c in changes {
                     // the latest try must still be the one decided from, in the same state;
