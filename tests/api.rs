@@ -1467,3 +1467,55 @@ async fn the_dag_list_pages_without_duplicates_or_gaps() {
     assert!(page.contains("/ui/namespaces/a/dags/d129\""), "{page}");
     assert!(!page.contains("id=\"more\""), "{page}");
 }
+
+/// The DAG list (issue 29, item 1): searched by part of a name, filtered by health, failing
+/// DAGs first on request; the next page's link keeps the filters.
+#[tokio::test]
+async fn the_dag_list_is_searched_filtered_and_sorted_failing_first() {
+    let store = common::fresh_store("api_list_filters").await;
+    let mut failing = dag("a", "zz-load-orders", &["t"]);
+    failing.status = Some(dag_operator::api::DagStatus {
+        conditions: vec![dag_operator::api::Condition {
+            type_: "Ready".into(),
+            status: "False".into(),
+            reason: "RunsFailing".into(),
+            message: "the newest 3 runs failed".into(),
+            last_transition_time: chrono::Utc::now(),
+            observed_generation: None,
+        }],
+        ..Default::default()
+    });
+    let mut paused = dag("a", "load-customers", &["t"]);
+    paused.spec.suspend = true;
+    let dags = vec![dag("a", "etl", &["t"]), failing, paused];
+    let (port, _stop) = start(store, dags).await;
+    let rows = |page: &str| -> Vec<(String, String)> {
+        page.split("<tr data-health=\"")
+            .skip(1)
+            .filter_map(|row| {
+                let (health, rest) = row.split_once('"')?;
+                let name = rest.split("/dags/").nth(1)?.split('"').next()?;
+                Some((health.to_string(), name.to_string()))
+            })
+            .collect()
+    };
+    let (code, page) = get(port, "/?q=LOAD", Some("alice")).await;
+    assert_eq!(code, 200, "{page}");
+    assert_eq!(
+        rows(&page),
+        [
+            ("suspended".to_string(), "load-customers".to_string()),
+            ("failing".to_string(), "zz-load-orders".to_string())
+        ]
+    );
+    let (_, page) = get(port, "/?q=load&failing_first=true", Some("alice")).await;
+    assert_eq!(
+        rows(&page).first().map(|r| r.1.as_str()),
+        Some("zz-load-orders"),
+        "{page}"
+    );
+    let (_, page) = get(port, "/?health=failing", Some("alice")).await;
+    assert_eq!(rows(&page).len(), 1, "{page}");
+    let (code, page) = get(port, "/?health=sad", Some("alice")).await;
+    assert_eq!(code, 400, "{page}");
+}

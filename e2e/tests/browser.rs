@@ -237,6 +237,25 @@ async fn the_ui_in_a_real_browser() {
     )
     .await;
     assert!(list.contains("Europe/Paris"), "{list}");
+    // searched by part of a name: only nightly is left
+    c.find(Locator::Css("form.filters input[name=q]"))
+        .await
+        .expect("the search field")
+        .send_keys("NIGHT")
+        .await
+        .expect("type a search");
+    c.find(Locator::Css("form.filters button"))
+        .await
+        .expect("the filter button")
+        .click()
+        .await
+        .expect("search");
+    eventually(Duration::from_secs(30), "only nightly listed", || async {
+        let rows = c.find_all(Locator::Css("tr[data-health]")).await.ok()?;
+        let first = rows.first()?.text().await.ok()?;
+        (rows.len() == 1 && first.contains("nightly")).then_some(())
+    })
+    .await;
     c.find(Locator::Css(&format!(
         "a[href='/ui/namespaces/{ns}/dags/nightly']"
     )))

@@ -304,7 +304,7 @@ pub async fn list_dags(
 ) -> Answer {
     let page = page_of(&query)?;
     reader(&s, &headers, &ns).await?;
-    let (dags, next) = namespace_page(&s, &ns, &page);
+    let (dags, next) = namespace_page(&s, &ns, &page, |_| true);
     listing(&s, dags, next).await
 }
 
@@ -316,30 +316,32 @@ pub async fn list_all_dags(
 ) -> Answer {
     let page = page_of(&query)?;
     let who = caller(&s, &headers).await?;
-    let (dags, next) = readable_page(&s, &who, &page).await?;
+    let (dags, next) = readable_page(&s, &who, &page, |_| true).await?;
     listing(&s, dags, next).await
 }
 
-/// A page of the DAGs of `namespace`, by name, and the next page's token.
+/// A page of the DAGs of `namespace` that `keep` keeps, by name, and the next page's token.
 pub(super) fn namespace_page(
     s: &ApiState,
     namespace: &str,
     page: &DagPage,
+    keep: impl Fn(&DagSummary) -> bool,
 ) -> (Vec<Arc<DagSummary>>, Option<String>) {
     let dags: Vec<Arc<DagSummary>> = dags_in(s, namespace)
         .into_iter()
-        .filter(|d| page.admits(&d.key))
+        .filter(|d| page.admits(&d.key) && keep(d))
         .take(page.limit + 1)
         .collect();
     page.cut(dags, |d| &d.key)
 }
 
-/// A page of the DAGs of every namespace `who` may read, by namespace and name, and the next
-/// page's token. Namespaces before the page's start are not asked about.
+/// A page of the DAGs that `keep` keeps of every namespace `who` may read, by namespace and
+/// name, and the next page's token. Namespaces before the page's start are not asked about.
 pub(super) async fn readable_page(
     s: &ApiState,
     who: &Caller,
     page: &DagPage,
+    keep: impl Fn(&DagSummary) -> bool,
 ) -> Result<(Vec<Arc<DagSummary>>, Option<String>), ApiError> {
     let mut dags = Vec::new();
     for ns in s.dags.namespaces() {
@@ -355,7 +357,7 @@ pub(super) async fn readable_page(
         dags.extend(
             dags_in(s, &ns)
                 .into_iter()
-                .filter(|d| page.admits(&d.key))
+                .filter(|d| page.admits(&d.key) && keep(d))
                 .take(page.limit + 1 - dags.len()),
         );
     }

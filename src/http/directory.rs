@@ -49,7 +49,58 @@ pub struct DagSummary {
     pub queued_runs: i32,
 }
 
+/// How a DAG is doing, as the DAG list filters and sorts it (from its conditions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Health {
+    /// its newest runs failed (`Ready` false, `RunsFailing`) or it is `Stalled`
+    Failing,
+    /// suspended by its spec
+    Suspended,
+    /// runs under way
+    Running,
+    Ok,
+}
+
+impl Health {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "failing" => Some(Health::Failing),
+            "suspended" => Some(Health::Suspended),
+            "running" => Some(Health::Running),
+            "ok" => Some(Health::Ok),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Failing => "failing",
+            Health::Suspended => "suspended",
+            Health::Running => "running",
+            Health::Ok => "ok",
+        }
+    }
+}
+
 impl DagSummary {
+    /// How it is doing: failing over suspended over running.
+    pub fn health(&self) -> Health {
+        let failing = self.stalled.as_ref().is_some_and(|c| c.status)
+            || self
+                .ready
+                .as_ref()
+                .is_some_and(|c| !c.status && c.reason == "RunsFailing");
+        if failing {
+            Health::Failing
+        } else if self.suspend {
+            Health::Suspended
+        } else if self.active_runs > 0 {
+            Health::Running
+        } else {
+            Health::Ok
+        }
+    }
+
     /// The summary of a DAG object (`None` without a namespace or name).
     pub fn of(dag: &DAG) -> Option<Self> {
         let key = DagKey::new(dag.metadata.namespace.clone()?, dag.metadata.name.clone()?);

@@ -28,7 +28,7 @@ use super::api::{
     ApiError, caller, find_dag, namespace_page, page_of, readable_page, reader, run_with_tries,
 };
 use super::auth::SESSION_COOKIE;
-use super::directory::DagSummary;
+use super::directory::{DagSummary, Health};
 use super::extract::{Form, Path, Query};
 use super::guard::{AuthenticationFailed, MAX_TOKEN_BYTES, too_long};
 use super::page::DagPageQuery;
@@ -84,6 +84,26 @@ pub(super) fn run_colour(state: RunState) -> &'static str {
         RunState::Failed => TaskState::Failed,
         RunState::Cancelled => TaskState::Cancelled,
     }))
+}
+
+/// `name=value&…`, each value percent-encoded.
+fn query_string(pairs: &[(&str, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(name, value)| {
+            let encoded: String = value
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        char::from(b).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            format!("{name}={encoded}")
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// The live pages' poller (`live.rs`), as a page ends with it.
@@ -316,6 +336,13 @@ pub(super) fn over_https(headers: &HeaderMap) -> bool {
 #[derive(Deserialize)]
 pub struct ListFilter {
     namespace: Option<String>,
+    /// part of the DAG's name, any case
+    q: Option<String>,
+    /// only DAGs of this health (`failing`, `suspended`, `running`, `ok`)
+    health: Option<String>,
+    /// failing DAGs first (within the page)
+    #[serde(default)]
+    failing_first: bool,
     /// the next page's token (`page.rs`)
     #[serde(rename = "continue")]
     continue_token: Option<String>,
@@ -354,24 +381,56 @@ async fn index_page(
         limit: None,
         continue_token: filter.continue_token.clone(),
     })?;
-    let (dags, next) = match filter.namespace.as_deref().filter(|n| !n.is_empty()) {
+    let q = filter
+        .q
+        .as_deref()
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+        .map(str::to_lowercase);
+    let health = match filter.health.as_deref().filter(|h| !h.is_empty()) {
+        Some(h) => Some(Health::parse(h).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "no health {h:?}: failing, suspended, running or ok"
+            ))
+        })?),
+        None => None,
+    };
+    let keep = |d: &DagSummary| {
+        q.as_ref()
+            .is_none_or(|q| d.key.name.to_lowercase().contains(q))
+            && health.is_none_or(|h| d.health() == h)
+    };
+    let (mut dags, next) = match filter.namespace.as_deref().filter(|n| !n.is_empty()) {
         Some(ns) => {
             reader(s, headers, ns).await?;
-            namespace_page(s, ns, &wanted)
+            namespace_page(s, ns, &wanted, keep)
         }
         None => {
             let who = caller(s, headers).await?;
-            readable_page(s, &who, &wanted).await?
+            readable_page(s, &who, &wanted, keep).await?
         }
     };
-    // the next page keeps the namespace filter (a namespace's name and the token, hex, are
-    // both safe in a URL)
-    let more = next.map(
-        |token| match filter.namespace.as_deref().filter(|n| !n.is_empty()) {
-            Some(ns) => format!("/?namespace={ns}&continue={token}"),
-            None => format!("/?continue={token}"),
-        },
-    );
+    if filter.failing_first {
+        // stable: by name within each kind
+        dags.sort_by_key(|d| d.health() != Health::Failing);
+    }
+    // the next page keeps the filters
+    let more = next.map(|token| {
+        let mut query = vec![("continue", token)];
+        for (name, value) in [
+            ("namespace", filter.namespace.clone()),
+            ("q", filter.q.clone()),
+            ("health", filter.health.clone()),
+        ] {
+            if let Some(v) = value.filter(|v| !v.is_empty()) {
+                query.push((name, v));
+            }
+        }
+        if filter.failing_first {
+            query.push(("failing_first", "true".to_string()));
+        }
+        format!("/?{}", query_string(&query))
+    });
     let keys: Vec<DagKey> = dags.iter().map(|d| d.key.clone()).collect();
     let recent = s.store.recent_runs(&keys, GRID_RUNS).await?;
     let runs_of: HashMap<&DagKey, &Vec<RunRow>> =
@@ -381,13 +440,21 @@ async fn index_page(
         html! {
             form.filters method="get" action="/" {
                 label { "namespace " input name="namespace" value=(filter.namespace.clone().unwrap_or_default()); }
+                label { "name " input name="q" type="search" placeholder="part of a name" value=(filter.q.clone().unwrap_or_default()); }
+                label { "health " select name="health" {
+                    option value="" { "any" }
+                    @for h in [Health::Failing, Health::Suspended, Health::Running, Health::Ok] {
+                        option value=(h.as_str()) selected[health == Some(h)] { (h.as_str()) }
+                    }
+                } }
+                label { input type="checkbox" name="failing_first" value="true" checked[filter.failing_first]; " failing first" }
                 button { "filter" }
             }
             table {
                 tr { th { "namespace" } th { "DAG" } th { "schedule" } th { "zone" } th { "next run" }
                      th { "suspended" } th { "condition" } th { "runs (newest right)" } }
                 @for (d, key) in dags.iter().zip(&keys) {
-                    tr {
+                    tr data-health=(d.health().as_str()) {
                         td { (key.namespace) }
                         td { a href=(format!("/ui/namespaces/{}/dags/{}", key.namespace, key.name)) { (key.name) } }
                         td { code { (d.schedule.clone().unwrap_or_default()) } }
