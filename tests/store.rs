@@ -166,6 +166,7 @@ async fn migrate_creates_the_schema_and_a_second_migrate_is_a_no_op() {
             "dag_runs",
             "dag_specs",
             "dag_triggers",
+            "namespace_epochs",
             "run_actions",
             "task_instances",
             "task_logs"

@@ -460,6 +460,35 @@ async fn the_ui_in_a_real_browser() {
         s.pods("held").is_empty().then_some(())
     })
     .await;
+
+    // a phone's width (issue 29, item 8): the page fits, wide parts scroll inside it
+    c.set_window_size(390, 844).await.expect("a phone's width");
+    c.goto(&format!("{ui}/ui/namespaces/{ns}/dags/etl"))
+        .await
+        .expect("etl grid on a phone");
+    arrive(&c, "#grid").await;
+    let fits = c
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1",
+            vec![],
+        )
+        .await
+        .expect("measure the page");
+    assert_eq!(
+        fits,
+        serde_json::Value::Bool(true),
+        "the page is wider than a phone"
+    );
+    // every cell says its state without colour: a symbol in it
+    let marks = c
+        .find(Locator::Css("#grid a.cell[data-state=failed]"))
+        .await
+        .expect("a failed cell")
+        .text()
+        .await
+        .expect("its text");
+    assert_eq!(marks, "✗");
+    save_screenshot(&c, "phone.png").await;
     c.close().await.expect("close the browser");
     drop(op);
 }

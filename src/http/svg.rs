@@ -280,7 +280,7 @@ mod tests {
         );
         assert!(svg.contains("✗ failed · AllDone"), "{svg}");
         assert!(svg.contains("✓ success"), "{svg}");
-        assert!(svg.contains(r##"stroke="#008000""##), "{svg}");
+        assert!(svg.contains(r##"stroke="#009e73""##), "{svg}");
     }
 
     #[test]

@@ -44,46 +44,71 @@ const GRID_RUNS: i64 = 25;
 const CALENDAR_WEEKS: u32 = 12;
 
 const STYLE: &str = r#"
-body{font:14px system-ui,sans-serif;margin:0;color:#222}
-header{background:#017cee;color:#fff;padding:8px 16px;display:flex;gap:16px;align-items:center}
+:root{color-scheme:light dark}
+body{font:14px system-ui,sans-serif;margin:0;color:#222;background:#fff}
+header{background:#017cee;color:#fff;padding:8px 16px;display:flex;flex-wrap:wrap;gap:16px;align-items:center}
 header a{color:#fff;text-decoration:none;font-weight:600}
 main{padding:16px}
 table{border-collapse:collapse}
 th,td{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
-.sq{display:inline-block;width:12px;height:12px;margin:1px;border:1px solid #999}
-.cell{display:block;width:16px;height:16px;border:1px solid #999}
+.sq{display:inline-block;width:12px;height:12px;margin:1px;border:1px solid #999;font-size:9px;line-height:12px;text-align:center;color:#000;text-decoration:none;overflow:hidden}
+.cell{display:block;width:16px;height:16px;border:1px solid #999;font-size:11px;line-height:16px;text-align:center;color:#000;text-decoration:none;overflow:hidden}
 .msg{color:#555;max-width:40em}
 .bad{color:#b00}
 .graph-scroll{overflow-x:auto;max-width:100%}
 svg.graph text{font-family:system-ui,sans-serif;fill:#222}
 svg.graph a:focus rect,svg.graph a:hover rect{stroke-width:5}
-form.filters{margin:8px 0;display:flex;gap:8px;align-items:end}
-pre{background:#f6f6f6;padding:8px}
+a:focus-visible,button:focus-visible,input:focus-visible,select:focus-visible,textarea:focus-visible{outline:3px solid #e69f00;outline-offset:1px}
+form.filters{margin:8px 0;display:flex;flex-wrap:wrap;gap:8px;align-items:end}
+pre{background:#f6f6f6;padding:8px;overflow-x:auto}
+@media (max-width:760px){main{padding:8px}table{display:block;overflow-x:auto;max-width:100%}}
+@media (prefers-color-scheme:dark){
+body{background:#15181c;color:#ddd}
+header{background:#0b4f8a}
+th,td{border-bottom-color:#333}
+.msg{color:#aaa}
+.bad{color:#ff8a80}
+pre{background:#22262b}
+a{color:#8ab4f8}
+svg.gantt text,svg.durations text,svg.calendar text{fill:#ddd}
+}
 "#;
 
-/// A task state's colour, as Airflow draws it (no try yet: white).
+/// A task state's colour: Okabe and Ito's palette, told apart with each colour-blindness
+/// (issue 29, item 8), in Airflow's order of meaning (no try yet: white). A state is never
+/// shown by colour alone: its symbol (`svg::state_mark`) or its name goes with it.
 pub(super) fn task_colour(state: Option<TaskState>) -> &'static str {
     match state {
-        Some(TaskState::Success) => "#008000",
-        Some(TaskState::Failed) => "#ff0000",
-        Some(TaskState::Running) => "#00ff00",
-        Some(TaskState::Queued) => "#808080",
-        Some(TaskState::UpForRetry) => "#ffd700",
-        Some(TaskState::UpstreamFailed) => "#ffa500",
-        Some(TaskState::Skipped) => "#ff69b4",
-        Some(TaskState::Cancelled) => "#c0c0c0",
+        Some(TaskState::Success) => "#009e73",
+        Some(TaskState::Failed) => "#d55e00",
+        Some(TaskState::Running) => "#56b4e9",
+        Some(TaskState::Queued) => "#999999",
+        Some(TaskState::UpForRetry) => "#f0e442",
+        Some(TaskState::UpstreamFailed) => "#e69f00",
+        Some(TaskState::Skipped) => "#cc79a7",
+        Some(TaskState::Cancelled) => "#c8c8c8",
         Some(TaskState::Pending) | None => "#ffffff",
+    }
+}
+
+/// A run state's symbol: that of the task state of the same name.
+fn run_mark(state: RunState) -> &'static str {
+    super::svg::state_mark(Some(run_task_state(state)))
+}
+
+/// The task state a run state is drawn as.
+fn run_task_state(state: RunState) -> TaskState {
+    match state {
+        RunState::Running => TaskState::Running,
+        RunState::Success => TaskState::Success,
+        RunState::Failed => TaskState::Failed,
+        RunState::Cancelled => TaskState::Cancelled,
     }
 }
 
 /// A run state's colour: that of the task state of the same name.
 pub(super) fn run_colour(state: RunState) -> &'static str {
-    task_colour(Some(match state {
-        RunState::Running => TaskState::Running,
-        RunState::Success => TaskState::Success,
-        RunState::Failed => TaskState::Failed,
-        RunState::Cancelled => TaskState::Cancelled,
-    }))
+    task_colour(Some(run_task_state(state)))
 }
 
 /// `name=value&…`, each value percent-encoded.
@@ -119,6 +144,7 @@ pub(super) fn page(title: &str, body: Markup) -> Markup {
         html lang="en" {
             head {
                 meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · dag-operator" }
                 style { (PreEscaped(STYLE)) }
             }
@@ -465,7 +491,8 @@ async fn index_page(
                         td {
                             @for r in runs_of.get(key).map(|v| v.as_slice()).unwrap_or_default().iter().rev() {
                                 a.sq href=(run_link(r)) title=(format!("{} {}", r.logical_date.to_rfc3339(), r.state.as_str()))
-                                    style=(format!("background:{}", run_colour(r.state))) {}
+                                    aria-label=(format!("run {} {}", r.logical_date.to_rfc3339(), r.state.as_str()))
+                                    style=(format!("background:{}", run_colour(r.state))) { (run_mark(r.state)) }
                             }
                         }
                     }
@@ -615,7 +642,8 @@ async fn grid_page(
                     th { "task \\ run" }
                     @for r in runs.iter().rev() {
                         th { a.cell href=(run_link(r)) title=(format!("{} {} {}", r.run_type.as_str(), r.logical_date.to_rfc3339(), r.state.as_str()))
-                            style=(format!("background:{}", run_colour(r.state))) {} }
+                            aria-label=(format!("run {} {}", r.logical_date.to_rfc3339(), r.state.as_str()))
+                            style=(format!("background:{}", run_colour(r.state))) { (run_mark(r.state)) } }
                     }
                 }
                 @for t in &dag.tasks {
@@ -626,7 +654,7 @@ async fn grid_page(
                             @let state = cell.map(|c| c.state);
                             @let st = state.map(TaskState::as_str).unwrap_or("none");
                             td { a.cell href=(format!("{}#task-{}", run_link(r), t.name)) title=(format!("{} · {} · try {}", t.name, st, cell.map(|c| c.try_number).unwrap_or(0)))
-                                data-state=(st) style=(format!("background:{}", task_colour(state))) {} }
+                                data-state=(st) style=(format!("background:{}", task_colour(state))) { (super::svg::state_mark(state)) } }
                         }
                     }
                 }
