@@ -378,9 +378,16 @@ async fn invalid_backfills_say_why_and_create_nothing() {
     let st = backfill_until(&s, "no-dag", "Invalid", |st| st["phase"] == "Invalid").await;
     assert_eq!(reason(&st), "DAGNotFound");
     assert!(message(&st).contains("\"later\""), "{}", message(&st));
-    let st = backfill_until(&s, "no-schedule", "Invalid", |st| st["phase"] == "Invalid").await;
+    // until the DAG is taken up the Backfill waits for it (DAGNotFound); then it says why
+    let st = backfill_until(&s, "no-schedule", "Invalid: DAGUnscheduled", |st| {
+        st["phase"] == "Invalid" && reason(st) == "DAGUnscheduled"
+    })
+    .await;
     assert_eq!(reason(&st), "DAGUnscheduled");
-    let st = backfill_until(&s, "too-many", "Invalid", |st| st["phase"] == "Invalid").await;
+    let st = backfill_until(&s, "too-many", "Invalid: TooManyRuns", |st| {
+        st["phase"] == "Invalid" && reason(st) == "TooManyRuns"
+    })
+    .await;
     assert_eq!(reason(&st), "TooManyRuns");
     assert!(
         message(&st).contains("1440") && message(&st).contains("1000"),

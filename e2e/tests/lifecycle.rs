@@ -64,6 +64,28 @@ async fn cancelled_within(s: &Setup, dag: &str, id: uuid::Uuid, secs: u64) {
     );
 }
 
+/// As [`cancelled_within`], for a run of a deleted namespace: the leader purges that
+/// namespace's history (docs/SEMANTICS.md, "History and namespaces"), finished runs only, so
+/// a run that is gone was ended first.
+async fn cancelled_or_purged_within(s: &Setup, dag: &str, id: uuid::Uuid, secs: u64) {
+    eventually(
+        Duration::from_secs(secs),
+        "the deleted namespace's run to be cancelled (or purged once ended)",
+        || async {
+            let runs = s.runs(dag).await;
+            let run = runs.iter().find(|r| r.id == id);
+            run.is_none_or(|r| r.state == RunState::Cancelled)
+                .then_some(())
+        },
+    )
+    .await;
+    let tries = s.store.task_instances(&[id]).await.expect("task instances");
+    assert!(
+        tries.iter().all(|t| t.state == "cancelled"),
+        "every try of a cancelled run ends cancelled: {tries:?}"
+    );
+}
+
 async fn pods_gone(s: &Setup, dag: &str) {
     eventually(Duration::from_secs(30), "the run's Pods to go", || {
         let n = s.pods(dag).len();
@@ -134,7 +156,7 @@ async fn deleting_the_namespace_cancels_its_runs_and_frees_their_slots() {
     let _op = s.operator(&["--max-concurrent-runs", "1"]);
     let (id, _pod) = held_run(&s, "doomed").await;
     s.ns.kubectl_ok(&["delete", "namespace", &s.ns.name, "--wait=true"], None);
-    cancelled_within(&s, "doomed", id, 60).await;
+    cancelled_or_purged_within(&s, "doomed", id, 60).await;
     pods_gone(&s, "doomed").await;
     // the namespace again, with another DAG: the global slot is back
     dag_operator_e2e::plane().kubectl_ok(&["create", "namespace", &s.ns.name], None);
@@ -153,7 +175,7 @@ async fn a_namespace_deleted_while_the_operator_is_down_has_its_runs_cancelled_a
     dag_operator_e2e::plane().kubectl_ok(&["create", "namespace", &s.ns.name], None);
     s.apply(&every_second("other"));
     op.restart();
-    cancelled_within(&s, "doomed", id, 60).await;
+    cancelled_or_purged_within(&s, "doomed", id, 60).await;
     pods_gone(&s, "doomed").await;
     gets_a_run(&s, "other").await;
 }

@@ -423,16 +423,17 @@ impl Parts {
             w.tries_ended.1,
             admitting,
         );
-        // 6. controllers
+        // 6. controllers, once the namespaces' incarnations are recorded: an earlier
+        //    incarnation's positions, trigger values and Backfill dates are never the
+        //    scheduler's, and the engine hears of Backfills and DAGs in the same order as before
+        let (tenancy, namespaces_config, recorded) =
+            self.watch_namespaces(w.commands.0.clone(), &events);
+        history::first_list(recorded).await;
         tokio::spawn(backfill_controller::run(
             k8s::api::<Backfill>(self.client.clone(), self.namespace()),
             w.commands.0.clone(),
             self.metrics.clone(),
         ));
-        let (tenancy, namespaces_config, recorded) =
-            self.watch_namespaces(w.commands.0.clone(), &events);
-        // an earlier incarnation's positions and trigger values are never the scheduler's
-        history::first_list(recorded).await;
         let ctx = Arc::new(
             dag_controller::Context::new(w.commands.0, w.status.0, events, default_tz)
                 .with_metrics(self.metrics.clone())
